@@ -1,0 +1,32 @@
+/* Argument checks shared by every entry point that takes a matrix. */
+#include "dq_internal.h"
+
+dq_status dq__check_matrix(const void *x, int64_t rows, int64_t cols, int64_t ld)
+{
+    if (!x)
+        return DQ_ERR_INVALID_ARG;
+    if (rows <= 0 || cols <= 0 || ld < cols)
+        return DQ_ERR_SHAPE;
+    /* (rows - 1) * ld + cols elements, and their bytes, must be addressable. */
+    size_t span, bytes;
+    if ((uint64_t)rows > SIZE_MAX || (uint64_t)ld > SIZE_MAX ||
+        !dq__mul_size((size_t)(rows - 1), (size_t)ld, &span) ||
+        !dq__add_size(span, (size_t)cols, &span) || !dq__mul_size(span, sizeof(float), &bytes) ||
+        bytes > (size_t)INT64_MAX)
+        return DQ_ERR_OVERFLOW;
+    return DQ_OK;
+}
+
+bool dq__all_finite(const float *x, int64_t rows, int64_t cols, int64_t ld)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        const float *r = x + (size_t)i * (size_t)ld;
+        /* x - x is 0 for finite x and NaN otherwise; summing keeps the loop branch-free. */
+        float acc = 0.0f;
+        for (int64_t j = 0; j < cols; j++)
+            acc += r[j] - r[j];
+        if (acc != 0.0f)
+            return false;
+    }
+    return true;
+}

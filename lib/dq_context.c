@@ -1,0 +1,109 @@
+/* Contexts: allocator, log callback and thread policy, immutable once created. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dq_internal.h"
+
+/* The first released layout ends after n_threads. */
+#define CONTEXT_PARAMS_MIN_SIZE (offsetof(dq_context_params, n_threads) + sizeof(int32_t))
+
+const dq_context dq__default_context = {
+    .alloc = NULL, .free = NULL, .alloc_user = NULL,
+    .log = NULL, .log_user = NULL, .log_level = DQ_LOG_WARN, .n_threads = 0,
+};
+
+void *dq__alloc(const dq_context *ctx, size_t size)
+{
+    ctx = dq__ctx(ctx);
+    if (size == 0)
+        return NULL;
+    if (ctx->alloc)
+        return ctx->alloc(ctx->alloc_user, size, DQ_ALIGN);
+    /* aligned_alloc wants a multiple of the alignment. */
+    size_t rounded;
+    if (!dq__add_size(size, DQ_ALIGN - 1, &rounded))
+        return NULL;
+    rounded &= ~(size_t)(DQ_ALIGN - 1);
+    return aligned_alloc(DQ_ALIGN, rounded);
+}
+
+void *dq__calloc(const dq_context *ctx, size_t n, size_t elem)
+{
+    size_t size;
+    if (!dq__mul_size(n, elem, &size))
+        return NULL;
+    void *p = dq__alloc(ctx, size);
+    if (p)
+        memset(p, 0, size);
+    return p;
+}
+
+void dq__free(const dq_context *ctx, void *p)
+{
+    if (!p)
+        return;
+    ctx = dq__ctx(ctx);
+    if (ctx->free)
+        ctx->free(ctx->alloc_user, p);
+    else
+        free(p);
+}
+
+void dq__log(const dq_context *ctx, int32_t level, const char *fmt, ...)
+{
+    ctx = dq__ctx(ctx);
+    if (!ctx->log || level > ctx->log_level)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    ctx->log(ctx->log_user, level, msg);
+}
+
+DQ_API dq_status dq_context_params_init(dq_context_params *p, size_t struct_size)
+{
+    const dq_context_params defaults = {
+        .struct_size = sizeof defaults,
+        .log_level = DQ_LOG_WARN,
+    };
+    return dq__params_init(p, struct_size, CONTEXT_PARAMS_MIN_SIZE, &defaults, sizeof defaults);
+}
+
+DQ_API dq_status dq_context_create(const dq_context_params *p, dq_context **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    dq_context_params prm;
+    dq_context_params_init(&prm, sizeof prm);
+    dq_status st = dq__params_read(&prm, sizeof prm, CONTEXT_PARAMS_MIN_SIZE, p);
+    if (st != DQ_OK)
+        return st;
+    if (prm.flags != 0 || (prm.alloc == NULL) != (prm.free == NULL) ||
+        prm.log_level < DQ_LOG_ERROR || prm.log_level > DQ_LOG_DEBUG || prm.n_threads < 0 ||
+        prm.n_threads > 1024)
+        return DQ_ERR_INVALID_ARG;
+    dq_context tmp = {
+        .alloc = prm.alloc, .free = prm.free, .alloc_user = prm.alloc_user,
+        .log = prm.log, .log_user = prm.log_user, .log_level = prm.log_level,
+        .n_threads = prm.n_threads,
+    };
+    dq_context *ctx = dq__alloc(&tmp, sizeof *ctx);
+    if (!ctx)
+        return DQ_ERR_NOMEM;
+    *ctx = tmp;
+    *out = ctx;
+    return DQ_OK;
+}
+
+DQ_API void dq_context_free(dq_context *ctx)
+{
+    if (!ctx)
+        return;
+    dq_context copy = *ctx;
+    dq__free(&copy, ctx);
+}

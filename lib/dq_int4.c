@@ -1,0 +1,88 @@
+/* Scalar quantization rules (DESIGN.md 4.7) and raw nibble packing. */
+#include <math.h>
+
+#include "dq_internal.h"
+
+/* The reference clamps keep degenerate rows (all equal, all zero) finite. */
+#define SCALE_MIN 1e-5f
+#define SCALE_MAX 1e4f
+#define ZERO_LIMIT 1e4f
+
+static float clampf(float x, float lo, float hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+void dq__quant_params(dq__qspec s, const float *x, int64_t n, float hi, float lo, float *scale,
+                      float *zero)
+{
+    float mn = x[0], mx = x[0];
+    for (int64_t i = 1; i < n; i++) {
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    if (s.scheme == DQ_QUANT_ASYM) {
+        mx *= hi;
+        mn *= lo;
+        float levels = (float)((1 << s.bits) - 1);
+        float sc = clampf((mx - mn) / levels, SCALE_MIN, SCALE_MAX);
+        /* rintf rounds half to even under the default rounding mode, like torch.round. */
+        *scale = sc;
+        *zero = rintf(clampf(-mn / sc, -ZERO_LIMIT, ZERO_LIMIT));
+    } else {
+        float amax = fmaxf(fabsf(mx), fabsf(mn)) * hi;
+        float levels = (float)((1 << (s.bits - 1)) - 1);
+        *scale = clampf(amax / levels, SCALE_MIN, SCALE_MAX);
+        *zero = 0.0f;
+    }
+}
+
+int32_t dq__quant_code(dq__qspec s, float x, float scale, float zero)
+{
+    float q = rintf(x / scale);
+    if (s.scheme == DQ_QUANT_ASYM)
+        return (int32_t)clampf(q + zero, 0.0f, (float)((1 << s.bits) - 1));
+    float top = (float)((1 << (s.bits - 1)) - 1);
+    return (int32_t)clampf(q, -top - 1.0f, top);
+}
+
+DQ_API size_t dq_int4_packed_size(int64_t n)
+{
+    if (n < 0 || (uint64_t)n >= SIZE_MAX)
+        return 0;
+    return (size_t)(n / 2 + (n & 1));
+}
+
+DQ_API dq_status dq_int4_pack(const int32_t *codes, int64_t n, uint8_t *out, size_t out_bytes)
+{
+    if (!codes || !out)
+        return DQ_ERR_INVALID_ARG;
+    if (n <= 0)
+        return DQ_ERR_SHAPE;
+    if (out_bytes < dq_int4_packed_size(n))
+        return DQ_ERR_BUFFER;
+    for (int64_t i = 0; i < n; i++)
+        if (codes[i] < -8 || codes[i] > 15)
+            return DQ_ERR_INVALID_ARG;
+    for (int64_t k = 0; k < n / 2; k++)
+        out[k] = (uint8_t)((codes[2 * k] & 0xF) | ((codes[2 * k + 1] & 0xF) << 4));
+    if (n & 1)
+        out[n / 2] = (uint8_t)(codes[n - 1] & 0xF);
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_int4_unpack(const uint8_t *in, size_t in_bytes, int64_t n, int32_t is_signed,
+                                int32_t *codes)
+{
+    if (!in || !codes)
+        return DQ_ERR_INVALID_ARG;
+    if (n <= 0)
+        return DQ_ERR_SHAPE;
+    if (in_bytes < dq_int4_packed_size(n))
+        return DQ_ERR_BUFFER;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t v = (in[i / 2] >> (4 * (i & 1))) & 0xF;
+        codes[i] = (is_signed && v >= 8) ? v - 16 : v;
+    }
+    return DQ_OK;
+}

@@ -1,0 +1,106 @@
+/* Private declarations shared by the library's source files. Never installed. */
+#ifndef DQ_INTERNAL_H
+#define DQ_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "duquant.h"
+
+#if defined(DQ_DEBUG_CHECKS)
+#include <assert.h>
+#define DQ_ASSERT(x) assert(x)
+#else
+#define DQ_ASSERT(x) ((void)0)
+#endif
+
+#if defined(__GNUC__)
+#define DQ_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define DQ_PRINTF(f, a)
+#endif
+
+/* Alignment of every library allocation (one cache line, enough for AVX-512). */
+#define DQ_ALIGN 64
+
+/* Objects keep a copy of the context they were created with, so the caller may free it. */
+struct dq_context {
+    dq_alloc_fn alloc;
+    dq_free_fn free;
+    void *alloc_user;
+    dq_log_fn log;
+    void *log_user;
+    int32_t log_level;
+    int32_t n_threads;
+};
+
+/* The defaults a NULL context stands for. */
+extern const dq_context dq__default_context;
+static inline const dq_context *dq__ctx(const dq_context *ctx)
+{
+    return ctx ? ctx : &dq__default_context;
+}
+
+/* Memory: DQ_ALIGN-aligned, NULL on failure or size 0; dq__free accepts NULL. */
+void *dq__alloc(const dq_context *ctx, size_t size);
+void *dq__calloc(const dq_context *ctx, size_t n, size_t elem);
+void dq__free(const dq_context *ctx, void *p);
+
+void dq__log(const dq_context *ctx, int32_t level, const char *fmt, ...) DQ_PRINTF(3, 4);
+
+/* Overflow-checked size arithmetic: false when the result does not fit. */
+static inline bool dq__mul_size(size_t a, size_t b, size_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool dq__add_size(size_t a, size_t b, size_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* Extensible params structs (see duquant.h). Copies min(struct_size, known) bytes of user into
+ * dst (which already holds the defaults) after validating size and tail. user NULL keeps the
+ * defaults. */
+dq_status dq__params_read(void *dst, size_t known_size, size_t min_size, const void *user);
+/* Body of every *_params_init: validates p and struct_size, then writes the defaults (a full
+ * struct of known_size bytes) truncated to struct_size, zeroes any tail, sets struct_size. */
+dq_status dq__params_init(void *p, size_t struct_size, size_t min_size, const void *defaults,
+                          size_t known_size);
+/* True when member [offset, offset + size) lies within a struct of struct_size bytes. */
+#define DQ_HAS_MEMBER(struct_size, type, member) \
+    ((struct_size) >= offsetof(type, member) + sizeof(((type *)0)->member))
+
+/* Matrix argument checks: non-NULL, rows/cols > 0, ld >= cols, element span fits size_t. */
+dq_status dq__check_matrix(const void *x, int64_t rows, int64_t cols, int64_t ld);
+/* Number of elements a (rows, cols, ld) matrix spans; call after dq__check_matrix. */
+static inline size_t dq__matrix_span(int64_t rows, int64_t cols, int64_t ld)
+{
+    return (size_t)(rows - 1) * (size_t)ld + (size_t)cols;
+}
+/* True when every element of the matrix is finite. */
+bool dq__all_finite(const float *x, int64_t rows, int64_t cols, int64_t ld);
+
+/* Quantization of one group of n floats (dq_int4.c). */
+typedef struct dq__qspec {
+    int32_t bits;
+    int32_t scheme; /* DQ_QUANT_ASYM / DQ_QUANT_SYM */
+} dq__qspec;
+/* Computes the scale (and zero point for ASYM) of x[0..n) with clip factors hi/lo applied to
+ * the max/min. */
+void dq__quant_params(dq__qspec s, const float *x, int64_t n, float hi, float lo, float *scale,
+                      float *zero);
+/* Code of one value given scale and zero point. */
+int32_t dq__quant_code(dq__qspec s, float x, float scale, float zero);
+static inline float dq__dequant(dq__qspec s, int32_t q, float scale, float zero)
+{
+    return s.scheme == DQ_QUANT_ASYM ? ((float)q - zero) * scale : (float)q * scale;
+}
+
+/* Row-major C = alpha * op(A) * op(B) + beta * C through CBLAS (dq_blas.c). op(A) is m x k,
+ * op(B) is k x n. DQ_ERR_BLAS when a dimension does not fit CBLAS's int. */
+dq_status dq__sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                    int64_t ldc);
+
+#endif /* DQ_INTERNAL_H */

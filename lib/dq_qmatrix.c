@@ -1,0 +1,236 @@
+/* Packed quantized matrices: per-row or per-group codes with scales and zero points. */
+#include <string.h>
+
+#include "dq_internal.h"
+
+/* The first released layout ends after clip_ratio. */
+#define QUANT_PARAMS_MIN_SIZE (offsetof(dq_quant_params, clip_ratio) + sizeof(float))
+
+struct dq_qmatrix {
+    dq_context ctx;
+    int64_t rows, cols;
+    int32_t bits, scheme, group_size; /* group_size as requested: 0 = whole row */
+    int64_t group_len;                /* effective elements per group */
+    int64_t groups_per_row;
+    size_t row_bytes;
+    size_t nbytes;
+    uint8_t *packed;
+    float *scales;
+    float *zeros; /* NULL for SYM */
+};
+
+DQ_API dq_status dq_quant_params_init(dq_quant_params *p, size_t struct_size)
+{
+    const dq_quant_params defaults = {
+        .struct_size = sizeof defaults,
+        .bits = 4,
+        .scheme = DQ_QUANT_ASYM,
+        .group_size = 0,
+        .clip_ratio = 1.0f,
+    };
+    return dq__params_init(p, struct_size, QUANT_PARAMS_MIN_SIZE, &defaults, sizeof defaults);
+}
+
+static bool valid_clip(float c)
+{
+    return c > 0.0f && c <= 1.0f; /* false for NaN too */
+}
+
+static dq_status read_quant_params(const dq_quant_params *user, dq_quant_params *p)
+{
+    dq_quant_params_init(p, sizeof *p);
+    dq_status st = dq__params_read(p, sizeof *p, QUANT_PARAMS_MIN_SIZE, user);
+    if (st != DQ_OK)
+        return st;
+    if (p->flags != 0 || (p->bits != 4 && p->bits != 8) ||
+        (p->scheme != DQ_QUANT_ASYM && p->scheme != DQ_QUANT_SYM) || p->group_size < 0 ||
+        !valid_clip(p->clip_ratio))
+        return DQ_ERR_INVALID_ARG;
+    return DQ_OK;
+}
+
+static size_t packed_row_bytes(int32_t bits, int64_t cols)
+{
+    return bits == 4 ? dq_int4_packed_size(cols) : (size_t)cols;
+}
+
+static void store_code(uint8_t *row, int32_t bits, int64_t j, int32_t q)
+{
+    if (bits == 8) {
+        row[j] = (uint8_t)(q & 0xFF);
+    } else if (j & 1) {
+        row[j / 2] = (uint8_t)((row[j / 2] & 0x0F) | ((q & 0xF) << 4));
+    } else {
+        row[j / 2] = (uint8_t)((row[j / 2] & 0xF0) | (q & 0xF));
+    }
+}
+
+static int32_t load_code(const uint8_t *row, int32_t bits, int32_t scheme, int64_t j)
+{
+    int32_t v = bits == 8 ? row[j] : (row[j / 2] >> (4 * (j & 1))) & 0xF;
+    int32_t half = 1 << (bits - 1);
+    return (scheme == DQ_QUANT_SYM && v >= half) ? v - 2 * half : v;
+}
+
+static bool clips_valid(const float *c, size_t n)
+{
+    if (!c)
+        return true;
+    for (size_t i = 0; i < n; i++)
+        if (!valid_clip(c[i]))
+            return false;
+    return true;
+}
+
+DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params, const float *w,
+                                 int64_t rows, int64_t cols, int64_t ldw, const float *clip_hi,
+                                 const float *clip_lo, dq_qmatrix **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    dq_quant_params p;
+    dq_status st = read_quant_params(params, &p);
+    if (st != DQ_OK)
+        return st;
+    if ((st = dq__check_matrix(w, rows, cols, ldw)) != DQ_OK)
+        return st;
+    int64_t group_len = (p.group_size == 0 || p.group_size > cols) ? cols : p.group_size;
+    int64_t groups = cols / group_len + (cols % group_len != 0);
+    size_t row_bytes = packed_row_bytes(p.bits, cols), nbytes, ngroups, gbytes;
+    if (!dq__mul_size((size_t)rows, row_bytes, &nbytes) ||
+        !dq__mul_size((size_t)rows, (size_t)groups, &ngroups) ||
+        !dq__mul_size(ngroups, sizeof(float), &gbytes))
+        return DQ_ERR_OVERFLOW;
+    if (!clips_valid(clip_hi, ngroups) || !clips_valid(clip_lo, ngroups))
+        return DQ_ERR_INVALID_ARG;
+    if (!dq__all_finite(w, rows, cols, ldw))
+        return DQ_ERR_NONFINITE;
+
+    const dq_context *c = dq__ctx(ctx);
+    dq_qmatrix *q = dq__calloc(c, 1, sizeof *q);
+    if (!q)
+        return DQ_ERR_NOMEM;
+    q->ctx = *c;
+    q->packed = dq__calloc(c, nbytes, 1);
+    q->scales = dq__alloc(c, gbytes);
+    q->zeros = p.scheme == DQ_QUANT_ASYM ? dq__alloc(c, gbytes) : NULL;
+    if (!q->packed || !q->scales || (p.scheme == DQ_QUANT_ASYM && !q->zeros)) {
+        dq_qmatrix_free(q);
+        return DQ_ERR_NOMEM;
+    }
+    q->rows = rows;
+    q->cols = cols;
+    q->bits = p.bits;
+    q->scheme = p.scheme;
+    q->group_size = p.group_size;
+    q->group_len = group_len;
+    q->groups_per_row = groups;
+    q->row_bytes = row_bytes;
+    q->nbytes = nbytes;
+
+    const dq__qspec spec = {p.bits, p.scheme};
+    for (int64_t i = 0; i < rows; i++) {
+        const float *src = w + (size_t)i * (size_t)ldw;
+        uint8_t *dst = q->packed + (size_t)i * row_bytes;
+        for (int64_t g = 0; g < groups; g++) {
+            size_t gi = (size_t)i * (size_t)groups + (size_t)g;
+            int64_t j0 = g * group_len;
+            int64_t n = cols - j0 < group_len ? cols - j0 : group_len;
+            float hi = clip_hi ? clip_hi[gi] : p.clip_ratio;
+            float lo = clip_lo ? clip_lo[gi] : p.clip_ratio;
+            float scale, zero;
+            dq__quant_params(spec, src + j0, n, hi, lo, &scale, &zero);
+            q->scales[gi] = scale;
+            if (q->zeros)
+                q->zeros[gi] = zero;
+            for (int64_t j = j0; j < j0 + n; j++)
+                store_code(dst, p.bits, j, dq__quant_code(spec, src[j], scale, zero));
+        }
+    }
+    *out = q;
+    return DQ_OK;
+}
+
+DQ_API void dq_qmatrix_free(dq_qmatrix *q)
+{
+    if (!q)
+        return;
+    dq_context c = q->ctx;
+    dq__free(&c, q->packed);
+    dq__free(&c, q->scales);
+    dq__free(&c, q->zeros);
+    dq__free(&c, q);
+}
+
+DQ_API dq_status dq_qmatrix_layout(const dq_qmatrix *q, int64_t *rows, int64_t *cols,
+                                   int32_t *bits, int32_t *scheme, int32_t *group_size,
+                                   int64_t *groups_per_row, size_t *row_bytes)
+{
+    if (!q)
+        return DQ_ERR_INVALID_ARG;
+    if (rows)
+        *rows = q->rows;
+    if (cols)
+        *cols = q->cols;
+    if (bits)
+        *bits = q->bits;
+    if (scheme)
+        *scheme = q->scheme;
+    if (group_size)
+        *group_size = q->group_size;
+    if (groups_per_row)
+        *groups_per_row = q->groups_per_row;
+    if (row_bytes)
+        *row_bytes = q->row_bytes;
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_qmatrix_view(const dq_qmatrix *q, const uint8_t **packed, size_t *nbytes,
+                                 const float **scales, const float **zeros)
+{
+    if (!q)
+        return DQ_ERR_INVALID_ARG;
+    if (packed)
+        *packed = q->packed;
+    if (nbytes)
+        *nbytes = q->nbytes;
+    if (scales)
+        *scales = q->scales;
+    if (zeros)
+        *zeros = q->zeros;
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_qmatrix_unpack_codes(const dq_qmatrix *q, int32_t *codes, int64_t ldc)
+{
+    if (!q || !codes)
+        return DQ_ERR_INVALID_ARG;
+    if (ldc < q->cols)
+        return DQ_ERR_SHAPE;
+    for (int64_t i = 0; i < q->rows; i++) {
+        const uint8_t *row = q->packed + (size_t)i * q->row_bytes;
+        for (int64_t j = 0; j < q->cols; j++)
+            codes[(size_t)i * (size_t)ldc + (size_t)j] = load_code(row, q->bits, q->scheme, j);
+    }
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_qmatrix_dequantize(const dq_qmatrix *q, float *out, int64_t ldo)
+{
+    if (!q || !out)
+        return DQ_ERR_INVALID_ARG;
+    if (ldo < q->cols)
+        return DQ_ERR_SHAPE;
+    const dq__qspec spec = {q->bits, q->scheme};
+    for (int64_t i = 0; i < q->rows; i++) {
+        const uint8_t *row = q->packed + (size_t)i * q->row_bytes;
+        for (int64_t j = 0; j < q->cols; j++) {
+            size_t gi = (size_t)i * (size_t)q->groups_per_row + (size_t)(j / q->group_len);
+            float zero = q->zeros ? q->zeros[gi] : 0.0f;
+            out[(size_t)i * (size_t)ldo + (size_t)j] =
+                dq__dequant(spec, load_code(row, q->bits, q->scheme, j), q->scales[gi], zero);
+        }
+    }
+    return DQ_OK;
+}
