@@ -1,0 +1,319 @@
+/* W4A4 quality of channel transforms, side by side.
+ *
+ * For each reference case (a folder with manifest.json, X.f32, W.f32, Xt.f32, Wt.f32, as in
+ * the project's golden vectors) or, without one, for a synthetic outlier-heavy layer, this
+ * builds plans for RTN, Hadamard, random orthogonal and DuQuant (reference mode and column
+ * rule with one R per block), each without and with smoothing, and prints the relative
+ * output error ||X W^T - Q(X') Q(W')^T||_F / ||X W^T||_F with per-token asymmetric 4-bit
+ * activations and per-output-channel asymmetric 4-bit weights (clip 1.0). Where the case
+ * folder holds the reference implementation's own Xt and Wt, their error is printed too.
+ *
+ * usage: transform_quality [golden-dir]   (default: $DUQUANT_GOLDEN_DIR) */
+#define _POSIX_C_SOURCE 200809L /* opendir, strdup */
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "duquant.h"
+
+typedef struct layer {
+    int64_t t, c, out;
+    int32_t block, steps;
+    float alpha;
+    float *x, *w;
+} layer;
+
+static char *read_file(const char *path, long *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
+            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+                free(buf);
+                buf = NULL;
+            } else {
+                buf[n] = '\0';
+                *size = n;
+            }
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+/* A float32 file of exactly n values, or NULL. */
+static float *read_f32(const char *dir, const char *name, int64_t n)
+{
+    char path[4096];
+    long size = 0;
+    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
+    char *buf = read_file(path, &size);
+    if (buf && size != (long)(n * (int64_t)sizeof(float))) {
+        free(buf);
+        buf = NULL;
+    }
+    return (float *)buf;
+}
+
+/* The number after "key": in a manifest (enough for its flat params object). */
+static int manifest_number(const char *text, const char *key, double *out)
+{
+    char pattern[128];
+    snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    const char *p = strstr(text, pattern);
+    if (!p)
+        return -1;
+    p += strlen(pattern);
+    while (*p == ' ')
+        p++;
+    if (strncmp(p, "true", 4) == 0 || strncmp(p, "false", 5) == 0) {
+        *out = *p == 't';
+        return 0;
+    }
+    char *end;
+    *out = strtod(p, &end);
+    return end == p ? -1 : 0;
+}
+
+/* Loads X and W and the transform settings of a case; -1 when it is not a usable case. */
+static int load_case(const char *dir, layer *l, int *smooth_applied, int *qprime_given)
+{
+    char path[4096];
+    long size = 0;
+    snprintf(path, sizeof path, "%s/manifest.json", dir);
+    char *m = read_file(path, &size);
+    double t, c, bs, steps, alpha, smooth;
+    if (!m || manifest_number(m, "T", &t) || manifest_number(m, "C", &c) ||
+        manifest_number(m, "block_size", &bs) ||
+        manifest_number(m, "max_rotation_step", &steps) ||
+        manifest_number(m, "smooth_alpha", &alpha) ||
+        manifest_number(m, "smooth_applied", &smooth)) {
+        free(m);
+        return -1;
+    }
+    *qprime_given = strstr(m, "\"q_prime\": \"given\"") != NULL;
+    *smooth_applied = smooth != 0;
+    free(m);
+    l->t = (int64_t)t;
+    l->c = (int64_t)c;
+    l->block = (int32_t)bs;
+    l->steps = (int32_t)steps;
+    l->alpha = (float)alpha;
+    snprintf(path, sizeof path, "%s/W.f32", dir);
+    char *w = read_file(path, &size);
+    free(w);
+    l->out = size / (long)sizeof(float) / l->c;
+    l->x = read_f32(dir, "X", l->t * l->c);
+    l->w = read_f32(dir, "W", l->out * l->c);
+    return l->x && l->w ? 0 : -1;
+}
+
+/* Laplace activations with a few 40x channels and massive values; Gaussian weights. */
+static void synthetic_layer(layer *l)
+{
+    *l = (layer){128, 512, 256, 128, 256, 0.6f, NULL, NULL};
+    l->x = malloc((size_t)(l->t * l->c) * sizeof(float));
+    l->w = malloc((size_t)(l->out * l->c) * sizeof(float));
+    uint64_t s = 2024;
+    for (int64_t i = 0; i < l->t * l->c + l->out * l->c; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        double u = ((double)(s >> 11) + 0.5) / 9007199254740992.0 - 0.5;
+        double v = (u < 0 ? 1 : -1) * log(1 - 2 * fabs(u));
+        if (i < l->t * l->c)
+            l->x[i] = (float)(v * (i % l->c % 61 == 7 ? 40.0 : 1.0));
+        else
+            l->w[i - l->t * l->c] = (float)(0.02 * v);
+    }
+    l->x[5 * l->c + 100] = 1500.0f;
+    l->x[77 * l->c + 300] = -1800.0f;
+}
+
+/* ||x w^T - q(xt) q(wt)^T|| / ||x w^T||; -1 on failure. */
+static double w4a4_error(const layer *l, const float *xt, const float *wt)
+{
+    dq_qmatrix *qx = NULL, *qw = NULL;
+    float *xq = malloc((size_t)(l->t * l->c) * sizeof *xq);
+    float *wq = malloc((size_t)(l->out * l->c) * sizeof *wq);
+    double num = 0, den = 0, err = -1;
+    if (!xq || !wq || dq_qmatrix_pack(NULL, NULL, xt, l->t, l->c, l->c, NULL, NULL, &qx) ||
+        dq_qmatrix_pack(NULL, NULL, wt, l->out, l->c, l->c, NULL, NULL, &qw) ||
+        dq_qmatrix_dequantize(qx, xq, l->c) || dq_qmatrix_dequantize(qw, wq, l->c))
+        goto out;
+    for (int64_t i = 0; i < l->t; i++)
+        for (int64_t j = 0; j < l->out; j++) {
+            double y = 0, yq = 0;
+            for (int64_t k = 0; k < l->c; k++) {
+                y += (double)l->x[i * l->c + k] * l->w[j * l->c + k];
+                yq += (double)xq[i * l->c + k] * wq[j * l->c + k];
+            }
+            num += (y - yq) * (y - yq);
+            den += y * y;
+        }
+    err = sqrt(num / den);
+out:
+    dq_qmatrix_free(qx);
+    dq_qmatrix_free(qw);
+    free(xq);
+    free(wq);
+    return err;
+}
+
+/* Builds the plan, transforms copies of X and W, returns their W4A4 error (-1 on failure,
+ * -2 when the transform does not apply to this width). */
+static double plan_error(const layer *l, const dq_plan_params *p)
+{
+    double err = -1;
+    dq_calib_params cp;
+    dq_calib_params_init(&cp, sizeof cp);
+    cp.sample_tokens = l->t; /* the whole matrix is the calibration sample */
+    dq_calib *cal = NULL;
+    dq_plan *pl = NULL;
+    float *w_absmax = malloc((size_t)l->c * sizeof *w_absmax);
+    float *xt = malloc((size_t)(l->t * l->c) * sizeof *xt);
+    float *wt = malloc((size_t)(l->out * l->c) * sizeof *wt);
+    if (!w_absmax || !xt || !wt || dq_calib_create(NULL, &cp, l->c, &cal) ||
+        dq_calib_observe(cal, l->x, l->t, l->c, l->c) ||
+        dq_smooth_weight_absmax(l->w, l->out, l->c, l->c, 0, w_absmax))
+        goto out;
+    dq_status st = dq_plan_build(NULL, p, cal, w_absmax, l->c, &pl);
+    if (st == DQ_ERR_UNSUPPORTED) {
+        err = -2;
+        goto out;
+    }
+    memcpy(xt, l->x, (size_t)(l->t * l->c) * sizeof *xt);
+    memcpy(wt, l->w, (size_t)(l->out * l->c) * sizeof *wt);
+    if (st || dq_plan_apply_act(pl, xt, l->t, l->c, l->c, NULL, 0) ||
+        dq_plan_transform_weight(pl, wt, l->out, l->c, l->c))
+        goto out;
+    err = w4a4_error(l, xt, wt);
+out:
+    dq_plan_free(pl);
+    dq_calib_free(cal);
+    free(w_absmax);
+    free(xt);
+    free(wt);
+    return err;
+}
+
+/* Error of the reference implementation's own Xt and Wt in dir, or -1 when absent. */
+static double reference_error(const layer *l, const char *dir)
+{
+    float *xt = read_f32(dir, "Xt", l->t * l->c), *wt = read_f32(dir, "Wt", l->out * l->c);
+    double err = xt && wt ? w4a4_error(l, xt, wt) : -1;
+    free(xt);
+    free(wt);
+    return err;
+}
+
+static void print_cell(double e)
+{
+    if (e == -2)
+        printf("  %12s", "n/a");
+    else if (e < 0)
+        printf("  %12s", e == -1 ? "-" : "failed");
+    else
+        printf("  %12.4f", e);
+}
+
+static int print_table(const char *title, const layer *l, const char *dir, const char *smooth_dir)
+{
+    static const struct {
+        const char *name;
+        int32_t method;
+        uint32_t flags;
+    } rows[] = {
+        {"RTN | SmoothQuant", DQ_ROT_METHOD_GREEDY, 0},
+        {"Hadamard", DQ_ROT_METHOD_HADAMARD, DQ_PLAN_F_ROTATE},
+        {"random orthogonal", DQ_ROT_METHOD_RANDOM, DQ_PLAN_F_ROTATE},
+        {"DuQuant, reference mode", DQ_ROT_METHOD_GREEDY,
+         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_ROW_RULE},
+        {"DuQuant, column rule, per-block R", DQ_ROT_METHOD_GREEDY,
+         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_PER_BLOCK_R},
+    };
+    int failed = 0;
+    printf("%s: X %lldx%lld, W %lldx%lld, block %d, %d greedy steps\n", title, (long long)l->t,
+           (long long)l->c, (long long)l->out, (long long)l->c, l->block, l->steps);
+    printf("  %-42s  %12s  %7s %.2f\n", "W4A4 relative output error", "no smoothing",
+           "smoothing", (double)l->alpha);
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        printf("  %-42s", rows[r].name);
+        for (int smooth = 0; smooth < 2; smooth++) {
+            dq_plan_params p;
+            dq_plan_params_init(&p, sizeof p);
+            p.method = rows[r].method;
+            p.flags = rows[r].flags | (smooth ? DQ_PLAN_F_SMOOTH : 0);
+            p.block_size = l->block;
+            p.max_rotation_step = l->steps;
+            p.smooth_alpha = l->alpha;
+            double e = plan_error(l, &p);
+            failed += e == -1;
+            print_cell(e);
+        }
+        printf("\n");
+    }
+    if (dir) {
+        printf("  %-42s", "reference implementation (its Xt, Wt)");
+        print_cell(reference_error(l, dir));
+        print_cell(smooth_dir ? reference_error(l, smooth_dir) : -1);
+        printf("\n");
+    }
+    printf("\n");
+    return failed;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int main(int argc, char **argv)
+{
+    const char *root = argc > 1 ? argv[1] : getenv("DUQUANT_GOLDEN_DIR");
+    DIR *d = root ? opendir(root) : NULL;
+    int failed = 0, shown = 0;
+    if (d) {
+        char *names[256];
+        int n = 0;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL && n < 256)
+            if (e->d_name[0] != '.')
+                names[n++] = strdup(e->d_name);
+        closedir(d);
+        qsort(names, (size_t)n, sizeof *names, cmp_names);
+        for (int i = 0; i < n; i++) {
+            char dir[2048], smooth_dir[2048], title[300];
+            snprintf(dir, sizeof dir, "%s/%s", root, names[i]);
+            snprintf(smooth_dir, sizeof smooth_dir, "%s/%s_smooth", root, names[i]);
+            layer l;
+            int smooth_applied = 0, qprime_given = 0;
+            memset(&l, 0, sizeof l);
+            /* One table per distinct input: the _smooth partner joins its plain case. */
+            if (load_case(dir, &l, &smooth_applied, &qprime_given) == 0 && !smooth_applied &&
+                !qprime_given) {
+                DIR *probe = opendir(smooth_dir);
+                if (probe)
+                    closedir(probe);
+                snprintf(title, sizeof title, "case %s", names[i]);
+                failed += print_table(title, &l, dir, probe ? smooth_dir : NULL);
+                shown++;
+            }
+            free(l.x);
+            free(l.w);
+            free(names[i]);
+        }
+    }
+    if (shown == 0) {
+        layer l;
+        synthetic_layer(&l);
+        failed += print_table("synthetic layer (no reference cases found)", &l, NULL, NULL);
+        free(l.x);
+        free(l.w);
+    }
+    return failed ? 1 : 0;
+}
