@@ -2,22 +2,10 @@
 #include <string.h>
 
 #include "dq_internal.h"
+#include "dq_qmatrix.h"
 
 /* The first released layout ends after clip_ratio. */
 #define QUANT_PARAMS_MIN_SIZE (offsetof(dq_quant_params, clip_ratio) + sizeof(float))
-
-struct dq_qmatrix {
-    dq_context ctx;
-    int64_t rows, cols;
-    int32_t bits, scheme, group_size; /* group_size as requested: 0 = whole row */
-    int64_t group_len;                /* effective elements per group */
-    int64_t groups_per_row;
-    size_t row_bytes;
-    size_t nbytes;
-    uint8_t *packed;
-    float *scales;
-    float *zeros; /* NULL for SYM */
-};
 
 DQ_API dq_status dq_quant_params_init(dq_quant_params *p, size_t struct_size)
 {

@@ -1,0 +1,90 @@
+/* Private interface of the integer matrix products behind dq_linear.
+ *
+ * Arithmetic shared by every kernel. A token row is quantized to unsigned codes u (one byte
+ * each) with a scale sx and an integer zero point zx: x ~ (u - zx) * sx. SYM activations are
+ * stored the same way, shifted by 2^(bits-1) (zx = 2^(bits-1)). A weight group is held as
+ * signed codes c with a scale sw and an integer zero point zw: w ~ (c - zw) * sw (ASYM codes
+ * are shifted by -2^(bits-1) and so is their zero point; SYM has zw = 0). Then, per group of n
+ * elements,
+ *     sum (u - zx)(c - zw) = sum u*c - zw * sum u - zx * sum c + n * zx * zw
+ * is exact in int32 (|u*c| <= 255*128 per term: groups up to 65536 elements at 8 bits, far more
+ * at 4 bits), and y = sx * sum_g sw_g * (that). This holds while the zero points stay near the
+ * code range, i.e. whenever a token row and a weight group each span 0 (or come close). A row
+ * or group of one sign with a range tiny against its values gets a zero point far outside
+ * (up to +-1e4, dq__quant_params' clamp); then the true sum may exceed int32. The portable
+ * kernel sums in 64 bits, so it stays exact and equals every int32 kernel wherever the true
+ * sum fits (int32 kernels wrap modulo 2^32 beyond that).
+ * Unsigned-by-signed byte products are what AVX-512 VNNI (vpdpbusd) and AVX2 (vpmaddubsw)
+ * multiply, so every kernel reads the same operands.
+ *
+ * The portable kernels (dq_gemm_ref.c) are the oracle every SIMD variant is tested against:
+ * results must be bit-identical, because the integer sums are exact and the float epilogue
+ * below is fixed.
+ *
+ * Float epilogue, in this order for every kernel: acc_g is the exact int32 group sum;
+ *     y = bias + sum over g in increasing order of (sx * sw_g) * (float)acc_g
+ * with the product sx * sw_g rounded to float first, and one float addition per group.
+ */
+#ifndef DQ_GEMM_H
+#define DQ_GEMM_H
+
+#include "dq_internal.h"
+
+/* Weights prepared for the integer product; built once per layer, immutable afterwards.
+ * codes: rows x cols signed codes, one int8 per element, row stride code_ld (>= cols, a
+ * multiple of 64, padding bytes 0). Kernels may keep extra repacked copies behind `kernel`. */
+typedef struct dq__wprep {
+    dq_context ctx;
+    int64_t rows, cols;
+    int32_t bits;         /* 4 or 8 */
+    int64_t group_len;    /* elements per group (cols when whole rows) */
+    int64_t groups;       /* groups per row */
+    int64_t code_ld;
+    int8_t *codes;        /* rows * code_ld */
+    float *scales;        /* rows * groups */
+    int32_t *zeros;       /* rows * groups, integer zero points in the shifted code space */
+    int32_t *code_sums;   /* rows * groups: sum of c over each group */
+    void *kernel;         /* optional kernel-specific repacked form (freed by dq__wprep_free) */
+    void (*kernel_free)(const dq_context *ctx, void *kernel);
+} dq__wprep;
+
+/* Quantized activations: rows tokens of cols unsigned codes (code_ld >= cols), per-token scale
+ * and integer zero point. */
+typedef struct dq__aq {
+    int64_t rows, cols, code_ld;
+    const uint8_t *codes;
+    const float *scales;
+    const int32_t *zeros;
+} dq__aq;
+
+/* Build the prepared form of a packed matrix (any bits / scheme / group size it supports). */
+dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep **out);
+void dq__wprep_free(dq__wprep *w);
+
+/* Per-token quantization, reference-exact (DESIGN.md 4.7: true division, round half to even):
+ * x rows x cols (ldx) -> codes (code_ld), scales, zeros as in dq__aq. bits 4 or 8, scheme
+ * DQ_QUANT_ASYM or DQ_QUANT_SYM, clip in (0, 1] on each token's min and max. */
+void dq__quantize_tokens_ref(const float *x, int64_t rows, int64_t cols, int64_t ldx,
+                             int32_t bits, int32_t scheme, float clip, uint8_t *codes,
+                             int64_t code_ld, float *scales, int32_t *zeros);
+
+/* y (a->rows x w->rows, ldy) = dequantized product, plus bias (w->rows floats) when not NULL.
+ * The portable oracle. */
+void dq__gemm_w_a_ref(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
+                      int64_t ldy);
+
+/* Weight-only product: y = x * dequant(W)^T + bias, x float rows x cols (ldx). Portable. */
+void dq__gemm_w_f32_ref(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
+                        const float *bias, float *y, int64_t ldy);
+
+/* Dispatched entry points: the fastest kernel this CPU supports, on up to n_threads threads
+ * (0 = host decides). Same results as the _ref versions (bit-identical for the integer path). */
+void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx, int32_t bits,
+                         int32_t scheme, float clip, uint8_t *codes, int64_t code_ld,
+                         float *scales, int32_t *zeros, int32_t n_threads);
+void dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y, int64_t ldy,
+                  int32_t n_threads);
+void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
+                    const float *bias, float *y, int64_t ldy, int32_t n_threads);
+
+#endif

@@ -1,0 +1,28 @@
+/* Private layout of dq_qmatrix, shared by the files that read packed matrices directly. */
+#ifndef DQ_QMATRIX_H
+#define DQ_QMATRIX_H
+
+#include "dq_internal.h"
+
+struct dq_qmatrix {
+    dq_context ctx;
+    int64_t rows, cols;
+    int32_t bits, scheme, group_size; /* group_size as requested: 0 = whole row */
+    int64_t group_len;                /* effective elements per group */
+    int64_t groups_per_row;
+    size_t row_bytes;
+    size_t nbytes;
+    uint8_t *packed;
+    float *scales;
+    float *zeros; /* NULL for SYM */
+};
+
+/* Stored code of element j of a packed row: ASYM 0..2^bits-1, SYM signed. */
+static inline int32_t dq__qmatrix_code(const struct dq_qmatrix *q, const uint8_t *row, int64_t j)
+{
+    int32_t v = q->bits == 8 ? row[j] : (row[j / 2] >> (4 * (j & 1))) & 0xF;
+    int32_t half = 1 << (q->bits - 1);
+    return (q->scheme == DQ_QUANT_SYM && v >= half) ? v - 2 * half : v;
+}
+
+#endif
