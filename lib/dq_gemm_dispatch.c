@@ -1,0 +1,25 @@
+/* Dispatched integer products: the fastest kernel this CPU runs (AVX-512 VNNI, AVX2, portable;
+ * probed per call, which costs nanoseconds, so no global state), on the context's threads.
+ * Every variant gives the portable kernels' bits (dq_gemm_simd.c picks and splits). */
+#include "dq_gemm.h"
+#include "dq_gemm_simd.h"
+
+void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx, int32_t bits,
+                         int32_t scheme, float clip, uint8_t *codes, int64_t code_ld,
+                         float *scales, int32_t *zeros, int32_t n_threads)
+{
+    dq__quantize_tokens_isa(dq__gemm_isa_best(), x, rows, cols, ldx, bits, scheme, clip, codes,
+                            code_ld, scales, zeros, n_threads);
+}
+
+void dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y, int64_t ldy,
+                  int32_t n_threads)
+{
+    dq__gemm_w_a_isa(dq__gemm_isa_best(), w, a, bias, y, ldy, n_threads);
+}
+
+void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
+                    const float *bias, float *y, int64_t ldy, int32_t n_threads)
+{
+    dq__gemm_w_f32_isa(w, x, rows, ldx, bias, y, ldy, n_threads);
+}

@@ -1,0 +1,398 @@
+/* Run-time choice of the integer product kernels, the repacked weights they read, the packing
+ * of activation tiles and the split of the work over threads (layouts in dq_gemm_simd.h). */
+#include <string.h>
+
+#include "dq_gemm_simd.h"
+#include "dq_threads.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define DQ_GEMM_X86 1
+#include <emmintrin.h>
+#else
+#define DQ_GEMM_X86 0
+#endif
+
+/* Below this many multiply-adds per thread, starting a thread (60-400 us measured on a busy
+ * 2-core VM) costs more than it saves. */
+#define MACS_PER_THREAD ((int64_t)1 << 26)
+
+bool dq__gemm_isa_supported(int32_t isa)
+{
+    switch (isa) {
+    case DQ_GEMM_ISA_PORTABLE:
+        return true;
+#if DQ_GEMM_X86
+    case DQ_GEMM_ISA_AVX2:
+        return __builtin_cpu_supports("avx2");
+    case DQ_GEMM_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+    default:
+        return false;
+    }
+}
+
+int32_t dq__gemm_isa_best(void)
+{
+    if (dq__gemm_isa_supported(DQ_GEMM_ISA_AVX512))
+        return DQ_GEMM_ISA_AVX512;
+    if (dq__gemm_isa_supported(DQ_GEMM_ISA_AVX2))
+        return DQ_GEMM_ISA_AVX2;
+    return DQ_GEMM_ISA_PORTABLE;
+}
+
+/* ---- repacked weights ---- */
+
+static void wpack_free(const dq_context *ctx, void *kernel)
+{
+    dq__wpack *wp = kernel;
+    if (!wp)
+        return;
+    dq__free(ctx, wp->codes);
+    dq__free(ctx, wp->meta);
+    dq__free(ctx, wp);
+}
+
+static int64_t steps_of(int64_t len)
+{
+    return (len + DQ_GEMM_STEP - 1) / DQ_GEMM_STEP;
+}
+
+void dq__gemm_prepare(dq__wprep *w)
+{
+    if (!w || w->kernel || (w->bits != 4 && w->bits != 8) || w->rows <= 0 || w->cols <= 0 ||
+        w->group_len <= 0 || w->groups <= 0)
+        return;
+    if (!dq__gemm_isa_supported(DQ_GEMM_ISA_AVX2) && !dq__gemm_isa_supported(DQ_GEMM_ISA_AVX512))
+        return;
+    const dq_context *ctx = &w->ctx;
+    dq__wpack *wp = dq__calloc(ctx, 1, sizeof *wp);
+    if (!wp)
+        return;
+    wp->bits = w->bits;
+    wp->blocks = (w->rows + DQ_GEMM_BLOCK - 1) / DQ_GEMM_BLOCK;
+    wp->groups = w->groups;
+    wp->group_steps = steps_of(w->group_len);
+    const int64_t last_len = w->cols - (w->groups - 1) * w->group_len;
+    wp->last_steps = steps_of(last_len);
+    wp->steps = (w->groups - 1) * wp->group_steps + wp->last_steps;
+    wp->step_bytes = w->bits == 4 ? 64 : 128;
+    wp->block_bytes = wp->steps * wp->step_bytes;
+    size_t code_bytes, meta_count;
+    if (!dq__mul_size((size_t)wp->blocks, (size_t)wp->block_bytes, &code_bytes) ||
+        !dq__mul_size((size_t)wp->blocks, (size_t)wp->groups, &meta_count))
+        goto fail;
+    wp->codes = dq__calloc(ctx, code_bytes, 1);
+    wp->meta = dq__calloc(ctx, meta_count, sizeof *wp->meta);
+    if (!wp->codes || !wp->meta)
+        goto fail;
+
+    const int32_t code_bias = w->bits == 4 ? 8 : 0;
+    for (int64_t r = 0; r < w->rows; r++) {
+        const int64_t blk = r / DQ_GEMM_BLOCK, o = r % DQ_GEMM_BLOCK;
+        uint8_t *dst = wp->codes + (size_t)blk * (size_t)wp->block_bytes;
+        const int8_t *src = w->codes + (size_t)r * (size_t)w->code_ld;
+        for (int64_t g = 0; g < w->groups; g++) {
+            const int64_t start = g * w->group_len;
+            const int64_t len = g + 1 < w->groups ? w->group_len : last_len;
+            const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
+            for (int64_t k = 0; k < len; k++) {
+                const int64_t kp = kp0 + k;
+                const int64_t s = kp / DQ_GEMM_STEP, half = (kp % DQ_GEMM_STEP) / 4, lane = kp % 4;
+                const int32_t c = src[start + k];
+                if (w->bits == 4)
+                    dst[s * 64 + 4 * o + lane] |= (uint8_t)((c + code_bias) << (4 * half));
+                else
+                    dst[s * 128 + half * 64 + 4 * o + lane] = (uint8_t)(int8_t)c;
+            }
+            const size_t i = (size_t)r * (size_t)w->groups + (size_t)g;
+            dq__gemm_meta *m = &wp->meta[(size_t)blk * (size_t)wp->groups + (size_t)g];
+            const int32_t zw = w->zeros[i];
+            const int64_t abs_zw = zw < 0 ? -(int64_t)zw : zw;
+            wp->max_abs_zero = abs_zw > wp->max_abs_zero ? abs_zw : wp->max_abs_zero;
+            m->scale[o] = w->scales[i];
+            m->zero[o] = (int32_t)((uint32_t)zw + (uint32_t)code_bias);
+            /* Wrapping arithmetic: the kernels' sums are exact modulo 2^32. */
+            m->corr[o] = (int32_t)((uint32_t)w->code_sums[i] - (uint32_t)len * (uint32_t)zw);
+        }
+    }
+    w->kernel = wp;
+    w->kernel_free = wpack_free;
+    return;
+fail:
+    wpack_free(ctx, wp);
+}
+
+/* ---- activation tiles ---- */
+
+typedef struct gemm_job {
+    const dq__wprep *w;
+    const dq__aq *a;
+    const float *bias;
+    float *y;
+    int64_t ldy;
+    dq__apack ap;
+    uint8_t *packed; /* NULL when the kernels read the caller's rows */
+    int32_t *sums;
+    dq__gemm_tiles_fn *tiles;
+    bool split_tiles; /* threads take token tiles instead of output blocks */
+} gemm_job;
+
+/* Sum of n codes; SSE2 (every x86-64) adds 16 at a time. */
+static int32_t code_sum(const uint8_t *u, int64_t n)
+{
+    int64_t k = 0;
+    uint64_t s = 0;
+#if DQ_GEMM_X86
+    __m128i acc = _mm_setzero_si128();
+    for (; k + 16 <= n; k += 16)
+        acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadu_si128((const __m128i *)(u + k)),
+                                               _mm_setzero_si128()));
+    s = (uint64_t)_mm_cvtsi128_si64(acc) +
+        (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc));
+#endif
+    for (; k < n; k++)
+        s += u[k];
+    return (int32_t)s;
+}
+
+/* Per-group code sums of the tile's tokens and, when the layout needs it, the packed copy. */
+static void prepare_tile(const gemm_job *job, int64_t tile)
+{
+    const dq__wprep *w = job->w;
+    const dq__wpack *wp = w->kernel;
+    const dq__aq *a = job->a;
+    int32_t *sums = job->sums + (size_t)tile * (size_t)wp->groups * DQ_GEMM_TILE;
+    uint8_t *dst = job->packed ? job->packed + (size_t)tile * (size_t)job->ap.tile_stride : NULL;
+    const int64_t t0 = tile * DQ_GEMM_TILE;
+    if (dst && a->rows - t0 < DQ_GEMM_TILE)
+        memset(dst, 0, (size_t)job->ap.tile_stride);
+    for (int64_t i = 0; i < DQ_GEMM_TILE && t0 + i < a->rows; i++) {
+        const uint8_t *u = a->codes + (size_t)(t0 + i) * (size_t)a->code_ld;
+        for (int64_t g = 0; g < w->groups; g++) {
+            const int64_t start = g * w->group_len;
+            const int64_t len = g + 1 < w->groups ? w->group_len : w->cols - start;
+            sums[g * DQ_GEMM_TILE + i] = code_sum(u + start, len);
+            if (!dst)
+                continue;
+            const int64_t steps = g + 1 < w->groups ? wp->group_steps : wp->last_steps;
+            uint8_t *q = dst + g * wp->group_steps * DQ_GEMM_STEP * DQ_GEMM_TILE + 4 * i;
+            int64_t k = 0;
+            for (; k + 4 <= len; k += 4, q += 4 * DQ_GEMM_TILE)
+                memcpy(q, u + start + k, 4);
+            for (; k < steps * DQ_GEMM_STEP; k += 4, q += 4 * DQ_GEMM_TILE) {
+                uint8_t four[4] = {0, 0, 0, 0};
+                if (k < len)
+                    memcpy(four, u + start + k, (size_t)(len - k));
+                memcpy(q, four, 4);
+            }
+        }
+    }
+}
+
+static void prepare_part(void *arg, int32_t part, int32_t n)
+{
+    const gemm_job *job = arg;
+    int64_t begin, end;
+    dq__split(job->ap.tiles, part, n, &begin, &end);
+    for (int64_t t = begin; t < end; t++)
+        prepare_tile(job, t);
+}
+
+static void compute_part(void *arg, int32_t part, int32_t n)
+{
+    gemm_job *job = arg;
+    const dq__wpack *wp = job->w->kernel;
+    int64_t tb = 0, te = job->ap.tiles, bb = 0, be = wp->blocks;
+    if (job->split_tiles)
+        dq__split(job->ap.tiles, part, n, &tb, &te);
+    else
+        dq__split(wp->blocks, part, n, &bb, &be);
+    if (tb < te && bb < be)
+        job->tiles(job->w, &job->ap, job->a, job->bias, job->y, job->ldy, tb, te, bb, be);
+}
+
+/* ---- portable kernels on threads ---- */
+
+/* Output rows [b, e) of w as a prepared matrix of their own (shared storage, no repacked form):
+ * every output is computed on its own, so any split gives the same bits. */
+static dq__wprep row_view(const dq__wprep *w, int64_t b, int64_t e)
+{
+    dq__wprep v = *w;
+    v.rows = e - b;
+    v.codes += (size_t)b * (size_t)w->code_ld;
+    v.scales += (size_t)b * (size_t)w->groups;
+    v.zeros += (size_t)b * (size_t)w->groups;
+    v.code_sums += (size_t)b * (size_t)w->groups;
+    v.kernel = NULL;
+    v.kernel_free = NULL;
+    return v;
+}
+
+typedef struct ref_job {
+    const dq__wprep *w;
+    const dq__aq *a;        /* integer product, or */
+    const float *x;         /* float activations (weight-only product) */
+    int64_t rows, ldx;
+    const float *bias;
+    float *y;
+    int64_t ldy;
+} ref_job;
+
+static void ref_part(void *arg, int32_t part, int32_t n)
+{
+    const ref_job *j = arg;
+    int64_t b, e;
+    dq__split(j->w->rows, part, n, &b, &e);
+    if (b >= e)
+        return;
+    const dq__wprep v = row_view(j->w, b, e);
+    const float *bias = j->bias ? j->bias + b : NULL;
+    if (j->a)
+        dq__gemm_w_a_ref(&v, j->a, bias, j->y + b, j->ldy);
+    else
+        dq__gemm_w_f32_ref(&v, j->x, j->rows, j->ldx, bias, j->y + b, j->ldy);
+}
+
+/* Output rows per thread below which the portable kernels stay on one thread. */
+#define REF_MACS_PER_THREAD ((int64_t)1 << 22)
+
+static void run_ref(const dq__wprep *w, const dq__aq *a, const float *x, int64_t rows,
+                    int64_t ldx, const float *bias, float *y, int64_t ldy, int32_t n_threads)
+{
+    int64_t macs;
+    if (__builtin_mul_overflow(rows, w->rows, &macs) ||
+        __builtin_mul_overflow(macs, w->cols, &macs))
+        macs = INT64_MAX;
+    const int64_t useful = macs / REF_MACS_PER_THREAD;
+    ref_job j = {w, a, x, rows, ldx, bias, y, ldy};
+    dq__parallel_run(dq__threads_resolve(n_threads, useful < w->rows ? useful : w->rows),
+                     ref_part, &j);
+}
+
+void dq__gemm_w_f32_isa(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
+                        const float *bias, float *y, int64_t ldy, int32_t n_threads)
+{
+    run_ref(w, NULL, x, rows, ldx, bias, y, ldy, n_threads);
+}
+
+/* The kernels get each group sum modulo 2^32, the reference exactly: they agree when
+ * |sum (u - zx)(c - zw)| <= n * (255 + |zx|) * (|c| + |zw|) fits int32, which only extreme
+ * zero points (clamped constant rows) can break. */
+static bool sums_fit_int32(const dq__wprep *w, const dq__aq *a)
+{
+    const dq__wpack *wp = w->kernel;
+    int64_t max_zx = 0;
+    for (int64_t t = 0; t < a->rows; t++) {
+        const int64_t z = a->zeros[t] < 0 ? -(int64_t)a->zeros[t] : a->zeros[t];
+        max_zx = z > max_zx ? z : max_zx;
+    }
+    const double bound = (double)w->group_len * (double)(255 + max_zx) *
+                         (double)((w->bits == 4 ? 8 : 128) + wp->max_abs_zero);
+    return bound <= (double)INT32_MAX;
+}
+
+void dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
+                      float *y, int64_t ldy, int32_t n_threads)
+{
+    const dq__wpack *wp = w->kernel;
+    dq__gemm_tiles_fn *tiles = NULL;
+    if (wp && dq__gemm_isa_supported(isa)) {
+        if (isa == DQ_GEMM_ISA_AVX512)
+            tiles = dq__gemm_tiles_avx512;
+        /* vpmaddubsw saturates its int16 pair sums: exact only while u * c pairs stay below
+         * 2^15, which 8-bit codes on both sides can exceed. */
+        else if (isa == DQ_GEMM_ISA_AVX2 && wp->bits == 4)
+            tiles = dq__gemm_tiles_avx2;
+    }
+    if (!tiles || !sums_fit_int32(w, a)) {
+        run_ref(w, a, NULL, a->rows, 0, bias, y, ldy, n_threads);
+        return;
+    }
+    gemm_job job = {.w = w, .a = a, .bias = bias, .y = y, .ldy = ldy, .tiles = tiles};
+    dq__apack *ap = &job.ap;
+    ap->rows = a->rows;
+    ap->tiles = (a->rows + DQ_GEMM_TILE - 1) / DQ_GEMM_TILE;
+    /* Groups of whole steps need no padding: the kernels read the caller's rows (no copy, no
+     * large allocation, whose page faults cost as much as the product on small batches). */
+    const bool direct = w->group_len % DQ_GEMM_STEP == 0 && w->cols % DQ_GEMM_STEP == 0;
+    size_t sum_count, packed_bytes = 0;
+    bool ok = dq__mul_size((size_t)ap->tiles, (size_t)wp->groups * DQ_GEMM_TILE, &sum_count);
+    if (direct) {
+        *ap = (dq__apack){ap->rows, ap->tiles, a->codes, DQ_GEMM_TILE * a->code_ld, a->code_ld,
+                          DQ_GEMM_STEP, 4, NULL};
+    } else {
+        const int64_t tile_bytes = wp->steps * DQ_GEMM_STEP * DQ_GEMM_TILE;
+        ok = ok && dq__mul_size((size_t)ap->tiles, (size_t)tile_bytes, &packed_bytes);
+        job.packed = ok ? dq__alloc(&w->ctx, packed_bytes) : NULL;
+        ok = ok && job.packed;
+        *ap = (dq__apack){ap->rows, ap->tiles, job.packed, tile_bytes, 4, 64, 32, NULL};
+    }
+    job.sums = ok ? dq__alloc(&w->ctx, sum_count * sizeof *job.sums) : NULL;
+    if (!job.sums) {
+        dq__free(&w->ctx, job.packed);
+        run_ref(w, a, NULL, a->rows, 0, bias, y, ldy, n_threads);
+        return;
+    }
+    ap->sums = job.sums;
+    int64_t macs;
+    if (__builtin_mul_overflow(a->rows, w->rows, &macs) ||
+        __builtin_mul_overflow(macs, w->cols, &macs))
+        macs = INT64_MAX;
+    const int64_t useful = macs / MACS_PER_THREAD;
+    int32_t n = dq__threads_resolve(n_threads, useful < wp->blocks ? useful : wp->blocks);
+    if (n > 1 && wp->blocks < 4 * (int64_t)n && ap->tiles >= 4 * (int64_t)n)
+        job.split_tiles = true;
+    dq__parallel_run(ap->tiles >= n ? n : 1, prepare_part, &job);
+    dq__parallel_run(n, compute_part, &job);
+    dq__free(&w->ctx, job.sums);
+    dq__free(&w->ctx, job.packed);
+}
+
+/* ---- per-token quantization ---- */
+
+typedef struct quant_job {
+    dq__quantize_fn *fn;
+    const float *x;
+    int64_t rows, cols, ldx;
+    int32_t bits, scheme;
+    float clip;
+    uint8_t *codes;
+    int64_t code_ld;
+    float *scales;
+    int32_t *zeros;
+} quant_job;
+
+static void quant_part(void *arg, int32_t part, int32_t n)
+{
+    const quant_job *q = arg;
+    int64_t b, e;
+    dq__split(q->rows, part, n, &b, &e);
+    if (b < e)
+        q->fn(q->x + (size_t)b * (size_t)q->ldx, e - b, q->cols, q->ldx, q->bits, q->scheme,
+              q->clip, q->codes + (size_t)b * (size_t)q->code_ld, q->code_ld, q->scales + b,
+              q->zeros + b);
+}
+
+/* Elements per thread below which quantizing on one more thread does not pay. */
+#define QUANT_PER_THREAD ((int64_t)1 << 22)
+
+void dq__quantize_tokens_isa(int32_t isa, const float *x, int64_t rows, int64_t cols,
+                             int64_t ldx, int32_t bits, int32_t scheme, float clip,
+                             uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros,
+                             int32_t n_threads)
+{
+    quant_job q = {dq__quantize_tokens_ref, x,    rows,    cols,   ldx,  bits,
+                   scheme,                  clip, codes,   code_ld, scales, zeros};
+    if (isa == DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
+        q.fn = dq__quantize_tokens_avx512;
+    else if (isa == DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(isa))
+        q.fn = dq__quantize_tokens_avx2;
+    int64_t elems;
+    if (__builtin_mul_overflow(rows, cols, &elems))
+        elems = INT64_MAX;
+    const int64_t useful = elems / QUANT_PER_THREAD;
+    dq__parallel_run(dq__threads_resolve(n_threads, useful < rows ? useful : rows), quant_part,
+                     &q);
+}

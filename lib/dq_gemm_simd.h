@@ -1,0 +1,119 @@
+/* Private interface of the SIMD integer products: the repacked weight layout they share, the
+ * packed activation tiles, the per-ISA tile kernels and the dispatch entry points.
+ *
+ * Weights (built once by dq__gemm_prepare, kept behind dq__wprep.kernel): output rows in blocks
+ * of 16; within a block, k runs in steps of 8 and every group is padded to whole steps with
+ * zero codes, so no step straddles two groups. One step of one block is
+ *   4-bit: 64 bytes; byte 4*o + r holds c+8 of (output o, k = 8s + r) in its low nibble and of
+ *          (o, 8s + 4 + r) in its high nibble (r < 4); padding is the nibble 0.
+ *   8-bit: 128 bytes; byte 4*o + r of the first 64 holds c of (o, 8s + r), of the next 64
+ *          c of (o, 8s + 4 + r).
+ * So a 64-byte vector holds, for 16 outputs, 4 consecutive codes each: the operand layout of
+ * vpdpbusd (and of vpmaddubsw + vpmaddwd). Storing 4-bit codes as c+8 (0..15) unpacks with
+ * one mask and one shift and needs no sign extension; the +8 is taken back through the zero
+ * point. Per (block, group) the kernels read the weight scale, the zero point plus the code
+ * bias, and corr = sum(c) - n * zw, so that with s the stored code and b the bias
+ *   sum (u - zx)(c - zw) = sum u*s - (zw + b) * sum u - zx * corr     (exact mod 2^32).
+ *
+ * Activations are read in tiles of 8 tokens, 4 codes (one broadcast) at a time. When every
+ * group is a whole number of steps (no padding), straight from the caller's rows; otherwise
+ * from a packed copy where the 4 codes of token i at padded position k are bytes
+ * 32 * (k / 4) + 4 * i + k % 4 of the tile, with the weights' group padding as zeros. The
+ * per-group code sums of each token are computed once per call, as int32 [tile][group][8]. */
+#ifndef DQ_GEMM_SIMD_H
+#define DQ_GEMM_SIMD_H
+
+#include "dq_gemm.h"
+
+#define DQ_GEMM_BLOCK 16 /* outputs per weight block */
+#define DQ_GEMM_STEP 8   /* k per step */
+#define DQ_GEMM_TILE 8   /* tokens per activation tile */
+
+#if defined(__GNUC__)
+#define DQ_GEMM_INLINE inline __attribute__((always_inline))
+#else
+#define DQ_GEMM_INLINE inline
+#endif
+/* Register tiles live in arrays indexed by constant loop counters: fully unrolled loops let the
+ * compiler keep them in registers. */
+#if defined(__clang__)
+#define DQ_GEMM_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define DQ_GEMM_UNROLL _Pragma("GCC unroll 16")
+#else
+#define DQ_GEMM_UNROLL
+#endif
+
+/* Per (block, group) epilogue constants, one lane per output. */
+typedef struct dq__gemm_meta {
+    float scale[DQ_GEMM_BLOCK];
+    int32_t zero[DQ_GEMM_BLOCK]; /* zw + code bias */
+    int32_t corr[DQ_GEMM_BLOCK]; /* sum c - n * zw */
+} dq__gemm_meta;
+
+/* The repacked weights. */
+typedef struct dq__wpack {
+    int64_t blocks;       /* ceil(rows / 16) */
+    int64_t groups;
+    int64_t group_steps;  /* steps of every group but the last */
+    int64_t last_steps;   /* steps of the last group */
+    int64_t steps;        /* all steps of a row: kpad / 8 */
+    int64_t step_bytes;   /* 64 (4-bit) or 128 (8-bit) */
+    int64_t block_bytes;  /* steps * step_bytes */
+    int32_t bits;
+    int64_t max_abs_zero; /* largest |zw|: with it, calls check that no group sum overflows */
+    uint8_t *codes;       /* blocks * block_bytes */
+    dq__gemm_meta *meta;  /* blocks * groups */
+} dq__wpack;
+
+/* Activation tiles as the kernels read them: codes of token t0 + i (tile t0 / 8), padded
+ * position k = 8 s + 4 h + r are at codes + t0 / 8 * tile_stride + i * token_stride
+ * + s * step_stride + h * half_stride + r. */
+typedef struct dq__apack {
+    int64_t rows;        /* tokens */
+    int64_t tiles;       /* ceil(rows / 8) */
+    const uint8_t *codes;
+    int64_t tile_stride, token_stride, step_stride, half_stride;
+    const int32_t *sums; /* tiles * groups * 8 */
+} dq__apack;
+
+/* The instruction sets a kernel may be asked for; dq__gemm_isa_best() is the fastest this CPU
+ * runs. */
+enum { DQ_GEMM_ISA_PORTABLE = 0, DQ_GEMM_ISA_AVX2 = 1, DQ_GEMM_ISA_AVX512 = 2 };
+int32_t dq__gemm_isa_best(void);
+/* True when the CPU can run kernels of that instruction set. */
+bool dq__gemm_isa_supported(int32_t isa);
+
+/* Build w->kernel from w's codes, scales, zeros and code sums when some SIMD kernel can use
+ * it; leaves it NULL otherwise (or when out of memory: the portable kernels need nothing). */
+void dq__gemm_prepare(dq__wprep *w);
+
+/* The dispatched product forced to one instruction set (tests, benchmarks). An ISA the CPU
+ * lacks, or one that cannot take these operands exactly, runs the portable kernel. */
+void dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
+                      float *y, int64_t ldy, int32_t n_threads);
+/* The weight-only product (portable kernel) split over up to n_threads threads. */
+void dq__gemm_w_f32_isa(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
+                        const float *bias, float *y, int64_t ldy, int32_t n_threads);
+void dq__quantize_tokens_isa(int32_t isa, const float *x, int64_t rows, int64_t cols,
+                             int64_t ldx, int32_t bits, int32_t scheme, float clip,
+                             uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros,
+                             int32_t n_threads);
+
+/* Tile kernels: y for tokens of tiles [tile_begin, tile_end) and outputs of blocks
+ * [block_begin, block_end). bias may be NULL. */
+typedef void dq__gemm_tiles_fn(const dq__wprep *w, const dq__apack *ap, const dq__aq *a,
+                               const float *bias, float *y, int64_t ldy, int64_t tile_begin,
+                               int64_t tile_end, int64_t block_begin, int64_t block_end);
+dq__gemm_tiles_fn dq__gemm_tiles_avx2;
+dq__gemm_tiles_fn dq__gemm_tiles_avx512;
+
+/* Per-token quantization of rows [0, rows): the same codes, scales and zeros as
+ * dq__quantize_tokens_ref. */
+typedef void dq__quantize_fn(const float *x, int64_t rows, int64_t cols, int64_t ldx,
+                             int32_t bits, int32_t scheme, float clip, uint8_t *codes,
+                             int64_t code_ld, float *scales, int32_t *zeros);
+dq__quantize_fn dq__quantize_tokens_avx2;
+dq__quantize_fn dq__quantize_tokens_avx512;
+
+#endif
