@@ -1,0 +1,1135 @@
+/* Plan and packed-matrix files: the public writer and reader on top of the safetensors
+ * container (dq_safetensors.c). Names and metadata keys are specified in doc/formats.md. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "dq_internal.h"
+#include "dq_qmatrix.h"
+#include "dq_safetensors.h"
+
+/* Largest plan width a file may declare: plans whose parts are all identities carry no tensor
+ * that would bound the width by the file size. */
+#define MAX_PLAN_COLS ((int64_t)1 << 24)
+/* Most rotation slots of a stored plan (plans built here have at most 65). */
+#define MAX_PLAN_SLOTS 1024
+
+#define FILE_PARAMS_MIN_SIZE (offsetof(dq_file_params, max_header_bytes) + sizeof(uint64_t))
+
+struct dq_file_writer {
+    dq_context ctx;
+    dq__st_entry *e;
+    size_t n, cap;
+    dq__st_meta *meta;
+    size_t n_meta, cap_meta;
+};
+
+struct dq_file_reader {
+    dq_context ctx;
+    uint8_t *owned; /* NULL when the buffer is borrowed */
+    dq__st_file f;
+};
+
+DQ_API dq_status dq_file_params_init(dq_file_params *p, size_t struct_size)
+{
+    const dq_file_params defaults = {
+        .struct_size = sizeof defaults,
+        .flags = 0,
+        .max_header_bytes = DQ__ST_MAX_HEADER,
+    };
+    return dq__params_init(p, struct_size, FILE_PARAMS_MIN_SIZE, &defaults, sizeof defaults);
+}
+
+/* ---- small helpers ---- */
+
+static char *dup_str(const dq_context *ctx, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = dq__alloc(ctx, n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* "<prefix>.<part>" in a new string. */
+static char *join(const dq_context *ctx, const char *prefix, const char *part)
+{
+    size_t lp = strlen(prefix), lq = strlen(part);
+    char *s = dq__alloc(ctx, lp + lq + 2);
+    if (s) {
+        memcpy(s, prefix, lp);
+        s[lp] = '.';
+        memcpy(s + lp + 1, part, lq + 1);
+    }
+    return s;
+}
+
+/* "<prefix>.<a><i><b>", e.g. "<prefix>.rot0.block_size". */
+static char *join_idx(const dq_context *ctx, const char *prefix, const char *a, long long i,
+                      const char *b)
+{
+    char part[96];
+    snprintf(part, sizeof part, "%s%lld%s", a, i, b);
+    return join(ctx, prefix, part);
+}
+
+static void put_le32(uint8_t *o, uint32_t v)
+{
+    for (int k = 0; k < 4; k++)
+        o[k] = (uint8_t)(v >> (8 * k));
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
+}
+
+static void encode_f32(uint8_t *o, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        put_le32(o + 4 * i, u);
+    }
+}
+
+static void decode_f32(float *x, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = get_le32(p + 4 * i);
+        memcpy(&x[i], &u, 4);
+    }
+}
+
+/* Strict decimal: digits only, no sign, no leading zero, at most max. */
+static bool parse_int(const char *s, int64_t max, int64_t *v)
+{
+    if (!s || !*s || (s[0] == '0' && s[1]))
+        return false;
+    int64_t x = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return false;
+        int64_t d = *s - '0';
+        if (x > (max - d) / 10)
+            return false;
+        x = x * 10 + d;
+    }
+    *v = x;
+    return true;
+}
+
+/* ---- writer ---- */
+
+DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    const dq_context *c = dq__ctx(ctx);
+    dq_file_writer *w = dq__calloc(c, 1, sizeof *w);
+    if (!w)
+        return DQ_ERR_NOMEM;
+    w->ctx = *c;
+    w->cap_meta = 8;
+    w->meta = dq__calloc(c, w->cap_meta, sizeof *w->meta);
+    char version[16];
+    snprintf(version, sizeof version, "%d", DQ_FILE_FORMAT_VERSION);
+    if (w->meta) {
+        w->meta[0].key = dup_str(c, "format");
+        w->meta[0].value = dup_str(c, "duquant");
+        w->meta[1].key = dup_str(c, "format_version");
+        w->meta[1].value = dup_str(c, version);
+        w->n_meta = 2;
+    }
+    if (!w->meta || !w->meta[0].key || !w->meta[0].value || !w->meta[1].key ||
+        !w->meta[1].value) {
+        dq_file_writer_free(w);
+        return DQ_ERR_NOMEM;
+    }
+    *out = w;
+    return DQ_OK;
+}
+
+/* Drops everything added after the writer held n entries and n_meta pairs. */
+static void truncate_writer(dq_file_writer *w, size_t n, size_t n_meta)
+{
+    while (w->n > n) {
+        w->n--;
+        dq__free(&w->ctx, w->e[w->n].name);
+        dq__free(&w->ctx, w->e[w->n].bytes);
+    }
+    while (w->n_meta > n_meta) {
+        w->n_meta--;
+        dq__free(&w->ctx, w->meta[w->n_meta].key);
+        dq__free(&w->ctx, w->meta[w->n_meta].value);
+    }
+}
+
+DQ_API void dq_file_writer_free(dq_file_writer *w)
+{
+    if (!w)
+        return;
+    dq_context c = w->ctx;
+    truncate_writer(w, 0, 0);
+    dq__free(&c, w->e);
+    dq__free(&c, w->meta);
+    dq__free(&c, w);
+}
+
+static bool name_taken(const dq_file_writer *w, const char *name)
+{
+    for (size_t i = 0; i < w->n; i++)
+        if (strcmp(w->e[i].name, name) == 0)
+            return true;
+    for (size_t i = 0; i < w->n_meta; i++)
+        if (strcmp(w->meta[i].key, name) == 0)
+            return true;
+    return false;
+}
+
+static bool valid_name(const char *s)
+{
+    return s && *s && dq__st_text_ok(s, strlen(s)) && strcmp(s, "__metadata__") != 0;
+}
+
+static dq_status reserve(const dq_context *ctx, void **arr, size_t *cap, size_t elem, size_t need)
+{
+    if (need <= *cap)
+        return DQ_OK;
+    size_t ncap = *cap ? *cap * 2 : 16, bytes;
+    if (ncap < need)
+        ncap = need;
+    if (!dq__mul_size(ncap, elem, &bytes))
+        return DQ_ERR_OVERFLOW;
+    void *n = dq__alloc(ctx, bytes);
+    if (!n)
+        return DQ_ERR_NOMEM;
+    if (*cap)
+        memcpy(n, *arr, *cap * elem);
+    dq__free(ctx, *arr);
+    *arr = n;
+    *cap = ncap;
+    return DQ_OK;
+}
+
+/* Takes ownership of name and bytes (freed on failure too). */
+static dq_status push_entry(dq_file_writer *w, char *name, int32_t dtype, int32_t ndim,
+                            const int64_t *shape, uint8_t *bytes, size_t nbytes)
+{
+    dq_status st = DQ_ERR_NOMEM;
+    if (!name || (nbytes && !bytes))
+        goto fail;
+    st = DQ_ERR_INVALID_ARG;
+    if (!valid_name(name) || name_taken(w, name))
+        goto fail;
+    if ((st = reserve(&w->ctx, (void **)&w->e, &w->cap, sizeof *w->e, w->n + 1)) != DQ_OK)
+        goto fail;
+    dq__st_entry *e = &w->e[w->n++];
+    memset(e, 0, sizeof *e);
+    e->name = name;
+    e->dtype = dtype;
+    e->ndim = ndim;
+    for (int32_t d = 0; d < ndim; d++)
+        e->shape[d] = shape[d];
+    e->bytes = bytes;
+    e->nbytes = nbytes;
+    return DQ_OK;
+fail:
+    dq__free(&w->ctx, name);
+    dq__free(&w->ctx, bytes);
+    return st;
+}
+
+/* Takes ownership of key (freed on failure); value is copied. */
+static dq_status push_meta(dq_file_writer *w, char *key, const char *value)
+{
+    dq_status st = DQ_ERR_NOMEM;
+    char *v = NULL;
+    if (!key)
+        goto fail;
+    st = DQ_ERR_INVALID_ARG;
+    if (!valid_name(key) || !dq__st_text_ok(value, strlen(value)) || name_taken(w, key))
+        goto fail;
+    st = DQ_ERR_NOMEM;
+    if (!(v = dup_str(&w->ctx, value)))
+        goto fail;
+    st = reserve(&w->ctx, (void **)&w->meta, &w->cap_meta, sizeof *w->meta, w->n_meta + 1);
+    if (st != DQ_OK)
+        goto fail;
+    w->meta[w->n_meta].key = key;
+    w->meta[w->n_meta].value = v;
+    w->n_meta++;
+    return DQ_OK;
+fail:
+    dq__free(&w->ctx, key);
+    dq__free(&w->ctx, v);
+    return st;
+}
+
+static dq_status push_meta_int(dq_file_writer *w, char *key, long long v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", v);
+    return push_meta(w, key, buf);
+}
+
+DQ_API dq_status dq_file_writer_add_metadata(dq_file_writer *w, const char *key,
+                                             const char *value)
+{
+    if (!w || !key || !value)
+        return DQ_ERR_INVALID_ARG;
+    return push_meta(w, dup_str(&w->ctx, key), value);
+}
+
+static dq_status add_f32(dq_file_writer *w, char *name, const float *data, int32_t ndim,
+                         const int64_t *shape)
+{
+    size_t n = 1, bytes;
+    for (int32_t d = 0; d < ndim; d++)
+        if (!dq__mul_size(n, (size_t)shape[d], &n)) {
+            dq__free(&w->ctx, name);
+            return DQ_ERR_OVERFLOW;
+        }
+    if (!dq__mul_size(n, 4, &bytes)) {
+        dq__free(&w->ctx, name);
+        return DQ_ERR_OVERFLOW;
+    }
+    uint8_t *b = bytes ? dq__alloc(&w->ctx, bytes) : NULL;
+    if (b)
+        encode_f32(b, data, n);
+    return push_entry(w, name, DQ__ST_F32, ndim, shape, b, bytes);
+}
+
+DQ_API dq_status dq_file_writer_add_tensor_f32(dq_file_writer *w, const char *name,
+                                               const float *data, int32_t ndim,
+                                               const int64_t *shape)
+{
+    if (!w || !name || (ndim > 0 && !shape))
+        return DQ_ERR_INVALID_ARG;
+    if (ndim < 0 || ndim > DQ_FILE_MAX_DIMS)
+        return DQ_ERR_SHAPE;
+    int64_t count = 1;
+    for (int32_t d = 0; d < ndim; d++) {
+        if (shape[d] < 0)
+            return DQ_ERR_SHAPE;
+        if (shape[d] > 0 && count > INT64_MAX / shape[d])
+            return DQ_ERR_OVERFLOW;
+        count *= shape[d];
+    }
+    if (count > 0 && !data)
+        return DQ_ERR_INVALID_ARG;
+    return add_f32(w, dup_str(&w->ctx, name), data, ndim, shape);
+}
+
+static bool valid_prefix(const char *prefix)
+{
+    return valid_name(prefix);
+}
+
+static dq_status add_plan_parts(dq_file_writer *w, const char *prefix, const dq_plan *pl)
+{
+    const dq_context *c = &w->ctx;
+    int64_t cols;
+    int32_t has_s, n_rot;
+    dq_status st = dq_plan_width(pl, &cols);
+    if (st == DQ_OK)
+        st = dq_plan_layout(pl, &has_s, &n_rot);
+    if (st != DQ_OK)
+        return st;
+    if ((st = push_meta(w, join(c, prefix, "type"), "plan")) != DQ_OK ||
+        (st = push_meta_int(w, join(c, prefix, "cols"), cols)) != DQ_OK ||
+        (st = push_meta_int(w, join(c, prefix, "n_rotations"), n_rot)) != DQ_OK)
+        return st;
+    if (has_s) {
+        float *s = dq__alloc(c, (size_t)cols * sizeof(float));
+        if (!s)
+            return DQ_ERR_NOMEM;
+        st = dq_plan_smooth_scales(pl, s, cols);
+        if (st == DQ_OK)
+            st = add_f32(w, join(c, prefix, "smooth"), s, 1, &cols);
+        dq__free(c, s);
+        if (st != DQ_OK)
+            return st;
+    }
+    for (int32_t i = 0; i < n_rot; i++) {
+        const dq_rotation *r;
+        if ((st = dq_plan_rotation(pl, i, &r)) != DQ_OK)
+            return st;
+        if (!r)
+            continue;
+        int32_t bs;
+        int64_t nm;
+        if ((st = dq_rotation_layout(r, NULL, &bs, NULL, &nm)) != DQ_OK ||
+            (st = push_meta_int(w, join_idx(c, prefix, "rot", i, ".block_size"), bs)) != DQ_OK ||
+            (st = push_meta_int(w, join_idx(c, prefix, "rot", i, ".n_matrices"), nm)) != DQ_OK)
+            return st;
+        for (int64_t m = 0; m < nm; m++) {
+            int32_t size;
+            if ((st = dq_rotation_matrix(r, m, NULL, 0, &size)) != DQ_OK)
+                return st;
+            float *mat = dq__alloc(c, (size_t)size * (size_t)size * sizeof(float));
+            if (!mat)
+                return DQ_ERR_NOMEM;
+            st = dq_rotation_matrix(r, m, mat, size, &size);
+            char part[64];
+            snprintf(part, sizeof part, "rot%d.m%lld", (int)i, (long long)m);
+            const int64_t shape[2] = {size, size};
+            if (st == DQ_OK)
+                st = add_f32(w, join(c, prefix, part), mat, 2, shape);
+            dq__free(c, mat);
+            if (st != DQ_OK)
+                return st;
+        }
+    }
+    for (int32_t i = 0; i + 1 < n_rot; i++) {
+        size_t bytes = (size_t)cols * 8;
+        int64_t *perm = dq__alloc(c, (size_t)cols * sizeof(int64_t));
+        uint8_t *b = dq__alloc(c, bytes);
+        st = perm && b ? dq_plan_permutation(pl, i, perm, cols) : DQ_ERR_NOMEM;
+        if (st == DQ_OK) {
+            for (int64_t j = 0; j < cols; j++) {
+                put_le32(b + 8 * j, (uint32_t)(uint64_t)perm[j]);
+                put_le32(b + 8 * j + 4, (uint32_t)((uint64_t)perm[j] >> 32));
+            }
+            st = push_entry(w, join_idx(c, prefix, "perm", i, ""), DQ__ST_I64, 1, &cols, b, bytes);
+            b = NULL;
+        }
+        dq__free(c, perm);
+        dq__free(c, b);
+        if (st != DQ_OK)
+            return st;
+    }
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_file_writer_add_plan(dq_file_writer *w, const char *prefix,
+                                         const dq_plan *pl)
+{
+    if (!w || !pl || !valid_prefix(prefix))
+        return DQ_ERR_INVALID_ARG;
+    size_t n = w->n, n_meta = w->n_meta;
+    dq_status st = add_plan_parts(w, prefix, pl);
+    if (st != DQ_OK)
+        truncate_writer(w, n, n_meta);
+    return st;
+}
+
+static dq_status add_qmatrix_parts(dq_file_writer *w, const char *prefix, const dq_qmatrix *q)
+{
+    const dq_context *c = &w->ctx;
+    dq_status st;
+    if ((st = push_meta(w, join(c, prefix, "type"), "qmatrix")) != DQ_OK ||
+        (st = push_meta_int(w, join(c, prefix, "cols"), q->cols)) != DQ_OK ||
+        (st = push_meta_int(w, join(c, prefix, "bits"), q->bits)) != DQ_OK ||
+        (st = push_meta(w, join(c, prefix, "scheme"),
+                        q->scheme == DQ_QUANT_SYM ? "sym" : "asym")) != DQ_OK ||
+        (st = push_meta_int(w, join(c, prefix, "group_size"), q->group_size)) != DQ_OK)
+        return st;
+    const int64_t pshape[2] = {q->rows, (int64_t)q->row_bytes};
+    uint8_t *packed = dq__alloc(c, q->nbytes);
+    if (packed)
+        memcpy(packed, q->packed, q->nbytes);
+    if ((st = push_entry(w, join(c, prefix, "packed"), DQ__ST_U8, 2, pshape, packed,
+                         q->nbytes)) != DQ_OK)
+        return st;
+    const int64_t gshape[2] = {q->rows, q->groups_per_row};
+    if ((st = add_f32(w, join(c, prefix, "scales"), q->scales, 2, gshape)) != DQ_OK)
+        return st;
+    if (q->zeros)
+        st = add_f32(w, join(c, prefix, "zeros"), q->zeros, 2, gshape);
+    return st;
+}
+
+DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefix,
+                                            const dq_qmatrix *q)
+{
+    if (!w || !q || !valid_prefix(prefix))
+        return DQ_ERR_INVALID_ARG;
+    size_t n = w->n, n_meta = w->n_meta;
+    dq_status st = add_qmatrix_parts(w, prefix, q);
+    if (st != DQ_OK)
+        truncate_writer(w, n, n_meta);
+    return st;
+}
+
+DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, size_t cap,
+                                          size_t *size)
+{
+    if (!w || !size)
+        return DQ_ERR_INVALID_ARG;
+    size_t need;
+    dq_status st = dq__st_write(w->e, w->n, w->meta, w->n_meta, NULL, 0, &need);
+    if (st != DQ_OK)
+        return st;
+    *size = need;
+    if (!buf)
+        return DQ_OK;
+    if (cap < need)
+        return DQ_ERR_BUFFER;
+    return dq__st_write(w->e, w->n, w->meta, w->n_meta, buf, cap, &need);
+}
+
+DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
+{
+    if (!w || !path)
+        return DQ_ERR_INVALID_ARG;
+    size_t size;
+    dq_status st = dq_file_writer_to_buffer(w, NULL, 0, &size);
+    if (st != DQ_OK)
+        return st;
+    uint8_t *buf = dq__alloc(&w->ctx, size);
+    if (!buf)
+        return DQ_ERR_NOMEM;
+    st = dq_file_writer_to_buffer(w, buf, size, &size);
+    if (st == DQ_OK) {
+        FILE *f = fopen(path, "wb");
+        if (!f) {
+            st = DQ_ERR_INVALID_ARG;
+        } else {
+            bool ok = fwrite(buf, 1, size, f) == size;
+            ok = (fclose(f) == 0) && ok;
+            if (!ok) {
+                remove(path);
+                st = DQ_ERR_INVALID_ARG;
+            }
+        }
+    }
+    dq__free(&w->ctx, buf);
+    return st;
+}
+
+/* ---- reader ---- */
+
+static dq_status read_file_params(const dq_file_params *user, dq_file_params *p)
+{
+    dq_file_params_init(p, sizeof *p);
+    dq_status st = dq__params_read(p, sizeof *p, FILE_PARAMS_MIN_SIZE, user);
+    if (st != DQ_OK)
+        return st;
+    if ((p->flags & ~(uint32_t)DQ_FILE_F_BORROW) != 0 || p->max_header_bytes < 2 ||
+        p->max_header_bytes > DQ__ST_MAX_HEADER)
+        return DQ_ERR_INVALID_ARG;
+    return DQ_OK;
+}
+
+/* The container must say it is ours, in a version this library reads. */
+static dq_status check_format(const dq__st_file *f)
+{
+    const char *fmt = dq__st_meta_find(f, "format");
+    const char *ver = dq__st_meta_find(f, "format_version");
+    int64_t v;
+    if (!fmt || strcmp(fmt, "duquant") != 0 || !parse_int(ver, INT32_MAX, &v) || v < 1)
+        return DQ_ERR_FORMAT;
+    return v > DQ_FILE_FORMAT_VERSION ? DQ_ERR_UNSUPPORTED : DQ_OK;
+}
+
+/* Parses buf, which the new reader owns when owned is true (freed on failure too). */
+static dq_status reader_create(const dq_context *c, const dq_file_params *p, const uint8_t *buf,
+                               size_t size, uint8_t *owned, dq_file_reader **out)
+{
+    dq_status st = DQ_ERR_NOMEM;
+    dq_file_reader *r = dq__calloc(c, 1, sizeof *r);
+    if (!r)
+        goto fail;
+    r->ctx = *c;
+    if ((st = dq__st_parse(c, buf, size, p->max_header_bytes, &r->f)) != DQ_OK ||
+        (st = check_format(&r->f)) != DQ_OK) {
+        dq__st_clear(c, &r->f);
+        dq__free(c, r);
+        goto fail;
+    }
+    r->owned = owned;
+    *out = r;
+    return DQ_OK;
+fail:
+    dq__free(c, owned);
+    return st;
+}
+
+DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_params *params,
+                                            const void *buf, size_t size, dq_file_reader **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    dq_file_params p;
+    dq_status st = read_file_params(params, &p);
+    if (st != DQ_OK)
+        return st;
+    if (!buf)
+        return DQ_ERR_INVALID_ARG;
+    const dq_context *c = dq__ctx(ctx);
+    if (p.flags & DQ_FILE_F_BORROW)
+        return reader_create(c, &p, buf, size, NULL, out);
+    if (size < 8)
+        return DQ_ERR_FORMAT;
+    uint8_t *copy = dq__alloc(c, size);
+    if (!copy)
+        return DQ_ERR_NOMEM;
+    memcpy(copy, buf, size);
+    return reader_create(c, &p, copy, size, copy, out);
+}
+
+DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *params,
+                                     const char *path, dq_file_reader **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    dq_file_params p;
+    dq_status st = read_file_params(params, &p);
+    if (st != DQ_OK)
+        return st;
+    if (!path || (p.flags & DQ_FILE_F_BORROW))
+        return DQ_ERR_INVALID_ARG;
+    const dq_context *c = dq__ctx(ctx);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return DQ_ERR_INVALID_ARG;
+    uint8_t *buf = NULL, head[8];
+    long end;
+    st = DQ_ERR_FORMAT;
+    /* Check the header length against the limit before reading a possibly huge file. */
+    if (fread(head, 1, 8, f) != 8 || get_le64(head) > p.max_header_bytes ||
+        fseek(f, 0, SEEK_END) != 0 || (end = ftell(f)) < 8 || fseek(f, 0, SEEK_SET) != 0)
+        goto out;
+    if ((uint64_t)end > SIZE_MAX) {
+        st = DQ_ERR_OVERFLOW;
+        goto out;
+    }
+    st = DQ_ERR_NOMEM;
+    if (!(buf = dq__alloc(c, (size_t)end)))
+        goto out;
+    st = DQ_ERR_FORMAT;
+    if (fread(buf, 1, (size_t)end, f) != (size_t)end)
+        goto out;
+    fclose(f);
+    f = NULL;
+    st = reader_create(c, &p, buf, (size_t)end, buf, out);
+    buf = NULL;
+out:
+    if (f)
+        fclose(f);
+    dq__free(c, buf);
+    return st;
+}
+
+DQ_API void dq_file_reader_free(dq_file_reader *r)
+{
+    if (!r)
+        return;
+    dq_context c = r->ctx;
+    dq__st_clear(&c, &r->f);
+    dq__free(&c, r->owned);
+    dq__free(&c, r);
+}
+
+DQ_API dq_status dq_file_reader_count(const dq_file_reader *r, int64_t *n_tensors,
+                                      int64_t *n_metadata)
+{
+    if (!r)
+        return DQ_ERR_INVALID_ARG;
+    if (n_tensors)
+        *n_tensors = (int64_t)r->f.n_tensors;
+    if (n_metadata)
+        *n_metadata = (int64_t)r->f.n_meta;
+    return DQ_OK;
+}
+
+static dq_status copy_text(const char *s, char *dst, size_t cap, size_t *len)
+{
+    size_t n = strlen(s);
+    if (len)
+        *len = n;
+    if (!dst)
+        return DQ_OK;
+    if (cap <= n)
+        return DQ_ERR_BUFFER;
+    memcpy(dst, s, n + 1);
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_file_reader_tensor_name(const dq_file_reader *r, int64_t i, char *name,
+                                            size_t cap, size_t *len)
+{
+    if (!r || i < 0 || (uint64_t)i >= r->f.n_tensors || (!name && !len))
+        return DQ_ERR_INVALID_ARG;
+    return copy_text(r->f.tensors[i].name, name, cap, len);
+}
+
+DQ_API dq_status dq_file_reader_metadata_key(const dq_file_reader *r, int64_t i, char *key,
+                                             size_t cap, size_t *len)
+{
+    if (!r || i < 0 || (uint64_t)i >= r->f.n_meta || (!key && !len))
+        return DQ_ERR_INVALID_ARG;
+    return copy_text(r->f.meta[i].key, key, cap, len);
+}
+
+DQ_API dq_status dq_file_reader_metadata(const dq_file_reader *r, const char *key, char *value,
+                                         size_t cap, size_t *len)
+{
+    if (!r || !key || (!value && !len))
+        return DQ_ERR_INVALID_ARG;
+    const char *v = dq__st_meta_find(&r->f, key);
+    if (!v)
+        return DQ_ERR_FORMAT;
+    return copy_text(v, value, cap, len);
+}
+
+DQ_API dq_status dq_file_reader_tensor_info(const dq_file_reader *r, const char *name,
+                                            int32_t *dtype, int32_t *ndim, int64_t *shape)
+{
+    if (!r || !name)
+        return DQ_ERR_INVALID_ARG;
+    const dq__st_tensor *t = dq__st_find(&r->f, name);
+    if (!t)
+        return DQ_ERR_FORMAT;
+    if (dtype)
+        *dtype = t->dtype; /* DQ__ST_* are the DQ_DTYPE_* numbers */
+    if (ndim)
+        *ndim = t->ndim;
+    if (shape)
+        for (int32_t d = 0; d < t->ndim; d++)
+            shape[d] = t->shape[d];
+    return DQ_OK;
+}
+
+static size_t n_elems(const dq__st_tensor *t)
+{
+    return (t->end - t->begin) / dq__st_dtype_size(t->dtype);
+}
+
+DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const char *name,
+                                               float *out, int64_t n)
+{
+    if (!r || !name || (!out && n > 0))
+        return DQ_ERR_INVALID_ARG;
+    const dq__st_tensor *t = dq__st_find(&r->f, name);
+    if (!t || t->dtype != DQ__ST_F32)
+        return DQ_ERR_FORMAT;
+    if (n < 0 || (uint64_t)n != n_elems(t))
+        return DQ_ERR_SHAPE;
+    decode_f32(out, r->f.data + t->begin, (size_t)n);
+    return DQ_OK;
+}
+
+/* The tensor "<prefix>.<part>" with the given dtype and 1-D or 2-D shape (dim1 < 0: 1-D);
+ * NULL when absent or different. */
+static const dq__st_tensor *find_part(const dq_file_reader *r, const char *name, int32_t dtype,
+                                      int64_t dim0, int64_t dim1)
+{
+    const dq__st_tensor *t = name ? dq__st_find(&r->f, name) : NULL;
+    if (!t || t->dtype != dtype || t->ndim != (dim1 < 0 ? 1 : 2) || t->shape[0] != dim0 ||
+        (dim1 >= 0 && t->shape[1] != dim1))
+        return NULL;
+    return t;
+}
+
+/* Metadata "<prefix>.<part>" as an integer in [0, max]; false when absent or malformed. */
+static bool meta_int(const dq_file_reader *r, const char *prefix, const char *part, int64_t max,
+                     int64_t *v, dq_status *st)
+{
+    char *key = join(&r->ctx, prefix, part);
+    if (!key) {
+        *st = DQ_ERR_NOMEM;
+        return false;
+    }
+    bool ok = parse_int(dq__st_meta_find(&r->f, key), max, v);
+    dq__free(&r->ctx, key);
+    return ok;
+}
+
+static bool meta_is(const dq_file_reader *r, const char *prefix, const char *part,
+                    const char *want, dq_status *st)
+{
+    char *key = join(&r->ctx, prefix, part);
+    if (!key) {
+        *st = DQ_ERR_NOMEM;
+        return false;
+    }
+    const char *v = dq__st_meta_find(&r->f, key);
+    dq__free(&r->ctx, key);
+    return v && strcmp(v, want) == 0;
+}
+
+static bool meta_has(const dq_file_reader *r, const char *prefix, const char *part,
+                     dq_status *st)
+{
+    char *key = join(&r->ctx, prefix, part);
+    if (!key) {
+        *st = DQ_ERR_NOMEM;
+        return false;
+    }
+    bool has = dq__st_meta_find(&r->f, key) != NULL;
+    dq__free(&r->ctx, key);
+    return has;
+}
+
+/* Rotation slot i of the plan under prefix, or NULL (identity) when the file has none. */
+static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const char *prefix,
+                               int32_t i, int64_t cols, dq_rotation **out)
+{
+    const dq_context *c = dq__ctx(ctx);
+    *out = NULL;
+    dq_status st = DQ_ERR_FORMAT;
+    int64_t bs, nm;
+    char bs_key[48], nm_key[48];
+    snprintf(bs_key, sizeof bs_key, "rot%d.block_size", (int)i);
+    snprintf(nm_key, sizeof nm_key, "rot%d.n_matrices", (int)i);
+    if (!meta_has(r, prefix, bs_key, &st))
+        return st == DQ_ERR_NOMEM ? st : DQ_OK;
+    if (!meta_int(r, prefix, bs_key, 4096, &bs, &st) || bs < 2 ||
+        !meta_int(r, prefix, nm_key, INT64_MAX, &nm, &st))
+        return st;
+    int64_t n_blocks = cols / bs + (cols % bs != 0), full = cols / bs;
+    int64_t shared = (full > 0) + (cols % bs != 0);
+    bool per_block = nm == n_blocks;
+    if (!per_block && nm != shared)
+        return DQ_ERR_FORMAT;
+    /* Every matrix is a tensor of the file, so the total is bounded by the file size. */
+    size_t total = 0;
+    const dq__st_tensor **parts = dq__calloc(c, (size_t)nm, sizeof *parts);
+    if (!parts)
+        return DQ_ERR_NOMEM;
+    st = DQ_OK;
+    for (int64_t m = 0; m < nm && st == DQ_OK; m++) {
+        int64_t len = per_block ? (cols - m * bs < bs ? cols - m * bs : bs)
+                                : (m == 0 && full > 0 ? bs : cols % bs);
+        char part[64];
+        snprintf(part, sizeof part, "rot%d.m%lld", (int)i, (long long)m);
+        char *name = join(c, prefix, part);
+        if (!name) {
+            st = DQ_ERR_NOMEM;
+            break;
+        }
+        parts[m] = find_part(r, name, DQ__ST_F32, len, len);
+        dq__free(c, name);
+        if (!parts[m])
+            st = DQ_ERR_FORMAT;
+        else
+            total += n_elems(parts[m]);
+    }
+    float *data = st == DQ_OK ? dq__alloc(c, total * sizeof(float)) : NULL;
+    if (st == DQ_OK && !data)
+        st = DQ_ERR_NOMEM;
+    if (st == DQ_OK) {
+        size_t off = 0;
+        for (int64_t m = 0; m < nm; m++) {
+            decode_f32(data + off, r->f.data + parts[m]->begin, n_elems(parts[m]));
+            off += n_elems(parts[m]);
+        }
+        st = dq_rotation_from_matrices(ctx, cols, (int32_t)bs, per_block, data,
+                                       (int64_t)total, out);
+        if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE)
+            st = DQ_ERR_FORMAT;
+    }
+    dq__free(c, data);
+    dq__free(c, parts);
+    return st;
+}
+
+static dq_status load_permutation(const dq_file_reader *r, const dq_context *c,
+                                  const char *prefix, int32_t i, int64_t cols, int64_t **out)
+{
+    *out = NULL;
+    char *name = join_idx(c, prefix, "perm", i, "");
+    if (!name)
+        return DQ_ERR_NOMEM;
+    const dq__st_tensor *t = find_part(r, name, DQ__ST_I64, cols, -1);
+    dq__free(c, name);
+    if (!t)
+        return DQ_ERR_FORMAT;
+    int64_t *perm = dq__alloc(c, (size_t)cols * sizeof(int64_t));
+    uint8_t *seen = dq__calloc(c, (size_t)cols, 1);
+    dq_status st = perm && seen ? DQ_OK : DQ_ERR_NOMEM;
+    for (int64_t j = 0; j < cols && st == DQ_OK; j++) {
+        uint64_t v = get_le64(r->f.data + t->begin + 8 * (size_t)j);
+        if (v >= (uint64_t)cols || seen[v])
+            st = DQ_ERR_FORMAT;
+        else
+            seen[v] = 1;
+        perm[j] = (int64_t)v;
+    }
+    dq__free(c, seen);
+    if (st != DQ_OK) {
+        dq__free(c, perm);
+        return st;
+    }
+    *out = perm;
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ctx,
+                                         const char *prefix, dq_plan **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!r || !valid_prefix(prefix))
+        return DQ_ERR_INVALID_ARG;
+    const dq_context *c = dq__ctx(ctx);
+    dq_status st = DQ_ERR_FORMAT;
+    int64_t cols, n_rot;
+    if (!meta_is(r, prefix, "type", "plan", &st) ||
+        !meta_int(r, prefix, "cols", MAX_PLAN_COLS, &cols, &st) || cols < 1 ||
+        !meta_int(r, prefix, "n_rotations", MAX_PLAN_SLOTS, &n_rot, &st))
+        return st;
+
+    float *smooth = NULL;
+    dq_rotation **rots = dq__calloc(c, (size_t)n_rot + 1, sizeof *rots);
+    int64_t **perms = dq__calloc(c, (size_t)n_rot + 1, sizeof *perms);
+    st = rots && perms ? DQ_OK : DQ_ERR_NOMEM;
+    char *name = st == DQ_OK ? join(c, prefix, "smooth") : NULL;
+    if (st == DQ_OK && !name)
+        st = DQ_ERR_NOMEM;
+    if (st == DQ_OK && dq__st_find(&r->f, name)) {
+        const dq__st_tensor *t = find_part(r, name, DQ__ST_F32, cols, -1);
+        smooth = t ? dq__alloc(c, (size_t)cols * sizeof(float)) : NULL;
+        st = !t ? DQ_ERR_FORMAT : !smooth ? DQ_ERR_NOMEM : DQ_OK;
+        if (st == DQ_OK) {
+            decode_f32(smooth, r->f.data + t->begin, (size_t)cols);
+            for (int64_t j = 0; j < cols && st == DQ_OK; j++)
+                st = !isfinite(smooth[j]) ? DQ_ERR_NONFINITE
+                     : !(smooth[j] > 0.0f) ? DQ_ERR_FORMAT
+                                           : DQ_OK;
+        }
+    }
+    dq__free(c, name);
+    for (int32_t i = 0; i < n_rot && st == DQ_OK; i++)
+        st = load_rotation(r, ctx, prefix, i, cols, &rots[i]);
+    for (int32_t i = 0; i + 1 < n_rot && st == DQ_OK; i++)
+        st = load_permutation(r, c, prefix, i, cols, &perms[i]);
+    if (st == DQ_OK) {
+        st = dq_plan_assemble(ctx, cols, smooth, (int32_t)n_rot,
+                              (const dq_rotation *const *)rots, (const int64_t *const *)perms,
+                              out);
+        if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE)
+            st = DQ_ERR_FORMAT;
+    }
+    for (int64_t i = 0; rots && perms && i < n_rot; i++) {
+        dq_rotation_free(rots[i]);
+        dq__free(c, perms[i]);
+    }
+    dq__free(c, rots);
+    dq__free(c, perms);
+    dq__free(c, smooth);
+    return st;
+}
+
+DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context *ctx,
+                                            const char *prefix, dq_qmatrix **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!r || !valid_prefix(prefix))
+        return DQ_ERR_INVALID_ARG;
+    const dq_context *c = dq__ctx(ctx);
+    dq_status st = DQ_ERR_FORMAT;
+    int64_t cols, bits, gs;
+    int32_t scheme;
+    if (!meta_is(r, prefix, "type", "qmatrix", &st) ||
+        !meta_int(r, prefix, "cols", INT64_MAX, &cols, &st) || cols < 1 ||
+        !meta_int(r, prefix, "bits", 8, &bits, &st) || (bits != 4 && bits != 8) ||
+        !meta_int(r, prefix, "group_size", INT32_MAX, &gs, &st))
+        return st;
+    if (meta_is(r, prefix, "scheme", "asym", &st))
+        scheme = DQ_QUANT_ASYM;
+    else if (meta_is(r, prefix, "scheme", "sym", &st))
+        scheme = DQ_QUANT_SYM;
+    else
+        return st;
+
+    int64_t group_len = (gs == 0 || gs > cols) ? cols : gs;
+    int64_t groups = cols / group_len + (cols % group_len != 0);
+    size_t row_bytes = bits == 4 ? dq_int4_packed_size(cols) : (size_t)cols;
+    char *pn = join(c, prefix, "packed"), *sn = join(c, prefix, "scales");
+    char *zn = join(c, prefix, "zeros");
+    const dq__st_tensor *tp = NULL, *ts = NULL, *tz = NULL;
+    dq_qmatrix *q = NULL;
+    st = pn && sn && zn ? DQ_ERR_FORMAT : DQ_ERR_NOMEM;
+    if (st == DQ_ERR_NOMEM)
+        goto out;
+    const dq__st_tensor *any = dq__st_find(&r->f, pn);
+    if (!any || any->ndim != 2 || any->shape[0] < 1)
+        goto out;
+    int64_t rows = any->shape[0];
+    tp = find_part(r, pn, DQ__ST_U8, rows, (int64_t)row_bytes);
+    ts = find_part(r, sn, DQ__ST_F32, rows, groups);
+    tz = find_part(r, zn, DQ__ST_F32, rows, groups);
+    if (!tp || !ts || (scheme == DQ_QUANT_ASYM) != (tz != NULL) ||
+        (scheme == DQ_QUANT_SYM && dq__st_find(&r->f, zn)))
+        goto out;
+    size_t ng = n_elems(ts);
+    st = DQ_ERR_NOMEM;
+    if (!(q = dq__calloc(c, 1, sizeof *q)))
+        goto out;
+    q->ctx = *c;
+    q->packed = dq__alloc(c, tp->end - tp->begin);
+    q->scales = dq__alloc(c, ng * sizeof(float));
+    q->zeros = tz ? dq__alloc(c, ng * sizeof(float)) : NULL;
+    if (!q->packed || !q->scales || (tz && !q->zeros))
+        goto out;
+    q->rows = rows;
+    q->cols = cols;
+    q->bits = (int32_t)bits;
+    q->scheme = scheme;
+    q->group_size = (int32_t)gs;
+    q->group_len = group_len;
+    q->groups_per_row = groups;
+    q->row_bytes = row_bytes;
+    q->nbytes = tp->end - tp->begin;
+    memcpy(q->packed, r->f.data + tp->begin, q->nbytes);
+    decode_f32(q->scales, r->f.data + ts->begin, ng);
+    if (tz)
+        decode_f32(q->zeros, r->f.data + tz->begin, ng);
+    st = DQ_OK;
+    /* Scales are positive and finite, zero points finite integers, as the packer makes them. */
+    for (size_t g = 0; g < ng && st == DQ_OK; g++) {
+        if (!isfinite(q->scales[g]) || (q->zeros && !isfinite(q->zeros[g])))
+            st = DQ_ERR_NONFINITE;
+        else if (!(q->scales[g] > 0.0f) ||
+                 (q->zeros && (q->zeros[g] != nearbyintf(q->zeros[g]) ||
+                               fabsf(q->zeros[g]) > 1e4f)))
+            st = DQ_ERR_FORMAT;
+    }
+    /* The unused high nibble after an odd row is zero: the encoding is canonical. */
+    if (st == DQ_OK && bits == 4 && (cols & 1))
+        for (int64_t i = 0; i < rows && st == DQ_OK; i++)
+            if (q->packed[(size_t)i * row_bytes + row_bytes - 1] & 0xF0)
+                st = DQ_ERR_FORMAT;
+out:
+    dq__free(c, pn);
+    dq__free(c, sn);
+    dq__free(c, zn);
+    if (st != DQ_OK) {
+        dq_qmatrix_free(q);
+        return st;
+    }
+    *out = q;
+    return DQ_OK;
+}
+
+/* ---- quantized linear layers ---- */
+
+static dq_status add_linear_parts(dq_file_writer *w, const char *prefix,
+                                  const dq_linear_params *p, const char *plan_prefix,
+                                  const dq_qmatrix *q, const float *bias)
+{
+    const dq_context *c = &w->ctx;
+    char *wp = join(c, prefix, "weight");
+    if (!wp)
+        return DQ_ERR_NOMEM;
+    dq_status st = add_qmatrix_parts(w, wp, q);
+    dq__free(c, wp);
+    if (st != DQ_OK ||
+        (st = push_meta(w, join(c, prefix, "type"), "linear")) != DQ_OK ||
+        (st = push_meta_int(w, join(c, prefix, "act_bits"), p->act_bits)) != DQ_OK ||
+        (st = push_meta(w, join(c, prefix, "act_scheme"),
+                        p->act_scheme == DQ_QUANT_SYM ? "sym" : "asym")) != DQ_OK ||
+        /* A scalar tensor keeps the float exact and independent of the C locale. */
+        (st = add_f32(w, join(c, prefix, "act_clip_ratio"), &p->act_clip_ratio, 0, NULL)) !=
+            DQ_OK ||
+        (plan_prefix && (st = push_meta(w, join(c, prefix, "plan"), plan_prefix)) != DQ_OK))
+        return st;
+    if (bias) {
+        const int64_t n = q->rows;
+        st = add_f32(w, join(c, prefix, "bias"), bias, 1, &n);
+    }
+    return st;
+}
+
+DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix,
+                                           const dq_linear_params *p, const char *plan_prefix,
+                                           const dq_qmatrix *weights, const float *bias)
+{
+    if (!w || !weights || !valid_prefix(prefix) || (plan_prefix && !valid_name(plan_prefix)))
+        return DQ_ERR_INVALID_ARG;
+    /* The layer's own checks decide what is valid; the params are then read as it reads them. */
+    dq_linear *lin = NULL;
+    dq_status st = dq_linear_create(NULL, p, NULL, weights, bias, &lin);
+    dq_linear_free(lin);
+    if (st != DQ_OK)
+        return st;
+    dq_linear_params lp;
+    dq_linear_params_init(&lp, sizeof lp);
+    if (p && (st = dq__params_read(&lp, sizeof lp, offsetof(dq_linear_params, flags) +
+                                                       sizeof(uint32_t), p)) != DQ_OK)
+        return st;
+    size_t n = w->n, n_meta = w->n_meta;
+    st = add_linear_parts(w, prefix, &lp, plan_prefix, weights, bias);
+    if (st != DQ_OK)
+        truncate_writer(w, n, n_meta);
+    return st;
+}
+
+DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *ctx,
+                                           const char *prefix, const dq_plan *plan,
+                                           dq_linear **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!r || !valid_prefix(prefix))
+        return DQ_ERR_INVALID_ARG;
+    const dq_context *c = dq__ctx(ctx);
+    dq_status st = DQ_ERR_FORMAT;
+    dq_linear_params p;
+    dq_linear_params_init(&p, sizeof p);
+    int64_t bits;
+    if (!meta_is(r, prefix, "type", "linear", &st) ||
+        !meta_int(r, prefix, "act_bits", 8, &bits, &st))
+        return st;
+    p.act_bits = (int32_t)bits;
+    if (meta_is(r, prefix, "act_scheme", "asym", &st))
+        p.act_scheme = DQ_QUANT_ASYM;
+    else if (meta_is(r, prefix, "act_scheme", "sym", &st))
+        p.act_scheme = DQ_QUANT_SYM;
+    else
+        return st;
+    char *key = join(c, prefix, "act_clip_ratio");
+    if (!key)
+        return DQ_ERR_NOMEM;
+    const dq__st_tensor *ct = dq__st_find(&r->f, key);
+    dq__free(c, key);
+    if (!ct || ct->dtype != DQ__ST_F32 || ct->ndim != 0)
+        return DQ_ERR_FORMAT;
+    decode_f32(&p.act_clip_ratio, r->f.data + ct->begin, 1);
+    if (!isfinite(p.act_clip_ratio))
+        return DQ_ERR_NONFINITE;
+    if (!(p.act_clip_ratio > 0.0f && p.act_clip_ratio <= 1.0f))
+        return DQ_ERR_FORMAT;
+
+    char *wp = join(c, prefix, "weight"), *bn = join(c, prefix, "bias");
+    dq_qmatrix *q = NULL;
+    float *bias = NULL;
+    st = wp && bn ? dq_file_reader_get_qmatrix(r, ctx, wp, &q) : DQ_ERR_NOMEM;
+    int64_t rows = 0, cols = 0, width;
+    if (st == DQ_OK)
+        dq_qmatrix_layout(q, &rows, &cols, NULL, NULL, NULL, NULL, NULL);
+    if (st == DQ_OK && dq__st_find(&r->f, bn)) {
+        const dq__st_tensor *t = find_part(r, bn, DQ__ST_F32, rows, -1);
+        bias = t ? dq__alloc(c, (size_t)rows * sizeof(float)) : NULL;
+        st = !t ? DQ_ERR_FORMAT : !bias ? DQ_ERR_NOMEM : DQ_OK;
+        if (st == DQ_OK)
+            decode_f32(bias, r->f.data + t->begin, (size_t)rows);
+    }
+    if (st == DQ_OK && plan && (dq_plan_width(plan, &width) != DQ_OK || width != cols))
+        st = DQ_ERR_SHAPE;
+    if (st == DQ_OK) {
+        st = dq_linear_create(ctx, &p, plan, q, bias, out);
+        if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE || st == DQ_ERR_UNSUPPORTED)
+            st = DQ_ERR_FORMAT;
+    }
+    dq_qmatrix_free(q);
+    dq__free(c, bias);
+    dq__free(c, wp);
+    dq__free(c, bn);
+    return st;
+}

@@ -1,0 +1,87 @@
+/* Rotations from given block matrices: how saved plans come back to life. */
+#include <math.h>
+#include <string.h>
+
+#include "dq_transform.h"
+
+static int32_t matrix_len(int64_t cols, int32_t bs, bool per_block, int64_t m)
+{
+    int64_t full = cols / bs;
+    if (per_block)
+        return dq__block_len(cols, bs, m);
+    return m == 0 && full > 0 ? bs : (int32_t)(cols % bs);
+}
+
+DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_t block_size,
+                                           int32_t per_block, const float *data,
+                                           int64_t n_floats, dq_rotation **out)
+{
+    if (!out)
+        return DQ_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!data)
+        return DQ_ERR_INVALID_ARG;
+    if (cols <= 0 || block_size < 2 || block_size > DQ_MAX_BLOCK || n_floats <= 0)
+        return DQ_ERR_SHAPE;
+    const bool pb = per_block != 0;
+    const int64_t n_blocks = dq__n_blocks(cols, block_size), full = cols / block_size;
+    const int64_t n_mats = pb ? n_blocks : (full > 0) + (cols % block_size != 0);
+    size_t total = 0;
+    for (int64_t m = 0; m < n_mats; m++) {
+        size_t len = (size_t)matrix_len(cols, block_size, pb, m);
+        if (!dq__add_size(total, len * len, &total))
+            return DQ_ERR_OVERFLOW;
+    }
+    if ((uint64_t)n_floats != (uint64_t)total)
+        return DQ_ERR_SHAPE;
+    for (size_t i = 0; i < total; i++)
+        if (!isfinite(data[i]))
+            return DQ_ERR_NONFINITE;
+    /* A cheap guard against garbage: every row of an orthogonal matrix has unit norm. */
+    const float *src = data;
+    for (int64_t m = 0; m < n_mats; m++) {
+        int32_t len = matrix_len(cols, block_size, pb, m);
+        for (int32_t i = 0; i < len; i++, src += len) {
+            double s = 0.0;
+            for (int32_t j = 0; j < len; j++)
+                s += (double)src[j] * src[j];
+            if (fabs(sqrt(s) - 1.0) > 1e-3)
+                return DQ_ERR_INVALID_ARG;
+        }
+    }
+
+    const dq_context *c = dq__ctx(ctx);
+    dq_rotation *r = dq__calloc(c, 1, sizeof *r);
+    if (!r)
+        return DQ_ERR_NOMEM;
+    r->ctx = *c;
+    r->cols = cols;
+    r->block_size = block_size;
+    r->method = DQ_ROT_METHOD_RANDOM; /* given matrices: no search record to keep */
+    r->per_block = pb;
+    r->n_blocks = n_blocks;
+    r->n_mats = n_mats;
+    r->steps = 0;
+    r->mat_of_block = dq__alloc(c, (size_t)n_blocks * sizeof(int64_t));
+    r->mat_size = dq__alloc(c, (size_t)n_mats * sizeof(int32_t));
+    r->mat_offset = dq__alloc(c, (size_t)n_mats * sizeof(size_t));
+    r->selected = dq__alloc(c, (size_t)n_mats * sizeof(int32_t));
+    r->data = dq__alloc(c, total * sizeof(float));
+    if (!r->mat_of_block || !r->mat_size || !r->mat_offset || !r->selected || !r->data) {
+        dq_rotation_free(r);
+        return DQ_ERR_NOMEM;
+    }
+    size_t off = 0;
+    for (int64_t m = 0; m < n_mats; m++) {
+        int32_t len = matrix_len(cols, block_size, pb, m);
+        r->mat_size[m] = len;
+        r->mat_offset[m] = off;
+        r->selected[m] = -1;
+        off += (size_t)len * (size_t)len;
+    }
+    for (int64_t b = 0; b < n_blocks; b++)
+        r->mat_of_block[b] = pb ? b : (b < full ? 0 : (full > 0 ? 1 : 0));
+    memcpy(r->data, data, total * sizeof(float));
+    *out = r;
+    return DQ_OK;
+}

@@ -1,0 +1,88 @@
+/* Private safetensors container: a strict, bounded reader and a deterministic writer.
+ * Layout: u64 little-endian header length N, N bytes of JSON (an object mapping tensor names to
+ * {"dtype", "shape", "data_offsets"}, plus "__metadata__" with string values), then the tensor
+ * data, contiguous and in offset order. doc/formats.md is the normative text. */
+#ifndef DQ_SAFETENSORS_H
+#define DQ_SAFETENSORS_H
+
+#include "dq_internal.h"
+
+/* Most dimensions one tensor may have. */
+#define DQ__ST_MAX_DIMS 8
+/* Default and hard upper bound of the JSON header length (bytes). */
+#define DQ__ST_MAX_HEADER ((uint64_t)100 << 20)
+
+/* Element types: the public DQ_DTYPE_* numbers (dq_file_reader_tensor_info reports them as
+ * they are), safetensors spelling in dq__st_dtype_name. */
+enum {
+    DQ__ST_BOOL = DQ_DTYPE_BOOL,
+    DQ__ST_U8 = DQ_DTYPE_U8,
+    DQ__ST_I8 = DQ_DTYPE_I8,
+    DQ__ST_U16 = DQ_DTYPE_U16,
+    DQ__ST_I16 = DQ_DTYPE_I16,
+    DQ__ST_F16 = DQ_DTYPE_F16,
+    DQ__ST_BF16 = DQ_DTYPE_BF16,
+    DQ__ST_U32 = DQ_DTYPE_U32,
+    DQ__ST_I32 = DQ_DTYPE_I32,
+    DQ__ST_F32 = DQ_DTYPE_F32,
+    DQ__ST_U64 = DQ_DTYPE_U64,
+    DQ__ST_I64 = DQ_DTYPE_I64,
+    DQ__ST_F64 = DQ_DTYPE_F64,
+    DQ__ST_N_DTYPES = DQ_DTYPE_F64 + 1
+};
+
+const char *dq__st_dtype_name(int32_t dtype);
+size_t dq__st_dtype_size(int32_t dtype);
+
+typedef struct dq__st_tensor {
+    char *name; /* NUL-terminated UTF-8, no NUL inside */
+    int32_t dtype;
+    int32_t ndim;
+    int64_t shape[DQ__ST_MAX_DIMS];
+    size_t begin, end; /* byte range inside the data section */
+} dq__st_tensor;
+
+typedef struct dq__st_meta {
+    char *key;
+    char *value;
+} dq__st_meta;
+
+/* A parsed container. Tensors are sorted by name and metadata by key (both unique); data points
+ * into the caller's buffer. */
+typedef struct dq__st_file {
+    dq__st_tensor *tensors;
+    size_t n_tensors;
+    dq__st_meta *meta;
+    size_t n_meta;
+    const uint8_t *data;
+    size_t data_size;
+} dq__st_file;
+
+/* Parses and validates buf (size bytes). max_header bounds the JSON length. On failure nothing
+ * is left allocated and *out is zeroed. DQ_ERR_FORMAT for any malformed input. */
+dq_status dq__st_parse(const dq_context *ctx, const uint8_t *buf, size_t size,
+                       uint64_t max_header, dq__st_file *out);
+void dq__st_clear(const dq_context *ctx, dq__st_file *f);
+const dq__st_tensor *dq__st_find(const dq__st_file *f, const char *name);
+const char *dq__st_meta_find(const dq__st_file *f, const char *key);
+
+/* One tensor or metadata pair for the writer; bytes are already little-endian. */
+typedef struct dq__st_entry {
+    char *name;
+    int32_t dtype;
+    int32_t ndim;
+    int64_t shape[DQ__ST_MAX_DIMS];
+    uint8_t *bytes;
+    size_t nbytes;
+} dq__st_entry;
+
+/* Serialises entries (written in order of decreasing element size, stable) and metadata (in the
+ * given order) into buf. buf NULL or cap too small: only *needed is set and DQ_ERR_BUFFER is
+ * returned when buf is not NULL. */
+dq_status dq__st_write(const dq__st_entry *entries, size_t n, const dq__st_meta *meta,
+                       size_t n_meta, uint8_t *buf, size_t cap, size_t *needed);
+
+/* True when s (len bytes) is well-formed UTF-8 without control characters below 0x20. */
+bool dq__st_text_ok(const char *s, size_t len);
+
+#endif /* DQ_SAFETENSORS_H */

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Compares the built shared library with the committed ABI baseline. Allowed: added symbols and
+# members appended to params structs (abi/duquant.abignore). Anything else fails.
+# usage: abi-check.sh LIB BASELINE SUPPRESSIONS INCLUDE_DIR GENERATED_INCLUDE_DIR
+set -uo pipefail
+lib=$1 baseline=$2 supp=$3 inc=$4 geninc=$5
+if ! command -v abidiff >/dev/null; then
+    echo "SKIP: abidiff (Debian abigail-tools) is not installed"; exit 77
+fi
+if ! readelf -S "$lib" | grep -q '\.debug_info'; then
+    echo "SKIP: $lib has no debug information (use a debug or debugoptimized build)"; exit 77
+fi
+[ -f "$baseline" ] || { echo "FAIL: baseline $baseline is missing"; exit 1; }
+abidiff --no-added-syms --suppressions "$supp" --headers-dir2 "$inc" --headers-dir2 "$geninc" \
+        --drop-private-types "$baseline" "$lib"
+rc=$?
+echo "abidiff exit status: $rc (0 = compatible)"
+[ $rc -eq 0 ]
