@@ -1,0 +1,212 @@
+/* The transformer: RMSNorm, rotary attention with grouped key/value heads, SwiGLU FFN. */
+#include "forward.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int32_t l2c_input_of(int32_t which)
+{
+    static const int32_t inputs[L2C_N_LINEARS] = {L2C_IN_QKV, L2C_IN_QKV, L2C_IN_QKV, L2C_IN_WO,
+                                                  L2C_IN_W13, L2C_IN_W2,  L2C_IN_W13};
+    return inputs[which];
+}
+
+const char *l2c_input_name(int32_t input)
+{
+    static const char *names[L2C_N_INPUTS] = {"qkv", "wo", "w13", "w2"};
+    return names[input];
+}
+
+void l2c_net_init_fp32(l2c_net *net, const l2c_model *m, l2c_linear (*lin)[L2C_N_LINEARS])
+{
+    memset(net, 0, sizeof *net);
+    net->m = m;
+    net->lin = lin;
+    for (int32_t l = 0; l < m->c.n_layers; l++)
+        for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+            lin[l][k].w = l2c_model_weight(m, l, k, &lin[l][k].out_dim, &lin[l][k].in_dim);
+            lin[l][k].q = NULL;
+        }
+}
+
+/* y[t, o] = sum_i x[t, i] w[o, i]; four partial sums let the compiler keep several in flight. */
+static void matmul_wt(const float *x, int64_t rows, int64_t in, const float *w, int64_t out,
+                      float *y)
+{
+    for (int64_t t = 0; t < rows; t++) {
+        const float *xt = x + t * in;
+        for (int64_t o = 0; o < out; o++) {
+            const float *wo = w + o * in;
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int64_t i = 0;
+            for (; i + 4 <= in; i += 4) {
+                s0 += xt[i] * wo[i];
+                s1 += xt[i + 1] * wo[i + 1];
+                s2 += xt[i + 2] * wo[i + 2];
+                s3 += xt[i + 3] * wo[i + 3];
+            }
+            for (; i < in; i++)
+                s0 += xt[i] * wo[i];
+            y[t * out + o] = (s0 + s1) + (s2 + s3);
+        }
+    }
+}
+
+static int linear(const l2c_linear *lin, const float *x, int64_t rows, float *y)
+{
+    if (!lin->q) {
+        matmul_wt(x, rows, lin->in_dim, lin->w, lin->out_dim, y);
+        return 0;
+    }
+    dq_status st = dq_linear_forward(lin->q, x, rows, lin->in_dim, lin->in_dim, y, lin->out_dim,
+                                     NULL, 0);
+    if (st != DQ_OK) {
+        fprintf(stderr, "dq_linear_forward: %s\n", dq_status_name(st));
+        return -1;
+    }
+    return 0;
+}
+
+/* run.c's RMSNorm: o = w * x / sqrt(mean(x^2) + 1e-5). */
+static void rmsnorm(float *o, const float *x, const float *w, int64_t rows, int64_t dim)
+{
+    for (int64_t t = 0; t < rows; t++) {
+        float ss = 0;
+        for (int64_t i = 0; i < dim; i++)
+            ss += x[t * dim + i] * x[t * dim + i];
+        ss = 1.0f / sqrtf(ss / (float)dim + 1e-5f);
+        for (int64_t i = 0; i < dim; i++)
+            o[t * dim + i] = w[i] * (ss * x[t * dim + i]);
+    }
+}
+
+/* Rotary embedding on interleaved pairs (2i, 2i+1) of every head of a [rows, width] matrix. */
+static void rope(float *v, int64_t rows, int64_t width, int32_t head_size)
+{
+    for (int64_t t = 0; t < rows; t++)
+        for (int64_t i = 0; i < width; i += 2) {
+            int32_t head_dim = (int32_t)(i % head_size);
+            float freq = 1.0f / powf(10000.0f, (float)head_dim / (float)head_size);
+            float angle = (float)t * freq, c = cosf(angle), s = sinf(angle);
+            float a = v[t * width + i], b = v[t * width + i + 1];
+            v[t * width + i] = a * c - b * s;
+            v[t * width + i + 1] = a * s + b * c;
+        }
+}
+
+/* Causal attention: out[t, head h] = softmax(q_t . k_s / sqrt(hs), s <= t) v_s with the key
+ * and value head of h. att holds n scores. */
+static void attention(const l2c_model *m, const float *q, const float *k, const float *v,
+                      int64_t n, float *att, float *out)
+{
+    int32_t hs = m->head_size, kv_dim = m->kv_dim, dim = m->c.dim;
+    int32_t group = m->c.n_heads / m->c.n_kv_heads;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int64_t t = 0; t < n; t++)
+        for (int32_t h = 0; h < m->c.n_heads; h++) {
+            const float *qh = q + t * dim + h * hs;
+            int64_t kv_off = (int64_t)(h / group) * hs;
+            float mx = -INFINITY;
+            for (int64_t s = 0; s <= t; s++) {
+                const float *ks = k + s * kv_dim + kv_off;
+                float dot = 0;
+                for (int32_t i = 0; i < hs; i++)
+                    dot += qh[i] * ks[i];
+                att[s] = dot * scale;
+                mx = att[s] > mx ? att[s] : mx;
+            }
+            float sum = 0;
+            for (int64_t s = 0; s <= t; s++) {
+                att[s] = expf(att[s] - mx);
+                sum += att[s];
+            }
+            float *oh = out + t * dim + h * hs;
+            for (int32_t i = 0; i < hs; i++)
+                oh[i] = 0;
+            for (int64_t s = 0; s <= t; s++) {
+                const float *vs = v + s * kv_dim + kv_off;
+                float a = att[s] / sum;
+                for (int32_t i = 0; i < hs; i++)
+                    oh[i] += a * vs[i];
+            }
+        }
+}
+
+static int observe(const l2c_net *net, int32_t layer, int32_t input, const float *x, int64_t n,
+                   int64_t cols)
+{
+    return net->observe ? net->observe(net->observe_user, layer, input, x, n, cols) : 0;
+}
+
+int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *logits)
+{
+    const l2c_model *m = net->m;
+    int64_t dim = m->c.dim, hid = m->c.hidden_dim, kv = m->kv_dim;
+    float *x = malloc((size_t)(n * dim) * sizeof *x);
+    float *xb = malloc((size_t)(n * dim) * sizeof *xb);
+    float *y = malloc((size_t)(n * dim) * sizeof *y);
+    float *q = malloc((size_t)(n * dim) * sizeof *q);
+    float *k = malloc((size_t)(n * kv) * sizeof *k);
+    float *v = malloc((size_t)(n * kv) * sizeof *v);
+    float *h1 = malloc((size_t)(n * hid) * sizeof *h1);
+    float *h3 = malloc((size_t)(n * hid) * sizeof *h3);
+    float *att = malloc((size_t)n * sizeof *att);
+    int rc = -1;
+    if (!x || !xb || !y || !q || !k || !v || !h1 || !h3 || !att) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    for (int64_t t = 0; t < n; t++)
+        memcpy(x + t * dim, m->tok_emb + (int64_t)tokens[t] * dim, (size_t)dim * sizeof *x);
+    for (int32_t l = 0; l < m->c.n_layers; l++) {
+        const l2c_linear *lin = net->lin[l];
+        rmsnorm(xb, x, m->rms_att + l * dim, n, dim);
+        if ((rc = observe(net, l, L2C_IN_QKV, xb, n, dim)) != 0)
+            goto out;
+        rc = -1;
+        if (linear(&lin[L2C_WQ], xb, n, q) || linear(&lin[L2C_WK], xb, n, k) ||
+            linear(&lin[L2C_WV], xb, n, v))
+            goto out;
+        rope(q, n, dim, m->head_size);
+        rope(k, n, kv, m->head_size);
+        attention(m, q, k, v, n, att, xb);
+        if ((rc = observe(net, l, L2C_IN_WO, xb, n, dim)) != 0)
+            goto out;
+        rc = -1;
+        if (linear(&lin[L2C_WO], xb, n, y))
+            goto out;
+        for (int64_t i = 0; i < n * dim; i++)
+            x[i] += y[i];
+        rmsnorm(xb, x, m->rms_ffn + l * dim, n, dim);
+        if ((rc = observe(net, l, L2C_IN_W13, xb, n, dim)) != 0)
+            goto out;
+        rc = -1;
+        if (linear(&lin[L2C_W1], xb, n, h1) || linear(&lin[L2C_W3], xb, n, h3))
+            goto out;
+        for (int64_t i = 0; i < n * hid; i++) /* SwiGLU: silu(w1 x) * (w3 x) */
+            h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
+        if ((rc = observe(net, l, L2C_IN_W2, h1, n, hid)) != 0)
+            goto out;
+        rc = -1;
+        if (linear(&lin[L2C_W2], h1, n, y))
+            goto out;
+        for (int64_t i = 0; i < n * dim; i++)
+            x[i] += y[i];
+    }
+    rmsnorm(xb, x, m->rms_final, n, dim);
+    matmul_wt(xb, n, dim, m->wcls, m->c.vocab_size, logits);
+    rc = 0;
+out:
+    free(x);
+    free(xb);
+    free(y);
+    free(q);
+    free(k);
+    free(v);
+    free(h1);
+    free(h3);
+    free(att);
+    return rc;
+}

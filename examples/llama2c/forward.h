@@ -1,0 +1,44 @@
+/* FP32 forward pass of a llama2.c model over a whole window of tokens (causal attention),
+ * with each linear layer either a float weight or a libduquant quantized layer. */
+#ifndef L2C_FORWARD_H
+#define L2C_FORWARD_H
+
+#include <stdint.h>
+
+#include "duquant.h"
+#include "model.h"
+
+/* Linear inputs of a layer; layers reading the same input share one transform plan. */
+enum { L2C_IN_QKV, L2C_IN_WO, L2C_IN_W13, L2C_IN_W2, L2C_N_INPUTS };
+
+/* The input each weight (L2C_W*) reads. */
+int32_t l2c_input_of(int32_t which);
+/* Short file-name-friendly name of an input: "qkv", "wo", "w13", "w2". */
+const char *l2c_input_name(int32_t input);
+
+typedef struct l2c_linear {
+    const float *w; /* [out, in] float weight, used when q is NULL */
+    const dq_linear *q;
+    int64_t in_dim, out_dim;
+} l2c_linear;
+
+/* Called with every linear input (rows tokens x cols channels) before it is used; a non-zero
+ * return stops the forward pass with that value. */
+typedef int (*l2c_observe_fn)(void *user, int32_t layer, int32_t input, const float *x,
+                              int64_t rows, int64_t cols);
+
+typedef struct l2c_net {
+    const l2c_model *m;
+    l2c_linear (*lin)[L2C_N_LINEARS]; /* [n_layers] */
+    l2c_observe_fn observe;           /* optional */
+    void *observe_user;
+} l2c_net;
+
+/* Fills net with the model's float weights (lin must hold n_layers entries). */
+void l2c_net_init_fp32(l2c_net *net, const l2c_model *m, l2c_linear (*lin)[L2C_N_LINEARS]);
+
+/* Logits [n, vocab] for tokens[0..n) at positions 0..n-1. Returns 0, -1 (out of memory or
+ * a failed quantized layer; a message is printed) or the observer's non-zero value. */
+int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *logits);
+
+#endif

@@ -1,0 +1,400 @@
+/* duquant-llama2c: runs a llama2.c model (stories260K by default) in FP32 and quantized with
+ * libduquant, and prints perplexity, ratio to FP32 and quantization time per method, plus one
+ * greedy sample per method. See --help and doc/results.md. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "duquant.h"
+#include "forward.h"
+#include "generate.h"
+#include "model.h"
+#include "perplexity.h"
+#include "quantize.h"
+#include "tokenizer.h"
+
+#ifndef L2C_DATA_DIR
+#define L2C_DATA_DIR "examples/data"
+#endif
+
+typedef struct options {
+    const char *model, *tokenizer, *calib, *eval, *methods, *format, *prompt, *dump_calib;
+    int64_t window, max_windows, calib_tokens, sample_tokens;
+    int32_t steps, threads;
+    l2c_quant_options q;
+} options;
+
+typedef struct result {
+    const l2c_method *method;
+    double ppl, quantize_s;
+    char sample[4096];
+} result;
+
+static void usage(FILE *f, const options *o)
+{
+    fprintf(f,
+            "usage: duquant-llama2c [options]\n"
+            "  --model FILE         llama2.c checkpoint (default %s)\n"
+            "  --tokenizer FILE     llama2.c tokenizer (default %s)\n"
+            "  --calib TEXT         calibration stories (default %s)\n"
+            "  --eval TEXT          evaluation stories (default %s)\n"
+            "                       TEXT: plain text, stories separated by lines <|endoftext|>\n"
+            "  --methods LIST       comma-separated (default all):",
+            o->model, o->tokenizer, o->calib, o->eval);
+    for (int32_t i = 0; i < l2c_n_methods; i++)
+        fprintf(f, "%s%s", i ? "," : " ", l2c_methods[i].name);
+    fprintf(f,
+            "\n"
+            "  --format table|tsv   output (default table; tsv: header method, ppl,\n"
+            "                       ratio_to_fp32, quantize_s, samples on stderr)\n"
+            "  --window N           evaluation window in tokens (default %lld)\n"
+            "  --max-windows N      evaluate the first N windows only (default 0 = all)\n"
+            "  --calib-tokens N     calibration tokens run through the model (default 0 = all)\n"
+            "  --sample-tokens N    calibration sample rows for the rotation search and LWC\n"
+            "                       (default %lld)\n"
+            "  --block N            DuQuant rotation block (default %d)\n"
+            "  --hadamard-block N   largest Hadamard block (default %d; per input the largest\n"
+            "                       power of two <= N dividing the width)\n"
+            "  --rot-steps N        greedy rotation steps (default %d)\n"
+            "  --perm-times N       zigzag passes (default %d)\n"
+            "  --dq-smooth 0|1      DuQuant methods smooth before rotating (default %d)\n"
+            "  --alpha A            smoothing strength (default %.2f)\n"
+            "  --act-clip R         W4A4 per-token activation clip ratio (default %.2f)\n"
+            "  --w-clip R           W4A4 fixed weight clip ratio without LWC (default %.2f)\n"
+            "  --lwc-epochs N       LWC epochs per layer (default %d)\n"
+            "  --lwc-lr R           LWC learning rate (default %g)\n"
+            "  --lwc-batch N        LWC tokens per step (default %d)\n"
+            "  --lwc-act 0|1        LWC loss with 4-bit activations (default %d)\n"
+            "  --seed N             seed of every random choice (default %llu)\n"
+            "  --threads N          library threads (default 0: host decides)\n"
+            "  --prompt TEXT        prompt of the greedy samples (default \"%s\")\n"
+            "  --steps N            tokens generated per sample (default %d; 0 = none)\n"
+            "  --dump-calib DIR     write each linear input's calibration sample as float32\n"
+            "                       DIR/layer<L>_<qkv|wo|w13|w2>.npy and continue\n",
+            (long long)o->window, (long long)o->sample_tokens, o->q.block_size,
+            o->q.hadamard_block, o->q.rot_steps, o->q.perm_times, o->q.dq_smooth,
+            (double)o->q.alpha, (double)o->q.act_clip, (double)o->q.w_clip, o->q.lwc_epochs,
+            (double)o->q.lwc_lr, o->q.lwc_batch, o->q.lwc_quant_act,
+            (unsigned long long)o->q.seed, o->prompt, o->steps);
+}
+
+static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, double lo, double hi, float *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
+        return -1;
+    *out = (float)v;
+    return 0;
+}
+
+/* Returns 0, 1 (help shown) or -1 (bad usage). */
+static int parse_args(int argc, char **argv, options *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        if (strcmp(k, "--help") == 0 || strcmp(k, "-h") == 0) {
+            usage(stdout, o);
+            return 1;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "%s: missing value (or unknown option)\n", k);
+            return -1;
+        }
+        const char *v = argv[++i];
+        int64_t n = 0;
+        int bad = 0;
+        if (strcmp(k, "--model") == 0)
+            o->model = v;
+        else if (strcmp(k, "--tokenizer") == 0)
+            o->tokenizer = v;
+        else if (strcmp(k, "--calib") == 0)
+            o->calib = v;
+        else if (strcmp(k, "--eval") == 0)
+            o->eval = v;
+        else if (strcmp(k, "--methods") == 0)
+            o->methods = v;
+        else if (strcmp(k, "--format") == 0)
+            bad = strcmp(v, "table") != 0 && strcmp(v, "tsv") != 0, o->format = v;
+        else if (strcmp(k, "--prompt") == 0)
+            o->prompt = v;
+        else if (strcmp(k, "--dump-calib") == 0)
+            o->dump_calib = v;
+        else if (strcmp(k, "--window") == 0)
+            bad = parse_int(v, 2, 1 << 20, &o->window);
+        else if (strcmp(k, "--max-windows") == 0)
+            bad = parse_int(v, 0, INT64_MAX, &o->max_windows);
+        else if (strcmp(k, "--calib-tokens") == 0)
+            bad = parse_int(v, 0, INT64_MAX, &o->calib_tokens);
+        else if (strcmp(k, "--sample-tokens") == 0)
+            bad = parse_int(v, 1, 1 << 24, &o->sample_tokens);
+        else if (strcmp(k, "--steps") == 0)
+            bad = parse_int(v, 0, 1 << 20, &n), o->steps = (int32_t)n;
+        else if (strcmp(k, "--threads") == 0)
+            bad = parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
+        else if (strcmp(k, "--block") == 0)
+            bad = parse_int(v, 2, 4096, &n), o->q.block_size = (int32_t)n;
+        else if (strcmp(k, "--hadamard-block") == 0)
+            bad = parse_int(v, 2, 4096, &n), o->q.hadamard_block = (int32_t)n;
+        else if (strcmp(k, "--rot-steps") == 0)
+            bad = parse_int(v, 0, 65536, &n), o->q.rot_steps = (int32_t)n;
+        else if (strcmp(k, "--perm-times") == 0)
+            bad = parse_int(v, 1, 64, &n), o->q.perm_times = (int32_t)n;
+        else if (strcmp(k, "--dq-smooth") == 0)
+            bad = parse_int(v, 0, 1, &n), o->q.dq_smooth = (int32_t)n;
+        else if (strcmp(k, "--lwc-epochs") == 0)
+            bad = parse_int(v, 0, 100000, &n), o->q.lwc_epochs = (int32_t)n;
+        else if (strcmp(k, "--lwc-batch") == 0)
+            bad = parse_int(v, 1, 1 << 24, &n), o->q.lwc_batch = (int32_t)n;
+        else if (strcmp(k, "--lwc-act") == 0)
+            bad = parse_int(v, 0, 1, &n), o->q.lwc_quant_act = (int32_t)n;
+        else if (strcmp(k, "--seed") == 0)
+            bad = parse_int(v, 0, INT64_MAX, &n), o->q.seed = (uint64_t)n;
+        else if (strcmp(k, "--alpha") == 0)
+            bad = parse_float(v, 0, 1, &o->q.alpha);
+        else if (strcmp(k, "--act-clip") == 0)
+            bad = parse_float(v, 1e-3, 1, &o->q.act_clip);
+        else if (strcmp(k, "--w-clip") == 0)
+            bad = parse_float(v, 1e-3, 1, &o->q.w_clip);
+        else if (strcmp(k, "--lwc-lr") == 0)
+            bad = parse_float(v, 1e-9, 10, &o->q.lwc_lr);
+        else {
+            fprintf(stderr, "unknown option %s (see --help)\n", k);
+            return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "%s: bad value '%s'\n", k, v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The requested methods in table order; duplicates and unknown names are errors. */
+static int pick_methods(const char *list, const l2c_method **out, int32_t *n)
+{
+    *n = 0;
+    if (!list) {
+        for (int32_t i = 0; i < l2c_n_methods; i++)
+            out[(*n)++] = &l2c_methods[i];
+        return 0;
+    }
+    const char *p = list;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        char name[64];
+        if (len == 0 || len >= sizeof name) {
+            fprintf(stderr, "--methods: bad list '%s'\n", list);
+            return -1;
+        }
+        memcpy(name, p, len);
+        name[len] = '\0';
+        const l2c_method *m = l2c_method_find(name);
+        for (int32_t i = 0; m && i < *n; i++)
+            if (out[i] == m)
+                m = NULL;
+        if (!m) {
+            fprintf(stderr, "--methods: unknown or repeated method '%s' (see --help)\n", name);
+            return -1;
+        }
+        out[(*n)++] = m;
+        p += len + (p[len] == ',');
+    }
+    return *n > 0 ? 0 : -1;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Perplexity and sample of one net. */
+static int evaluate(const l2c_net *net, const l2c_tokenizer *tk, const l2c_text *text,
+                    const l2c_window *w, int64_t n_w, const options *o, result *r)
+{
+    double nll = 0;
+    int64_t predicted = 0;
+    if (l2c_mean_nll(net, text, w, n_w, &nll, &predicted))
+        return -1;
+    r->ppl = exp(nll);
+    r->sample[0] = '\0';
+    if (o->steps > 0 && l2c_generate(net, tk, o->prompt, o->steps, r->sample, sizeof r->sample))
+        return -1;
+    return 0;
+}
+
+/* Newlines in samples are shown as spaces so each sample stays on one line. */
+static void print_sample(FILE *f, const result *r)
+{
+    fprintf(f, "[%s] ", r->method->name);
+    for (const char *c = r->sample; *c; c++)
+        fputc(*c == '\n' ? ' ' : *c, f);
+    fputc('\n', f);
+}
+
+static void print_results(const options *o, const result *res, int32_t n, double fp32_ppl,
+                          int64_t n_w, int64_t predicted, const l2c_calibration *cal,
+                          double calib_s)
+{
+    int tsv = strcmp(o->format, "tsv") == 0;
+    FILE *samples = tsv ? stderr : stdout;
+    if (tsv) {
+        printf("method\tppl\tratio_to_fp32\tquantize_s\n");
+        for (int32_t i = 0; i < n; i++)
+            printf("%s\t%.6f\t%.6f\t%.3f\n", res[i].method->name, res[i].ppl,
+                   res[i].ppl / fp32_ppl, res[i].quantize_s);
+    } else {
+        printf("perplexity on %s: %lld windows of at most %lld tokens, %lld predicted tokens\n",
+               o->eval, (long long)n_w, (long long)o->window, (long long)predicted);
+        if (cal)
+            printf("calibration: %lld tokens of %s in %.2f s (shared by all methods)\n",
+                   (long long)cal->tokens, o->calib, calib_s);
+        printf("\n%-18s %10s %8s %11s  %s\n", "method", "perplexity", "ratio", "quantize_s",
+               "what");
+        for (int32_t i = 0; i < n; i++)
+            printf("%-18s %10.4f %8.4f %11.2f  %s\n", res[i].method->name, res[i].ppl,
+                   res[i].ppl / fp32_ppl, res[i].quantize_s, res[i].method->what);
+        printf("\n");
+    }
+    if (o->steps > 0) {
+        fprintf(samples, "greedy samples, prompt \"%s\", up to %d tokens:\n", o->prompt,
+                o->steps);
+        for (int32_t i = 0; i < n; i++)
+            print_sample(samples, &res[i]);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    memset(&o, 0, sizeof o);
+    o.model = L2C_DATA_DIR "/stories260K.bin";
+    o.tokenizer = L2C_DATA_DIR "/tok512.bin";
+    o.calib = L2C_DATA_DIR "/calib.txt";
+    o.eval = L2C_DATA_DIR "/dev.txt";
+    o.format = "table";
+    o.prompt = "Once upon a time";
+    o.window = 256;
+    o.sample_tokens = 512;
+    o.steps = 48;
+    l2c_quant_options_default(&o.q);
+    int pa = parse_args(argc, argv, &o);
+    if (pa)
+        return pa > 0 ? 0 : 2;
+    const l2c_method *methods[64];
+    int32_t n_methods = 0;
+    if (pick_methods(o.methods, methods, &n_methods))
+        return 2;
+
+    int rc = 1, need_calib = o.dump_calib != NULL;
+    char err[512];
+    l2c_model model;
+    l2c_tokenizer tk;
+    l2c_text eval, calib;
+    l2c_calibration cal;
+    l2c_window *w = NULL;
+    dq_context *ctx = NULL;
+    result *res = calloc((size_t)n_methods, sizeof *res);
+    l2c_linear(*fp32_lin)[L2C_N_LINEARS] = NULL;
+    memset(&model, 0, sizeof model);
+    memset(&tk, 0, sizeof tk);
+    memset(&eval, 0, sizeof eval);
+    memset(&calib, 0, sizeof calib);
+    memset(&cal, 0, sizeof cal);
+    for (int32_t i = 0; i < n_methods; i++)
+        need_calib |= methods[i]->w_bits != 0;
+    if (!res || l2c_model_load(o.model, &model, err, sizeof err) ||
+        l2c_tokenizer_load(o.tokenizer, model.c.vocab_size, &tk, err, sizeof err)) {
+        fprintf(stderr, "%s\n", res ? err : "out of memory");
+        goto out;
+    }
+    if (o.window > model.c.seq_len) {
+        fprintf(stderr, "--window: at most the model's context, %d\n", model.c.seq_len);
+        goto out;
+    }
+    if (l2c_text_load(o.eval, &tk, &eval) || (need_calib && l2c_text_load(o.calib, &tk, &calib)))
+        goto out;
+    int64_t n_w = l2c_windows(&eval, o.window, o.max_windows, &w);
+    if (n_w <= 0) {
+        fprintf(stderr, "%s: no window to evaluate\n", o.eval);
+        goto out;
+    }
+    dq_context_params cp;
+    dq_context_params_init(&cp, sizeof cp);
+    cp.n_threads = o.threads;
+    dq_status st = dq_context_create(&cp, &ctx);
+    if (st) {
+        fprintf(stderr, "dq_context_create: %s\n", dq_status_name(st));
+        goto out;
+    }
+    fprintf(stderr, "model %s: dim %d, hidden %d, %d layers, %d heads, %d kv heads, vocab %d\n",
+            o.model, model.c.dim, model.c.hidden_dim, model.c.n_layers, model.c.n_heads,
+            model.c.n_kv_heads, model.c.vocab_size);
+
+    /* FP32 first: every ratio is against it, listed or not. */
+    fp32_lin = calloc((size_t)model.c.n_layers, sizeof *fp32_lin);
+    if (!fp32_lin)
+        goto out;
+    l2c_net fp32;
+    l2c_net_init_fp32(&fp32, &model, fp32_lin);
+    double nll = 0;
+    int64_t predicted = 0;
+    if (l2c_mean_nll(&fp32, &eval, w, n_w, &nll, &predicted))
+        goto out;
+    double fp32_ppl = exp(nll), calib_s = 0;
+    fprintf(stderr, "fp32 perplexity %.4f over %lld predicted tokens\n", fp32_ppl,
+            (long long)predicted);
+    if (need_calib) {
+        double t0 = now_s();
+        if (l2c_calibrate(&model, &calib, o.window, o.calib_tokens, o.sample_tokens, &cal))
+            goto out;
+        calib_s = now_s() - t0;
+        fprintf(stderr, "calibrated on %lld tokens in %.2f s\n", (long long)cal.tokens, calib_s);
+        if (o.dump_calib && l2c_calibration_dump(&cal, o.dump_calib))
+            goto out;
+    }
+    for (int32_t i = 0; i < n_methods; i++) {
+        l2c_qmodel qm;
+        double t0 = now_s();
+        res[i].method = methods[i];
+        if (l2c_quantize(ctx, &model, &cal, methods[i], &o.q, &qm))
+            goto out;
+        res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
+        l2c_net net = {&model, qm.lin, NULL, NULL};
+        int e = evaluate(&net, &tk, &eval, w, n_w, &o, &res[i]);
+        l2c_qmodel_free(&qm);
+        if (e)
+            goto out;
+        fprintf(stderr, "%-18s ppl %.4f (quantized in %.2f s)\n", methods[i]->name, res[i].ppl,
+                res[i].quantize_s);
+    }
+    print_results(&o, res, n_methods, fp32_ppl, n_w, predicted, need_calib ? &cal : NULL,
+                  calib_s);
+    rc = 0;
+out:
+    l2c_calibration_free(&cal);
+    dq_context_free(ctx);
+    free(w);
+    free(res);
+    free(fp32_lin);
+    l2c_text_free(&eval);
+    l2c_text_free(&calib);
+    l2c_tokenizer_free(&tk);
+    l2c_model_free(&model);
+    return rc;
+}

@@ -1,0 +1,78 @@
+/* The quantization pipeline through libduquant's public API: calibrate each linear input on
+ * the FP32 model, build one transform plan per input (q/k/v share one, w1/w3 share one),
+ * transform and pack the weights, and create the quantized layers. */
+#ifndef L2C_QUANTIZE_H
+#define L2C_QUANTIZE_H
+
+#include <stdint.h>
+
+#include "duquant.h"
+#include "forward.h"
+#include "perplexity.h"
+
+typedef struct l2c_quant_options {
+    int32_t block_size;     /* DuQuant rotation block */
+    int32_t hadamard_block; /* largest Hadamard block; per input the largest power of two
+                               <= this that divides the width */
+    int32_t rot_steps;      /* greedy steps per search */
+    int32_t perm_times;     /* zigzag passes */
+    int32_t dq_smooth;      /* DuQuant methods smooth first (non-zero) */
+    float alpha;            /* smoothing strength */
+    float act_clip;         /* per-token activation clip ratio of the W4A4 methods */
+    float w_clip;           /* fixed weight clip ratio of the W4A4 methods without LWC */
+    int32_t lwc_epochs;
+    float lwc_lr;
+    int32_t lwc_batch;
+    int32_t lwc_quant_act;  /* LWC loss with quantized activations (W4A4), else W4A16 */
+    uint64_t seed;
+} l2c_quant_options;
+
+void l2c_quant_options_default(l2c_quant_options *o);
+
+typedef struct l2c_method {
+    const char *name;
+    int32_t w_bits, a_bits; /* w_bits 0: fp32; a_bits 0: float activations */
+    uint32_t plan_flags;    /* DQ_PLAN_F_*; 0 = no plan (RTN) */
+    int32_t rot_method;     /* DQ_ROT_METHOD_* */
+    int32_t lwc;            /* learnable weight clipping */
+    const char *what;       /* one line for the docs and --help */
+    int32_t refine;         /* DQ_REFINE_* applied to every rotation of the plan */
+} l2c_method;
+
+extern const l2c_method l2c_methods[];
+extern const int32_t l2c_n_methods;
+const l2c_method *l2c_method_find(const char *name);
+
+typedef struct l2c_calibration {
+    int32_t n_layers;
+    dq_calib *(*calib)[L2C_N_INPUTS];  /* [n_layers] */
+    float *(*w_absmax)[L2C_N_INPUTS]; /* per-input-channel max |W| over the weights reading it */
+    int64_t width[L2C_N_INPUTS]; /* channels of each input */
+    int64_t tokens;
+} l2c_calibration;
+
+/* Runs the windows of text (up to max_tokens tokens, 0 = all) through the FP32 model and
+ * observes every linear input; the first sample_tokens tokens are kept as the sample for the
+ * rotation search and LWC. */
+int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int64_t max_tokens,
+                  int64_t sample_tokens, l2c_calibration *out);
+void l2c_calibration_free(l2c_calibration *c);
+
+/* Writes each calibration sample as float32 .npy: DIR/layer<L>_<input>.npy with input one of
+ * qkv (attention norm output: q/k/v input), wo (attention output: wo input), w13 (FFN norm
+ * output: w1/w3 input), w2 (silu(w1 x) * w3 x: w2 input). */
+int l2c_calibration_dump(const l2c_calibration *c, const char *dir);
+
+typedef struct l2c_qmodel {
+    int32_t n_layers;
+    l2c_linear (*lin)[L2C_N_LINEARS];
+    dq_linear *(*layers)[L2C_N_LINEARS];
+    dq_plan *(*plans)[L2C_N_INPUTS];
+} l2c_qmodel;
+
+/* Quantizes every linear layer of m with method. Returns 0 or -1 (message printed). */
+int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
+                 const l2c_method *method, const l2c_quant_options *o, l2c_qmodel *out);
+void l2c_qmodel_free(l2c_qmodel *q);
+
+#endif
