@@ -5,8 +5,11 @@
  * builds plans for RTN, Hadamard, random orthogonal and DuQuant (reference mode and column
  * rule with one R per block), each without and with smoothing, and prints the relative
  * output error ||X W^T - Q(X') Q(W')^T||_F / ||X W^T||_F with per-token asymmetric 4-bit
- * activations and per-output-channel asymmetric 4-bit weights (clip 1.0). Where the case
- * folder holds the reference implementation's own Xt and Wt, their error is printed too.
+ * activations and per-output-channel asymmetric 4-bit weights (clip 1.0). Two more rows
+ * clip the weights of the best DuQuant variant: the reference's fixed ratio 0.8, and clip
+ * factors learned by LWC (60 epochs, batches of 8 tokens, W4A4 loss, on the same tokens).
+ * Where the case folder holds the reference implementation's own Xt and Wt, their error is
+ * printed too.
  *
  * usage: transform_quality [golden-dir]   (default: $DUQUANT_GOLDEN_DIR) */
 #define _POSIX_C_SOURCE 200809L /* opendir, strdup */
@@ -134,15 +137,50 @@ static void synthetic_layer(layer *l)
     l->x[77 * l->c + 300] = -1800.0f;
 }
 
+/* How the transformed weights are clipped before quantization. */
+enum { CLIP_NONE, CLIP_FIXED, CLIP_LWC };
+#define FIXED_WEIGHT_CLIP 0.8f
+#define LWC_EPOCHS 60
+#define LWC_BATCH 8
+
+/* Per-row clip factors learned by LWC on (xt, wt) with the W4A4 loss; NULL on failure. */
+static float *lwc_factors(const layer *l, const float *xt, const float *wt, float **lo)
+{
+    dq_lwc_params p;
+    dq_lwc_params_init(&p, sizeof p);
+    p.flags = DQ_LWC_F_QUANT_ACT;
+    p.epochs = LWC_EPOCHS;
+    p.batch_tokens = LWC_BATCH;
+    dq_lwc *o = NULL;
+    float *hi = malloc((size_t)l->out * sizeof *hi);
+    *lo = malloc((size_t)l->out * sizeof **lo);
+    if (!hi || !*lo || dq_lwc_create(NULL, &p, NULL, wt, l->out, l->c, l->c, xt, l->t, l->c, &o) ||
+        dq_lwc_train(o, NULL) || dq_lwc_factors(o, hi, *lo, l->out)) {
+        free(hi);
+        free(*lo);
+        *lo = NULL;
+        hi = NULL;
+    }
+    dq_lwc_free(o);
+    return hi;
+}
+
 /* ||x w^T - q(xt) q(wt)^T|| / ||x w^T||; -1 on failure. */
-static double w4a4_error(const layer *l, const float *xt, const float *wt)
+static double w4a4_error(const layer *l, const float *xt, const float *wt, int clip)
 {
     dq_qmatrix *qx = NULL, *qw = NULL;
+    dq_quant_params wp;
+    dq_quant_params_init(&wp, sizeof wp);
+    if (clip == CLIP_FIXED)
+        wp.clip_ratio = FIXED_WEIGHT_CLIP;
+    float *hi = NULL, *lo = NULL;
+    if (clip == CLIP_LWC && (hi = lwc_factors(l, xt, wt, &lo)) == NULL)
+        return -1;
     float *xq = malloc((size_t)(l->t * l->c) * sizeof *xq);
     float *wq = malloc((size_t)(l->out * l->c) * sizeof *wq);
     double num = 0, den = 0, err = -1;
     if (!xq || !wq || dq_qmatrix_pack(NULL, NULL, xt, l->t, l->c, l->c, NULL, NULL, &qx) ||
-        dq_qmatrix_pack(NULL, NULL, wt, l->out, l->c, l->c, NULL, NULL, &qw) ||
+        dq_qmatrix_pack(NULL, &wp, wt, l->out, l->c, l->c, hi, lo, &qw) ||
         dq_qmatrix_dequantize(qx, xq, l->c) || dq_qmatrix_dequantize(qw, wq, l->c))
         goto out;
     for (int64_t i = 0; i < l->t; i++)
@@ -161,14 +199,19 @@ out:
     dq_qmatrix_free(qw);
     free(xq);
     free(wq);
+    free(hi);
+    free(lo);
     return err;
 }
 
-/* Builds the plan, transforms copies of X and W, returns their W4A4 error (-1 on failure,
- * -2 when the transform does not apply to this width). */
-static double plan_error(const layer *l, const dq_plan_params *p)
+/* Builds the plan, transforms copies of X and W and writes their W4A4 error for each of the
+ * n weight clip modes into err (-1 on failure, -2 when the transform does not apply to this
+ * width). */
+static void plan_errors(const layer *l, const dq_plan_params *p, const int *clips, int n,
+                        double *err)
 {
-    double err = -1;
+    for (int k = 0; k < n; k++)
+        err[k] = -1;
     dq_calib_params cp;
     dq_calib_params_init(&cp, sizeof cp);
     cp.sample_tokens = l->t; /* the whole matrix is the calibration sample */
@@ -183,7 +226,8 @@ static double plan_error(const layer *l, const dq_plan_params *p)
         goto out;
     dq_status st = dq_plan_build(NULL, p, cal, w_absmax, l->c, &pl);
     if (st == DQ_ERR_UNSUPPORTED) {
-        err = -2;
+        for (int k = 0; k < n; k++)
+            err[k] = -2;
         goto out;
     }
     memcpy(xt, l->x, (size_t)(l->t * l->c) * sizeof *xt);
@@ -191,21 +235,21 @@ static double plan_error(const layer *l, const dq_plan_params *p)
     if (st || dq_plan_apply_act(pl, xt, l->t, l->c, l->c, NULL, 0) ||
         dq_plan_transform_weight(pl, wt, l->out, l->c, l->c))
         goto out;
-    err = w4a4_error(l, xt, wt);
+    for (int k = 0; k < n; k++)
+        err[k] = w4a4_error(l, xt, wt, clips[k]);
 out:
     dq_plan_free(pl);
     dq_calib_free(cal);
     free(w_absmax);
     free(xt);
     free(wt);
-    return err;
 }
 
 /* Error of the reference implementation's own Xt and Wt in dir, or -1 when absent. */
 static double reference_error(const layer *l, const char *dir)
 {
     float *xt = read_f32(dir, "Xt", l->t * l->c), *wt = read_f32(dir, "Wt", l->out * l->c);
-    double err = xt && wt ? w4a4_error(l, xt, wt) : -1;
+    double err = xt && wt ? w4a4_error(l, xt, wt, CLIP_NONE) : -1;
     free(xt);
     free(wt);
     return err;
@@ -227,22 +271,27 @@ static int print_table(const char *title, const layer *l, const char *dir, const
         const char *name;
         int32_t method;
         uint32_t flags;
+        int clipped; /* also print the fixed-clip and LWC rows of this plan */
     } rows[] = {
-        {"RTN | SmoothQuant", DQ_ROT_METHOD_GREEDY, 0},
-        {"Hadamard", DQ_ROT_METHOD_HADAMARD, DQ_PLAN_F_ROTATE},
-        {"random orthogonal", DQ_ROT_METHOD_RANDOM, DQ_PLAN_F_ROTATE},
+        {"RTN | SmoothQuant", DQ_ROT_METHOD_GREEDY, 0, 0},
+        {"Hadamard", DQ_ROT_METHOD_HADAMARD, DQ_PLAN_F_ROTATE, 0},
+        {"random orthogonal", DQ_ROT_METHOD_RANDOM, DQ_PLAN_F_ROTATE, 0},
         {"DuQuant, reference mode", DQ_ROT_METHOD_GREEDY,
-         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_ROW_RULE},
+         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_ROW_RULE, 0},
         {"DuQuant, column rule, per-block R", DQ_ROT_METHOD_GREEDY,
-         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_PER_BLOCK_R},
+         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_PER_BLOCK_R, 1},
     };
+    static const int clips[] = {CLIP_NONE, CLIP_FIXED, CLIP_LWC};
+    static const char *const clip_names[] = {NULL, "  + fixed weight clip 0.8",
+                                             "  + LWC (learned weight clip)"};
     int failed = 0;
     printf("%s: X %lldx%lld, W %lldx%lld, block %d, %d greedy steps\n", title, (long long)l->t,
            (long long)l->c, (long long)l->out, (long long)l->c, l->block, l->steps);
     printf("  %-42s  %12s  %7s %.2f\n", "W4A4 relative output error", "no smoothing",
            "smoothing", (double)l->alpha);
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
-        printf("  %-42s", rows[r].name);
+        const int n = rows[r].clipped ? 3 : 1;
+        double e[2][3];
         for (int smooth = 0; smooth < 2; smooth++) {
             dq_plan_params p;
             dq_plan_params_init(&p, sizeof p);
@@ -251,11 +300,16 @@ static int print_table(const char *title, const layer *l, const char *dir, const
             p.block_size = l->block;
             p.max_rotation_step = l->steps;
             p.smooth_alpha = l->alpha;
-            double e = plan_error(l, &p);
-            failed += e == -1;
-            print_cell(e);
+            plan_errors(l, &p, clips, n, e[smooth]);
         }
-        printf("\n");
+        for (int k = 0; k < n; k++) {
+            printf("  %-42s", k == 0 ? rows[r].name : clip_names[k]);
+            for (int smooth = 0; smooth < 2; smooth++) {
+                failed += e[smooth][k] == -1;
+                print_cell(e[smooth][k]);
+            }
+            printf("\n");
+        }
     }
     if (dir) {
         printf("  %-42s", "reference implementation (its Xt, Wt)");

@@ -395,6 +395,10 @@ typedef struct dq_plan_params {
     int32_t max_rotation_step; /**< greedy steps per search, 0..65536, default 256 */
     int32_t permutation_times; /**< zigzag passes, 1..64, default 1 */
     float smooth_alpha;        /**< [0, 1], default 0.6 */
+    /** Optional refinement of every rotation slot on the sample as it reaches that slot
+     *  (after smoothing and the earlier slots, before the next zigzag is dealt), the seed mixed
+     *  with the slot number. NULL (default) or method DQ_REFINE_NONE: off. Borrowed. */
+    const struct dq_refine_params *refine;
 } dq_plan_params;
 
 /** @brief Fill p with defaults. @since 1.0 */
@@ -403,7 +407,7 @@ DQ_API dq_status dq_plan_params_init(dq_plan_params *p, size_t struct_size);
 /** @brief Build a plan for cols input channels from a calibrator.
  *  @param calib    statistics and sample (its width must be cols); may be NULL only for plans
  *                  that need no activation statistics (no SMOOTH, no PERMUTE, method not
- *                  GREEDY).
+ *                  GREEDY, no refinement).
  *  @param w_absmax per-input-channel max |W| over all layers sharing the input (see
  *                  dq_smooth_weight_absmax), cols values; required with SMOOTH, else ignored.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_BAD_STATE (calibrator saw no tokens,
@@ -481,7 +485,6 @@ DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm
 
 /* @section transform: calibrator, smoothing, rotation, permutation, plan (keep this line) */
 
-/* @section linear: LWC, quantized linear layer (keep this line) */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Integer quantization and packing                                                            */
@@ -565,6 +568,433 @@ DQ_API dq_status dq_qmatrix_unpack_codes(const dq_qmatrix *q, int32_t *codes, in
 
 /** @brief Write the dequantized values to a rows x cols float matrix (ldo >= cols). @since 1.0 */
 DQ_API dq_status dq_qmatrix_dequantize(const dq_qmatrix *q, float *out, int64_t ldo);
+
+/* ------------------------------------------------------------------------------------------ */
+/* LWC: learnable weight clipping                                                              */
+/* Per output row (or per group when the weight params use groups) two parameters gamma and   */
+/* beta; clip factors sigmoid(gamma) multiply the group's max and sigmoid(beta) its min. Adam  */
+/* minimises the mean squared error between x * W^T and x * Q(W)^T over calibration tokens,    */
+/* rounding passed straight through (STE). W and x are the transformed weight and activations  */
+/* (dq_plan_transform_weight, dq_plan_apply_act_to).                                           */
+/* THREAD SAFETY: one dq_lwc must not be used by two threads at once; distinct objects are     */
+/* independent. Functions taking a const dq_lwc * may run concurrently with each other.        */
+/* OWNERSHIP: the weight and the activations are copied at creation.                           */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct dq_lwc dq_lwc;
+
+/** Called after every epoch with its 1-based number and the mean training loss of that epoch;
+ *  return non-zero to stop after this epoch (dq_lwc_train may be called again to resume). */
+typedef int32_t (*dq_lwc_epoch_fn)(void *user, int32_t epoch, float loss);
+
+/** dq_lwc_params.flags. QUANT_ACT: the loss uses activations quantized per token with
+ *  act_bits / act_scheme / act_clip_ratio (W4A4 reconstruction instead of W4A16). */
+enum { DQ_LWC_F_QUANT_ACT = 1u };
+
+typedef struct dq_lwc_params {
+    uint32_t struct_size;   /**< set by dq_lwc_params_init */
+    uint32_t flags;         /**< DQ_LWC_F_*, default 0 */
+    uint64_t seed;          /**< mini-batch order; default 0 */
+    int32_t epochs;         /**< epochs per dq_lwc_train call, 1..100000, default 20 */
+    int32_t batch_tokens;   /**< tokens per Adam step, 1..2^24, default 128 (capped at the
+                                 number of calibration tokens) */
+    float learning_rate;    /**< Adam step size, > 0, default 1e-2 */
+    float init_value;       /**< initial gamma and beta, default 4.0 (sigmoid = 0.982) */
+    int32_t act_bits;       /**< with QUANT_ACT: 4 or 8, default 4 */
+    int32_t act_scheme;     /**< with QUANT_ACT: DQ_QUANT_ASYM (default) or DQ_QUANT_SYM */
+    float act_clip_ratio;   /**< with QUANT_ACT: (0, 1], default 1 */
+    dq_lwc_epoch_fn on_epoch; /**< optional progress/stop callback */
+    void *on_epoch_user;    /**< passed to on_epoch */
+} dq_lwc_params;
+
+/** @brief Fill p with defaults. @since 1.0 */
+DQ_API dq_status dq_lwc_params_init(dq_lwc_params *p, size_t struct_size);
+
+/** @brief Create an optimiser for one layer.
+ *  @param wq  weight quantization (bits, scheme, group_size; clip_ratio is ignored) or NULL.
+ *  @param w   rows x cols weight (ldw), output channels in rows; copied.
+ *  @param x   tokens x cols calibration activations (ldx); copied.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
+ *  DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED, DQ_ERR_BLAS (QUANT_ACT: the float
+ *  outputs are computed once here). @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *p,
+                                           const dq_quant_params *wq, const float *w,
+                                           int64_t rows, int64_t cols, int64_t ldw,
+                                           const float *x, int64_t tokens, int64_t ldx,
+                                           dq_lwc **out);
+
+/** @brief Release; NULL is a no-op. @since 1.0 */
+DQ_API void dq_lwc_free(dq_lwc *l);
+
+/** @brief Train for params.epochs epochs (or until on_epoch asks to stop), continuing from the
+ *  current parameters and Adam state. Each epoch visits every token once, in batches of
+ *  batch_tokens drawn in an order fixed by the seed and the epoch's number, so two calls of 2
+ *  and 3 epochs give the same parameters as one of 5. After each epoch the full-batch loss is
+ *  evaluated and the best parameters so far are kept (dq_lwc_best; the parameters at the
+ *  first training call count). Each epoch's mean training loss and full-batch loss are also
+ *  logged at DQ_LOG_INFO.
+ *  @param last_loss optional: the last epoch's mean training loss.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_NOMEM, DQ_ERR_BLAS, DQ_ERR_NONFINITE (the loss
+ *  diverged; parameters are left at the last finite epoch). @since 1.0 */
+DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss);
+
+/** @brief Full-batch loss (mean over tokens x rows) and, when g_gamma / g_beta are not NULL,
+ *  its STE gradient with respect to gamma and beta (n = number of clip groups each) at the
+ *  current parameters. The surrogate is OmniQuant's: round(w / scale) has derivative 1, the
+ *  rounded zero point is a constant (plain rounding), each clamp passes the gradient inside
+ *  its bounds and blocks it outside; lib/dq_lwc.c spells out the formulas. SYM weights have
+ *  no beta: its gradient is 0.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (l or loss NULL), DQ_ERR_SHAPE (n differs from the
+ *  number of groups when a gradient is asked for), DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float *g_beta,
+                             int64_t n);
+
+/** @brief Number of clip groups (rows * groups_per_row) and epochs trained so far. Either
+ *  pointer may be NULL. @since 1.0 */
+DQ_API dq_status dq_lwc_layout(const dq_lwc *l, int64_t *n_groups, int32_t *epochs_done);
+
+/** @brief Read the raw parameters gamma, beta (n values each; either pointer may be NULL).
+ *  @since 1.0 */
+DQ_API dq_status dq_lwc_get_params(const dq_lwc *l, float *gamma, float *beta, int64_t n);
+
+/** @brief Replace gamma and beta (n finite values each) and reset the Adam state and the
+ *  best-parameter record (dq_lwc_best), e.g. to resume from saved parameters. The epoch count,
+ *  which picks each epoch's batch order, keeps running.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE. @since 1.0 */
+DQ_API dq_status dq_lwc_set_params(dq_lwc *l, const float *gamma, const float *beta, int64_t n);
+
+/** @brief The learned clip factors sigmoid(gamma), sigmoid(beta) (n values each, either
+ *  pointer may be NULL), ready for dq_qmatrix_pack's clip_hi / clip_lo: with the same weight
+ *  params, dq_qmatrix_pack reproduces exactly the quantized weights LWC evaluated. They come
+ *  from the best parameters (see dq_lwc_best), i.e. the current ones before any training.
+ *  Factors are at least FLT_MIN, so always valid clip factors. @since 1.0 */
+DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo, int64_t n);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Quantized linear layer: y = Q(x * G) * Q(W * G^-T)^T + bias                                */
+/* forward applies the plan, quantizes each token (row) of the activations, multiplies the     */
+/* integer codes with exact int32 accumulation and zero-point corrections, and rescales.       */
+/* THREAD SAFETY: a dq_linear is immutable after creation; any number of threads may call      */
+/* dq_linear_forward on one layer at once, each with its own workspace (or NULL).              */
+/* OWNERSHIP: the plan is BORROWED: it must outlive every layer created with it (layers that   */
+/* read the same input share one plan). The packed weights and the bias are COPIED: the caller */
+/* may free them after dq_linear_create returns.                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct dq_linear dq_linear;
+
+typedef struct dq_linear_params {
+    uint32_t struct_size; /**< set by dq_linear_params_init */
+    uint32_t flags;       /**< reserved, must be 0 */
+    int32_t act_bits;     /**< 4 (default) or 8; 0 = weight-only (float activations, W4A16) */
+    int32_t act_scheme;   /**< DQ_QUANT_ASYM (default) or DQ_QUANT_SYM, per token */
+    float act_clip_ratio; /**< (0, 1], default 1: clip factor on each token's min and max */
+} dq_linear_params;
+
+/** @brief Fill p with defaults (W4A4, asymmetric per-token activations, no clip). @since 1.0 */
+DQ_API dq_status dq_linear_params_init(dq_linear_params *p, size_t struct_size);
+
+/** @brief Create a layer.
+ *  @param plan    borrowed transform for the input (NULL = identity); its width must equal the
+ *                 weight's cols.
+ *  @param weights packed, already transformed weights (out_features x in_features); copied.
+ *  @param bias    out_features floats or NULL; copied.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
+ *  DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *p,
+                                              const dq_plan *plan, const dq_qmatrix *weights,
+                                              const float *bias, dq_linear **out);
+
+/** @brief Release; NULL is a no-op (the plan is not freed). @since 1.0 */
+DQ_API void dq_linear_free(dq_linear *lin);
+
+/** @brief in_features, out_features. Either pointer may be NULL. @since 1.0 */
+DQ_API dq_status dq_linear_layout(const dq_linear *lin, int64_t *in_features,
+                                  int64_t *out_features);
+
+/** @brief Bytes of workspace dq_linear_forward needs for rows tokens (0 when it needs none:
+ *  weight-only without a plan). Any alignment of the buffer is fine.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (rows <= 0), DQ_ERR_OVERFLOW. @since 1.0 */
+DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, size_t *bytes);
+
+/** @brief y (rows x out_features, ldy) = layer(x) for x rows x in_features (ldx); x is not
+ *  modified. work may be NULL (allocated internally) or hold work_size >=
+ *  dq_linear_workspace_size bytes. On failure y is left untouched.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
+ *  DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,
+                                   int64_t cols, int64_t ldx, float *y, int64_t ldy, void *work,
+                                   size_t work_size);
+
+/** @brief The LWC parameters with the lowest full-batch loss seen while training (the
+ *  starting point counts) and that loss; these are what dq_lwc_factors exports. Before any
+ *  training (or after dq_lwc_set_params) they are the current parameters and *loss is computed.
+ *  Any output pointer may be NULL; n must be the number of groups when gamma or beta is given.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+DQ_API dq_status dq_lwc_best(const dq_lwc *l, float *gamma, float *beta, int64_t n, float *loss);
+
+/* @section linear: LWC, quantized linear layer (keep this line) */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Files: plans, packed matrices and float tensors in one safetensors-compatible file         */
+/* (doc/formats.md): an 8-byte little-endian header length, a JSON header, little-endian      */
+/* tensor data. Engines collect many layers in one writer under distinct name prefixes and    */
+/* save once; readers validate the whole container when they open it and every object when it */
+/* is loaded, and return an error code (no partial output) for any malformed input.           */
+/* THREAD SAFETY: a dq_file_writer must not be used by two threads at once. A dq_file_reader   */
+/* is immutable after opening: any number of threads may call its getters concurrently.       */
+/* OWNERSHIP: writers copy every tensor when it is added (the plan, matrix or array may be    */
+/* freed right after). Readers copy the file or buffer, unless DQ_FILE_F_BORROW is given to   */
+/* dq_file_reader_from_buffer: then the buffer must stay unchanged until dq_file_reader_free. */
+/* Objects returned by getters are new and independent of the reader.                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/** Version of the file format this library writes (metadata "format_version"). @since 1.0 */
+#define DQ_FILE_FORMAT_VERSION 1
+/** Most dimensions of a tensor in a file. */
+#define DQ_FILE_MAX_DIMS 8
+
+typedef struct dq_file_writer dq_file_writer;
+typedef struct dq_file_reader dq_file_reader;
+
+/** dq_file_params.flags. BORROW: dq_file_reader_from_buffer reads the caller's buffer in place
+ *  instead of copying it. */
+enum { DQ_FILE_F_BORROW = 1u };
+
+/** Element types reported by dq_file_reader_tensor_info. */
+enum {
+    DQ_DTYPE_BOOL = 0, DQ_DTYPE_U8 = 1, DQ_DTYPE_I8 = 2, DQ_DTYPE_U16 = 3, DQ_DTYPE_I16 = 4,
+    DQ_DTYPE_F16 = 5, DQ_DTYPE_BF16 = 6, DQ_DTYPE_U32 = 7, DQ_DTYPE_I32 = 8, DQ_DTYPE_F32 = 9,
+    DQ_DTYPE_U64 = 10, DQ_DTYPE_I64 = 11, DQ_DTYPE_F64 = 12
+};
+
+typedef struct dq_file_params {
+    uint32_t struct_size;      /**< set by dq_file_params_init */
+    uint32_t flags;            /**< DQ_FILE_F_*, default 0 */
+    uint64_t max_header_bytes; /**< largest JSON header accepted, 2..100 MiB, default 100 MiB */
+} dq_file_params;
+
+/** @brief Fill p with defaults. @since 1.0 */
+DQ_API dq_status dq_file_params_init(dq_file_params *p, size_t struct_size);
+
+/** @brief Create an empty writer; its metadata starts with format = "duquant" and
+ *  format_version = DQ_FILE_FORMAT_VERSION. @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_NOMEM.
+ *  @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out);
+
+/** @brief Release a writer; NULL is a no-op. @since 1.0 */
+DQ_API void dq_file_writer_free(dq_file_writer *w);
+
+/** @brief Add a metadata pair (UTF-8 strings without control characters; the key must be new,
+ *  "format" and "format_version" are reserved). @return DQ_OK, DQ_ERR_INVALID_ARG (NULL,
+ *  invalid text, duplicate or reserved key), DQ_ERR_NOMEM. @since 1.0 */
+DQ_API dq_status dq_file_writer_add_metadata(dq_file_writer *w, const char *key,
+                                             const char *value);
+
+/** @brief Add a float32 tensor of ndim (0..DQ_FILE_MAX_DIMS) dimensions shape[] (each >= 0),
+ *  contiguous row-major data (may be NULL when the element count is 0). Any values, NaN
+ *  included, are stored as given. @return DQ_OK, DQ_ERR_INVALID_ARG (NULL, bad or duplicate
+ *  name), DQ_ERR_SHAPE, DQ_ERR_OVERFLOW, DQ_ERR_NOMEM. @since 1.0 */
+DQ_API dq_status dq_file_writer_add_tensor_f32(dq_file_writer *w, const char *name,
+                                               const float *data, int32_t ndim,
+                                               const int64_t *shape);
+
+/** @brief Add a plan under prefix: tensors and metadata named "<prefix>.<part>"
+ *  (doc/formats.md). All or nothing: on failure the writer is unchanged.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL, bad prefix, a name already used), DQ_ERR_NOMEM,
+ *  DQ_ERR_OVERFLOW. @since 1.0 */
+DQ_API dq_status dq_file_writer_add_plan(dq_file_writer *w, const char *prefix,
+                                         const dq_plan *pl);
+
+/** @brief Add a packed matrix under prefix (packed codes U8, scales and zero points F32, layout
+ *  in metadata). All or nothing. Errors as dq_file_writer_add_plan. @since 1.0 */
+DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefix,
+                                            const dq_qmatrix *q);
+
+/** @brief Serialise into buf (cap bytes); *size receives the bytes needed. buf NULL only
+ *  reports the size. The output is the same, byte for byte, for the same additions.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_BUFFER (cap too small; *size is set),
+ *  DQ_ERR_OVERFLOW. @since 1.0 */
+DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, size_t cap,
+                                          size_t *size);
+
+/** @brief Serialise to the file path (created or truncated). On failure a partly written file
+ *  is removed. @return DQ_OK, DQ_ERR_INVALID_ARG (also: the file cannot be
+ *  created or written), DQ_ERR_NOMEM, DQ_ERR_OVERFLOW.
+ *  @since 1.0 */
+DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path);
+
+/** @brief Add a quantized linear layer under prefix: its packed weights (stored as the
+ *  packed matrix "<prefix>.weight"), optional bias (out_features floats, "<prefix>.bias"), the
+ *  activation parameters p (NULL = defaults) and, optionally, the prefix of the plan it reads
+ *  (plan_prefix, stored as metadata; the plan itself is added once with
+ *  dq_file_writer_add_plan, since layers reading one input share it). The arguments are
+ *  checked as dq_linear_create checks them. All or nothing.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_NOMEM,
+ *  DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
+DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix,
+                                           const dq_linear_params *p, const char *plan_prefix,
+                                           const dq_qmatrix *weights, const float *bias);
+
+/** @brief Create the linear layer stored under prefix with the given plan (borrowed as by
+ *  dq_linear_create; NULL = identity; load it with dq_file_reader_get_plan from the prefix in
+ *  the layer's "<prefix>.plan" metadata).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (plan width differs from the weights'),
+ *  DQ_ERR_FORMAT, DQ_ERR_NONFINITE, DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM. @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_file_reader_get_linear(const dq_file_reader *r,
+                                                        dq_context *ctx, const char *prefix,
+                                                        const dq_plan *plan, dq_linear **out);
+
+/** @brief Open and validate a file. p may be NULL (defaults; flags must be 0 here).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (also: the file cannot be opened),
+ *  DQ_ERR_FORMAT (malformed or unreadable container, format
+ *  metadata not "duquant"), DQ_ERR_UNSUPPORTED (a newer format_version), DQ_ERR_NOMEM,
+ *  DQ_ERR_STRUCT_SIZE. @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *p,
+                                                  const char *path, dq_file_reader **out);
+
+/** @brief As dq_file_reader_open for size bytes at buf: copied, or borrowed with
+ *  DQ_FILE_F_BORROW (then buf must stay valid and unchanged until dq_file_reader_free).
+ *  @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_file_reader_from_buffer(dq_context *ctx,
+                                                         const dq_file_params *p,
+                                                         const void *buf, size_t size,
+                                                         dq_file_reader **out);
+
+/** @brief Release a reader; NULL is a no-op. @since 1.0 */
+DQ_API void dq_file_reader_free(dq_file_reader *r);
+
+/** @brief Number of tensors and of metadata pairs (either pointer may be NULL). @since 1.0 */
+DQ_API dq_status dq_file_reader_count(const dq_file_reader *r, int64_t *n_tensors,
+                                      int64_t *n_metadata);
+
+/** @brief Name of tensor i (0-based, in byte order of the names) copied snprintf-style into
+ *  name (cap bytes, NUL-terminated); *len receives its length. @return DQ_OK,
+ *  DQ_ERR_INVALID_ARG, DQ_ERR_BUFFER (cap <= length; nothing written). @since 1.0 */
+DQ_API dq_status dq_file_reader_tensor_name(const dq_file_reader *r, int64_t i, char *name,
+                                            size_t cap, size_t *len);
+
+/** @brief Metadata key i (0-based, in byte order) copied like dq_file_reader_tensor_name.
+ *  @since 1.0 */
+DQ_API dq_status dq_file_reader_metadata_key(const dq_file_reader *r, int64_t i, char *key,
+                                             size_t cap, size_t *len);
+
+/** @brief Metadata value of key copied like dq_file_reader_tensor_name.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT (no such key), DQ_ERR_BUFFER.
+ *  @since 1.0 */
+DQ_API dq_status dq_file_reader_metadata(const dq_file_reader *r, const char *key, char *value,
+                                         size_t cap, size_t *len);
+
+/** @brief Element type (DQ_DTYPE_*) and shape of a tensor; shape needs DQ_FILE_MAX_DIMS
+ *  entries. Any output pointer may be NULL. @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT
+ *  (no such tensor). @since 1.0 */
+DQ_API dq_status dq_file_reader_tensor_info(const dq_file_reader *r, const char *name,
+                                            int32_t *dtype, int32_t *ndim, int64_t *shape);
+
+/** @brief Copy an F32 tensor of n elements (its exact element count) into out.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT (no such tensor, not F32), DQ_ERR_SHAPE
+ *  (n differs). @since 1.0 */
+DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const char *name,
+                                               float *out, int64_t n);
+
+/** @brief Load the plan stored under prefix as a new plan (allocated with ctx, may be NULL).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT (missing or inconsistent parts),
+ *  DQ_ERR_NONFINITE (non-finite scales or matrices), DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM.
+ *  @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ctx,
+                                                      const char *prefix, dq_plan **out);
+
+/** @brief Load the packed matrix stored under prefix. Errors as dq_file_reader_get_plan.
+ *  @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r,
+                                                         dq_context *ctx, const char *prefix,
+                                                         dq_qmatrix **out);
+
+/** @brief Create a rotation from given block matrices, laid out as dq_rotation_create lays
+ *  them out: per_block != 0 gives one matrix per block, else one matrix shared by the full
+ *  blocks plus one for a shorter last block. data holds the matrices in order, each
+ *  size x size row-major (n_floats in all). Each row must have unit norm (1e-3 tolerance);
+ *  orthogonality is otherwise the caller's promise. The result has no search record.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (cols, block_size or n_floats do not fit),
+ *  DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW, DQ_ERR_NOMEM. @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols,
+                                                        int32_t block_size, int32_t per_block,
+                                                        const float *data, int64_t n_floats,
+                                                        dq_rotation **out);
+
+/* @section io: plan and packed-matrix files (keep this line) */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Rotation refinement: DFRot and DartQuant                                                   */
+/* Both start from an existing rotation (greedy, Hadamard, random) and return a new one with  */
+/* the same block layout: one refined matrix per distinct matrix of the start, i.e. per block */
+/* with one matrix per block, or one shared matrix trained on all the full blocks it serves   */
+/* (plus the shorter last block's own matrix). The result is never worse than the start on    */
+/* the method's objective: every iterate is scored and the best one is kept (the start        */
+/* counts).                                                                                   */
+/*                                                                                            */
+/* DFRot (arXiv 2412.00648): alternate (a) Y = X R, target T = Q(Y), Q the per-token          */
+/*   activation quantizer (act_bits / act_scheme / act_clip_ratio, parameters from the        */
+/*   current Y), and (b) the weighted orthogonal Procrustes step R = U V^T from the SVD X^T   */
+/*   D^2 T = U S V^T, which minimises ||D (X R - T)||_F for fixed T. Token weights D_tt^2 =   */
+/*   (||x_t||_2 / mean_u ||x_u||_2)^weight_exponent (rotation-invariant norms of the whole    */
+/*   token row), so tokens with massive activations count more (the long-tail loss).          */
+/*   Objective scored per iterate: sum_t D_tt^2 ||y_t - Q(y_t)||^2 over the full width.       */
+/* DartQuant: minimise the whip loss (1/N) sum_i sum_j exp(-|(v_i R)_j| / rms(v_i)) over the  */
+/*   N block rows v_i of the sample (rms(v) = ||v||_2 / sqrt(n), rotation-invariant, so the   */
+/*   loss does not depend on the activations' scale). R = qf(Z), the Q factor of an           */
+/*   unconstrained Z = Q T with diag(T) > 0; Adam (beta 0.9 / 0.999, eps 1e-8) steps on Z     */
+/*   with the exact gradient through the QR factorization; Z starts at the start matrix. The  */
+/*   loss of every iteration is logged at DQ_LOG_INFO.                                        */
+/* Dense factorizations come from LAPACK; products from the library's fixed-order kernels:    */
+/* the same inputs give the same bits for any context n_threads, but the SVD / QR may round   */
+/* differently with another LAPACK/BLAS build (or BLAS thread setting).                       */
+/* THREAD SAFETY: dq_rotation_refine only reads its inputs; calls on distinct outputs may run */
+/* concurrently. OWNERSHIP: inputs borrowed for the call; the result is a new rotation.       */
+/* ------------------------------------------------------------------------------------------ */
+
+/** Refinement methods (dq_refine_params.method). NONE copies the start unchanged. */
+enum { DQ_REFINE_NONE = 0, DQ_REFINE_DFROT = 1, DQ_REFINE_DARTQUANT = 2 };
+
+typedef struct dq_refine_params {
+    uint32_t struct_size;  /**< set by dq_refine_params_init */
+    uint32_t flags;        /**< reserved, must be 0 */
+    uint64_t seed;         /**< DartQuant mini-batch draws; default 0 */
+    int32_t method;        /**< DQ_REFINE_*, default DQ_REFINE_DFROT */
+    int32_t iterations;    /**< 0..100000, default 20 (0 = keep the start) */
+    float learning_rate;   /**< DartQuant Adam step size, finite > 0, default 1e-3 */
+    float weight_exponent; /**< DFRot token weighting exponent in [0, 16], default 1 (0 = plain
+                                Procrustes, every token alike) */
+    int64_t batch_rows;    /**< DartQuant block rows per step (drawn without replacement,
+                                seeded); 0 = all of them (default). The loss used to keep the
+                                best iterate is always the full one. */
+    int32_t act_bits;      /**< DFRot target quantizer: 4 (default) or 8 */
+    int32_t act_scheme;    /**< DQ_QUANT_ASYM (default) or DQ_QUANT_SYM, per token */
+    float act_clip_ratio;  /**< (0, 1], default 1 */
+} dq_refine_params;
+
+/** @brief Fill p with defaults (DFRot, 20 iterations, weight exponent 1). @since 1.0 */
+DQ_API dq_status dq_refine_params_init(dq_refine_params *p, size_t struct_size);
+
+/** @brief Refine every matrix of start on the sample x (rows x cols, ldx, finite; cols must be
+ *  start's width), the activations the rotation multiplies. Also available inside plan
+ *  building: dq_plan_params.refine.
+ *  @param ctx context or NULL; its log callback receives each iteration's objective.
+ *  @param p   params or NULL (defaults).
+ *  @param out receives the new rotation, NULL on failure. Matrices left as they were keep their
+ *             search record (dq_rotation_trace); changed ones report DQ_ERR_BAD_STATE there.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW (more than
+ *  2^31-1 block rows for one matrix), DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED.
+ *  A factorization that fails to converge ends the iterations early (logged at DQ_LOG_WARN);
+ *  the best iterate so far is returned. @since 1.0 */
+DQ_API DQ_NODISCARD dq_status dq_rotation_refine(dq_context *ctx, const dq_refine_params *p,
+                                                 const dq_rotation *start, const float *x,
+                                                 int64_t rows, int64_t cols, int64_t ldx,
+                                                 dq_rotation **out);
+
+/* @section refine: DFRot / DartQuant rotation refinement (keep this line) */
+
+/* @section speed: kernels, threads (keep this line) */
 
 #ifdef __cplusplus
 }

@@ -6,7 +6,9 @@
  * separately (C11 mode keeps the compiler from contracting them), and vector lanes never mix.
  * The bits are therefore the same for any SIMD width, row blocking or row split between
  * threads. */
+#define _POSIX_C_SOURCE 200809L /* sysconf */
 #include <pthread.h>
+#include <unistd.h>
 
 #include "dq_transform.h"
 
@@ -77,12 +79,114 @@ static DQ_INLINE void product(const float *a, int64_t lda, int64_t m, int32_t k,
 }
 
 #if DQ_X86_VARIANTS
+#include <immintrin.h>
+
+/* AVX-512: a register tile of AVX512_ROWS rows x up to 4 vectors of 16 columns; each lane does
+ * exactly the portable arithmetic (a rounded product, then a rounded sum, in k order), so the
+ * bits are the portable product's. */
+#define AVX512_ROWS 6
+
+static __mmask16 lane_mask(int32_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+}
+
+/* The hot case: AVX512_ROWS rows x 64 columns, every accumulator in a named register
+ * variable (an array indexed in loops ends up on the stack at -O2). */
+#define ROW_DECL(r) __m512 c##r##0 = z, c##r##1 = z, c##r##2 = z, c##r##3 = z
+#define ROW_STEP(r)                                                                          \
+    do {                                                                                     \
+        __m512 av = _mm512_set1_ps(a[(size_t)(r) * (size_t)lda + (size_t)kk]);               \
+        c##r##0 = _mm512_add_ps(c##r##0, _mm512_mul_ps(av, b0));                             \
+        c##r##1 = _mm512_add_ps(c##r##1, _mm512_mul_ps(av, b1));                             \
+        c##r##2 = _mm512_add_ps(c##r##2, _mm512_mul_ps(av, b2));                             \
+        c##r##3 = _mm512_add_ps(c##r##3, _mm512_mul_ps(av, b3));                             \
+    } while (0)
+#define ROW_STORE(r)                                                                         \
+    do {                                                                                     \
+        float *cr = c + (size_t)(r) * (size_t)ldc;                                           \
+        _mm512_storeu_ps(cr, c##r##0);                                                       \
+        _mm512_storeu_ps(cr + 16, c##r##1);                                                  \
+        _mm512_storeu_ps(cr + 32, c##r##2);                                                  \
+        _mm512_storeu_ps(cr + 48, c##r##3);                                                  \
+    } while (0)
+
+__attribute__((target("avx512f"))) static void tile512_full(const float *a, int64_t lda,
+                                                           int32_t k, const float *b,
+                                                           int64_t ldb, float *c, int64_t ldc)
+{
+    const __m512 z = _mm512_setzero_ps();
+    ROW_DECL(0);
+    ROW_DECL(1);
+    ROW_DECL(2);
+    ROW_DECL(3);
+    ROW_DECL(4);
+    ROW_DECL(5);
+    for (int32_t kk = 0; kk < k; kk++) {
+        const float *bk = b + (size_t)kk * (size_t)ldb;
+        __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
+        __m512 b2 = _mm512_loadu_ps(bk + 32), b3 = _mm512_loadu_ps(bk + 48);
+        ROW_STEP(0);
+        ROW_STEP(1);
+        ROW_STEP(2);
+        ROW_STEP(3);
+        ROW_STEP(4);
+        ROW_STEP(5);
+    }
+    ROW_STORE(0);
+    ROW_STORE(1);
+    ROW_STORE(2);
+    ROW_STORE(3);
+    ROW_STORE(4);
+    ROW_STORE(5);
+}
+#undef ROW_DECL
+#undef ROW_STEP
+#undef ROW_STORE
+
+/* Edges: fewer rows or columns, one row at a time, masked vectors. */
+__attribute__((target("avx512f"))) static void tile512_edge(const float *a, int64_t lda, int nr,
+                                                           int32_t k, const float *b,
+                                                           int64_t ldb, int32_t jn, float *c,
+                                                           int64_t ldc)
+{
+    for (int r = 0; r < nr; r++) {
+        const float *ar = a + (size_t)r * (size_t)lda;
+        for (int32_t j = 0; j < jn; j += 16) {
+            __mmask16 mk = lane_mask(jn - j);
+            __m512 acc = _mm512_setzero_ps();
+            for (int32_t kk = 0; kk < k; kk++)
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(ar[kk]),
+                                                       _mm512_maskz_loadu_ps(
+                                                           mk, b + (size_t)kk * (size_t)ldb + j)));
+            _mm512_mask_storeu_ps(c + (size_t)r * (size_t)ldc + j, mk, acc);
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static inline void
+tile512(const float *a, int64_t lda, int nr, int32_t k, const float *b, int64_t ldb, int32_t jn,
+        float *c, int64_t ldc)
+{
+    if (nr == AVX512_ROWS && jn == 64)
+        tile512_full(a, lda, k, b, ldb, c, ldc);
+    else
+        tile512_edge(a, lda, nr, k, b, ldb, jn, c, ldc);
+}
+
 __attribute__((target("avx512f"))) static void product_avx512(const float *a, int64_t lda,
                                                              int64_t m, int32_t k,
                                                              const float *b, int64_t ldb,
                                                              int32_t n, float *c, int64_t ldc)
 {
-    product(a, lda, m, k, b, ldb, n, c, ldc);
+    for (int32_t j = 0; j < n; j += 64) {
+        int32_t jn = n - j < 64 ? n - j : 64;
+        for (int64_t i = 0; i < m; i += AVX512_ROWS) {
+            int nr = m - i < AVX512_ROWS ? (int)(m - i) : AVX512_ROWS;
+            tile512(a + (size_t)i * (size_t)lda, lda, nr, k, b + j, ldb, jn,
+                    c + (size_t)i * (size_t)ldc + (size_t)j, ldc);
+        }
+    }
 }
 
 __attribute__((target("avx2"))) static void product_avx2(const float *a, int64_t lda, int64_t m,
@@ -92,6 +196,12 @@ __attribute__((target("avx2"))) static void product_avx2(const float *a, int64_t
     product(a, lda, m, k, b, ldb, n, c, ldc);
 }
 #endif
+
+void dq__block_product_portable(const float *a, int64_t lda, int64_t m, int32_t k,
+                                const float *b, int64_t ldb, int32_t n, float *c, int64_t ldc)
+{
+    product(a, lda, m, k, b, ldb, n, c, ldc);
+}
 
 void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const float *b,
                        int64_t ldb, int32_t n, float *c, int64_t ldc)
@@ -110,6 +220,9 @@ void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const 
 }
 
 /* ---- worker pool ---- */
+
+/* Workers started when the context leaves the count to the host. */
+#define MAX_POOL_THREADS 64
 
 struct dq__pool {
     dq_context ctx;
@@ -158,7 +271,11 @@ dq_status dq__pool_create(const dq_context *ctx, int32_t n_threads, dq__pool **o
 {
     *out = NULL;
     ctx = dq__ctx(ctx);
-    int32_t n = n_threads > 1 ? n_threads : 1;
+    int32_t n = n_threads;
+    if (n <= 0) { /* the host decides: one worker per online CPU */
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online > 0 ? (online < MAX_POOL_THREADS ? (int32_t)online : MAX_POOL_THREADS) : 1;
+    }
     dq__pool *pool = dq__calloc(ctx, 1, sizeof *pool + (size_t)n * sizeof(thread_arg));
     if (!pool)
         return DQ_ERR_NOMEM;

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "dq_refine.h"
 #include "dq_transform.h"
 
 /* The first released layout ends after smooth_alpha. */
@@ -59,6 +60,11 @@ static dq_status read_plan_params(const dq_plan_params *user, int64_t cols, dq_p
     if (p->method != DQ_ROT_METHOD_GREEDY &&
         (p->flags & (DQ_PLAN_F_ROW_RULE | DQ_PLAN_F_RANDOM_QPRIME)))
         return DQ_ERR_INVALID_ARG;
+    dq__refine_opts refine;
+    if (p->refine && (st = dq__refine_read(p->refine, &refine)) != DQ_OK)
+        return st;
+    if (p->refine && refine.method != DQ_REFINE_NONE && !(p->flags & DQ_PLAN_F_ROTATE))
+        return DQ_ERR_INVALID_ARG; /* nothing to refine */
     if (cols <= 0)
         return DQ_ERR_SHAPE;
     if ((p->flags & DQ_PLAN_F_ROTATE) && p->method == DQ_ROT_METHOD_HADAMARD &&
@@ -67,10 +73,19 @@ static dq_status read_plan_params(const dq_plan_params *user, int64_t cols, dq_p
     return DQ_OK;
 }
 
+/* True when rotations are refined (params already validated); o receives the options. */
+static bool refine_on(const dq_plan_params *p, dq__refine_opts *o)
+{
+    return (p->flags & DQ_PLAN_F_ROTATE) && p->refine && dq__refine_read(p->refine, o) == DQ_OK &&
+           o->method != DQ_REFINE_NONE;
+}
+
 static bool needs_sample(const dq_plan_params *p)
 {
+    dq__refine_opts o;
     return (p->flags & DQ_PLAN_F_PERMUTE) ||
-           ((p->flags & DQ_PLAN_F_ROTATE) && p->method == DQ_ROT_METHOD_GREEDY);
+           ((p->flags & DQ_PLAN_F_ROTATE) && p->method == DQ_ROT_METHOD_GREEDY) ||
+           refine_on(p, &o);
 }
 
 DQ_API void dq_plan_free(dq_plan *pl)
@@ -144,6 +159,8 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
     const bool rotate = (p->flags & DQ_PLAN_F_ROTATE) != 0;
     const bool permute = (p->flags & DQ_PLAN_F_PERMUTE) != 0;
     const int32_t n_rot = rotate ? (permute ? p->permutation_times + 1 : 1) : (permute ? 2 : 0);
+    dq__refine_opts refine;
+    const bool refined = refine_on(p, &refine);
     float *scratch = NULL, *key = NULL;
     float *x = sample, *y = NULL; /* current sample and free buffer; exchanged as we go */
     dq_plan *pl;
@@ -180,6 +197,15 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
             st = dq__rotation_build(ctx, &o, x, rows, cols, cols, &pl->rot[s]);
             if (st != DQ_OK)
                 goto out;
+            if (refined) { /* on the sample exactly as this slot sees it */
+                dq_rotation *better;
+                st = dq__rotation_refine(ctx, &refine, pl->rot[s], x, rows, cols, cols,
+                                         (uint64_t)s, &better);
+                if (st != DQ_OK)
+                    goto out;
+                dq_rotation_free(pl->rot[s]);
+                pl->rot[s] = better;
+            }
         }
         if (s + 1 == n_rot)
             break;

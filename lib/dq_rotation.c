@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "dq_transform.h"
+#include "dq_search.h"
 
 /* The first released layout ends after max_steps. */
 #define ROTATION_PARAMS_MIN_SIZE (offsetof(dq_rotation_params, max_steps) + sizeof(int32_t))
@@ -13,9 +13,6 @@
 /* Rows per product when applying rotations: large enough for efficient sgemm calls, small
  * enough to keep the temporary in cache. */
 #define APPLY_CHUNK_ROWS 256
-/* Floats of the greedy view multiplied, then scanned for extremes, at a time (64 KiB: the
- * scan reads them back from the first-level caches). */
-#define SCAN_CHUNK_FLOATS 16384
 
 /* ---- seeded randomness (splitmix64: tiny, portable, and the same on every platform) ---- */
 
@@ -187,190 +184,6 @@ DQ_API dq_status dq_rotation_random_orthogonal(int32_t n, uint64_t seed, float *
     return random_orthogonal(NULL, n, seed, out, ldo);
 }
 
-/* ---- greedy search ---- */
-
-typedef struct extremes {
-    float vmax, vmin;
-    size_t imax, imin; /* flat indices of the first maximum and the first minimum */
-} extremes;
-
-static void extremes_reset(extremes *e)
-{
-    e->vmax = -INFINITY;
-    e->vmin = INFINITY;
-    e->imax = e->imin = 0;
-}
-
-/* Folds x[0..n) (flat indices base..base+n) into e, keeping the first index on ties: a later
- * value replaces the current extreme only when strictly beyond it. Blocks of 64 are reduced
- * with independent lanes (vectorisable); the index is located only when a block improves. */
-static void extremes_scan(extremes *e, const float *x, size_t n, size_t base)
-{
-    enum { LANES = 8, BLOCK = 64 };
-    size_t i = 0;
-    for (; i + BLOCK <= n; i += BLOCK) {
-        const float *b = x + i;
-        float hi[LANES], lo[LANES];
-        for (int l = 0; l < LANES; l++)
-            hi[l] = lo[l] = b[l];
-        for (int k = LANES; k < BLOCK; k += LANES)
-            for (int l = 0; l < LANES; l++) {
-                float v = b[k + l];
-                hi[l] = v > hi[l] ? v : hi[l];
-                lo[l] = v < lo[l] ? v : lo[l];
-            }
-        float bh = hi[0], bl = lo[0];
-        for (int l = 1; l < LANES; l++) {
-            bh = hi[l] > bh ? hi[l] : bh;
-            bl = lo[l] < bl ? lo[l] : bl;
-        }
-        if (bh > e->vmax) {
-            size_t k = 0;
-            while (!(b[k] == bh))
-                k++;
-            e->vmax = b[k];
-            e->imax = base + i + k;
-        }
-        if (bl < e->vmin) {
-            size_t k = 0;
-            while (!(b[k] == bl))
-                k++;
-            e->vmin = b[k];
-            e->imin = base + i + k;
-        }
-    }
-    for (; i < n; i++) {
-        if (x[i] > e->vmax) {
-            e->vmax = x[i];
-            e->imax = base + i;
-        }
-        if (x[i] < e->vmin) {
-            e->vmin = x[i];
-            e->imin = base + i;
-        }
-    }
-}
-
-static void set_identity(float *m, int32_t n)
-{
-    memset(m, 0, (size_t)n * (size_t)n * sizeof(float));
-    for (int32_t i = 0; i < n; i++)
-        m[(size_t)i * (size_t)n + (size_t)i] = 1.0f;
-}
-
-/* dst = src with rows and columns 0 and c swapped. */
-static void swapped_copy(const float *src, int32_t n, int32_t c, float *dst)
-{
-    for (int32_t i = 0; i < n; i++) {
-        int32_t si = i == 0 ? c : (i == c ? 0 : i);
-        const float *row = src + (size_t)si * (size_t)n;
-        float *d = dst + (size_t)i * (size_t)n;
-        memcpy(d, row, (size_t)n * sizeof(float));
-        float t = d[0];
-        d[0] = d[c];
-        d[c] = t;
-    }
-}
-
-typedef struct greedy_record {
-    int64_t *ids;
-    int32_t *swapped;
-    float *peaks;
-    int32_t selected;
-} greedy_record;
-
-/* One greedy step on the workers: each multiplies its rows of the view by the step matrix and
- * scans them for extremes while they are still in cache. */
-typedef struct step_job {
-    const float *view;
-    float *next;
-    const float *rk;
-    int32_t n;
-    int64_t vrows;
-    extremes *ext; /* one per worker */
-} step_job;
-
-static void step_worker(void *arg, int32_t w, int32_t n_workers)
-{
-    const step_job *j = arg;
-    const int32_t n = j->n;
-    const int64_t chunk = SCAN_CHUNK_FLOATS / n > 16 ? SCAN_CHUNK_FLOATS / n : 16;
-    int64_t begin, end;
-    dq__split_rows(j->vrows, w, n_workers, &begin, &end);
-    extremes_reset(&j->ext[w]);
-    for (int64_t r0 = begin; r0 < end; r0 += chunk) {
-        int64_t m = end - r0 < chunk ? end - r0 : chunk;
-        size_t off = (size_t)r0 * (size_t)n;
-        dq__block_product(j->view + off, n, m, n, j->rk, n, n, j->next + off, n);
-        extremes_scan(&j->ext[w], j->next + off, (size_t)m * (size_t)n, off);
-    }
-}
-
-/* Worker results in row order: strict comparisons keep the first index on ties. */
-static void extremes_merge(extremes *e, const extremes *parts, int32_t n)
-{
-    extremes_reset(e);
-    for (int32_t w = 0; w < n; w++) {
-        if (parts[w].vmax > e->vmax) {
-            e->vmax = parts[w].vmax;
-            e->imax = parts[w].imax;
-        }
-        if (parts[w].vmin < e->vmin) {
-            e->vmin = parts[w].vmin;
-            e->imin = parts[w].imin;
-        }
-    }
-}
-
-/* The plain greedy search (the oracle for any faster variant). view holds vrows x n values
- * (overwritten); spare has the same size; work holds 3 n x n floats; ext one extremes per
- * worker of pool. r_out receives the product of the step matrices of the prefix with the
- * first smallest peak. */
-static void greedy_search(const float *base, int32_t n, float *view, float *spare, int64_t vrows,
-                          int32_t steps, bool row_rule, float *work, extremes *ext,
-                          dq__pool *pool, float *r_out, greedy_record *rec)
-{
-    const size_t nn = (size_t)n * (size_t)n;
-    float *rk = work, *cur = work + nn, *nxt = work + 2 * nn;
-    set_identity(cur, n);
-    set_identity(r_out, n);
-    rec->selected = 0;
-    float best = INFINITY;
-    extremes e;
-    extremes_reset(&e);
-    extremes_scan(&e, view, (size_t)vrows * (size_t)n, 0);
-    for (int32_t k = 0;; k++) {
-        float peak = e.vmax - e.vmin;
-        bool take_max = fabsf(e.vmax) > fabsf(e.vmin);
-        size_t flat = take_max ? e.imax : e.imin;
-        int64_t row = (int64_t)(flat / (size_t)n);
-        int32_t col = (int32_t)(flat % (size_t)n);
-        int32_t c = row_rule ? (int32_t)(row % n) : col;
-        rec->peaks[k] = peak;
-        rec->ids[k] = row_rule ? row : col;
-        rec->swapped[k] = c;
-        if (peak < best) {
-            best = peak;
-            rec->selected = k;
-            memcpy(r_out, cur, nn * sizeof(float));
-        }
-        if (k == steps)
-            break;
-        swapped_copy(base, n, c, rk);
-        step_job job = {view, spare, rk, n, vrows, ext};
-        dq__pool_run(pool, step_worker, &job);
-        extremes_merge(&e, ext, dq__pool_workers(pool));
-        float *t = view;
-        view = spare;
-        spare = t;
-        /* The running product, left to right like the reference: cur <- cur * R_k. */
-        dq__block_product(cur, n, n, n, rk, n, n, nxt, n);
-        t = cur;
-        cur = nxt;
-        nxt = t;
-    }
-}
-
 /* ---- the rotation object ---- */
 
 DQ_API void dq_rotation_free(dq_rotation *r)
@@ -468,34 +281,22 @@ static void matrix_blocks(const dq_rotation *r, int64_t m, int64_t *first, int64
     }
 }
 
-/* Greedy search of every matrix on its blocks of the sample. */
+/* Greedy search of every matrix on its blocks of the sample (read in place: the search copies
+ * only the rows it multiplies). */
 static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float *x,
                               int64_t rows, int64_t ldx)
 {
     const dq_context *ctx = &r->ctx;
     const int32_t bs = r->block_size;
-    size_t view_floats = 0;
-    for (int64_t m = 0; m < r->n_mats; m++) {
-        int64_t b0, nb;
-        matrix_blocks(r, m, &b0, &nb);
-        size_t f = (size_t)rows * (size_t)nb * (size_t)r->mat_size[m];
-        view_floats = f > view_floats ? f : view_floats;
-    }
-    size_t view_bytes;
-    if (!dq__mul_size(view_floats, sizeof(float), &view_bytes))
-        return DQ_ERR_OVERFLOW;
     size_t bsq = (size_t)bs * (size_t)bs;
     dq__pool *pool = NULL;
     dq_status st = dq__pool_create(ctx, ctx->n_threads, &pool);
     if (st != DQ_OK)
         return st;
-    float *view = dq__alloc(ctx, view_bytes);
-    float *spare = dq__alloc(ctx, view_bytes);
-    float *work = dq__alloc(ctx, 4 * bsq * sizeof(float)); /* 3 for the search + the base */
+    float *base = dq__alloc(ctx, bsq * sizeof(float));
     float *qp = o->random_qprime ? dq__alloc(ctx, bsq * sizeof(float)) : NULL;
-    extremes *ext = dq__alloc(ctx, (size_t)dq__pool_workers(pool) * sizeof *ext);
     st = DQ_ERR_NOMEM;
-    if (!view || !spare || !work || !ext || (o->random_qprime && !qp))
+    if (!base || (o->random_qprime && !qp))
         goto out;
     const size_t rec_len = (size_t)r->steps + 1;
     for (int64_t m = 0; m < r->n_mats; m++) {
@@ -505,7 +306,6 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
             dst[0] = 1.0f;
             continue;
         }
-        float *base = work + 3 * bsq;
         const float *qprime = NULL;
         if (o->qprime && n == bs) {
             qprime = o->qprime;
@@ -517,28 +317,23 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
         }
         if ((st = base_matrix(ctx, n, qprime, base, n)) != DQ_OK)
             goto out;
-        /* The view of this matrix's blocks: row t * nb + (b - b0) holds token t of block b;
-         * the blocks are adjacent and of equal length, so each token is one contiguous copy. */
+        /* The view of this matrix's blocks: row t * nb + (b - b0) holds token t of block b. */
         int64_t b0, nb;
         matrix_blocks(r, m, &b0, &nb);
-        size_t span = (size_t)nb * (size_t)n;
-        for (int64_t t = 0; t < rows; t++)
-            memcpy(view + (size_t)t * span, x + (size_t)t * (size_t)ldx + (size_t)b0 * (size_t)bs,
-                   span * sizeof(float));
-        greedy_record rec = {r->ids + (size_t)m * rec_len, r->swapped + (size_t)m * rec_len,
-                             r->peaks + (size_t)m * rec_len, 0};
-        greedy_search(base, n, view, spare, rows * nb, r->steps, o->row_rule, work, ext, pool,
-                      dst, &rec);
+        const dq__search_view view = {x + (size_t)b0 * (size_t)bs, ldx, rows, nb, bs, n};
+        dq__search_record rec = {r->ids + (size_t)m * rec_len, r->swapped + (size_t)m * rec_len,
+                                 r->peaks + (size_t)m * rec_len, 0, 0};
+        st = dq__greedy_search(ctx, pool, o->plain_search ? DQ__SEARCH_PLAIN : DQ__SEARCH_PRUNED,
+                               &view, base, r->steps, o->row_rule, dst, &rec);
+        if (st != DQ_OK)
+            goto out;
         r->selected[m] = rec.selected;
     }
     st = DQ_OK;
 out:
     dq__pool_free(pool);
-    dq__free(ctx, view);
-    dq__free(ctx, spare);
-    dq__free(ctx, work);
+    dq__free(ctx, base);
     dq__free(ctx, qp);
-    dq__free(ctx, ext);
     return st;
 }
 

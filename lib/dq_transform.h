@@ -59,6 +59,7 @@ typedef struct dq__rot_opts {
     bool random_qprime;
     uint64_t seed;
     const float *qprime; /* (block_size - 1)^2 or NULL */
+    bool plain_search;   /* the unpruned search (the oracle of tests and benchmarks) */
 } dq__rot_opts;
 
 /* Builds a rotation for cols channels; x (rows x cols, ldx, already validated and finite) is
@@ -79,9 +80,13 @@ dq_status dq__rotation_rows(const dq_rotation *r, const float *in, int64_t ldi, 
  * variant, row blocking or thread split (dq_blockmul.c). */
 void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const float *b,
                        int64_t ldb, int32_t n, float *c, int64_t ldc);
+/* The portable loops alone (the oracle of the CPU variants). */
+void dq__block_product_portable(const float *a, int64_t lda, int64_t m, int32_t k,
+                                const float *b, int64_t ldb, int32_t n, float *c, int64_t ldc);
 
 /* A fixed set of worker threads; dq__pool_run calls fn(arg, w, n) for w = 0..n-1 (w = 0 on the
- * calling thread) and returns when all are done. n_threads <= 1: no extra threads. */
+ * calling thread) and returns when all are done. n_threads 1: no extra threads; 0: one worker
+ * per online CPU (the context's "host decides"). */
 typedef struct dq__pool dq__pool;
 dq_status dq__pool_create(const dq_context *ctx, int32_t n_threads, dq__pool **out);
 void dq__pool_run(dq__pool *pool, void (*fn)(void *arg, int32_t worker, int32_t n_workers),
