@@ -32,11 +32,6 @@
 
 #include "duquant.h"
 
-/* LWC columns need dq_lwc_* in the library (meson defines this once it is there). */
-#ifndef ROTATION_REFINE_LWC
-#define ROTATION_REFINE_LWC 0
-#endif
-
 typedef struct layer {
     char name[64];
     int64_t cal_rows, eval_rows, c, out;
@@ -342,12 +337,10 @@ static int fake_quant(const float *x, int64_t rows, int64_t cols, const float *h
 }
 
 /* LWC clip factors (hi, lo: out values each) for the transformed weight wt, trained on the
- * transformed calibration tokens with 4-bit activations in the loss. -1 on failure, -3 when
- * this build has no LWC. */
+ * transformed calibration tokens with 4-bit activations in the loss. -1 on failure. */
 static int lwc_factors(const layer *l, const dq_plan *pl, const options *o, const float *wt,
                        float *hi, float *lo)
 {
-#if ROTATION_REFINE_LWC
     const int64_t t = l->cal_rows, c = l->c;
     float *xc = malloc((size_t)(t * c) * sizeof *xc);
     dq_lwc *lw = NULL;
@@ -361,14 +354,10 @@ static int lwc_factors(const layer *l, const dq_plan *pl, const options *o, cons
     dq_lwc_free(lw);
     free(xc);
     return rc ? -1 : 0;
-#else
-    (void)l, (void)pl, (void)o, (void)wt, (void)hi, (void)lo;
-    return -3;
-#endif
 }
 
 /* W4A4 relative output error of plan pl on the evaluation tokens, weights clipped at 1.0 or
- * (lwc) by LWC; -1 on failure, -3 without LWC. *lwc_secs: LWC training time. */
+ * (lwc) by LWC; -1 on failure. *lwc_secs: LWC training time. */
 static double w4a4_error(const layer *l, const dq_plan *pl, const options *o, int lwc,
                          double *lwc_secs)
 {
@@ -427,7 +416,7 @@ static const variant variants[] = {
 };
 #define N_VARIANTS (sizeof variants / sizeof variants[0])
 
-/* Errors without and with LWC (-2: not applicable, -1: failed, -3: no LWC) and seconds
+/* Errors without and with LWC (-2: not applicable, -1: failed) and seconds
  * (plan build, LWC training) of one variant on one layer. */
 static void run_variant(const layer *l, const variant *v, const options *o, double err[2],
                         double secs[2])
@@ -481,9 +470,7 @@ out:
  * errors for the summary. */
 static void print_err(double e)
 {
-    if (e == -3)
-        printf(" %10s", "(no LWC)");
-    else if (e < 0)
+    if (e < 0)
         printf(" %10s", e == -2 ? "n/a" : "failed");
     else
         printf(" %10.5f", e);
@@ -596,7 +583,7 @@ static void print_summary(const char *title, double sums[][2], int counts[][2])
     for (size_t v = 0; v < N_VARIANTS; v++) {
         printf("  %-24s", variants[v].name);
         for (int k = 0; k < 2; k++)
-            print_err(counts[v][k] ? sums[v][k] / counts[v][k] : -3);
+            print_err(counts[v][k] ? sums[v][k] / counts[v][k] : -2);
         printf("  (%d layers)\n", counts[v][0]);
     }
     printf("\n");

@@ -483,9 +483,6 @@ DQ_API dq_status dq_plan_rotation(const dq_plan *pl, int32_t i, const dq_rotatio
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE. @since 1.0 */
 DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm, int64_t n);
 
-/* @section transform: calibrator, smoothing, rotation, permutation, plan (keep this line) */
-
-
 /* ------------------------------------------------------------------------------------------ */
 /* Integer quantization and packing                                                            */
 /* THREAD SAFETY: the raw pack/unpack functions are pure. A dq_qmatrix is immutable after it   */
@@ -663,6 +660,13 @@ DQ_API dq_status dq_lwc_get_params(const dq_lwc *l, float *gamma, float *beta, i
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE. @since 1.0 */
 DQ_API dq_status dq_lwc_set_params(dq_lwc *l, const float *gamma, const float *beta, int64_t n);
 
+/** @brief The LWC parameters with the lowest full-batch loss seen while training (the
+ *  starting point counts) and that loss; these are what dq_lwc_factors exports. Before any
+ *  training (or after dq_lwc_set_params) they are the current parameters and *loss is computed.
+ *  Any output pointer may be NULL; n must be the number of groups when gamma or beta is given.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+DQ_API dq_status dq_lwc_best(const dq_lwc *l, float *gamma, float *beta, int64_t n, float *loss);
+
 /** @brief The learned clip factors sigmoid(gamma), sigmoid(beta) (n values each, either
  *  pointer may be NULL), ready for dq_qmatrix_pack's clip_hi / clip_lo: with the same weight
  *  params, dq_qmatrix_pack reproduces exactly the quantized weights LWC evaluated. They come
@@ -725,15 +729,6 @@ DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, si
 DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,
                                    int64_t cols, int64_t ldx, float *y, int64_t ldy, void *work,
                                    size_t work_size);
-
-/** @brief The LWC parameters with the lowest full-batch loss seen while training (the
- *  starting point counts) and that loss; these are what dq_lwc_factors exports. Before any
- *  training (or after dq_lwc_set_params) they are the current parameters and *loss is computed.
- *  Any output pointer may be NULL; n must be the number of groups when gamma or beta is given.
- *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
-DQ_API dq_status dq_lwc_best(const dq_lwc *l, float *gamma, float *beta, int64_t n, float *loss);
-
-/* @section linear: LWC, quantized linear layer (keep this line) */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Files: plans, packed matrices and float tensors in one safetensors-compatible file         */
@@ -922,8 +917,6 @@ DQ_API DQ_NODISCARD dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t
                                                         const float *data, int64_t n_floats,
                                                         dq_rotation **out);
 
-/* @section io: plan and packed-matrix files (keep this line) */
-
 /* ------------------------------------------------------------------------------------------ */
 /* Rotation refinement: DFRot and DartQuant                                                   */
 /* Both start from an existing rotation (greedy, Hadamard, random) and return a new one with  */
@@ -991,10 +984,6 @@ DQ_API DQ_NODISCARD dq_status dq_rotation_refine(dq_context *ctx, const dq_refin
                                                  const dq_rotation *start, const float *x,
                                                  int64_t rows, int64_t cols, int64_t ldx,
                                                  dq_rotation **out);
-
-/* @section refine: DFRot / DartQuant rotation refinement (keep this line) */
-
-/* @section speed: kernels, threads (keep this line) */
 
 #ifdef __cplusplus
 }
