@@ -30,6 +30,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "case_files.h"
 #include "duquant.h"
 
 typedef struct layer {
@@ -48,75 +49,19 @@ typedef struct options {
 
 /* ---- input ---- */
 
-static char *read_file(const char *path, long *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
-            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-                free(buf);
-                buf = NULL;
-            } else {
-                buf[n] = '\0';
-                *size = n;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
-/* A float32 file of exactly n values, or NULL. */
-static float *read_f32(const char *dir, const char *name, int64_t n)
-{
-    char path[4096];
-    long size = 0;
-    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
-    char *buf = read_file(path, &size);
-    if (buf && size != (long)(n * (int64_t)sizeof(float))) {
-        free(buf);
-        buf = NULL;
-    }
-    return (float *)buf;
-}
-
-/* The number after "key": in a manifest (its params object is flat). */
-static int manifest_number(const char *text, const char *key, double *out)
-{
-    char pattern[128];
-    snprintf(pattern, sizeof pattern, "\"%s\":", key);
-    const char *p = strstr(text, pattern);
-    if (!p)
-        return -1;
-    p += strlen(pattern);
-    while (*p == ' ')
-        p++;
-    if (strncmp(p, "true", 4) == 0 || strncmp(p, "false", 5) == 0) {
-        *out = *p == 't';
-        return 0;
-    }
-    char *end;
-    *out = strtod(p, &end);
-    return end == p ? -1 : 0;
-}
-
 /* A plain reference case (no smoothing applied beforehand, no caller-given Q'). */
 static int load_case(const char *dir, const char *name, layer *l)
 {
     char path[4096];
     long size = 0;
     snprintf(path, sizeof path, "%s/manifest.json", dir);
-    char *m = read_file(path, &size);
+    char *m = case_read_file(path, &size);
     double t, c, bs, steps, alpha, smooth;
-    if (!m || manifest_number(m, "T", &t) || manifest_number(m, "C", &c) ||
-        manifest_number(m, "block_size", &bs) ||
-        manifest_number(m, "max_rotation_step", &steps) ||
-        manifest_number(m, "smooth_alpha", &alpha) ||
-        manifest_number(m, "smooth_applied", &smooth) || smooth != 0 ||
+    if (!m || case_manifest_number(m, "T", &t) || case_manifest_number(m, "C", &c) ||
+        case_manifest_number(m, "block_size", &bs) ||
+        case_manifest_number(m, "max_rotation_step", &steps) ||
+        case_manifest_number(m, "smooth_alpha", &alpha) ||
+        case_manifest_number(m, "smooth_applied", &smooth) || smooth != 0 ||
         strstr(m, "\"q_prime\": \"given\"")) {
         free(m);
         return -1;
@@ -130,10 +75,10 @@ static int load_case(const char *dir, const char *name, layer *l)
     l->steps = (int32_t)steps;
     l->alpha = (float)alpha;
     snprintf(path, sizeof path, "%s/W.f32", dir);
-    free(read_file(path, &size));
+    free(case_read_file(path, &size));
     l->out = size / (long)sizeof(float) / l->c;
-    l->cal = l->eval = read_f32(dir, "X", l->cal_rows * l->c);
-    l->w = read_f32(dir, "W", l->out * l->c);
+    l->cal = l->eval = case_read_f32(dir, "X", l->cal_rows * l->c);
+    l->w = case_read_f32(dir, "W", l->out * l->c);
     return l->cal && l->w ? 0 : -1;
 }
 
@@ -141,7 +86,7 @@ static int load_case(const char *dir, const char *name, layer *l)
 static float *read_npy(const char *path, int64_t *rows, int64_t *cols)
 {
     long size = 0;
-    char *buf = read_file(path, &size);
+    char *buf = case_read_file(path, &size);
     if (!buf)
         return NULL;
     float *x = NULL;
@@ -180,7 +125,7 @@ typedef struct model {
 static int load_model(const char *path, model *m)
 {
     long size = 0;
-    char *buf = read_file(path, &size);
+    char *buf = case_read_file(path, &size);
     memset(m, 0, sizeof *m);
     if (!buf || size < 28) {
         free(buf);

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "case_files.h"
 #include "duquant.h"
 
 typedef struct layer {
@@ -28,75 +29,19 @@ typedef struct layer {
     float *x, *w;
 } layer;
 
-static char *read_file(const char *path, long *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) != NULL) {
-            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-                free(buf);
-                buf = NULL;
-            } else {
-                buf[n] = '\0';
-                *size = n;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
-/* A float32 file of exactly n values, or NULL. */
-static float *read_f32(const char *dir, const char *name, int64_t n)
-{
-    char path[4096];
-    long size = 0;
-    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
-    char *buf = read_file(path, &size);
-    if (buf && size != (long)(n * (int64_t)sizeof(float))) {
-        free(buf);
-        buf = NULL;
-    }
-    return (float *)buf;
-}
-
-/* The number after "key": in a manifest (enough for its flat params object). */
-static int manifest_number(const char *text, const char *key, double *out)
-{
-    char pattern[128];
-    snprintf(pattern, sizeof pattern, "\"%s\":", key);
-    const char *p = strstr(text, pattern);
-    if (!p)
-        return -1;
-    p += strlen(pattern);
-    while (*p == ' ')
-        p++;
-    if (strncmp(p, "true", 4) == 0 || strncmp(p, "false", 5) == 0) {
-        *out = *p == 't';
-        return 0;
-    }
-    char *end;
-    *out = strtod(p, &end);
-    return end == p ? -1 : 0;
-}
-
 /* Loads X and W and the transform settings of a case; -1 when it is not a usable case. */
 static int load_case(const char *dir, layer *l, int *smooth_applied, int *qprime_given)
 {
     char path[4096];
     long size = 0;
     snprintf(path, sizeof path, "%s/manifest.json", dir);
-    char *m = read_file(path, &size);
+    char *m = case_read_file(path, &size);
     double t, c, bs, steps, alpha, smooth;
-    if (!m || manifest_number(m, "T", &t) || manifest_number(m, "C", &c) ||
-        manifest_number(m, "block_size", &bs) ||
-        manifest_number(m, "max_rotation_step", &steps) ||
-        manifest_number(m, "smooth_alpha", &alpha) ||
-        manifest_number(m, "smooth_applied", &smooth)) {
+    if (!m || case_manifest_number(m, "T", &t) || case_manifest_number(m, "C", &c) ||
+        case_manifest_number(m, "block_size", &bs) ||
+        case_manifest_number(m, "max_rotation_step", &steps) ||
+        case_manifest_number(m, "smooth_alpha", &alpha) ||
+        case_manifest_number(m, "smooth_applied", &smooth)) {
         free(m);
         return -1;
     }
@@ -109,11 +54,11 @@ static int load_case(const char *dir, layer *l, int *smooth_applied, int *qprime
     l->steps = (int32_t)steps;
     l->alpha = (float)alpha;
     snprintf(path, sizeof path, "%s/W.f32", dir);
-    char *w = read_file(path, &size);
+    char *w = case_read_file(path, &size);
     free(w);
     l->out = size / (long)sizeof(float) / l->c;
-    l->x = read_f32(dir, "X", l->t * l->c);
-    l->w = read_f32(dir, "W", l->out * l->c);
+    l->x = case_read_f32(dir, "X", l->t * l->c);
+    l->w = case_read_f32(dir, "W", l->out * l->c);
     return l->x && l->w ? 0 : -1;
 }
 
@@ -248,7 +193,7 @@ out:
 /* Error of the reference implementation's own Xt and Wt in dir, or -1 when absent. */
 static double reference_error(const layer *l, const char *dir)
 {
-    float *xt = read_f32(dir, "Xt", l->t * l->c), *wt = read_f32(dir, "Wt", l->out * l->c);
+    float *xt = case_read_f32(dir, "Xt", l->t * l->c), *wt = case_read_f32(dir, "Wt", l->out * l->c);
     double err = xt && wt ? w4a4_error(l, xt, wt, CLIP_NONE) : -1;
     free(xt);
     free(wt);
