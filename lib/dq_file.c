@@ -198,26 +198,6 @@ static bool valid_name(const char *s)
     return s && *s && dq__st_text_ok(s, strlen(s)) && strcmp(s, "__metadata__") != 0;
 }
 
-static dq_status reserve(const dq_context *ctx, void **arr, size_t *cap, size_t elem, size_t need)
-{
-    if (need <= *cap)
-        return DQ_OK;
-    size_t ncap = *cap ? *cap * 2 : 16, bytes;
-    if (ncap < need)
-        ncap = need;
-    if (!dq__mul_size(ncap, elem, &bytes))
-        return DQ_ERR_OVERFLOW;
-    void *n = dq__alloc(ctx, bytes);
-    if (!n)
-        return DQ_ERR_NOMEM;
-    if (*cap)
-        memcpy(n, *arr, *cap * elem);
-    dq__free(ctx, *arr);
-    *arr = n;
-    *cap = ncap;
-    return DQ_OK;
-}
-
 /* Takes ownership of name and bytes (freed on failure too). */
 static dq_status push_entry(dq_file_writer *w, char *name, int32_t dtype, int32_t ndim,
                             const int64_t *shape, uint8_t *bytes, size_t nbytes)
@@ -228,7 +208,7 @@ static dq_status push_entry(dq_file_writer *w, char *name, int32_t dtype, int32_
     st = DQ_ERR_INVALID_ARG;
     if (!valid_name(name) || name_taken(w, name))
         goto fail;
-    if ((st = reserve(&w->ctx, (void **)&w->e, &w->cap, sizeof *w->e, w->n + 1)) != DQ_OK)
+    if ((st = dq__st_grow(&w->ctx, (void **)&w->e, &w->cap, sizeof *w->e, w->n + 1)) != DQ_OK)
         goto fail;
     dq__st_entry *e = &w->e[w->n++];
     memset(e, 0, sizeof *e);
@@ -259,7 +239,7 @@ static dq_status push_meta(dq_file_writer *w, char *key, const char *value)
     st = DQ_ERR_NOMEM;
     if (!(v = dup_str(&w->ctx, value)))
         goto fail;
-    st = reserve(&w->ctx, (void **)&w->meta, &w->cap_meta, sizeof *w->meta, w->n_meta + 1);
+    st = dq__st_grow(&w->ctx, (void **)&w->meta, &w->cap_meta, sizeof *w->meta, w->n_meta + 1);
     if (st != DQ_OK)
         goto fail;
     w->meta[w->n_meta].key = key;

@@ -233,8 +233,7 @@ static bool parse_uint(cursor *c, uint64_t max, uint64_t *v)
     return true;
 }
 
-/* Grows *arr (elem bytes each) so that it holds at least need elements. */
-static dq_status grow(const dq_context *ctx, void **arr, size_t *cap, size_t elem, size_t need)
+dq_status dq__st_grow(const dq_context *ctx, void **arr, size_t *cap, size_t elem, size_t need)
 {
     if (need <= *cap)
         return DQ_OK;
@@ -341,7 +340,7 @@ static dq_status parse_metadata(cursor *c, parse_state *ps)
     if (accept(c, '}'))
         return DQ_OK;
     do {
-        dq_status st = grow(c->ctx, (void **)&ps->f.meta, &ps->cap_meta, sizeof(dq__st_meta),
+        dq_status st = dq__st_grow(c->ctx, (void **)&ps->f.meta, &ps->cap_meta, sizeof(dq__st_meta),
                             ps->f.n_meta + 1);
         if (st != DQ_OK)
             return st;
@@ -376,7 +375,7 @@ static dq_status parse_header(cursor *c, parse_state *ps)
                 seen_meta = true;
                 st = parse_metadata(c, ps);
             } else {
-                st = grow(c->ctx, (void **)&ps->f.tensors, &ps->cap_tensors,
+                st = dq__st_grow(c->ctx, (void **)&ps->f.tensors, &ps->cap_tensors,
                           sizeof(dq__st_tensor), ps->f.n_tensors + 1);
                 if (st != DQ_OK) {
                     dq__free(c->ctx, key);

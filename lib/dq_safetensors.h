@@ -85,4 +85,8 @@ dq_status dq__st_write(const dq__st_entry *entries, size_t n, const dq__st_meta 
 /* True when s (len bytes) is well-formed UTF-8 without control characters below 0x20. */
 bool dq__st_text_ok(const char *s, size_t len);
 
+/* Grows the array *arr of *cap elements (elem bytes each) to hold at least need, doubling;
+ * the old contents are kept. DQ_ERR_NOMEM or DQ_ERR_OVERFLOW leave *arr and *cap unchanged. */
+dq_status dq__st_grow(const dq_context *ctx, void **arr, size_t *cap, size_t elem, size_t need);
+
 #endif /* DQ_SAFETENSORS_H */
