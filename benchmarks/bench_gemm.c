@@ -13,27 +13,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "dq_gemm_simd.h"
 #include "dq_threads.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static uint64_t rng_state = 2024;
 static uint64_t rng(void)
@@ -42,20 +24,6 @@ static uint64_t rng(void)
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
-}
-
-/* Evicts the caches: a sweep over a buffer much larger than any last-level cache. */
-#define EVICT_BYTES ((size_t)256 << 20)
-static uint8_t *evict_buf;
-static volatile uint64_t sink;
-static void evict(void)
-{
-    uint64_t s = 0;
-    for (size_t i = 0; i < EVICT_BYTES; i += 64) {
-        evict_buf[i] += 1;
-        s += evict_buf[i];
-    }
-    sink = s;
 }
 
 /* Read-sum over n bytes (a multiple of 64 is read), wide loads so that memory, not the adds,
@@ -141,12 +109,12 @@ static double time_it(void (*fn)(setup *), setup *s, int reps, int cold)
         fn(s);
     for (int r = 0; r < reps; r++) {
         if (cold)
-            evict();
-        double t0 = now();
+            bench_evict_caches();
+        double t0 = bench_now();
         fn(s);
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
-    return median(t, reps);
+    return bench_median(t, reps);
 }
 
 static double time_read(const uint64_t *buf, size_t bytes, int32_t threads, int reps, int cold)
@@ -154,15 +122,15 @@ static double time_read(const uint64_t *buf, size_t bytes, int32_t threads, int 
     double t[64];
     if (reps > 64)
         reps = 64;
-    sink = read_threads(buf, bytes, threads);
+    bench_sink = read_threads(buf, bytes, threads);
     for (int r = 0; r < reps; r++) {
         if (cold)
-            evict();
-        double t0 = now();
-        sink = read_threads(buf, bytes, threads);
-        t[r] = now() - t0;
+            bench_evict_caches();
+        double t0 = bench_now();
+        bench_sink = read_threads(buf, bytes, threads);
+        t[r] = bench_now() - t0;
     }
-    return median(t, reps);
+    return bench_median(t, reps);
 }
 
 static dq__wprep *make_weights(int64_t rows, int64_t cols, int64_t group)
@@ -226,7 +194,6 @@ int main(int argc, char **argv)
         xf[i] = (float)codes[i] - 7.5f;
     for (int64_t i = 0; i < rows * cols; i++)
         wf[i] = (float)w->codes[(i / cols) * w->code_ld + i % cols];
-    evict_buf = calloc(EVICT_BYTES, 1);
     /* The weights as a packed dq_qmatrix holds them: two codes a byte, a float scale and zero
      * point per group. */
     const size_t wbytes = (size_t)(rows * cols / 2) + (size_t)(rows * w->groups) * 8;
@@ -275,11 +242,11 @@ int main(int argc, char **argv)
                              (double)tref;
         double tb[64];
         for (int r = 0; r < reps; r++) {
-            double t0 = now();
+            double t0 = bench_now();
             dq__sgemm(false, true, t, rows, cols, 1.0f, xf, cols, wf, cols, 0.0f, y, rows);
-            tb[r] = now() - t0;
+            tb[r] = bench_now() - t0;
         }
-        const double t_blas = median(tb, reps);
+        const double t_blas = bench_median(tb, reps);
         printf("%6lld %-8s %3s %11.3f %9.1f %11s %11s%s\n", (long long)t, "portable", "1",
                t_ref * 1e3, ops / t_ref * 1e-9, "1.00x", "", t > tref ? "  (scaled from 32)" : "");
         printf("%6lld %-8s %3s %11.3f %9.1f %11s %11s\n", (long long)t, "sgemm", "env",
@@ -301,31 +268,30 @@ int main(int argc, char **argv)
         const int64_t t = tokens[ti];
         double tq[64];
         for (int r = 0; r < reps; r++) {
-            double t0 = now();
+            double t0 = bench_now();
             dq__quantize_tokens_ref(xf, t, cols, cols, 4, DQ_QUANT_ASYM, 1.0f, codes, cols, sx,
                                     zx);
-            tq[r] = now() - t0;
+            tq[r] = bench_now() - t0;
         }
-        const double t_ref = median(tq, reps);
+        const double t_ref = bench_median(tq, reps);
         const double bytes = (double)(t * cols) * 5.0;
         printf("%6lld %-8s %3s %11.1f %9.1f %11s\n", (long long)t, "portable", "1", t_ref * 1e6,
                bytes / t_ref * 1e-9, "1.00x");
         for (int32_t isa = DQ_GEMM_ISA_AVX2; isa <= best; isa++)
             for (int32_t th = 1; th <= 2; th++) {
                 for (int r = 0; r < reps; r++) {
-                    double t0 = now();
+                    double t0 = bench_now();
                     dq__quantize_tokens_isa(isa, xf, t, cols, cols, 4, DQ_QUANT_ASYM, 1.0f, codes,
                                             cols, sx, zx, th);
-                    tq[r] = now() - t0;
+                    tq[r] = bench_now() - t0;
                 }
-                const double tk = median(tq, reps);
+                const double tk = bench_median(tq, reps);
                 printf("%6lld %-8s %3d %11.1f %9.1f %10.1fx\n", (long long)t, names[isa], th,
                        tk * 1e6, bytes / tk * 1e-9, t_ref / tk);
             }
     }
 
     free(stream);
-    free(evict_buf);
     free(wf);
     free(xf);
     free(y);

@@ -16,52 +16,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "duquant.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static uint64_t rng_state = 12345;
-static double uniform(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-/* Laplace noise, a few channels scaled 30-50x, and massive values on a few tokens. */
-static void fill_sample(float *x, int64_t t, int64_t c)
-{
-    for (int64_t i = 0; i < t * c; i++) {
-        double u = uniform() - 0.5;
-        x[i] = (float)((u < 0 ? 1.0 : -1.0) * log(1.0 - 2.0 * fabs(u)));
-    }
-    for (int64_t j = 7; j < c; j += 97)
-        for (int64_t i = 0; i < t; i++)
-            x[i * c + j] *= (float)(30.0 + 20.0 * uniform());
-    for (int k = 0; k < 6; k++) {
-        int64_t i = (int64_t)(uniform() * (double)t), j = (int64_t)(uniform() * (double)c);
-        x[i * c + j] = (float)((k & 1 ? -1.0 : 1.0) * (800.0 + 1200.0 * uniform()));
-    }
-}
 
 int main(int argc, char **argv)
 {
@@ -88,9 +44,9 @@ int main(int argc, char **argv)
     double *tb = malloc((size_t)reps * sizeof *tb);
     if (!x || !y || !w_absmax || !r || !ts || !tp || !tb)
         return 1;
-    fill_sample(x, t, c);
+    bench_fill_outliers(x, t, c);
     for (int64_t j = 0; j < c; j++)
-        w_absmax[j] = (float)(0.05 + 0.1 * uniform());
+        w_absmax[j] = (float)(0.05 + 0.1 * bench_uniform());
     if (dq_rotation_base(bs, NULL, r, bs) != DQ_OK)
         return 1;
 
@@ -107,26 +63,26 @@ int main(int argc, char **argv)
     int32_t sel = 0;
     for (int k = 0; k < reps; k++) {
         /* OpenBLAS alone: the products one search makes on the (T*K) x n view. */
-        double t0 = now();
+        double t0 = bench_now();
         for (int32_t s = 0; s < steps; s++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)vrows, bs, bs, 1.0f,
                         s % 2 ? y : x, bs, r, bs, 0.0f, s % 2 ? x : y, bs);
-        tb[k] = now() - t0;
-        fill_sample(x, t, c); /* the products above overwrote it */
+        tb[k] = bench_now() - t0;
+        bench_fill_outliers(x, t, c); /* the products above overwrote it */
 
         dq_rotation *rot = NULL;
-        t0 = now();
+        t0 = bench_now();
         dq_status st = dq_rotation_create(ctx, &rp, x, t, c, c, &rot);
-        ts[k] = now() - t0;
+        ts[k] = bench_now() - t0;
         if (st == DQ_OK)
             st = dq_rotation_trace(rot, 0, NULL, &sel, NULL, NULL, NULL, 0);
         dq_rotation_free(rot);
 
         dq_plan *pl = NULL;
-        t0 = now();
+        t0 = bench_now();
         if (st == DQ_OK)
             st = dq_plan_build_from_sample(ctx, &pp, NULL, x, t, c, c, w_absmax, &pl);
-        tp[k] = now() - t0;
+        tp[k] = bench_now() - t0;
         dq_plan_free(pl);
         if (st != DQ_OK) {
             fprintf(stderr, "failed: %s\n", dq_status_name(st));
@@ -135,7 +91,7 @@ int main(int argc, char **argv)
         printf("  run %d: OpenBLAS %.3f s, search %.3f s, plan %.3f s\n", k + 1, tb[k], ts[k],
                tp[k]);
     }
-    double mb = median(tb, reps), ms = median(ts, reps), mp = median(tp, reps);
+    double mb = bench_median(tb, reps), ms = bench_median(ts, reps), mp = bench_median(tp, reps);
     double gflop = 2.0 * (double)vrows * bs * bs * steps * 1e-9;
     printf("median OpenBLAS, %d products of %lld x %d x %d: %.3f s (%.1f GFLOP/s)\n", steps,
            (long long)vrows, bs, bs, mb, gflop / mb);

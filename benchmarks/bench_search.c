@@ -22,76 +22,40 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "dq_search.h"
 #include "duquant.h"
 
 #define BLOCK 128
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* Processor time of the whole process (all threads): robust to other programs on the machine. */
-static double cpu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static uint64_t rng_state;
-static double uniform(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
 static void fill(float *x, int64_t t, int64_t c, bool outliers, uint64_t seed)
 {
-    rng_state = seed;
+    bench_seed(seed);
     if (!outliers) {
         for (int64_t i = 0; i < t * c; i += 2) {
-            double r = sqrt(-2.0 * log(uniform())), a = 6.283185307179586 * uniform();
+            double r = sqrt(-2.0 * log(bench_uniform())), a = 6.283185307179586 * bench_uniform();
             x[i] = (float)(r * cos(a));
             x[i + 1] = (float)(r * sin(a));
         }
         return;
     }
     for (int64_t i = 0; i < t * c; i++) {
-        double u = uniform() - 0.5;
+        double u = bench_uniform() - 0.5;
         x[i] = (float)((u < 0 ? 1.0 : -1.0) * log(1.0 - 2.0 * fabs(u)));
     }
-    for (int64_t j = (int64_t)(seed % 89); j < c; j += 89 + (int64_t)(uniform() * 20.0)) {
-        float g = (float)(20.0 + 40.0 * uniform());
+    for (int64_t j = (int64_t)(seed % 89); j < c; j += 89 + (int64_t)(bench_uniform() * 20.0)) {
+        float g = (float)(20.0 + 40.0 * bench_uniform());
         for (int64_t i = 0; i < t; i++)
             x[i * c + j] *= g;
     }
-    const int64_t tokens[4] = {0, 1 + (int64_t)(uniform() * (double)(t - 1)) % t,
-                               (int64_t)(uniform() * (double)t), (int64_t)(uniform() * (double)t)};
+    const int64_t tokens[4] = {0, 1 + (int64_t)(bench_uniform() * (double)(t - 1)) % t,
+                               (int64_t)(bench_uniform() * (double)t), (int64_t)(bench_uniform() * (double)t)};
     const int64_t chans[3] = {(int64_t)(0.35 * (double)c), (int64_t)(0.62 * (double)c),
                               (int64_t)(0.91 * (double)c)};
     for (int k = 0; k < 4; k++)
         for (int m = 0; m < 3; m++)
             x[tokens[k] * c + chans[m]] =
-                (float)((m == 1 ? -1.0 : 1.0) * (500.0 + 2000.0 * uniform()));
+                (float)((m == 1 ? -1.0 : 1.0) * (500.0 + 2000.0 * bench_uniform()));
 }
 
 /* The two searches of a default plan build, as dq_plan_build does them: R1 on the smoothed
@@ -103,10 +67,10 @@ static double two_searches(dq_context *ctx, bool plain, const float *xs, int64_t
     dq__rot_opts o = {.method = DQ_ROT_METHOD_GREEDY, .block_size = BLOCK, .max_steps = steps,
                       .seed = dq__seed_mix(0, 0), .plain_search = plain};
     dq_rotation *r1 = NULL, *r2 = NULL;
-    double t0 = now();
+    double t0 = bench_now();
     if (dq__rotation_build(ctx, &o, xs, t, c, c, &r1) != DQ_OK)
         return -1;
-    double ts = now() - t0;
+    double ts = bench_now() - t0;
     float *key = calloc((size_t)c, sizeof *key);
     int64_t *perm = malloc((size_t)c * sizeof *perm);
     if (dq__rotation_rows_exact(r1, xs, c, y, c, t, ctx->n_threads) != DQ_OK)
@@ -118,10 +82,10 @@ static double two_searches(dq_context *ctx, bool plain, const float *xs, int64_t
         for (int64_t j = 0; j < c; j++)
             z[i * c + j] = y[i * c + perm[j]];
     o.seed = dq__seed_mix(0, 1);
-    t0 = now();
+    t0 = bench_now();
     if (dq__rotation_build(ctx, &o, z, t, c, c, &r2) != DQ_OK)
         return -1;
-    ts += now() - t0;
+    ts += bench_now() - t0;
     dq_rotation_free(r1);
     dq_rotation_free(r2);
     free(key);
@@ -204,24 +168,24 @@ int main(int argc, char **argv)
         for (int i = 0; i < 4; i++) {
             const int64_t c = widths[i];
             fill(x, t, c, outliers, 1000u * (uint64_t)l + (uint64_t)i);
-            rng_state = 77u + (uint64_t)l;
+            bench_seed(77u + (uint64_t)l);
             for (int64_t j = 0; j < c; j++)
-                w_absmax[j] = (float)(0.05 + 0.1 * uniform());
+                w_absmax[j] = (float)(0.05 + 0.1 * bench_uniform());
             for (int k = 0; k < reps; k++) {
                 dq_plan *pl = NULL;
-                double t0 = now(), c0 = cpu_now();
+                double t0 = bench_now(), c0 = bench_cpu_now();
                 dq_status st = dq_plan_build_from_sample(ctx, &pp, NULL, x, t, c, c, w_absmax,
                                                          &pl);
-                tb[k] = now() - t0;
+                tb[k] = bench_now() - t0;
                 if (k == 0)
-                    total_cpu += cpu_now() - c0;
+                    total_cpu += bench_cpu_now() - c0;
                 dq_plan_free(pl);
                 if (st != DQ_OK) {
                     fprintf(stderr, "plan build failed: %s\n", dq_status_name(st));
                     return 1;
                 }
             }
-            double m = median(tb, reps);
+            double m = bench_median(tb, reps);
             layer_time += m;
             in_time[i] = m;
             if (l == 0 && i == 0) {

@@ -1,8 +1,10 @@
 /* Quantized linear layer: plan, per-token activation quantization, integer product. */
+#include <limits.h>
 #include <string.h>
 
 #include "dq_gemm.h"
 #include "dq_internal.h"
+#include "dq_online.h"
 
 /* The first released layout ends after act_clip_ratio. */
 #define LINEAR_PARAMS_MIN_SIZE (offsetof(dq_linear_params, act_clip_ratio) + sizeof(float))
@@ -12,6 +14,7 @@
 struct dq_linear {
     dq_context ctx;
     const dq_plan *plan; /* borrowed; NULL = identity */
+    dq__online *online;  /* the plan compiled for the fused route; NULL: unfused */
     dq__wprep *w;
     float *bias;         /* NULL when none */
     int64_t in_features, out_features;
@@ -23,7 +26,7 @@ struct dq_linear {
 /* Byte offsets of the workspace parts, each DQ_ALIGN-aligned from an aligned base. */
 typedef struct workspace_layout {
     size_t xt, plan_work, codes, scales, zeros, total;
-    size_t plan_bytes;
+    size_t plan_bytes; /* unfused: the plan's workspace; fused: the tile buffers */
     int64_t code_ld;
 } workspace_layout;
 
@@ -93,6 +96,11 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
         memcpy(lin->bias, bias, (size_t)rows * sizeof(float));
     }
     lin->plan = plan;
+    /* Compiled once here: forward calls share it and the plan stays untouched. A width the
+     * fused route cannot index keeps the unfused one. */
+    if (plan && (st = dq__online_create(c, plan, &lin->online)) != DQ_OK &&
+        st != DQ_ERR_UNSUPPORTED)
+        goto fail;
     lin->in_features = cols;
     lin->out_features = rows;
     lin->act_bits = p.act_bits;
@@ -111,6 +119,7 @@ DQ_API void dq_linear_free(dq_linear *lin)
         return;
     dq_context c = lin->ctx;
     dq__wprep_free(lin->w);
+    dq__online_free(lin->online);
     dq__free(&c, lin->bias);
     dq__free(&c, lin);
 }
@@ -140,17 +149,29 @@ static bool add_part(size_t *cursor, size_t n, size_t elem, size_t *offset)
     return true;
 }
 
-/* Parts: the transformed activations (when a plan is applied), the plan's own workspace, and
- * the activation codes, scales and zero points (when activations are quantized). One DQ_ALIGN
- * of slack lets an unaligned caller buffer be aligned up. */
-static dq_status workspace_layout_of(const dq_linear *lin, int64_t rows, workspace_layout *l)
+static bool fused(const dq_linear *lin, int32_t route)
+{
+    return lin->online && route == DQ__ROUTE_FUSED;
+}
+
+/* Parts: the transformed activations (when a plan is applied and they are not quantized on
+ * the fly), the plan's own workspace (or the fused route's tile buffers), and the activation
+ * codes, scales and zero points (when activations are quantized). One DQ_ALIGN of slack lets
+ * an unaligned caller buffer be aligned up. */
+static dq_status workspace_layout_of(const dq_linear *lin, int32_t route, int64_t rows,
+                                     workspace_layout *l)
 {
     memset(l, 0, sizeof *l);
     const int64_t cols = lin->in_features;
     size_t cursor = 0, elems;
     if (!dq__mul_size((size_t)rows, (size_t)cols, &elems))
         return DQ_ERR_OVERFLOW;
-    if (lin->plan) {
+    if (fused(lin, route)) {
+        if (!dq__online_workspace(lin->online, rows, lin->ctx.n_threads, &l->plan_bytes) ||
+            (lin->act_bits == 0 && !add_part(&cursor, elems, sizeof(float), &l->xt)) ||
+            !add_part(&cursor, l->plan_bytes, 1, &l->plan_work))
+            return DQ_ERR_OVERFLOW;
+    } else if (lin->plan) {
         dq_status st = dq_plan_workspace_size(lin->plan, rows, &l->plan_bytes);
         if (st != DQ_OK)
             return st;
@@ -172,23 +193,29 @@ static dq_status workspace_layout_of(const dq_linear *lin, int64_t rows, workspa
     return DQ_OK;
 }
 
-DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, size_t *bytes)
+dq_status dq__linear_workspace_route(const dq_linear *lin, int32_t route, int64_t rows,
+                                     size_t *bytes)
 {
     if (!lin || !bytes)
         return DQ_ERR_INVALID_ARG;
     if (rows <= 0)
         return DQ_ERR_SHAPE;
     workspace_layout l;
-    dq_status st = workspace_layout_of(lin, rows, &l);
+    dq_status st = workspace_layout_of(lin, route, rows, &l);
     if (st != DQ_OK)
         return st;
     *bytes = l.total;
     return DQ_OK;
 }
 
-DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,
-                                   int64_t cols, int64_t ldx, float *y, int64_t ldy, void *work,
-                                   size_t work_size)
+DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, size_t *bytes)
+{
+    return dq__linear_workspace_route(lin, DQ__ROUTE_FUSED, rows, bytes);
+}
+
+dq_status dq__linear_forward_route(const dq_linear *lin, int32_t route, const float *x,
+                                   int64_t rows, int64_t cols, int64_t ldx, float *y, int64_t ldy,
+                                   void *work, size_t work_size)
 {
     if (!lin || !x || !y)
         return DQ_ERR_INVALID_ARG;
@@ -200,12 +227,21 @@ DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t
     if (cols != lin->in_features)
         return DQ_ERR_SHAPE;
     workspace_layout l;
-    if ((st = workspace_layout_of(lin, rows, &l)) != DQ_OK)
+    if ((st = workspace_layout_of(lin, route, rows, &l)) != DQ_OK)
         return st;
     if (work && work_size < l.total)
         return DQ_ERR_BUFFER;
     if (!dq__all_finite(x, rows, cols, ldx))
         return DQ_ERR_NONFINITE;
+    const bool on = fused(lin, route);
+    if (on) {
+        /* The same errors as the unfused route, whose products go through CBLAS. */
+        size_t plan_work;
+        if ((st = dq_plan_workspace_size(lin->plan, 1, &plan_work)) != DQ_OK)
+            return st;
+        if (plan_work > 0 && ldx > INT_MAX)
+            return DQ_ERR_BLAS;
+    }
 
     void *owned = NULL;
     if (!work && l.total > 0) {
@@ -221,7 +257,14 @@ DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t
     /* Everything that can fail runs before y is written. */
     const float *xin = x;
     int64_t ldin = ldx;
-    if (lin->plan) {
+    const int32_t threads = lin->ctx.n_threads;
+    void *tiles = on && l.plan_bytes > 0 ? base + l.plan_work : NULL;
+    if (on && lin->act_bits == 0) {
+        float *xt = (float *)(void *)(base + l.xt);
+        dq__online_transform(lin->online, x, rows, ldx, xt, cols, tiles, threads);
+        xin = xt;
+        ldin = cols;
+    } else if (lin->plan && !on) {
         float *xt = (float *)(void *)(base + l.xt);
         st = dq_plan_apply_act_to(lin->plan, x, rows, cols, ldx, xt, cols,
                                   l.plan_bytes > 0 ? base + l.plan_work : NULL, l.plan_bytes);
@@ -230,19 +273,30 @@ DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t
         xin = xt;
         ldin = cols;
     }
-    const int32_t threads = lin->ctx.n_threads;
     if (lin->act_bits == 0) {
         dq__gemm_w_f32(lin->w, xin, rows, ldin, lin->bias, y, ldy, threads);
     } else {
         uint8_t *codes = base + l.codes;
         float *scales = (float *)(void *)(base + l.scales);
         int32_t *zeros = (int32_t *)(void *)(base + l.zeros);
-        dq__quantize_tokens(xin, rows, cols, ldin, lin->act_bits, lin->act_scheme, lin->act_clip,
-                            codes, l.code_ld, scales, zeros, threads);
+        if (on)
+            dq__online_quantize(lin->online, x, rows, ldx, lin->act_bits, lin->act_scheme,
+                                lin->act_clip, codes, l.code_ld, scales, zeros, tiles, threads);
+        else
+            dq__quantize_tokens(xin, rows, cols, ldin, lin->act_bits, lin->act_scheme,
+                                lin->act_clip, codes, l.code_ld, scales, zeros, threads);
         const dq__aq a = {rows, cols, l.code_ld, codes, scales, zeros};
         dq__gemm_w_a(lin->w, &a, lin->bias, y, ldy, threads);
     }
 out:
     dq__free(&lin->ctx, owned);
     return st;
+}
+
+DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,
+                                   int64_t cols, int64_t ldx, float *y, int64_t ldy, void *work,
+                                   size_t work_size)
+{
+    return dq__linear_forward_route(lin, DQ__ROUTE_FUSED, x, rows, cols, ldx, y, ldy, work,
+                                    work_size);
 }

@@ -1,0 +1,281 @@
+/* Online activation path benchmark: the fused transform + per-token quantization of a layer's
+ * input against, measured in the same run,
+ *  - the unfused route (dq_plan_apply_act_to into a float buffer, then dq__quantize_tokens);
+ *  - the two block products alone through CBLAS sgemm (one tall product per rotation for a
+ *    shared matrix, one per block otherwise; OpenBLAS threads are whatever the environment
+ *    gives it): the floor for many tokens;
+ *  - for one token, a read-sum over the plan's rotation matrices once (warm, like the fused
+ *    run, and cold after evicting the caches before each run): the floor for one token.
+ * Plans: width and block as given, smoothing + rotation + zigzag + rotation (random orthogonal
+ * blocks: the arithmetic does not depend on how they were found), one matrix shared by all
+ * blocks and one matrix per block.
+ *
+ * usage: bench_online [width [block [repeats]]]   defaults 4096 128 7 */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench_common.h"
+#include "dq_gemm.h"
+#include "dq_online.h"
+#include "dq_threads.h"
+#include "dq_transform.h"
+
+static uint64_t rng_state = 4096;
+static double uniform(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+}
+
+/* Laplace activations with a few outlier channels, as LLM layers see them. */
+static void fill(float *x, int64_t rows, int64_t cols)
+{
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            double u = uniform() - 0.5;
+            double v = (u < 0 ? 1.0 : -1.0) * log(1.0 - 2.0 * fabs(u) + 1e-300);
+            x[i * cols + j] = (float)(j % 97 == 3 ? 40.0 * v : v);
+        }
+}
+
+/* Read-sum over n floats with wide loads, so that memory, not the adds, limits it. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static float read_sum_avx2(const float *p, size_t n)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+    }
+    a0 = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    float v[8];
+    _mm256_storeu_ps(v, a0);
+    float s = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+    for (; i < n; i++)
+        s += p[i];
+    return s;
+}
+#endif
+static float read_sum(const float *p, size_t n)
+{
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2"))
+        return read_sum_avx2(p, n);
+#endif
+    float s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += p[i];
+    return s;
+}
+
+/* Everything one measurement needs. */
+typedef struct bench {
+    const dq_plan *plan;
+    const dq__online *on;
+    const dq_rotation *rot[2];
+    int64_t cols, rows;
+    int32_t threads;
+    const float *x;
+    float *xt;
+    uint8_t *codes;
+    float *scales;
+    int32_t *zeros;
+    void *work_fused, *work_plan;
+    size_t plan_bytes;
+} bench;
+
+static void run_fused(bench *b)
+{
+    dq__online_quantize(b->on, b->x, b->rows, b->cols, 4, DQ_QUANT_ASYM, 1.0f, b->codes, b->cols,
+                        b->scales, b->zeros, b->work_fused, b->threads);
+}
+
+static void run_unfused(bench *b)
+{
+    if (dq_plan_apply_act_to(b->plan, b->x, b->rows, b->cols, b->cols, b->xt, b->cols,
+                             b->work_plan, b->plan_bytes) != DQ_OK)
+        abort();
+    dq__quantize_tokens(b->xt, b->rows, b->cols, b->cols, 4, DQ_QUANT_ASYM, 1.0f, b->codes,
+                        b->cols, b->scales, b->zeros, b->threads);
+}
+
+/* The two block products alone: x -> xt -> a second buffer, no smoothing, permutation or
+ * quantization. */
+static void run_sgemm(bench *b)
+{
+    const float *in = b->x;
+    float *out = b->xt, *other = (float *)b->work_plan;
+    for (int s = 0; s < 2; s++) {
+        const dq_rotation *r = b->rot[s];
+        const int32_t bs = r->block_size;
+        if (r->n_mats == 1) {
+            if (dq__sgemm(false, false, b->rows * r->n_blocks, bs, bs, 1.0f, in, bs, r->data, bs,
+                          0.0f, out, bs) != DQ_OK)
+                abort();
+        } else {
+            for (int64_t k = 0; k < r->n_blocks; k++)
+                if (dq__sgemm(false, false, b->rows, bs, bs, 1.0f, in + k * bs, b->cols,
+                              r->data + r->mat_offset[k], bs, 0.0f, out + k * bs,
+                              b->cols) != DQ_OK)
+                    abort();
+        }
+        in = out;
+        out = other;
+    }
+}
+
+static void run_read(bench *b)
+{
+    float s = 0;
+    for (int i = 0; i < 2; i++) {
+        const dq_rotation *r = b->rot[i];
+        const size_t n = r->mat_offset[r->n_mats - 1] +
+                         (size_t)r->mat_size[r->n_mats - 1] * (size_t)r->mat_size[r->n_mats - 1];
+        s += read_sum(r->data, n);
+    }
+    bench_sink = (uint64_t)s;
+}
+
+static double time_it(void (*fn)(bench *), bench *b, int reps, int cold)
+{
+    double t[64];
+    if (!cold)
+        fn(b);
+    for (int r = 0; r < reps; r++) {
+        if (cold)
+            bench_evict_caches();
+        double t0 = bench_now();
+        fn(b);
+        t[r] = bench_now() - t0;
+    }
+    return bench_median(t, reps);
+}
+
+static dq_plan *make_plan(int64_t cols, int32_t block, bool per_block)
+{
+    const int64_t rows = 64;
+    float *sample = malloc((size_t)(rows * cols) * sizeof(float));
+    float *w_absmax = malloc((size_t)cols * sizeof(float));
+    fill(sample, rows, cols);
+    for (int64_t j = 0; j < cols; j++)
+        w_absmax[j] = (float)(0.05 + uniform());
+    dq_plan_params pp;
+    dq_plan_params_init(&pp, sizeof pp);
+    pp.flags = DQ_PLAN_F_DEFAULT | (per_block ? DQ_PLAN_F_PER_BLOCK_R : 0u);
+    pp.method = DQ_ROT_METHOD_RANDOM;
+    pp.block_size = block;
+    dq_plan *plan = NULL;
+    if (dq_plan_build_from_sample(NULL, &pp, NULL, sample, rows, cols, cols, w_absmax, &plan) !=
+        DQ_OK)
+        abort();
+    free(sample);
+    free(w_absmax);
+    return plan;
+}
+
+int main(int argc, char **argv)
+{
+    const int64_t cols = argc > 1 ? atoll(argv[1]) : 4096;
+    const int32_t block = argc > 2 ? atoi(argv[2]) : 128;
+    const int reps = argc > 3 ? atoi(argv[3]) : 7;
+    if (cols <= 0 || block < 2 || cols % block != 0 || reps < 1 || reps > 64) {
+        fprintf(stderr, "usage: %s [width [block (divides width) [repeats (1..64)]]]\n",
+                argv[0]);
+        return 2;
+    }
+    const int64_t tokens[] = {1, 32, 2048}, max_t = 2048;
+    const int32_t cpus = dq__threads_resolve(0, INT64_MAX);
+    float *x = malloc((size_t)(max_t * cols) * sizeof(float));
+    float *xt = malloc((size_t)(max_t * cols) * sizeof(float));
+    uint8_t *codes = malloc((size_t)(max_t * cols));
+    float *scales = malloc((size_t)max_t * sizeof(float));
+    int32_t *zeros = malloc((size_t)max_t * sizeof(int32_t));
+    if (!x || !xt || !codes || !scales || !zeros)
+        return 1;
+    fill(x, max_t, cols);
+
+    printf("online transform + 4-bit ASYM quantization, width %lld, block %d, median of %d\n",
+           (long long)cols, block, reps);
+    FILE *load = fopen("/proc/loadavg", "r");
+    char line[128];
+    if (load && fgets(line, sizeof line, load))
+        printf("load average at start: %s", line);
+    if (load)
+        fclose(load);
+    printf("sgemm: OpenBLAS with the environment's threads; fused/unfused: library threads\n");
+    printf("\n%-9s %5s %3s %10s %10s %10s %8s %8s %10s %10s %8s\n", "plan", "T", "thr",
+           "fused us", "unfused us", "sgemm us", "unf/fus", "fus/sgm", "read us", "cold rd us",
+           "fus/read");
+    for (int per_block = 0; per_block < 2; per_block++) {
+        dq_plan *plan = make_plan(cols, block, per_block);
+        dq__online *on = NULL;
+        if (dq__online_create(NULL, plan, &on) != DQ_OK)
+            return 1;
+        bench b = {.plan = plan, .on = on, .cols = cols, .x = x, .xt = xt, .codes = codes,
+                   .scales = scales, .zeros = zeros};
+        if (dq_plan_rotation(plan, 0, &b.rot[0]) != DQ_OK ||
+            dq_plan_rotation(plan, 1, &b.rot[1]) != DQ_OK || !b.rot[0] || !b.rot[1])
+            return 1;
+        for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++) {
+            const int64_t t = tokens[ti];
+            b.rows = t;
+            size_t fb = 0;
+            if (!dq__online_workspace(on, t, cpus, &fb) ||
+                dq_plan_workspace_size(plan, t, &b.plan_bytes) != DQ_OK)
+                return 1;
+            b.work_fused = aligned_alloc(64, (fb + 63) / 64 * 64 + 64);
+            /* the plan's workspace doubles as the sgemm route's second buffer */
+            size_t pb = b.plan_bytes > (size_t)(t * cols) * sizeof(float)
+                            ? b.plan_bytes
+                            : (size_t)(t * cols) * sizeof(float);
+            b.work_plan = aligned_alloc(64, (pb + 63) / 64 * 64);
+            const double t_sgemm = time_it(run_sgemm, &b, reps, 0);
+            double t_read = 0, t_read_cold = 0;
+            if (t == 1) {
+                t_read = time_it(run_read, &b, reps, 0);
+                t_read_cold = time_it(run_read, &b, reps, 1);
+            }
+            for (int32_t th = 1; th <= cpus && th <= 2; th++) {
+                b.threads = th;
+                const double t_f = time_it(run_fused, &b, reps, 0);
+                const double t_u = time_it(run_unfused, &b, reps, 0);
+                printf("%-9s %5lld %3d %10.1f %10.1f %10.1f %7.2fx %7.2fx",
+                       per_block ? "per-block" : "shared", (long long)t, th, t_f * 1e6, t_u * 1e6, t_sgemm * 1e6, t_u / t_f,
+                       t_f / t_sgemm);
+                if (t == 1)
+                    printf(" %10.1f %10.1f %7.2fx\n", t_read * 1e6, t_read_cold * 1e6,
+                           t_f / t_read);
+                else
+                    printf(" %10s %10s %8s\n", "", "", "");
+            }
+            if (t == 1) {
+                /* The single token cold too: the matrices come from memory in both. */
+                b.threads = 1;
+                const double t_fc = time_it(run_fused, &b, reps, 1);
+                printf("%-9s %5s %3s %10.1f %10s %10s %8s %8s %10s %10.1f %7.2fx  (cold)\n",
+                       per_block ? "per-block" : "shared", "1", "1", t_fc * 1e6, "", "", "", "",
+                       "", t_read_cold * 1e6, t_fc / t_read_cold);
+            }
+            free(b.work_fused);
+            free(b.work_plan);
+        }
+        dq__online_free(on);
+        dq_plan_free(plan);
+    }
+    free(zeros);
+    free(scales);
+    free(codes);
+    free(xt);
+    free(x);
+    return 0;
+}

@@ -1,0 +1,518 @@
+/* Fused online transform + per-token quantization (see dq_online.h): compiling a plan into
+ * stages, the tile driver, its thread split and the portable block product. */
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "dq_gemm_simd.h"
+#include "dq_online.h"
+#include "dq_threads.h"
+#include "dq_transform.h"
+
+/* Bytes of one of a worker's two float tile buffers: two of them plus the matrices being
+ * read stay within a 1 MiB L2. */
+#define TILE_BUF_BYTES ((size_t)288 << 10)
+/* Row tile of the widest kernel: tiles are a multiple of it when they hold that many rows. */
+#define TILE_ROW_MULT 6
+#define TILE_MAX_ROWS 96
+
+/* One block-diagonal product: block b (columns [b * bs, b * bs + len)) is multiplied by
+ * mat[b]; its input element k is in[gather[b * bs + k]] when gather is set. */
+typedef struct stage {
+    int32_t bs;
+    int64_t n_blocks;
+    int64_t n_shared; /* leading blocks that share one matrix (1: none share) */
+    const float **mat;
+    const int32_t *gather;
+} stage;
+
+struct dq__online {
+    dq_context ctx;
+    int64_t cols;
+    int32_t n_stages;
+    stage *stages;
+    const float *div;            /* smoothing factors the tile is divided by, or NULL */
+    const int32_t *final_gather; /* permutation read through by the quantizer, or NULL */
+    int64_t tile_rows;
+    int64_t buf_ld;              /* floats per tile-buffer row */
+    /* owned storage */
+    const float **mat_ptrs;
+    int32_t *gathers;
+    float *folded;
+    float *smooth;
+};
+
+void dq__online_free(dq__online *on)
+{
+    if (!on)
+        return;
+    dq_context c = on->ctx;
+    dq__free(&c, on->stages);
+    dq__free(&c, (void *)on->mat_ptrs);
+    dq__free(&c, on->gathers);
+    dq__free(&c, on->folded);
+    dq__free(&c, on->smooth);
+    dq__free(&c, on);
+}
+
+int64_t dq__online_tile_rows(const dq__online *on)
+{
+    return on->tile_rows;
+}
+
+/* Tokens per tile for buffer rows of buf_ld floats. */
+static int64_t tile_rows_for(int64_t buf_ld)
+{
+    int64_t t = (int64_t)(TILE_BUF_BYTES / ((size_t)buf_ld * sizeof(float)));
+    if (t > TILE_MAX_ROWS)
+        t = TILE_MAX_ROWS;
+    if (t >= TILE_ROW_MULT)
+        t -= t % TILE_ROW_MULT;
+    return t < 1 ? 1 : t;
+}
+
+static bool is_identity(const int64_t *p, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++)
+        if (p[j] != j)
+            return false;
+    return true;
+}
+
+/* Rotation slots of the plan that are not the identity. */
+static dq_status count_stages(const dq_plan *plan, int32_t n_rot, int32_t *n_stages,
+                              int64_t *n_mat_ptrs)
+{
+    *n_stages = 0;
+    *n_mat_ptrs = 0;
+    for (int32_t i = 0; i < n_rot; i++) {
+        const dq_rotation *r;
+        dq_status st = dq_plan_rotation(plan, i, &r);
+        if (st != DQ_OK)
+            return st;
+        if (r) {
+            (*n_stages)++;
+            *n_mat_ptrs += r->n_blocks;
+        }
+    }
+    return DQ_OK;
+}
+
+/* Scales row k of every first-stage matrix by 1 / s of the channel that row multiplies, into
+ * a copy the size of the rotation's own data (one matrix per block). */
+static dq_status fold_smoothing(dq__online *on, const dq_rotation *r, const float *s)
+{
+    stage *st0 = &on->stages[0];
+    size_t total = 0;
+    for (int64_t b = 0; b < st0->n_blocks; b++) {
+        const size_t n = (size_t)dq__block_len(on->cols, st0->bs, b);
+        total += n * n;
+    }
+    on->folded = dq__alloc(&on->ctx, total * sizeof(float));
+    if (!on->folded)
+        return DQ_ERR_NOMEM;
+    size_t off = 0;
+    for (int64_t b = 0; b < st0->n_blocks; b++) {
+        const int32_t n = dq__block_len(on->cols, st0->bs, b);
+        const float *src = r->data + r->mat_offset[r->mat_of_block[b]];
+        float *dst = on->folded + off;
+        for (int32_t k = 0; k < n; k++) {
+            const int64_t ch = (int64_t)b * st0->bs + k;
+            /* Divide, as the unfused route divides the activations. */
+            const float sk = s[st0->gather ? st0->gather[ch] : ch];
+            const size_t row = (size_t)k * (size_t)n;
+            for (int32_t c = 0; c < n; c++)
+                dst[row + (size_t)c] = src[row + (size_t)c] / sk;
+        }
+        st0->mat[b] = dst;
+        off += (size_t)n * (size_t)n;
+        st0->n_shared = 1; /* one matrix per block now */
+    }
+    return DQ_OK;
+}
+
+dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__online **out)
+{
+    *out = NULL;
+    ctx = dq__ctx(ctx);
+    int64_t cols;
+    int32_t has_smooth, n_rot;
+    dq_status st = dq_plan_width(plan, &cols);
+    if (st == DQ_OK)
+        st = dq_plan_layout(plan, &has_smooth, &n_rot);
+    if (st != DQ_OK)
+        return st;
+    if (cols > INT32_MAX || (uint64_t)cols > SIZE_MAX / 64)
+        return DQ_ERR_UNSUPPORTED;
+    int32_t n_stages;
+    int64_t n_ptrs;
+    if ((st = count_stages(plan, n_rot, &n_stages, &n_ptrs)) != DQ_OK)
+        return st;
+
+    dq__online *on = dq__calloc(ctx, 1, sizeof *on);
+    if (!on)
+        return DQ_ERR_NOMEM;
+    on->ctx = *ctx; /* first: dq__online_free frees through it */
+    int64_t *perm = dq__alloc(ctx, (size_t)cols * sizeof(int64_t));
+    int32_t *pend = dq__alloc(ctx, (size_t)cols * sizeof(int32_t));
+    st = DQ_ERR_NOMEM;
+    if (!perm || !pend)
+        goto out;
+    on->cols = cols;
+    on->n_stages = n_stages;
+    on->buf_ld = (cols + 15) / 16 * 16 + 16; /* whole cache lines, rows off the 4 KiB stride */
+    on->tile_rows = tile_rows_for(on->buf_ld);
+    /* One gather per stage and one final at most. */
+    size_t n_gather = ((size_t)n_stages + 1) * (size_t)cols;
+    if (n_stages > 0) {
+        on->stages = dq__calloc(ctx, (size_t)n_stages, sizeof *on->stages);
+        on->mat_ptrs = dq__calloc(ctx, (size_t)n_ptrs, sizeof *on->mat_ptrs);
+        if (!on->stages || !on->mat_ptrs)
+            goto out;
+    }
+    on->gathers = dq__alloc(ctx, n_gather * sizeof(int32_t));
+    if (!on->gathers)
+        goto out;
+
+    bool pending = false;
+    int32_t s = 0;
+    int64_t ptr = 0;
+    size_t gslot = 0;
+    const dq_rotation *first = NULL;
+    for (int32_t i = 0; i < n_rot; i++) {
+        const dq_rotation *r;
+        if ((st = dq_plan_rotation(plan, i, &r)) != DQ_OK)
+            goto out;
+        if (r) {
+            stage *sg = &on->stages[s++];
+            sg->bs = r->block_size;
+            sg->n_blocks = r->n_blocks;
+            sg->mat = on->mat_ptrs + ptr;
+            for (int64_t b = 0; b < r->n_blocks; b++)
+                sg->mat[b] = r->data + r->mat_offset[r->mat_of_block[b]];
+            sg->n_shared = 1;
+            while (sg->n_shared < r->n_blocks &&
+                   r->mat_of_block[sg->n_shared] == r->mat_of_block[0] &&
+                   dq__block_len(cols, r->block_size, sg->n_shared) == r->block_size)
+                sg->n_shared++;
+            ptr += r->n_blocks;
+            if (pending) {
+                int32_t *g = on->gathers + gslot;
+                memcpy(g, pend, (size_t)cols * sizeof(int32_t));
+                sg->gather = g;
+                gslot += (size_t)cols;
+            }
+            pending = false;
+            if (!first)
+                first = r;
+        }
+        if (i + 1 < n_rot) {
+            if ((st = dq_plan_permutation(plan, i, perm, cols)) != DQ_OK)
+                goto out;
+            if (!is_identity(perm, cols)) {
+                /* v'[j] = v[perm[j]] and v[j] = buf[pend[j]]: v'[j] = buf[pend[perm[j]]]. */
+                int32_t *tmp = on->gathers + gslot; /* free slot as scratch */
+                for (int64_t j = 0; j < cols; j++)
+                    tmp[j] = pending ? pend[perm[j]] : (int32_t)perm[j];
+                memcpy(pend, tmp, (size_t)cols * sizeof(int32_t));
+                pending = true;
+            }
+        }
+    }
+    if (pending) {
+        int32_t *g = on->gathers + gslot;
+        memcpy(g, pend, (size_t)cols * sizeof(int32_t));
+        on->final_gather = g;
+    }
+    if (has_smooth) {
+        on->smooth = dq__alloc(ctx, (size_t)cols * sizeof(float));
+        st = DQ_ERR_NOMEM;
+        if (!on->smooth)
+            goto out;
+        if ((st = dq_plan_smooth_scales(plan, on->smooth, cols)) != DQ_OK)
+            goto out;
+        if (first && first->n_mats == first->n_blocks) {
+            if ((st = fold_smoothing(on, first, on->smooth)) != DQ_OK)
+                goto out;
+            dq__free(ctx, on->smooth);
+            on->smooth = NULL;
+        } else {
+            on->div = on->smooth;
+        }
+    }
+    st = DQ_OK;
+out:
+    dq__free(ctx, perm);
+    dq__free(ctx, pend);
+    if (st != DQ_OK) {
+        dq__online_free(on);
+        return st;
+    }
+    *out = on;
+    return DQ_OK;
+}
+
+/* ---- workspace and thread split ---- */
+
+static size_t buf_bytes(const dq__online *on, int64_t tile)
+{
+    size_t b = (size_t)tile * (size_t)on->buf_ld * sizeof(float);
+    return (b + DQ_ALIGN - 1) / DQ_ALIGN * DQ_ALIGN;
+}
+
+/* Tokens per tile for a call: at most the cache-sized tile, and small enough that every
+ * thread gets one (never larger for fewer rows, so neither is the workspace). */
+static int64_t tile_of(const dq__online *on, int64_t rows, int32_t n_threads)
+{
+    const int64_t most = dq__threads_resolve(n_threads, INT64_MAX);
+    const int64_t even = (rows + most - 1) / most;
+    return even < on->tile_rows ? even : on->tile_rows;
+}
+
+/* The tile a call runs: no larger than tile_of, and the tile count a multiple of the thread
+ * count where possible, so that the threads finish together. */
+static int64_t tile_balanced(const dq__online *on, int64_t rows, int32_t n_threads)
+{
+    const int64_t most = dq__threads_resolve(n_threads, INT64_MAX);
+    const int64_t cap = tile_of(on, rows, n_threads);
+    const int64_t tiles = ((rows + cap - 1) / cap + most - 1) / most * most;
+    return (rows + tiles - 1) / tiles;
+}
+
+static int32_t workers_for(const dq__online *on, int64_t rows, int32_t n_threads)
+{
+    const int64_t t = tile_of(on, rows, n_threads);
+    return dq__threads_resolve(n_threads, (rows + t - 1) / t);
+}
+
+bool dq__online_workspace(const dq__online *on, int64_t rows, int32_t n_threads, size_t *bytes)
+{
+    *bytes = 0;
+    if (rows <= 0)
+        return true;
+    const int64_t t = tile_of(on, rows, n_threads);
+    size_t per;
+    if ((uint64_t)t > SIZE_MAX / 2 / (size_t)on->buf_ld / sizeof(float))
+        return false;
+    per = 2 * buf_bytes(on, t);
+    return dq__mul_size(per, (size_t)workers_for(on, rows, n_threads), bytes);
+}
+
+/* ---- running ---- */
+
+void dq__online_block_portable(const float *in, int64_t ldi, const int32_t *idx,
+                               int64_t idx_ld, int64_t rows, const float *m, int32_t n,
+                               float *out, int64_t ldo)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = in + (size_t)r * (size_t)ldi;
+        const int32_t *ri = idx ? idx + (size_t)r * (size_t)idx_ld : NULL;
+        float *o = out + (size_t)r * (size_t)ldo;
+        for (int32_t j = 0; j < n; j++)
+            o[j] = 0.0f;
+        for (int32_t k = 0; k < n; k++) {
+            const float ak = a[ri ? ri[k] : k];
+            const float *mk = m + (size_t)k * (size_t)n;
+            for (int32_t j = 0; j < n; j++)
+                o[j] = fmaf(ak, mk[j], o[j]);
+        }
+    }
+}
+
+void dq__online_divide_portable(const float *in, int64_t ldi, const float *s, int64_t rows,
+                                int64_t cols, float *out, int64_t ldo)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = in + (size_t)r * (size_t)ldi;
+        float *o = out + (size_t)r * (size_t)ldo;
+        for (int64_t c = 0; c < cols; c++)
+            o[c] = a[c] / s[c];
+    }
+}
+
+typedef struct kernels {
+    dq__online_block_fn *block;
+    dq__online_divide_fn *divide;
+    dq__quantize_fn *quant;
+} kernels;
+
+static kernels kernels_for(int32_t isa)
+{
+    kernels k = {dq__online_block_portable, dq__online_divide_portable, dq__quantize_tokens_ref};
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (!__builtin_cpu_supports("fma"))
+        return k;
+#endif
+    if (isa == DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa)) {
+        k.block = dq__online_block_avx512;
+        k.divide = dq__online_divide_avx512;
+        k.quant = dq__quantize_tokens_avx512;
+    } else if (isa >= DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(DQ_GEMM_ISA_AVX2)) {
+        k.block = dq__online_block_avx2;
+        k.divide = dq__online_divide_avx2;
+        k.quant = dq__quantize_tokens_avx2;
+    }
+    return k;
+}
+
+typedef struct job {
+    const dq__online *on;
+    kernels k;
+    const float *x;
+    int64_t rows, ldx;
+    int32_t bits, scheme;
+    float clip;
+    uint8_t *codes;
+    int64_t code_ld;
+    float *scales;
+    int32_t *zeros;
+    float *y; /* transform only when set */
+    int64_t ldy;
+    uint8_t *work;
+    size_t per_worker;
+    int64_t tile;
+    atomic_llong next; /* next tile to take */
+} job;
+
+/* Tokens [t0, t0 + tt) through every stage, then quantized (or stored to y). */
+static void run_tile(const job *j, int64_t t0, int64_t tt, float *buf0, float *buf1)
+{
+    const dq__online *on = j->on;
+    const int64_t cols = on->cols, ld = on->buf_ld;
+    float *bufs[2] = {buf0, buf1};
+    int next = 0;
+    float *yt = j->y ? j->y + (size_t)t0 * (size_t)j->ldy : NULL;
+    const float *src = j->x + (size_t)t0 * (size_t)j->ldx;
+    int64_t lds = j->ldx;
+    if (on->div) {
+        j->k.divide(src, lds, on->div, tt, cols, buf0, ld);
+        src = buf0;
+        lds = ld;
+        next = 1;
+    }
+    for (int32_t s = 0; s < on->n_stages; s++) {
+        const stage *sg = &on->stages[s];
+        float *dst;
+        int64_t ldd;
+        if (yt && s + 1 == on->n_stages && !on->final_gather) {
+            dst = yt;
+            ldd = j->ldy;
+        } else {
+            dst = bufs[next];
+            ldd = ld;
+            next ^= 1;
+        }
+        int64_t b = 0;
+        if (sg->n_shared > 1 && tt < TILE_ROW_MULT) {
+            /* Too few tokens to fill a register tile: the blocks of each token, which share
+             * the matrix, are its rows instead. */
+            for (int64_t r = 0; r < tt; r++) {
+                const float *a = src + (size_t)r * (size_t)lds;
+                float *o = dst + (size_t)r * (size_t)ldd;
+                if (sg->gather)
+                    j->k.block(a, 0, sg->gather, sg->bs, sg->n_shared, sg->mat[0], sg->bs, o,
+                               sg->bs);
+                else
+                    j->k.block(a, sg->bs, NULL, 0, sg->n_shared, sg->mat[0], sg->bs, o, sg->bs);
+            }
+            b = sg->n_shared;
+        }
+        for (; b < sg->n_blocks; b++) {
+            const size_t c0 = (size_t)b * (size_t)sg->bs;
+            const int32_t n = dq__block_len(cols, sg->bs, b);
+            if (sg->gather)
+                j->k.block(src, lds, sg->gather + c0, 0, tt, sg->mat[b], n, dst + c0, ldd);
+            else
+                j->k.block(src + c0, lds, NULL, 0, tt, sg->mat[b], n, dst + c0, ldd);
+        }
+        src = dst;
+        lds = ldd;
+    }
+    if (on->final_gather) {
+        float *dst = yt ? yt : bufs[next];
+        const int64_t ldd = yt ? j->ldy : ld;
+        for (int64_t r = 0; r < tt; r++) {
+            const float *a = src + (size_t)r * (size_t)lds;
+            float *o = dst + (size_t)r * (size_t)ldd;
+            for (int64_t c = 0; c < cols; c++)
+                o[c] = a[on->final_gather[c]];
+        }
+        src = dst;
+        lds = ldd;
+    }
+    if (yt) {
+        if (src != yt)
+            for (int64_t r = 0; r < tt; r++)
+                memcpy(yt + (size_t)r * (size_t)j->ldy, src + (size_t)r * (size_t)lds,
+                       (size_t)cols * sizeof(float));
+        return;
+    }
+    j->k.quant(src, tt, cols, lds, j->bits, j->scheme, j->clip,
+               j->codes + (size_t)t0 * (size_t)j->code_ld, j->code_ld, j->scales + t0,
+               j->zeros + t0);
+}
+
+/* Workers take tiles one at a time, so that a core busy with other work slows only its own
+ * share; the bits never depend on who computes a tile. */
+static void run_part(void *arg, int32_t w, int32_t n)
+{
+    job *j = arg;
+    (void)n;
+    const int64_t tiles = (j->rows + j->tile - 1) / j->tile;
+    uint8_t *mine = j->work + (size_t)w * j->per_worker;
+    float *buf0 = (float *)(void *)mine;
+    float *buf1 = (float *)(void *)(mine + j->per_worker / 2);
+    for (;;) {
+        const int64_t t = (int64_t)atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (t >= tiles)
+            break;
+        const int64_t t0 = t * j->tile;
+        const int64_t tt = j->rows - t0 < j->tile ? j->rows - t0 : j->tile;
+        run_tile(j, t0, tt, buf0, buf1);
+    }
+}
+
+void dq__online_run_isa(int32_t isa, const dq__online *on, const float *x, int64_t rows,
+                        int64_t ldx, int32_t bits, int32_t scheme, float clip, uint8_t *codes,
+                        int64_t code_ld, float *scales, int32_t *zeros, float *y, int64_t ldy,
+                        void *work, int32_t n_threads)
+{
+    if (rows <= 0)
+        return;
+    const int64_t tile = tile_balanced(on, rows, n_threads);
+    job j = {.on = on,
+             .k = kernels_for(isa),
+             .x = x,
+             .rows = rows,
+             .ldx = ldx,
+             .bits = bits,
+             .scheme = scheme,
+             .clip = clip,
+             .codes = codes,
+             .code_ld = code_ld,
+             .scales = scales,
+             .zeros = zeros,
+             .y = y,
+             .ldy = ldy,
+             .work = work,
+             .per_worker = 2 * buf_bytes(on, tile_of(on, rows, n_threads)),
+             .tile = tile};
+    atomic_init(&j.next, 0);
+    dq__parallel_run(workers_for(on, rows, n_threads), run_part, &j);
+}
+
+void dq__online_quantize(const dq__online *on, const float *x, int64_t rows, int64_t ldx,
+                         int32_t bits, int32_t scheme, float clip, uint8_t *codes,
+                         int64_t code_ld, float *scales, int32_t *zeros, void *work,
+                         int32_t n_threads)
+{
+    dq__online_run_isa(dq__gemm_isa_best(), on, x, rows, ldx, bits, scheme, clip, codes,
+                       code_ld, scales, zeros, NULL, 0, work, n_threads);
+}
+
+void dq__online_transform(const dq__online *on, const float *x, int64_t rows, int64_t ldx,
+                          float *y, int64_t ldy, void *work, int32_t n_threads)
+{
+    dq__online_run_isa(dq__gemm_isa_best(), on, x, rows, ldx, 4, DQ_QUANT_ASYM, 1.0f, NULL, 0,
+                       NULL, NULL, y, ldy, work, n_threads);
+}
