@@ -43,13 +43,17 @@ void bench_seed(uint64_t seed)
     rng_state = seed;
 }
 
-double bench_uniform(void)
+uint64_t bench_rand64(void)
 {
     uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return z ^ (z >> 31);
+}
+
+double bench_uniform(void)
+{
+    return ((double)(bench_rand64() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
 void bench_fill_outliers(float *x, int64_t t, int64_t c)

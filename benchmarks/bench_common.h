@@ -15,8 +15,10 @@ double bench_cpu_now(void);
 /* Median of v[0..n), n >= 1; sorts v. */
 double bench_median(double *v, int n);
 
-/* Uniform in (0, 1) from a splitmix64 stream; bench_seed restarts the stream (default 12345). */
+/* A splitmix64 stream: 64 random bits, or uniform in (0, 1); bench_seed restarts the stream
+ * (default 12345). */
 void bench_seed(uint64_t seed);
+uint64_t bench_rand64(void);
 double bench_uniform(void);
 
 /* t x c activations shaped like an LLM layer input: Laplace noise, every 97th channel from 7

@@ -17,15 +17,6 @@
 #include "dq_gemm_simd.h"
 #include "dq_threads.h"
 
-static uint64_t rng_state = 2024;
-static uint64_t rng(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Read-sum over n bytes (a multiple of 64 is read), wide loads so that memory, not the adds,
  * limits it. */
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -149,13 +140,13 @@ static dq__wprep *make_weights(int64_t rows, int64_t cols, int64_t group)
     w->code_sums = calloc((size_t)(rows * w->groups), sizeof(int32_t));
     for (int64_t i = 0; i < rows; i++) {
         for (int64_t j = 0; j < cols; j++) {
-            int8_t c = (int8_t)((int)(rng() % 16) - 8);
+            int8_t c = (int8_t)((int)(bench_rand64() % 16) - 8);
             w->codes[i * w->code_ld + j] = c;
             w->code_sums[i * w->groups + j / w->group_len] += c;
         }
         for (int64_t g = 0; g < w->groups; g++) {
-            w->scales[i * w->groups + g] = 0.01f + 0.001f * (float)(rng() % 100);
-            w->zeros[i * w->groups + g] = (int32_t)(rng() % 16) - 8;
+            w->scales[i * w->groups + g] = 0.01f + 0.001f * (float)(bench_rand64() % 100);
+            w->zeros[i * w->groups + g] = (int32_t)(bench_rand64() % 16) - 8;
         }
     }
     dq__gemm_prepare(w);
@@ -182,10 +173,10 @@ int main(int argc, char **argv)
     float *sx = malloc((size_t)max_t * sizeof *sx);
     int32_t *zx = malloc((size_t)max_t * sizeof *zx);
     for (int64_t i = 0; i < max_t * cols; i++)
-        codes[i] = (uint8_t)(rng() % 16);
+        codes[i] = (uint8_t)(bench_rand64() % 16);
     for (int64_t i = 0; i < max_t; i++) {
-        sx[i] = 0.02f + 0.001f * (float)(rng() % 50);
-        zx[i] = (int32_t)(rng() % 16);
+        sx[i] = 0.02f + 0.001f * (float)(bench_rand64() % 50);
+        zx[i] = (int32_t)(bench_rand64() % 16);
     }
     float *y = malloc((size_t)(max_t * rows) * sizeof *y);
     float *xf = malloc((size_t)(max_t * cols) * sizeof *xf);

@@ -24,21 +24,12 @@
 #include "dq_threads.h"
 #include "dq_transform.h"
 
-static uint64_t rng_state = 4096;
-static double uniform(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
-}
-
 /* Laplace activations with a few outlier channels, as LLM layers see them. */
 static void fill(float *x, int64_t rows, int64_t cols)
 {
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < cols; j++) {
-            double u = uniform() - 0.5;
+            double u = bench_uniform() - 0.5;
             double v = (u < 0 ? 1.0 : -1.0) * log(1.0 - 2.0 * fabs(u) + 1e-300);
             x[i * cols + j] = (float)(j % 97 == 3 ? 40.0 * v : v);
         }
@@ -168,7 +159,7 @@ static dq_plan *make_plan(int64_t cols, int32_t block, bool per_block)
     float *w_absmax = malloc((size_t)cols * sizeof(float));
     fill(sample, rows, cols);
     for (int64_t j = 0; j < cols; j++)
-        w_absmax[j] = (float)(0.05 + uniform());
+        w_absmax[j] = (float)(0.05 + bench_uniform());
     dq_plan_params pp;
     dq_plan_params_init(&pp, sizeof pp);
     pp.flags = DQ_PLAN_F_DEFAULT | (per_block ? DQ_PLAN_F_PER_BLOCK_R : 0u);
