@@ -1,6 +1,6 @@
 #!/bin/bash
 # Compares the built shared library with the committed ABI baseline. Allowed: added symbols and
-# members appended to params structs (abi/duquant.abignore). Anything else fails.
+# members appended to params structs (abi/libduquant.abignore). Anything else fails.
 # usage: abi-check.sh LIB BASELINE SUPPRESSIONS INCLUDE_DIR GENERATED_INCLUDE_DIR
 set -uo pipefail
 lib=$1 baseline=$2 supp=$3 inc=$4 geninc=$5
