@@ -90,3 +90,20 @@ void bench_evict_caches(void)
     }
     bench_sink = s;
 }
+
+double bench_time(void (*fn)(void *arg), void *arg, int reps, int cold)
+{
+    double t[64];
+    if (reps > 64)
+        reps = 64;
+    if (!cold)
+        fn(arg);
+    for (int r = 0; r < reps; r++) {
+        if (cold)
+            bench_evict_caches();
+        double t0 = bench_now();
+        fn(arg);
+        t[r] = bench_now() - t0;
+    }
+    return bench_median(t, reps);
+}

@@ -15,6 +15,10 @@ double bench_cpu_now(void);
 /* Median of v[0..n), n >= 1; sorts v. */
 double bench_median(double *v, int n);
 
+/* Median seconds of reps (1..64) runs of fn(arg). Warm: after one untimed run; cold: the
+ * caches evicted before each run (bench_evict_caches), no untimed run. */
+double bench_time(void (*fn)(void *arg), void *arg, int reps, int cold);
+
 /* A splitmix64 stream: 64 random bits, or uniform in (0, 1); bench_seed restarts the stream
  * (default 12345). */
 void bench_seed(uint64_t seed);

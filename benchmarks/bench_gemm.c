@@ -14,63 +14,9 @@
 #include <time.h>
 
 #include "bench_common.h"
+#include "bench_kernels.h"
 #include "dq_gemm_simd.h"
 #include "dq_threads.h"
-
-/* Read-sum over n bytes (a multiple of 64 is read), wide loads so that memory, not the adds,
- * limits it. */
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-__attribute__((target("avx2"))) static uint64_t read_sum_avx2(const uint64_t *p, size_t n)
-{
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i + 16 <= n / 8; i += 16) {
-        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
-        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256((const __m256i *)(p + i + 4)));
-        a2 = _mm256_add_epi64(a2, _mm256_loadu_si256((const __m256i *)(p + i + 8)));
-        a3 = _mm256_add_epi64(a3, _mm256_loadu_si256((const __m256i *)(p + i + 12)));
-    }
-    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
-    uint64_t v[4];
-    _mm256_storeu_si256((__m256i *)v, a0);
-    return v[0] + v[1] + v[2] + v[3];
-}
-#endif
-static uint64_t read_sum(const uint64_t *p, size_t n)
-{
-#if defined(__GNUC__) && defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2"))
-        return read_sum_avx2(p, n);
-#endif
-    uint64_t a[8] = {0};
-    for (size_t i = 0; i + 8 <= n / 8; i += 8)
-        for (int k = 0; k < 8; k++)
-            a[k] += p[i + k];
-    return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
-}
-
-/* The same read split over threads, as the kernels split the weights. */
-typedef struct read_job {
-    const uint64_t *p;
-    size_t n;
-    uint64_t sums[64];
-} read_job;
-static void read_part(void *arg, int32_t w, int32_t n)
-{
-    read_job *j = arg;
-    int64_t b, e;
-    dq__split((int64_t)(j->n / 64), w, n, &b, &e);
-    j->sums[w] = read_sum(j->p + b * 8, (size_t)(e - b) * 64);
-}
-static uint64_t read_threads(const uint64_t *p, size_t n, int32_t threads)
-{
-    read_job j = {.p = p, .n = n};
-    dq__parallel_run(threads, read_part, &j);
-    uint64_t s = 0;
-    for (int32_t w = 0; w < threads; w++)
-        s += j.sums[w];
-    return s;
-}
 
 typedef struct setup {
     dq__wprep *w;
@@ -81,76 +27,27 @@ typedef struct setup {
 
 static int32_t isa_arg;
 static int32_t threads_arg;
-static void run_kernel(setup *s)
+static void run_kernel(void *arg)
 {
+    const setup *s = arg;
     dq__gemm_w_a_isa(isa_arg, s->w, &s->a, NULL, s->y, s->w->rows, threads_arg);
 }
-static void run_ref(setup *s)
+/* The weights' bytes streamed once, the floor for GEMV. */
+typedef struct read_setup {
+    const void *buf;
+    size_t bytes;
+    int32_t threads;
+} read_setup;
+static void run_read(void *arg)
 {
+    const read_setup *r = arg;
+    bench_sink += bench_stream_read(r->buf, r->bytes, r->threads);
+}
+
+static void run_ref(void *arg)
+{
+    const setup *s = arg;
     dq__gemm_w_a_ref(s->w, &s->a, NULL, s->y, s->w->rows);
-}
-
-/* Median seconds of reps runs, caches warm (cold: evicted before each run). */
-static double time_it(void (*fn)(setup *), setup *s, int reps, int cold)
-{
-    double t[64];
-    if (reps > 64)
-        reps = 64;
-    if (!cold)
-        fn(s);
-    for (int r = 0; r < reps; r++) {
-        if (cold)
-            bench_evict_caches();
-        double t0 = bench_now();
-        fn(s);
-        t[r] = bench_now() - t0;
-    }
-    return bench_median(t, reps);
-}
-
-static double time_read(const uint64_t *buf, size_t bytes, int32_t threads, int reps, int cold)
-{
-    double t[64];
-    if (reps > 64)
-        reps = 64;
-    bench_sink = read_threads(buf, bytes, threads);
-    for (int r = 0; r < reps; r++) {
-        if (cold)
-            bench_evict_caches();
-        double t0 = bench_now();
-        bench_sink = read_threads(buf, bytes, threads);
-        t[r] = bench_now() - t0;
-    }
-    return bench_median(t, reps);
-}
-
-static dq__wprep *make_weights(int64_t rows, int64_t cols, int64_t group)
-{
-    dq__wprep *w = calloc(1, sizeof *w);
-    w->ctx = dq__default_context;
-    w->rows = rows;
-    w->cols = cols;
-    w->bits = 4;
-    w->group_len = group <= 0 || group > cols ? cols : group;
-    w->groups = (cols + w->group_len - 1) / w->group_len;
-    w->code_ld = (cols + 63) / 64 * 64;
-    w->codes = calloc((size_t)(rows * w->code_ld), 1);
-    w->scales = malloc((size_t)(rows * w->groups) * sizeof(float));
-    w->zeros = malloc((size_t)(rows * w->groups) * sizeof(int32_t));
-    w->code_sums = calloc((size_t)(rows * w->groups), sizeof(int32_t));
-    for (int64_t i = 0; i < rows; i++) {
-        for (int64_t j = 0; j < cols; j++) {
-            int8_t c = (int8_t)((int)(bench_rand64() % 16) - 8);
-            w->codes[i * w->code_ld + j] = c;
-            w->code_sums[i * w->groups + j / w->group_len] += c;
-        }
-        for (int64_t g = 0; g < w->groups; g++) {
-            w->scales[i * w->groups + g] = 0.01f + 0.001f * (float)(bench_rand64() % 100);
-            w->zeros[i * w->groups + g] = (int32_t)(bench_rand64() % 16) - 8;
-        }
-    }
-    dq__gemm_prepare(w);
-    return w;
 }
 
 int main(int argc, char **argv)
@@ -164,7 +61,7 @@ int main(int argc, char **argv)
     }
     const int64_t tokens[] = {1, 32, 2048};
     const int64_t max_t = 2048;
-    dq__wprep *w = make_weights(rows, cols, group);
+    dq__wprep *w = bench_random_weights(rows, cols, group);
     if (!w->kernel) {
         fprintf(stderr, "no SIMD kernel on this CPU: nothing to compare\n");
         return 77;
@@ -207,13 +104,14 @@ int main(int argc, char **argv)
         printf("\nGEMV (T=1), %s caches, weights %.2f MiB:\n", cold ? "cold" : "warm",
                (double)wbytes / 1048576.0);
         for (int32_t th = 1; th <= 2; th++) {
-            double tr = time_read(stream, wbytes, th, reps, cold);
+            read_setup rs = {stream, wbytes, th};
+            double tr = bench_time(run_read, &rs, reps, cold);
             printf("  read-sum %d thr: %8.1f us  %.1f GB/s\n", th, tr * 1e6,
                    (double)wbytes / tr * 1e-9);
             for (int32_t isa = DQ_GEMM_ISA_AVX2; isa <= best; isa++) {
                 isa_arg = isa;
                 threads_arg = th;
-                double t = time_it(run_kernel, &s, reps, cold);
+                double t = bench_time(run_kernel, &s, reps, cold);
                 printf("  %-8s %d thr: %8.1f us  %.2fx stream time\n", names[isa], th, t * 1e6,
                        t / tr);
             }
@@ -229,7 +127,7 @@ int main(int argc, char **argv)
         /* The portable kernel is slow: timed on at most 32 tokens and scaled per token. */
         const int64_t tref = t < 32 ? t : 32;
         setup sr = {w, {tref, cols, cols, codes, sx, zx}, y, reps};
-        const double t_ref = time_it(run_ref, &sr, reps < 3 ? reps : 3, 0) * (double)t /
+        const double t_ref = bench_time(run_ref, &sr, reps < 3 ? reps : 3, 0) * (double)t /
                              (double)tref;
         double tb[64];
         for (int r = 0; r < reps; r++) {
@@ -246,7 +144,7 @@ int main(int argc, char **argv)
             for (int32_t th = 1; th <= 2; th++) {
                 isa_arg = isa;
                 threads_arg = th;
-                double tk = time_it(run_kernel, &s, reps, 0);
+                double tk = bench_time(run_kernel, &s, reps, 0);
                 printf("%6lld %-8s %3d %11.3f %9.1f %10.1fx %10.2fx\n", (long long)t, names[isa],
                        th, tk * 1e3, ops / tk * 1e-9, t_ref / tk, t_blas / tk);
             }

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "bench_common.h"
+#include "bench_kernels.h"
 #include "dq_gemm.h"
 #include "dq_online.h"
 #include "dq_threads.h"
@@ -33,40 +34,6 @@ static void fill(float *x, int64_t rows, int64_t cols)
             double v = (u < 0 ? 1.0 : -1.0) * log(1.0 - 2.0 * fabs(u) + 1e-300);
             x[i * cols + j] = (float)(j % 97 == 3 ? 40.0 * v : v);
         }
-}
-
-/* Read-sum over n floats with wide loads, so that memory, not the adds, limits it. */
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-__attribute__((target("avx2"))) static float read_sum_avx2(const float *p, size_t n)
-{
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
-    }
-    a0 = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    float v[8];
-    _mm256_storeu_ps(v, a0);
-    float s = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
-    for (; i < n; i++)
-        s += p[i];
-    return s;
-}
-#endif
-static float read_sum(const float *p, size_t n)
-{
-#if defined(__GNUC__) && defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2"))
-        return read_sum_avx2(p, n);
-#endif
-    float s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += p[i];
-    return s;
 }
 
 /* Everything one measurement needs. */
@@ -85,14 +52,16 @@ typedef struct bench {
     size_t plan_bytes;
 } bench;
 
-static void run_fused(bench *b)
+static void run_fused(void *arg)
 {
+    bench *b = arg;
     dq__online_quantize(b->on, b->x, b->rows, b->cols, 4, DQ_QUANT_ASYM, 1.0f, b->codes, b->cols,
                         b->scales, b->zeros, b->work_fused, b->threads);
 }
 
-static void run_unfused(bench *b)
+static void run_unfused(void *arg)
 {
+    bench *b = arg;
     if (dq_plan_apply_act_to(b->plan, b->x, b->rows, b->cols, b->cols, b->xt, b->cols,
                              b->work_plan, b->plan_bytes) != DQ_OK)
         abort();
@@ -102,8 +71,9 @@ static void run_unfused(bench *b)
 
 /* The two block products alone: x -> xt -> a second buffer, no smoothing, permutation or
  * quantization. */
-static void run_sgemm(bench *b)
+static void run_sgemm(void *arg)
 {
+    bench *b = arg;
     const float *in = b->x;
     float *out = b->xt, *other = (float *)b->work_plan;
     for (int s = 0; s < 2; s++) {
@@ -125,31 +95,15 @@ static void run_sgemm(bench *b)
     }
 }
 
-static void run_read(bench *b)
+static void run_read(void *arg)
 {
-    float s = 0;
+    bench *b = arg;
     for (int i = 0; i < 2; i++) {
         const dq_rotation *r = b->rot[i];
         const size_t n = r->mat_offset[r->n_mats - 1] +
                          (size_t)r->mat_size[r->n_mats - 1] * (size_t)r->mat_size[r->n_mats - 1];
-        s += read_sum(r->data, n);
+        bench_sink += bench_stream_read(r->data, n * sizeof(float), 1);
     }
-    bench_sink = (uint64_t)s;
-}
-
-static double time_it(void (*fn)(bench *), bench *b, int reps, int cold)
-{
-    double t[64];
-    if (!cold)
-        fn(b);
-    for (int r = 0; r < reps; r++) {
-        if (cold)
-            bench_evict_caches();
-        double t0 = bench_now();
-        fn(b);
-        t[r] = bench_now() - t0;
-    }
-    return bench_median(t, reps);
 }
 
 static dq_plan *make_plan(int64_t cols, int32_t block, bool per_block)
@@ -230,16 +184,16 @@ int main(int argc, char **argv)
                             ? b.plan_bytes
                             : (size_t)(t * cols) * sizeof(float);
             b.work_plan = aligned_alloc(64, (pb + 63) / 64 * 64);
-            const double t_sgemm = time_it(run_sgemm, &b, reps, 0);
+            const double t_sgemm = bench_time(run_sgemm, &b, reps, 0);
             double t_read = 0, t_read_cold = 0;
             if (t == 1) {
-                t_read = time_it(run_read, &b, reps, 0);
-                t_read_cold = time_it(run_read, &b, reps, 1);
+                t_read = bench_time(run_read, &b, reps, 0);
+                t_read_cold = bench_time(run_read, &b, reps, 1);
             }
             for (int32_t th = 1; th <= cpus && th <= 2; th++) {
                 b.threads = th;
-                const double t_f = time_it(run_fused, &b, reps, 0);
-                const double t_u = time_it(run_unfused, &b, reps, 0);
+                const double t_f = bench_time(run_fused, &b, reps, 0);
+                const double t_u = bench_time(run_unfused, &b, reps, 0);
                 printf("%-9s %5lld %3d %10.1f %10.1f %10.1f %7.2fx %7.2fx",
                        per_block ? "per-block" : "shared", (long long)t, th, t_f * 1e6, t_u * 1e6, t_sgemm * 1e6, t_u / t_f,
                        t_f / t_sgemm);
@@ -252,7 +206,7 @@ int main(int argc, char **argv)
             if (t == 1) {
                 /* The single token cold too: the matrices come from memory in both. */
                 b.threads = 1;
-                const double t_fc = time_it(run_fused, &b, reps, 1);
+                const double t_fc = bench_time(run_fused, &b, reps, 1);
                 printf("%-9s %5s %3s %10.1f %10s %10s %8s %8s %10s %10.1f %7.2fx  (cold)\n",
                        per_block ? "per-block" : "shared", "1", "1", t_fc * 1e6, "", "", "", "",
                        "", t_read_cold * 1e6, t_fc / t_read_cold);

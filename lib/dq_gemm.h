@@ -78,7 +78,8 @@ void dq__gemm_w_f32_ref(const dq__wprep *w, const float *x, int64_t rows, int64_
                         const float *bias, float *y, int64_t ldy);
 
 /* Dispatched entry points: the fastest kernel this CPU supports, on up to n_threads threads
- * (0 = host decides). Same results as the _ref versions (bit-identical for the integer path). */
+ * (0 = host decides). Same results as the _ref versions (bit-identical for the integer path;
+ * the weight-only product within float rounding, see dq_gemm_simd.h). */
 void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx, int32_t bits,
                          int32_t scheme, float clip, uint8_t *codes, int64_t code_ld,
                          float *scales, int32_t *zeros, int32_t n_threads);

@@ -1,6 +1,8 @@
 /* Dispatched integer products: the fastest kernel this CPU runs (AVX-512 VNNI, AVX2, portable;
  * probed per call, which costs nanoseconds, so no global state), on the context's threads.
- * Every variant gives the portable kernels' bits (dq_gemm_simd.c picks and splits). */
+ * Every integer variant gives the portable kernels' bits; the weight-only ones agree with it
+ * within float rounding (dq_gemm_simd.h) and with each other bit for bit (dq_gemm_simd.c picks
+ * and splits). */
 #include "dq_gemm.h"
 #include "dq_gemm_simd.h"
 
@@ -21,5 +23,5 @@ void dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float 
 void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
                     const float *bias, float *y, int64_t ldy, int32_t n_threads)
 {
-    dq__gemm_w_f32_isa(w, x, rows, ldx, bias, y, ldy, n_threads);
+    dq__gemm_w_f32_isa(dq__gemm_isa_best(), w, x, rows, ldx, bias, y, ldy, n_threads);
 }

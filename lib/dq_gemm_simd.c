@@ -271,10 +271,69 @@ static void run_ref(const dq__wprep *w, const dq__aq *a, const float *x, int64_t
                      ref_part, &j);
 }
 
-void dq__gemm_w_f32_isa(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
-                        const float *bias, float *y, int64_t ldy, int32_t n_threads)
+/* Float multiply-adds cost several times an integer one (decoding included): threads pay off
+ * from fewer of them, a 4096 x 4096 GEMV already. */
+#define W16_MACS_PER_THREAD ((int64_t)1 << 23)
+
+typedef struct w16_job {
+    dq__gemm_f32_fn *fn;
+    const dq__wprep *w;
+    const float *x;
+    int64_t rows, ldx;
+    const float *bias;
+    float *y;
+    int64_t ldy;
+    bool split_tokens; /* threads take token ranges instead of output blocks */
+} w16_job;
+
+/* Every output is computed on its own (dq_gemm_simd.h), so any split gives the same bits. */
+static void w16_part(void *arg, int32_t part, int32_t n)
 {
-    run_ref(w, NULL, x, rows, ldx, bias, y, ldy, n_threads);
+    const w16_job *j = arg;
+    const dq__wpack *wp = j->w->kernel;
+    int64_t b, e;
+    if (j->split_tokens) {
+        dq__split(j->rows, part, n, &b, &e);
+        if (b < e)
+            j->fn(j->w, j->x + (size_t)b * (size_t)j->ldx, e - b, j->ldx, j->bias,
+                  j->y + (size_t)b * (size_t)j->ldy, j->ldy, 0, wp->blocks);
+        return;
+    }
+    dq__split(wp->blocks, part, n, &b, &e);
+    if (b < e)
+        j->fn(j->w, j->x, j->rows, j->ldx, j->bias, j->y, j->ldy, b, e);
+}
+
+void dq__gemm_w_f32_isa(int32_t isa, const dq__wprep *w, const float *x, int64_t rows,
+                        int64_t ldx, const float *bias, float *y, int64_t ldy,
+                        int32_t n_threads)
+{
+    const dq__wpack *wp = w->kernel;
+    dq__gemm_f32_fn *fn = NULL;
+    if (wp && rows > 0 && dq__gemm_isa_supported(isa)) {
+#if DQ_GEMM_X86
+        if (isa == DQ_GEMM_ISA_AVX512)
+            fn = dq__gemm_w16_avx512;
+        else if (isa == DQ_GEMM_ISA_AVX2 && __builtin_cpu_supports("fma"))
+            fn = dq__gemm_w16_avx2;
+#endif
+    }
+    if (!fn) {
+        run_ref(w, NULL, x, rows, ldx, bias, y, ldy, n_threads);
+        return;
+    }
+    int64_t macs;
+    if (__builtin_mul_overflow(rows, w->rows, &macs) ||
+        __builtin_mul_overflow(macs, w->cols, &macs))
+        macs = INT64_MAX;
+    const int64_t useful = macs / W16_MACS_PER_THREAD;
+    const int64_t parts = wp->blocks > rows ? wp->blocks : rows;
+    const int32_t n = dq__threads_resolve(n_threads, useful < parts ? useful : parts);
+    w16_job job = {fn, w, x, rows, ldx, bias, y, ldy, false};
+    job.split_tokens = n > 1 && wp->blocks < 4 * (int64_t)n && rows >= 4 * (int64_t)n;
+    if (n > 1 && !job.split_tokens && wp->blocks < n)
+        job.split_tokens = rows >= n;
+    dq__parallel_run(n, w16_part, &job);
 }
 
 /* The kernels get each group sum modulo 2^32, the reference exactly: they agree when

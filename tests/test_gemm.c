@@ -10,78 +10,12 @@
 #include "dq_gemm_simd.h"
 #include "duquant.h"
 #include "dq_test.h"
+#include "test_wprep.h"
 
 static const int32_t isas[] = {DQ_GEMM_ISA_PORTABLE, DQ_GEMM_ISA_AVX2, DQ_GEMM_ISA_AVX512};
 static const char *const isa_names[] = {"portable", "avx2", "avx512"};
 
-/* Operand styles: uniform random, and extreme (codes and zero points at their limits, scales
- * over many decades, as outlier-heavy layers produce). */
-enum { PLAIN = 0, EXTREME = 1 };
-
-static int32_t rand_int(test_rng *r, int32_t lo, int32_t hi)
-{
-    return lo + (int32_t)(test_rng_u64(r) % (uint64_t)(hi - lo + 1));
-}
-
-static float rand_scale(test_rng *r, int style)
-{
-    double e = style == EXTREME ? test_rng_uniform(r) * 8.0 - 5.0 : test_rng_uniform(r) - 1.5;
-    return (float)(pow(10.0, e) * (test_rng_uniform(r) + 0.5));
-}
-
-/* Prepared weights built directly from random codes (every field the kernels read), then
- * repacked for the SIMD kernels. */
-static dq__wprep *make_weights(test_rng *r, int64_t rows, int64_t cols, int32_t bits,
-                               int64_t group_len, int style)
-{
-    dq__wprep *w = calloc(1, sizeof *w);
-    w->ctx = dq__default_context;
-    w->rows = rows;
-    w->cols = cols;
-    w->bits = bits;
-    w->group_len = group_len <= 0 || group_len > cols ? cols : group_len;
-    w->groups = (cols + w->group_len - 1) / w->group_len;
-    w->code_ld = (cols + 63) / 64 * 64;
-    w->codes = calloc((size_t)(rows * w->code_ld), 1);
-    w->scales = calloc((size_t)(rows * w->groups), sizeof(float));
-    w->zeros = calloc((size_t)(rows * w->groups), sizeof(int32_t));
-    w->code_sums = calloc((size_t)(rows * w->groups), sizeof(int32_t));
-    const int32_t lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
-    for (int64_t i = 0; i < rows; i++) {
-        for (int64_t j = 0; j < cols; j++) {
-            int32_t c = rand_int(r, lo, hi);
-            if (style == EXTREME)
-                c = test_rng_uniform(r) < 0.5 ? (c & 1 ? lo : hi) : c;
-            w->codes[i * w->code_ld + j] = (int8_t)c;
-        }
-        for (int64_t g = 0; g < w->groups; g++) {
-            int64_t k = i * w->groups + g;
-            w->scales[k] = rand_scale(r, style);
-            /* Zero points live in the shifted code space; clamped ones go far outside it. */
-            w->zeros[k] = style == EXTREME && (g & 1) ? rand_int(r, -1000, 1000)
-                                                       : rand_int(r, lo, hi);
-            int32_t s = 0;
-            for (int64_t j = g * w->group_len; j < cols && j < (g + 1) * w->group_len; j++)
-                s += w->codes[i * w->code_ld + j];
-            w->code_sums[k] = s;
-        }
-    }
-    dq__gemm_prepare(w);
-    /* Every CPU with a SIMD kernel gets the repacked form. */
-    ck_assert(w->kernel || dq__gemm_isa_best() == DQ_GEMM_ISA_PORTABLE);
-    return w;
-}
-
-static void free_weights(dq__wprep *w)
-{
-    if (w->kernel_free)
-        w->kernel_free(&w->ctx, w->kernel);
-    free(w->codes);
-    free(w->scales);
-    free(w->zeros);
-    free(w->code_sums);
-    free(w);
-}
+enum { PLAIN = WPREP_PLAIN, EXTREME = WPREP_EXTREME };
 
 /* Activations with a row stride of cols + pad, starting one byte past an aligned address. */
 typedef struct acts {
@@ -103,14 +37,14 @@ static acts make_acts(test_rng *r, int64_t rows, int64_t cols, int32_t bits, int
     uint8_t *codes = a.buf + 1;
     for (int64_t i = 0; i < rows; i++) {
         for (int64_t j = 0; j < ld; j++) {
-            int32_t u = rand_int(r, 0, top);
+            int32_t u = test_rand_int(r, 0, top);
             if (style == EXTREME && test_rng_uniform(r) < 0.5)
                 u = u & 1 ? top : 0;
             codes[i * ld + j] = (uint8_t)u;
         }
-        a.scales[i] = rand_scale(r, style);
-        a.zeros[i] = style == EXTREME && (i & 1) ? rand_int(r, -1000, 1000)
-                                                  : rand_int(r, 0, top);
+        a.scales[i] = test_rand_scale(r, style);
+        a.zeros[i] = style == EXTREME && (i & 1) ? test_rand_int(r, -1000, 1000)
+                                                  : test_rand_int(r, 0, top);
     }
     a.aq = (dq__aq){.rows = rows, .cols = cols, .code_ld = ld, .codes = codes,
                     .scales = a.scales, .zeros = a.zeros};
@@ -172,7 +106,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
                        int32_t abits, int64_t group_len, int style, int with_bias,
                        int max_threads)
 {
-    dq__wprep *w = make_weights(r, rows, cols, wbits, group_len, style);
+    dq__wprep *w = test_random_wprep(r, rows, cols, wbits, group_len, style, 0);
     acts a = make_acts(r, tokens, cols, abits, (tokens + cols) % 5, style);
     float *bias = NULL;
     if (with_bias) {
@@ -211,7 +145,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
     free(got);
     free(bias);
     free_acts(&a);
-    free_weights(w);
+    test_free_wprep(w);
 }
 
 /* Odd sizes: remainders in tokens (tiles of 8), outputs (blocks of 16) and k (steps of 8). */
@@ -271,19 +205,20 @@ START_TEST(threads_bit_exact)
 }
 END_TEST
 
-/* The weight-only product splits output rows over threads with the same bits. */
+/* The weight-only product splits output rows over threads with the same bits (its accuracy
+ * against the portable kernel: test_gemm_w16.c). */
 START_TEST(weight_only_threads_bit_exact)
 {
     test_rng r = {808};
     const int64_t tokens = 64, rows = 300, cols = 520, ldx = cols + 7, ldy = rows + 5;
-    dq__wprep *w = make_weights(&r, rows, cols, 4, 128, EXTREME);
+    dq__wprep *w = test_random_wprep(&r, rows, cols, 4, 128, EXTREME, 0);
     float *x = malloc((size_t)(tokens * ldx) * sizeof *x);
     float *bias = malloc((size_t)rows * sizeof *bias);
     test_fill_activations(&r, x, tokens, cols, ldx, 1);
     for (int64_t o = 0; o < rows; o++)
         bias[o] = (float)test_rng_normal(&r);
     float *want = new_output(tokens, ldy);
-    dq__gemm_w_f32_ref(w, x, tokens, ldx, bias, want, ldy);
+    dq__gemm_w_f32(w, x, tokens, ldx, bias, want, ldy, 1);
     for (int th = 1; th <= 4; th++) {
         float *y = new_output(tokens, ldy);
         dq__gemm_w_f32(w, x, tokens, ldx, th & 1 ? bias : NULL, y, ldy, th);
@@ -297,7 +232,7 @@ START_TEST(weight_only_threads_bit_exact)
     free(want);
     free(bias);
     free(x);
-    free_weights(w);
+    test_free_wprep(w);
 }
 END_TEST
 
@@ -316,7 +251,7 @@ static void fill_rows(test_rng *r, float *x, int64_t rows, int64_t cols, int64_t
         for (int64_t j = 0; j < cols; j++) {
             float *v = &x[i * ldx + j];
             if (kind == TIE_ROWS)
-                *v = j == 0 ? 15.0f : (j == 1 ? 0.0f : (float)rand_int(r, 0, 29) * 0.5f);
+                *v = j == 0 ? 15.0f : (j == 1 ? 0.0f : (float)test_rand_int(r, 0, 29) * 0.5f);
             else if (kind == FLAT_ROWS)
                 *v = i % 3 == 0 ? 0.0f : (i % 3 == 1 ? -2.5f : 1e-7f);
         }
@@ -442,7 +377,7 @@ START_TEST(overflowing_sums_fall_back)
 {
     test_rng r = {707};
     const int64_t rows = 40, cols = 4096, tokens = 9;
-    dq__wprep *w = make_weights(&r, rows, cols, 8, 0, PLAIN);
+    dq__wprep *w = test_random_wprep(&r, rows, cols, 8, 0, PLAIN, 0);
     for (int64_t o = 0; o < rows; o += 3)
         w->zeros[o] = o & 1 ? 10000 : -10000;
     if (w->kernel_free)
@@ -464,7 +399,7 @@ START_TEST(overflowing_sums_fall_back)
     free(want);
     free(y);
     free_acts(&a);
-    free_weights(w);
+    test_free_wprep(w);
 }
 END_TEST
 

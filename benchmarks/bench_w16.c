@@ -1,0 +1,142 @@
+/* Weight-only (W4A16) product benchmark: float activations times 4-bit weights through every
+ * kernel this CPU runs, next to baselines measured in the same run: the portable kernel,
+ * OpenBLAS sgemm on the dequantized float weights (through dq__sgemm; its threads are whatever
+ * the environment gives OpenBLAS), and for GEMV the time to stream the packed weights' bytes
+ * once (a read-sum over a buffer of the same size, warm like the weights, and cold after
+ * evicting the caches).
+ *
+ * usage: bench_w16 [outputs [inputs [group [repeats]]]]   defaults 4096 4096 128 5 */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "bench_common.h"
+#include "bench_kernels.h"
+#include "dq_gemm_simd.h"
+#include "dq_threads.h"
+
+typedef struct setup {
+    const dq__wprep *w;
+    const float *x;
+    int64_t tokens;
+    float *y;
+    int32_t isa, threads;
+    const uint64_t *stream; /* read-sum */
+    size_t bytes;
+    const float *wf;        /* sgemm */
+} setup;
+
+static void run_kernel(void *arg)
+{
+    const setup *s = arg;
+    dq__gemm_w_f32_isa(s->isa, s->w, s->x, s->tokens, s->w->cols, NULL, s->y, s->w->rows,
+                       s->threads);
+}
+static void run_read(void *arg)
+{
+    const setup *s = arg;
+    bench_sink += bench_stream_read(s->stream, s->bytes, s->threads);
+}
+static void run_sgemm(void *arg)
+{
+    const setup *s = arg;
+    dq__sgemm(false, true, s->tokens, s->w->rows, s->w->cols, 1.0f, s->x, s->w->cols, s->wf,
+              s->w->cols, 0.0f, s->y, s->w->rows);
+}
+
+int main(int argc, char **argv)
+{
+    int64_t rows = argc > 1 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
+    int64_t group = argc > 3 ? atoll(argv[3]) : 128;
+    int reps = argc > 4 ? atoi(argv[4]) : 5;
+    if (rows <= 0 || cols <= 0 || group < 0 || reps < 1 || reps > 64) {
+        fprintf(stderr, "usage: %s [outputs [inputs [group (0 = row) [repeats]]]]\n", argv[0]);
+        return 2;
+    }
+    const int64_t tokens[] = {1, 32, 2048};
+    const int64_t max_t = 2048;
+    dq__wprep *w = bench_random_weights(rows, cols, group);
+    if (!w->kernel) {
+        fprintf(stderr, "no SIMD kernel on this CPU: nothing to compare\n");
+        return 77;
+    }
+    float *x = malloc((size_t)(max_t * cols) * sizeof *x);
+    float *y = malloc((size_t)(max_t * rows) * sizeof *y);
+    float *wf = malloc((size_t)(rows * cols) * sizeof *wf);
+    bench_fill_outliers(x, max_t, cols);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            const int64_t gi = i * w->groups + j / w->group_len;
+            const int32_t c = w->codes[i * w->code_ld + j];
+            wf[i * cols + j] = w->scales[gi] * (float)(c - w->zeros[gi]);
+        }
+    /* The weights as a packed dq_qmatrix holds them: two codes a byte, a float scale and zero
+     * point per group. */
+    const size_t wbytes = (size_t)(rows * cols / 2) + (size_t)(rows * w->groups) * 8;
+    uint64_t *stream = calloc(wbytes / 8 + 8, 8);
+
+    const int32_t best = dq__gemm_isa_best();
+    const char *names[] = {"portable", "avx2", "avx512"};
+    printf("W4A16 %lld x %lld, group %lld, best kernel %s, median of %d\n", (long long)rows,
+           (long long)cols, (long long)w->group_len, names[best], reps);
+    FILE *load = fopen("/proc/loadavg", "r");
+    char line[128];
+    if (load && fgets(line, sizeof line, load))
+        printf("load average at start: %s", line);
+    if (load)
+        fclose(load);
+
+    for (int cold = 0; cold <= 1; cold++) {
+        printf("\nGEMV (T=1), %s caches, packed weights %.2f MiB:\n", cold ? "cold" : "warm",
+               (double)wbytes / 1048576.0);
+        for (int32_t th = 1; th <= 2; th++) {
+            setup s = {w, x, 1, y, 0, th, stream, wbytes, wf};
+            const double tr = bench_time(run_read, &s, reps, cold);
+            printf("  read-sum %d thr: %8.1f us  %.1f GB/s\n", th, tr * 1e6,
+                   (double)wbytes / tr * 1e-9);
+            for (int32_t isa = DQ_GEMM_ISA_AVX2; isa <= best; isa++) {
+                s.isa = isa;
+                const double t = bench_time(run_kernel, &s, reps, cold);
+                printf("  %-8s %d thr: %8.1f us  %.2fx stream time\n", names[isa], th, t * 1e6,
+                       t / tr);
+            }
+        }
+    }
+
+    printf("\n%6s %-8s %3s %11s %9s %11s %11s\n", "T", "kernel", "thr", "time ms", "GFLOPS",
+           "vs portable", "vs sgemm");
+    for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++) {
+        const int64_t t = tokens[ti];
+        const double flops = 2.0 * (double)t * (double)rows * (double)cols;
+        /* The portable kernel is slow: timed on at most 32 tokens and scaled per token. */
+        const int64_t tref = t < 32 ? t : 32;
+        setup sr = {w, x, tref, y, DQ_GEMM_ISA_PORTABLE, 1, NULL, 0, wf};
+        const double t_ref =
+            bench_time(run_kernel, &sr, reps < 3 ? reps : 3, 0) * (double)t / (double)tref;
+        setup sb = {w, x, t, y, 0, 0, NULL, 0, wf};
+        const double t_blas = bench_time(run_sgemm, &sb, reps, 0);
+        printf("%6lld %-8s %3s %11.3f %9.1f %11s %11s%s\n", (long long)t, "portable", "1",
+               t_ref * 1e3, flops / t_ref * 1e-9, "1.00x", "",
+               t > tref ? "  (scaled from 32)" : "");
+        printf("%6lld %-8s %3s %11.3f %9.1f %11s %11s\n", (long long)t, "sgemm", "env",
+               t_blas * 1e3, flops / t_blas * 1e-9, "", "1.00x");
+        for (int32_t isa = DQ_GEMM_ISA_AVX2; isa <= best; isa++)
+            for (int32_t th = 1; th <= 2; th++) {
+                setup s = {w, x, t, y, isa, th, NULL, 0, wf};
+                const double tk = bench_time(run_kernel, &s, reps, 0);
+                printf("%6lld %-8s %3d %11.3f %9.1f %10.1fx %10.2fx\n", (long long)t,
+                       names[isa], th, tk * 1e3, flops / tk * 1e-9, t_ref / tk, t_blas / tk);
+            }
+    }
+
+    free(stream);
+    free(wf);
+    free(y);
+    free(x);
+    w->kernel_free(&w->ctx, w->kernel);
+    free(w->codes);
+    free(w->scales);
+    free(w->zeros);
+    free(w->code_sums);
+    free(w);
+    return 0;
+}

@@ -1,0 +1,71 @@
+/* Random prepared weights for the kernel suites (see test_wprep.h). */
+#include "test_wprep.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+
+int32_t test_rand_int(test_rng *r, int32_t lo, int32_t hi)
+{
+    return lo + (int32_t)(test_rng_u64(r) % (uint64_t)(hi - lo + 1));
+}
+
+float test_rand_scale(test_rng *r, int style)
+{
+    double e = style == WPREP_EXTREME ? test_rng_uniform(r) * 8.0 - 5.0
+                                      : test_rng_uniform(r) - 1.5;
+    return (float)(pow(10.0, e) * (test_rng_uniform(r) + 0.5));
+}
+
+dq__wprep *test_random_wprep(test_rng *r, int64_t rows, int64_t cols, int32_t bits,
+                             int64_t group_len, int style, int sym)
+{
+    dq__wprep *w = calloc(1, sizeof *w);
+    ck_assert_ptr_nonnull(w);
+    w->ctx = dq__default_context;
+    w->rows = rows;
+    w->cols = cols;
+    w->bits = bits;
+    w->group_len = group_len <= 0 || group_len > cols ? cols : group_len;
+    w->groups = (cols + w->group_len - 1) / w->group_len;
+    w->code_ld = (cols + 63) / 64 * 64;
+    w->codes = calloc((size_t)(rows * w->code_ld), 1);
+    w->scales = calloc((size_t)(rows * w->groups), sizeof(float));
+    w->zeros = calloc((size_t)(rows * w->groups), sizeof(int32_t));
+    w->code_sums = calloc((size_t)(rows * w->groups), sizeof(int32_t));
+    ck_assert(w->codes && w->scales && w->zeros && w->code_sums);
+    const int32_t lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+    for (int64_t i = 0; i < rows; i++) {
+        for (int64_t j = 0; j < cols; j++) {
+            int32_t c = test_rand_int(r, lo, hi);
+            if (style == WPREP_EXTREME)
+                c = test_rng_uniform(r) < 0.5 ? (c & 1 ? lo : hi) : c;
+            w->codes[i * w->code_ld + j] = (int8_t)c;
+        }
+        for (int64_t g = 0; g < w->groups; g++) {
+            int64_t k = i * w->groups + g;
+            w->scales[k] = test_rand_scale(r, style);
+            w->zeros[k] = sym                                   ? 0
+                          : style == WPREP_EXTREME && (g & 1) ? test_rand_int(r, -1000, 1000)
+                                                                : test_rand_int(r, lo, hi);
+            int32_t s = 0;
+            for (int64_t j = g * w->group_len; j < cols && j < (g + 1) * w->group_len; j++)
+                s += w->codes[i * w->code_ld + j];
+            w->code_sums[k] = s;
+        }
+    }
+    dq__gemm_prepare(w);
+    ck_assert(w->kernel || dq__gemm_isa_best() == DQ_GEMM_ISA_PORTABLE);
+    return w;
+}
+
+void test_free_wprep(dq__wprep *w)
+{
+    if (w->kernel_free)
+        w->kernel_free(&w->ctx, w->kernel);
+    free(w->codes);
+    free(w->scales);
+    free(w->zeros);
+    free(w->code_sums);
+    free(w);
+}
