@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "dq_internal.h"
+#include "dq_lwc_kernels.h"
 
 #define LWC_PARAMS_MIN_SIZE (offsetof(dq_lwc_params, on_epoch_user) + sizeof(void *))
 #define QUANT_PARAMS_MIN_SIZE (offsetof(dq_quant_params, clip_ratio) + sizeof(float))
@@ -260,6 +261,28 @@ static float clampf(float v, float lo, float hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
+void dq__lwc_fake_quant_portable(const float *src, int64_t len, float scale, float zero,
+                                 float bottom, float top, bool asym, float *dst, float *part)
+{
+    for (int64_t j = 0; j < len; j++) {
+        const float v = src[j] / scale, r = rintf(v);
+        const float code = asym ? r + zero : r;
+        const float q = clampf(code, bottom, top);
+        dst[j] = asym ? (q - zero) * scale : q * scale;
+        if (part)
+            part[j] = code == q ? r - v : (asym ? q - zero : q);
+    }
+}
+
+dq__lwc_fake_quant_fn *dq__lwc_fake_quant_best(void)
+{
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f"))
+        return dq__lwc_fake_quant_avx512;
+#endif
+    return dq__lwc_fake_quant_portable;
+}
+
 /* w^ of every group at the current parameters: the operations of dq__quant_code and
  * dq__dequant, written out so that the same pass can record, when dwds is not NULL, each
  * element's STE partial dw^/ds (see the top of this file). */
@@ -268,6 +291,7 @@ static void fake_quant_weight(const dq_lwc *l, float *wq, float *dwds)
     const bool asym = l->spec.scheme == DQ_QUANT_ASYM;
     const float top = (float)(asym ? (1 << l->spec.bits) - 1 : (1 << (l->spec.bits - 1)) - 1);
     const float bottom = asym ? 0.0f : -top - 1.0f;
+    dq__lwc_fake_quant_fn *const fq = dq__lwc_fake_quant_best();
     for (int64_t i = 0; i < l->rows; i++) {
         const float *src = l->w + (size_t)i * (size_t)l->cols;
         float *dst = wq + (size_t)i * (size_t)l->cols;
@@ -279,14 +303,7 @@ static void fake_quant_weight(const dq_lwc *l, float *wq, float *dwds)
             float scale, zero;
             dq__quant_params(l->spec, src + j0, len, sigmoid(l->gamma[gi]), sigmoid(l->beta[gi]),
                              &scale, &zero);
-            for (int64_t j = j0; j < j0 + len; j++) {
-                const float v = src[j] / scale, r = rintf(v);
-                const float code = asym ? r + zero : r;
-                const float q = clampf(code, bottom, top);
-                dst[j] = asym ? (q - zero) * scale : q * scale;
-                if (part)
-                    part[j] = code == q ? r - v : (asym ? q - zero : q);
-            }
+            fq(src + j0, len, scale, zero, bottom, top, asym, dst + j0, part ? part + j0 : NULL);
         }
     }
 }
