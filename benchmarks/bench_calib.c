@@ -120,16 +120,6 @@ static void time_lwc(dq_context *ctx, uint32_t flags, int32_t epochs, int32_t ba
     dq_lwc_free(l);
 }
 
-static void print_load(void)
-{
-    FILE *load = fopen("/proc/loadavg", "r");
-    char line[128];
-    if (load && fgets(line, sizeof line, load))
-        printf("load average: %s", line);
-    if (load)
-        fclose(load);
-}
-
 int main(int argc, char **argv)
 {
     int64_t c = argc > 1 ? atoll(argv[1]) : 4096, t = argc > 2 ? atoll(argv[2]) : 2048;
@@ -168,7 +158,7 @@ int main(int argc, char **argv)
            "chunks of %lld tokens, median of %d, library threads %d\n", dq_version_string(),
            (long long)t, (long long)c, (double)(t * c) * 4.0 / 1048576.0, (long long)chunk,
            reps, threads);
-    print_load();
+    bench_print_load("");
     const char *env = getenv("OPENBLAS_NUM_THREADS"), *core = getenv("OPENBLAS_CORETYPE");
     printf("OPENBLAS_NUM_THREADS=%s OPENBLAS_CORETYPE=%s\n", env ? env : "(unset)",
            core ? core : "(unset)");
@@ -247,7 +237,7 @@ int main(int argc, char **argv)
            "steps an epoch), %d epochs a run, lr %g, init %g, median of %d\n", (long long)c,
            (long long)c, (long long)lt, (long long)b, (long long)steps, epochs,
            (double)lp.learning_rate, (double)lp.init_value, plan_reps);
-    print_load();
+    bench_print_load("");
     printf("%-10s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "flags", "create s", "epoch s",
            "cpu s", "tokens/s", "GFLOP/s", "loss s", "cpu s", "+grad s", "cpu s");
     const uint32_t flag_sets[] = {0u, DQ_LWC_F_QUANT_ACT};

@@ -107,3 +107,13 @@ double bench_time(void (*fn)(void *arg), void *arg, int reps, int cold)
     }
     return bench_median(t, reps);
 }
+
+void bench_print_load(const char *what)
+{
+    FILE *load = fopen("/proc/loadavg", "r");
+    char line[128];
+    if (load && fgets(line, sizeof line, load))
+        printf("load average%s: %s", what, line);
+    if (load)
+        fclose(load);
+}

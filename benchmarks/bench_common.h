@@ -29,6 +29,10 @@ double bench_uniform(void);
  * scaled 30-50x, and six massive values (800-2000) at random places. */
 void bench_fill_outliers(float *x, int64_t t, int64_t c);
 
+/* Prints "load average<what>: ..." from /proc/loadavg (nothing where it cannot be read):
+ * other processes distort every figure, so each run says how busy the machine was. */
+void bench_print_load(const char *what);
+
 /* Results written here cannot be optimised away. */
 extern volatile uint64_t bench_sink;
 

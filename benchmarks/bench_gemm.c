@@ -91,13 +91,7 @@ int main(int argc, char **argv)
     const char *names[] = {"portable", "avx2", "avx512"};
     printf("W4A4 %lld x %lld, group %lld, best kernel %s, median of %d\n", (long long)rows,
            (long long)cols, (long long)w->group_len, names[best], reps);
-    /* Other processes distort every figure: say how busy the machine was. */
-    FILE *load = fopen("/proc/loadavg", "r");
-    char line[128];
-    if (load && fgets(line, sizeof line, load))
-        printf("load average at start: %s", line);
-    if (load)
-        fclose(load);
+    bench_print_load(" at start");
 
     for (int cold = 0; cold <= 1; cold++) {
         setup s = {w, {1, cols, cols, codes, sx, zx}, y, reps};

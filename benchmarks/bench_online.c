@@ -151,12 +151,7 @@ int main(int argc, char **argv)
 
     printf("online transform + 4-bit ASYM quantization, width %lld, block %d, median of %d\n",
            (long long)cols, block, reps);
-    FILE *load = fopen("/proc/loadavg", "r");
-    char line[128];
-    if (load && fgets(line, sizeof line, load))
-        printf("load average at start: %s", line);
-    if (load)
-        fclose(load);
+    bench_print_load(" at start");
     printf("sgemm: OpenBLAS with the environment's threads; fused/unfused: library threads\n");
     printf("\n%-9s %5s %3s %10s %10s %10s %8s %8s %10s %10s %8s\n", "plan", "T", "thr",
            "fused us", "unfused us", "sgemm us", "unf/fus", "fus/sgm", "read us", "cold rd us",

@@ -1,6 +1,7 @@
 /* Reading the reference cases' files (see case_files.h). */
 #include "case_files.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,4 +59,20 @@ int case_manifest_number(const char *text, const char *key, double *out)
     char *end;
     *out = strtod(p, &end);
     return end == p ? -1 : 0;
+}
+
+void case_synthetic_layer(float *x, int64_t t, int64_t c, float *w, int64_t out)
+{
+    uint64_t s = 2024;
+    for (int64_t i = 0; i < t * c + out * c; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        double u = ((double)(s >> 11) + 0.5) / 9007199254740992.0 - 0.5;
+        double v = (u < 0 ? 1 : -1) * log(1 - 2 * fabs(u));
+        if (i < t * c)
+            x[i] = (float)(v * (i % c % 61 == 7 ? 40.0 : 1.0));
+        else
+            w[i - t * c] = (float)(0.02 * v);
+    }
+    x[5 * c + 100] = 1500.0f;
+    x[77 * c + 300] = -1800.0f;
 }

@@ -240,18 +240,7 @@ static void synthetic_layer(layer *l)
     l->alpha = 0.6f;
     l->cal = l->eval = malloc((size_t)(l->cal_rows * l->c) * sizeof(float));
     l->w = malloc((size_t)(l->out * l->c) * sizeof(float));
-    uint64_t s = 2024;
-    for (int64_t i = 0; i < l->cal_rows * l->c + l->out * l->c; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        double u = ((double)(s >> 11) + 0.5) / 9007199254740992.0 - 0.5;
-        double v = (u < 0 ? 1 : -1) * log(1 - 2 * fabs(u));
-        if (i < l->cal_rows * l->c)
-            l->cal[i] = (float)(v * (i % l->c % 61 == 7 ? 40.0 : 1.0));
-        else
-            l->w[i - l->cal_rows * l->c] = (float)(0.02 * v);
-    }
-    l->cal[5 * l->c + 100] = 1500.0f;
-    l->cal[77 * l->c + 300] = -1800.0f;
+    case_synthetic_layer(l->cal, l->cal_rows, l->c, l->w, l->out);
 }
 
 static void free_layer(layer *l)
