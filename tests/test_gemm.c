@@ -79,26 +79,6 @@ static void naive_gemm(const dq__wprep *w, const dq__aq *a, const float *bias, f
         }
 }
 
-#define CANARY (-12345.0f)
-
-/* y buffers carry a margin of canaries right of each row and after the last one. */
-static float *new_output(int64_t rows, int64_t ldy)
-{
-    float *y = malloc((size_t)(rows * ldy + 16) * sizeof *y);
-    for (int64_t i = 0; i < rows * ldy + 16; i++)
-        y[i] = CANARY;
-    return y;
-}
-
-static void check_canaries(const float *y, int64_t rows, int64_t cols, int64_t ldy)
-{
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = cols; j < ldy; j++)
-            ck_assert_float_eq(y[i * ldy + j], CANARY);
-    for (int64_t i = rows * ldy; i < rows * ldy + 16; i++)
-        ck_assert_float_eq(y[i], CANARY);
-}
-
 static int64_t compared;
 
 /* Every supported kernel, on 1..max_threads threads, equals the oracle bit for bit. */
@@ -115,7 +95,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
             bias[o] = (float)test_rng_normal(r) * 10.0f;
     }
     const int64_t ldy = rows + 3;
-    float *want = new_output(tokens, ldy), *got = new_output(tokens, ldy);
+    float *want = test_new_output(tokens, ldy), *got = test_new_output(tokens, ldy);
     naive_gemm(w, &a.aq, bias, want, ldy);
     dq__gemm_w_a_ref(w, &a.aq, bias, got, ldy);
     ck_assert_msg(memcmp(want, got, (size_t)(tokens * ldy) * sizeof *got) == 0,
@@ -125,7 +105,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
         if (!dq__gemm_isa_supported(isas[v]))
             continue;
         for (int th = 1; th <= max_threads; th++) {
-            float *y = new_output(tokens, ldy);
+            float *y = test_new_output(tokens, ldy);
             dq__gemm_w_a_isa(isas[v], w, &a.aq, bias, y, ldy, th);
             for (int64_t i = 0; i < tokens; i++)
                 for (int64_t o = 0; o < rows; o++)
@@ -136,7 +116,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
                                      (long long)cols, wbits, abits, (long long)group_len, style,
                                      (long long)i, (long long)o, y[i * ldy + o],
                                      want[i * ldy + o]);
-            check_canaries(y, tokens, rows, ldy);
+            test_check_canaries(y, tokens, rows, ldy);
             compared++;
             free(y);
         }
@@ -217,16 +197,16 @@ START_TEST(weight_only_threads_bit_exact)
     test_fill_activations(&r, x, tokens, cols, ldx, 1);
     for (int64_t o = 0; o < rows; o++)
         bias[o] = (float)test_rng_normal(&r);
-    float *want = new_output(tokens, ldy);
+    float *want = test_new_output(tokens, ldy);
     dq__gemm_w_f32(w, x, tokens, ldx, bias, want, ldy, 1);
     for (int th = 1; th <= 4; th++) {
-        float *y = new_output(tokens, ldy);
+        float *y = test_new_output(tokens, ldy);
         dq__gemm_w_f32(w, x, tokens, ldx, th & 1 ? bias : NULL, y, ldy, th);
         if (th & 1)
             ck_assert(memcmp(y, want, (size_t)(tokens * ldy) * sizeof *y) == 0);
         else
             ck_assert(memcmp(y, want, sizeof *y) != 0); /* the bias was left out */
-        check_canaries(y, tokens, rows, ldy);
+        test_check_canaries(y, tokens, rows, ldy);
         free(y);
     }
     free(want);
@@ -344,7 +324,7 @@ START_TEST(packed_matrices_bit_exact)
                 dq__quantize_tokens_ref(x, tokens, cols, cols, bits, scheme, 0.9f, codes, code_ld,
                                         sx, zx);
                 const dq__aq a = {tokens, cols, code_ld, codes, sx, zx};
-                float *want = new_output(tokens, rows), *y = new_output(tokens, rows);
+                float *want = test_new_output(tokens, rows), *y = test_new_output(tokens, rows);
                 dq__gemm_w_a_ref(w, &a, NULL, want, rows);
                 for (size_t v = 0; v < sizeof isas / sizeof isas[0]; v++) {
                     if (!dq__gemm_isa_supported(isas[v]))
@@ -387,7 +367,7 @@ START_TEST(overflowing_sums_fall_back)
     acts a = make_acts(&r, tokens, cols, 8, 0, PLAIN);
     for (int64_t t = 0; t < tokens; t += 2)
         a.zeros[t] = t & 2 ? 10000 : -10000;
-    float *want = new_output(tokens, rows), *y = new_output(tokens, rows);
+    float *want = test_new_output(tokens, rows), *y = test_new_output(tokens, rows);
     dq__gemm_w_a_ref(w, &a.aq, NULL, want, rows);
     for (size_t v = 0; v < sizeof isas / sizeof isas[0]; v++) {
         if (!dq__gemm_isa_supported(isas[v]))

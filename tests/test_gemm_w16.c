@@ -22,25 +22,6 @@ static const char *const isa_names[] = {"portable", "avx2", "avx512"};
 enum { PLAIN = WPREP_PLAIN, EXTREME = WPREP_EXTREME };
 enum { ASYM = 0, SYM = 1 };
 
-#define CANARY (-12345.0f)
-
-static float *new_output(int64_t rows, int64_t ldy)
-{
-    float *y = malloc((size_t)(rows * ldy + 16) * sizeof *y);
-    for (int64_t i = 0; i < rows * ldy + 16; i++)
-        y[i] = CANARY;
-    return y;
-}
-
-static void check_canaries(const float *y, int64_t rows, int64_t cols, int64_t ldy)
-{
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = cols; j < ldy; j++)
-            ck_assert_float_eq(y[i * ldy + j], CANARY);
-    for (int64_t i = rows * ldy; i < rows * ldy + 16; i++)
-        ck_assert_float_eq(y[i], CANARY);
-}
-
 /* Sum over the output's terms of |sw * x * (c - zw)|, plus |bias|. */
 static double abs_terms(const dq__wprep *w, const float *x, const float *bias, int64_t o)
 {
@@ -73,7 +54,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
             bias[o] = (float)test_rng_normal(r) * 10.0f;
     }
     const int64_t ldy = rows + 3;
-    float *want = new_output(tokens, ldy), *first = NULL;
+    float *want = test_new_output(tokens, ldy), *first = NULL;
     dq__gemm_w_f32_ref(w, x, tokens, ldx, bias, want, ldy);
     double *bound = malloc((size_t)(tokens * rows) * sizeof *bound);
     for (int64_t i = 0; i < tokens; i++)
@@ -83,7 +64,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
         if (!dq__gemm_isa_supported(isas[v]))
             continue;
         for (int th = 1; th <= max_threads; th++) {
-            float *y = new_output(tokens, ldy);
+            float *y = test_new_output(tokens, ldy);
             dq__gemm_w_f32_isa(isas[v], w, x, tokens, ldx, bias, y, ldy, th);
             for (int64_t i = 0; i < tokens; i++)
                 for (int64_t o = 0; o < rows; o++) {
@@ -97,7 +78,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
                                      scheme, (long long)i, (long long)o, got, ref,
                                      bound[i * rows + o]);
                 }
-            check_canaries(y, tokens, rows, ldy);
+            test_check_canaries(y, tokens, rows, ldy);
             if (isas[v] == DQ_GEMM_ISA_PORTABLE) {
                 free(y);
                 continue;

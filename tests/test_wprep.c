@@ -1,4 +1,4 @@
-/* Random prepared weights for the kernel suites (see test_wprep.h). */
+/* Random prepared weights and canary-guarded outputs for the kernel suites (test_wprep.h). */
 #include "test_wprep.h"
 
 #include <check.h>
@@ -68,4 +68,24 @@ void test_free_wprep(dq__wprep *w)
     free(w->zeros);
     free(w->code_sums);
     free(w);
+}
+
+#define CANARY (-12345.0f)
+
+float *test_new_output(int64_t rows, int64_t ldy)
+{
+    float *y = malloc((size_t)(rows * ldy + 16) * sizeof *y);
+    ck_assert_ptr_nonnull(y);
+    for (int64_t i = 0; i < rows * ldy + 16; i++)
+        y[i] = CANARY;
+    return y;
+}
+
+void test_check_canaries(const float *y, int64_t rows, int64_t cols, int64_t ldy)
+{
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = cols; j < ldy; j++)
+            ck_assert_float_eq(y[i * ldy + j], CANARY);
+    for (int64_t i = rows * ldy; i < rows * ldy + 16; i++)
+        ck_assert_float_eq(y[i], CANARY);
 }

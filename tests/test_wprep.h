@@ -1,4 +1,5 @@
-/* Random prepared weights (dq__wprep) for the suites of the integer and weight-only kernels. */
+/* Support for the suites of the integer and weight-only kernels: random prepared weights
+ * (dq__wprep) and output buffers with canaries around the written area. */
 #ifndef TEST_WPREP_H
 #define TEST_WPREP_H
 
@@ -22,5 +23,10 @@ float test_rand_scale(test_rng *r, int style);
 dq__wprep *test_random_wprep(test_rng *r, int64_t rows, int64_t cols, int32_t bits,
                              int64_t group_len, int style, int sym);
 void test_free_wprep(dq__wprep *w);
+
+/* A rows x ldy float buffer plus a 16-float margin, all set to a canary value; the check
+ * asserts that columns cols..ldy-1 of every row and the margin still hold it. */
+float *test_new_output(int64_t rows, int64_t ldy);
+void test_check_canaries(const float *y, int64_t rows, int64_t cols, int64_t ldy);
 
 #endif
