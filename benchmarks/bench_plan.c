@@ -7,13 +7,14 @@
  * count), on the worker threads of its context; OpenBLAS uses whatever threads the environment
  * gives it (OPENBLAS_NUM_THREADS).
  *
- * usage: bench_plan [tokens [channels [block [steps [repeats [threads]]]]]]
- *        defaults 2048 4096 128 256 3 2 */
+ * usage: bench_plan [tokens [channels [block [steps [repeats [threads [base]]]]]]]
+ *        defaults 2048 4096 128 256 3 2 rot; base hadamard: DQ_*_F_HADAMARD_BASE */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "bench_common.h"
@@ -24,10 +25,12 @@ int main(int argc, char **argv)
     int64_t t = argc > 1 ? atoll(argv[1]) : 2048, c = argc > 2 ? atoll(argv[2]) : 4096;
     int32_t bs = argc > 3 ? atoi(argv[3]) : 128, steps = argc > 4 ? atoi(argv[4]) : 256;
     int reps = argc > 5 ? atoi(argv[5]) : 3, threads = argc > 6 ? atoi(argv[6]) : 2;
+    const char *base = argc > 7 ? argv[7] : "rot";
+    const int hadamard_base = strcmp(base, "hadamard") == 0;
     if (t <= 0 || c <= 0 || bs < 2 || c % bs != 0 || steps < 0 || reps < 1 || reps > 50 ||
-        threads < 1 || threads > 64) {
+        threads < 1 || threads > 64 || (!hadamard_base && strcmp(base, "rot") != 0)) {
         fprintf(stderr, "usage: %s [tokens [channels [block (divides channels) [steps "
-                        "[repeats [threads]]]]]]\n", argv[0]);
+                        "[repeats [threads [rot|hadamard]]]]]]]\n", argv[0]);
         return 2;
     }
     dq_context_params cp;
@@ -50,16 +53,18 @@ int main(int argc, char **argv)
     if (dq_rotation_base(bs, NULL, r, bs) != DQ_OK)
         return 1;
 
-    printf("calibration sample %lld x %lld, block %d, %d greedy steps, %d repeats, "
-           "library threads %d\n", (long long)t, (long long)c, bs, steps, reps, threads);
+    printf("calibration sample %lld x %lld, block %d, %d greedy steps, %s base, %d repeats, "
+           "library threads %d\n", (long long)t, (long long)c, bs, steps, base, reps, threads);
     dq_rotation_params rp;
     dq_rotation_params_init(&rp, sizeof rp);
     rp.block_size = bs;
     rp.max_steps = steps;
+    rp.flags |= hadamard_base ? DQ_ROT_F_HADAMARD_BASE : 0u;
     dq_plan_params pp;
     dq_plan_params_init(&pp, sizeof pp);
     pp.block_size = bs;
     pp.max_rotation_step = steps;
+    pp.flags |= hadamard_base ? DQ_PLAN_F_HADAMARD_BASE : 0u;
     int32_t sel = 0;
     for (int k = 0; k < reps; k++) {
         /* OpenBLAS alone: the products one search makes on the (T*K) x n view. */

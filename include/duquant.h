@@ -256,8 +256,18 @@ enum { DQ_ROT_METHOD_GREEDY = 0, DQ_ROT_METHOD_HADAMARD = 1, DQ_ROT_METHOD_RANDO
  *  modulo the block length, as the reference does (default: its column). PER_BLOCK: one matrix
  *  per block, each searched on its own columns (default: one matrix shared by all full blocks,
  *  searched on all of them, and one for a shorter last block). RANDOM_QPRIME: greedy base
- *  matrix Rot * blockdiag(1, Q') with a seeded random orthogonal Q', drawn afresh per search. */
-enum { DQ_ROT_F_ROW_RULE = 1u, DQ_ROT_F_PER_BLOCK = 2u, DQ_ROT_F_RANDOM_QPRIME = 4u };
+ *  matrix Rot * blockdiag(1, Q') with a seeded random orthogonal Q', drawn afresh per search.
+ *  HADAMARD_BASE: the greedy base matrix is the normalised Sylvester Hadamard matrix H (its row
+ *  0 is uniform, as the method asks of the base) instead of Rot, so each step also mixes every
+ *  other channel of the block (H * blockdiag(1, Q') with RANDOM_QPRIME or qprime); every block
+ *  length must be a power of two. H is symmetric, so a step on the channel the previous step
+ *  took undoes it, and searches often keep a prefix of one step. @since 1.1 */
+enum {
+    DQ_ROT_F_ROW_RULE = 1u,
+    DQ_ROT_F_PER_BLOCK = 2u,
+    DQ_ROT_F_RANDOM_QPRIME = 4u,
+    DQ_ROT_F_HADAMARD_BASE = 8u
+};
 
 typedef struct dq_rotation_params {
     uint32_t struct_size;  /**< set by dq_rotation_params_init */
@@ -373,15 +383,16 @@ typedef struct dq_plan dq_plan;
 
 /** dq_plan_params.flags. SMOOTH: smoothing scales. ROTATE: block rotations (method).
  *  PERMUTE: zigzag permutations between rotations (permutation_times of them; with ROTATE off
- *  one permutation alone). ROW_RULE, PER_BLOCK_R, RANDOM_QPRIME: as DQ_ROT_F_* for the greedy
- *  search (PER_BLOCK_R also gives RANDOM one matrix per block). */
+ *  one permutation alone). ROW_RULE, PER_BLOCK_R, RANDOM_QPRIME, HADAMARD_BASE: as DQ_ROT_F_*
+ *  for the greedy search (PER_BLOCK_R also gives RANDOM one matrix per block). */
 enum {
     DQ_PLAN_F_SMOOTH = 1u,
     DQ_PLAN_F_ROTATE = 2u,
     DQ_PLAN_F_PERMUTE = 4u,
     DQ_PLAN_F_ROW_RULE = 8u,
     DQ_PLAN_F_PER_BLOCK_R = 16u,
-    DQ_PLAN_F_RANDOM_QPRIME = 32u
+    DQ_PLAN_F_RANDOM_QPRIME = 32u,
+    DQ_PLAN_F_HADAMARD_BASE = 64u /**< @since 1.1 */
 };
 /** Default flags: DuQuant with smoothing (smooth, rotate, permute, rotate). */
 #define DQ_PLAN_F_DEFAULT (DQ_PLAN_F_SMOOTH | DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE)

@@ -13,7 +13,7 @@
 #define PLAN_PARAMS_MIN_SIZE (offsetof(dq_plan_params, smooth_alpha) + sizeof(float))
 #define PLAN_KNOWN_FLAGS                                                                     \
     (DQ_PLAN_F_SMOOTH | DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_ROW_RULE |         \
-     DQ_PLAN_F_PER_BLOCK_R | DQ_PLAN_F_RANDOM_QPRIME)
+     DQ_PLAN_F_PER_BLOCK_R | DQ_PLAN_F_RANDOM_QPRIME | DQ_PLAN_F_HADAMARD_BASE)
 #define MAX_PERMUTATION_TIMES 64
 
 /* Rows transformed per pass: the temporary (rows x cols floats) stays in cache and each block
@@ -58,7 +58,7 @@ static dq_status read_plan_params(const dq_plan_params *user, int64_t cols, dq_p
         return DQ_ERR_INVALID_ARG;
     /* Search options mean nothing to the other methods: refuse rather than ignore them. */
     if (p->method != DQ_ROT_METHOD_GREEDY &&
-        (p->flags & (DQ_PLAN_F_ROW_RULE | DQ_PLAN_F_RANDOM_QPRIME)))
+        (p->flags & (DQ_PLAN_F_ROW_RULE | DQ_PLAN_F_RANDOM_QPRIME | DQ_PLAN_F_HADAMARD_BASE)))
         return DQ_ERR_INVALID_ARG;
     dq__refine_opts refine;
     if (p->refine && (st = dq__refine_read(p->refine, &refine)) != DQ_OK)
@@ -67,7 +67,8 @@ static dq_status read_plan_params(const dq_plan_params *user, int64_t cols, dq_p
         return DQ_ERR_INVALID_ARG; /* nothing to refine */
     if (cols <= 0)
         return DQ_ERR_SHAPE;
-    if ((p->flags & DQ_PLAN_F_ROTATE) && p->method == DQ_ROT_METHOD_HADAMARD &&
+    if ((p->flags & DQ_PLAN_F_ROTATE) &&
+        (p->method == DQ_ROT_METHOD_HADAMARD || (p->flags & DQ_PLAN_F_HADAMARD_BASE)) &&
         !dq__hadamard_fits(cols, p->block_size))
         return DQ_ERR_UNSUPPORTED;
     return DQ_OK;
@@ -191,6 +192,7 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
                 .row_rule = (p->flags & DQ_PLAN_F_ROW_RULE) != 0,
                 .per_block = (p->flags & DQ_PLAN_F_PER_BLOCK_R) != 0,
                 .random_qprime = (p->flags & DQ_PLAN_F_RANDOM_QPRIME) != 0,
+                .hadamard_base = (p->flags & DQ_PLAN_F_HADAMARD_BASE) != 0,
                 .seed = dq__seed_mix(p->seed, (uint64_t)s),
                 .qprime = NULL,
             };

@@ -8,7 +8,10 @@
 
 /* The first released layout ends after max_steps. */
 #define ROTATION_PARAMS_MIN_SIZE (offsetof(dq_rotation_params, max_steps) + sizeof(int32_t))
-#define ROTATION_KNOWN_FLAGS (DQ_ROT_F_ROW_RULE | DQ_ROT_F_PER_BLOCK | DQ_ROT_F_RANDOM_QPRIME)
+#define ROTATION_KNOWN_FLAGS                                                                 \
+    (DQ_ROT_F_ROW_RULE | DQ_ROT_F_PER_BLOCK | DQ_ROT_F_RANDOM_QPRIME | DQ_ROT_F_HADAMARD_BASE)
+/* Flags that only the greedy search understands. */
+#define ROTATION_SEARCH_FLAGS (DQ_ROT_F_ROW_RULE | DQ_ROT_F_RANDOM_QPRIME | DQ_ROT_F_HADAMARD_BASE)
 
 /* Rows per product when applying rotations: large enough for efficient sgemm calls, small
  * enough to keep the temporary in cache. */
@@ -73,31 +76,6 @@ static void duquant_rot(int32_t n, float *out, int64_t ldo, double *v)
     }
 }
 
-/* Rot_n * blockdiag(1, Q') (or Rot_n when qprime is NULL) into out (n x n, ldo). */
-static dq_status base_matrix(const dq_context *ctx, int32_t n, const float *qprime, float *out,
-                             int64_t ldo)
-{
-    double *v = dq__alloc(ctx, (size_t)n * sizeof(double));
-    float *rot = qprime ? dq__alloc(ctx, (size_t)n * (size_t)n * sizeof(float)) : NULL;
-    dq_status st = DQ_ERR_NOMEM;
-    if (!v || (qprime && !rot))
-        goto out;
-    if (!qprime) {
-        duquant_rot(n, out, ldo, v);
-        st = DQ_OK;
-        goto out;
-    }
-    duquant_rot(n, rot, n, v);
-    for (int32_t i = 0; i < n; i++)
-        out[(size_t)i * (size_t)ldo] = rot[(size_t)i * (size_t)n];
-    dq__block_product(rot + 1, n, n, n - 1, qprime, n - 1, n - 1, out + 1, ldo);
-    st = DQ_OK;
-out:
-    dq__free(ctx, v);
-    dq__free(ctx, rot);
-    return st;
-}
-
 static bool is_pow2(int64_t n)
 {
     return n > 0 && (n & (n - 1)) == 0;
@@ -110,6 +88,38 @@ static void hadamard(int32_t n, float *out, int64_t ldo)
         for (int32_t j = 0; j < n; j++)
             out[(size_t)i * (size_t)ldo + (size_t)j] =
                 (__builtin_popcount((unsigned)(i & j)) & 1) ? -h : h;
+}
+
+/* B * blockdiag(1, Q') (or B when qprime is NULL) into out (n x n, ldo), B = Rot_n, or the
+ * Hadamard matrix H_n (n a power of two) with hadamard_base. */
+static dq_status base_matrix(const dq_context *ctx, int32_t n, bool hadamard_base,
+                             const float *qprime, float *out, int64_t ldo)
+{
+    double *v = dq__alloc(ctx, (size_t)n * sizeof(double));
+    float *rot = qprime ? dq__alloc(ctx, (size_t)n * (size_t)n * sizeof(float)) : NULL;
+    dq_status st = DQ_ERR_NOMEM;
+    if (!v || (qprime && !rot))
+        goto out;
+    if (!qprime) {
+        if (hadamard_base)
+            hadamard(n, out, ldo);
+        else
+            duquant_rot(n, out, ldo, v);
+        st = DQ_OK;
+        goto out;
+    }
+    if (hadamard_base)
+        hadamard(n, rot, n);
+    else
+        duquant_rot(n, rot, n, v);
+    for (int32_t i = 0; i < n; i++)
+        out[(size_t)i * (size_t)ldo] = rot[(size_t)i * (size_t)n];
+    dq__block_product(rot + 1, n, n, n - 1, qprime, n - 1, n - 1, out + 1, ldo);
+    st = DQ_OK;
+out:
+    dq__free(ctx, v);
+    dq__free(ctx, rot);
+    return st;
 }
 
 /* Haar-distributed orthogonal matrix: modified Gram-Schmidt (in double) of a Gaussian matrix,
@@ -159,7 +169,7 @@ DQ_API dq_status dq_rotation_base(int32_t n, const float *qprime, float *out, in
         return DQ_ERR_SHAPE;
     if (qprime && !dq__all_finite(qprime, n - 1, n - 1, n - 1))
         return DQ_ERR_NONFINITE;
-    return base_matrix(NULL, n, qprime, out, ldo);
+    return base_matrix(NULL, n, false, qprime, out, ldo);
 }
 
 DQ_API dq_status dq_rotation_hadamard(int32_t n, float *out, int64_t ldo)
@@ -315,7 +325,7 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
                 goto out;
             qprime = qp;
         }
-        if ((st = base_matrix(ctx, n, qprime, base, n)) != DQ_OK)
+        if ((st = base_matrix(ctx, n, o->hadamard_base, qprime, base, n)) != DQ_OK)
             goto out;
         /* The view of this matrix's blocks: row t * nb + (b - b0) holds token t of block b. */
         int64_t b0, nb;
@@ -343,7 +353,7 @@ dq_status dq__rotation_build(const dq_context *ctx, const dq__rot_opts *o, const
     *out = NULL;
     ctx = dq__ctx(ctx);
     const int32_t bs = o->block_size;
-    if (o->method == DQ_ROT_METHOD_HADAMARD && !dq__hadamard_fits(cols, bs))
+    if ((o->method == DQ_ROT_METHOD_HADAMARD || o->hadamard_base) && !dq__hadamard_fits(cols, bs))
         return DQ_ERR_UNSUPPORTED;
     dq_rotation *r;
     dq_status st = rotation_alloc(ctx, cols, bs, o->per_block, o->method, o->max_steps, &r);
@@ -476,7 +486,7 @@ static dq_status read_rotation_params(const dq_rotation_params *user, dq__rot_op
         p.max_steps < 0 || p.max_steps > DQ_MAX_STEPS)
         return DQ_ERR_INVALID_ARG;
     /* Search options mean nothing to the other methods: refuse rather than ignore them. */
-    if (!greedy && ((p.flags & (DQ_ROT_F_ROW_RULE | DQ_ROT_F_RANDOM_QPRIME)) || p.qprime))
+    if (!greedy && ((p.flags & ROTATION_SEARCH_FLAGS) || p.qprime))
         return DQ_ERR_INVALID_ARG;
     if (p.qprime && (p.flags & DQ_ROT_F_RANDOM_QPRIME))
         return DQ_ERR_INVALID_ARG;
@@ -490,6 +500,7 @@ static dq_status read_rotation_params(const dq_rotation_params *user, dq__rot_op
         .row_rule = (p.flags & DQ_ROT_F_ROW_RULE) != 0,
         .per_block = (p.flags & DQ_ROT_F_PER_BLOCK) != 0,
         .random_qprime = (p.flags & DQ_ROT_F_RANDOM_QPRIME) != 0,
+        .hadamard_base = (p.flags & DQ_ROT_F_HADAMARD_BASE) != 0,
         .seed = p.seed,
         .qprime = p.qprime,
     };

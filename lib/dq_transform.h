@@ -57,6 +57,7 @@ typedef struct dq__rot_opts {
     bool row_rule;
     bool per_block;
     bool random_qprime;
+    bool hadamard_base; /* H_n instead of Rot_n as the greedy base */
     uint64_t seed;
     const float *qprime; /* (block_size - 1)^2 or NULL */
     bool plain_search;   /* the unpruned search (the oracle of tests and benchmarks) */

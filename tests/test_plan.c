@@ -39,8 +39,16 @@ static const variant variants[] = {
     {"duquant twice", DQ_ROT_METHOD_GREEDY, DQ_PLAN_F_DEFAULT, 2},
     {"rotation only", DQ_ROT_METHOD_GREEDY, DQ_PLAN_F_ROTATE, 1},
     {"permutation only", DQ_ROT_METHOD_GREEDY, DQ_PLAN_F_PERMUTE, 1},
+    {"duquant Hadamard base", DQ_ROT_METHOD_GREEDY,
+     DQ_PLAN_F_DEFAULT | DQ_PLAN_F_HADAMARD_BASE | DQ_PLAN_F_PER_BLOCK_R, 1},
 };
 #define N_VARIANTS (sizeof variants / sizeof variants[0])
+
+/* Variants whose every block length must be a power of two. */
+static int hadamard_blocks(const variant *v)
+{
+    return v->method == DQ_ROT_METHOD_HADAMARD || (v->flags & DQ_PLAN_F_HADAMARD_BASE) != 0;
+}
 
 static dq_plan_params plan_params(const variant *v, int32_t bs, int32_t steps)
 {
@@ -100,7 +108,7 @@ static void check_invariance(int64_t cols, int32_t bs, int outliers, uint64_t se
         dq_plan_params p = plan_params(&variants[k], bs, 40);
         dq_plan *pl = NULL;
         dq_status st = dq_plan_build(NULL, &p, c, w_absmax, cols, &pl);
-        if (variants[k].method == DQ_ROT_METHOD_HADAMARD && cols % bs != 0 &&
+        if (hadamard_blocks(&variants[k]) && cols % bs != 0 &&
             ((cols % bs) & (cols % bs - 1)) != 0) {
             ck_assert_int_eq(st, DQ_ERR_UNSUPPORTED); /* never silently */
             continue;
@@ -260,7 +268,7 @@ START_TEST(build_from_sample_equals_calibrator)
         w_absmax[j] = 0.05f + 0.001f * (float)j;
     dq_calib *c = calib_of(x, t, cols, ld);
     for (size_t k = 0; k < N_VARIANTS; k++) {
-        if (variants[k].method == DQ_ROT_METHOD_HADAMARD)
+        if (hadamard_blocks(&variants[k])) /* width 172: blocks 64, 64, 44 */
             continue;
         dq_plan_params p = plan_params(&variants[k], 64, 24);
         dq_plan *a = build(&p, c, w_absmax, cols), *b = NULL;
@@ -645,6 +653,18 @@ START_TEST(bad_params)
     ck_assert_int_eq(dq_plan_build(NULL, &p, c, w_absmax, 64, &pl), DQ_ERR_INVALID_ARG);
     p.flags = DQ_PLAN_F_ROTATE | DQ_PLAN_F_RANDOM_QPRIME;
     ck_assert_int_eq(dq_plan_build(NULL, &p, c, w_absmax, 64, &pl), DQ_ERR_INVALID_ARG);
+    p.flags = DQ_PLAN_F_ROTATE | DQ_PLAN_F_HADAMARD_BASE;
+    ck_assert_int_eq(dq_plan_build(NULL, &p, c, w_absmax, 64, &pl), DQ_ERR_INVALID_ARG);
+    /* A Hadamard base needs power-of-two blocks, the last one included: never silently. */
+    dq_plan_params_init(&p, sizeof p);
+    p.flags |= DQ_PLAN_F_HADAMARD_BASE;
+    p.block_size = 24;
+    ck_assert_int_eq(dq_plan_build(NULL, &p, c, w_absmax, 64, &pl), DQ_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(pl);
+    p.flags &= ~(uint32_t)DQ_PLAN_F_ROTATE; /* no rotation: no base needed */
+    ck_assert_int_eq(dq_plan_build(NULL, &p, c, w_absmax, 64, &pl), DQ_OK);
+    dq_plan_free(pl);
+    pl = NULL;
     dq_plan_params_init(&p, sizeof p);
     p.struct_size = 12;
     ck_assert_int_eq(dq_plan_build(NULL, &p, c, w_absmax, 64, &pl), DQ_ERR_STRUCT_SIZE);

@@ -164,9 +164,12 @@ START_TEST(random_orthogonal_blocks)
 END_TEST
 
 /* The greedy search written out naively: sequential flat argmax/argmin, step matrices applied
- * with double accumulation, the product of the best prefix in double. */
+ * with double accumulation, the product of the best prefix in double (of the first `prefix`
+ * steps instead when prefix >= 0). The base is Rot_n, or the Hadamard matrix with
+ * hadamard_base. */
 static void greedy_oracle(const float *x, int64_t t, int64_t cols, int32_t n, int32_t steps,
-                          int row_rule, int64_t *ids, float *peaks, int32_t *selected, double *r)
+                          int row_rule, int hadamard_base, int32_t prefix, int64_t *ids,
+                          float *peaks, int32_t *selected, double *r)
 {
     const int64_t rows = t * (cols / n), total = rows * n;
     float *v = malloc((size_t)total * sizeof *v), *base = malloc((size_t)n * n * sizeof *base);
@@ -174,7 +177,10 @@ static void greedy_oracle(const float *x, int64_t t, int64_t cols, int32_t n, in
     double *acc = malloc((size_t)n * sizeof *acc), *cur = malloc((size_t)n * n * sizeof *cur);
     double *nxt = malloc((size_t)n * n * sizeof *nxt);
     memcpy(v, x, (size_t)total * sizeof *v);
-    dq_rotation_base(n, NULL, base, n);
+    if (hadamard_base)
+        ck_assert_int_eq(dq_rotation_hadamard(n, base, n), DQ_OK);
+    else
+        ck_assert_int_eq(dq_rotation_base(n, NULL, base, n), DQ_OK);
     for (int32_t i = 0; i < n * n; i++)
         cur[i] = r[i] = i % (n + 1) == 0 ? 1.0 : 0.0;
     float best = INFINITY;
@@ -193,8 +199,11 @@ static void greedy_oracle(const float *x, int64_t t, int64_t cols, int32_t n, in
         if (peaks[k] < best) {
             best = peaks[k];
             *selected = k;
-            memcpy(r, cur, (size_t)n * n * sizeof *r);
+            if (prefix < 0)
+                memcpy(r, cur, (size_t)n * n * sizeof *r);
         }
+        if (k == prefix)
+            memcpy(r, cur, (size_t)n * n * sizeof *r);
         if (k == steps)
             break;
         for (int32_t i = 0; i < n; i++)
@@ -239,21 +248,34 @@ START_TEST(greedy_matches_oracle)
     float peaks[41], ref_peaks[41];
     int32_t swapped[41];
     double *ref_r = malloc((size_t)n * n * sizeof *ref_r);
-    for (int rule = 0; rule < 2; rule++) {
-        dq_rotation_params p = rot_params(DQ_ROT_METHOD_GREEDY, rule ? DQ_ROT_F_ROW_RULE : 0, n,
-                                          steps);
+    const uint32_t flags[] = {0, DQ_ROT_F_ROW_RULE, DQ_ROT_F_HADAMARD_BASE};
+    for (int f = 0; f < 3; f++) {
+        const int rule = (flags[f] & DQ_ROT_F_ROW_RULE) != 0;
+        dq_rotation_params p = rot_params(DQ_ROT_METHOD_GREEDY, flags[f], n, steps);
         dq_rotation *r = new_rotation(&p, x, t, cols, cols);
         int32_t got_steps = 0, sel = -1, ref_sel = -2;
         ck_assert_int_eq(dq_rotation_trace(r, 0, &got_steps, &sel, ids, swapped, peaks, 41),
                          DQ_OK);
         ck_assert_int_eq(got_steps, steps);
-        greedy_oracle(x, t, cols, n, steps, rule, ref_ids, ref_peaks, &ref_sel, ref_r);
+        const int hadamard_base = (flags[f] & DQ_ROT_F_HADAMARD_BASE) != 0;
+        greedy_oracle(x, t, cols, n, steps, rule, hadamard_base, -1, ref_ids, ref_peaks,
+                      &ref_sel, ref_r);
         ck_assert_mem_eq(ids, ref_ids, sizeof ids);
         for (int k = 0; k <= steps; k++) {
             ck_assert_int_eq(swapped[k], rule ? ids[k] % n : ids[k]);
             ck_assert_double_eq_tol(peaks[k], ref_peaks[k], 1e-5 * ref_peaks[k]);
         }
-        ck_assert_int_eq(sel, ref_sel);
+        if (hadamard_base && sel != ref_sel) {
+            /* H is an involution: a step that picks the previous step's column undoes it, so
+             * the peaks repeat exactly in exact arithmetic and rounding decides which copy of
+             * the minimum comes first. Both picks must be minima; compare the matrix of ours. */
+            ck_assert_double_le(peaks[sel], ref_peaks[ref_sel] * (1 + 1e-5));
+            ck_assert_double_le(ref_peaks[sel], ref_peaks[ref_sel] * (1 + 1e-5));
+            greedy_oracle(x, t, cols, n, steps, rule, hadamard_base, sel, ref_ids, ref_peaks,
+                          &ref_sel, ref_r);
+        } else {
+            ck_assert_int_eq(sel, ref_sel);
+        }
         ck_assert_int_gt(sel, 0); /* the data has outliers: rotating must help */
         ck_assert_float_lt(peaks[sel], peaks[0]);
         int32_t size = 0;
@@ -266,6 +288,39 @@ START_TEST(greedy_matches_oracle)
     }
     free(ref_r);
     free(x);
+}
+END_TEST
+
+/* With a Hadamard base, one step on a single outlier at column c is H with rows and columns 0
+ * and c exchanged: the outlier lands on H's uniform row and is spread evenly (same sign) over
+ * the block, the other channels on the remaining rows. */
+START_TEST(hadamard_base_step)
+{
+    const int32_t n = 16, c = 5;
+    const int64_t t = 4;
+    float x[4 * 16], h[16 * 16];
+    for (int64_t i = 0; i < t * n; i++)
+        x[i] = (float)((i * 7) % 5) - 2.0f;
+    x[2 * n + c] = 400.0f;
+    ck_assert_int_eq(dq_rotation_hadamard(n, h, n), DQ_OK);
+    dq_rotation_params p = rot_params(DQ_ROT_METHOD_GREEDY, DQ_ROT_F_HADAMARD_BASE, n, 1);
+    dq_rotation *r = new_rotation(&p, x, t, n, n);
+    int32_t sel = -1, size = 0;
+    int32_t swapped[2];
+    ck_assert_int_eq(dq_rotation_trace(r, 0, NULL, &sel, NULL, swapped, NULL, 2), DQ_OK);
+    ck_assert_int_eq(sel, 1);
+    ck_assert_int_eq(swapped[0], c);
+    float *m = matrix_of(r, 0, &size);
+    for (int32_t i = 0; i < n; i++)
+        for (int32_t j = 0; j < n; j++) {
+            int32_t si = i == 0 ? c : (i == c ? 0 : i), sj = j == 0 ? c : (j == c ? 0 : j);
+            ck_assert_float_eq(m[i * n + j], h[si * n + sj]);
+        }
+    ck_assert_int_eq(dq_rotation_apply(r, x, t, n, n), DQ_OK);
+    for (int32_t j = 0; j < n; j++) /* 400/4 = 100 everywhere, give or take the noise */
+        ck_assert_float_eq_tol(x[2 * n + j], 100.0f, 2.0f * 4.0f);
+    free(m);
+    dq_rotation_free(r);
 }
 END_TEST
 
@@ -367,8 +422,13 @@ START_TEST(blocks_stay_orthogonal)
     test_rng rng = {44};
     const int64_t t = 32, cols = 256;
     float *x = test_new_activations(&rng, t, cols, cols, 1);
-    const uint32_t flags[] = {0, DQ_ROT_F_ROW_RULE, DQ_ROT_F_PER_BLOCK, DQ_ROT_F_RANDOM_QPRIME};
-    for (int k = 0; k < 4; k++) {
+    const uint32_t flags[] = {0,
+                              DQ_ROT_F_ROW_RULE,
+                              DQ_ROT_F_PER_BLOCK,
+                              DQ_ROT_F_RANDOM_QPRIME,
+                              DQ_ROT_F_HADAMARD_BASE | DQ_ROT_F_PER_BLOCK,
+                              DQ_ROT_F_HADAMARD_BASE | DQ_ROT_F_RANDOM_QPRIME};
+    for (size_t k = 0; k < sizeof flags / sizeof flags[0]; k++) {
         dq_rotation_params p = rot_params(DQ_ROT_METHOD_GREEDY, flags[k], 64, 256);
         dq_rotation *r = new_rotation(&p, x, t, cols, cols);
         ck_assert_double_le(test_rotation_orth_error(r), 1e-5);
@@ -525,6 +585,8 @@ START_TEST(bad_create_input)
     ck_assert_int_eq(dq_rotation_create(NULL, &p, x, 4, 64, 64, &r), DQ_ERR_INVALID_ARG);
     p = rot_params(DQ_ROT_METHOD_HADAMARD, DQ_ROT_F_ROW_RULE, 32, 4);
     ck_assert_int_eq(dq_rotation_create(NULL, &p, NULL, 0, 64, 0, &r), DQ_ERR_INVALID_ARG);
+    p = rot_params(DQ_ROT_METHOD_RANDOM, DQ_ROT_F_HADAMARD_BASE, 32, 4);
+    ck_assert_int_eq(dq_rotation_create(NULL, &p, NULL, 0, 64, 0, &r), DQ_ERR_INVALID_ARG);
     p = rot_params(DQ_ROT_METHOD_RANDOM, 0, 32, 4);
     p.qprime = q;
     ck_assert_int_eq(dq_rotation_create(NULL, &p, NULL, 0, 64, 0, &r), DQ_ERR_INVALID_ARG);
@@ -542,6 +604,14 @@ START_TEST(bad_create_input)
     ck_assert_int_eq(dq_rotation_create(NULL, &p, NULL, 0, 172, 0, &r), DQ_ERR_UNSUPPORTED);
     ck_assert_int_eq(dq_rotation_create(NULL, &p, NULL, 0, 0, 0, &r), DQ_ERR_SHAPE);
     ck_assert_int_eq(dq_rotation_create(NULL, &p, NULL, 0, 192, 0, &r), DQ_OK); /* 64+64+64 */
+    dq_rotation_free(r);
+    /* So does a Hadamard base for the greedy search. */
+    p = rot_params(DQ_ROT_METHOD_GREEDY, DQ_ROT_F_HADAMARD_BASE, 24, 4);
+    ck_assert_int_eq(dq_rotation_create(NULL, &p, x, 4, 48, 64, &r), DQ_ERR_UNSUPPORTED);
+    p = rot_params(DQ_ROT_METHOD_GREEDY, DQ_ROT_F_HADAMARD_BASE | DQ_ROT_F_PER_BLOCK, 32, 4);
+    ck_assert_int_eq(dq_rotation_create(NULL, &p, x, 4, 60, 64, &r), DQ_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(r);
+    ck_assert_int_eq(dq_rotation_create(NULL, &p, x, 4, 48, 64, &r), DQ_OK); /* 32+16 */
     dq_rotation_free(r);
     p = rot_params(DQ_ROT_METHOD_GREEDY, 0, 32, 4);
     p.struct_size = 8;
@@ -605,6 +675,7 @@ int main(void)
     tcase_add_test(tc, hadamard_blocks);
     tcase_add_test(tc, random_orthogonal_blocks);
     tcase_add_test(tc, greedy_matches_oracle);
+    tcase_add_test(tc, hadamard_base_step);
     tcase_add_test(tc, remainder_and_per_block_layouts);
     tcase_add_test(tc, wide_layouts);
     tcase_add_test(tc, blocks_stay_orthogonal);

@@ -145,6 +145,27 @@ START_TEST(pruned_equals_plain_strided)
 }
 END_TEST
 
+/* The Hadamard base (DQ_ROT_F_HADAMARD_BASE): every entry +-1/sqrt(n), so the norm bound is
+ * loose; pruning must stay exact. */
+START_TEST(pruned_equals_plain_hadamard_base)
+{
+    const int32_t lens[] = {2, 16, 64, 128};
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+        const int32_t n = lens[li];
+        const int64_t blocks = 3, tokens = 32;
+        float *base = malloc((size_t)n * (size_t)n * sizeof *base);
+        ck_assert_int_eq(dq_rotation_hadamard(n, base, n), DQ_OK);
+        for (int kind = 0; kind < 4; kind++) {
+            float *x = new_data(300 + (uint64_t)(li * 4 + (size_t)kind), tokens, blocks * n, kind);
+            const dq__search_view v = {x, blocks * n, tokens, blocks, n, n};
+            compare_view(&v, base, 48, kind % 2 == 1, 2);
+            free(x);
+        }
+        free(base);
+    }
+}
+END_TEST
+
 /* The same records and matrices for any worker count. */
 START_TEST(thread_counts_agree)
 {
@@ -352,6 +373,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, pruned_equals_plain_views);
     tcase_add_test(tc, pruned_equals_plain_strided);
+    tcase_add_test(tc, pruned_equals_plain_hadamard_base);
     tcase_add_test(tc, thread_counts_agree);
     tcase_add_test(tc, rotation_chain_agrees);
     tcase_add_test(tc, golden_inputs_agree);
