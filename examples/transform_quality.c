@@ -2,16 +2,17 @@
  *
  * For each reference case (a folder with manifest.json, X.f32, W.f32, Xt.f32, Wt.f32, as in
  * the project's golden vectors) or, without one, for a synthetic outlier-heavy layer, this
- * builds plans for RTN, Hadamard, random orthogonal and DuQuant (reference mode and column
- * rule with one R per block), each without and with smoothing, and prints the relative
- * output error ||X W^T - Q(X') Q(W')^T||_F / ||X W^T||_F with per-token asymmetric 4-bit
- * activations and per-output-channel asymmetric 4-bit weights (clip 1.0). Two more rows
- * clip the weights of the best DuQuant variant: the reference's fixed ratio 0.8, and clip
- * factors learned by LWC (60 epochs, batches of 8 tokens, W4A4 loss, on the same tokens).
- * Where the case folder holds the reference implementation's own Xt and Wt, their error is
- * printed too.
+ * builds plans for RTN, Hadamard, random orthogonal and DuQuant (reference mode; column rule
+ * with one shared R, the library default; one R per block; one R per block searched with the
+ * Hadamard base), each without and with smoothing, and prints the relative output error
+ * ||X W^T - Q(X') Q(W')^T||_F / ||X W^T||_F with per-token asymmetric 4-bit activations and
+ * per-output-channel asymmetric 4-bit weights (clip 1.0). Two DuQuant plans also get their
+ * weights clipped: at the reference's fixed ratio 0.8, and by factors learned with LWC (60
+ * epochs, batches of 8 tokens, W4A4 loss, on the same tokens). Where the case folder holds
+ * the reference implementation's own Xt and Wt, their error is printed too. Each table ends
+ * with the claims it supports (see verdict); --check makes a failed claim fail the program.
  *
- * usage: transform_quality [golden-dir]   (default: $DUQUANT_GOLDEN_DIR) */
+ * usage: transform_quality [--check] [golden-dir]   (default: $DUQUANT_GOLDEN_DIR) */
 #define _POSIX_C_SOURCE 200809L /* opendir, strdup */
 #include <dirent.h>
 #include <math.h>
@@ -199,51 +200,155 @@ static void print_cell(double e)
         printf("  %12.4f", e);
 }
 
-static int print_table(const char *title, const layer *l, const char *dir, const char *smooth_dir)
+/* Rows of the table. A DuQuant plan row is followed by its fixed-clip and LWC rows. */
+enum { ROW_BASELINE, ROW_DUQUANT, ROW_DUQUANT_FIXED, ROW_DUQUANT_LWC };
+#define MAX_ROWS 16
+
+typedef struct table {
+    int n;
+    const char *name[MAX_ROWS];
+    int kind[MAX_ROWS];
+    int headline[MAX_ROWS]; /* rows of the plan whose LWC row carries claim 2 (see verdict) */
+    double err[MAX_ROWS][2]; /* [row][no smoothing, smoothing] */
+} table;
+
+/* Fills t with every row's error in both columns. */
+static void measure(const layer *l, table *t)
 {
     static const struct {
         const char *name;
         int32_t method;
         uint32_t flags;
-        int clipped; /* also print the fixed-clip and LWC rows of this plan */
-    } rows[] = {
+        int clipped; /* 1: also the fixed-clip and LWC rows; 2: and they carry claim 2 */
+    } plans[] = {
         {"RTN | SmoothQuant", DQ_ROT_METHOD_GREEDY, 0, 0},
         {"Hadamard", DQ_ROT_METHOD_HADAMARD, DQ_PLAN_F_ROTATE, 0},
         {"random orthogonal", DQ_ROT_METHOD_RANDOM, DQ_PLAN_F_ROTATE, 0},
         {"DuQuant, reference mode", DQ_ROT_METHOD_GREEDY,
          DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_ROW_RULE, 0},
+        {"DuQuant, column rule (library default)", DQ_ROT_METHOD_GREEDY,
+         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE, 1},
         {"DuQuant, column rule, per-block R", DQ_ROT_METHOD_GREEDY,
-         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_PER_BLOCK_R, 1},
+         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_PER_BLOCK_R, 0},
+        {"DuQuant, per-block R, Hadamard base", DQ_ROT_METHOD_GREEDY,
+         DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE | DQ_PLAN_F_PER_BLOCK_R | DQ_PLAN_F_HADAMARD_BASE,
+         2},
     };
     static const int clips[] = {CLIP_NONE, CLIP_FIXED, CLIP_LWC};
+    static const int kinds[] = {ROW_DUQUANT, ROW_DUQUANT_FIXED, ROW_DUQUANT_LWC};
     static const char *const clip_names[] = {NULL, "  + fixed weight clip 0.8",
                                              "  + LWC (learned weight clip)"};
-    int failed = 0;
-    printf("%s: X %lldx%lld, W %lldx%lld, block %d, %d greedy steps\n", title, (long long)l->t,
-           (long long)l->c, (long long)l->out, (long long)l->c, l->block, l->steps);
-    printf("  %-42s  %12s  %7s %.2f\n", "W4A4 relative output error", "no smoothing",
-           "smoothing", (double)l->alpha);
-    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
-        const int n = rows[r].clipped ? 3 : 1;
+    t->n = 0;
+    for (size_t r = 0; r < sizeof plans / sizeof plans[0]; r++) {
+        const int n = plans[r].clipped ? 3 : 1;
         double e[2][3];
         for (int smooth = 0; smooth < 2; smooth++) {
             dq_plan_params p;
             dq_plan_params_init(&p, sizeof p);
-            p.method = rows[r].method;
-            p.flags = rows[r].flags | (smooth ? DQ_PLAN_F_SMOOTH : 0);
+            p.method = plans[r].method;
+            p.flags = plans[r].flags | (smooth ? DQ_PLAN_F_SMOOTH : 0);
             p.block_size = l->block;
             p.max_rotation_step = l->steps;
             p.smooth_alpha = l->alpha;
             plan_errors(l, &p, clips, n, e[smooth]);
         }
-        for (int k = 0; k < n; k++) {
-            printf("  %-42s", k == 0 ? rows[r].name : clip_names[k]);
-            for (int smooth = 0; smooth < 2; smooth++) {
-                failed += e[smooth][k] == -1;
-                print_cell(e[smooth][k]);
-            }
-            printf("\n");
+        for (int k = 0; k < n; k++, t->n++) {
+            t->name[t->n] = k == 0 ? plans[r].name : clip_names[k];
+            /* DuQuant plans are the ones with rotations and the zigzag permutation. */
+            t->kind[t->n] = (plans[r].flags & DQ_PLAN_F_PERMUTE) ? kinds[k] : ROW_BASELINE;
+            t->headline[t->n] = plans[r].clipped == 2;
+            t->err[t->n][0] = e[0][k];
+            t->err[t->n][1] = e[1][k];
         }
+    }
+}
+
+/* The row with the lowest error in a column, -1 when a cell failed. */
+static int lowest(const table *t, int col)
+{
+    int best = -1;
+    for (int r = 0; r < t->n; r++) {
+        if (t->err[r][col] < 0)
+            return -1;
+        if (best < 0 || t->err[r][col] < t->err[best][col])
+            best = r;
+    }
+    return best;
+}
+
+static const char *row_label(const table *t, int r)
+{
+    static char label[128];
+    int plan = r;
+    while (plan > 0 && t->kind[plan] != ROW_DUQUANT && t->kind[plan] != ROW_BASELINE)
+        plan--;
+    snprintf(label, sizeof label, "%s%s", t->name[plan], plan == r ? "" : t->name[r] + 1);
+    return label;
+}
+
+/* Prints the claims the table supports and returns how many fail:
+ *  1. in each column the lowest entry is a DuQuant+LWC row;
+ *  2. DuQuant+LWC with the Hadamard base is below every baseline row of its column;
+ *  3. LWC is below clip 1.0 and the fixed ratio for every clipped DuQuant plan. */
+static int verdict(const table *t)
+{
+    static const char *const column[2] = {"no smoothing", "smoothing"};
+    int failed = 0, headline = -1;
+    for (int r = 0; r < t->n; r++)
+        if (t->kind[r] == ROW_DUQUANT_LWC && t->headline[r])
+            headline = r;
+    const int low[2] = {lowest(t, 0), lowest(t, 1)};
+    if (headline < 0 || low[0] < 0 || low[1] < 0) {
+        printf("  verdict: a cell failed FAIL\n");
+        return 1;
+    }
+    for (int col = 0; col < 2; col++) {
+        const int ok = t->kind[low[col]] == ROW_DUQUANT_LWC;
+        printf("  lowest, %s: %s (%.4f)%s\n", column[col], row_label(t, low[col]),
+               t->err[low[col]][col], ok ? "" : "  NOT DuQuant+LWC");
+        failed += !ok;
+    }
+    for (int col = 0; col < 2; col++) {
+        int best = -1;
+        for (int r = 0; r < t->n; r++)
+            if (t->kind[r] == ROW_BASELINE && (best < 0 || t->err[r][col] < t->err[best][col]))
+                best = r;
+        const int ok = t->err[headline][col] < t->err[best][col];
+        printf("  %s: Hadamard-base DuQuant+LWC %.4f vs best baseline (%s) %.4f%s\n",
+               column[col], t->err[headline][col], t->name[best], t->err[best][col],
+               ok ? "" : "  NOT below");
+        failed += !ok;
+    }
+    int lwc_helps = 1;
+    for (int r = 0; r < t->n; r++)
+        for (int col = 0; col < 2; col++)
+            if (t->kind[r] == ROW_DUQUANT_LWC)
+                lwc_helps &= t->err[r][col] < t->err[r - 1][col] &&
+                             t->err[r][col] < t->err[r - 2][col];
+    printf("  LWC below clip 1.0 and fixed 0.8 for every clipped DuQuant plan: %s\n",
+           lwc_helps ? "yes" : "NO");
+    return failed + !lwc_helps;
+}
+
+/* Prints one case's table; returns the number of failed cells, plus failed claims when
+ * check is set. */
+static int print_table(const char *title, const layer *l, const char *dir, const char *smooth_dir,
+                       int check)
+{
+    table t;
+    measure(l, &t);
+    int failed = 0;
+    printf("%s: X %lldx%lld, W %lldx%lld, block %d, %d greedy steps\n", title, (long long)l->t,
+           (long long)l->c, (long long)l->out, (long long)l->c, l->block, l->steps);
+    printf("  %-42s  %12s  %7s %.2f\n", "W4A4 relative output error", "no smoothing",
+           "smoothing", (double)l->alpha);
+    for (int r = 0; r < t.n; r++) {
+        printf("  %-42s", t.name[r]);
+        for (int smooth = 0; smooth < 2; smooth++) {
+            failed += t.err[r][smooth] == -1;
+            print_cell(t.err[r][smooth]);
+        }
+        printf("\n");
     }
     if (dir) {
         printf("  %-42s", "reference implementation (its Xt, Wt)");
@@ -251,8 +356,9 @@ static int print_table(const char *title, const layer *l, const char *dir, const
         print_cell(smooth_dir ? reference_error(l, smooth_dir) : -1);
         printf("\n");
     }
+    const int claims = verdict(&t);
     printf("\n");
-    return failed;
+    return failed + (check ? claims : 0);
 }
 
 static int cmp_names(const void *a, const void *b)
@@ -262,7 +368,8 @@ static int cmp_names(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    const char *root = argc > 1 ? argv[1] : getenv("DUQUANT_GOLDEN_DIR");
+    const int check = argc > 1 && strcmp(argv[1], "--check") == 0;
+    const char *root = argc > 1 + check ? argv[1 + check] : getenv("DUQUANT_GOLDEN_DIR");
     DIR *d = root ? opendir(root) : NULL;
     int failed = 0, shown = 0;
     if (d) {
@@ -288,7 +395,7 @@ int main(int argc, char **argv)
                 if (probe)
                     closedir(probe);
                 snprintf(title, sizeof title, "case %s", names[i]);
-                failed += print_table(title, &l, dir, probe ? smooth_dir : NULL);
+                failed += print_table(title, &l, dir, probe ? smooth_dir : NULL, check);
                 shown++;
             }
             free(l.x);
@@ -299,7 +406,7 @@ int main(int argc, char **argv)
     if (shown == 0) {
         layer l;
         synthetic_layer(&l);
-        failed += print_table("synthetic layer (no reference cases found)", &l, NULL, NULL);
+        failed += print_table("synthetic layer (no reference cases found)", &l, NULL, NULL, check);
         free(l.x);
         free(l.w);
     }
