@@ -19,6 +19,8 @@
  * usage: rotation_refine [--golden DIR] [--calib DIR --model stories260K.bin]
  *                        [--dfrot-iters N] [--dfrot-gamma F] [--dart-iters N] [--dart-lr F]
  *                        [--block N] [--per-block] (one matrix per block)
+ *                        [--hadamard-base] (greedy searches with the Hadamard base where
+ *                        power-of-two blocks cover the width)
  *                        [--lwc-epochs N] (LWC training epochs, default 20)
  *                        [--verbose]   (each refinement iteration's objective to stderr)
  *        (--golden defaults to $DUQUANT_GOLDEN_DIR) */
@@ -42,7 +44,7 @@ typedef struct layer {
 } layer;
 
 typedef struct options {
-    int32_t dfrot_iters, dart_iters, block, per_block, lwc_epochs;
+    int32_t dfrot_iters, dart_iters, block, per_block, hadamard_base, lwc_epochs;
     float dart_lr, dfrot_gamma;
     dq_context *ctx; /* with --verbose: logs each refinement iteration to stderr */
 } options;
@@ -369,6 +371,11 @@ static void run_variant(const layer *l, const variant *v, const options *o, doub
     if (o->per_block)
         pp.flags |= DQ_PLAN_F_PER_BLOCK_R;
     pp.block_size = v->rot_method == DQ_ROT_METHOD_GREEDY ? l->block : l->hadamard_block;
+    /* The Hadamard base where power-of-two blocks cover the width; the Rot base elsewhere. */
+    const int64_t rest = l->c % pp.block_size;
+    if (o->hadamard_base && v->rot_method == DQ_ROT_METHOD_GREEDY &&
+        (pp.block_size & (pp.block_size - 1)) == 0 && (rest & (rest - 1)) == 0)
+        pp.flags |= DQ_PLAN_F_HADAMARD_BASE;
     pp.max_rotation_step = l->steps;
     pp.smooth_alpha = l->alpha;
     pp.refine = v->refine_method == DQ_REFINE_NONE ? NULL : &rp;
@@ -526,7 +533,7 @@ static void print_summary(const char *title, double sums[][2], int counts[][2])
 int main(int argc, char **argv)
 {
     const char *golden = getenv("DUQUANT_GOLDEN_DIR"), *calib = NULL, *model_path = NULL;
-    options o = {20, 100, 32, 0, 20, 1e-3f, 1.0f, NULL};
+    options o = {20, 100, 32, 0, 0, 20, 1e-3f, 1.0f, NULL};
     int verbose = 0;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -536,6 +543,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(k, "--per-block") == 0) {
             o.per_block = 1;
+            continue;
+        }
+        if (strcmp(k, "--hadamard-base") == 0) {
+            o.hadamard_base = 1;
             continue;
         }
         if (!v) {
@@ -564,7 +575,8 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr, "usage: %s [--golden DIR] [--calib DIR --model FILE] "
                             "[--dfrot-iters N] [--dfrot-gamma F] [--dart-iters N] [--dart-lr F] "
-                            "[--block N] [--per-block] [--lwc-epochs N] [--verbose]\n",
+                            "[--block N] [--per-block] [--hadamard-base] [--lwc-epochs N] "
+                            "[--verbose]\n",
                     argv[0]);
             return 2;
         }
@@ -586,7 +598,10 @@ int main(int argc, char **argv)
            "weights clipped at 1.0 or by LWC (%d epochs, W4A4 loss); all plans smooth (alpha "
            "from the case, 0.6 otherwise)\n\n",
            o.dfrot_iters, (double)o.dfrot_gamma, o.dart_iters, (double)o.dart_lr,
-           o.per_block ? "one matrix per block" : "one matrix shared by the full blocks",
+           o.per_block ? (o.hadamard_base ? "one matrix per block, Hadamard base"
+                                          : "one matrix per block")
+                       : (o.hadamard_base ? "one matrix shared by the full blocks, Hadamard base"
+                                          : "one matrix shared by the full blocks"),
            o.lwc_epochs);
     int failed = 0, shown = 0;
     double sums[N_VARIANTS][2] = {{0}};

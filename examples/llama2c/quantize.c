@@ -22,6 +22,11 @@ const l2c_method l2c_methods[] = {
      "DuQuant, column rule, one R per block", 0},
     {"duquant_lwc", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 1,
      "DuQuant (column rule, per-block R) + learnable weight clipping", 0},
+    {"duquant_hb", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R | DQ_PLAN_F_HADAMARD_BASE,
+     DQ_ROT_METHOD_GREEDY, 0,
+     "DuQuant, per-block R, Hadamard base where power-of-two blocks fit", 0},
+    {"duquant_hb_lwc", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R | DQ_PLAN_F_HADAMARD_BASE,
+     DQ_ROT_METHOD_GREEDY, 1, "duquant_hb + learnable weight clipping", 0},
     {"w4a16_rtn", 4, 0, 0, 0, 0, "4-bit weights, float activations (reference point)", 0},
     {"w4a16_duquant_lwc", 4, 0, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 1,
      "duquant_lwc with float activations (reference point)", 0},
@@ -222,9 +227,15 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
     pp.smooth_alpha = o->alpha;
     pp.max_rotation_step = o->rot_steps;
     pp.permutation_times = o->perm_times;
-    pp.block_size = method->rot_method == DQ_ROT_METHOD_HADAMARD
-                        ? hadamard_block(cal->width[in], o->hadamard_block)
-                        : o->block_size;
+    if (method->rot_method == DQ_ROT_METHOD_HADAMARD)
+        pp.block_size = hadamard_block(cal->width[in], o->hadamard_block);
+    else
+        pp.block_size = o->block_size;
+    /* The Hadamard base needs power-of-two blocks that cover the width; where they do not,
+     * that input keeps the Rot base. */
+    if ((pp.flags & DQ_PLAN_F_HADAMARD_BASE) &&
+        hadamard_block(cal->width[in], o->block_size) != o->block_size)
+        pp.flags &= ~(uint32_t)DQ_PLAN_F_HADAMARD_BASE;
     /* DFRot keeps its default 20 iterations; DartQuant's small Adam steps need more. */
     dq_refine_params rp;
     dq_refine_params_init(&rp, sizeof rp);
