@@ -371,10 +371,7 @@ static void run_variant(const layer *l, const variant *v, const options *o, doub
     if (o->per_block)
         pp.flags |= DQ_PLAN_F_PER_BLOCK_R;
     pp.block_size = v->rot_method == DQ_ROT_METHOD_GREEDY ? l->block : l->hadamard_block;
-    /* The Hadamard base where power-of-two blocks cover the width; the Rot base elsewhere. */
-    const int64_t rest = l->c % pp.block_size;
-    if (o->hadamard_base && v->rot_method == DQ_ROT_METHOD_GREEDY &&
-        (pp.block_size & (pp.block_size - 1)) == 0 && (rest & (rest - 1)) == 0)
+    if (o->hadamard_base && v->rot_method == DQ_ROT_METHOD_GREEDY)
         pp.flags |= DQ_PLAN_F_HADAMARD_BASE;
     pp.max_rotation_step = l->steps;
     pp.smooth_alpha = l->alpha;
@@ -392,6 +389,12 @@ static void run_variant(const layer *l, const variant *v, const options *o, doub
     double t0 = now();
     dq_status st = dq_plan_build_from_sample(o->ctx, &pp, NULL, l->cal, l->cal_rows, l->c,
                                              l->c, w_absmax, &pl);
+    if (st == DQ_ERR_UNSUPPORTED && (pp.flags & DQ_PLAN_F_HADAMARD_BASE)) {
+        /* No power-of-two blocks cover this width: the Rot base instead. */
+        pp.flags &= ~(uint32_t)DQ_PLAN_F_HADAMARD_BASE;
+        st = dq_plan_build_from_sample(o->ctx, &pp, NULL, l->cal, l->cal_rows, l->c, l->c,
+                                       w_absmax, &pl);
+    }
     secs[0] = now() - t0;
     if (st == DQ_ERR_UNSUPPORTED) {
         err[0] = err[1] = -2;

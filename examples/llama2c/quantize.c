@@ -231,11 +231,6 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
         pp.block_size = hadamard_block(cal->width[in], o->hadamard_block);
     else
         pp.block_size = o->block_size;
-    /* The Hadamard base needs power-of-two blocks that cover the width; where they do not,
-     * that input keeps the Rot base. */
-    if ((pp.flags & DQ_PLAN_F_HADAMARD_BASE) &&
-        hadamard_block(cal->width[in], o->block_size) != o->block_size)
-        pp.flags &= ~(uint32_t)DQ_PLAN_F_HADAMARD_BASE;
     /* DFRot keeps its default 20 iterations; DartQuant's small Adam steps need more. */
     dq_refine_params rp;
     dq_refine_params_init(&rp, sizeof rp);
@@ -251,9 +246,15 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
                 l2c_input_name(in), (long long)cal->width[in]);
         return -1;
     }
-    return check(dq_plan_build(ctx, &pp, cal->calib[l][in], cal->w_absmax[l][in],
-                               cal->width[in], out),
-                 "dq_plan_build", l, l2c_input_name(in));
+    dq_status st = dq_plan_build(ctx, &pp, cal->calib[l][in], cal->w_absmax[l][in],
+                                 cal->width[in], out);
+    if (st == DQ_ERR_UNSUPPORTED && (pp.flags & DQ_PLAN_F_HADAMARD_BASE)) {
+        /* No power-of-two blocks cover this width: that input keeps the Rot base. */
+        pp.flags &= ~(uint32_t)DQ_PLAN_F_HADAMARD_BASE;
+        st = dq_plan_build(ctx, &pp, cal->calib[l][in], cal->w_absmax[l][in], cal->width[in],
+                           out);
+    }
+    return check(st, "dq_plan_build", l, l2c_input_name(in));
 }
 
 /* Learned clip factors for weight w (rows x cols, already transformed) on the input's
