@@ -87,7 +87,11 @@ enum {
     DQ_ERR_FORMAT = -8,      /**< malformed serialised data */
     DQ_ERR_NONFINITE = -9,   /**< NaN or infinity in input data */
     DQ_ERR_OVERFLOW = -10,   /**< an element or byte count does not fit size_t / int64_t */
-    DQ_ERR_BUFFER = -11      /**< caller buffer too small (the needed size is reported) */
+    DQ_ERR_BUFFER = -11,     /**< caller buffer too small (the needed size is reported) */
+    DQ_ERR_MISMATCH = -12,   /**< objects that must belong together do not (a plan and the
+                                  weights packed through another plan) @since 1.2 */
+    DQ_ERR_IO = -13          /**< the file system refused (the log message names the path and
+                                  the system's reason) @since 1.2 */
 };
 
 /** @brief Symbolic name of a status ("DQ_ERR_SHAPE"); static storage, never NULL.
@@ -650,7 +654,7 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss);
  *  its STE gradient with respect to gamma and beta (n = number of clip groups each) at the
  *  current parameters. The surrogate is OmniQuant's: round(w / scale) has derivative 1, the
  *  rounded zero point is a constant (plain rounding), each clamp passes the gradient inside
- *  its bounds and blocks it outside; lib/dq_lwc.c spells out the formulas. SYM weights have
+ *  its bounds and blocks it outside; lib/offline/dq_lwc.c spells out the formulas. SYM weights have
  *  no beta: its gradient is 0.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG (l or loss NULL), DQ_ERR_SHAPE (n differs from the
  *  number of groups when a gradient is asked for), DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */

@@ -7,7 +7,7 @@
 static const dq_status all_codes[] = {
     DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_NOMEM, DQ_ERR_SHAPE, DQ_ERR_BAD_STATE, DQ_ERR_STRUCT_SIZE,
     DQ_ERR_UNSUPPORTED, DQ_ERR_BLAS, DQ_ERR_FORMAT, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
-    DQ_ERR_BUFFER,
+    DQ_ERR_BUFFER, DQ_ERR_MISMATCH, DQ_ERR_IO,
 };
 #define N_CODES (sizeof all_codes / sizeof all_codes[0])
 
@@ -61,6 +61,8 @@ START_TEST(codes_are_frozen)
     ck_assert_int_eq(DQ_ERR_NONFINITE, -9);
     ck_assert_int_eq(DQ_ERR_OVERFLOW, -10);
     ck_assert_int_eq(DQ_ERR_BUFFER, -11);
+    ck_assert_int_eq(DQ_ERR_MISMATCH, -12);
+    ck_assert_int_eq(DQ_ERR_IO, -13);
 }
 END_TEST
 

@@ -20,6 +20,8 @@ static const status_entry status_table[] = {
     {DQ_ERR_NONFINITE, "DQ_ERR_NONFINITE", "NaN or infinity in input data"},
     {DQ_ERR_OVERFLOW, "DQ_ERR_OVERFLOW", "size computation overflows"},
     {DQ_ERR_BUFFER, "DQ_ERR_BUFFER", "buffer too small"},
+    {DQ_ERR_MISMATCH, "DQ_ERR_MISMATCH", "objects that must belong together do not"},
+    {DQ_ERR_IO, "DQ_ERR_IO", "file system error"},
 };
 
 static const status_entry *find_status(dq_status s)

@@ -64,6 +64,22 @@ void dq__log(const dq_context *ctx, int32_t level, const char *fmt, ...)
     ctx->log(ctx->log_user, level, msg);
 }
 
+dq_status dq__fail(const dq_context *ctx, dq_status st, const char *func, const char *fmt, ...)
+{
+    ctx = dq__ctx(ctx);
+    if (!ctx->log || ctx->log_level < DQ_LOG_ERROR)
+        return st;
+    char detail[448];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s: %s (%s)", func, detail, dq_status_name(st));
+    ctx->log(ctx->log_user, DQ_LOG_ERROR, msg);
+    return st;
+}
+
 DQ_API dq_status dq_context_params_init(dq_context_params *p, size_t struct_size)
 {
     const dq_context_params defaults = {

@@ -49,6 +49,13 @@ void dq__free(const dq_context *ctx, void *p);
 
 void dq__log(const dq_context *ctx, int32_t level, const char *fmt, ...) DQ_PRINTF(3, 4);
 
+/* Every error return says why: logs "func: message" at DQ_LOG_ERROR through ctx's callback and
+ * returns st. Use as `return DQ_FAIL(ctx, DQ_ERR_SHAPE, "cols %lld != plan width %lld", ...)`;
+ * name the argument or field, the expected and the actual value, the tensor or key of a file. */
+dq_status dq__fail(const dq_context *ctx, dq_status st, const char *func, const char *fmt, ...)
+    DQ_PRINTF(4, 5);
+#define DQ_FAIL(ctx, st, ...) dq__fail((ctx), (st), __func__, __VA_ARGS__)
+
 /* Overflow-checked size arithmetic: false when the result does not fit. */
 static inline bool dq__mul_size(size_t a, size_t b, size_t *out)
 {
