@@ -1,5 +1,6 @@
-/* The public header compiles alone as strict C99 (built with -std=c99 -pedantic-errors). */
-#include "duquant.h"
+/* The public headers compile alone as strict C99 (built with -std=c99 -pedantic-errors): the
+ * experimental header includes the stable one. */
+#include "duquant_experimental.h"
 
 int main(void)
 {

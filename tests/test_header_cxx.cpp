@@ -1,5 +1,5 @@
-// The public header compiles alone as C++ and links with C linkage.
-#include "duquant.h"
+// The public headers compile alone as C++ and link with C linkage.
+#include "duquant_experimental.h"
 
 #include <cstring>
 
