@@ -37,6 +37,7 @@ DQ_OK = 0
 DQ_ERR_INVALID_ARG, DQ_ERR_NOMEM, DQ_ERR_SHAPE, DQ_ERR_BAD_STATE = -1, -2, -3, -4
 DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED, DQ_ERR_BLAS, DQ_ERR_FORMAT = -5, -6, -7, -8
 DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW, DQ_ERR_BUFFER = -9, -10, -11
+DQ_ERR_MISMATCH, DQ_ERR_IO = -12, -13  # since 1.2
 DQ_LOG_ERROR, DQ_LOG_WARN, DQ_LOG_INFO, DQ_LOG_DEBUG = 0, 1, 2, 3
 DQ_CALIB_SAMPLE_NONE, DQ_CALIB_SAMPLE_FIRST, DQ_CALIB_SAMPLE_SEQ_MEAN = 0, 1, 2
 DQ_ROT_METHOD_GREEDY, DQ_ROT_METHOD_HADAMARD, DQ_ROT_METHOD_RANDOM = 0, 1, 2
@@ -493,17 +494,13 @@ class Context(_Handle):
         return getattr(self._tls, "error", None)
 
 
-def _ctx_ptr(ctx):
-    return ctx if ctx is not None else None
-
-
 class Calibrator(_Handle):
     _free = "dq_calib_free"
 
     def __init__(self, lib, cols, ctx=None, params=None, **kw):
         self._p, pp = lib._params_arg(CalibParams, params, kw)
         self.cols = cols
-        super().__init__(lib, _create(lib, "dq_calib_create", _ctx_ptr(ctx), pp, cols, ctx=ctx),
+        super().__init__(lib, _create(lib, "dq_calib_create", ctx, pp, cols, ctx=ctx),
                          ctx)
 
     def observe(self, x):
@@ -552,7 +549,7 @@ class Rotation(_Handle):
             p.qprime = _fptr(q)
             pp = C.byref(p)
         xa, rows, xc, ld = _matrix(x, "x", cols) if x is not None else (None, 0, cols, cols)
-        super().__init__(lib, _create(lib, "dq_rotation_create", _ctx_ptr(ctx), pp, _fptr(xa),
+        super().__init__(lib, _create(lib, "dq_rotation_create", ctx, pp, _fptr(xa),
                                       rows, cols, ld, ctx=ctx), ctx)
 
     @classmethod
@@ -565,7 +562,7 @@ class Rotation(_Handle):
     def from_matrices(cls, lib, cols, block_size, matrices, per_block=False, ctx=None):
         """matrices: a list of square arrays laid out as dq_rotation_create lays them out."""
         data = np.concatenate([_vector(m, name="matrix") for m in matrices])
-        return cls._wrap(lib, _create(lib, "dq_rotation_from_matrices", _ctx_ptr(ctx), cols,
+        return cls._wrap(lib, _create(lib, "dq_rotation_from_matrices", ctx, cols,
                                       block_size, int(per_block), _fptr(data), data.size,
                                       ctx=ctx), ctx)
 
@@ -625,7 +622,7 @@ class Rotation(_Handle):
         """A new rotation refined on the sample x (DFRot or DartQuant, dq_rotation_refine)."""
         p, pp = self.L._params_arg(RefineParams, params, kw)
         a, rows, cols, ld = _matrix(x, "x")
-        return Rotation._wrap(self.L, _create(self.L, "dq_rotation_refine", _ctx_ptr(ctx), pp,
+        return Rotation._wrap(self.L, _create(self.L, "dq_rotation_refine", ctx, pp,
                                               self, _fptr(a), rows, cols, ld, ctx=ctx), ctx)
 
 
@@ -644,7 +641,7 @@ class Plan(_Handle):
         p, pp = lib._params_arg(PlanParams, params, kw)
         cols = calib.cols if calib is not None else cols
         wa = _vector(w_absmax, cols, name="w_absmax")
-        return cls._wrap(lib, _create(lib, "dq_plan_build", _ctx_ptr(ctx), pp, calib, _fptr(wa),
+        return cls._wrap(lib, _create(lib, "dq_plan_build", ctx, pp, calib, _fptr(wa),
                                       cols, ctx=ctx), ctx)
 
     @classmethod
@@ -654,7 +651,7 @@ class Plan(_Handle):
         a, rows, cols, ld = _matrix(sample, "sample")
         wa = _vector(w_absmax, cols, name="w_absmax")
         aa = _vector(act_absmax, cols, name="act_absmax")
-        return cls._wrap(lib, _create(lib, "dq_plan_build_from_sample", _ctx_ptr(ctx), pp,
+        return cls._wrap(lib, _create(lib, "dq_plan_build_from_sample", ctx, pp,
                                       _fptr(aa), _fptr(a), rows, cols, ld, _fptr(wa), ctx=ctx),
                          ctx)
 
@@ -671,7 +668,7 @@ class Plan(_Handle):
                  for q in permutations]
         pptr = (_lp * max(k - 1, 1))(*[q.ctypes.data_as(_lp) if q is not None else None
                                        for q in perms])
-        return cls._wrap(lib, _create(lib, "dq_plan_assemble", _ctx_ptr(ctx), cols, _fptr(s), k,
+        return cls._wrap(lib, _create(lib, "dq_plan_assemble", ctx, cols, _fptr(s), k,
                                       rots, pptr, ctx=ctx), ctx)
 
     def width(self):
@@ -734,8 +731,7 @@ class Plan(_Handle):
 
     def matrix(self):
         """G as a dense cols x cols float64 matrix, built from the exported parts."""
-        n = self.width()
-        has_s, k = self.layout()
+        k = self.layout()[1]
         g = np.diag(1.0 / self.smooth_scales().astype(np.float64))
         for i in range(k):
             r = self.rotation(i)
@@ -769,7 +765,7 @@ class QMatrix(_Handle):
         p, pp = lib._params_arg(QuantParams, params, kw)
         a, rows, cols, ld = _matrix(w, "w")
         hi, lo = _vector(clip_hi, name="clip_hi"), _vector(clip_lo, name="clip_lo")
-        return cls._wrap(lib, _create(lib, "dq_qmatrix_pack", _ctx_ptr(ctx), pp, _fptr(a), rows,
+        return cls._wrap(lib, _create(lib, "dq_qmatrix_pack", ctx, pp, _fptr(a), rows,
                                       cols, ld, _fptr(hi), _fptr(lo), ctx=ctx), ctx)
 
     def layout(self):
@@ -826,7 +822,7 @@ class Lwc(_Handle):
         wq_p, wq_pp = lib._params_arg(QuantParams, wq, {})
         wa, rows, cols, ldw = _matrix(w, "w")
         xa, tokens, _, ldx = _matrix(x, "x", cols)
-        super().__init__(lib, _create(lib, "dq_lwc_create", _ctx_ptr(ctx), pp, wq_pp, _fptr(wa),
+        super().__init__(lib, _create(lib, "dq_lwc_create", ctx, pp, wq_pp, _fptr(wa),
                                       rows, cols, ldw, _fptr(xa), tokens, ldx, ctx=ctx), ctx)
         self.n_groups = self.layout()[0]
 
@@ -884,7 +880,7 @@ class Linear(_Handle):
         p, pp = lib._params_arg(LinearParams, params, kw)
         rows = weights.shape()[0]
         b = _vector(bias, rows, name="bias")
-        super().__init__(lib, _create(lib, "dq_linear_create", _ctx_ptr(ctx), pp, plan, weights,
+        super().__init__(lib, _create(lib, "dq_linear_create", ctx, pp, plan, weights,
                                       _fptr(b), ctx=ctx), ctx)
         self.plan = plan  # borrowed by the C layer: must outlive it
         self.in_features, self.out_features = self.layout()
@@ -928,7 +924,7 @@ class FileWriter(_Handle):
     _free = "dq_file_writer_free"
 
     def __init__(self, lib, ctx=None):
-        super().__init__(lib, _create(lib, "dq_file_writer_create", _ctx_ptr(ctx), ctx=ctx), ctx)
+        super().__init__(lib, _create(lib, "dq_file_writer_create", ctx, ctx=ctx), ctx)
 
     def add_metadata(self, key, value):
         self._call("dq_file_writer_add_metadata", self, _text(key), _text(value))
@@ -978,10 +974,10 @@ class FileReader(_Handle):
         if (path is None) == (data is None):
             raise TypeError("give exactly one of path and data")
         if path is not None:
-            h = _create(lib, "dq_file_reader_open", _ctx_ptr(ctx), pp, os.fsencode(path), ctx=ctx)
+            h = _create(lib, "dq_file_reader_open", ctx, pp, os.fsencode(path), ctx=ctx)
         else:
             data = bytes(data)
-            h = _create(lib, "dq_file_reader_from_buffer", _ctx_ptr(ctx), pp, data, len(data),
+            h = _create(lib, "dq_file_reader_from_buffer", ctx, pp, data, len(data),
                         ctx=ctx)
         super().__init__(lib, h, ctx)
         self._data = data if borrow else None  # a borrowed buffer must outlive the reader
@@ -1024,17 +1020,17 @@ class FileReader(_Handle):
     tensor = get_tensor_f32
 
     def get_plan(self, prefix, ctx=None):
-        return Plan._wrap(self.L, _create(self.L, "dq_file_reader_get_plan", self, _ctx_ptr(ctx),
+        return Plan._wrap(self.L, _create(self.L, "dq_file_reader_get_plan", self, ctx,
                                           _text(prefix), ctx=ctx), ctx)
 
     def get_qmatrix(self, prefix, ctx=None):
         return QMatrix._wrap(self.L, _create(self.L, "dq_file_reader_get_qmatrix", self,
-                                             _ctx_ptr(ctx), _text(prefix), ctx=ctx), ctx)
+                                             ctx, _text(prefix), ctx=ctx), ctx)
 
     def get_linear(self, prefix, plan=None, ctx=None):
         """The layer under prefix, borrowing plan (None = identity; see linear_plan_prefix)."""
         return Linear._wrap(self.L, _create(self.L, "dq_file_reader_get_linear", self,
-                                            _ctx_ptr(ctx), _text(prefix), plan, ctx=ctx),
+                                            ctx, _text(prefix), plan, ctx=ctx),
                             plan, ctx)
 
     def linear_plan_prefix(self, prefix):
