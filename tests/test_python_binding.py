@@ -495,6 +495,27 @@ class TestQuantized(Fixture):
                                 dq.QMatrix.pack(lib, self.w[:, :32]), pl)
 
 
+    def test_threads_share_one_layer(self):
+        import threading
+        pl = self.plan()
+        lin = dq.Linear(lib, dq.QMatrix.pack(lib, pl.transform_weight(self.w)), pl, self.bias)
+        xs = [activations(np.random.default_rng(s), 32, self.C) for s in range(4)]
+        want = [lin.forward(x) for x in xs]
+        got = [None] * 4
+
+        def run(i):
+            work = bytearray(lin.workspace_size(32))
+            for _ in range(20):
+                got[i] = lin.forward(xs[i], work=work)
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
 class TestFiles(Fixture):
     def build(self):
         pl = self.plan()
