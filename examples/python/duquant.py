@@ -1,339 +1,1043 @@
-"""A ctypes binding of libduquant (no compiled module; numpy optional).
+"""A ctypes binding of libduquant: no compiled module, numpy the only dependency.
 
-Load the shared library with ``Library(path)``: ``path`` defaults to the DUQUANT_LIB environment
-variable, then to "libduquant.so.1" on the loader's search path. Matrices are row-major float32:
-numpy arrays (any float dtype/layout, converted) or, without numpy, ``Matrix`` objects holding
-a flat ``array('f')`` with rows and cols. Every library error raises ``DuquantError`` carrying the
-status code and its name. Objects free their handles when garbage-collected, or on ``close()``.
+    import duquant as dq
+    lib = dq.Library()                      # $DUQUANT_LIB, else libduquant.so.1 on the search path
+    ctx = dq.Context(lib, log=print, log_level=dq.DQ_LOG_INFO, n_threads=2)
+    calib = dq.Calibrator(lib, width, ctx=ctx, sample_tokens=256)
+    ...
 
-The params structs mirror include/duquant.h member by member (struct_size first); the library is
-told the size Python built, so it never writes past it.
+Conventions (those of include/duquant.h):
+- Matrices are 2-D numpy float32 arrays, rows = tokens (activations) or output channels
+  (weights). Inputs of another dtype or layout are copied to C-contiguous float32; a row-major
+  view with a row stride (``a[:, :k]`` of a float32 array) is passed as is, its leading dimension
+  taken from the strides. Functions that work in place (``inplace=True``) need a writeable
+  float32 array with unit column stride and raise ``ValueError`` otherwise.
+- Every object wraps one handle and frees it with its own ``dq_*_free`` on ``close()``, at the
+  end of a ``with`` block, or when garbage-collected. Objects keep a reference to what they
+  borrow (a layer its plan, everything its context), so Python never frees those too early.
+- Errors raise ``DuquantError`` with ``status`` (the dq_status code), ``name``
+  (``dq_status_name``, e.g. "DQ_ERR_SHAPE"), ``function`` and ``log`` (the last error message
+  the context's log callback received during the call, or None).
+- Params structs are declared once each below, member by member as in the header, and filled by
+  their ``dq_*_params_init(byref(p), sizeof(p))``; ``lib.params(PlanParams, block_size=64)``.
+- Adding a C function is one line in ``_SIGNATURES``; functions the loaded library lacks (an
+  older release) are left out, and calling them raises ``AttributeError``.
 """
+import collections
 import ctypes as C
 import os
-from array import array
+import threading
 
-try:
-    import numpy as np
-except ImportError:  # the binding works without numpy; only the conversions need it
-    np = None
+import numpy as np
 
-# Status codes and constants from duquant.h.
+# ---------------------------------------------------------------------------------------------
+# Constants from duquant.h
+# ---------------------------------------------------------------------------------------------
 DQ_OK = 0
-DQ_ERR_BUFFER = -11
-DQ_PLAN_F_SMOOTH, DQ_PLAN_F_ROTATE, DQ_PLAN_F_PERMUTE = 1, 2, 4
-DQ_PLAN_F_DEFAULT = DQ_PLAN_F_SMOOTH | DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE
+DQ_ERR_INVALID_ARG, DQ_ERR_NOMEM, DQ_ERR_SHAPE, DQ_ERR_BAD_STATE = -1, -2, -3, -4
+DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED, DQ_ERR_BLAS, DQ_ERR_FORMAT = -5, -6, -7, -8
+DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW, DQ_ERR_BUFFER = -9, -10, -11
+DQ_ERR_MISMATCH, DQ_ERR_IO = -12, -13  # since 1.2
+DQ_LOG_ERROR, DQ_LOG_WARN, DQ_LOG_INFO, DQ_LOG_DEBUG = 0, 1, 2, 3
+DQ_CALIB_SAMPLE_NONE, DQ_CALIB_SAMPLE_FIRST, DQ_CALIB_SAMPLE_SEQ_MEAN = 0, 1, 2
 DQ_ROT_METHOD_GREEDY, DQ_ROT_METHOD_HADAMARD, DQ_ROT_METHOD_RANDOM = 0, 1, 2
+DQ_ROT_F_ROW_RULE, DQ_ROT_F_PER_BLOCK, DQ_ROT_F_RANDOM_QPRIME, DQ_ROT_F_HADAMARD_BASE = 1, 2, 4, 8
+DQ_PLAN_F_SMOOTH, DQ_PLAN_F_ROTATE, DQ_PLAN_F_PERMUTE, DQ_PLAN_F_ROW_RULE = 1, 2, 4, 8
+DQ_PLAN_F_PER_BLOCK_R, DQ_PLAN_F_RANDOM_QPRIME, DQ_PLAN_F_HADAMARD_BASE = 16, 32, 64
+DQ_PLAN_F_DEFAULT = DQ_PLAN_F_SMOOTH | DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE
 DQ_QUANT_ASYM, DQ_QUANT_SYM = 0, 1
+DQ_LWC_F_QUANT_ACT = 1
+DQ_REFINE_NONE, DQ_REFINE_DFROT, DQ_REFINE_DARTQUANT = 0, 1, 2
 DQ_FILE_F_BORROW = 1
-DQ_DTYPE_F32 = 9
 DQ_FILE_MAX_DIMS = 8
+DQ_DTYPE_F32, DQ_DTYPE_U8, DQ_DTYPE_I64 = 9, 1, 11
+
+# ---------------------------------------------------------------------------------------------
+# Callback types and params structs (struct_size first; members in header order)
+# ---------------------------------------------------------------------------------------------
+_i32, _u32, _i64, _u64, _f32, _sz = C.c_int32, C.c_uint32, C.c_int64, C.c_uint64, C.c_float, \
+    C.c_size_t
+_vp, _cp = C.c_void_p, C.c_char_p
+_fp, _ip, _lp = C.POINTER(_f32), C.POINTER(_i32), C.POINTER(_i64)
+
+ALLOC_FN = C.CFUNCTYPE(_vp, _vp, _sz, _sz)
+FREE_FN = C.CFUNCTYPE(None, _vp, _vp)
+LOG_FN = C.CFUNCTYPE(None, _vp, _i32, _cp)
+LWC_EPOCH_FN = C.CFUNCTYPE(_i32, _vp, _i32, _f32)
 
 
-class PlanParams(C.Structure):
-    _fields_ = [("struct_size", C.c_uint32), ("flags", C.c_uint32), ("seed", C.c_uint64),
-                ("method", C.c_int32), ("block_size", C.c_int32),
-                ("max_rotation_step", C.c_int32), ("permutation_times", C.c_int32),
-                ("smooth_alpha", C.c_float), ("refine", C.c_void_p)]
+class _Params(C.Structure):
+    _init = None  # name of the dq_*_params_init function
 
 
-class QuantParams(C.Structure):
-    _fields_ = [("struct_size", C.c_uint32), ("flags", C.c_uint32), ("bits", C.c_int32),
-                ("scheme", C.c_int32), ("group_size", C.c_int32), ("clip_ratio", C.c_float)]
+class ContextParams(_Params):
+    _init = "dq_context_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("alloc", ALLOC_FN), ("free", FREE_FN),
+                ("alloc_user", _vp), ("log", LOG_FN), ("log_user", _vp), ("log_level", _i32),
+                ("n_threads", _i32)]
 
 
-class FileParams(C.Structure):
-    _fields_ = [("struct_size", C.c_uint32), ("flags", C.c_uint32),
-                ("max_header_bytes", C.c_uint64)]
+class CalibParams(_Params):
+    _init = "dq_calib_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("sample_tokens", _i64),
+                ("sample_mode", _i32)]
+
+
+class RotationParams(_Params):
+    _init = "dq_rotation_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("seed", _u64), ("qprime", _fp),
+                ("method", _i32), ("block_size", _i32), ("max_steps", _i32)]
+
+
+class RefineParams(_Params):
+    _init = "dq_refine_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("seed", _u64), ("method", _i32),
+                ("iterations", _i32), ("learning_rate", _f32), ("weight_exponent", _f32),
+                ("batch_rows", _i64), ("act_bits", _i32), ("act_scheme", _i32),
+                ("act_clip_ratio", _f32)]
+
+
+class PlanParams(_Params):
+    _init = "dq_plan_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("seed", _u64), ("method", _i32),
+                ("block_size", _i32), ("max_rotation_step", _i32), ("permutation_times", _i32),
+                ("smooth_alpha", _f32), ("refine", C.POINTER(RefineParams))]
+
+
+class QuantParams(_Params):
+    _init = "dq_quant_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("bits", _i32), ("scheme", _i32),
+                ("group_size", _i32), ("clip_ratio", _f32)]
+
+
+class LwcParams(_Params):
+    _init = "dq_lwc_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("seed", _u64), ("epochs", _i32),
+                ("batch_tokens", _i32), ("learning_rate", _f32), ("init_value", _f32),
+                ("act_bits", _i32), ("act_scheme", _i32), ("act_clip_ratio", _f32),
+                ("on_epoch", LWC_EPOCH_FN), ("on_epoch_user", _vp)]
+
+
+class LinearParams(_Params):
+    _init = "dq_linear_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("act_bits", _i32),
+                ("act_scheme", _i32), ("act_clip_ratio", _f32)]
+
+
+class FileParams(_Params):
+    _init = "dq_file_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("max_header_bytes", _u64)]
+
+
+_PARAMS = (ContextParams, CalibParams, RotationParams, RefineParams, PlanParams, QuantParams,
+           LwcParams, LinearParams, FileParams)
+
+# ---------------------------------------------------------------------------------------------
+# Signatures: one line per C function, name: (result type, argument types)
+# ---------------------------------------------------------------------------------------------
+_st = _i32
+_SIGNATURES = {
+    "dq_version_number": (_i32, []),
+    "dq_version_string": (_cp, []),
+    "dq_status_name": (_cp, [_st]),
+    "dq_status_string": (_cp, [_st]),
+    "dq_context_create": (_st, [_vp, C.POINTER(_vp)]),
+    "dq_context_free": (None, [_vp]),
+    "dq_calib_create": (_st, [_vp, _vp, _i64, C.POINTER(_vp)]),
+    "dq_calib_free": (None, [_vp]),
+    "dq_calib_observe": (_st, [_vp, _fp, _i64, _i64, _i64]),
+    "dq_calib_merge": (_st, [_vp, _vp]),
+    "dq_calib_tokens": (_st, [_vp, _lp]),
+    "dq_calib_absmax": (_st, [_vp, _fp, _i64]),
+    "dq_calib_minmax": (_st, [_vp, _fp, _fp, _i64]),
+    "dq_calib_sample": (_st, [_vp, _fp, _i64, _lp]),
+    "dq_smooth_factors": (_st, [_fp, _fp, _i64, _f32, _fp]),
+    "dq_smooth_weight_absmax": (_st, [_fp, _i64, _i64, _i64, _i32, _fp]),
+    "dq_rotation_create": (_st, [_vp, _vp, _fp, _i64, _i64, _i64, C.POINTER(_vp)]),
+    "dq_rotation_from_matrices": (_st, [_vp, _i64, _i32, _i32, _fp, _i64, C.POINTER(_vp)]),
+    "dq_rotation_free": (None, [_vp]),
+    "dq_rotation_layout": (_st, [_vp, _lp, _ip, _lp, _lp]),
+    "dq_rotation_block": (_st, [_vp, _i64, _ip, _lp]),
+    "dq_rotation_matrix": (_st, [_vp, _i64, _fp, _i64, _ip]),
+    "dq_rotation_trace": (_st, [_vp, _i64, _ip, _ip, _lp, _ip, _fp, _i64]),
+    "dq_rotation_apply": (_st, [_vp, _fp, _i64, _i64, _i64]),
+    "dq_rotation_base": (_st, [_i32, _fp, _fp, _i64]),
+    "dq_rotation_hadamard": (_st, [_i32, _fp, _i64]),
+    "dq_rotation_random_orthogonal": (_st, [_i32, _u64, _fp, _i64]),
+    "dq_rotation_refine": (_st, [_vp, _vp, _vp, _fp, _i64, _i64, _i64, C.POINTER(_vp)]),
+    "dq_permutation_zigzag": (_st, [_fp, _i64, _i32, _lp]),
+    "dq_plan_build": (_st, [_vp, _vp, _vp, _fp, _i64, C.POINTER(_vp)]),
+    "dq_plan_build_from_sample": (_st, [_vp, _vp, _fp, _fp, _i64, _i64, _i64, _fp,
+                                        C.POINTER(_vp)]),
+    "dq_plan_assemble": (_st, [_vp, _i64, _fp, _i32, C.POINTER(_vp), C.POINTER(_lp),
+                               C.POINTER(_vp)]),
+    "dq_plan_free": (None, [_vp]),
+    "dq_plan_width": (_st, [_vp, _lp]),
+    "dq_plan_workspace_size": (_st, [_vp, _i64, C.POINTER(_sz)]),
+    "dq_plan_apply_act": (_st, [_vp, _fp, _i64, _i64, _i64, _vp, _sz]),
+    "dq_plan_apply_act_to": (_st, [_vp, _fp, _i64, _i64, _i64, _fp, _i64, _vp, _sz]),
+    "dq_plan_transform_weight": (_st, [_vp, _fp, _i64, _i64, _i64]),
+    "dq_plan_layout": (_st, [_vp, _ip, _ip]),
+    "dq_plan_smooth_scales": (_st, [_vp, _fp, _i64]),
+    "dq_plan_rotation": (_st, [_vp, _i32, C.POINTER(_vp)]),
+    "dq_plan_permutation": (_st, [_vp, _i32, _lp, _i64]),
+    "dq_int4_packed_size": (_sz, [_i64]),
+    "dq_int4_pack": (_st, [_ip, _i64, C.POINTER(C.c_uint8), _sz]),
+    "dq_int4_unpack": (_st, [C.POINTER(C.c_uint8), _sz, _i64, _i32, _ip]),
+    "dq_qmatrix_pack": (_st, [_vp, _vp, _fp, _i64, _i64, _i64, _fp, _fp, C.POINTER(_vp)]),
+    "dq_qmatrix_free": (None, [_vp]),
+    "dq_qmatrix_layout": (_st, [_vp, _lp, _lp, _ip, _ip, _ip, _lp, C.POINTER(_sz)]),
+    "dq_qmatrix_view": (_st, [_vp, C.POINTER(C.POINTER(C.c_uint8)), C.POINTER(_sz),
+                              C.POINTER(_fp), C.POINTER(_fp)]),
+    "dq_qmatrix_unpack_codes": (_st, [_vp, _ip, _i64]),
+    "dq_qmatrix_dequantize": (_st, [_vp, _fp, _i64]),
+    "dq_lwc_create": (_st, [_vp, _vp, _vp, _fp, _i64, _i64, _i64, _fp, _i64, _i64,
+                            C.POINTER(_vp)]),
+    "dq_lwc_free": (None, [_vp]),
+    "dq_lwc_train": (_st, [_vp, _fp]),
+    "dq_lwc_loss": (_st, [_vp, _fp, _fp, _fp, _i64]),
+    "dq_lwc_layout": (_st, [_vp, _lp, _ip]),
+    "dq_lwc_get_params": (_st, [_vp, _fp, _fp, _i64]),
+    "dq_lwc_set_params": (_st, [_vp, _fp, _fp, _i64]),
+    "dq_lwc_best": (_st, [_vp, _fp, _fp, _i64, _fp]),
+    "dq_lwc_factors": (_st, [_vp, _fp, _fp, _i64]),
+    "dq_linear_create": (_st, [_vp, _vp, _vp, _vp, _fp, C.POINTER(_vp)]),
+    "dq_linear_free": (None, [_vp]),
+    "dq_linear_layout": (_st, [_vp, _lp, _lp]),
+    "dq_linear_workspace_size": (_st, [_vp, _i64, C.POINTER(_sz)]),
+    "dq_linear_forward": (_st, [_vp, _fp, _i64, _i64, _i64, _fp, _i64, _vp, _sz]),
+    "dq_file_writer_create": (_st, [_vp, C.POINTER(_vp)]),
+    "dq_file_writer_free": (None, [_vp]),
+    "dq_file_writer_add_metadata": (_st, [_vp, _cp, _cp]),
+    "dq_file_writer_add_tensor_f32": (_st, [_vp, _cp, _fp, _i32, _lp]),
+    "dq_file_writer_add_plan": (_st, [_vp, _cp, _vp]),
+    "dq_file_writer_add_qmatrix": (_st, [_vp, _cp, _vp]),
+    "dq_file_writer_add_linear": (_st, [_vp, _cp, _vp, _cp, _vp, _fp]),
+    "dq_file_writer_to_buffer": (_st, [_vp, _vp, _sz, C.POINTER(_sz)]),
+    "dq_file_writer_save": (_st, [_vp, _cp]),
+    "dq_file_reader_open": (_st, [_vp, _vp, _cp, C.POINTER(_vp)]),
+    "dq_file_reader_from_buffer": (_st, [_vp, _vp, _vp, _sz, C.POINTER(_vp)]),
+    "dq_file_reader_free": (None, [_vp]),
+    "dq_file_reader_count": (_st, [_vp, _lp, _lp]),
+    "dq_file_reader_tensor_name": (_st, [_vp, _i64, _cp, _sz, C.POINTER(_sz)]),
+    "dq_file_reader_metadata_key": (_st, [_vp, _i64, _cp, _sz, C.POINTER(_sz)]),
+    "dq_file_reader_metadata": (_st, [_vp, _cp, _cp, _sz, C.POINTER(_sz)]),
+    "dq_file_reader_tensor_info": (_st, [_vp, _cp, _ip, _ip, _lp]),
+    "dq_file_reader_get_tensor_f32": (_st, [_vp, _cp, _fp, _i64]),
+    "dq_file_reader_get_plan": (_st, [_vp, _vp, _cp, C.POINTER(_vp)]),
+    "dq_file_reader_get_qmatrix": (_st, [_vp, _vp, _cp, C.POINTER(_vp)]),
+    "dq_file_reader_get_linear": (_st, [_vp, _vp, _cp, _vp, C.POINTER(_vp)]),
+}
+_SIGNATURES.update({cls._init: (_st, [_vp, _sz]) for cls in _PARAMS})
 
 
 class DuquantError(RuntimeError):
-    def __init__(self, status, name, what):
-        super().__init__("%s failed: %s (%d)" % (what, name, status))
-        self.status = status
-        self.name = name
+    """A library call returned an error: status (code), name, function, log (message or None)."""
+
+    def __init__(self, status, name, function, log=None):
+        text = "%s failed: %s (%d)" % (function, name, status)
+        super().__init__(text + (": " + log if log else ""))
+        self.status, self.name, self.function, self.log = status, name, function, log
 
 
-class Matrix:
-    """A row-major float32 matrix without numpy: data is an array('f') of rows * cols."""
-
-    def __init__(self, rows, cols, data=None):
-        self.rows, self.cols = rows, cols
-        self.data = array("f", data if data is not None else bytes(4 * rows * cols))
-        if len(self.data) != rows * cols:
-            raise ValueError("data holds %d values, not %d" % (len(self.data), rows * cols))
+# ---------------------------------------------------------------------------------------------
+# numpy <-> C
+# ---------------------------------------------------------------------------------------------
+def _fptr(a):
+    return a.ctypes.data_as(_fp) if a is not None else None
 
 
-def _as_matrix(x):
-    """(owner, pointer, rows, cols) of a float32 row-major copy of x."""
-    if isinstance(x, Matrix):
-        buf = array("f", x.data)
-        addr, _ = buf.buffer_info()
-        return buf, C.cast(addr, C.POINTER(C.c_float)), x.rows, x.cols
-    if np is None:
-        raise TypeError("without numpy, pass duquant.Matrix objects")
-    a = np.array(x, dtype=np.float32, order="C")  # a copy: the library works in place
+def _matrix(x, name="x", cols=None):
+    """(array, rows, cols, ld) for a read-only matrix argument (copied when the layout needs it)."""
+    a = np.asarray(x)
     if a.ndim != 2:
-        raise ValueError("expected a 2-D matrix")
-    return a, a.ctypes.data_as(C.POINTER(C.c_float)), a.shape[0], a.shape[1]
+        raise ValueError("%s: expected a 2-D matrix, got shape %s" % (name, a.shape))
+    if cols is not None and a.shape[1] != cols:
+        raise ValueError("%s: expected %d columns, got %d" % (name, cols, a.shape[1]))
+    if not _strided_ok(a):
+        a = np.ascontiguousarray(a, dtype=np.float32)
+    return a, a.shape[0], a.shape[1], _ld(a)
 
 
-def _from_buffer(buf, rows, cols, like):
-    if isinstance(like, Matrix) or np is None:
-        return Matrix(rows, cols, buf)
-    return np.frombuffer(buf, dtype=np.float32).reshape(rows, cols).copy()
+def _strided_ok(a):
+    return (a.dtype == np.float32 and a.strides[1] == 4 and a.strides[0] > 0
+            and a.strides[0] % 4 == 0 and a.strides[0] >= 4 * a.shape[1])
 
 
-def _vector(values):
-    a = array("f", [float(v) for v in values])
-    return a, C.cast(a.buffer_info()[0], C.POINTER(C.c_float))
+def _ld(a):
+    return a.strides[0] // 4 if a.shape[0] > 1 else max(a.shape[1], 1)
 
 
+def _inplace(x, name="x"):
+    """(rows, cols, ld) of a matrix the library writes into."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ValueError("%s: expected a 2-D numpy array" % name)
+    if not (_strided_ok(x) and x.flags.writeable):
+        raise ValueError("%s: in place needs a writeable float32 array with unit column stride "
+                         "(dtype %s, strides %s)" % (name, x.dtype, x.strides))
+    return x.shape[0], x.shape[1], _ld(x)
+
+
+def _vector(v, n=None, dtype=np.float32, name="vector"):
+    if v is None:
+        return None
+    a = np.ascontiguousarray(v, dtype=dtype).reshape(-1)
+    if n is not None and a.size != n:
+        raise ValueError("%s: expected %d values, got %d" % (name, n, a.size))
+    return a
+
+
+def _text(s):
+    return s.encode() if isinstance(s, str) else s
+
+
+# ---------------------------------------------------------------------------------------------
+# Library
+# ---------------------------------------------------------------------------------------------
 class Library:
+    """The loaded shared object: path, else $DUQUANT_LIB, else libduquant.so.1."""
+
     def __init__(self, path=None):
         path = path or os.environ.get("DUQUANT_LIB") or "libduquant.so.1"
-        self.lib = L = C.CDLL(path)
-        st, i32, i64, sz = C.c_int32, C.c_int32, C.c_int64, C.c_size_t
-        vp, fp, cp = C.c_void_p, C.POINTER(C.c_float), C.c_char_p
-        sigs = {
-            "dq_status_name": (cp, [st]),
-            "dq_version_string": (cp, []),
-            "dq_plan_params_init": (st, [vp, sz]),
-            "dq_quant_params_init": (st, [vp, sz]),
-            "dq_file_params_init": (st, [vp, sz]),
-            "dq_plan_build_from_sample": (st, [vp, vp, fp, fp, i64, i64, i64, fp, C.POINTER(vp)]),
-            "dq_plan_free": (None, [vp]),
-            "dq_plan_width": (st, [vp, C.POINTER(i64)]),
-            "dq_plan_apply_act": (st, [vp, fp, i64, i64, i64, vp, sz]),
-            "dq_plan_transform_weight": (st, [vp, fp, i64, i64, i64]),
-            "dq_smooth_weight_absmax": (st, [fp, i64, i64, i64, i32, fp]),
-            "dq_qmatrix_pack": (st, [vp, vp, fp, i64, i64, i64, fp, fp, C.POINTER(vp)]),
-            "dq_qmatrix_free": (None, [vp]),
-            "dq_qmatrix_layout": (st, [vp, C.POINTER(i64), C.POINTER(i64), C.POINTER(i32),
-                                       C.POINTER(i32), C.POINTER(i32), C.POINTER(i64),
-                                       C.POINTER(sz)]),
-            "dq_qmatrix_dequantize": (st, [vp, fp, i64]),
-            "dq_file_writer_create": (st, [vp, C.POINTER(vp)]),
-            "dq_file_writer_free": (None, [vp]),
-            "dq_file_writer_add_metadata": (st, [vp, cp, cp]),
-            "dq_file_writer_add_tensor_f32": (st, [vp, cp, fp, i32, C.POINTER(i64)]),
-            "dq_file_writer_add_plan": (st, [vp, cp, vp]),
-            "dq_file_writer_add_qmatrix": (st, [vp, cp, vp]),
-            "dq_file_writer_to_buffer": (st, [vp, vp, sz, C.POINTER(sz)]),
-            "dq_file_writer_save": (st, [vp, cp]),
-            "dq_file_reader_open": (st, [vp, vp, cp, C.POINTER(vp)]),
-            "dq_file_reader_from_buffer": (st, [vp, vp, vp, sz, C.POINTER(vp)]),
-            "dq_file_reader_free": (None, [vp]),
-            "dq_file_reader_metadata": (st, [vp, cp, cp, sz, C.POINTER(sz)]),
-            "dq_file_reader_tensor_info": (st, [vp, cp, C.POINTER(i32), C.POINTER(i32),
-                                                C.POINTER(i64)]),
-            "dq_file_reader_get_tensor_f32": (st, [vp, cp, fp, i64]),
-            "dq_file_reader_get_plan": (st, [vp, vp, cp, C.POINTER(vp)]),
-            "dq_file_reader_get_qmatrix": (st, [vp, vp, cp, C.POINTER(vp)]),
-        }
-        for name, (res, args) in sigs.items():
-            f = getattr(L, name)
+        self.path = path
+        self.lib = C.CDLL(path)
+        self.missing = []
+        for name, (res, args) in _SIGNATURES.items():
+            try:
+                f = getattr(self.lib, name)
+            except AttributeError:
+                self.missing.append(name)
+                continue
             f.restype, f.argtypes = res, args
+
+    def call(self, fname, *args, ctx=None):
+        """Call a status-returning function; raise DuquantError when it fails."""
+        tls = ctx._tls if ctx is not None else None
+        if tls is not None:
+            tls.error = None
+        try:
+            st = getattr(self.lib, fname)(*args)
+        except C.ArgumentError as e:  # e.g. a closed handle
+            raise ValueError("%s: %s" % (fname, e)) from None
+        if st != DQ_OK:
+            raise DuquantError(st, self.status_name(st), fname,
+                               tls.error if tls is not None else None)
+        return st
 
     def version(self):
         return self.lib.dq_version_string().decode()
 
-    def check(self, status, what):
-        if status != DQ_OK:
-            raise DuquantError(status, self.lib.dq_status_name(status).decode(), what)
+    def version_number(self):
+        return self.lib.dq_version_number()
 
-    def init(self, struct_type, init_fn):
-        p = struct_type()
-        self.check(getattr(self.lib, init_fn)(C.byref(p), C.sizeof(p)), init_fn)
-        return p
+    def status_name(self, st):
+        return self.lib.dq_status_name(st).decode()
 
-    def plan_params(self, **kw):
-        p = self.init(PlanParams, "dq_plan_params_init")
+    def status_string(self, st):
+        return self.lib.dq_status_string(st).decode()
+
+    def params(self, cls, **kw):
+        """A params struct filled by its *_params_init, then the given members set."""
+        p = cls()
+        self.call(cls._init, C.byref(p), C.sizeof(p))
+        names = {f[0] for f in cls._fields_}
         for k, v in kw.items():
+            if k not in names or k == "struct_size":
+                raise AttributeError("%s has no settable member %r" % (cls.__name__, k))
             setattr(p, k, v)
         return p
 
-    def quant_params(self, **kw):
-        p = self.init(QuantParams, "dq_quant_params_init")
-        for k, v in kw.items():
-            setattr(p, k, v)
-        return p
+    def _params_arg(self, cls, p, kw):
+        """byref(params) for p (a struct, or None) plus keyword members; None when neither."""
+        if p is None and not kw:
+            return None, None
+        if p is None:
+            p = self.params(cls, **kw)
+        elif kw:
+            raise TypeError("pass either a params struct or keyword members, not both")
+        if not isinstance(p, cls):
+            raise TypeError("expected %s, got %s" % (cls.__name__, type(p).__name__))
+        return p, C.byref(p)
 
-    def weight_absmax(self, w):
-        owner, ptr, rows, cols = _as_matrix(w)
-        out, optr = _vector([0.0] * cols)
-        self.check(self.lib.dq_smooth_weight_absmax(ptr, rows, cols, cols, 0, optr),
-                   "dq_smooth_weight_absmax")
-        return list(out)
+    # Pure functions -----------------------------------------------------------------------------
+    def smooth_factors(self, act_absmax, w_absmax, alpha):
+        a = _vector(act_absmax, name="act_absmax")
+        w = _vector(w_absmax, a.size, name="w_absmax")
+        s = np.empty(a.size, np.float32)
+        self.call("dq_smooth_factors", _fptr(a), _fptr(w), a.size, alpha, _fptr(s))
+        return s
+
+    def weight_absmax(self, w, accumulate=None):
+        """Per-input-channel max |W|; with accumulate (an earlier result) the max with it."""
+        a, rows, cols, ld = _matrix(w, "w")
+        out = (np.array(_vector(accumulate, cols, name="accumulate")) if accumulate is not None
+               else np.empty(cols, np.float32))
+        self.call("dq_smooth_weight_absmax", _fptr(a), rows, cols, ld,
+                  int(accumulate is not None), _fptr(out))
+        return out
+
+    def zigzag(self, key, block_size):
+        k = _vector(key, name="key")
+        perm = np.empty(k.size, np.int64)
+        self.call("dq_permutation_zigzag", _fptr(k), k.size, block_size,
+                  perm.ctypes.data_as(_lp))
+        return perm
+
+    def rotation_base(self, n, qprime=None):
+        q = _vector(qprime, (n - 1) * (n - 1), name="qprime")
+        out = np.empty((n, n), np.float32)
+        self.call("dq_rotation_base", n, _fptr(q), _fptr(out), n)
+        return out
+
+    def hadamard(self, n):
+        out = np.empty((n, n), np.float32)
+        self.call("dq_rotation_hadamard", n, _fptr(out), n)
+        return out
+
+    def random_orthogonal(self, n, seed):
+        out = np.empty((n, n), np.float32)
+        self.call("dq_rotation_random_orthogonal", n, seed, _fptr(out), n)
+        return out
+
+    def int4_packed_size(self, n):
+        return self.lib.dq_int4_packed_size(n)
+
+    def int4_pack(self, codes):
+        c = _vector(codes, dtype=np.int32, name="codes")
+        out = np.zeros(self.int4_packed_size(c.size), np.uint8)
+        self.call("dq_int4_pack", c.ctypes.data_as(_ip), c.size,
+                  out.ctypes.data_as(C.POINTER(C.c_uint8)), out.size)
+        return out
+
+    def int4_unpack(self, packed, n, signed=False):
+        b = _vector(packed, dtype=np.uint8, name="packed")
+        out = np.empty(n, np.int32)
+        self.call("dq_int4_unpack", b.ctypes.data_as(C.POINTER(C.c_uint8)), b.size, n,
+                  int(signed), out.ctypes.data_as(_ip))
+        return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Handles
+# ---------------------------------------------------------------------------------------------
 class _Handle:
+    """One C handle, freed once by _free (None: borrowed from _owner, never freed here)."""
     _free = None
-    h = None  # set once creation succeeded
+    h = None
 
-    def __init__(self, lib, handle):
-        self.L, self.h = lib, handle
+    def __init__(self, lib, handle, ctx=None, owner=None):
+        self.L, self.ctx, self._owner = lib, ctx, owner
+        self.h = handle.value if isinstance(handle, C.c_void_p) else handle
+
+    def _call(self, fname, *args):
+        if not self.h:
+            raise ValueError("%s is closed" % type(self).__name__)
+        return self.L.call(fname, *args, ctx=self.ctx)
 
     def close(self):
-        if self.h:
-            getattr(self.L.lib, self._free)(self.h)
-            self.h = None
+        h, self.h = self.h, None
+        if h and self._free and self._owner is None:
+            getattr(self.L.lib, self._free)(h)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: ctypes may already be gone
+            pass
+
+    @property
+    def _as_parameter_(self):
+        if not self.h:
+            raise ValueError("%s is closed" % type(self).__name__)
+        return C.c_void_p(self.h)
+
+
+def _create(lib, fname, *args, ctx=None):
+    out = C.c_void_p()
+    lib.call(fname, *args, C.byref(out), ctx=ctx)
+    return out
+
+
+class Context(_Handle):
+    """Logging and thread policy (default allocator). log: a callable (level, message)."""
+    _free = "dq_context_free"
+
+    def __init__(self, lib, log=None, log_level=DQ_LOG_WARN, n_threads=0, keep=64):
+        self.messages = collections.deque(maxlen=keep)  # (level, message), newest last
+        self._tls = threading.local()
+        self._user_log = log
+        self._log_cb = LOG_FN(self._on_log)  # alive as long as this object (objects keep it)
+        p = lib.params(ContextParams, log_level=log_level, n_threads=n_threads)
+        p.log = self._log_cb
+        super().__init__(lib, _create(lib, "dq_context_create", C.byref(p)), ctx=self)
+        self.ctx = None  # no cycle: calls on the context itself need no capture
+
+    def _on_log(self, user, level, msg):
+        try:
+            text = msg.decode("utf-8", "replace") if msg else ""
+            self.messages.append((level, text))
+            if level == DQ_LOG_ERROR:
+                self._tls.error = text
+            if self._user_log is not None:
+                self._user_log(level, text)
+        except BaseException:  # never unwind through the library
+            pass
+
+    @property
+    def _tls_error(self):
+        return getattr(self._tls, "error", None)
+
+
+class Calibrator(_Handle):
+    _free = "dq_calib_free"
+
+    def __init__(self, lib, cols, ctx=None, params=None, **kw):
+        self._p, pp = lib._params_arg(CalibParams, params, kw)
+        self.cols = cols
+        super().__init__(lib, _create(lib, "dq_calib_create", ctx, pp, cols, ctx=ctx),
+                         ctx)
+
+    def observe(self, x):
+        a, rows, cols, ld = _matrix(x, "x")
+        self._call("dq_calib_observe", self, _fptr(a), rows, cols, ld)
+
+    def merge(self, other):
+        self._call("dq_calib_merge", self, other)
+
+    def tokens(self):
+        n = _i64()
+        self._call("dq_calib_tokens", self, C.byref(n))
+        return n.value
+
+    def absmax(self):
+        out = np.empty(self.cols, np.float32)
+        self._call("dq_calib_absmax", self, _fptr(out), self.cols)
+        return out
+
+    def minmax(self):
+        lo, hi = np.empty(self.cols, np.float32), np.empty(self.cols, np.float32)
+        self._call("dq_calib_minmax", self, _fptr(lo), _fptr(hi), self.cols)
+        return lo, hi
+
+    def sample(self):
+        """The calibration sample (rows x cols), or None when there is none yet."""
+        rows = _i64()
+        self._call("dq_calib_sample", self, None, self.cols, C.byref(rows))
+        if rows.value == 0:
+            return None
+        out = np.empty((rows.value, self.cols), np.float32)
+        self._call("dq_calib_sample", self, _fptr(out), self.cols, C.byref(rows))
+        return out
+
+
+class Rotation(_Handle):
+    _free = "dq_rotation_free"
+
+    def __init__(self, lib, cols, x=None, ctx=None, params=None, qprime=None, **kw):
+        """Block rotations for cols channels; GREEDY searches on the sample x."""
+        p, pp = lib._params_arg(RotationParams, params, kw)
+        if qprime is not None:
+            if p is None:
+                p = lib.params(RotationParams)
+            q = _vector(qprime, (p.block_size - 1) ** 2, name="qprime")
+            p.qprime = _fptr(q)
+            pp = C.byref(p)
+        xa, rows, xc, ld = _matrix(x, "x", cols) if x is not None else (None, 0, cols, cols)
+        super().__init__(lib, _create(lib, "dq_rotation_create", ctx, pp, _fptr(xa),
+                                      rows, cols, ld, ctx=ctx), ctx)
+
+    @classmethod
+    def _wrap(cls, lib, handle, ctx=None, owner=None):
+        r = cls.__new__(cls)
+        _Handle.__init__(r, lib, handle, ctx, owner)
+        return r
+
+    @classmethod
+    def from_matrices(cls, lib, cols, block_size, matrices, per_block=False, ctx=None):
+        """matrices: a list of square arrays laid out as dq_rotation_create lays them out."""
+        data = np.concatenate([_vector(m, name="matrix") for m in matrices])
+        return cls._wrap(lib, _create(lib, "dq_rotation_from_matrices", ctx, cols,
+                                      block_size, int(per_block), _fptr(data), data.size,
+                                      ctx=ctx), ctx)
+
+    def layout(self):
+        """(cols, block_size, n_blocks, n_matrices)."""
+        c, b, nb, nm = _i64(), _i32(), _i64(), _i64()
+        self._call("dq_rotation_layout", self, C.byref(c), C.byref(b), C.byref(nb), C.byref(nm))
+        return c.value, b.value, nb.value, nm.value
+
+    def block(self, b):
+        """(length, matrix index) of block b."""
+        size, m = _i32(), _i64()
+        self._call("dq_rotation_block", self, b, C.byref(size), C.byref(m))
+        return size.value, m.value
+
+    def matrix(self, m):
+        size = _i32()
+        self._call("dq_rotation_matrix", self, m, None, 0, C.byref(size))
+        out = np.empty((size.value, size.value), np.float32)
+        self._call("dq_rotation_matrix", self, m, _fptr(out), size.value, C.byref(size))
+        return out
+
+    def dense(self):
+        """The whole cols x cols block-diagonal matrix."""
+        cols, _, nb, _ = self.layout()
+        out, at = np.zeros((cols, cols), np.float32), 0
+        for b in range(nb):
+            size, m = self.block(b)
+            out[at:at + size, at:at + size] = self.matrix(m)
+            at += size
+        return out
+
+    def trace(self, m):
+        """Greedy search record: dict steps, selected, ids, swapped, peaks."""
+        steps, sel = _i32(), _i32()
+        try:
+            self._call("dq_rotation_trace", self, m, C.byref(steps), C.byref(sel), None, None,
+                       None, 0)
+        except DuquantError as e:
+            if e.status != DQ_ERR_BUFFER:
+                raise
+        n = steps.value + 1
+        ids, sw, pk = np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.float32)
+        self._call("dq_rotation_trace", self, m, C.byref(steps), C.byref(sel),
+                   ids.ctypes.data_as(_lp), sw.ctypes.data_as(_ip), _fptr(pk), n)
+        return dict(steps=steps.value, selected=sel.value, ids=ids, swapped=sw, peaks=pk)
+
+    def apply(self, x, inplace=False):
+        """x * blockdiag(R_1..R_K): a new array, or x itself with inplace=True."""
+        if not inplace:
+            x = np.array(_matrix(x, "x")[0], dtype=np.float32, order="C")
+        rows, cols, ld = _inplace(x)
+        self._call("dq_rotation_apply", self, _fptr(x), rows, cols, ld)
+        return x
+
+    def refine(self, x, params=None, ctx=None, **kw):
+        """A new rotation refined on the sample x (DFRot or DartQuant, dq_rotation_refine)."""
+        p, pp = self.L._params_arg(RefineParams, params, kw)
+        a, rows, cols, ld = _matrix(x, "x")
+        return Rotation._wrap(self.L, _create(self.L, "dq_rotation_refine", ctx, pp,
+                                              self, _fptr(a), rows, cols, ld, ctx=ctx), ctx)
 
 
 class Plan(_Handle):
     _free = "dq_plan_free"
 
     @classmethod
-    def from_sample(cls, lib, sample, w_absmax, params=None, act_absmax=None):
-        owner, ptr, rows, cols = _as_matrix(sample)
-        wa, waptr = _vector(w_absmax)
-        aa, aaptr = _vector(act_absmax) if act_absmax is not None else (None, None)
-        out = C.c_void_p()
-        lib.check(lib.lib.dq_plan_build_from_sample(None, C.byref(params) if params else None,
-                                                    aaptr, ptr, rows, cols, cols, waptr,
-                                                    C.byref(out)), "dq_plan_build_from_sample")
-        return cls(lib, out)
+    def _wrap(cls, lib, handle, ctx=None):
+        pl = cls.__new__(cls)
+        _Handle.__init__(pl, lib, handle, ctx)
+        return pl
+
+    @classmethod
+    def build(cls, lib, calib, w_absmax=None, params=None, ctx=None, cols=None, **kw):
+        """From a Calibrator (or None for plans that need no statistics, then give cols)."""
+        p, pp = lib._params_arg(PlanParams, params, kw)
+        cols = calib.cols if calib is not None else cols
+        wa = _vector(w_absmax, cols, name="w_absmax")
+        return cls._wrap(lib, _create(lib, "dq_plan_build", ctx, pp, calib, _fptr(wa),
+                                      cols, ctx=ctx), ctx)
+
+    @classmethod
+    def from_sample(cls, lib, sample, w_absmax=None, params=None, act_absmax=None, ctx=None,
+                    **kw):
+        p, pp = lib._params_arg(PlanParams, params, kw)
+        a, rows, cols, ld = _matrix(sample, "sample")
+        wa = _vector(w_absmax, cols, name="w_absmax")
+        aa = _vector(act_absmax, cols, name="act_absmax")
+        return cls._wrap(lib, _create(lib, "dq_plan_build_from_sample", ctx, pp,
+                                      _fptr(aa), _fptr(a), rows, cols, ld, _fptr(wa), ctx=ctx),
+                         ctx)
+
+    @classmethod
+    def assemble(cls, lib, cols, smooth=None, rotations=(), permutations=(), ctx=None):
+        """G = diag(smooth)^-1 R_0 P_0 ... R_{k-1}; entries of rotations/permutations may be
+        None (identity); len(permutations) == len(rotations) - 1."""
+        k = len(rotations)
+        if k and len(permutations) != k - 1:
+            raise ValueError("need %d permutations for %d rotations" % (k - 1, k))
+        s = _vector(smooth, cols, name="smooth")
+        rots = (_vp * max(k, 1))(*[r.h if r is not None else None for r in rotations])
+        perms = [_vector(q, cols, np.int64, "permutation") if q is not None else None
+                 for q in permutations]
+        pptr = (_lp * max(k - 1, 1))(*[q.ctypes.data_as(_lp) if q is not None else None
+                                       for q in perms])
+        return cls._wrap(lib, _create(lib, "dq_plan_assemble", ctx, cols, _fptr(s), k,
+                                      rots, pptr, ctx=ctx), ctx)
 
     def width(self):
-        n = C.c_int64()
-        self.L.check(self.L.lib.dq_plan_width(self.h, C.byref(n)), "dq_plan_width")
+        n = _i64()
+        self._call("dq_plan_width", self, C.byref(n))
         return n.value
 
-    def apply(self, x):
-        """x * G (a new matrix)."""
-        owner, ptr, rows, cols = _as_matrix(x)
-        self.L.check(self.L.lib.dq_plan_apply_act(self.h, ptr, rows, cols, cols, None, 0),
-                     "dq_plan_apply_act")
-        return _from_buffer(bytes(memoryview(owner).cast("B")), rows, cols, x)
+    def workspace_size(self, rows):
+        n = _sz()
+        self._call("dq_plan_workspace_size", self, rows, C.byref(n))
+        return n.value
 
-    def transform_weight(self, w):
-        """W * G^-T (a new matrix)."""
-        owner, ptr, rows, cols = _as_matrix(w)
-        self.L.check(self.L.lib.dq_plan_transform_weight(self.h, ptr, rows, cols, cols),
-                     "dq_plan_transform_weight")
-        return _from_buffer(bytes(memoryview(owner).cast("B")), rows, cols, w)
+    def apply_act(self, x, inplace=False, work=None):
+        """x * G: a new C-contiguous array (x untouched), or x itself with inplace=True.
+        work: optional bytearray/numpy buffer of at least workspace_size(rows) bytes."""
+        wptr, wsize = _work(work)
+        if inplace:
+            rows, cols, ld = _inplace(x)
+            self._call("dq_plan_apply_act", self, _fptr(x), rows, cols, ld, wptr, wsize)
+            return x
+        a, rows, cols, ld = _matrix(x, "x")
+        y = np.empty((rows, cols), np.float32)
+        self._call("dq_plan_apply_act_to", self, _fptr(a), rows, cols, ld, _fptr(y),
+                   max(cols, 1), wptr, wsize)
+        return y
+
+    apply = apply_act
+
+    def transform_weight(self, w, inplace=False):
+        """W * G^-T: a new array, or w itself with inplace=True."""
+        if not inplace:
+            w = np.array(_matrix(w, "w")[0], dtype=np.float32, order="C")
+        rows, cols, ld = _inplace(w, "w")
+        self._call("dq_plan_transform_weight", self, _fptr(w), rows, cols, ld)
+        return w
+
+    def layout(self):
+        """(has_smoothing, n_rotations)."""
+        s, n = _i32(), _i32()
+        self._call("dq_plan_layout", self, C.byref(s), C.byref(n))
+        return bool(s.value), n.value
+
+    def smooth_scales(self):
+        n = self.width()
+        out = np.empty(n, np.float32)
+        self._call("dq_plan_smooth_scales", self, _fptr(out), n)
+        return out
+
+    def rotation(self, i):
+        """Rotation slot i (borrowed from the plan, which it keeps alive), or None."""
+        r = _vp()
+        self._call("dq_plan_rotation", self, i, C.byref(r))
+        return Rotation._wrap(self.L, r, self.ctx, owner=self) if r.value else None
+
+    def permutation(self, i):
+        n = self.width()
+        out = np.empty(n, np.int64)
+        self._call("dq_plan_permutation", self, i, out.ctypes.data_as(_lp), n)
+        return out
+
+    def matrix(self):
+        """G as a dense cols x cols float64 matrix, built from the exported parts."""
+        k = self.layout()[1]
+        g = np.diag(1.0 / self.smooth_scales().astype(np.float64))
+        for i in range(k):
+            r = self.rotation(i)
+            if r is not None:
+                g = g @ r.dense().astype(np.float64)
+            if i < k - 1:
+                g = g[:, self.permutation(i)]  # x_new[:, j] = x[:, perm[j]]
+        return g
+
+
+def _work(work):
+    if work is None:
+        return None, 0
+    b = np.frombuffer(work, dtype=np.uint8)
+    return b.ctypes.data_as(_vp), b.size
 
 
 class QMatrix(_Handle):
     _free = "dq_qmatrix_free"
+    Layout = collections.namedtuple("Layout", "rows cols bits scheme group_size groups_per_row "
+                                              "row_bytes")
 
     @classmethod
-    def pack(cls, lib, w, params=None):
-        owner, ptr, rows, cols = _as_matrix(w)
-        out = C.c_void_p()
-        lib.check(lib.lib.dq_qmatrix_pack(None, C.byref(params) if params else None, ptr, rows,
-                                          cols, cols, None, None, C.byref(out)),
-                  "dq_qmatrix_pack")
-        return cls(lib, out)
+    def _wrap(cls, lib, handle, ctx=None):
+        q = cls.__new__(cls)
+        _Handle.__init__(q, lib, handle, ctx)
+        return q
+
+    @classmethod
+    def pack(cls, lib, w, params=None, clip_hi=None, clip_lo=None, ctx=None, **kw):
+        p, pp = lib._params_arg(QuantParams, params, kw)
+        a, rows, cols, ld = _matrix(w, "w")
+        hi, lo = _vector(clip_hi, name="clip_hi"), _vector(clip_lo, name="clip_lo")
+        return cls._wrap(lib, _create(lib, "dq_qmatrix_pack", ctx, pp, _fptr(a), rows,
+                                      cols, ld, _fptr(hi), _fptr(lo), ctx=ctx), ctx)
+
+    def layout(self):
+        r, c, b, s, g, gpr, rb = _i64(), _i64(), _i32(), _i32(), _i32(), _i64(), _sz()
+        self._call("dq_qmatrix_layout", self, *[C.byref(v) for v in (r, c, b, s, g, gpr, rb)])
+        return self.Layout(*[v.value for v in (r, c, b, s, g, gpr, rb)])
 
     def shape(self):
-        r, c = C.c_int64(), C.c_int64()
-        self.L.check(self.L.lib.dq_qmatrix_layout(self.h, C.byref(r), C.byref(c), None, None,
-                                                  None, None, None), "dq_qmatrix_layout")
-        return r.value, c.value
+        lay = self.layout()
+        return lay.rows, lay.cols
 
-    def dequantize(self, like=None):
+    def view(self):
+        """(packed uint8 rows x row_bytes, scales rows x groups, zeros or None): copies."""
+        lay = self.layout()
+        packed, nbytes = C.POINTER(C.c_uint8)(), _sz()
+        scales, zeros = _fp(), _fp()
+        self._call("dq_qmatrix_view", self, C.byref(packed), C.byref(nbytes), C.byref(scales),
+                   C.byref(zeros))
+        ng = lay.rows * lay.groups_per_row
+        shape = (lay.rows, lay.groups_per_row)
+        pk = np.ctypeslib.as_array(packed, (nbytes.value,)).copy().reshape(lay.rows, -1)
+        sc = np.ctypeslib.as_array(scales, (ng,)).copy().reshape(shape)
+        zp = np.ctypeslib.as_array(zeros, (ng,)).copy().reshape(shape) if zeros else None
+        return pk, sc, zp
+
+    def unpack_codes(self):
         rows, cols = self.shape()
-        out = array("f", bytes(4 * rows * cols))
-        ptr = C.cast(out.buffer_info()[0], C.POINTER(C.c_float))
-        self.L.check(self.L.lib.dq_qmatrix_dequantize(self.h, ptr, cols),
-                     "dq_qmatrix_dequantize")
-        return _from_buffer(out, rows, cols, like if like is not None else Matrix(0, 0))
+        out = np.empty((rows, cols), np.int32)
+        self._call("dq_qmatrix_unpack_codes", self, out.ctypes.data_as(_ip), cols)
+        return out
+
+    def dequantize(self):
+        rows, cols = self.shape()
+        out = np.empty((rows, cols), np.float32)
+        self._call("dq_qmatrix_dequantize", self, _fptr(out), cols)
+        return out
+
+
+class Lwc(_Handle):
+    """Learnable weight clipping for one layer: w (rows x cols, transformed) and x (tokens x
+    cols, transformed calibration activations) are copied. on_epoch(epoch, loss) may return
+    True to stop."""
+    _free = "dq_lwc_free"
+
+    def __init__(self, lib, w, x, params=None, wq=None, ctx=None, on_epoch=None, **kw):
+        p, pp = lib._params_arg(LwcParams, params, kw)
+        self._epoch_cb = None
+        if on_epoch is not None:
+            if p is None:
+                p = lib.params(LwcParams)
+            self._epoch_cb = LWC_EPOCH_FN(lambda user, e, loss: int(bool(on_epoch(e, loss))))
+            p.on_epoch = self._epoch_cb
+            pp = C.byref(p)
+        wq_p, wq_pp = lib._params_arg(QuantParams, wq, {})
+        wa, rows, cols, ldw = _matrix(w, "w")
+        xa, tokens, _, ldx = _matrix(x, "x", cols)
+        super().__init__(lib, _create(lib, "dq_lwc_create", ctx, pp, wq_pp, _fptr(wa),
+                                      rows, cols, ldw, _fptr(xa), tokens, ldx, ctx=ctx), ctx)
+        self.n_groups = self.layout()[0]
+
+    def train(self):
+        """Train params.epochs epochs; returns the last epoch's mean training loss."""
+        loss = _f32()
+        self._call("dq_lwc_train", self, C.byref(loss))
+        return loss.value
+
+    def loss(self, gradient=False):
+        """Full-batch loss, or (loss, d/dgamma, d/dbeta) with gradient=True."""
+        loss = _f32()
+        if not gradient:
+            self._call("dq_lwc_loss", self, C.byref(loss), None, None, 0)
+            return loss.value
+        gg, gb = np.empty(self.n_groups, np.float32), np.empty(self.n_groups, np.float32)
+        self._call("dq_lwc_loss", self, C.byref(loss), _fptr(gg), _fptr(gb), self.n_groups)
+        return loss.value, gg, gb
+
+    def layout(self):
+        """(n_groups, epochs_done)."""
+        n, e = _i64(), _i32()
+        self._call("dq_lwc_layout", self, C.byref(n), C.byref(e))
+        return n.value, e.value
+
+    def get_params(self):
+        g, b = np.empty(self.n_groups, np.float32), np.empty(self.n_groups, np.float32)
+        self._call("dq_lwc_get_params", self, _fptr(g), _fptr(b), self.n_groups)
+        return g, b
+
+    def set_params(self, gamma, beta):
+        g = _vector(gamma, self.n_groups, name="gamma")
+        b = _vector(beta, self.n_groups, name="beta")
+        self._call("dq_lwc_set_params", self, _fptr(g), _fptr(b), self.n_groups)
+
+    def best(self):
+        """(gamma, beta, loss) of the best parameters seen."""
+        g, b = np.empty(self.n_groups, np.float32), np.empty(self.n_groups, np.float32)
+        loss = _f32()
+        self._call("dq_lwc_best", self, _fptr(g), _fptr(b), self.n_groups, C.byref(loss))
+        return g, b, loss.value
+
+    def factors(self):
+        """(clip_hi, clip_lo) for QMatrix.pack."""
+        hi, lo = np.empty(self.n_groups, np.float32), np.empty(self.n_groups, np.float32)
+        self._call("dq_lwc_factors", self, _fptr(hi), _fptr(lo), self.n_groups)
+        return hi, lo
+
+
+class Linear(_Handle):
+    """y = Q(x G) Q(W G^-T)^T + bias. Keeps a reference to the plan it borrows."""
+    _free = "dq_linear_free"
+
+    def __init__(self, lib, weights, plan=None, bias=None, params=None, ctx=None, **kw):
+        p, pp = lib._params_arg(LinearParams, params, kw)
+        rows = weights.shape()[0]
+        b = _vector(bias, rows, name="bias")
+        super().__init__(lib, _create(lib, "dq_linear_create", ctx, pp, plan, weights,
+                                      _fptr(b), ctx=ctx), ctx)
+        self.plan = plan  # borrowed by the C layer: must outlive it
+        self.in_features, self.out_features = self.layout()
+
+    @classmethod
+    def _wrap(cls, lib, handle, plan, ctx=None):
+        lin = cls.__new__(cls)
+        _Handle.__init__(lin, lib, handle, ctx)
+        lin.plan = plan
+        lin.in_features, lin.out_features = lin.layout()
+        return lin
+
+    def layout(self):
+        """(in_features, out_features)."""
+        i, o = _i64(), _i64()
+        self._call("dq_linear_layout", self, C.byref(i), C.byref(o))
+        return i.value, o.value
+
+    def workspace_size(self, rows):
+        n = _sz()
+        self._call("dq_linear_workspace_size", self, rows, C.byref(n))
+        return n.value
+
+    def forward(self, x, work=None, out=None):
+        """rows x out_features output; out may be a float32 array to write into."""
+        a, rows, cols, ld = _matrix(x, "x")
+        y = out if out is not None else np.empty((rows, self.out_features), np.float32)
+        yr, yc, ldy = _inplace(y, "out")
+        if (yr, yc) != (rows, self.out_features):
+            raise ValueError("out: expected shape %s, got %s" % ((rows, self.out_features),
+                                                                 y.shape))
+        wptr, wsize = _work(work)
+        self._call("dq_linear_forward", self, _fptr(a), rows, cols, ld, _fptr(y), ldy, wptr,
+                   wsize)
+        return y
+
+    __call__ = forward
 
 
 class FileWriter(_Handle):
     _free = "dq_file_writer_free"
 
-    def __init__(self, lib):
-        out = C.c_void_p()
-        lib.check(lib.lib.dq_file_writer_create(None, C.byref(out)), "dq_file_writer_create")
-        super().__init__(lib, out)
+    def __init__(self, lib, ctx=None):
+        super().__init__(lib, _create(lib, "dq_file_writer_create", ctx, ctx=ctx), ctx)
 
     def add_metadata(self, key, value):
-        self.L.check(self.L.lib.dq_file_writer_add_metadata(self.h, key.encode(),
-                                                            value.encode()),
-                     "dq_file_writer_add_metadata")
+        self._call("dq_file_writer_add_metadata", self, _text(key), _text(value))
 
-    def add_tensor(self, name, values, shape):
-        a, ptr = _vector(values)
-        dims = (C.c_int64 * max(len(shape), 1))(*shape)
-        self.L.check(self.L.lib.dq_file_writer_add_tensor_f32(self.h, name.encode(), ptr,
-                                                              len(shape), dims),
-                     "dq_file_writer_add_tensor_f32")
+    def add_tensor(self, name, values):
+        """A float32 tensor of any shape (0..8 dimensions)."""
+        a = np.asarray(values, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d
+        dims = (_i64 * max(a.ndim, 1))(*a.shape)
+        self._call("dq_file_writer_add_tensor_f32", self, _text(name),
+                   _fptr(a) if a.size else None, a.ndim, dims)
+
+    add_tensor_f32 = add_tensor
 
     def add_plan(self, prefix, plan):
-        self.L.check(self.L.lib.dq_file_writer_add_plan(self.h, prefix.encode(), plan.h),
-                     "dq_file_writer_add_plan")
+        self._call("dq_file_writer_add_plan", self, _text(prefix), plan)
 
     def add_qmatrix(self, prefix, q):
-        self.L.check(self.L.lib.dq_file_writer_add_qmatrix(self.h, prefix.encode(), q.h),
-                     "dq_file_writer_add_qmatrix")
+        self._call("dq_file_writer_add_qmatrix", self, _text(prefix), q)
+
+    def add_linear(self, prefix, weights, bias=None, params=None, plan_prefix=None, **kw):
+        p, pp = self.L._params_arg(LinearParams, params, kw)
+        b = _vector(bias, weights.shape()[0], name="bias")
+        self._call("dq_file_writer_add_linear", self, _text(prefix), pp,
+                   _text(plan_prefix) if plan_prefix is not None else None, weights, _fptr(b))
 
     def to_bytes(self):
-        n = C.c_size_t()
-        self.L.check(self.L.lib.dq_file_writer_to_buffer(self.h, None, 0, C.byref(n)),
-                     "dq_file_writer_to_buffer")
+        n = _sz()
+        self._call("dq_file_writer_to_buffer", self, None, 0, C.byref(n))
         buf = C.create_string_buffer(n.value)
-        self.L.check(self.L.lib.dq_file_writer_to_buffer(self.h, buf, n.value, C.byref(n)),
-                     "dq_file_writer_to_buffer")
+        self._call("dq_file_writer_to_buffer", self, buf, n.value, C.byref(n))
         return buf.raw[:n.value]
 
+    to_buffer = to_bytes
+
     def save(self, path):
-        self.L.check(self.L.lib.dq_file_writer_save(self.h, os.fsencode(path)),
-                     "dq_file_writer_save")
+        self._call("dq_file_writer_save", self, os.fsencode(path))
 
 
 class FileReader(_Handle):
+    """Open path, or read data (bytes; with borrow=True read in place and kept referenced)."""
     _free = "dq_file_reader_free"
 
-    def __init__(self, lib, path=None, data=None):
-        out = C.c_void_p()
+    def __init__(self, lib, path=None, data=None, borrow=False, params=None, ctx=None, **kw):
+        if borrow:
+            kw["flags"] = kw.get("flags", 0) | DQ_FILE_F_BORROW
+        p, pp = lib._params_arg(FileParams, params, kw)
+        if (path is None) == (data is None):
+            raise TypeError("give exactly one of path and data")
         if path is not None:
-            lib.check(lib.lib.dq_file_reader_open(None, None, os.fsencode(path), C.byref(out)),
-                      "dq_file_reader_open")
-        else:  # the library copies the bytes (no DQ_FILE_F_BORROW), so they may go away
-            lib.check(lib.lib.dq_file_reader_from_buffer(None, None, data, len(data),
-                                                         C.byref(out)),
-                      "dq_file_reader_from_buffer")
-        super().__init__(lib, out)
+            h = _create(lib, "dq_file_reader_open", ctx, pp, os.fsencode(path), ctx=ctx)
+        else:
+            data = bytes(data)
+            h = _create(lib, "dq_file_reader_from_buffer", ctx, pp, data, len(data),
+                        ctx=ctx)
+        super().__init__(lib, h, ctx)
+        self._data = data if borrow else None  # a borrowed buffer must outlive the reader
 
-    def metadata(self, key):
-        n = C.c_size_t()
-        self.L.check(self.L.lib.dq_file_reader_metadata(self.h, key.encode(), None, 0,
-                                                        C.byref(n)), "dq_file_reader_metadata")
+    def _string(self, fname, arg):
+        n = _sz()
+        self._call(fname, self, arg, None, 0, C.byref(n))
         buf = C.create_string_buffer(n.value + 1)
-        self.L.check(self.L.lib.dq_file_reader_metadata(self.h, key.encode(), buf, n.value + 1,
-                                                        C.byref(n)), "dq_file_reader_metadata")
+        self._call(fname, self, arg, buf, n.value + 1, C.byref(n))
         return buf.value.decode()
 
-    def tensor(self, name):
-        dtype, ndim = C.c_int32(), C.c_int32()
-        shape = (C.c_int64 * DQ_FILE_MAX_DIMS)()
-        self.L.check(self.L.lib.dq_file_reader_tensor_info(self.h, name.encode(), C.byref(dtype),
-                                                           C.byref(ndim), shape),
-                     "dq_file_reader_tensor_info")
-        dims = list(shape[:ndim.value])
-        count = 1
-        for d in dims:
-            count *= d
-        out = array("f", bytes(4 * count))
-        ptr = C.cast(out.buffer_info()[0], C.POINTER(C.c_float))
-        self.L.check(self.L.lib.dq_file_reader_get_tensor_f32(self.h, name.encode(), ptr, count),
-                     "dq_file_reader_get_tensor_f32")
-        return list(out), dims
+    def count(self):
+        """(n_tensors, n_metadata)."""
+        t, m = _i64(), _i64()
+        self._call("dq_file_reader_count", self, C.byref(t), C.byref(m))
+        return t.value, m.value
 
-    def plan(self, prefix):
-        out = C.c_void_p()
-        self.L.check(self.L.lib.dq_file_reader_get_plan(self.h, None, prefix.encode(),
-                                                        C.byref(out)), "dq_file_reader_get_plan")
-        return Plan(self.L, out)
+    def tensor_names(self):
+        return [self._string("dq_file_reader_tensor_name", i) for i in range(self.count()[0])]
 
-    def qmatrix(self, prefix):
-        out = C.c_void_p()
-        self.L.check(self.L.lib.dq_file_reader_get_qmatrix(self.h, None, prefix.encode(),
-                                                           C.byref(out)),
-                     "dq_file_reader_get_qmatrix")
-        return QMatrix(self.L, out)
+    def metadata_keys(self):
+        return [self._string("dq_file_reader_metadata_key", i) for i in range(self.count()[1])]
+
+    def metadata(self, key):
+        return self._string("dq_file_reader_metadata", _text(key))
+
+    def tensor_info(self, name):
+        """(dtype code DQ_DTYPE_*, shape tuple)."""
+        dtype, ndim, shape = _i32(), _i32(), (_i64 * DQ_FILE_MAX_DIMS)()
+        self._call("dq_file_reader_tensor_info", self, _text(name), C.byref(dtype),
+                   C.byref(ndim), shape)
+        return dtype.value, tuple(shape[:ndim.value])
+
+    def get_tensor_f32(self, name):
+        _, shape = self.tensor_info(name)
+        out = np.empty(shape, np.float32)
+        self._call("dq_file_reader_get_tensor_f32", self, _text(name), _fptr(out), out.size)
+        return out
+
+    tensor = get_tensor_f32
+
+    def get_plan(self, prefix, ctx=None):
+        return Plan._wrap(self.L, _create(self.L, "dq_file_reader_get_plan", self, ctx,
+                                          _text(prefix), ctx=ctx), ctx)
+
+    def get_qmatrix(self, prefix, ctx=None):
+        return QMatrix._wrap(self.L, _create(self.L, "dq_file_reader_get_qmatrix", self,
+                                             ctx, _text(prefix), ctx=ctx), ctx)
+
+    def get_linear(self, prefix, plan=None, ctx=None):
+        """The layer under prefix, borrowing plan (None = identity; see linear_plan_prefix)."""
+        return Linear._wrap(self.L, _create(self.L, "dq_file_reader_get_linear", self,
+                                            ctx, _text(prefix), plan, ctx=ctx),
+                            plan, ctx)
+
+    def linear_plan_prefix(self, prefix):
+        """The prefix of the plan the layer under prefix reads, or None."""
+        try:
+            return self.metadata(prefix + ".plan")
+        except DuquantError as e:
+            if e.status == DQ_ERR_FORMAT:
+                return None
+            raise
