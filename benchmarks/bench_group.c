@@ -5,7 +5,8 @@
  * orthogonal blocks (the arithmetic does not depend on how the rotations were found). The
  * outputs of both are compared bit for bit.
  *
- * usage: bench_group [width [tokens [repeats]]]   defaults 4096 2048 7 */
+ * usage: bench_group [width [tokens [repeats [threads]]]]   defaults 4096 2048 7 0
+ * (threads: dq_context_params.n_threads, 0 = every online CPU) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,15 +92,22 @@ int main(int argc, char **argv)
     const int64_t cols = argc > 1 ? atoll(argv[1]) : 4096;
     const int64_t rows = argc > 2 ? atoll(argv[2]) : 2048;
     int reps = argc > 3 ? atoi(argv[3]) : 7;
-    if (cols < 128 || cols % 128 != 0 || rows < 1 || reps < 1 || reps > 64) {
-        fprintf(stderr, "usage: bench_group [width (multiple of 128) [tokens [repeats 1-64]]]\n");
+    const int threads = argc > 4 ? atoi(argv[4]) : 0;
+    if (cols < 128 || cols % 128 != 0 || rows < 1 || reps < 1 || reps > 64 || threads < 0) {
+        fprintf(stderr, "usage: bench_group [width (multiple of 128) [tokens [repeats 1-64 "
+                        "[threads]]]]\n");
         return 2;
     }
+    dq_context_params cp;
+    dq_context_params_init(&cp, sizeof cp);
+    cp.n_threads = threads;
+    dq_context *ctx = NULL;
+    check(dq_context_create(&cp, &ctx), "dq_context_create");
     print_cpu();
     bench_print_load(" at start");
     printf("q/k/v group: %d layers %lld x %lld W4A4, one DuQuant plan (block 128), T = %lld, "
-           "median of %d\n",
-           N_LAYERS, (long long)cols, (long long)cols, (long long)rows, reps);
+           "median of %d, threads %d (0 = all)\n",
+           N_LAYERS, (long long)cols, (long long)cols, (long long)rows, reps, threads);
 
     /* The plan: calibrated on outlier-heavy activations. */
     const int64_t calib_rows = 256;
@@ -136,7 +144,7 @@ int main(int argc, char **argv)
         dq_qmatrix *q = NULL;
         check(dq_qmatrix_pack(NULL, NULL, w, cols, cols, cols, NULL, NULL, &q),
               "dq_qmatrix_pack");
-        check(dq_linear_create(NULL, NULL, plan, q, NULL, &layers[i]), "dq_linear_create");
+        check(dq_linear_create(ctx, NULL, plan, q, NULL, &layers[i]), "dq_linear_create");
         dq_qmatrix_free(q);
         b.layers[i] = layers[i];
         b.ldy[i] = cols;
@@ -195,6 +203,7 @@ int main(int argc, char **argv)
         dq_linear_free(layers[i]);
     }
     dq_plan_free(plan);
+    dq_context_free(ctx);
     free(x);
     return 0;
 }
