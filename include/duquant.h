@@ -732,18 +732,53 @@ DQ_API dq_status dq_linear_layout(const dq_linear *lin, int64_t *in_features,
                                   int64_t *out_features);
 
 /** @brief Bytes of workspace dq_linear_forward needs for rows tokens (0 when it needs none:
- *  weight-only without a plan). Any alignment of the buffer is fine.
- *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (rows <= 0), DQ_ERR_OVERFLOW. @since 1.0 */
+ *  weight-only without a plan, or rows = 0 (since 1.2)). Any alignment of the buffer is fine;
+ *  a workspace sized for rows serves every call with fewer rows.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (rows < 0), DQ_ERR_OVERFLOW. @since 1.0 */
 DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, size_t *bytes);
 
 /** @brief y (rows x out_features, ldy) = layer(x) for x rows x in_features (ldx); x is not
- *  modified. work may be NULL (allocated internally) or hold work_size >=
- *  dq_linear_workspace_size bytes. On failure y is left untouched.
+ *  modified. work may be NULL (the workspace is then allocated through the layer's context,
+ *  once per call) or hold work_size >= dq_linear_workspace_size bytes: then the call makes no
+ *  allocator call at all (since 1.2). rows = 0 is a no-op returning DQ_OK (x and y may be NULL;
+ *  since 1.2). On failure y is left untouched; an allocation that fails is DQ_ERR_NOMEM, never
+ *  a slower path.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
  *  DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
 DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,
                                    int64_t cols, int64_t ldx, float *y, int64_t ldy, void *work,
                                    size_t work_size);
+
+/* Shared-input groups (1.2): layers that read the same input (q, k, v; gate, up) transform and
+ * quantize it once and run their products on the shared activations. A group is an array of
+ * layers created with the same plan object (or all with none), the same in_features and the
+ * same act_bits, act_scheme and act_clip_ratio; the layers' weights, groups, bias and
+ * out_features may differ. THREAD SAFETY as dq_linear_forward: the layers are only read. */
+
+/** @brief Bytes of workspace dq_linear_forward_group needs for rows tokens (0 for rows = 0).
+ *  Any alignment of the buffer is fine; a workspace sized for rows serves fewer rows.
+ *  @param layers   n_layers layers forming a group (see above); borrowed for the call.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_MISMATCH (layers that cannot share their input;
+ *  the log names the layer index and the field), DQ_ERR_SHAPE (rows < 0), DQ_ERR_OVERFLOW.
+ *  @since 1.2 */
+DQ_API dq_status dq_linear_group_workspace_size(const dq_linear *const *layers, int32_t n_layers,
+                                                int64_t rows, size_t *bytes);
+
+/** @brief y[i] (rows x out_features of layers[i], ldy[i]) = layers[i](x) for every layer of a
+ *  group, bit for bit what n separate dq_linear_forward calls give, with the input transformed
+ *  and quantized once. x (rows x in_features, ldx) is not modified.
+ *  @param y, ldy   n_outputs output pointers and leading dimensions; n_outputs must equal
+ *                  n_layers.
+ *  @param work     NULL (allocated through layers[0]'s context, once per call) or work_size >=
+ *                  dq_linear_group_workspace_size bytes: then no allocator call is made.
+ *  rows = 0 is a no-op returning DQ_OK (x, y and ldy may be NULL). On failure no y[i] is
+ *  written.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_MISMATCH, DQ_ERR_SHAPE, DQ_ERR_NONFINITE,
+ *  DQ_ERR_OVERFLOW, DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.2 */
+DQ_API dq_status dq_linear_forward_group(const dq_linear *const *layers, int32_t n_layers,
+                                         const float *x, int64_t rows, int64_t cols, int64_t ldx,
+                                         float *const *y, const int64_t *ldy, int32_t n_outputs,
+                                         void *work, size_t work_size);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Files: plans, packed matrices and float tensors in one safetensors-compatible file         */

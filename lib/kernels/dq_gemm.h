@@ -83,9 +83,17 @@ void dq__gemm_w_f32_ref(const dq__wprep *w, const float *x, int64_t rows, int64_
 void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx, int32_t bits,
                          int32_t scheme, float clip, uint8_t *codes, int64_t code_ld,
                          float *scales, int32_t *zeros, int32_t n_threads);
-void dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y, int64_t ldy,
-                  int32_t n_threads);
+dq_status dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
+                       int64_t ldy, int32_t n_threads);
 void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
                     const float *bias, float *y, int64_t ldy, int32_t n_threads);
+
+/* The integer product without allocating: work (DQ_ALIGN-aligned; NULL when the size is 0)
+ * holds dq__gemm_w_a_workspace(w, rows) bytes for a->rows <= rows tokens, which grows with rows
+ * (false: it overflows size_t). dq__gemm_w_a above allocates it once per call (DQ_ERR_NOMEM,
+ * y untouched, when it cannot). */
+bool dq__gemm_w_a_workspace(const dq__wprep *w, int64_t rows, size_t *bytes);
+void dq__gemm_w_a_work(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
+                       int64_t ldy, int32_t n_threads, void *work);
 
 #endif

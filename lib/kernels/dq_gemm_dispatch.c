@@ -14,10 +14,16 @@ void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx
                             code_ld, scales, zeros, n_threads);
 }
 
-void dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y, int64_t ldy,
-                  int32_t n_threads)
+dq_status dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
+                       int64_t ldy, int32_t n_threads)
 {
-    dq__gemm_w_a_isa(dq__gemm_isa_best(), w, a, bias, y, ldy, n_threads);
+    return dq__gemm_w_a_isa(dq__gemm_isa_best(), w, a, bias, y, ldy, n_threads);
+}
+
+void dq__gemm_w_a_work(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
+                       int64_t ldy, int32_t n_threads, void *work)
+{
+    dq__gemm_w_a_isa_work(dq__gemm_isa_best(), w, a, bias, y, ldy, n_threads, work);
 }
 
 void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,

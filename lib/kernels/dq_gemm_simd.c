@@ -352,8 +352,55 @@ static bool sums_fit_int32(const dq__wprep *w, const dq__aq *a)
     return bound <= (double)INT32_MAX;
 }
 
-void dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
-                      float *y, int64_t ldy, int32_t n_threads)
+/* The workspace of the integer product: the per-group code sums of every token tile, then
+ * (when the kernels cannot read the caller's rows) the packed activation tiles, each part
+ * starting on a DQ_ALIGN boundary. No part for weights without the repacked form. */
+typedef struct gemm_work_layout {
+    size_t sums, packed, total; /* byte offsets of the parts and the whole size */
+    bool direct;                /* the kernels read the caller's rows: no packed part */
+} gemm_work_layout;
+
+static bool round_align(size_t *n)
+{
+    if (!dq__add_size(*n, DQ_ALIGN - 1, n))
+        return false;
+    *n = *n / DQ_ALIGN * DQ_ALIGN;
+    return true;
+}
+
+static bool gemm_work_layout_of(const dq__wprep *w, int64_t rows, gemm_work_layout *l)
+{
+    memset(l, 0, sizeof *l);
+    const dq__wpack *wp = w->kernel;
+    if (!wp || rows <= 0)
+        return true;
+    /* Groups of whole steps need no padding: the kernels read the caller's rows (no copy). */
+    l->direct = w->group_len % DQ_GEMM_STEP == 0 && w->cols % DQ_GEMM_STEP == 0;
+    const size_t tiles = (size_t)((rows + DQ_GEMM_TILE - 1) / DQ_GEMM_TILE);
+    size_t sums, packed = 0;
+    if (!dq__mul_size(tiles, (size_t)wp->groups * DQ_GEMM_TILE, &sums) ||
+        !dq__mul_size(sums, sizeof(int32_t), &sums) || !round_align(&sums))
+        return false;
+    if (!l->direct &&
+        (!dq__mul_size(tiles, (size_t)(wp->steps * DQ_GEMM_STEP * DQ_GEMM_TILE), &packed) ||
+         !round_align(&packed)))
+        return false;
+    l->packed = sums;
+    return dq__add_size(sums, packed, &l->total);
+}
+
+bool dq__gemm_w_a_workspace(const dq__wprep *w, int64_t rows, size_t *bytes)
+{
+    gemm_work_layout l;
+    *bytes = 0;
+    if (!gemm_work_layout_of(w, rows, &l))
+        return false;
+    *bytes = l.total;
+    return true;
+}
+
+void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
+                           float *y, int64_t ldy, int32_t n_threads, void *work)
 {
     const dq__wpack *wp = w->kernel;
     dq__gemm_tiles_fn *tiles = NULL;
@@ -365,34 +412,28 @@ void dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const fl
         else if (isa == DQ_GEMM_ISA_AVX2 && wp->bits == 4)
             tiles = dq__gemm_tiles_avx2;
     }
-    if (!tiles || !sums_fit_int32(w, a)) {
+    if (a->rows <= 0)
+        return;
+    gemm_work_layout l;
+    /* The layout fits and work holds it: the caller sized work with dq__gemm_w_a_workspace
+     * (the portable kernel below is for operands, never for a missing buffer). */
+    const bool sized = gemm_work_layout_of(w, a->rows, &l) && work;
+    DQ_ASSERT(!tiles || sized);
+    if (!tiles || !sums_fit_int32(w, a) || !sized) {
         run_ref(w, a, NULL, a->rows, 0, bias, y, ldy, n_threads);
         return;
     }
     gemm_job job = {.w = w, .a = a, .bias = bias, .y = y, .ldy = ldy, .tiles = tiles};
     dq__apack *ap = &job.ap;
-    ap->rows = a->rows;
-    ap->tiles = (a->rows + DQ_GEMM_TILE - 1) / DQ_GEMM_TILE;
-    /* Groups of whole steps need no padding: the kernels read the caller's rows (no copy, no
-     * large allocation, whose page faults cost as much as the product on small batches). */
-    const bool direct = w->group_len % DQ_GEMM_STEP == 0 && w->cols % DQ_GEMM_STEP == 0;
-    size_t sum_count, packed_bytes = 0;
-    bool ok = dq__mul_size((size_t)ap->tiles, (size_t)wp->groups * DQ_GEMM_TILE, &sum_count);
-    if (direct) {
-        *ap = (dq__apack){ap->rows, ap->tiles, a->codes, DQ_GEMM_TILE * a->code_ld, a->code_ld,
+    const int64_t n_tiles = (a->rows + DQ_GEMM_TILE - 1) / DQ_GEMM_TILE;
+    job.sums = (int32_t *)(void *)((uint8_t *)work + l.sums);
+    if (l.direct) {
+        *ap = (dq__apack){a->rows, n_tiles, a->codes, DQ_GEMM_TILE * a->code_ld, a->code_ld,
                           DQ_GEMM_STEP, 4, NULL};
     } else {
         const int64_t tile_bytes = wp->steps * DQ_GEMM_STEP * DQ_GEMM_TILE;
-        ok = ok && dq__mul_size((size_t)ap->tiles, (size_t)tile_bytes, &packed_bytes);
-        job.packed = ok ? dq__alloc(&w->ctx, packed_bytes) : NULL;
-        ok = ok && job.packed;
-        *ap = (dq__apack){ap->rows, ap->tiles, job.packed, tile_bytes, 4, 64, 32, NULL};
-    }
-    job.sums = ok ? dq__alloc(&w->ctx, sum_count * sizeof *job.sums) : NULL;
-    if (!job.sums) {
-        dq__free(&w->ctx, job.packed);
-        run_ref(w, a, NULL, a->rows, 0, bias, y, ldy, n_threads);
-        return;
+        job.packed = (uint8_t *)work + l.packed;
+        *ap = (dq__apack){a->rows, n_tiles, job.packed, tile_bytes, 4, 64, 32, NULL};
     }
     ap->sums = job.sums;
     int64_t macs;
@@ -405,8 +446,21 @@ void dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const fl
         job.split_tiles = true;
     dq__parallel_run(ap->tiles >= n ? n : 1, prepare_part, &job);
     dq__parallel_run(n, compute_part, &job);
-    dq__free(&w->ctx, job.sums);
-    dq__free(&w->ctx, job.packed);
+}
+
+dq_status dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
+                           float *y, int64_t ldy, int32_t n_threads)
+{
+    size_t bytes;
+    if (!dq__gemm_w_a_workspace(w, a->rows, &bytes))
+        return DQ_FAIL(&w->ctx, DQ_ERR_OVERFLOW, "workspace of %lld tokens overflows size_t",
+                       (long long)a->rows);
+    void *work = NULL;
+    if (bytes > 0 && !(work = dq__alloc(&w->ctx, bytes)))
+        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "workspace of %zu bytes", bytes);
+    dq__gemm_w_a_isa_work(isa, w, a, bias, y, ldy, n_threads, work);
+    dq__free(&w->ctx, work);
+    return DQ_OK;
 }
 
 /* ---- per-token quantization ---- */

@@ -88,10 +88,15 @@ bool dq__gemm_isa_supported(int32_t isa);
  * it; leaves it NULL otherwise (or when out of memory: the portable kernels need nothing). */
 void dq__gemm_prepare(dq__wprep *w);
 
-/* The dispatched product forced to one instruction set (tests, benchmarks). An ISA the CPU
- * lacks, or one that cannot take these operands exactly, runs the portable kernel. */
-void dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
-                      float *y, int64_t ldy, int32_t n_threads);
+/* The dispatched product forced to one instruction set. An ISA the CPU lacks, or one that
+ * cannot take these operands exactly, runs the portable kernel. The _work form allocates
+ * nothing: work (DQ_ALIGN-aligned) holds dq__gemm_w_a_workspace(w, a->rows) bytes (may be NULL
+ * when that is 0). The plain form (tests, benchmarks) allocates that workspace through w's
+ * context once per call: DQ_ERR_NOMEM (y untouched) when it cannot. */
+void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
+                           float *y, int64_t ldy, int32_t n_threads, void *work);
+dq_status dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
+                           float *y, int64_t ldy, int32_t n_threads);
 /* The weight-only product on one instruction set, split over up to n_threads threads. An ISA
  * the CPU lacks, or weights without the repacked form, run the portable kernel. */
 void dq__gemm_w_f32_isa(int32_t isa, const dq__wprep *w, const float *x, int64_t rows,

@@ -61,6 +61,15 @@ dq_status dq__linear_forward_route(const dq_linear *lin, int32_t route, const fl
                                    int64_t rows, int64_t cols, int64_t ldx, float *y, int64_t ldy,
                                    void *work, size_t work_size);
 
+/* dq_linear_forward_group and its workspace through either route. */
+dq_status dq__linear_group_workspace_route(const dq_linear *const *layers, int32_t n_layers,
+                                           int32_t route, int64_t rows, size_t *bytes);
+dq_status dq__linear_forward_group_route(const dq_linear *const *layers, int32_t n_layers,
+                                         int32_t route, const float *x, int64_t rows,
+                                         int64_t cols, int64_t ldx, float *const *y,
+                                         const int64_t *ldy, int32_t n_outputs, void *work,
+                                         size_t work_size);
+
 /* Tokens per tile (for tests that want remainders). */
 int64_t dq__online_tile_rows(const dq__online *on);
 

@@ -25,7 +25,7 @@ struct dq_linear {
 
 /* Byte offsets of the workspace parts, each DQ_ALIGN-aligned from an aligned base. */
 typedef struct workspace_layout {
-    size_t xt, plan_work, codes, scales, zeros, total;
+    size_t xt, plan_work, codes, scales, zeros, gemm, total;
     size_t plan_bytes; /* unfused: the plan's workspace; fused: the tile buffers */
     int64_t code_ld;
 } workspace_layout;
@@ -154,107 +154,222 @@ static bool fused(const dq_linear *lin, int32_t route)
     return lin->online && route == DQ__ROUTE_FUSED;
 }
 
+/* Errors are logged under the public function's name. */
+#define FAIL_IN(func, ctx, st, ...) dq__fail((ctx), (st), (func), __VA_ARGS__)
+
+/* Layers that read one input run as a group when their activations come out the same: the
+ * same plan (the same object), width and activation quantization. layers[0] decides. */
+static dq_status check_group(const char *func, const dq_linear *const *layers, int32_t n)
+{
+    if (!layers)
+        return FAIL_IN(func, NULL, DQ_ERR_INVALID_ARG, "layers is NULL");
+    if (n < 1)
+        return FAIL_IN(func, NULL, DQ_ERR_INVALID_ARG, "n_layers %d < 1", (int)n);
+    if (!layers[0])
+        return FAIL_IN(func, NULL, DQ_ERR_INVALID_ARG, "layers[0] is NULL");
+    const dq_linear *l0 = layers[0];
+    const dq_context *ctx = &l0->ctx;
+    for (int32_t i = 1; i < n; i++) {
+        const dq_linear *li = layers[i];
+        if (!li)
+            return FAIL_IN(func, ctx, DQ_ERR_INVALID_ARG, "layers[%d] is NULL", (int)i);
+        if (li->in_features != l0->in_features)
+            return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
+                           "layers[%d]: in_features %lld, layers[0] has %lld", (int)i,
+                           (long long)li->in_features, (long long)l0->in_features);
+        if (li->plan != l0->plan)
+            return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
+                           "layers[%d]: plan %p is not layers[0]'s plan %p", (int)i,
+                           (const void *)li->plan, (const void *)l0->plan);
+        if (li->act_bits != l0->act_bits)
+            return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
+                           "layers[%d]: act_bits %d, layers[0] has %d", (int)i,
+                           (int)li->act_bits, (int)l0->act_bits);
+        if (li->act_scheme != l0->act_scheme)
+            return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
+                           "layers[%d]: act_scheme %d, layers[0] has %d", (int)i,
+                           (int)li->act_scheme, (int)l0->act_scheme);
+        if (li->act_clip != l0->act_clip)
+            return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
+                           "layers[%d]: act_clip_ratio %.9g, layers[0] has %.9g", (int)i,
+                           (double)li->act_clip, (double)l0->act_clip);
+        /* One plan compiles the same way for every layer; checked all the same. */
+        if ((li->online != NULL) != (l0->online != NULL))
+            return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
+                           "layers[%d]: fused transform %s, layers[0] %s", (int)i,
+                           li->online ? "present" : "absent", l0->online ? "present" : "absent");
+    }
+    return DQ_OK;
+}
+
 /* Parts: the transformed activations (when a plan is applied and they are not quantized on
- * the fly), the plan's own workspace (or the fused route's tile buffers), and the activation
- * codes, scales and zero points (when activations are quantized). One DQ_ALIGN of slack lets
- * an unaligned caller buffer be aligned up. */
-static dq_status workspace_layout_of(const dq_linear *lin, int32_t route, int64_t rows,
-                                     workspace_layout *l)
+ * the fly), the plan's own workspace (or the fused route's tile buffers), the activation
+ * codes, scales and zero points (when activations are quantized), and the integer product's
+ * buffers (the largest any layer of the group needs: the products run one after another).
+ * One DQ_ALIGN of slack lets an unaligned caller buffer be aligned up. 0 rows: nothing. */
+static dq_status workspace_layout_of(const char *func, const dq_linear *const *layers, int32_t n,
+                                     int32_t route, int64_t rows, workspace_layout *l)
 {
     memset(l, 0, sizeof *l);
+    const dq_linear *lin = layers[0];
+    const dq_context *ctx = &lin->ctx;
+    if (rows == 0)
+        return DQ_OK;
     const int64_t cols = lin->in_features;
     size_t cursor = 0, elems;
     if (!dq__mul_size((size_t)rows, (size_t)cols, &elems))
-        return DQ_ERR_OVERFLOW;
+        goto overflow;
     if (fused(lin, route)) {
         if (!dq__online_workspace(lin->online, rows, lin->ctx.n_threads, &l->plan_bytes) ||
             (lin->act_bits == 0 && !add_part(&cursor, elems, sizeof(float), &l->xt)) ||
             !add_part(&cursor, l->plan_bytes, 1, &l->plan_work))
-            return DQ_ERR_OVERFLOW;
+            goto overflow;
     } else if (lin->plan) {
         dq_status st = dq_plan_workspace_size(lin->plan, rows, &l->plan_bytes);
         if (st != DQ_OK)
-            return st;
+            return FAIL_IN(func, ctx, st, "plan workspace for %lld rows", (long long)rows);
         if (!add_part(&cursor, elems, sizeof(float), &l->xt) ||
             !add_part(&cursor, l->plan_bytes, 1, &l->plan_work))
-            return DQ_ERR_OVERFLOW;
+            goto overflow;
     }
     if (lin->act_bits != 0) {
         l->code_ld = (cols + CODE_ROW_ALIGN - 1) / CODE_ROW_ALIGN * CODE_ROW_ALIGN;
-        size_t ncodes;
+        size_t ncodes, gemm = 0;
         if (l->code_ld < cols || !dq__mul_size((size_t)rows, (size_t)l->code_ld, &ncodes) ||
             !add_part(&cursor, ncodes, 1, &l->codes) ||
             !add_part(&cursor, (size_t)rows, sizeof(float), &l->scales) ||
             !add_part(&cursor, (size_t)rows, sizeof(int32_t), &l->zeros))
-            return DQ_ERR_OVERFLOW;
+            goto overflow;
+        for (int32_t i = 0; i < n; i++) {
+            size_t b;
+            if (!dq__gemm_w_a_workspace(layers[i]->w, rows, &b))
+                goto overflow;
+            gemm = b > gemm ? b : gemm;
+        }
+        if (gemm > 0 && !add_part(&cursor, gemm, 1, &l->gemm))
+            goto overflow;
     }
     if (cursor > 0 && !dq__add_size(cursor, DQ_ALIGN, &l->total))
-        return DQ_ERR_OVERFLOW;
+        goto overflow;
     return DQ_OK;
+overflow:
+    return FAIL_IN(func, ctx, DQ_ERR_OVERFLOW,
+                   "workspace for %lld rows x %lld in_features overflows size_t",
+                   (long long)rows, (long long)cols);
 }
 
-dq_status dq__linear_workspace_route(const dq_linear *lin, int32_t route, int64_t rows,
-                                     size_t *bytes)
+static dq_status workspace_size_of(const char *func, const dq_linear *const *layers, int32_t n,
+                                   int32_t route, int64_t rows, size_t *bytes)
 {
-    if (!lin || !bytes)
-        return DQ_ERR_INVALID_ARG;
-    if (rows <= 0)
-        return DQ_ERR_SHAPE;
+    const dq_context *ctx = &layers[0]->ctx;
+    if (!bytes)
+        return FAIL_IN(func, ctx, DQ_ERR_INVALID_ARG, "bytes is NULL");
+    if (rows < 0)
+        return FAIL_IN(func, ctx, DQ_ERR_SHAPE, "rows %lld < 0", (long long)rows);
     workspace_layout l;
-    dq_status st = workspace_layout_of(lin, route, rows, &l);
+    dq_status st = workspace_layout_of(func, layers, n, route, rows, &l);
     if (st != DQ_OK)
         return st;
     *bytes = l.total;
     return DQ_OK;
 }
 
-DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, size_t *bytes)
+dq_status dq__linear_workspace_route(const dq_linear *lin, int32_t route, int64_t rows,
+                                     size_t *bytes)
 {
-    return dq__linear_workspace_route(lin, DQ__ROUTE_FUSED, rows, bytes);
+    if (!lin)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "lin is NULL");
+    return workspace_size_of(__func__, &lin, 1, route, rows, bytes);
 }
 
-dq_status dq__linear_forward_route(const dq_linear *lin, int32_t route, const float *x,
-                                   int64_t rows, int64_t cols, int64_t ldx, float *y, int64_t ldy,
-                                   void *work, size_t work_size)
+DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, size_t *bytes)
 {
-    if (!lin || !x || !y)
-        return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
-    if (st == DQ_OK)
-        st = dq__check_matrix(y, rows, lin->out_features, ldy);
+    if (!lin)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "lin is NULL");
+    return workspace_size_of(__func__, &lin, 1, DQ__ROUTE_FUSED, rows, bytes);
+}
+
+dq_status dq__linear_group_workspace_route(const dq_linear *const *layers, int32_t n_layers,
+                                           int32_t route, int64_t rows, size_t *bytes)
+{
+    dq_status st = check_group(__func__, layers, n_layers);
     if (st != DQ_OK)
         return st;
+    return workspace_size_of(__func__, layers, n_layers, route, rows, bytes);
+}
+
+DQ_API dq_status dq_linear_group_workspace_size(const dq_linear *const *layers, int32_t n_layers,
+                                                int64_t rows, size_t *bytes)
+{
+    dq_status st = check_group(__func__, layers, n_layers);
+    if (st != DQ_OK)
+        return st;
+    return workspace_size_of(__func__, layers, n_layers, DQ__ROUTE_FUSED, rows, bytes);
+}
+
+/* The forward of a checked group (check_group): the input is transformed and quantized once
+ * through layers[0], then every layer's product reads the shared activations into its y[i].
+ * Everything that can fail runs before any y[i] is written. With a workspace, nothing is
+ * allocated; without one, the workspace is allocated once. */
+static dq_status forward_group(const char *func, const dq_linear *const *layers, int32_t n,
+                               int32_t route, const float *x, int64_t rows, int64_t cols,
+                               int64_t ldx, float *const *y, const int64_t *ldy, void *work,
+                               size_t work_size)
+{
+    const dq_linear *lin = layers[0];
+    const dq_context *ctx = &lin->ctx;
+    if (rows < 0)
+        return FAIL_IN(func, ctx, DQ_ERR_SHAPE, "rows %lld < 0", (long long)rows);
     if (cols != lin->in_features)
-        return DQ_ERR_SHAPE;
+        return FAIL_IN(func, ctx, DQ_ERR_SHAPE, "cols %lld != in_features %lld",
+                       (long long)cols, (long long)lin->in_features);
+    if (rows == 0)
+        return DQ_OK; /* nothing to read or write */
+    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    if (st != DQ_OK)
+        return FAIL_IN(func, ctx, st, "x (%p): rows %lld, cols %lld, ldx %lld", (const void *)x,
+                       (long long)rows, (long long)cols, (long long)ldx);
+    if (!y || !ldy)
+        return FAIL_IN(func, ctx, DQ_ERR_INVALID_ARG, "%s is NULL", !y ? "y" : "ldy");
+    for (int32_t i = 0; i < n; i++) {
+        const int64_t out = layers[i]->out_features;
+        if ((st = dq__check_matrix(y[i], rows, out, ldy[i])) != DQ_OK)
+            return FAIL_IN(func, ctx, st, "y[%d] (%p): rows %lld, out_features %lld, ldy %lld",
+                           (int)i, (const void *)y[i], (long long)rows, (long long)out,
+                           (long long)ldy[i]);
+    }
     workspace_layout l;
-    if ((st = workspace_layout_of(lin, route, rows, &l)) != DQ_OK)
+    if ((st = workspace_layout_of(func, layers, n, route, rows, &l)) != DQ_OK)
         return st;
     if (work && work_size < l.total)
-        return DQ_ERR_BUFFER;
+        return FAIL_IN(func, ctx, DQ_ERR_BUFFER, "work_size %zu < %zu bytes for %lld rows",
+                       work_size, l.total, (long long)rows);
     if (!dq__all_finite(x, rows, cols, ldx))
-        return DQ_ERR_NONFINITE;
+        return FAIL_IN(func, ctx, DQ_ERR_NONFINITE, "x holds Inf or NaN");
     const bool on = fused(lin, route);
     if (on) {
         /* The same errors as the unfused route, whose products go through CBLAS. */
         size_t plan_work;
         if ((st = dq_plan_workspace_size(lin->plan, 1, &plan_work)) != DQ_OK)
-            return st;
+            return FAIL_IN(func, ctx, st, "plan workspace");
         if (plan_work > 0 && ldx > INT_MAX)
-            return DQ_ERR_BLAS;
+            return FAIL_IN(func, ctx, DQ_ERR_BLAS, "ldx %lld exceeds CBLAS's int",
+                           (long long)ldx);
     }
 
     void *owned = NULL;
     if (!work && l.total > 0) {
-        owned = dq__alloc(&lin->ctx, l.total);
+        owned = dq__alloc(ctx, l.total);
         if (!owned)
-            return DQ_ERR_NOMEM;
+            return FAIL_IN(func, ctx, DQ_ERR_NOMEM, "workspace of %zu bytes for %lld rows",
+                           l.total, (long long)rows);
         work = owned;
     }
     uint8_t *base = NULL;
     if (l.total > 0)
         base = (uint8_t *)(((uintptr_t)work + (DQ_ALIGN - 1)) & ~(uintptr_t)(DQ_ALIGN - 1));
 
-    /* Everything that can fail runs before y is written. */
+    /* The shared activations: transformed floats, or codes. */
     const float *xin = x;
     int64_t ldin = ldx;
     const int32_t threads = lin->ctx.n_threads;
@@ -268,13 +383,17 @@ dq_status dq__linear_forward_route(const dq_linear *lin, int32_t route, const fl
         float *xt = (float *)(void *)(base + l.xt);
         st = dq_plan_apply_act_to(lin->plan, x, rows, cols, ldx, xt, cols,
                                   l.plan_bytes > 0 ? base + l.plan_work : NULL, l.plan_bytes);
-        if (st != DQ_OK)
+        if (st != DQ_OK) {
+            FAIL_IN(func, ctx, st, "applying the plan to %lld rows", (long long)rows);
             goto out;
+        }
         xin = xt;
         ldin = cols;
     }
     if (lin->act_bits == 0) {
-        dq__gemm_w_f32(lin->w, xin, rows, ldin, lin->bias, y, ldy, threads);
+        for (int32_t i = 0; i < n; i++)
+            dq__gemm_w_f32(layers[i]->w, xin, rows, ldin, layers[i]->bias, y[i], ldy[i],
+                           layers[i]->ctx.n_threads);
     } else {
         uint8_t *codes = base + l.codes;
         float *scales = (float *)(void *)(base + l.scales);
@@ -286,17 +405,70 @@ dq_status dq__linear_forward_route(const dq_linear *lin, int32_t route, const fl
             dq__quantize_tokens(xin, rows, cols, ldin, lin->act_bits, lin->act_scheme,
                                 lin->act_clip, codes, l.code_ld, scales, zeros, threads);
         const dq__aq a = {rows, cols, l.code_ld, codes, scales, zeros};
-        dq__gemm_w_a(lin->w, &a, lin->bias, y, ldy, threads);
+        for (int32_t i = 0; i < n; i++)
+            dq__gemm_w_a_work(layers[i]->w, &a, layers[i]->bias, y[i], ldy[i],
+                              layers[i]->ctx.n_threads, base + l.gemm);
     }
 out:
-    dq__free(&lin->ctx, owned);
+    dq__free(ctx, owned);
     return st;
+}
+
+dq_status dq__linear_forward_route(const dq_linear *lin, int32_t route, const float *x,
+                                   int64_t rows, int64_t cols, int64_t ldx, float *y, int64_t ldy,
+                                   void *work, size_t work_size)
+{
+    if (!lin)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "lin is NULL");
+    if (rows > 0 && !y)
+        return DQ_FAIL(&lin->ctx, DQ_ERR_INVALID_ARG, "y is NULL");
+    return forward_group(__func__, &lin, 1, route, x, rows, cols, ldx, &y, &ldy, work,
+                         work_size);
 }
 
 DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,
                                    int64_t cols, int64_t ldx, float *y, int64_t ldy, void *work,
                                    size_t work_size)
 {
-    return dq__linear_forward_route(lin, DQ__ROUTE_FUSED, x, rows, cols, ldx, y, ldy, work,
-                                    work_size);
+    if (!lin)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "lin is NULL");
+    if (rows > 0 && !y)
+        return DQ_FAIL(&lin->ctx, DQ_ERR_INVALID_ARG, "y is NULL");
+    return forward_group(__func__, &lin, 1, DQ__ROUTE_FUSED, x, rows, cols, ldx, &y, &ldy, work,
+                         work_size);
+}
+
+static dq_status forward_group_entry(const char *func, const dq_linear *const *layers,
+                                     int32_t n_layers, int32_t route, const float *x,
+                                     int64_t rows, int64_t cols, int64_t ldx, float *const *y,
+                                     const int64_t *ldy, int32_t n_outputs, void *work,
+                                     size_t work_size)
+{
+    dq_status st = check_group(func, layers, n_layers);
+    if (st != DQ_OK)
+        return st;
+    if (n_outputs != n_layers)
+        return FAIL_IN(func, &layers[0]->ctx, DQ_ERR_INVALID_ARG, "n_outputs %d != n_layers %d",
+                       (int)n_outputs, (int)n_layers);
+    return forward_group(func, layers, n_layers, route, x, rows, cols, ldx, y, ldy, work,
+                         work_size);
+}
+
+dq_status dq__linear_forward_group_route(const dq_linear *const *layers, int32_t n_layers,
+                                         int32_t route, const float *x, int64_t rows,
+                                         int64_t cols, int64_t ldx, float *const *y,
+                                         const int64_t *ldy, int32_t n_outputs, void *work,
+                                         size_t work_size)
+{
+    return forward_group_entry(__func__, layers, n_layers, route, x, rows, cols, ldx, y, ldy,
+                               n_outputs, work, work_size);
+}
+
+DQ_API dq_status dq_linear_forward_group(const dq_linear *const *layers, int32_t n_layers,
+                                         const float *x, int64_t rows, int64_t cols, int64_t ldx,
+                                         float *const *y, const int64_t *ldy, int32_t n_outputs,
+                                         void *work, size_t work_size)
+{
+    return forward_group_entry(__func__, layers, n_layers, DQ__ROUTE_FUSED, x, rows, cols, ldx,
+                               y, ldy, n_outputs, work, work_size);
 }
