@@ -10,7 +10,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
-#include "dq_transform.h"
+#include "dq_blockmul.h"
 
 /* Register tile: ROWS rows x COLS columns of accumulators. */
 #define TILE_ROWS 16
