@@ -270,7 +270,8 @@ static dq_status check_apply(const dq_plan *pl, const float *x, int64_t rows, in
         return st;
     if (cols != pl->cols)
         return DQ_ERR_SHAPE;
-    /* Fail before touching the data if the products cannot take this leading dimension. */
+    /* Leading dimensions past INT_MAX are refused before touching the data, as when the
+     * products went through BLAS (the released behaviour). */
     if (has_stages(pl) && ldx > INT_MAX)
         return DQ_ERR_BLAS;
     return DQ_OK;

@@ -1,7 +1,6 @@
 /* The rotation object (the run-time side): layout, accessors and applying a block-diagonal
  * rotation along the channel axis. Building one by search lives in
  * lib/offline/dq_rotation_search.c, from given matrices in dq_rotation_io.c. */
-#include <limits.h>
 #include <string.h>
 
 #include "dq_rotation.h"
@@ -148,21 +147,10 @@ dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t
 dq_status dq__rotation_rows(const dq_rotation *r, const float *in, int64_t ldi, float *out,
                             int64_t ldo, int64_t rows)
 {
-    const int32_t bs = r->block_size;
-    /* One shared matrix over whole blocks of contiguous rows: a single tall product. */
-    if (r->n_mats == 1 && r->cols % bs == 0 && ldi == r->cols && ldo == r->cols &&
-        rows <= INT_MAX / r->n_blocks)
-        return dq__sgemm(false, false, rows * r->n_blocks, bs, bs, 1.0f, in, bs, r->data, bs,
-                         0.0f, out, bs);
-    for (int64_t b = 0; b < r->n_blocks; b++) {
-        const int64_t m = r->mat_of_block[b];
-        const int32_t n = r->mat_size[m];
-        const size_t col = (size_t)b * (size_t)bs;
-        dq_status st = dq__sgemm(false, false, rows, n, n, 1.0f, in + col, ldi,
-                                 r->data + r->mat_offset[m], n, 0.0f, out + col, ldo);
-        if (st != DQ_OK)
-            return st;
-    }
+    /* The reproducible block product on the calling thread: no BLAS at run time, and the same
+     * bits as plan building and as every build variant. */
+    rows_job job = {r, in, out, ldi, ldo, rows};
+    rows_worker(&job, 0, 1);
     return DQ_OK;
 }
 

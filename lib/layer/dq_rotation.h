@@ -52,7 +52,8 @@ dq_status dq__rotation_clone(const dq_context *ctx, const dq_rotation *src, dq_r
  * threads (plan building); in and out must not overlap. */
 dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,
                                   int64_t ldo, int64_t rows, int32_t n_threads);
-/* The same through BLAS (applying plans). */
+/* The same on the calling thread (applying plans and rotations): the same bits as
+ * dq__rotation_rows_exact for any thread count, and no BLAS. */
 dq_status dq__rotation_rows(const dq_rotation *r, const float *in, int64_t ldi, float *out,
                             int64_t ldo, int64_t rows);
 
