@@ -1,4 +1,5 @@
-/* Reproducible block products for building plans, and the worker pool that runs them.
+/* Reproducible block products for building and applying plans, and the worker pool that runs
+ * them.
  *
  * BLAS results may change with the BLAS thread count (OpenBLAS's do), so a plan built with
  * sgemm would depend on the host's threading. These products fix the arithmetic instead:

@@ -35,17 +35,19 @@ dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bo
         int32_t len = per_block ? dq__block_len(cols, bs, m)
                                 : (m == 0 && full > 0 ? bs : (int32_t)(cols % bs));
         if (!dq__add_size(total, (size_t)len * (size_t)len, &total))
-            return DQ_ERR_OVERFLOW;
+            return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "matrix floats of %lld channels overflow size_t",
+                           (long long)cols);
     }
     size_t bytes;
     if (!dq__mul_size(total, sizeof(float), &bytes) ||
         (method == DQ_ROT_METHOD_GREEDY &&
          !dq__mul_size((size_t)n_mats, (size_t)steps + 1, &rec)))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "%zu matrix floats or %lld x %d record entries "
+                       "overflow size_t", total, (long long)n_mats, (int)steps + 1);
 
     dq_rotation *r = dq__calloc(ctx, 1, sizeof *r);
     if (!r)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "rotation object");
     r->ctx = *ctx;
     r->cols = cols;
     r->block_size = bs;
@@ -68,7 +70,8 @@ dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bo
     }
     if (!ok) {
         dq_rotation_free(r);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "%zu bytes of matrices for %lld channels", bytes,
+                       (long long)cols);
     }
     size_t off = 0;
     for (int64_t m = 0; m < n_mats; m++) {
@@ -158,7 +161,7 @@ DQ_API dq_status dq_rotation_layout(const dq_rotation *r, int64_t *cols, int32_t
                                     int64_t *n_blocks, int64_t *n_matrices)
 {
     if (!r)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     if (cols)
         *cols = r->cols;
     if (block_size)
@@ -173,8 +176,11 @@ DQ_API dq_status dq_rotation_layout(const dq_rotation *r, int64_t *cols, int32_t
 DQ_API dq_status dq_rotation_block(const dq_rotation *r, int64_t b, int32_t *size,
                                    int64_t *matrix)
 {
-    if (!r || b < 0 || b >= r->n_blocks)
-        return DQ_ERR_INVALID_ARG;
+    if (!r)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
+    if (b < 0 || b >= r->n_blocks)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "block %lld outside [0, %lld)", (long long)b,
+                       (long long)r->n_blocks);
     if (size)
         *size = dq__block_len(r->cols, r->block_size, b);
     if (matrix)
@@ -185,12 +191,18 @@ DQ_API dq_status dq_rotation_block(const dq_rotation *r, int64_t b, int32_t *siz
 DQ_API dq_status dq_rotation_matrix(const dq_rotation *r, int64_t m, float *out, int64_t ldo,
                                     int32_t *size)
 {
-    if (!r || m < 0 || m >= r->n_mats || (!out && !size))
-        return DQ_ERR_INVALID_ARG;
+    if (!r)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
+    if (m < 0 || m >= r->n_mats)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "matrix %lld outside [0, %lld)",
+                       (long long)m, (long long)r->n_mats);
+    if (!out && !size)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "out and size are both NULL");
     const int32_t n = r->mat_size[m];
     if (out) {
         if (ldo < n)
-            return DQ_ERR_SHAPE;
+            return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "ldo %lld < matrix size %d", (long long)ldo,
+                           (int)n);
         const float *src = r->data + r->mat_offset[m];
         for (int32_t i = 0; i < n; i++)
             memcpy(out + (size_t)i * (size_t)ldo, src + (size_t)i * (size_t)n,
@@ -205,15 +217,20 @@ DQ_API dq_status dq_rotation_trace(const dq_rotation *r, int64_t m, int32_t *ste
                                    int32_t *selected, int64_t *ids, int32_t *swapped,
                                    float *peaks, int64_t cap)
 {
-    if (!r || m < 0 || m >= r->n_mats)
-        return DQ_ERR_INVALID_ARG;
+    if (!r)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
+    if (m < 0 || m >= r->n_mats)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "matrix %lld outside [0, %lld)",
+                       (long long)m, (long long)r->n_mats);
     if (r->selected[m] < 0)
-        return DQ_ERR_BAD_STATE;
+        return DQ_FAIL(&r->ctx, DQ_ERR_BAD_STATE, "matrix %lld was not found by a search",
+                       (long long)m);
     if (steps)
         *steps = r->steps;
     const int64_t len = (int64_t)r->steps + 1;
     if ((ids || swapped || peaks) && cap < len)
-        return DQ_ERR_BUFFER;
+        return DQ_FAIL(&r->ctx, DQ_ERR_BUFFER, "cap %lld < record length %lld", (long long)cap,
+                       (long long)len);
     if (selected)
         *selected = r->selected[m];
     const size_t off = (size_t)m * (size_t)len;
@@ -230,21 +247,24 @@ DQ_API dq_status dq_rotation_apply(const dq_rotation *r, float *x, int64_t rows,
                                    int64_t ldx)
 {
     if (!r)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     dq_status st = dq__check_matrix(x, rows, cols, ldx);
     if (st != DQ_OK)
-        return st;
+        return DQ_FAIL(&r->ctx, st, "x (%lld x %lld, ldx %lld)", (long long)rows,
+                       (long long)cols, (long long)ldx);
     if (cols != r->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "cols %lld != rotation width %lld",
+                       (long long)cols, (long long)r->cols);
     if (!dq__all_finite(x, rows, cols, ldx))
-        return DQ_ERR_NONFINITE;
+        return DQ_FAIL(&r->ctx, DQ_ERR_NONFINITE, "x holds a NaN or infinity");
     const int64_t chunk = rows < APPLY_CHUNK_ROWS ? rows : APPLY_CHUNK_ROWS;
     size_t bytes;
     if (!dq__mul_size((size_t)chunk * sizeof(float), (size_t)cols, &bytes))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(&r->ctx, DQ_ERR_OVERFLOW, "%lld rows x %lld channels overflow size_t",
+                       (long long)chunk, (long long)cols);
     float *tmp = dq__alloc(&r->ctx, bytes);
     if (!tmp)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(&r->ctx, DQ_ERR_NOMEM, "%zu bytes of temporary", bytes);
     for (int64_t r0 = 0; r0 < rows && st == DQ_OK; r0 += chunk) {
         int64_t m = rows - r0 < chunk ? rows - r0 : chunk;
         float *xr = x + (size_t)r0 * (size_t)ldx;
