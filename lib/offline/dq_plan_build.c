@@ -28,34 +28,54 @@ DQ_API dq_status dq_plan_params_init(dq_plan_params *p, size_t struct_size)
     return dq__params_init(p, struct_size, PLAN_PARAMS_MIN_SIZE, &defaults, sizeof defaults);
 }
 
-static dq_status read_plan_params(const dq_plan_params *user, int64_t cols, dq_plan_params *p)
+/* Reads and validates params for cols channels; a failure is logged as func's. */
+static dq_status read_plan_params(const dq_context *ctx, const char *func,
+                                  const dq_plan_params *user, int64_t cols, dq_plan_params *p)
 {
     dq_plan_params_init(p, sizeof *p);
     dq_status st = dq__params_read(p, sizeof *p, PLAN_PARAMS_MIN_SIZE, user);
     if (st != DQ_OK)
-        return st;
-    if ((p->flags & ~(uint32_t)PLAN_KNOWN_FLAGS) != 0 || p->method < DQ_ROT_METHOD_GREEDY ||
-        p->method > DQ_ROT_METHOD_RANDOM || p->block_size < 2 ||
-        p->block_size > DQ_MAX_BLOCK || p->max_rotation_step < 0 ||
-        p->max_rotation_step > DQ_MAX_STEPS || p->permutation_times < 1 ||
-        p->permutation_times > DQ_MAX_PERMUTATION_TIMES ||
-        !(p->smooth_alpha >= 0.0f && p->smooth_alpha <= 1.0f))
-        return DQ_ERR_INVALID_ARG;
+        return dq__fail(ctx, st, func, "params (struct_size %u)", user ? user->struct_size : 0u);
+    if ((p->flags & ~(uint32_t)PLAN_KNOWN_FLAGS) != 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->flags 0x%x has unknown bits 0x%x",
+                        p->flags, p->flags & ~(uint32_t)PLAN_KNOWN_FLAGS);
+    if (p->method < DQ_ROT_METHOD_GREEDY || p->method > DQ_ROT_METHOD_RANDOM)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->method %d is not a DQ_ROT_METHOD",
+                        (int)p->method);
+    if (p->block_size < 2 || p->block_size > DQ_MAX_BLOCK)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->block_size %d outside [2, %d]",
+                        (int)p->block_size, DQ_MAX_BLOCK);
+    if (p->max_rotation_step < 0 || p->max_rotation_step > DQ_MAX_STEPS)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->max_rotation_step %d outside [0, %d]",
+                        (int)p->max_rotation_step, DQ_MAX_STEPS);
+    if (p->permutation_times < 1 || p->permutation_times > DQ_MAX_PERMUTATION_TIMES)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->permutation_times %d outside [1, %d]",
+                        (int)p->permutation_times, DQ_MAX_PERMUTATION_TIMES);
+    if (!(p->smooth_alpha >= 0.0f && p->smooth_alpha <= 1.0f))
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->smooth_alpha %g outside [0, 1]",
+                        (double)p->smooth_alpha);
     /* Search options mean nothing to the other methods: refuse rather than ignore them. */
     if (p->method != DQ_ROT_METHOD_GREEDY &&
         (p->flags & (DQ_PLAN_F_ROW_RULE | DQ_PLAN_F_RANDOM_QPRIME | DQ_PLAN_F_HADAMARD_BASE)))
-        return DQ_ERR_INVALID_ARG;
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->flags 0x%x: search options with method %d (not greedy)",
+                        p->flags, (int)p->method);
     dq__refine_opts refine;
     if (p->refine && (st = dq__refine_read(p->refine, &refine)) != DQ_OK)
-        return st;
+        return dq__fail(ctx, st, func, "params->refine is invalid");
     if (p->refine && refine.method != DQ_REFINE_NONE && !(p->flags & DQ_PLAN_F_ROTATE))
-        return DQ_ERR_INVALID_ARG; /* nothing to refine */
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->refine asks for refinement without DQ_PLAN_F_ROTATE");
     if (cols <= 0)
-        return DQ_ERR_SHAPE;
+        return dq__fail(ctx, DQ_ERR_SHAPE, func, "cols %lld <= 0", (long long)cols);
     if ((p->flags & DQ_PLAN_F_ROTATE) &&
         (p->method == DQ_ROT_METHOD_HADAMARD || (p->flags & DQ_PLAN_F_HADAMARD_BASE)) &&
         !dq__hadamard_fits(cols, p->block_size))
-        return DQ_ERR_UNSUPPORTED;
+        return dq__fail(ctx, DQ_ERR_UNSUPPORTED, func,
+                        "Hadamard blocks of %d do not fit %lld channels (powers of two only)",
+                        (int)p->block_size, (long long)cols);
     return DQ_OK;
 }
 
@@ -107,9 +127,11 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
         scratch = dq__alloc(ctx, (size_t)rows * (size_t)cols * sizeof(float));
         key = dq__alloc(ctx, (size_t)cols * sizeof(float));
         y = scratch;
-        st = DQ_ERR_NOMEM;
-        if (!scratch || !key)
+        if (!scratch || !key) {
+            st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "scratch copy of a %lld x %lld sample",
+                         (long long)rows, (long long)cols);
             goto out;
+        }
     }
     for (int32_t s = 0; s < n_rot; s++) {
         if (rotate) {
@@ -154,7 +176,8 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
         dq__col_absmax(x, rows, cols, cols, key);
         perm[s] = dq__alloc(ctx, (size_t)cols * sizeof(int64_t));
         if (!perm[s]) {
-            st = DQ_ERR_NOMEM;
+            st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "permutation %d of %lld indices", (int)s,
+                         (long long)cols);
             goto out;
         }
         if ((st = dq__zigzag(ctx, key, cols, p->block_size, perm[s])) != DQ_OK)
@@ -176,13 +199,16 @@ out:
     return DQ_OK;
 }
 
-static dq_status check_absmax(const float *v, int64_t n)
+static dq_status check_absmax(const dq_context *ctx, const char *func, const char *name,
+                              const float *v, int64_t n)
 {
     for (int64_t j = 0; j < n; j++) {
         if (!isfinite(v[j]))
-            return DQ_ERR_NONFINITE;
+            return dq__fail(ctx, DQ_ERR_NONFINITE, func, "%s[%lld] = %g", name, (long long)j,
+                            (double)v[j]);
         if (v[j] < 0.0f)
-            return DQ_ERR_INVALID_ARG;
+            return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "%s[%lld] = %g, expected >= 0", name,
+                            (long long)j, (double)v[j]);
     }
     return DQ_OK;
 }
@@ -191,28 +217,30 @@ DQ_API dq_status dq_plan_build(dq_context *ctx, const dq_plan_params *params,
                                const dq_calib *calib, const float *w_absmax, int64_t cols,
                                dq_plan **out)
 {
+    const dq_context *c = dq__ctx(ctx);
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_plan_params p;
-    dq_status st = read_plan_params(params, cols, &p);
+    dq_status st = read_plan_params(c, __func__, params, cols, &p);
     if (st != DQ_OK)
         return st;
     const bool smooth = (p.flags & DQ_PLAN_F_SMOOTH) != 0, sample = needs_sample(&p);
     if (!calib && (smooth || sample))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "calib is NULL but the plan needs %s",
+                       smooth ? "smoothing statistics" : "a calibration sample");
     if (smooth && !w_absmax)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "w_absmax is NULL with DQ_PLAN_F_SMOOTH");
     if (calib && dq__calib_cols(calib) != cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(c, DQ_ERR_SHAPE, "cols %lld != calibrator width %lld", (long long)cols,
+                       (long long)dq__calib_cols(calib));
     if (calib && dq__calib_token_count(calib) == 0)
-        return DQ_ERR_BAD_STATE;
-    if (smooth && (st = check_absmax(w_absmax, cols)) != DQ_OK)
+        return DQ_FAIL(c, DQ_ERR_BAD_STATE, "the calibrator has observed no token");
+    if (smooth && (st = check_absmax(c, __func__, "w_absmax", w_absmax, cols)) != DQ_OK)
         return st;
     if ((uint64_t)cols > SIZE_MAX / sizeof(int64_t))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(c, DQ_ERR_OVERFLOW, "cols %lld overflows size_t", (long long)cols);
 
-    const dq_context *c = dq__ctx(ctx);
     float *x = NULL;
     int64_t rows = 0;
     if (sample && (st = dq__calib_take_sample(calib, c, &x, &rows)) != DQ_OK)
@@ -228,42 +256,49 @@ DQ_API dq_status dq_plan_build_from_sample(dq_context *ctx, const dq_plan_params
                                            int64_t rows, int64_t cols, int64_t lds,
                                            const float *w_absmax, dq_plan **out)
 {
+    const dq_context *c = dq__ctx(ctx);
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_plan_params p;
-    dq_status st = read_plan_params(params, cols, &p);
+    dq_status st = read_plan_params(c, __func__, params, cols, &p);
     if (st != DQ_OK)
         return st;
     const bool smooth = (p.flags & DQ_PLAN_F_SMOOTH) != 0;
     if (smooth && !w_absmax)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "w_absmax is NULL with DQ_PLAN_F_SMOOTH");
     if ((st = dq__check_matrix(sample, rows, cols, lds)) != DQ_OK)
-        return st;
+        return DQ_FAIL(c, st, "sample (%lld x %lld, lds %lld)", (long long)rows,
+                       (long long)cols, (long long)lds);
     size_t n, bytes;
     if (!dq__mul_size((size_t)rows, (size_t)cols, &n) ||
         !dq__mul_size(n, sizeof(float), &bytes) || (uint64_t)cols > SIZE_MAX / sizeof(int64_t))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(c, DQ_ERR_OVERFLOW, "sample of %lld x %lld overflows size_t",
+                       (long long)rows, (long long)cols);
     if (!dq__all_finite(sample, rows, cols, lds))
-        return DQ_ERR_NONFINITE;
-    if (smooth && act_absmax && (st = check_absmax(act_absmax, cols)) != DQ_OK)
+        return DQ_FAIL(c, DQ_ERR_NONFINITE, "sample holds a NaN or infinity");
+    if (smooth && act_absmax &&
+        (st = check_absmax(c, __func__, "act_absmax", act_absmax, cols)) != DQ_OK)
         return st;
-    if (smooth && (st = check_absmax(w_absmax, cols)) != DQ_OK)
+    if (smooth && (st = check_absmax(c, __func__, "w_absmax", w_absmax, cols)) != DQ_OK)
         return st;
 
-    const dq_context *c = dq__ctx(ctx);
     float *x = NULL, *own_absmax = NULL;
     st = DQ_ERR_NOMEM;
     if (needs_sample(&p)) { /* a working copy, transformed as the plan is built */
-        if (!(x = dq__alloc(c, bytes)))
+        if (!(x = dq__alloc(c, bytes))) {
+            st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for a copy of the sample", bytes);
             goto out;
+        }
         for (int64_t i = 0; i < rows; i++)
             memcpy(x + (size_t)i * (size_t)cols, sample + (size_t)i * (size_t)lds,
                    (size_t)cols * sizeof(float));
     }
     if (smooth && !act_absmax) {
-        if (!(own_absmax = dq__calloc(c, (size_t)cols, sizeof(float))))
+        if (!(own_absmax = dq__calloc(c, (size_t)cols, sizeof(float)))) {
+            st = DQ_FAIL(c, DQ_ERR_NOMEM, "%lld activation maxima", (long long)cols);
             goto out;
+        }
         dq__col_absmax(sample, rows, cols, lds, own_absmax);
         act_absmax = own_absmax;
     }

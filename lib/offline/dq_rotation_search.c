@@ -93,9 +93,11 @@ static dq_status base_matrix(const dq_context *ctx, int32_t n, bool hadamard_bas
 {
     double *v = dq__alloc(ctx, (size_t)n * sizeof(double));
     float *rot = qprime ? dq__alloc(ctx, (size_t)n * (size_t)n * sizeof(float)) : NULL;
-    dq_status st = DQ_ERR_NOMEM;
-    if (!v || (qprime && !rot))
+    dq_status st = DQ_OK;
+    if (!v || (qprime && !rot)) {
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "scratch for a base matrix of size %d", (int)n);
         goto out;
+    }
     if (!qprime) {
         if (hadamard_base)
             hadamard(n, out, ldo);
@@ -125,7 +127,7 @@ static dq_status random_orthogonal(const dq_context *ctx, int32_t n, uint64_t se
 {
     double *q = dq__alloc(ctx, (size_t)n * (size_t)n * sizeof(double)); /* column j at q+j*n */
     if (!q)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "%d x %d doubles", (int)n, (int)n);
     uint64_t state = seed;
     for (int32_t j = 0; j < n; j++) {
         double *v = q + (size_t)j * (size_t)n;
@@ -160,22 +162,24 @@ static dq_status random_orthogonal(const dq_context *ctx, int32_t n, uint64_t se
 DQ_API dq_status dq_rotation_base(int32_t n, const float *qprime, float *out, int64_t ldo)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "out is NULL");
     if (n < 2 || n > DQ_MAX_BLOCK || ldo < n)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(NULL, DQ_ERR_SHAPE, "n %d outside [2, %d] or ldo %lld < n", (int)n,
+                       DQ_MAX_BLOCK, (long long)ldo);
     if (qprime && !dq__all_finite(qprime, n - 1, n - 1, n - 1))
-        return DQ_ERR_NONFINITE;
+        return DQ_FAIL(NULL, DQ_ERR_NONFINITE, "qprime holds a NaN or infinity");
     return base_matrix(NULL, n, false, qprime, out, ldo);
 }
 
 DQ_API dq_status dq_rotation_hadamard(int32_t n, float *out, int64_t ldo)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "out is NULL");
     if (n < 1 || n > DQ_MAX_BLOCK || ldo < n)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(NULL, DQ_ERR_SHAPE, "n %d outside [1, %d] or ldo %lld < n", (int)n,
+                       DQ_MAX_BLOCK, (long long)ldo);
     if (!is_pow2(n))
-        return DQ_ERR_UNSUPPORTED;
+        return DQ_FAIL(NULL, DQ_ERR_UNSUPPORTED, "n %d is not a power of two", (int)n);
     hadamard(n, out, ldo);
     return DQ_OK;
 }
@@ -184,9 +188,10 @@ DQ_API dq_status dq_rotation_random_orthogonal(int32_t n, uint64_t seed, float *
                                                int64_t ldo)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "out is NULL");
     if (n < 1 || n > DQ_MAX_BLOCK || ldo < n)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(NULL, DQ_ERR_SHAPE, "n %d outside [1, %d] or ldo %lld < n", (int)n,
+                       DQ_MAX_BLOCK, (long long)ldo);
     return random_orthogonal(NULL, n, seed, out, ldo);
 }
 
@@ -269,7 +274,9 @@ dq_status dq__rotation_build(const dq_context *ctx, const dq__rot_opts *o, const
     ctx = dq__ctx(ctx);
     const int32_t bs = o->block_size;
     if ((o->method == DQ_ROT_METHOD_HADAMARD || o->hadamard_base) && !dq__hadamard_fits(cols, bs))
-        return DQ_ERR_UNSUPPORTED;
+        return DQ_FAIL(ctx, DQ_ERR_UNSUPPORTED,
+                       "Hadamard blocks of %d do not fit %lld channels (powers of two only)",
+                       (int)bs, (long long)cols);
     dq_rotation *r;
     dq_status st = dq__rotation_alloc(ctx, cols, bs, o->per_block, o->method, o->max_steps, &r);
     if (st != DQ_OK)
@@ -308,26 +315,41 @@ DQ_API dq_status dq_rotation_params_init(dq_rotation_params *p, size_t struct_si
                            sizeof defaults);
 }
 
-static dq_status read_rotation_params(const dq_rotation_params *user, dq__rot_opts *o)
+static dq_status read_rotation_params(const dq_context *ctx, const dq_rotation_params *user,
+                                      dq__rot_opts *o)
 {
     dq_rotation_params p;
     dq_rotation_params_init(&p, sizeof p);
     dq_status st = dq__params_read(&p, sizeof p, ROTATION_PARAMS_MIN_SIZE, user);
     if (st != DQ_OK)
-        return st;
+        return dq__fail(ctx, st, "dq_rotation_create", "p (struct_size %u)",
+                        user ? user->struct_size : 0u);
     bool greedy = p.method == DQ_ROT_METHOD_GREEDY;
-    if ((p.flags & ~(uint32_t)ROTATION_KNOWN_FLAGS) != 0 || p.method < DQ_ROT_METHOD_GREEDY ||
-        p.method > DQ_ROT_METHOD_RANDOM || p.block_size < 2 || p.block_size > DQ_MAX_BLOCK ||
-        p.max_steps < 0 || p.max_steps > DQ_MAX_STEPS)
-        return DQ_ERR_INVALID_ARG;
+    if ((p.flags & ~(uint32_t)ROTATION_KNOWN_FLAGS) != 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_rotation_create",
+                        "p->flags 0x%x has unknown bits 0x%x", p.flags,
+                        p.flags & ~(uint32_t)ROTATION_KNOWN_FLAGS);
+    if (p.method < DQ_ROT_METHOD_GREEDY || p.method > DQ_ROT_METHOD_RANDOM)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_rotation_create",
+                        "p->method %d is not a DQ_ROT_METHOD", (int)p.method);
+    if (p.block_size < 2 || p.block_size > DQ_MAX_BLOCK)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_rotation_create",
+                        "p->block_size %d outside [2, %d]", (int)p.block_size, DQ_MAX_BLOCK);
+    if (p.max_steps < 0 || p.max_steps > DQ_MAX_STEPS)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_rotation_create",
+                        "p->max_steps %d outside [0, %d]", (int)p.max_steps, DQ_MAX_STEPS);
     /* Search options mean nothing to the other methods: refuse rather than ignore them. */
     if (!greedy && ((p.flags & ROTATION_SEARCH_FLAGS) || p.qprime))
-        return DQ_ERR_INVALID_ARG;
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_rotation_create",
+                        "search options (flags 0x%x%s) with method %d (not greedy)", p.flags,
+                        p.qprime ? ", qprime" : "", (int)p.method);
     if (p.qprime && (p.flags & DQ_ROT_F_RANDOM_QPRIME))
-        return DQ_ERR_INVALID_ARG;
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_rotation_create",
+                        "p->qprime given with DQ_ROT_F_RANDOM_QPRIME");
     if (p.qprime && !dq__all_finite(p.qprime, p.block_size - 1, p.block_size - 1,
                                     p.block_size - 1))
-        return DQ_ERR_NONFINITE;
+        return dq__fail(ctx, DQ_ERR_NONFINITE, "dq_rotation_create",
+                        "p->qprime holds a NaN or infinity");
     *o = (dq__rot_opts){
         .method = p.method,
         .block_size = p.block_size,
@@ -345,20 +367,22 @@ static dq_status read_rotation_params(const dq_rotation_params *user, dq__rot_op
 DQ_API dq_status dq_rotation_create(dq_context *ctx, const dq_rotation_params *p, const float *x,
                                     int64_t rows, int64_t cols, int64_t ldx, dq_rotation **out)
 {
+    const dq_context *c = dq__ctx(ctx);
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
-    dq__rot_opts o;
-    dq_status st = read_rotation_params(p, &o);
+    dq__rot_opts o = {0};
+    dq_status st = read_rotation_params(c, p, &o);
     if (st != DQ_OK)
         return st;
     if (o.method == DQ_ROT_METHOD_GREEDY) {
         if ((st = dq__check_matrix(x, rows, cols, ldx)) != DQ_OK)
-            return st;
+            return DQ_FAIL(c, st, "x (%lld x %lld, ldx %lld)", (long long)rows,
+                           (long long)cols, (long long)ldx);
         if (!dq__all_finite(x, rows, cols, ldx))
-            return DQ_ERR_NONFINITE;
+            return DQ_FAIL(c, DQ_ERR_NONFINITE, "x holds a NaN or infinity");
     } else if (cols <= 0) {
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(c, DQ_ERR_SHAPE, "cols %lld <= 0", (long long)cols);
     }
     return dq__rotation_build(ctx, &o, x, rows, cols, ldx, out);
 }
