@@ -44,7 +44,7 @@ dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, boo
     *out = NULL;
     dq_plan *pl = dq__calloc(ctx, 1, sizeof *pl);
     if (!pl)
-        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "plan object");
+        return DQ_ERR_NOMEM;
     pl->ctx = *ctx;
     pl->cols = cols;
     pl->n_rot = n_rot;
@@ -63,8 +63,7 @@ dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, boo
     }
     if (!ok) {
         dq_plan_free(pl);
-        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "slots of a plan of %lld channels, %d rotations",
-                       (long long)cols, (int)n_rot);
+        return DQ_ERR_NOMEM;
     }
     *out = pl;
     return DQ_OK;
@@ -96,63 +95,52 @@ void dq__gather_cols(const int64_t *perm, const float *x, int64_t ldx, float *y,
     }
 }
 
-/* DQ_OK when perm (permutation slot i) holds every index of [0, n) once. */
-static dq_status check_permutation(const dq_context *ctx, const int64_t *perm, int64_t n,
-                                   int32_t i)
+static bool is_permutation(const dq_context *ctx, const int64_t *perm, int64_t n, dq_status *st)
 {
     uint8_t *seen = dq__calloc(ctx, (size_t)n, 1);
-    if (!seen)
-        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "%lld bytes to check permutations[%d]", (long long)n,
-                       (int)i);
-    int64_t bad = -1;
-    for (int64_t j = 0; j < n && bad < 0; j++) {
-        if (perm[j] >= 0 && perm[j] < n && !seen[perm[j]])
+    if (!seen) {
+        *st = DQ_ERR_NOMEM;
+        return false;
+    }
+    bool ok = true;
+    for (int64_t j = 0; j < n && ok; j++) {
+        ok = perm[j] >= 0 && perm[j] < n && !seen[perm[j]];
+        if (ok)
             seen[perm[j]] = 1;
-        else
-            bad = j;
     }
     dq__free(ctx, seen);
-    if (bad >= 0)
-        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG,
-                       "permutations[%d][%lld] = %lld: out of [0, %lld) or repeated", (int)i,
-                       (long long)bad, (long long)perm[bad], (long long)n);
-    return DQ_OK;
+    *st = ok ? DQ_OK : DQ_ERR_INVALID_ARG;
+    return ok;
 }
 
 DQ_API dq_status dq_plan_assemble(dq_context *ctx, int64_t cols, const float *smooth_scale,
                                   int32_t n_rotations, const dq_rotation *const *rotations,
                                   const int64_t *const *permutations, dq_plan **out)
 {
-    const dq_context *c = dq__ctx(ctx);
     if (!out)
-        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "out is NULL");
+        return DQ_ERR_INVALID_ARG;
     *out = NULL;
-    if (n_rotations < 0 || n_rotations > DQ_MAX_PERMUTATION_TIMES + 1)
-        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "n_rotations %d outside [0, %d]", (int)n_rotations,
-                       DQ_MAX_PERMUTATION_TIMES + 1);
-    if ((n_rotations > 0 && !rotations) || (n_rotations > 1 && !permutations))
-        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "%s is NULL with n_rotations %d",
-                       !rotations ? "rotations" : "permutations", (int)n_rotations);
+    if (n_rotations < 0 || n_rotations > DQ_MAX_PERMUTATION_TIMES + 1 ||
+        (n_rotations > 0 && !rotations) || (n_rotations > 1 && !permutations))
+        return DQ_ERR_INVALID_ARG;
     if (cols <= 0)
-        return DQ_FAIL(c, DQ_ERR_SHAPE, "cols %lld <= 0", (long long)cols);
+        return DQ_ERR_SHAPE;
     if ((uint64_t)cols > SIZE_MAX / sizeof(int64_t))
-        return DQ_FAIL(c, DQ_ERR_OVERFLOW, "cols %lld overflows size_t", (long long)cols);
+        return DQ_ERR_OVERFLOW;
+    const dq_context *c = dq__ctx(ctx);
     dq_status st = DQ_OK;
     if (smooth_scale)
         for (int64_t j = 0; j < cols; j++) {
             if (!isfinite(smooth_scale[j]))
-                return DQ_FAIL(c, DQ_ERR_NONFINITE, "smooth_scale[%lld] = %g", (long long)j,
-                               (double)smooth_scale[j]);
+                return DQ_ERR_NONFINITE;
             if (!(smooth_scale[j] > 0.0f))
-                return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "smooth_scale[%lld] = %g, expected > 0",
-                               (long long)j, (double)smooth_scale[j]);
+                return DQ_ERR_INVALID_ARG;
         }
     for (int32_t i = 0; i < n_rotations; i++)
         if (rotations[i] && rotations[i]->cols != cols)
-            return DQ_FAIL(c, DQ_ERR_SHAPE, "rotations[%d] width %lld != cols %lld", (int)i,
-                           (long long)rotations[i]->cols, (long long)cols);
+            return DQ_ERR_SHAPE;
     for (int32_t i = 0; i + 1 < n_rotations; i++)
-        if (permutations[i] && (st = check_permutation(c, permutations[i], cols, i)) != DQ_OK)
+        if (permutations[i] && !is_permutation(c, permutations[i], cols, &st))
             return st;
 
     dq_plan *pl;
@@ -168,8 +156,7 @@ DQ_API dq_status dq_plan_assemble(dq_context *ctx, int64_t cols, const float *sm
             if (pl->perm[i])
                 memcpy(pl->perm[i], permutations[i], (size_t)cols * sizeof(int64_t));
             else
-                st = DQ_FAIL(c, DQ_ERR_NOMEM, "permutation %d of %lld indices", (int)i,
-                             (long long)cols);
+                st = DQ_ERR_NOMEM;
         }
     }
     if (st != DQ_OK) {
@@ -209,8 +196,7 @@ static bool workspace_bytes(const dq_plan *pl, int64_t rows, size_t *bytes)
 DQ_API dq_status dq_plan_width(const dq_plan *pl, int64_t *cols)
 {
     if (!pl || !cols)
-        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
-                       !pl ? "pl" : "cols");
+        return DQ_ERR_INVALID_ARG;
     *cols = pl->cols;
     return DQ_OK;
 }
@@ -218,14 +204,12 @@ DQ_API dq_status dq_plan_width(const dq_plan *pl, int64_t *cols)
 DQ_API dq_status dq_plan_workspace_size(const dq_plan *pl, int64_t rows, size_t *bytes)
 {
     if (!pl || !bytes)
-        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
-                       !pl ? "pl" : "bytes");
+        return DQ_ERR_INVALID_ARG;
     if (rows <= 0)
-        return DQ_FAIL(&pl->ctx, DQ_ERR_SHAPE, "rows %lld <= 0", (long long)rows);
+        return DQ_ERR_SHAPE;
     size_t b;
     if (!workspace_bytes(pl, rows, &b))
-        return DQ_FAIL(&pl->ctx, DQ_ERR_OVERFLOW, "workspace of %lld rows x %lld channels "
-                       "overflows size_t", (long long)rows, (long long)pl->cols);
+        return DQ_ERR_OVERFLOW;
     *bytes = b;
     return DQ_OK;
 }
@@ -275,25 +259,21 @@ static dq_status run_pipeline(const dq_plan *pl, float *x, int64_t rows, int64_t
     return DQ_OK;
 }
 
-/* Shared argument checks of the apply functions; func and name (the matrix argument) go into
- * the log line. */
+/* Shared argument checks of the apply functions. */
 static dq_status check_apply(const dq_plan *pl, const float *x, int64_t rows, int64_t cols,
-                             int64_t ldx, const char *func, const char *name)
+                             int64_t ldx)
 {
     if (!pl)
-        return dq__fail(NULL, DQ_ERR_INVALID_ARG, func, "pl is NULL");
+        return DQ_ERR_INVALID_ARG;
     dq_status st = dq__check_matrix(x, rows, cols, ldx);
     if (st != DQ_OK)
-        return dq__fail(&pl->ctx, st, func, "%s (%lld x %lld, leading dimension %lld)", name,
-                        (long long)rows, (long long)cols, (long long)ldx);
+        return st;
     if (cols != pl->cols)
-        return dq__fail(&pl->ctx, DQ_ERR_SHAPE, func, "cols %lld != plan width %lld",
-                        (long long)cols, (long long)pl->cols);
+        return DQ_ERR_SHAPE;
     /* Leading dimensions past INT_MAX are refused before touching the data, as when the
      * products went through BLAS (the released behaviour). */
     if (has_stages(pl) && ldx > INT_MAX)
-        return dq__fail(&pl->ctx, DQ_ERR_BLAS, func, "leading dimension of %s %lld > INT_MAX",
-                        name, (long long)ldx);
+        return DQ_ERR_BLAS;
     return DQ_OK;
 }
 
@@ -303,16 +283,14 @@ static dq_status run_with_work(const dq_plan *pl, float *x, int64_t rows, int64_
 {
     size_t need;
     if (!workspace_bytes(pl, rows, &need))
-        return DQ_FAIL(&pl->ctx, DQ_ERR_OVERFLOW, "workspace of %lld rows overflows size_t",
-                       (long long)rows);
+        return DQ_ERR_OVERFLOW;
     if (work && work_size < need)
-        return DQ_FAIL(&pl->ctx, DQ_ERR_BUFFER, "work_size %zu < %zu bytes needed", work_size,
-                       need);
+        return DQ_ERR_BUFFER;
     void *owned = NULL;
     if (need > 0 && !work) {
         owned = dq__alloc(&pl->ctx, need);
         if (!owned)
-            return DQ_FAIL(&pl->ctx, DQ_ERR_NOMEM, "%zu bytes of workspace", need);
+            return DQ_ERR_NOMEM;
         work = owned;
     }
     float *tmp = NULL;
@@ -328,11 +306,11 @@ static dq_status run_with_work(const dq_plan *pl, float *x, int64_t rows, int64_
 DQ_API dq_status dq_plan_apply_act(const dq_plan *pl, float *x, int64_t rows, int64_t cols,
                                    int64_t ldx, void *work, size_t work_size)
 {
-    dq_status st = check_apply(pl, x, rows, cols, ldx, __func__, "x");
+    dq_status st = check_apply(pl, x, rows, cols, ldx);
     if (st != DQ_OK)
         return st;
     if (!dq__all_finite(x, rows, cols, ldx))
-        return DQ_FAIL(&pl->ctx, DQ_ERR_NONFINITE, "x holds a NaN or infinity");
+        return DQ_ERR_NONFINITE;
     return run_with_work(pl, x, rows, ldx, work, work_size, false);
 }
 
@@ -340,20 +318,18 @@ DQ_API dq_status dq_plan_apply_act_to(const dq_plan *pl, const float *x, int64_t
                                       int64_t cols, int64_t ldx, float *y, int64_t ldy,
                                       void *work, size_t work_size)
 {
-    dq_status st = check_apply(pl, x, rows, cols, ldx, __func__, "x");
+    dq_status st = check_apply(pl, x, rows, cols, ldx);
     if (st == DQ_OK)
-        st = check_apply(pl, y, rows, cols, ldy, __func__, "y");
+        st = check_apply(pl, y, rows, cols, ldy);
     if (st != DQ_OK)
         return st;
     if (!dq__all_finite(x, rows, cols, ldx))
-        return DQ_FAIL(&pl->ctx, DQ_ERR_NONFINITE, "x holds a NaN or infinity");
+        return DQ_ERR_NONFINITE;
     size_t need;
     if (!workspace_bytes(pl, rows, &need))
-        return DQ_FAIL(&pl->ctx, DQ_ERR_OVERFLOW, "workspace of %lld rows overflows size_t",
-                       (long long)rows);
+        return DQ_ERR_OVERFLOW;
     if (work && work_size < need)
-        return DQ_FAIL(&pl->ctx, DQ_ERR_BUFFER, "work_size %zu < %zu bytes needed", work_size,
-                       need);
+        return DQ_ERR_BUFFER;
     if (x != y)
         for (int64_t i = 0; i < rows; i++)
             memcpy(y + (size_t)i * (size_t)ldy, x + (size_t)i * (size_t)ldx,
@@ -364,11 +340,11 @@ DQ_API dq_status dq_plan_apply_act_to(const dq_plan *pl, const float *x, int64_t
 DQ_API dq_status dq_plan_transform_weight(const dq_plan *pl, float *w, int64_t rows,
                                           int64_t cols, int64_t ldw)
 {
-    dq_status st = check_apply(pl, w, rows, cols, ldw, __func__, "w");
+    dq_status st = check_apply(pl, w, rows, cols, ldw);
     if (st != DQ_OK)
         return st;
     if (!dq__all_finite(w, rows, cols, ldw))
-        return DQ_FAIL(&pl->ctx, DQ_ERR_NONFINITE, "w holds a NaN or infinity");
+        return DQ_ERR_NONFINITE;
     return run_with_work(pl, w, rows, ldw, NULL, 0, true);
 }
 
@@ -377,7 +353,7 @@ DQ_API dq_status dq_plan_transform_weight(const dq_plan *pl, float *w, int64_t r
 DQ_API dq_status dq_plan_layout(const dq_plan *pl, int32_t *has_smoothing, int32_t *n_rotations)
 {
     if (!pl)
-        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "pl is NULL");
+        return DQ_ERR_INVALID_ARG;
     if (has_smoothing)
         *has_smoothing = pl->smooth != NULL;
     if (n_rotations)
@@ -388,10 +364,9 @@ DQ_API dq_status dq_plan_layout(const dq_plan *pl, int32_t *has_smoothing, int32
 DQ_API dq_status dq_plan_smooth_scales(const dq_plan *pl, float *s, int64_t n)
 {
     if (!pl || !s)
-        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !pl ? "pl" : "s");
+        return DQ_ERR_INVALID_ARG;
     if (n != pl->cols)
-        return DQ_FAIL(&pl->ctx, DQ_ERR_SHAPE, "n %lld != plan width %lld", (long long)n,
-                       (long long)pl->cols);
+        return DQ_ERR_SHAPE;
     for (int64_t j = 0; j < n; j++)
         s[j] = pl->smooth ? pl->smooth[j] : 1.0f;
     return DQ_OK;
@@ -399,26 +374,18 @@ DQ_API dq_status dq_plan_smooth_scales(const dq_plan *pl, float *s, int64_t n)
 
 DQ_API dq_status dq_plan_rotation(const dq_plan *pl, int32_t i, const dq_rotation **r)
 {
-    if (!pl || !r)
-        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !pl ? "pl" : "r");
-    if (i < 0 || i >= pl->n_rot)
-        return DQ_FAIL(&pl->ctx, DQ_ERR_INVALID_ARG, "rotation %d outside [0, %d)", (int)i,
-                       (int)pl->n_rot);
+    if (!pl || !r || i < 0 || i >= pl->n_rot)
+        return DQ_ERR_INVALID_ARG;
     *r = pl->rot[i];
     return DQ_OK;
 }
 
 DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm, int64_t n)
 {
-    if (!pl || !perm)
-        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
-                       !pl ? "pl" : "perm");
-    if (i < 0 || i + 1 >= pl->n_rot)
-        return DQ_FAIL(&pl->ctx, DQ_ERR_INVALID_ARG, "permutation %d outside [0, %d)", (int)i,
-                       (int)pl->n_rot - 1);
+    if (!pl || !perm || i < 0 || i + 1 >= pl->n_rot)
+        return DQ_ERR_INVALID_ARG;
     if (n != pl->cols)
-        return DQ_FAIL(&pl->ctx, DQ_ERR_SHAPE, "n %lld != plan width %lld", (long long)n,
-                       (long long)pl->cols);
+        return DQ_ERR_SHAPE;
     for (int64_t j = 0; j < n; j++)
         perm[j] = pl->perm[i] ? pl->perm[i][j] : j;
     return DQ_OK;
