@@ -1,4 +1,5 @@
-/* Reproducible block products for building plans, and the worker pool that runs them.
+/* Reproducible block products for building and applying plans, and the worker pool that runs
+ * them.
  *
  * BLAS results may change with the BLAS thread count (OpenBLAS's do), so a plan built with
  * sgemm would depend on the host's threading. These products fix the arithmetic instead:
@@ -10,7 +11,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
-#include "dq_transform.h"
+#include "dq_blockmul.h"
 
 /* Register tile: ROWS rows x COLS columns of accumulators. */
 #define TILE_ROWS 16

@@ -7,7 +7,7 @@
 #include "dq_gemm_simd.h"
 #include "dq_online.h"
 #include "dq_threads.h"
-#include "dq_transform.h"
+#include "dq_rotation.h"
 
 /* Bytes of one of a worker's two float tile buffers: two of them plus the matrices being
  * read stay within a 1 MiB L2. */

@@ -2,7 +2,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "dq_transform.h"
+#include "dq_rotation.h"
 
 static int32_t matrix_len(int64_t cols, int32_t bs, bool per_block, int64_t m)
 {

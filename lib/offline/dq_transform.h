@@ -1,25 +1,14 @@
-/* Private declarations shared by the channel-transform files: calibration, smoothing,
- * rotation, permutation and plan. Never installed. */
+/* Private declarations of the offline side (lib/offline): calibration, smoothing, rotation
+ * search, permutation and plan building. The run-time objects they build are declared in
+ * lib/layer/dq_rotation.h and dq_plan.h. Never installed. */
 #ifndef DQ_TRANSFORM_H
 #define DQ_TRANSFORM_H
 
 #include "dq_internal.h"
+#include "dq_rotation.h"
 
-/* Largest block (and base-matrix) length: the reference's "whole row" block is 4096. */
-#define DQ_MAX_BLOCK 4096
 /* Largest greedy step count accepted from a caller. */
 #define DQ_MAX_STEPS 65536
-
-/* Channel blocks: block b covers [b * bs, min((b + 1) * bs, cols)). */
-static inline int64_t dq__n_blocks(int64_t cols, int32_t bs)
-{
-    return cols / bs + (cols % bs != 0);
-}
-static inline int32_t dq__block_len(int64_t cols, int32_t bs, int64_t b)
-{
-    int64_t left = cols - b * bs;
-    return (int32_t)(left < bs ? left : bs);
-}
 
 /* Hadamard blocks exist only for power-of-two lengths: full blocks and a shorter last one. */
 static inline bool dq__hadamard_fits(int64_t cols, int32_t bs)
@@ -27,27 +16,6 @@ static inline bool dq__hadamard_fits(int64_t cols, int32_t bs)
     int64_t rem = cols % bs;
     return (cols < bs || (bs & (bs - 1)) == 0) && (rem == 0 || (rem & (rem - 1)) == 0);
 }
-
-/* Block-diagonal rotation. Block b is multiplied by matrix mat_of_block[b]. A matrix found by
- * the greedy search keeps its record: steps + 1 ids, swapped channels and peaks. */
-struct dq_rotation {
-    dq_context ctx;
-    int64_t cols;
-    int32_t block_size;
-    int32_t method;
-    bool per_block;        /* one matrix per block, else shared by the full blocks */
-    int64_t n_blocks;
-    int64_t n_mats;
-    int64_t *mat_of_block; /* n_blocks */
-    int32_t *mat_size;     /* n_mats */
-    size_t *mat_offset;    /* n_mats, float offsets into data */
-    float *data;
-    int32_t steps;         /* greedy steps per search (record length - 1) */
-    int32_t *selected;     /* n_mats; -1 = matrix not found by a search */
-    int64_t *ids;          /* n_mats * (steps + 1), NULL without a search */
-    int32_t *swapped;      /* likewise */
-    float *peaks;          /* likewise */
-};
 
 /* Validated options for building a rotation (from dq_rotation_params or dq_plan_params). */
 typedef struct dq__rot_opts {
@@ -67,35 +35,6 @@ typedef struct dq__rot_opts {
  * the sample for GREEDY and unused otherwise. */
 dq_status dq__rotation_build(const dq_context *ctx, const dq__rot_opts *o, const float *x,
                              int64_t rows, int64_t cols, int64_t ldx, dq_rotation **out);
-/* A deep copy allocated with ctx. */
-dq_status dq__rotation_clone(const dq_context *ctx, const dq_rotation *src, dq_rotation **out);
-/* out = in * blockdiag(R) for rows rows through the reproducible product, on up to n_threads
- * threads (plan building); in and out must not overlap. */
-dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,
-                                  int64_t ldo, int64_t rows, int32_t n_threads);
-/* The same through BLAS (applying plans). */
-dq_status dq__rotation_rows(const dq_rotation *r, const float *in, int64_t ldi, float *out,
-                            int64_t ldo, int64_t rows);
-
-/* Reproducible c (m x n, ldc) = a (m x k, lda) * b (k x n, ldb): the same bits for any CPU
- * variant, row blocking or thread split (dq_blockmul.c). */
-void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const float *b,
-                       int64_t ldb, int32_t n, float *c, int64_t ldc);
-/* The portable loops alone (the oracle of the CPU variants). */
-void dq__block_product_portable(const float *a, int64_t lda, int64_t m, int32_t k,
-                                const float *b, int64_t ldb, int32_t n, float *c, int64_t ldc);
-
-/* A fixed set of worker threads; dq__pool_run calls fn(arg, w, n) for w = 0..n-1 (w = 0 on the
- * calling thread) and returns when all are done. n_threads 1: no extra threads; 0: one worker
- * per online CPU (the context's "host decides"). */
-typedef struct dq__pool dq__pool;
-dq_status dq__pool_create(const dq_context *ctx, int32_t n_threads, dq__pool **out);
-void dq__pool_run(dq__pool *pool, void (*fn)(void *arg, int32_t worker, int32_t n_workers),
-                  void *arg);
-int32_t dq__pool_workers(const dq__pool *pool);
-void dq__pool_free(dq__pool *pool);
-/* Rows [begin, end) of worker w of n for m rows. */
-void dq__split_rows(int64_t m, int32_t w, int32_t n, int64_t *begin, int64_t *end);
 
 /* Mixes a seed with a stream number so that each random draw has its own stream. */
 uint64_t dq__seed_mix(uint64_t seed, uint64_t stream);

@@ -1,0 +1,278 @@
+/* The rotation object (the run-time side): layout, accessors and applying a block-diagonal
+ * rotation along the channel axis. Building one by search lives in
+ * lib/offline/dq_rotation_search.c, from given matrices in dq_rotation_io.c. */
+#include <string.h>
+
+#include "dq_rotation.h"
+
+/* Rows per product when applying rotations: small enough to keep the temporary in cache. */
+#define APPLY_CHUNK_ROWS 256
+
+DQ_API void dq_rotation_free(dq_rotation *r)
+{
+    if (!r)
+        return;
+    dq_context c = r->ctx;
+    dq__free(&c, r->mat_of_block);
+    dq__free(&c, r->mat_size);
+    dq__free(&c, r->mat_offset);
+    dq__free(&c, r->data);
+    dq__free(&c, r->selected);
+    dq__free(&c, r->ids);
+    dq__free(&c, r->swapped);
+    dq__free(&c, r->peaks);
+    dq__free(&c, r);
+}
+
+dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bool per_block,
+                             int32_t method, int32_t steps, dq_rotation **out)
+{
+    *out = NULL;
+    int64_t n_blocks = dq__n_blocks(cols, bs), full = cols / bs;
+    int64_t n_mats = per_block ? n_blocks : (full > 0) + (cols % bs != 0);
+    size_t total = 0, rec = 0;
+    for (int64_t m = 0; m < n_mats; m++) {
+        int32_t len = per_block ? dq__block_len(cols, bs, m)
+                                : (m == 0 && full > 0 ? bs : (int32_t)(cols % bs));
+        if (!dq__add_size(total, (size_t)len * (size_t)len, &total))
+            return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "matrix floats of %lld channels overflow size_t",
+                           (long long)cols);
+    }
+    size_t bytes;
+    if (!dq__mul_size(total, sizeof(float), &bytes) ||
+        (method == DQ_ROT_METHOD_GREEDY &&
+         !dq__mul_size((size_t)n_mats, (size_t)steps + 1, &rec)))
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "%zu matrix floats or %lld x %d record entries "
+                       "overflow size_t", total, (long long)n_mats, (int)steps + 1);
+
+    dq_rotation *r = dq__calloc(ctx, 1, sizeof *r);
+    if (!r)
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "rotation object");
+    r->ctx = *ctx;
+    r->cols = cols;
+    r->block_size = bs;
+    r->method = method;
+    r->per_block = per_block;
+    r->n_blocks = n_blocks;
+    r->n_mats = n_mats;
+    r->steps = method == DQ_ROT_METHOD_GREEDY ? steps : 0;
+    r->mat_of_block = dq__alloc(ctx, (size_t)n_blocks * sizeof(int64_t));
+    r->mat_size = dq__alloc(ctx, (size_t)n_mats * sizeof(int32_t));
+    r->mat_offset = dq__alloc(ctx, (size_t)n_mats * sizeof(size_t));
+    r->selected = dq__alloc(ctx, (size_t)n_mats * sizeof(int32_t));
+    r->data = dq__alloc(ctx, bytes);
+    bool ok = r->mat_of_block && r->mat_size && r->mat_offset && r->selected && r->data;
+    if (ok && method == DQ_ROT_METHOD_GREEDY) {
+        r->ids = dq__calloc(ctx, rec, sizeof(int64_t));
+        r->swapped = dq__calloc(ctx, rec, sizeof(int32_t));
+        r->peaks = dq__calloc(ctx, rec, sizeof(float));
+        ok = r->ids && r->swapped && r->peaks;
+    }
+    if (!ok) {
+        dq_rotation_free(r);
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "%zu bytes of matrices for %lld channels", bytes,
+                       (long long)cols);
+    }
+    size_t off = 0;
+    for (int64_t m = 0; m < n_mats; m++) {
+        int32_t len = per_block ? dq__block_len(cols, bs, m)
+                                : (m == 0 && full > 0 ? bs : (int32_t)(cols % bs));
+        r->mat_size[m] = len;
+        r->mat_offset[m] = off;
+        r->selected[m] = -1;
+        off += (size_t)len * (size_t)len;
+    }
+    for (int64_t b = 0; b < n_blocks; b++)
+        r->mat_of_block[b] = per_block ? b : (b < full ? 0 : (full > 0 ? 1 : 0));
+    *out = r;
+    return DQ_OK;
+}
+
+dq_status dq__rotation_clone(const dq_context *ctx, const dq_rotation *src, dq_rotation **out)
+{
+    *out = NULL;
+    ctx = dq__ctx(ctx);
+    dq_rotation *r;
+    dq_status st = dq__rotation_alloc(ctx, src->cols, src->block_size, src->per_block,
+                                      src->method, src->steps, &r);
+    if (st != DQ_OK)
+        return st;
+    size_t total = src->mat_offset[src->n_mats - 1] +
+                   (size_t)src->mat_size[src->n_mats - 1] * (size_t)src->mat_size[src->n_mats - 1];
+    memcpy(r->data, src->data, total * sizeof(float));
+    memcpy(r->selected, src->selected, (size_t)src->n_mats * sizeof(int32_t));
+    if (src->ids) {
+        size_t rec = (size_t)src->n_mats * ((size_t)src->steps + 1);
+        memcpy(r->ids, src->ids, rec * sizeof(int64_t));
+        memcpy(r->swapped, src->swapped, rec * sizeof(int32_t));
+        memcpy(r->peaks, src->peaks, rec * sizeof(float));
+    }
+    *out = r;
+    return DQ_OK;
+}
+
+typedef struct rows_job {
+    const dq_rotation *r;
+    const float *in;
+    float *out;
+    int64_t ldi, ldo, rows;
+} rows_job;
+
+static void rows_worker(void *arg, int32_t w, int32_t n_workers)
+{
+    const rows_job *j = arg;
+    const dq_rotation *r = j->r;
+    int64_t begin, end;
+    dq__split_rows(j->rows, w, n_workers, &begin, &end);
+    for (int64_t b = 0; b < r->n_blocks && begin < end; b++) {
+        const int64_t m = r->mat_of_block[b];
+        const int32_t n = r->mat_size[m];
+        const size_t col = (size_t)b * (size_t)r->block_size;
+        dq__block_product(j->in + (size_t)begin * (size_t)j->ldi + col, j->ldi, end - begin, n,
+                          r->data + r->mat_offset[m], n, n,
+                          j->out + (size_t)begin * (size_t)j->ldo + col, j->ldo);
+    }
+}
+
+dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,
+                                  int64_t ldo, int64_t rows, int32_t n_threads)
+{
+    dq__pool *pool;
+    dq_status st = dq__pool_create(&r->ctx, n_threads, &pool);
+    if (st != DQ_OK)
+        return st;
+    rows_job job = {r, in, out, ldi, ldo, rows};
+    dq__pool_run(pool, rows_worker, &job);
+    dq__pool_free(pool);
+    return DQ_OK;
+}
+
+dq_status dq__rotation_rows(const dq_rotation *r, const float *in, int64_t ldi, float *out,
+                            int64_t ldo, int64_t rows)
+{
+    /* The reproducible block product on the calling thread: no BLAS at run time, and the same
+     * bits as plan building and as every build variant. */
+    rows_job job = {r, in, out, ldi, ldo, rows};
+    rows_worker(&job, 0, 1);
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_rotation_layout(const dq_rotation *r, int64_t *cols, int32_t *block_size,
+                                    int64_t *n_blocks, int64_t *n_matrices)
+{
+    if (!r)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
+    if (cols)
+        *cols = r->cols;
+    if (block_size)
+        *block_size = r->block_size;
+    if (n_blocks)
+        *n_blocks = r->n_blocks;
+    if (n_matrices)
+        *n_matrices = r->n_mats;
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_rotation_block(const dq_rotation *r, int64_t b, int32_t *size,
+                                   int64_t *matrix)
+{
+    if (!r)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
+    if (b < 0 || b >= r->n_blocks)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "block %lld outside [0, %lld)", (long long)b,
+                       (long long)r->n_blocks);
+    if (size)
+        *size = dq__block_len(r->cols, r->block_size, b);
+    if (matrix)
+        *matrix = r->mat_of_block[b];
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_rotation_matrix(const dq_rotation *r, int64_t m, float *out, int64_t ldo,
+                                    int32_t *size)
+{
+    if (!r)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
+    if (m < 0 || m >= r->n_mats)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "matrix %lld outside [0, %lld)",
+                       (long long)m, (long long)r->n_mats);
+    if (!out && !size)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "out and size are both NULL");
+    const int32_t n = r->mat_size[m];
+    if (out) {
+        if (ldo < n)
+            return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "ldo %lld < matrix size %d", (long long)ldo,
+                           (int)n);
+        const float *src = r->data + r->mat_offset[m];
+        for (int32_t i = 0; i < n; i++)
+            memcpy(out + (size_t)i * (size_t)ldo, src + (size_t)i * (size_t)n,
+                   (size_t)n * sizeof(float));
+    }
+    if (size)
+        *size = n;
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_rotation_trace(const dq_rotation *r, int64_t m, int32_t *steps,
+                                   int32_t *selected, int64_t *ids, int32_t *swapped,
+                                   float *peaks, int64_t cap)
+{
+    if (!r)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
+    if (m < 0 || m >= r->n_mats)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "matrix %lld outside [0, %lld)",
+                       (long long)m, (long long)r->n_mats);
+    if (r->selected[m] < 0)
+        return DQ_FAIL(&r->ctx, DQ_ERR_BAD_STATE, "matrix %lld was not found by a search",
+                       (long long)m);
+    if (steps)
+        *steps = r->steps;
+    const int64_t len = (int64_t)r->steps + 1;
+    if ((ids || swapped || peaks) && cap < len)
+        return DQ_FAIL(&r->ctx, DQ_ERR_BUFFER, "cap %lld < record length %lld", (long long)cap,
+                       (long long)len);
+    if (selected)
+        *selected = r->selected[m];
+    const size_t off = (size_t)m * (size_t)len;
+    if (ids)
+        memcpy(ids, r->ids + off, (size_t)len * sizeof(int64_t));
+    if (swapped)
+        memcpy(swapped, r->swapped + off, (size_t)len * sizeof(int32_t));
+    if (peaks)
+        memcpy(peaks, r->peaks + off, (size_t)len * sizeof(float));
+    return DQ_OK;
+}
+
+DQ_API dq_status dq_rotation_apply(const dq_rotation *r, float *x, int64_t rows, int64_t cols,
+                                   int64_t ldx)
+{
+    if (!r)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
+    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    if (st != DQ_OK)
+        return DQ_FAIL(&r->ctx, st, "x (%lld x %lld, ldx %lld)", (long long)rows,
+                       (long long)cols, (long long)ldx);
+    if (cols != r->cols)
+        return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "cols %lld != rotation width %lld",
+                       (long long)cols, (long long)r->cols);
+    if (!dq__all_finite(x, rows, cols, ldx))
+        return DQ_FAIL(&r->ctx, DQ_ERR_NONFINITE, "x holds a NaN or infinity");
+    const int64_t chunk = rows < APPLY_CHUNK_ROWS ? rows : APPLY_CHUNK_ROWS;
+    size_t bytes;
+    if (!dq__mul_size((size_t)chunk * sizeof(float), (size_t)cols, &bytes))
+        return DQ_FAIL(&r->ctx, DQ_ERR_OVERFLOW, "%lld rows x %lld channels overflow size_t",
+                       (long long)chunk, (long long)cols);
+    float *tmp = dq__alloc(&r->ctx, bytes);
+    if (!tmp)
+        return DQ_FAIL(&r->ctx, DQ_ERR_NOMEM, "%zu bytes of temporary", bytes);
+    for (int64_t r0 = 0; r0 < rows && st == DQ_OK; r0 += chunk) {
+        int64_t m = rows - r0 < chunk ? rows - r0 : chunk;
+        float *xr = x + (size_t)r0 * (size_t)ldx;
+        st = dq__rotation_rows(r, xr, ldx, tmp, cols, m);
+        for (int64_t i = 0; i < m && st == DQ_OK; i++)
+            memcpy(xr + (size_t)i * (size_t)ldx, tmp + (size_t)i * (size_t)cols,
+                   (size_t)cols * sizeof(float));
+    }
+    dq__free(&r->ctx, tmp);
+    return st;
+}
