@@ -549,8 +549,10 @@ typedef struct dq_qmatrix dq_qmatrix;
  *  @param ctx      context or NULL.
  *  @param p        quantization params or NULL (defaults).
  *  @param w        rows x cols matrix, leading dimension ldw >= cols; must be finite.
- *  @param clip_hi  optional per-group factors in (0, 1] multiplying each group's max
- *                  (rows * groups_per_row floats); NULL = p->clip_ratio.
+ *  @param clip_hi  optional per-group factors in (0, 1] multiplying each group's max; NULL =
+ *                  p->clip_ratio. Exactly rows * groups_per_row floats are read (per-row factors
+ *                  for a grouped matrix would be read past their end: use
+ *                  dq_qmatrix_pack_clipped, which takes the length).
  *  @param clip_lo  likewise for each group's min (ASYM); ignored for SYM. NULL = p->clip_ratio.
  *  @param out      receives the new matrix, NULL on failure.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE,
@@ -559,6 +561,20 @@ DQ_API DQ_NODISCARD dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_pa
                                               const float *w, int64_t rows, int64_t cols,
                                               int64_t ldw, const float *clip_hi,
                                               const float *clip_lo, dq_qmatrix **out);
+
+/** @brief dq_qmatrix_pack with the length of the clip arrays.
+ *  @param n_clip  number of floats in clip_hi and in clip_lo (each that is not NULL):
+ *                 rows * groups_per_row (one factor per group, groups in row-major order) or
+ *                 rows (one factor per row, used for each of its groups); 0 when both are NULL.
+ *                 Any other value gives DQ_ERR_SHAPE and nothing is read.
+ *  Other parameters, ownership and results as dq_qmatrix_pack. Thread safety: reentrant.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE,
+ *          DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.2 */
+DQ_API DQ_NODISCARD dq_status dq_qmatrix_pack_clipped(dq_context *ctx, const dq_quant_params *p,
+                                                      const float *w, int64_t rows, int64_t cols,
+                                                      int64_t ldw, const float *clip_hi,
+                                                      const float *clip_lo, int64_t n_clip,
+                                                      dq_qmatrix **out);
 
 /** @brief Release a packed matrix; NULL is a no-op. @since 1.0 */
 DQ_API void dq_qmatrix_free(dq_qmatrix *q);
