@@ -41,6 +41,8 @@ typedef struct dq__wprep {
     dq_context ctx;
     int64_t rows, cols;
     int32_t bits;         /* 4 or 8 */
+    int32_t scheme;       /* DQ_QUANT_* of the packed matrix it came from (files keep it) */
+    int32_t group_size;   /* as requested: 0 = whole row */
     int64_t group_len;    /* elements per group (cols when whole rows) */
     int64_t groups;       /* groups per row */
     int64_t code_ld;

@@ -39,6 +39,8 @@ dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep
     w->rows = q->rows;
     w->cols = q->cols;
     w->bits = q->bits;
+    w->scheme = q->scheme;
+    w->group_size = q->group_size;
     w->group_len = q->group_len;
     w->groups = q->groups_per_row;
     dq__wpack *wp = NULL;
@@ -87,16 +89,6 @@ dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep
     return DQ_OK;
 }
 
-/* Stored code of output r (block lane o), padded position kp: 0..15 (4 bits, code + 8) or the
- * signed code (8 bits). Minus the meta's zero point (zw + the same bias) it is c - zw. */
-static inline int32_t stored_code(const dq__wpack *wp, const uint8_t *blk, int64_t o, int64_t kp)
-{
-    const int64_t s = kp / DQ_GEMM_STEP, half = (kp % DQ_GEMM_STEP) / 4, lane = kp % 4;
-    if (wp->bits == 4)
-        return (blk[s * 64 + 4 * o + lane] >> (4 * half)) & 0xF;
-    return (int8_t)blk[s * 128 + half * 64 + 4 * o + lane];
-}
-
 void dq__wprep_unpack_row(const dq__wprep *w, int64_t r, int8_t *codes, float *scales,
                           int32_t *zeros)
 {
@@ -110,7 +102,7 @@ void dq__wprep_unpack_row(const dq__wprep *w, int64_t r, int8_t *codes, float *s
         const int64_t j1 = j0 + w->group_len < w->cols ? j0 + w->group_len : w->cols;
         const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
         for (int64_t j = j0; j < j1; j++)
-            codes[j] = (int8_t)(stored_code(wp, blk, o, kp0 + j - j0) - bias);
+            codes[j] = (int8_t)(dq__wpack_stored(wp, blk, o, kp0 + j - j0) - bias);
         if (scales)
             scales[g] = meta[g].scale[o];
         if (zeros)
@@ -164,7 +156,7 @@ void dq__gemm_w_a_ref_rows(const dq__wprep *w, const dq__aq *a, const float *bia
                 int64_t sum = 0;
                 for (int64_t j = j0; j < j1; j++)
                     sum += (int64_t)((int32_t)u[j] - zx) *
-                           (int64_t)(stored_code(wp, blk, o, kp0 + j - j0) - zw);
+                           (int64_t)(dq__wpack_stored(wp, blk, o, kp0 + j - j0) - zw);
                 const float s = sx * meta[g].scale[o];
                 acc += s * (float)sum;
             }
@@ -199,7 +191,7 @@ void dq__gemm_w_f32_ref_rows(const dq__wprep *w, const float *x, int64_t rows, i
                 const int32_t zw = meta[g].zero[o];
                 double sum = 0.0;
                 for (int64_t j = j0; j < j1; j++)
-                    sum += (double)xt[j] * (double)(stored_code(wp, blk, o, kp0 + j - j0) - zw);
+                    sum += (double)xt[j] * (double)(dq__wpack_stored(wp, blk, o, kp0 + j - j0) - zw);
                 acc += meta[g].scale[o] * (float)sum;
             }
             y[(size_t)t * (size_t)ldy + (size_t)r] = acc;

@@ -84,6 +84,18 @@ dq_status dq__wpack_create(const dq__wprep *w, const uint8_t *codes, const dq__g
  * per group the scale, the zero point zw and the code sum. wp->codes must start zeroed. */
 void dq__wpack_store_row(const dq__wprep *w, dq__wpack *wp, int64_t r, const int8_t *src,
                          const float *scales, const int32_t *zeros, const int32_t *code_sums);
+/* Stored code of lane o of a block (blk: its first byte), padded position kp: 0..15 (4 bits,
+ * code + 8) or the signed code (8 bits). Minus the meta's zero point (zw plus the same bias)
+ * it is c - zw. */
+static inline int32_t dq__wpack_stored(const dq__wpack *wp, const uint8_t *blk, int64_t o,
+                                       int64_t kp)
+{
+    const int64_t s = kp / DQ_GEMM_STEP, half = (kp % DQ_GEMM_STEP) / 4, lane = kp % 4;
+    if (wp->bits == 4)
+        return (blk[s * 64 + 4 * o + lane] >> (4 * half)) & 0xF;
+    return (int8_t)blk[s * 128 + half * 64 + 4 * o + lane];
+}
+
 /* Hands wp to w (w->kernel, freed by dq__wprep_free). */
 void dq__wpack_attach(dq__wprep *w, dq__wpack *wp);
 
