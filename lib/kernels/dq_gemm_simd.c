@@ -68,6 +68,9 @@ dq_status dq__wpack_layout(int32_t bits, int64_t rows, int64_t cols, int64_t gro
     if ((bits != 4 && bits != 8) || rows <= 0 || cols <= 0 || group_len <= 0 ||
         group_len > cols)
         return DQ_ERR_INVALID_ARG;
+    /* Bounds that keep every count below in int64 (files may declare any shape). */
+    if (rows > INT64_MAX / 2 || cols > INT64_MAX / 256)
+        return DQ_ERR_OVERFLOW;
     const int64_t groups = cols / group_len + (cols % group_len != 0);
     wp->bits = bits;
     wp->blocks = (rows + DQ_GEMM_BLOCK - 1) / DQ_GEMM_BLOCK;
