@@ -1231,7 +1231,7 @@ static dq_status set_version(dq_file_writer *w, int32_t version)
     snprintf(buf, sizeof buf, "%d", (int)version);
     char *v = dup_str(&w->ctx, buf);
     if (!v)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "format_version");
     dq__free(&w->ctx, w->meta[1].value);
     w->meta[1].value = v;
     return DQ_OK;
@@ -1464,6 +1464,8 @@ out:
     dq__wprep_free(w);
     dq__free(c, mn);
     dq__free(c, bn);
+    if (st == DQ_ERR_NOMEM)
+        st = DQ_FAIL(c, st, "%s: out of memory", prefix);
     return st;
 }
 
@@ -1523,7 +1525,8 @@ out:
     dq_qmatrix_free(q);
     dq__free(c, row);
     dq__free(c, zeros);
-    return st;
+    return st == DQ_OK ? st : DQ_FAIL(c, st, "packed matrix of %lld x %lld", (long long)w->rows,
+                                      (long long)w->cols);
 }
 
 static dq_status get_qmatrix_blocked(const dq_file_reader *r, const dq_context *c,

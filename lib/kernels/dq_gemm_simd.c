@@ -67,10 +67,11 @@ dq_status dq__wpack_layout(int32_t bits, int64_t rows, int64_t cols, int64_t gro
     memset(wp, 0, sizeof *wp);
     if ((bits != 4 && bits != 8) || rows <= 0 || cols <= 0 || group_len <= 0 ||
         group_len > cols)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "bits %d, %lld x %lld, groups of %lld",
+                       (int)bits, (long long)rows, (long long)cols, (long long)group_len);
     /* Bounds that keep every count below in int64 (files may declare any shape). */
     if (rows > INT64_MAX / 2 || cols > INT64_MAX / 256)
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(NULL, DQ_ERR_OVERFLOW, "%lld x %lld", (long long)rows, (long long)cols);
     const int64_t groups = cols / group_len + (cols % group_len != 0);
     wp->bits = bits;
     wp->blocks = (rows + DQ_GEMM_BLOCK - 1) / DQ_GEMM_BLOCK;
@@ -83,7 +84,7 @@ dq_status dq__wpack_layout(int32_t bits, int64_t rows, int64_t cols, int64_t gro
     if (!dq__mul_size((size_t)wp->blocks, (size_t)wp->block_bytes, &wp->code_bytes) ||
         !dq__mul_size((size_t)wp->blocks, (size_t)groups, &wp->meta_count) ||
         wp->meta_count > SIZE_MAX / sizeof(dq__gemm_meta))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(NULL, DQ_ERR_OVERFLOW, "%lld x %lld", (long long)rows, (long long)cols);
     return DQ_OK;
 }
 
@@ -98,7 +99,7 @@ dq_status dq__wpack_create(const dq__wprep *w, const uint8_t *codes, const dq__g
     const dq_context *ctx = &w->ctx;
     dq__wpack *wp = dq__alloc(ctx, sizeof *wp);
     if (!wp)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "repacked weights");
     *wp = layout;
     if (codes) {
         wp->codes = (uint8_t *)(uintptr_t)codes;
@@ -114,7 +115,8 @@ dq_status dq__wpack_create(const dq__wprep *w, const uint8_t *codes, const dq__g
     }
     if (!wp->codes || !wp->meta) {
         wpack_free(ctx, wp);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "repacked weights: %zu code bytes, %zu records",
+                       layout.code_bytes, layout.meta_count);
     }
     *out = wp;
     return DQ_OK;

@@ -99,14 +99,14 @@ dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_para
     dq_linear *lin = dq__calloc(c, 1, sizeof *lin);
     if (!lin) {
         dq__wprep_free(w);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "layer");
     }
     lin->ctx = *c;
     lin->w = w;
     if (bias) {
         lin->bias = dq__alloc(c, (size_t)rows * sizeof(float));
         if (!lin->bias) {
-            st = DQ_ERR_NOMEM;
+            st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "bias of %lld floats", (long long)rows);
             goto fail;
         }
         memcpy(lin->bias, bias, (size_t)rows * sizeof(float));

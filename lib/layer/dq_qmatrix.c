@@ -99,7 +99,7 @@ static dq_status pack(dq_context *ctx, const dq_quant_params *params, const floa
                        (long long)n_clip, (long long)ngroups, (long long)rows);
     const size_t nclip = per_row ? (size_t)rows : ngroups;
     if (!clips_valid(clip_hi, nclip) || !clips_valid(clip_lo, nclip))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "clip factors: each must be in (0, 1]");
     if (!dq__all_finite(w, rows, cols, ldw))
         return DQ_ERR_NONFINITE;
 
