@@ -549,8 +549,10 @@ typedef struct dq_qmatrix dq_qmatrix;
  *  @param ctx      context or NULL.
  *  @param p        quantization params or NULL (defaults).
  *  @param w        rows x cols matrix, leading dimension ldw >= cols; must be finite.
- *  @param clip_hi  optional per-group factors in (0, 1] multiplying each group's max
- *                  (rows * groups_per_row floats); NULL = p->clip_ratio.
+ *  @param clip_hi  optional per-group factors in (0, 1] multiplying each group's max; NULL =
+ *                  p->clip_ratio. Exactly rows * groups_per_row floats are read (per-row factors
+ *                  for a grouped matrix would be read past their end: use
+ *                  dq_qmatrix_pack_clipped, which takes the length).
  *  @param clip_lo  likewise for each group's min (ASYM); ignored for SYM. NULL = p->clip_ratio.
  *  @param out      receives the new matrix, NULL on failure.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE,
@@ -559,6 +561,20 @@ DQ_API DQ_NODISCARD dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_pa
                                               const float *w, int64_t rows, int64_t cols,
                                               int64_t ldw, const float *clip_hi,
                                               const float *clip_lo, dq_qmatrix **out);
+
+/** @brief dq_qmatrix_pack with the length of the clip arrays.
+ *  @param n_clip  number of floats in clip_hi and in clip_lo (each that is not NULL):
+ *                 rows * groups_per_row (one factor per group, groups in row-major order) or
+ *                 rows (one factor per row, used for each of its groups); 0 when both are NULL.
+ *                 Any other value gives DQ_ERR_SHAPE and nothing is read.
+ *  Other parameters, ownership and results as dq_qmatrix_pack. Thread safety: reentrant.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE,
+ *          DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.2 */
+DQ_API DQ_NODISCARD dq_status dq_qmatrix_pack_clipped(dq_context *ctx, const dq_quant_params *p,
+                                                      const float *w, int64_t rows, int64_t cols,
+                                                      int64_t ldw, const float *clip_hi,
+                                                      const float *clip_lo, int64_t n_clip,
+                                                      dq_qmatrix **out);
 
 /** @brief Release a packed matrix; NULL is a no-op. @since 1.0 */
 DQ_API void dq_qmatrix_free(dq_qmatrix *q);
@@ -791,11 +807,17 @@ DQ_API dq_status dq_linear_forward_group(const dq_linear *const *layers, int32_t
 /* OWNERSHIP: writers copy every tensor when it is added (the plan, matrix or array may be    */
 /* freed right after). Readers copy the file or buffer, unless DQ_FILE_F_BORROW is given to   */
 /* dq_file_reader_from_buffer: then the buffer must stay unchanged until dq_file_reader_free. */
-/* Objects returned by getters are new and independent of the reader.                        */
+/* Objects returned by getters are new and independent of the reader, except linear layers   */
+/* stored in the blocked layout and loaded through a borrowing reader (DQ_FILE_F_BORROW,      */
+/* since 1.2): they read their weights in place, so the buffer or mapped file, and the reader */
+/* that maps it, must outlive them.                                                           */
 /* ------------------------------------------------------------------------------------------ */
 
-/** Version of the file format this library writes (metadata "format_version"). @since 1.0 */
-#define DQ_FILE_FORMAT_VERSION 1
+/** Newest version of the file format this library reads and writes (metadata
+ *  "format_version"). Writers write the lowest version that holds what was added: 1, or 2 once
+ *  a layer was added with dq_file_writer_add_linear_layer (since 1.2; 1.0 and 1.1 wrote 1).
+ *  @since 1.0 */
+#define DQ_FILE_FORMAT_VERSION 2
 /** Most dimensions of a tensor in a file. */
 #define DQ_FILE_MAX_DIMS 8
 
@@ -803,7 +825,8 @@ typedef struct dq_file_writer dq_file_writer;
 typedef struct dq_file_reader dq_file_reader;
 
 /** dq_file_params.flags. BORROW: dq_file_reader_from_buffer reads the caller's buffer in place
- *  instead of copying it. */
+ *  instead of copying it; dq_file_reader_open maps the file (since 1.2). Layers created from
+ *  such a reader may read their weights in place: the buffer or mapping must outlive them. */
 enum { DQ_FILE_F_BORROW = 1u };
 
 /** Element types reported by dq_file_reader_tensor_info. */
@@ -890,7 +913,26 @@ DQ_API DQ_NODISCARD dq_status dq_file_reader_get_linear(const dq_file_reader *r,
                                                         dq_context *ctx, const char *prefix,
                                                         const dq_plan *plan, dq_linear **out);
 
-/** @brief Open and validate a file. p may be NULL (defaults; flags must be 0 here).
+/** @brief Add a linear layer as it runs: its weights in the blocked layout the integer kernels
+ *  read (format version 2, doc/formats.md), so that dq_file_reader_get_linear on a borrowing
+ *  reader (a mapped file, DQ_FILE_F_BORROW) creates it without copying a weight. The file's
+ *  format_version becomes 2 (readers before 1.2 refuse it). The layer's activation settings
+ *  and bias are stored as by dq_file_writer_add_linear; dq_file_reader_get_qmatrix on
+ *  "<prefix>.weight" gives the packed matrix back exactly. plan_prefix as there.
+ *  Ownership: lin is only read (any layer: created, or loaded from a file of any version).
+ *  Thread safety: as the other writer calls (one thread per writer).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL, invalid or taken name), DQ_ERR_NOMEM,
+ *  DQ_ERR_OVERFLOW. @since 1.2 */
+DQ_API DQ_NODISCARD dq_status dq_file_writer_add_linear_layer(dq_file_writer *w,
+                                                              const char *prefix,
+                                                              const dq_linear *lin,
+                                                              const char *plan_prefix);
+
+/** @brief Open and validate a file. p may be NULL (defaults). The file is read into memory;
+ *  with DQ_FILE_F_BORROW (since 1.2) it is mapped read-only instead and left in place: layers
+ *  that dq_file_reader_get_linear creates from it in the blocked layout then read their
+ *  weights from the mapping, so the reader must outlive them (and the file must not be
+ *  changed or truncated while mapped).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG (also: the file cannot be opened),
  *  DQ_ERR_FORMAT (malformed or unreadable container, format
  *  metadata not "duquant"), DQ_ERR_UNSUPPORTED (a newer format_version), DQ_ERR_NOMEM,
@@ -899,7 +941,9 @@ DQ_API DQ_NODISCARD dq_status dq_file_reader_open(dq_context *ctx, const dq_file
                                                   const char *path, dq_file_reader **out);
 
 /** @brief As dq_file_reader_open for size bytes at buf: copied, or borrowed with
- *  DQ_FILE_F_BORROW (then buf must stay valid and unchanged until dq_file_reader_free).
+ *  DQ_FILE_F_BORROW (then buf must stay valid and unchanged until dq_file_reader_free, and
+ *  until every layer created from the reader is freed: blocked layers read their weights in
+ *  place, any alignment of buf accepted; scale records not 4-byte aligned are copied).
  *  @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_from_buffer(dq_context *ctx,
                                                          const dq_file_params *p,

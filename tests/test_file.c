@@ -461,9 +461,14 @@ START_TEST(save_and_open_file)
     dq_file_reader *r3 = (dq_file_reader *)1;
     ck_assert_int_eq(dq_file_reader_open(NULL, &p, path, &r3), DQ_ERR_FORMAT);
     ck_assert_ptr_null(r3);
+    /* Borrowing maps the file: the same objects as the copying reader. */
     p.flags = DQ_FILE_F_BORROW;
     p.max_header_bytes = 1 << 20;
-    ck_assert_int_eq(dq_file_reader_open(NULL, &p, path, &r3), DQ_ERR_INVALID_ARG);
+    ck_assert_int_eq(dq_file_reader_open(NULL, &p, path, &r3), DQ_OK);
+    dq_plan *pl3 = NULL;
+    ck_assert_int_eq(dq_file_reader_get_plan(r3, NULL, "p", &pl3), DQ_OK);
+    dq_plan_free(pl3);
+    dq_file_reader_free(r3);
     ck_assert_int_eq(dq_file_reader_open(NULL, NULL, "no/such/file", &r3), DQ_ERR_INVALID_ARG);
     remove(path);
     dq_plan_free(pl2);
@@ -826,7 +831,7 @@ START_TEST(wrong_format_or_version)
                  versions[k]);
         expect_raw(json, &one, 4, DQ_ERR_FORMAT);
     }
-    expect_raw("{\"__metadata__\":{\"format\":\"duquant\",\"format_version\":\"2\"}," T4 "}", &one,
+    expect_raw("{\"__metadata__\":{\"format\":\"duquant\",\"format_version\":\"3\"}," T4 "}", &one,
                4, DQ_ERR_UNSUPPORTED);
 }
 END_TEST
@@ -1102,6 +1107,404 @@ START_TEST(linear_round_trip_and_errors)
 }
 END_TEST
 
+/* ---- layers in the blocked layout (format version 2) and zero-copy loading ---- */
+
+/* Counts the bytes an allocation-counting context has live, at its peak, and in its largest
+ * single allocation. */
+typedef struct byte_count {
+    size_t live, peak, largest, total;
+} byte_count;
+
+#define COUNT_HEAD 64
+
+static void *count_alloc(void *user, size_t size, size_t align)
+{
+    byte_count *b = user;
+    if (align < COUNT_HEAD)
+        align = COUNT_HEAD;
+    size_t rounded = (size + COUNT_HEAD + align - 1) / align * align;
+    uint8_t *p = aligned_alloc(align, rounded);
+    if (!p)
+        return NULL;
+    memcpy(p + align - sizeof(size_t) - sizeof(size_t), &size, sizeof size);
+    memcpy(p + align - sizeof(size_t), &align, sizeof align);
+    b->live += size;
+    b->total += size;
+    b->peak = b->live > b->peak ? b->live : b->peak;
+    b->largest = size > b->largest ? size : b->largest;
+    return p + align;
+}
+
+static void count_free(void *user, void *ptr)
+{
+    if (!ptr)
+        return;
+    byte_count *b = user;
+    uint8_t *q = ptr;
+    size_t size, align;
+    memcpy(&size, q - sizeof(size_t) - sizeof(size_t), sizeof size);
+    memcpy(&align, q - sizeof(size_t), sizeof align);
+    b->live -= size;
+    free(q - align);
+}
+
+static dq_context *count_context(byte_count *b)
+{
+    dq_context_params p;
+    dq_context_params_init(&p, sizeof p);
+    p.alloc = count_alloc;
+    p.free = count_free;
+    p.alloc_user = b;
+    dq_context *ctx = NULL;
+    ck_assert_int_eq(dq_context_create(&p, &ctx), DQ_OK);
+    /* count from here: the context's own block is not the layer's */
+    *b = (byte_count){0};
+    return ctx;
+}
+
+static dq_qmatrix *packed_weights(test_rng *r, int64_t rows, int64_t cols, int32_t bits,
+                                  int32_t scheme, int32_t group)
+{
+    float *w = malloc((size_t)(rows * cols) * sizeof *w);
+    test_fill_activations(r, w, rows, cols, cols, 1);
+    dq_quant_params p;
+    dq_quant_params_init(&p, sizeof p);
+    p.bits = bits;
+    p.scheme = scheme;
+    p.group_size = group;
+    dq_qmatrix *q = NULL;
+    ck_assert_int_eq(dq_qmatrix_pack(NULL, &p, w, rows, cols, cols, NULL, NULL, &q), DQ_OK);
+    free(w);
+    return q;
+}
+
+/* Outputs of two layers on the same tokens are equal bit for bit. */
+static void same_outputs(const dq_linear *a, const dq_linear *b, test_rng *r)
+{
+    int64_t in, out, in2, out2;
+    ck_assert_int_eq(dq_linear_layout(a, &in, &out), DQ_OK);
+    ck_assert_int_eq(dq_linear_layout(b, &in2, &out2), DQ_OK);
+    ck_assert_int_eq(in, in2);
+    ck_assert_int_eq(out, out2);
+    const int64_t tokens = 9;
+    float *x = malloc((size_t)(tokens * in) * sizeof *x);
+    float *ya = malloc((size_t)(tokens * out) * sizeof *ya);
+    float *yb = malloc((size_t)(tokens * out) * sizeof *yb);
+    test_fill_activations(r, x, tokens, in, in, 1);
+    ck_assert_int_eq(dq_linear_forward(a, x, tokens, in, in, ya, out, NULL, 0), DQ_OK);
+    ck_assert_int_eq(dq_linear_forward(b, x, tokens, in, in, yb, out, NULL, 0), DQ_OK);
+    ck_assert(memcmp(ya, yb, (size_t)(tokens * out) * sizeof *ya) == 0);
+    free(x);
+    free(ya);
+    free(yb);
+}
+
+static void same_qmatrix(const dq_qmatrix *a, const dq_qmatrix *b)
+{
+    int64_t ra, ca, ga, rb, cb, gb;
+    int32_t ba, sa, gsa, bb, sb, gsb;
+    ck_assert_int_eq(dq_qmatrix_layout(a, &ra, &ca, &ba, &sa, &gsa, &ga, NULL), DQ_OK);
+    ck_assert_int_eq(dq_qmatrix_layout(b, &rb, &cb, &bb, &sb, &gsb, &gb, NULL), DQ_OK);
+    ck_assert(ra == rb && ca == cb && ba == bb && sa == sb && gsa == gsb && ga == gb);
+    const uint8_t *pa, *pb;
+    const float *sca, *scb, *za, *zb;
+    size_t na, nb;
+    ck_assert_int_eq(dq_qmatrix_view(a, &pa, &na, &sca, &za), DQ_OK);
+    ck_assert_int_eq(dq_qmatrix_view(b, &pb, &nb, &scb, &zb), DQ_OK);
+    ck_assert(na == nb && memcmp(pa, pb, na) == 0);
+    ck_assert(memcmp(sca, scb, (size_t)(ra * ga) * sizeof(float)) == 0);
+    ck_assert((za == NULL) == (zb == NULL));
+    if (za)
+        ck_assert(memcmp(za, zb, (size_t)(ra * ga) * sizeof(float)) == 0);
+}
+
+static uint8_t *layer_file(const dq_linear *lin, size_t *size)
+{
+    dq_file_writer *w = NULL;
+    ck_assert_int_eq(dq_file_writer_create(NULL, &w), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_linear_layer(w, "L", lin, NULL), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_to_buffer(w, NULL, 0, size), DQ_OK);
+    uint8_t *buf = malloc(*size);
+    ck_assert_int_eq(dq_file_writer_to_buffer(w, buf, *size, size), DQ_OK);
+    dq_file_writer_free(w);
+    return buf;
+}
+
+/* Every format: the layer written in the blocked layout and loaded (copying or borrowing
+ * reader) gives the same outputs bit for bit; its weight reads back as the same packed matrix;
+ * the file says version 2. */
+START_TEST(blocked_layer_round_trip)
+{
+    test_rng r = {501};
+    const int32_t groups[] = {0, 64, 100};
+    for (int32_t bits = 4; bits <= 8; bits += 4)
+        for (int32_t scheme = DQ_QUANT_ASYM; scheme <= DQ_QUANT_SYM; scheme++)
+            for (size_t g = 0; g < 3; g++)
+                for (int32_t act = 0; act <= 8; act += 4) {
+                    const int64_t rows = 37, cols = 172 + (int64_t)g;
+                    dq_qmatrix *q = packed_weights(&r, rows, cols, bits, scheme, groups[g]);
+                    float bias[37];
+                    for (int i = 0; i < 37; i++)
+                        bias[i] = (float)test_rng_normal(&r);
+                    dq_linear_params lp;
+                    dq_linear_params_init(&lp, sizeof lp);
+                    lp.act_bits = act;
+                    lp.act_scheme = scheme;
+                    lp.act_clip_ratio = 0.9f;
+                    dq_linear *lin = NULL;
+                    ck_assert_int_eq(
+                        dq_linear_create(NULL, &lp, NULL, q, act == 4 ? bias : NULL, &lin),
+                        DQ_OK);
+                    size_t size;
+                    uint8_t *buf = layer_file(lin, &size);
+                    for (int borrow = 0; borrow < 2; borrow++) {
+                        dq_file_params fp;
+                        dq_file_params_init(&fp, sizeof fp);
+                        fp.flags = borrow ? DQ_FILE_F_BORROW : 0;
+                        dq_file_reader *rd = NULL;
+                        ck_assert_int_eq(dq_file_reader_from_buffer(NULL, &fp, buf, size, &rd),
+                                         DQ_OK);
+                        char v[8];
+                        size_t len;
+                        ck_assert_int_eq(
+                            dq_file_reader_metadata(rd, "format_version", v, sizeof v, &len),
+                            DQ_OK);
+                        ck_assert_str_eq(v, "2");
+                        dq_linear *back = NULL;
+                        ck_assert_int_eq(dq_file_reader_get_linear(rd, NULL, "L", NULL, &back),
+                                         DQ_OK);
+                        dq_qmatrix *qb = NULL;
+                        ck_assert_int_eq(dq_file_reader_get_qmatrix(rd, NULL, "L.weight", &qb),
+                                         DQ_OK);
+                        same_qmatrix(q, qb);
+                        if (!borrow)
+                            dq_file_reader_free(rd); /* the copied layer stands alone */
+                        same_outputs(lin, back, &r);
+                        dq_linear_free(back);
+                        dq_qmatrix_free(qb);
+                        if (borrow)
+                            dq_file_reader_free(rd);
+                    }
+                    free(buf);
+                    dq_linear_free(lin);
+                    dq_qmatrix_free(q);
+                }
+}
+END_TEST
+
+/* A borrowing reader creates the layer without an allocation that grows with the weights:
+ * every allocation is below an eighth of the packed codes, and together they are too; a
+ * buffer at an odd address still loads (scale records copied), with the same outputs. */
+START_TEST(borrowed_layer_copies_no_weights)
+{
+    test_rng r = {502};
+    const int64_t rows = 512, cols = 1024; /* 256 KiB of 4-bit codes */
+    dq_qmatrix *q = packed_weights(&r, rows, cols, 4, DQ_QUANT_ASYM, 0);
+    dq_linear *lin = NULL;
+    ck_assert_int_eq(dq_linear_create(NULL, NULL, NULL, q, NULL, &lin), DQ_OK);
+    size_t size;
+    uint8_t *buf = layer_file(lin, &size);
+    const size_t code_bytes = (size_t)(rows * cols / 2);
+    ck_assert_uint_ge(size, code_bytes);
+    ck_assert_uint_le(size, code_bytes + code_bytes / 32 + 4096);
+    for (size_t offset = 0; offset < 4; offset++) {
+        uint8_t *shifted = malloc(size + offset);
+        memcpy(shifted + offset, buf, size);
+        dq_file_params fp;
+        dq_file_params_init(&fp, sizeof fp);
+        fp.flags = DQ_FILE_F_BORROW;
+        dq_file_reader *rd = NULL;
+        ck_assert_int_eq(dq_file_reader_from_buffer(NULL, &fp, shifted + offset, size, &rd),
+                         DQ_OK);
+        byte_count bc = {0};
+        dq_context *ctx = count_context(&bc);
+        dq_linear *back = NULL;
+        ck_assert_int_eq(dq_file_reader_get_linear(rd, ctx, "L", NULL, &back), DQ_OK);
+        ck_assert_msg(bc.largest < code_bytes / 8 && bc.total < code_bytes / 8,
+                      "offset %zu: largest %zu, total %zu bytes", offset, bc.largest, bc.total);
+        same_outputs(lin, back, &r);
+        dq_linear_free(back);
+        ck_assert_uint_eq(bc.live, 0);
+        dq_context_free(ctx);
+        dq_file_reader_free(rd);
+        free(shifted);
+    }
+    /* The copying reader copies the codes once, and nothing more is kept. */
+    dq_file_reader *rd = NULL;
+    ck_assert_int_eq(dq_file_reader_from_buffer(NULL, NULL, buf, size, &rd), DQ_OK);
+    byte_count bc = {0};
+    dq_context *ctx = count_context(&bc);
+    dq_linear *back = NULL;
+    ck_assert_int_eq(dq_file_reader_get_linear(rd, ctx, "L", NULL, &back), DQ_OK);
+    ck_assert_uint_ge(bc.live, code_bytes);
+    ck_assert_uint_le(bc.live, code_bytes + code_bytes / 32 + 4096);
+    dq_linear_free(back);
+    dq_context_free(ctx);
+    dq_file_reader_free(rd);
+    free(buf);
+    dq_linear_free(lin);
+    dq_qmatrix_free(q);
+}
+END_TEST
+
+/* Bytes a layer holds: a whole-row W4 layer at most 0.52 bytes per weight plus a small
+ * constant, whether created from a packed matrix or loaded from a version-1 file. */
+START_TEST(layer_holds_half_a_byte_per_weight)
+{
+    test_rng r = {503};
+    const int64_t rows = 1024, cols = 1024;
+    dq_qmatrix *q = packed_weights(&r, rows, cols, 4, DQ_QUANT_ASYM, 0);
+    byte_count bc = {0};
+    dq_context *ctx = count_context(&bc);
+    dq_linear *lin = NULL;
+    ck_assert_int_eq(dq_linear_create(ctx, NULL, NULL, q, NULL, &lin), DQ_OK);
+    const double limit = 0.52 * (double)(rows * cols) + 8192.0;
+    ck_assert_msg((double)bc.live <= limit, "created: %zu bytes", bc.live);
+    /* building it never needed more than the layer itself and one row of scratch */
+    ck_assert_msg((double)bc.peak <= limit + (double)cols * 2, "peak %zu bytes", bc.peak);
+    dq_linear_free(lin);
+    ck_assert_uint_eq(bc.live, 0);
+    /* the same layer through a version-1 file (the packed matrix is repacked on load) */
+    dq_file_writer *w = NULL;
+    ck_assert_int_eq(dq_file_writer_create(NULL, &w), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_linear(w, "L", NULL, NULL, q, NULL), DQ_OK);
+    size_t size;
+    ck_assert_int_eq(dq_file_writer_to_buffer(w, NULL, 0, &size), DQ_OK);
+    uint8_t *buf = malloc(size);
+    ck_assert_int_eq(dq_file_writer_to_buffer(w, buf, size, &size), DQ_OK);
+    dq_file_writer_free(w);
+    dq_file_reader *rd = NULL;
+    ck_assert_int_eq(dq_file_reader_from_buffer(NULL, NULL, buf, size, &rd), DQ_OK);
+    ck_assert_int_eq(dq_file_reader_get_linear(rd, ctx, "L", NULL, &lin), DQ_OK);
+    dq_file_reader_free(rd);
+    ck_assert_msg((double)bc.live <= limit, "loaded: %zu bytes", bc.live);
+    dq_linear_free(lin);
+    dq_context_free(ctx);
+    free(buf);
+    dq_qmatrix_free(q);
+}
+END_TEST
+
+/* Old files: a version-1 layer file loads through a mapped, borrowing reader as through a
+ * copying one, and converted to version 2 it gives the same outputs bit for bit. */
+START_TEST(version1_layers_load_and_convert)
+{
+    test_rng r = {504};
+    char path[4096];
+    const char *here = __FILE__, *slash = strrchr(here, '/');
+    snprintf(path, sizeof path, "%.*sdata/layer_v1.safetensors",
+             slash ? (int)(slash - here + 1) : 0, here);
+    dq_file_params fp;
+    dq_file_params_init(&fp, sizeof fp);
+    fp.flags = DQ_FILE_F_BORROW;
+    dq_file_reader *mapped = NULL, *copied = NULL;
+    ck_assert_msg(dq_file_reader_open(NULL, &fp, path, &mapped) == DQ_OK, "%s", path);
+    ck_assert_int_eq(dq_file_reader_open(NULL, NULL, path, &copied), DQ_OK);
+    dq_plan *plan = NULL;
+    ck_assert_int_eq(dq_file_reader_get_plan(copied, NULL, "l0.plan", &plan), DQ_OK);
+    dq_linear *a = NULL, *b = NULL, *c = NULL;
+    ck_assert_int_eq(dq_file_reader_get_linear(copied, NULL, "l0.lin", plan, &a), DQ_OK);
+    ck_assert_int_eq(dq_file_reader_get_linear(mapped, NULL, "l0.lin", plan, &b), DQ_OK);
+    same_outputs(a, b, &r);
+    size_t size;
+    uint8_t *buf = layer_file(b, &size);
+    dq_file_reader *v2 = NULL;
+    ck_assert_int_eq(dq_file_reader_from_buffer(NULL, &fp, buf, size, &v2), DQ_OK);
+    ck_assert_int_eq(dq_file_reader_get_linear(v2, NULL, "L", plan, &c), DQ_OK);
+    same_outputs(a, c, &r);
+    dq_qmatrix *q1 = NULL, *q2 = NULL;
+    ck_assert_int_eq(dq_file_reader_get_qmatrix(copied, NULL, "l0.lin.weight", &q1), DQ_OK);
+    ck_assert_int_eq(dq_file_reader_get_qmatrix(v2, NULL, "L.weight", &q2), DQ_OK);
+    same_qmatrix(q1, q2);
+    dq_qmatrix_free(q1);
+    dq_qmatrix_free(q2);
+    dq_linear_free(a);
+    dq_linear_free(b);
+    dq_linear_free(c);
+    dq_file_reader_free(v2);
+    dq_file_reader_free(mapped);
+    dq_file_reader_free(copied);
+    dq_plan_free(plan);
+    free(buf);
+}
+END_TEST
+
+/* The data offsets of tensor name in a file buffer (relative to the whole buffer). */
+static size_t tensor_offset(const uint8_t *buf, const char *name)
+{
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = n << 8 | buf[i];
+    char key[128];
+    snprintf(key, sizeof key, "\"%s\":{", name);
+    char *json = malloc(n + 1);
+    memcpy(json, buf + 8, n);
+    json[n] = 0;
+    const char *at = strstr(json, key);
+    ck_assert_ptr_nonnull(at);
+    const char *off = strstr(at, "\"data_offsets\":[");
+    ck_assert_ptr_nonnull(off);
+    size_t begin = strtoull(off + strlen("\"data_offsets\":["), NULL, 10);
+    free(json);
+    return 8 + n + begin;
+}
+
+/* A blocked layer whose records disagree with its codes, or hold bad scales, zero points or
+ * padding, is refused with DQ_ERR_FORMAT (NaN: DQ_ERR_NONFINITE), borrowed or not. */
+START_TEST(bad_blocked_layers)
+{
+    test_rng r = {505};
+    dq_qmatrix *q = packed_weights(&r, 20, 40, 4, DQ_QUANT_SYM, 0);
+    dq_linear *lin = NULL;
+    ck_assert_int_eq(dq_linear_create(NULL, NULL, NULL, q, NULL, &lin), DQ_OK);
+    size_t size;
+    uint8_t *buf = layer_file(lin, &size);
+    const size_t meta = tensor_offset(buf, "L.weight.meta");
+    const size_t codes = tensor_offset(buf, "L.weight.blocks");
+    /* (offset, byte xor, expected) */
+    const struct {
+        size_t at;
+        uint8_t x;
+        dq_status want;
+    } cases[] = {
+        {codes, 0x01, DQ_ERR_FORMAT},              /* a code: corr disagrees */
+        {codes + 40 * 8, 0x10, DQ_ERR_FORMAT},     /* past the last step: padding */
+        {meta + 64 + 4 * 3, 0x01, DQ_ERR_FORMAT},  /* SYM zero point not 0 */
+        {meta + 128 + 4 * 5, 0x01, DQ_ERR_FORMAT}, /* corr */
+        {meta + 3, 0x80, DQ_ERR_FORMAT},           /* negative scale */
+        {meta + 3, 0x7F, DQ_ERR_NONFINITE},        /* scale NaN or Inf */
+        {meta + 192 + 4 * 7, 0x01, DQ_ERR_FORMAT}, /* row 23 of 20: padding row */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        for (int borrow = 0; borrow < 2; borrow++) {
+            uint8_t *bad = malloc(size);
+            memcpy(bad, buf, size);
+            bad[cases[k].at] ^= cases[k].x;
+            if (cases[k].want == DQ_ERR_NONFINITE)
+                bad[cases[k].at] |= 0x7F, bad[cases[k].at - 1] |= 0x80;
+            dq_file_params fp;
+            dq_file_params_init(&fp, sizeof fp);
+            fp.flags = borrow ? DQ_FILE_F_BORROW : 0;
+            dq_file_reader *rd = NULL;
+            ck_assert_int_eq(dq_file_reader_from_buffer(NULL, &fp, bad, size, &rd), DQ_OK);
+            dq_linear *back = (dq_linear *)1;
+            dq_qmatrix *qb = (dq_qmatrix *)1;
+            ck_assert_msg(dq_file_reader_get_linear(rd, NULL, "L", NULL, &back) ==
+                              cases[k].want,
+                          "case %zu", k);
+            ck_assert_ptr_null(back);
+            ck_assert_int_eq(dq_file_reader_get_qmatrix(rd, NULL, "L.weight", &qb),
+                             cases[k].want);
+            ck_assert_ptr_null(qb);
+            dq_file_reader_free(rd);
+            free(bad);
+        }
+    free(buf);
+    dq_linear_free(lin);
+    dq_qmatrix_free(q);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("file");
@@ -1115,6 +1518,11 @@ int main(void)
     tcase_add_test(tc, save_and_open_file);
     tcase_add_test(tc, rotation_from_matrices);
     tcase_add_test(tc, linear_round_trip_and_errors);
+    tcase_add_test(tc, blocked_layer_round_trip);
+    tcase_add_test(tc, borrowed_layer_copies_no_weights);
+    tcase_add_test(tc, layer_holds_half_a_byte_per_weight);
+    tcase_add_test(tc, version1_layers_load_and_convert);
+    tcase_add_test(tc, bad_blocked_layers);
     suite_add_tcase(s, tc);
     TCase *bad = tcase_create("bad_input");
     tcase_set_timeout(bad, 60);

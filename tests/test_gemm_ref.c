@@ -7,7 +7,40 @@
 #include <string.h>
 
 #include "dq_gemm.h"
+#include "dq_gemm_simd.h"
 #include "dq_test.h"
+
+/* The unpacked view of prepared weights, decoded from the repacked form the kernels read. */
+typedef struct unpacked {
+    int8_t *codes; /* rows x cols */
+    float *scales;
+    int32_t *zeros, *sums; /* rows x groups */
+} unpacked;
+
+static unpacked unpack(const dq__wprep *w)
+{
+    unpacked u;
+    u.codes = malloc((size_t)(w->rows * w->cols));
+    u.scales = malloc((size_t)(w->rows * w->groups) * sizeof(float));
+    u.zeros = malloc((size_t)(w->rows * w->groups) * sizeof(int32_t));
+    u.sums = calloc((size_t)(w->rows * w->groups), sizeof(int32_t));
+    ck_assert(u.codes && u.scales && u.zeros && u.sums);
+    for (int64_t i = 0; i < w->rows; i++) {
+        dq__wprep_unpack_row(w, i, u.codes + i * w->cols, u.scales + i * w->groups,
+                             u.zeros + i * w->groups);
+        for (int64_t j = 0; j < w->cols; j++)
+            u.sums[i * w->groups + j / w->group_len] += u.codes[i * w->cols + j];
+    }
+    return u;
+}
+
+static void unpacked_free(unpacked *u)
+{
+    free(u->codes);
+    free(u->scales);
+    free(u->zeros);
+    free(u->sums);
+}
 
 static dq_qmatrix *pack(const float *w, int64_t rows, int64_t cols, int32_t bits, int32_t scheme,
                         int32_t group)
@@ -44,13 +77,17 @@ START_TEST(wprep_matches_packed_matrix)
                     ck_assert_int_eq(wp->rows, rows);
                     ck_assert_int_eq(wp->cols, cols);
                     ck_assert_int_eq(wp->bits, bits);
-                    ck_assert_int_eq(wp->code_ld % 64, 0);
-                    ck_assert_int_ge(wp->code_ld, cols);
                     ck_assert_int_eq(wp->groups * wp->group_len >= cols, 1);
+                    /* Only the repacked form is held: no int8 copy of the codes. */
+                    ck_assert_ptr_null(wp->codes);
+                    ck_assert_ptr_nonnull(wp->kernel);
+                    const dq__wpack *pk = wp->kernel;
+                    const int64_t kbits = bits;
+                    ck_assert_uint_eq(pk->code_bytes,
+                                      (size_t)((rows + 15) / 16 * pk->steps * 16 * kbits));
+                    unpacked u = unpack(wp);
                     for (int64_t i = 0; i < rows; i++) {
-                        const int8_t *c = wp->codes + i * wp->code_ld;
-                        for (int64_t j = cols; j < wp->code_ld; j++)
-                            ck_assert_int_eq(c[j], 0);
+                        const int8_t *c = u.codes + i * cols;
                         for (int64_t gg = 0; gg < wp->groups; gg++) {
                             const int64_t gi = i * wp->groups + gg, j0 = gg * wp->group_len;
                             const int64_t j1 = j0 + wp->group_len < cols ? j0 + wp->group_len
@@ -58,16 +95,21 @@ START_TEST(wprep_matches_packed_matrix)
                             int32_t sum = 0;
                             for (int64_t j = j0; j < j1; j++) {
                                 sum += c[j];
-                                const float v = ((float)c[j] - (float)wp->zeros[gi]) *
-                                                wp->scales[gi];
+                                const float v = ((float)c[j] - (float)u.zeros[gi]) *
+                                                u.scales[gi];
                                 ck_assert_msg(v == deq[i * cols + j], "%g vs %g", (double)v,
                                               (double)deq[i * cols + j]);
                             }
-                            ck_assert_int_eq(sum, wp->code_sums[gi]);
+                            /* corr = sum c - n * zw, zero = zw + the 4-bit code bias */
+                            const dq__gemm_meta *m = &pk->meta[(i / 16) * wp->groups + gg];
+                            ck_assert_int_eq(m->corr[i % 16],
+                                             sum - (int32_t)(j1 - j0) * u.zeros[gi]);
+                            ck_assert_int_eq(m->zero[i % 16], u.zeros[gi] + (bits == 4 ? 8 : 0));
                             if (scheme == DQ_QUANT_SYM)
-                                ck_assert_int_eq(wp->zeros[gi], 0);
+                                ck_assert_int_eq(u.zeros[gi], 0);
                         }
                     }
+                    unpacked_free(&u);
                     dq__wprep_free(wp);
                     dq_qmatrix_free(q);
                     free(w);
@@ -157,6 +199,7 @@ START_TEST(product_follows_identity_and_epilogue)
                 float y[5 * 9], y_nobias[5 * 9];
                 dq__gemm_w_a_ref(wp, &a, bias, y, 9);
                 dq__gemm_w_a_ref(wp, &a, NULL, y_nobias, 9);
+                unpacked uw = unpack(wp);
                 for (int64_t t = 0; t < tokens; t++)
                     for (int64_t o = 0; o < out; o++) {
                         float acc = bias[o], acc0 = 0.0f;
@@ -166,13 +209,13 @@ START_TEST(product_follows_identity_and_epilogue)
                                                                           : cols;
                             int32_t uc = 0, su = 0;
                             for (int64_t j = j0; j < j1; j++) {
-                                uc += codes[t * code_ld + j] * wp->codes[o * wp->code_ld + j];
+                                uc += codes[t * code_ld + j] * uw.codes[o * cols + j];
                                 su += codes[t * code_ld + j];
                             }
-                            const int32_t n = (int32_t)(j1 - j0), zw = wp->zeros[gi];
-                            const int32_t s = uc - zw * su - zx[t] * wp->code_sums[gi] +
+                            const int32_t n = (int32_t)(j1 - j0), zw = uw.zeros[gi];
+                            const int32_t s = uc - zw * su - zx[t] * uw.sums[gi] +
                                               n * zx[t] * zw;
-                            const float scale = sx[t] * wp->scales[gi];
+                            const float scale = sx[t] * uw.scales[gi];
                             acc += scale * (float)s;
                             acc0 += scale * (float)s;
                         }
@@ -190,6 +233,7 @@ START_TEST(product_follows_identity_and_epilogue)
                 ck_assert(test_rel_err(yf, 9, ref, 9, tokens, out) < 1e-6);
                 free(deq);
                 free(codes);
+                unpacked_free(&uw);
                 dq__wprep_free(wp);
                 dq_qmatrix_free(q);
                 free(w);

@@ -307,6 +307,91 @@ START_TEST(bad_struct_size)
 }
 END_TEST
 
+/* ---- clip arrays with their length (dq_qmatrix_pack_clipped) ---- */
+
+static int same_matrix(const dq_qmatrix *a, const dq_qmatrix *b)
+{
+    const uint8_t *pa, *pb;
+    const float *sa, *sb, *za, *zb;
+    size_t na, nb;
+    int64_t ga, rows;
+    ck_assert_int_eq(dq_qmatrix_view(a, &pa, &na, &sa, &za), DQ_OK);
+    ck_assert_int_eq(dq_qmatrix_view(b, &pb, &nb, &sb, &zb), DQ_OK);
+    ck_assert_int_eq(dq_qmatrix_layout(a, &rows, NULL, NULL, NULL, NULL, &ga, NULL), DQ_OK);
+    const size_t ng = (size_t)(rows * ga);
+    return na == nb && memcmp(pa, pb, na) == 0 && memcmp(sa, sb, ng * sizeof(float)) == 0 &&
+           (za == NULL) == (zb == NULL) && (!za || memcmp(za, zb, ng * sizeof(float)) == 0);
+}
+
+/* Per-group factors give what dq_qmatrix_pack gives; per-row factors equal the same factor
+ * repeated over the row's groups; an allocation of exactly the stated length is never read
+ * past (ASan); any other length is refused before anything is read. */
+START_TEST(pack_clipped_checks_lengths)
+{
+    test_rng r = {31};
+    const int64_t rows = 5, cols = 70;
+    float *x = random_matrix(&r, rows, cols, cols);
+    for (int32_t group = 0; group <= 16; group += 16) {
+        dq_quant_params p = quant_params(4, DQ_QUANT_ASYM, group, 1.0f);
+        const int64_t groups = group ? (cols + group - 1) / group : 1;
+        float *per_group = malloc((size_t)(rows * groups) * sizeof(float));
+        float *per_row = malloc((size_t)rows * sizeof(float));
+        for (int64_t i = 0; i < rows; i++) {
+            per_row[i] = 0.6f + 0.05f * (float)i;
+            for (int64_t g = 0; g < groups; g++)
+                per_group[i * groups + g] = per_row[i];
+        }
+        dq_qmatrix *a = NULL, *b = NULL, *c = NULL;
+        ck_assert_int_eq(dq_qmatrix_pack(NULL, &p, x, rows, cols, cols, per_group, per_group, &a),
+                         DQ_OK);
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, per_group,
+                                                 per_group, rows * groups, &b),
+                         DQ_OK);
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, per_row, NULL,
+                                                 rows, &c),
+                         DQ_OK);
+        ck_assert(same_matrix(a, b));
+        dq_qmatrix_free(c);
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, per_row, per_row,
+                                                 rows, &c),
+                         DQ_OK);
+        ck_assert(same_matrix(a, c));
+        dq_qmatrix_free(a);
+        dq_qmatrix_free(b);
+        dq_qmatrix_free(c);
+        /* wrong lengths: refused, *out NULL */
+        c = (dq_qmatrix *)per_row;
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, per_row, NULL,
+                                                 rows - 1, &c),
+                         DQ_ERR_SHAPE);
+        ck_assert_ptr_null(c);
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, per_group, NULL,
+                                                 rows * groups + 1, &c),
+                         DQ_ERR_SHAPE);
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, NULL, NULL, 3, &c),
+                         DQ_ERR_SHAPE);
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, per_row, NULL, -1,
+                                                 &c),
+                         DQ_ERR_INVALID_ARG);
+        /* no clip arrays: the params' ratio, as dq_qmatrix_pack with NULL */
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, NULL, NULL, 0, &c),
+                         DQ_OK);
+        ck_assert_int_eq(dq_qmatrix_pack(NULL, &p, x, rows, cols, cols, NULL, NULL, &a), DQ_OK);
+        ck_assert(same_matrix(a, c));
+        /* a bad factor inside the stated length is still refused */
+        per_row[rows - 1] = 1.5f;
+        ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, x, rows, cols, cols, per_row, NULL,
+                                                 rows, &b),
+                         DQ_ERR_INVALID_ARG);
+        dq_qmatrix_free(a);
+        dq_qmatrix_free(c);
+        free(per_group);
+        free(per_row);
+    }
+    free(x);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("qmatrix");
@@ -316,6 +401,7 @@ int main(void)
     tcase_add_test(tc, groups_match_separate_matrices);
     tcase_add_test(tc, per_group_clip_equals_fixed_ratio);
     tcase_add_test(tc, layout_and_view);
+    tcase_add_test(tc, pack_clipped_checks_lengths);
     suite_add_tcase(s, tc);
     TCase *bad = tcase_create("bad_input");
     tcase_add_test(bad, bad_null_pointers);

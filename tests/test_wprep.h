@@ -18,8 +18,9 @@ float test_rand_scale(test_rng *r, int style);
 
 /* Prepared weights built directly from random codes (every field the kernels read), then
  * repacked for the SIMD kernels. Zero points live in the shifted code space: 0 when sym, else
- * in the code range or (extreme style, odd groups) clamped ones far outside it. Aborts the
- * test when the CPU has a SIMD kernel but the weights were not repacked. */
+ * in the code range or (extreme style, odd groups) clamped ones far outside it. The unpacked
+ * fields stay set: the tests' own oracles read them. Aborts the test when the weights were not
+ * repacked. */
 dq__wprep *test_random_wprep(test_rng *r, int64_t rows, int64_t cols, int32_t bits,
                              int64_t group_len, int style, int sym);
 void test_free_wprep(dq__wprep *w);

@@ -1,12 +1,24 @@
 /* Plan and packed-matrix files: the public writer and reader on top of the safetensors
  * container (dq_safetensors.c). Names and metadata keys are specified in doc/formats.md. */
+#define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "dq_gemm_simd.h"
 #include "dq_internal.h"
+#include "dq_linear.h"
 #include "dq_qmatrix.h"
 #include "dq_safetensors.h"
+
+/* The version a writer starts with: objects of version 1 only. Adding a layer in the blocked
+ * layout (dq_file_writer_add_linear_layer) raises it to 2. */
+#define FILE_VERSION_BASE 1
+#define FILE_VERSION_BLOCKED 2
 
 /* Largest plan width a file may declare: plans whose parts are all identities carry no tensor
  * that would bound the width by the file size. */
@@ -28,6 +40,8 @@ struct dq_file_reader {
     dq_context ctx;
     uint8_t *owned; /* NULL when the buffer is borrowed */
     dq__st_file f;
+    void *map;      /* the file mapped by dq_file_reader_open with DQ_FILE_F_BORROW, or NULL */
+    size_t map_size;
 };
 
 DQ_API dq_status dq_file_params_init(dq_file_params *p, size_t struct_size)
@@ -139,7 +153,7 @@ DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
     w->cap_meta = 8;
     w->meta = dq__calloc(c, w->cap_meta, sizeof *w->meta);
     char version[16];
-    snprintf(version, sizeof version, "%d", DQ_FILE_FORMAT_VERSION);
+    snprintf(version, sizeof version, "%d", FILE_VERSION_BASE);
     if (w->meta) {
         w->meta[0].key = dup_str(c, "format");
         w->meta[0].value = dup_str(c, "duquant");
@@ -486,6 +500,15 @@ DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
 
 /* ---- reader ---- */
 
+/* Objects in the blocked layout (format version 2), defined at the end of the file. */
+static bool is_blocked(const dq_file_reader *r, const char *prefix, dq_status *st);
+static dq_status get_qmatrix_blocked(const dq_file_reader *r, const dq_context *c,
+                                     const char *prefix, dq_qmatrix **out);
+static dq_status get_linear_blocked(const dq_file_reader *r, const dq_context *c,
+                                    const char *prefix, const char *wprefix,
+                                    const dq_linear_params *p, const dq_plan *plan,
+                                    dq_linear **out);
+
 static dq_status read_file_params(const dq_file_params *user, dq_file_params *p)
 {
     dq_file_params_init(p, sizeof *p);
@@ -556,6 +579,41 @@ DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_param
     return reader_create(c, &p, copy, size, copy, out);
 }
 
+/* Maps the file read-only: the reader and the layers it creates read the pages in place. */
+static dq_status reader_map(const dq_context *c, const dq_file_params *p, const char *path,
+                            dq_file_reader **out)
+{
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "cannot open %s", path);
+    struct stat sb;
+    dq_status st;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        st = DQ_FAIL(c, DQ_ERR_INVALID_ARG, "%s is not a regular file", path);
+    } else if (sb.st_size < 8) {
+        st = DQ_FAIL(c, DQ_ERR_FORMAT, "%s: %lld bytes, shorter than the 8-byte header length",
+                     path, (long long)sb.st_size);
+    } else if ((uint64_t)sb.st_size > SIZE_MAX) {
+        st = DQ_FAIL(c, DQ_ERR_OVERFLOW, "%s: %lld bytes", path, (long long)sb.st_size);
+    } else {
+        const size_t size = (size_t)sb.st_size;
+        void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+            st = DQ_FAIL(c, DQ_ERR_NOMEM, "%s: mmap of %zu bytes failed", path, size);
+        } else {
+            st = reader_create(c, p, map, size, NULL, out);
+            if (st == DQ_OK) {
+                (*out)->map = map;
+                (*out)->map_size = size;
+            } else {
+                munmap(map, size);
+            }
+        }
+    }
+    close(fd);
+    return st;
+}
+
 DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *params,
                                      const char *path, dq_file_reader **out)
 {
@@ -566,9 +624,11 @@ DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *para
     dq_status st = read_file_params(params, &p);
     if (st != DQ_OK)
         return st;
-    if (!path || (p.flags & DQ_FILE_F_BORROW))
+    if (!path)
         return DQ_ERR_INVALID_ARG;
     const dq_context *c = dq__ctx(ctx);
+    if (p.flags & DQ_FILE_F_BORROW)
+        return reader_map(c, &p, path, out);
     FILE *f = fopen(path, "rb");
     if (!f)
         return DQ_ERR_INVALID_ARG;
@@ -607,6 +667,8 @@ DQ_API void dq_file_reader_free(dq_file_reader *r)
     dq_context c = r->ctx;
     dq__st_clear(&c, &r->f);
     dq__free(&c, r->owned);
+    if (r->map)
+        munmap(r->map, r->map_size);
     dq__free(&c, r);
 }
 
@@ -912,6 +974,10 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
         return DQ_ERR_INVALID_ARG;
     const dq_context *c = dq__ctx(ctx);
     dq_status st = DQ_ERR_FORMAT;
+    if (is_blocked(r, prefix, &st))
+        return get_qmatrix_blocked(r, c, prefix, out);
+    if (st == DQ_ERR_NOMEM)
+        return st;
     int64_t cols, bits, gs;
     int32_t scheme;
     if (!meta_is(r, prefix, "type", "qmatrix", &st) ||
@@ -1087,6 +1153,14 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
         return DQ_ERR_FORMAT;
 
     char *wp = join(c, prefix, "weight"), *bn = join(c, prefix, "bias");
+    st = DQ_ERR_FORMAT;
+    if (wp && (is_blocked(r, wp, &st) || st == DQ_ERR_NOMEM)) {
+        if (st != DQ_ERR_NOMEM)
+            st = get_linear_blocked(r, c, prefix, wp, &p, plan, out);
+        dq__free(c, wp);
+        dq__free(c, bn);
+        return st;
+    }
     dq_qmatrix *q = NULL;
     float *bias = NULL;
     st = wp && bn ? dq_file_reader_get_qmatrix(r, ctx, wp, &q) : DQ_ERR_NOMEM;
@@ -1110,6 +1184,401 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     dq_qmatrix_free(q);
     dq__free(c, bias);
     dq__free(c, wp);
+    dq__free(c, bn);
+    return st;
+}
+
+/* ---- layers in the blocked layout (format version 2): the repacked weights the kernels read,
+ *      stored as they are in memory so that a mapped file is used in place ---- */
+
+#define META_RECORD_BYTES ((int64_t)sizeof(dq__gemm_meta)) /* 16 scales, 16 zeros, 16 corr */
+
+static void encode_meta(uint8_t *o, const dq__gemm_meta *m, size_t n)
+{
+    for (size_t i = 0; i < n; i++, o += META_RECORD_BYTES) {
+        encode_f32(o, m[i].scale, DQ_GEMM_BLOCK);
+        for (int k = 0; k < DQ_GEMM_BLOCK; k++) {
+            put_le32(o + 64 + 4 * k, (uint32_t)m[i].zero[k]);
+            put_le32(o + 128 + 4 * k, (uint32_t)m[i].corr[k]);
+        }
+    }
+}
+
+static void decode_meta(dq__gemm_meta *m, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++, p += META_RECORD_BYTES) {
+        decode_f32(m[i].scale, p, DQ_GEMM_BLOCK);
+        for (int k = 0; k < DQ_GEMM_BLOCK; k++) {
+            m[i].zero[k] = (int32_t)get_le32(p + 64 + 4 * k);
+            m[i].corr[k] = (int32_t)get_le32(p + 128 + 4 * k);
+        }
+    }
+}
+
+/* True when the stored records are the in-memory struct: little-endian host, no padding. */
+static bool meta_is_native(void)
+{
+#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
+    return __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && sizeof(dq__gemm_meta) == 192;
+#else
+    return false;
+#endif
+}
+
+static dq_status set_version(dq_file_writer *w, int32_t version)
+{
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", (int)version);
+    char *v = dup_str(&w->ctx, buf);
+    if (!v)
+        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "format_version");
+    dq__free(&w->ctx, w->meta[1].value);
+    w->meta[1].value = v;
+    return DQ_OK;
+}
+
+static dq_status add_linear_layer_parts(dq_file_writer *w, const char *prefix,
+                                        const dq_linear *lin, const char *plan_prefix)
+{
+    const dq_context *c = &w->ctx;
+    const dq__wprep *wq = dq__linear_weights(lin);
+    const dq__wpack *wp = wq->kernel;
+    int32_t act_bits, act_scheme;
+    float act_clip;
+    dq__linear_act(lin, &act_bits, &act_scheme, &act_clip);
+    char *wpre = join(c, prefix, "weight");
+    if (!wpre)
+        return DQ_ERR_NOMEM;
+    dq_status st;
+    uint8_t *meta = NULL, *codes = NULL;
+    const size_t meta_bytes = wp->meta_count * (size_t)META_RECORD_BYTES;
+    if ((st = push_meta(w, join(c, wpre, "type"), "qmatrix")) != DQ_OK ||
+        (st = push_meta(w, join(c, wpre, "layout"), "blocked16")) != DQ_OK ||
+        (st = push_meta_int(w, join(c, wpre, "rows"), wq->rows)) != DQ_OK ||
+        (st = push_meta_int(w, join(c, wpre, "cols"), wq->cols)) != DQ_OK ||
+        (st = push_meta_int(w, join(c, wpre, "bits"), wq->bits)) != DQ_OK ||
+        (st = push_meta(w, join(c, wpre, "scheme"),
+                        wq->scheme == DQ_QUANT_SYM ? "sym" : "asym")) != DQ_OK ||
+        (st = push_meta_int(w, join(c, wpre, "group_size"), wq->group_size)) != DQ_OK)
+        goto out;
+    st = DQ_ERR_NOMEM;
+    if (!(meta = dq__alloc(c, meta_bytes)) || !(codes = dq__alloc(c, wp->code_bytes)))
+        goto out;
+    encode_meta(meta, wp->meta, wp->meta_count);
+    memcpy(codes, wp->codes, wp->code_bytes);
+    /* The meta records first: with sizes multiples of 64 bytes, they start 4-byte aligned in
+     * any file holding no other 1-byte tensors of odd size. */
+    const int64_t mshape[2] = {(int64_t)wp->meta_count, META_RECORD_BYTES};
+    const int64_t cshape[2] = {wp->blocks, wp->block_bytes};
+    st = push_entry(w, join(c, wpre, "meta"), DQ__ST_U8, 2, mshape, meta, meta_bytes);
+    meta = NULL;
+    if (st != DQ_OK)
+        goto out;
+    st = push_entry(w, join(c, wpre, "blocks"), DQ__ST_U8, 2, cshape, codes, wp->code_bytes);
+    codes = NULL;
+    if (st != DQ_OK ||
+        (st = push_meta(w, join(c, prefix, "type"), "linear")) != DQ_OK ||
+        (st = push_meta_int(w, join(c, prefix, "act_bits"), act_bits)) != DQ_OK ||
+        (st = push_meta(w, join(c, prefix, "act_scheme"),
+                        act_scheme == DQ_QUANT_SYM ? "sym" : "asym")) != DQ_OK ||
+        (st = add_f32(w, join(c, prefix, "act_clip_ratio"), &act_clip, 0, NULL)) != DQ_OK ||
+        (plan_prefix && (st = push_meta(w, join(c, prefix, "plan"), plan_prefix)) != DQ_OK))
+        goto out;
+    if (dq__linear_bias(lin)) {
+        const int64_t n = wq->rows;
+        st = add_f32(w, join(c, prefix, "bias"), dq__linear_bias(lin), 1, &n);
+    }
+out:
+    dq__free(c, meta);
+    dq__free(c, codes);
+    dq__free(c, wpre);
+    return st;
+}
+
+DQ_API dq_status dq_file_writer_add_linear_layer(dq_file_writer *w, const char *prefix,
+                                                 const dq_linear *lin, const char *plan_prefix)
+{
+    if (!w)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "w is NULL");
+    if (!lin)
+        return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "lin is NULL");
+    if (!valid_prefix(prefix))
+        return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "prefix is not a valid name");
+    if (plan_prefix && !valid_name(plan_prefix))
+        return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "plan_prefix is not a valid name");
+    size_t n = w->n, n_meta = w->n_meta;
+    dq_status st = add_linear_layer_parts(w, prefix, lin, plan_prefix);
+    if (st == DQ_OK)
+        st = set_version(w, FILE_VERSION_BLOCKED);
+    if (st != DQ_OK) {
+        truncate_writer(w, n, n_meta);
+        return DQ_FAIL(&w->ctx, st, "layer %s", prefix);
+    }
+    return DQ_OK;
+}
+
+/* Every record and code of a loaded blocked matrix is what dq__wpack_store_row makes from some
+ * packed matrix: scales finite and > 0, zero points in range (0 for SYM), corr equal to the
+ * codes' sums, padding (positions past a group, rows past the last) zero. */
+static dq_status check_blocked(const dq_context *c, const char *prefix, const dq__wprep *w,
+                               dq__wpack *wp)
+{
+    const int32_t bias = w->bits == 4 ? 8 : 0;
+    const int32_t shift = w->scheme == DQ_QUANT_ASYM ? 1 << (w->bits - 1) : 0;
+    const int64_t last_len = w->cols - (w->groups - 1) * w->group_len;
+    int64_t max_abs_zero = 0;
+    for (int64_t b = 0; b < wp->blocks; b++) {
+        const uint8_t *blk = wp->codes + (size_t)b * (size_t)wp->block_bytes;
+        for (int64_t g = 0; g < wp->groups; g++) {
+            const dq__gemm_meta *m = &wp->meta[(size_t)b * (size_t)wp->groups + (size_t)g];
+            const int64_t len = g + 1 < wp->groups ? w->group_len : last_len;
+            const int64_t padded = (g + 1 < wp->groups ? wp->group_steps : wp->last_steps) *
+                                   DQ_GEMM_STEP;
+            const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
+            for (int64_t o = 0; o < DQ_GEMM_BLOCK; o++) {
+                const bool real = b * DQ_GEMM_BLOCK + o < w->rows;
+                const int64_t zw = (int64_t)m->zero[o] - bias;
+                uint32_t sum = 0;
+                bool pad_ok = true;
+                for (int64_t k = 0; k < padded; k++) {
+                    const int32_t v = dq__wpack_stored(wp, blk, o, kp0 + k);
+                    if (real && k < len)
+                        sum += (uint32_t)(v - bias);
+                    else
+                        pad_ok = pad_ok && v == 0;
+                }
+                if (!pad_ok)
+                    return DQ_FAIL(c, DQ_ERR_FORMAT, "%s.blocks: nonzero padding in block %lld",
+                                   prefix, (long long)b);
+                if (!real) {
+                    uint32_t bits;
+                    memcpy(&bits, &m->scale[o], sizeof bits);
+                    if (bits != 0 || m->zero[o] != 0 || m->corr[o] != 0)
+                        return DQ_FAIL(c, DQ_ERR_FORMAT, "%s.meta: nonzero padding row %lld",
+                                       prefix, (long long)(b * DQ_GEMM_BLOCK + o));
+                    continue;
+                }
+                const float sw = m->scale[o];
+                if (!isfinite(sw))
+                    return DQ_FAIL(c, DQ_ERR_NONFINITE, "%s.meta: scale of row %lld group %lld",
+                                   prefix, (long long)(b * DQ_GEMM_BLOCK + o), (long long)g);
+                if (!(sw > 0.0f) || (w->scheme == DQ_QUANT_SYM && zw != 0) ||
+                    zw + shift < -10000 || zw + shift > 10000)
+                    return DQ_FAIL(c, DQ_ERR_FORMAT,
+                                   "%s.meta: row %lld group %lld: scale %g, zero point %lld",
+                                   prefix, (long long)(b * DQ_GEMM_BLOCK + o), (long long)g,
+                                   (double)sw, (long long)(zw + shift));
+                if ((int32_t)(sum - (uint32_t)len * (uint32_t)zw) != m->corr[o])
+                    return DQ_FAIL(c, DQ_ERR_FORMAT,
+                                   "%s.meta: row %lld group %lld: corr %d, codes give %d",
+                                   prefix, (long long)(b * DQ_GEMM_BLOCK + o), (long long)g,
+                                   (int)m->corr[o],
+                                   (int)(int32_t)(sum - (uint32_t)len * (uint32_t)zw));
+                const int64_t az = zw < 0 ? -zw : zw;
+                max_abs_zero = az > max_abs_zero ? az : max_abs_zero;
+            }
+        }
+    }
+    wp->max_abs_zero = max_abs_zero;
+    return DQ_OK;
+}
+
+/* The weights of a blocked matrix under prefix. borrow: read the codes (and, when aligned,
+ * the meta records) in place in the reader's data, which must then outlive them; else copy. */
+static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, const char *prefix,
+                              bool borrow, dq__wprep **out)
+{
+    *out = NULL;
+    dq_status st = DQ_ERR_FORMAT;
+    int64_t rows, cols, bits, gs;
+    int32_t scheme;
+    if (!meta_is(r, prefix, "type", "qmatrix", &st) ||
+        !meta_int(r, prefix, "rows", INT64_MAX, &rows, &st) || rows < 1 ||
+        !meta_int(r, prefix, "cols", INT64_MAX, &cols, &st) || cols < 1 ||
+        !meta_int(r, prefix, "bits", 8, &bits, &st) || (bits != 4 && bits != 8) ||
+        !meta_int(r, prefix, "group_size", INT32_MAX, &gs, &st))
+        return st == DQ_ERR_NOMEM ? st
+                                  : DQ_FAIL(c, st, "%s: metadata type, rows, cols, bits or "
+                                                   "group_size missing or out of range",
+                                            prefix);
+    if (meta_is(r, prefix, "scheme", "asym", &st))
+        scheme = DQ_QUANT_ASYM;
+    else if (meta_is(r, prefix, "scheme", "sym", &st))
+        scheme = DQ_QUANT_SYM;
+    else
+        return DQ_FAIL(c, st, "%s.scheme: expected asym or sym", prefix);
+    const int64_t group_len = (gs == 0 || gs > cols) ? cols : gs;
+    dq__wpack layout;
+    if ((st = dq__wpack_layout((int32_t)bits, rows, cols, group_len, &layout)) != DQ_OK)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "%s: %lld x %lld too large", prefix, (long long)rows,
+                       (long long)cols);
+    char *mn = join(c, prefix, "meta"), *bn = join(c, prefix, "blocks");
+    dq__wprep *w = NULL;
+    dq__wpack *wp = NULL;
+    const dq__st_tensor *tm = NULL, *tb = NULL;
+    st = DQ_ERR_NOMEM;
+    if (!mn || !bn)
+        goto out;
+    tm = find_part(r, mn, DQ__ST_U8, (int64_t)layout.meta_count, META_RECORD_BYTES);
+    tb = find_part(r, bn, DQ__ST_U8, layout.blocks, layout.block_bytes);
+    if (!tm || !tb) {
+        st = DQ_FAIL(c, DQ_ERR_FORMAT,
+                     "%s: expected U8 tensors meta [%zu, %lld] and blocks [%lld, %lld]", prefix,
+                     layout.meta_count, (long long)META_RECORD_BYTES, (long long)layout.blocks,
+                     (long long)layout.block_bytes);
+        goto out;
+    }
+    if (!(w = dq__calloc(c, 1, sizeof *w)))
+        goto out;
+    w->ctx = *c;
+    w->rows = rows;
+    w->cols = cols;
+    w->bits = (int32_t)bits;
+    w->scheme = scheme;
+    w->group_size = (int32_t)gs;
+    w->group_len = group_len;
+    w->groups = layout.groups;
+    const uint8_t *codes = r->f.data + tb->begin, *meta = r->f.data + tm->begin;
+    /* Meta records are read as structs: in place only when aligned for them. Codes are read
+     * byte-wise or with unaligned loads, so any address will do. */
+    const bool meta_in_place = borrow && meta_is_native() &&
+                               (uintptr_t)meta % _Alignof(dq__gemm_meta) == 0;
+    if ((st = dq__wpack_create(w, borrow ? codes : NULL,
+                               meta_in_place ? (const dq__gemm_meta *)(const void *)meta : NULL,
+                               &wp)) != DQ_OK)
+        goto out;
+    if (!borrow)
+        memcpy(wp->codes, codes, wp->code_bytes);
+    if (!meta_in_place)
+        decode_meta(wp->meta, meta, wp->meta_count);
+    if ((st = check_blocked(c, prefix, w, wp)) != DQ_OK)
+        goto out;
+    dq__wpack_attach(w, wp);
+    wp = NULL;
+    *out = w;
+    w = NULL;
+out:
+    if (wp) {
+        dq__wpack_attach(w, wp);
+    }
+    dq__wprep_free(w);
+    dq__free(c, mn);
+    dq__free(c, bn);
+    if (st == DQ_ERR_NOMEM)
+        st = DQ_FAIL(c, st, "%s: out of memory", prefix);
+    return st;
+}
+
+static bool is_blocked(const dq_file_reader *r, const char *prefix, dq_status *st)
+{
+    return meta_is(r, prefix, "layout", "blocked16", st);
+}
+
+/* The packed matrix held by a blocked one (the inverse of dq__wpack_store_row). */
+static dq_status qmatrix_of_blocked(const dq_context *c, const dq__wprep *w, dq_qmatrix **out)
+{
+    *out = NULL;
+    const size_t row_bytes = w->bits == 4 ? dq_int4_packed_size(w->cols) : (size_t)w->cols;
+    const size_t ng = (size_t)w->rows * (size_t)w->groups;
+    dq_qmatrix *q = dq__calloc(c, 1, sizeof *q);
+    int8_t *row = dq__alloc(c, (size_t)w->cols);
+    int32_t *zeros = dq__alloc(c, (size_t)w->groups * sizeof(int32_t));
+    dq_status st = DQ_ERR_NOMEM;
+    if (!q || !row || !zeros)
+        goto out;
+    q->ctx = *c;
+    q->packed = dq__calloc(c, (size_t)w->rows, row_bytes);
+    q->scales = dq__alloc(c, ng * sizeof(float));
+    q->zeros = w->scheme == DQ_QUANT_ASYM ? dq__alloc(c, ng * sizeof(float)) : NULL;
+    if (!q->packed || !q->scales || (w->scheme == DQ_QUANT_ASYM && !q->zeros))
+        goto out;
+    q->rows = w->rows;
+    q->cols = w->cols;
+    q->bits = w->bits;
+    q->scheme = w->scheme;
+    q->group_size = w->group_size;
+    q->group_len = w->group_len;
+    q->groups_per_row = w->groups;
+    q->row_bytes = row_bytes;
+    q->nbytes = (size_t)w->rows * row_bytes;
+    const int32_t shift = w->scheme == DQ_QUANT_ASYM ? 1 << (w->bits - 1) : 0;
+    const int32_t mask = (1 << w->bits) - 1;
+    for (int64_t i = 0; i < w->rows; i++) {
+        const size_t gi = (size_t)i * (size_t)w->groups;
+        dq__wprep_unpack_row(w, i, row, q->scales + gi, zeros);
+        uint8_t *dst = q->packed + (size_t)i * row_bytes;
+        for (int64_t j = 0; j < w->cols; j++) {
+            const int32_t code = (row[j] + shift) & mask;
+            if (w->bits == 8)
+                dst[j] = (uint8_t)code;
+            else
+                dst[j / 2] |= (uint8_t)(code << (4 * (j & 1)));
+        }
+        if (q->zeros)
+            for (int64_t g = 0; g < w->groups; g++)
+                q->zeros[gi + (size_t)g] = (float)(zeros[g] + shift);
+    }
+    *out = q;
+    q = NULL;
+    st = DQ_OK;
+out:
+    dq_qmatrix_free(q);
+    dq__free(c, row);
+    dq__free(c, zeros);
+    return st == DQ_OK ? st : DQ_FAIL(c, st, "packed matrix of %lld x %lld", (long long)w->rows,
+                                      (long long)w->cols);
+}
+
+static dq_status get_qmatrix_blocked(const dq_file_reader *r, const dq_context *c,
+                                     const char *prefix, dq_qmatrix **out)
+{
+    dq__wprep *w = NULL;
+    dq_status st = load_blocked(r, c, prefix, true, &w);
+    if (st == DQ_OK)
+        st = qmatrix_of_blocked(c, w, out);
+    dq__wprep_free(w);
+    return st;
+}
+
+static dq_status get_linear_blocked(const dq_file_reader *r, const dq_context *c,
+                                    const char *prefix, const char *wprefix,
+                                    const dq_linear_params *p, const dq_plan *plan,
+                                    dq_linear **out)
+{
+    if (p->act_bits != 0 && p->act_bits != 4 && p->act_bits != 8)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "%s.act_bits %d: expected 0, 4 or 8", prefix,
+                       (int)p->act_bits);
+    dq__wprep *w = NULL;
+    /* A borrowing reader's data outlive it as the caller promised: layers read them in place. */
+    dq_status st = load_blocked(r, c, wprefix, r->owned == NULL, &w);
+    if (st != DQ_OK)
+        return st;
+    float *bias = NULL;
+    char *bn = join(c, prefix, "bias");
+    int64_t width;
+    if (!bn) {
+        st = DQ_ERR_NOMEM;
+    } else if (dq__st_find(&r->f, bn)) {
+        const dq__st_tensor *t = find_part(r, bn, DQ__ST_F32, w->rows, -1);
+        bias = t ? dq__alloc(c, (size_t)w->rows * sizeof(float)) : NULL;
+        st = !t ? DQ_FAIL(c, DQ_ERR_FORMAT, "%s: expected F32 [%lld]", bn, (long long)w->rows)
+             : !bias ? DQ_ERR_NOMEM
+                     : DQ_OK;
+        if (st == DQ_OK) {
+            decode_f32(bias, r->f.data + t->begin, (size_t)w->rows);
+            if (!dq__all_finite(bias, 1, w->rows, w->rows))
+                st = DQ_FAIL(c, DQ_ERR_NONFINITE, "%s: not finite", bn);
+        }
+    }
+    if (st == DQ_OK && plan && (dq_plan_width(plan, &width) != DQ_OK || width != w->cols))
+        st = DQ_FAIL(c, DQ_ERR_SHAPE, "%s: plan width differs from in_features %lld", prefix,
+                     (long long)w->cols);
+    if (st == DQ_OK) {
+        st = dq__linear_create_prepared(c, p, plan, w, bias, out);
+        w = NULL;
+    }
+    dq__wprep_free(w);
+    dq__free(c, bias);
     dq__free(c, bn);
     return st;
 }

@@ -31,20 +31,26 @@
 #include "dq_internal.h"
 
 /* Weights prepared for the integer product; built once per layer, immutable afterwards.
- * codes: rows x cols signed codes, one int8 per element, row stride code_ld (>= cols, a
- * multiple of 64, padding bytes 0). Kernels may keep extra repacked copies behind `kernel`. */
+ * The kernels, the portable ones included, read only the repacked form behind `kernel`
+ * (dq__wpack, dq_gemm_simd.h): 4-bit codes take half a byte per weight there, and nothing else
+ * is kept. codes .. code_sums are an optional unpacked source for hand-built weights (tests,
+ * benchmarks), the input of dq__gemm_prepare: rows x cols signed codes, one int8 per element,
+ * row stride code_ld (a multiple of 64, padding 0), scales, zero points in the shifted code
+ * space and code sums per group. Weights made by dq__wprep_create leave them NULL. */
 typedef struct dq__wprep {
     dq_context ctx;
     int64_t rows, cols;
     int32_t bits;         /* 4 or 8 */
+    int32_t scheme;       /* DQ_QUANT_* of the packed matrix it came from (files keep it) */
+    int32_t group_size;   /* as requested: 0 = whole row */
     int64_t group_len;    /* elements per group (cols when whole rows) */
     int64_t groups;       /* groups per row */
     int64_t code_ld;
-    int8_t *codes;        /* rows * code_ld */
-    float *scales;        /* rows * groups */
+    int8_t *codes;        /* rows * code_ld, or NULL */
+    float *scales;        /* rows * groups, or NULL */
     int32_t *zeros;       /* rows * groups, integer zero points in the shifted code space */
     int32_t *code_sums;   /* rows * groups: sum of c over each group */
-    void *kernel;         /* optional kernel-specific repacked form (freed by dq__wprep_free) */
+    void *kernel;         /* the repacked form (freed by dq__wprep_free) */
     void (*kernel_free)(const dq_context *ctx, void *kernel);
 } dq__wprep;
 
@@ -69,13 +75,25 @@ void dq__quantize_tokens_ref(const float *x, int64_t rows, int64_t cols, int64_t
                              int64_t code_ld, float *scales, int32_t *zeros);
 
 /* y (a->rows x w->rows, ldy) = dequantized product, plus bias (w->rows floats) when not NULL.
- * The portable oracle. */
+ * The portable oracle (reads the repacked form, which w must have). */
 void dq__gemm_w_a_ref(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
                       int64_t ldy);
 
 /* Weight-only product: y = x * dequant(W)^T + bias, x float rows x cols (ldx). Portable. */
 void dq__gemm_w_f32_ref(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
                         const float *bias, float *y, int64_t ldy);
+
+/* The same for outputs [o_begin, o_end) only (columns of y, entries of bias). */
+void dq__gemm_w_a_ref_rows(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
+                           int64_t ldy, int64_t o_begin, int64_t o_end);
+void dq__gemm_w_f32_ref_rows(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
+                             const float *bias, float *y, int64_t ldy, int64_t o_begin,
+                             int64_t o_end);
+
+/* Decodes output row r of the repacked form: its cols signed codes (shifted space) into codes,
+ * and per group the scale and zero point zw. The inverse of dq__wpack_store_row. */
+void dq__wprep_unpack_row(const dq__wprep *w, int64_t r, int8_t *codes, float *scales,
+                          int32_t *zeros);
 
 /* Dispatched entry points: the fastest kernel this CPU supports, on up to n_threads threads
  * (0 = host decides). Same results as the _ref versions (bit-identical for the integer path;

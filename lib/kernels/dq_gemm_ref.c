@@ -6,9 +6,6 @@
 #include "dq_gemm_simd.h"
 #include "dq_qmatrix.h"
 
-/* Code rows start on 64-byte boundaries: one AVX-512 load, no straddled cache lines. */
-#define CODE_ROW_ALIGN 64
-
 void dq__wprep_free(dq__wprep *w)
 {
     if (!w)
@@ -23,67 +20,94 @@ void dq__wprep_free(dq__wprep *w)
     dq__free(&c, w);
 }
 
+/* The repacked form straight from the packed matrix: one row of signed codes at a time, no
+ * unpacked copy of the whole matrix. */
 dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     if (!q)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "q is NULL");
     if (q->bits != 4 && q->bits != 8)
-        return DQ_ERR_UNSUPPORTED;
+        return DQ_FAIL(ctx, DQ_ERR_UNSUPPORTED, "bits %d (expected 4 or 8)", (int)q->bits);
     const dq_context *c = dq__ctx(ctx);
-    int64_t code_ld = (q->cols + CODE_ROW_ALIGN - 1) / CODE_ROW_ALIGN * CODE_ROW_ALIGN;
-    size_t ncodes, ngroups, gbytes;
-    if (code_ld < q->cols || !dq__mul_size((size_t)q->rows, (size_t)code_ld, &ncodes) ||
-        !dq__mul_size((size_t)q->rows, (size_t)q->groups_per_row, &ngroups) ||
-        !dq__mul_size(ngroups, sizeof(float), &gbytes))
-        return DQ_ERR_OVERFLOW;
-
     dq__wprep *w = dq__calloc(c, 1, sizeof *w);
     if (!w)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "prepared weights");
     w->ctx = *c;
-    w->codes = dq__calloc(c, ncodes, 1);
-    w->scales = dq__alloc(c, gbytes);
-    w->zeros = dq__alloc(c, gbytes);
-    w->code_sums = dq__alloc(c, gbytes);
-    if (!w->codes || !w->scales || !w->zeros || !w->code_sums) {
-        dq__wprep_free(w);
-        return DQ_ERR_NOMEM;
-    }
     w->rows = q->rows;
     w->cols = q->cols;
     w->bits = q->bits;
+    w->scheme = q->scheme;
+    w->group_size = q->group_size;
     w->group_len = q->group_len;
     w->groups = q->groups_per_row;
-    w->code_ld = code_ld;
-
+    dq__wpack *wp = NULL;
+    dq_status st = dq__wpack_create(w, NULL, NULL, &wp);
+    /* Scratch for one row: its codes, then per group zero point and code sum. */
+    const size_t groups = (size_t)q->groups_per_row;
+    int8_t *row_codes = st == DQ_OK ? dq__alloc(c, (size_t)q->cols) : NULL;
+    int32_t *row_ints = st == DQ_OK ? dq__alloc(c, 2 * groups * sizeof(int32_t)) : NULL;
+    if (st == DQ_OK && (!row_codes || !row_ints))
+        st = DQ_ERR_NOMEM;
+    if (st != DQ_OK) {
+        dq__free(c, row_codes);
+        dq__free(c, row_ints);
+        if (wp)
+            dq__wpack_attach(w, wp);
+        dq__wprep_free(w);
+        return DQ_FAIL(ctx, st, "repacked weights of %lld x %lld", (long long)q->rows,
+                       (long long)q->cols);
+    }
     /* ASYM codes 0..2^bits-1 are shifted into the signed byte range together with their zero
      * point, so (c - zw) is unchanged; SYM codes are already signed with zero point 0. */
     const int32_t shift = q->scheme == DQ_QUANT_ASYM ? 1 << (q->bits - 1) : 0;
+    int32_t *zeros = row_ints, *sums = row_ints + groups;
     for (int64_t i = 0; i < q->rows; i++) {
         const uint8_t *row = q->packed + (size_t)i * q->row_bytes;
-        int8_t *dst = w->codes + (size_t)i * (size_t)code_ld;
+        const size_t gi = (size_t)i * groups;
         for (int64_t g = 0; g < w->groups; g++) {
-            size_t gi = (size_t)i * (size_t)w->groups + (size_t)g;
             int64_t j0 = g * w->group_len;
             int64_t j1 = j0 + w->group_len < q->cols ? j0 + w->group_len : q->cols;
             int32_t sum = 0;
             for (int64_t j = j0; j < j1; j++) {
                 int32_t code = dq__qmatrix_code(q, row, j) - shift;
-                dst[j] = (int8_t)code;
+                row_codes[j] = (int8_t)code;
                 sum += code;
             }
-            w->scales[gi] = q->scales[gi];
             /* Zero points are integer-valued floats within +-1e4 (dq__quant_params). */
-            w->zeros[gi] = q->zeros ? (int32_t)q->zeros[gi] - shift : 0;
-            w->code_sums[gi] = sum;
+            zeros[g] = q->zeros ? (int32_t)q->zeros[gi + (size_t)g] - shift : 0;
+            sums[g] = sum;
         }
+        dq__wpack_store_row(w, wp, i, row_codes, q->scales + gi, zeros, sums);
     }
-    dq__gemm_prepare(w);
+    dq__free(c, row_codes);
+    dq__free(c, row_ints);
+    dq__wpack_attach(w, wp);
     *out = w;
     return DQ_OK;
+}
+
+void dq__wprep_unpack_row(const dq__wprep *w, int64_t r, int8_t *codes, float *scales,
+                          int32_t *zeros)
+{
+    const dq__wpack *wp = w->kernel;
+    const int64_t o = r % DQ_GEMM_BLOCK;
+    const uint8_t *blk = wp->codes + (size_t)(r / DQ_GEMM_BLOCK) * (size_t)wp->block_bytes;
+    const dq__gemm_meta *meta = wp->meta + (size_t)(r / DQ_GEMM_BLOCK) * (size_t)wp->groups;
+    const int32_t bias = w->bits == 4 ? 8 : 0;
+    for (int64_t g = 0; g < w->groups; g++) {
+        const int64_t j0 = g * w->group_len;
+        const int64_t j1 = j0 + w->group_len < w->cols ? j0 + w->group_len : w->cols;
+        const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
+        for (int64_t j = j0; j < j1; j++)
+            codes[j] = (int8_t)(dq__wpack_stored(wp, blk, o, kp0 + j - j0) - bias);
+        if (scales)
+            scales[g] = meta[g].scale[o];
+        if (zeros)
+            zeros[g] = (int32_t)((uint32_t)meta[g].zero[o] - (uint32_t)bias);
+    }
 }
 
 void dq__quantize_tokens_ref(const float *x, int64_t rows, int64_t cols, int64_t ldx,
@@ -107,30 +131,70 @@ void dq__quantize_tokens_ref(const float *x, int64_t rows, int64_t cols, int64_t
     }
 }
 
-void dq__gemm_w_a_ref(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
-                      int64_t ldy)
+void dq__gemm_w_a_ref_rows(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
+                           int64_t ldy, int64_t o_begin, int64_t o_end)
 {
+    const dq__wpack *wp = w->kernel;
     for (int64_t t = 0; t < a->rows; t++) {
         const uint8_t *u = a->codes + (size_t)t * (size_t)a->code_ld;
         const int32_t zx = a->zeros[t];
         const float sx = a->scales[t];
-        for (int64_t o = 0; o < w->rows; o++) {
-            const int8_t *c = w->codes + (size_t)o * (size_t)w->code_ld;
-            float acc = bias ? bias[o] : 0.0f;
+        for (int64_t r = o_begin; r < o_end; r++) {
+            const int64_t o = r % DQ_GEMM_BLOCK;
+            const size_t b = (size_t)(r / DQ_GEMM_BLOCK);
+            const uint8_t *blk = wp->codes + b * (size_t)wp->block_bytes;
+            const dq__gemm_meta *meta = wp->meta + b * (size_t)wp->groups;
+            float acc = bias ? bias[r] : 0.0f;
             for (int64_t g = 0; g < w->groups; g++) {
-                size_t gi = (size_t)o * (size_t)w->groups + (size_t)g;
                 int64_t j0 = g * w->group_len;
                 int64_t j1 = j0 + w->group_len < w->cols ? j0 + w->group_len : w->cols;
-                const int32_t zw = w->zeros[gi];
+                const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
+                /* zw plus the code bias: stored code minus it is c - zw. */
+                const int32_t zw = meta[g].zero[o];
                 /* The direct form in 64 bits: the exact value the int32 identity in
                  * dq_gemm.h produces whenever it does not overflow. */
                 int64_t sum = 0;
                 for (int64_t j = j0; j < j1; j++)
-                    sum += (int64_t)((int32_t)u[j] - zx) * (int64_t)((int32_t)c[j] - zw);
-                const float s = sx * w->scales[gi];
+                    sum += (int64_t)((int32_t)u[j] - zx) *
+                           (int64_t)(dq__wpack_stored(wp, blk, o, kp0 + j - j0) - zw);
+                const float s = sx * meta[g].scale[o];
                 acc += s * (float)sum;
             }
-            y[(size_t)t * (size_t)ldy + (size_t)o] = acc;
+            y[(size_t)t * (size_t)ldy + (size_t)r] = acc;
+        }
+    }
+}
+
+void dq__gemm_w_a_ref(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
+                      int64_t ldy)
+{
+    dq__gemm_w_a_ref_rows(w, a, bias, y, ldy, 0, w->rows);
+}
+
+void dq__gemm_w_f32_ref_rows(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
+                             const float *bias, float *y, int64_t ldy, int64_t o_begin,
+                             int64_t o_end)
+{
+    const dq__wpack *wp = w->kernel;
+    for (int64_t t = 0; t < rows; t++) {
+        const float *xt = x + (size_t)t * (size_t)ldx;
+        for (int64_t r = o_begin; r < o_end; r++) {
+            const int64_t o = r % DQ_GEMM_BLOCK;
+            const size_t b = (size_t)(r / DQ_GEMM_BLOCK);
+            const uint8_t *blk = wp->codes + b * (size_t)wp->block_bytes;
+            const dq__gemm_meta *meta = wp->meta + b * (size_t)wp->groups;
+            float acc = bias ? bias[r] : 0.0f;
+            for (int64_t g = 0; g < w->groups; g++) {
+                int64_t j0 = g * w->group_len;
+                int64_t j1 = j0 + w->group_len < w->cols ? j0 + w->group_len : w->cols;
+                const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
+                const int32_t zw = meta[g].zero[o];
+                double sum = 0.0;
+                for (int64_t j = j0; j < j1; j++)
+                    sum += (double)xt[j] * (double)(dq__wpack_stored(wp, blk, o, kp0 + j - j0) - zw);
+                acc += meta[g].scale[o] * (float)sum;
+            }
+            y[(size_t)t * (size_t)ldy + (size_t)r] = acc;
         }
     }
 }
@@ -138,22 +202,5 @@ void dq__gemm_w_a_ref(const dq__wprep *w, const dq__aq *a, const float *bias, fl
 void dq__gemm_w_f32_ref(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
                         const float *bias, float *y, int64_t ldy)
 {
-    for (int64_t t = 0; t < rows; t++) {
-        const float *xt = x + (size_t)t * (size_t)ldx;
-        for (int64_t o = 0; o < w->rows; o++) {
-            const int8_t *c = w->codes + (size_t)o * (size_t)w->code_ld;
-            float acc = bias ? bias[o] : 0.0f;
-            for (int64_t g = 0; g < w->groups; g++) {
-                size_t gi = (size_t)o * (size_t)w->groups + (size_t)g;
-                int64_t j0 = g * w->group_len;
-                int64_t j1 = j0 + w->group_len < w->cols ? j0 + w->group_len : w->cols;
-                const int32_t zw = w->zeros[gi];
-                double sum = 0.0;
-                for (int64_t j = j0; j < j1; j++)
-                    sum += (double)xt[j] * (double)((int32_t)c[j] - zw);
-                acc += w->scales[gi] * (float)sum;
-            }
-            y[(size_t)t * (size_t)ldy + (size_t)o] = acc;
-        }
-    }
+    dq__gemm_w_f32_ref_rows(w, x, rows, ldx, bias, y, ldy, 0, w->rows);
 }

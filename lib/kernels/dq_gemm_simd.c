@@ -49,8 +49,10 @@ static void wpack_free(const dq_context *ctx, void *kernel)
     dq__wpack *wp = kernel;
     if (!wp)
         return;
-    dq__free(ctx, wp->codes);
-    dq__free(ctx, wp->meta);
+    if (!(wp->flags & DQ__WPACK_BORROWED_CODES))
+        dq__free(ctx, wp->codes);
+    if (!(wp->flags & DQ__WPACK_BORROWED_META))
+        dq__free(ctx, wp->meta);
     dq__free(ctx, wp);
 }
 
@@ -59,69 +61,117 @@ static int64_t steps_of(int64_t len)
     return (len + DQ_GEMM_STEP - 1) / DQ_GEMM_STEP;
 }
 
-void dq__gemm_prepare(dq__wprep *w)
+dq_status dq__wpack_layout(int32_t bits, int64_t rows, int64_t cols, int64_t group_len,
+                           dq__wpack *wp)
 {
-    if (!w || w->kernel || (w->bits != 4 && w->bits != 8) || w->rows <= 0 || w->cols <= 0 ||
-        w->group_len <= 0 || w->groups <= 0)
-        return;
-    if (!dq__gemm_isa_supported(DQ_GEMM_ISA_AVX2) && !dq__gemm_isa_supported(DQ_GEMM_ISA_AVX512))
-        return;
-    const dq_context *ctx = &w->ctx;
-    dq__wpack *wp = dq__calloc(ctx, 1, sizeof *wp);
-    if (!wp)
-        return;
-    wp->bits = w->bits;
-    wp->blocks = (w->rows + DQ_GEMM_BLOCK - 1) / DQ_GEMM_BLOCK;
-    wp->groups = w->groups;
-    wp->group_steps = steps_of(w->group_len);
-    const int64_t last_len = w->cols - (w->groups - 1) * w->group_len;
-    wp->last_steps = steps_of(last_len);
-    wp->steps = (w->groups - 1) * wp->group_steps + wp->last_steps;
-    wp->step_bytes = w->bits == 4 ? 64 : 128;
+    memset(wp, 0, sizeof *wp);
+    if ((bits != 4 && bits != 8) || rows <= 0 || cols <= 0 || group_len <= 0 ||
+        group_len > cols)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "bits %d, %lld x %lld, groups of %lld",
+                       (int)bits, (long long)rows, (long long)cols, (long long)group_len);
+    /* Bounds that keep every count below in int64 (files may declare any shape). */
+    if (rows > INT64_MAX / 2 || cols > INT64_MAX / 256)
+        return DQ_FAIL(NULL, DQ_ERR_OVERFLOW, "%lld x %lld", (long long)rows, (long long)cols);
+    const int64_t groups = cols / group_len + (cols % group_len != 0);
+    wp->bits = bits;
+    wp->blocks = (rows + DQ_GEMM_BLOCK - 1) / DQ_GEMM_BLOCK;
+    wp->groups = groups;
+    wp->group_steps = steps_of(group_len);
+    wp->last_steps = steps_of(cols - (groups - 1) * group_len);
+    wp->steps = (groups - 1) * wp->group_steps + wp->last_steps;
+    wp->step_bytes = bits == 4 ? 64 : 128;
     wp->block_bytes = wp->steps * wp->step_bytes;
-    size_t code_bytes, meta_count;
-    if (!dq__mul_size((size_t)wp->blocks, (size_t)wp->block_bytes, &code_bytes) ||
-        !dq__mul_size((size_t)wp->blocks, (size_t)wp->groups, &meta_count))
-        goto fail;
-    wp->codes = dq__calloc(ctx, code_bytes, 1);
-    wp->meta = dq__calloc(ctx, meta_count, sizeof *wp->meta);
-    if (!wp->codes || !wp->meta)
-        goto fail;
+    if (!dq__mul_size((size_t)wp->blocks, (size_t)wp->block_bytes, &wp->code_bytes) ||
+        !dq__mul_size((size_t)wp->blocks, (size_t)groups, &wp->meta_count) ||
+        wp->meta_count > SIZE_MAX / sizeof(dq__gemm_meta))
+        return DQ_FAIL(NULL, DQ_ERR_OVERFLOW, "%lld x %lld", (long long)rows, (long long)cols);
+    return DQ_OK;
+}
 
-    const int32_t code_bias = w->bits == 4 ? 8 : 0;
-    for (int64_t r = 0; r < w->rows; r++) {
-        const int64_t blk = r / DQ_GEMM_BLOCK, o = r % DQ_GEMM_BLOCK;
-        uint8_t *dst = wp->codes + (size_t)blk * (size_t)wp->block_bytes;
-        const int8_t *src = w->codes + (size_t)r * (size_t)w->code_ld;
-        for (int64_t g = 0; g < w->groups; g++) {
-            const int64_t start = g * w->group_len;
-            const int64_t len = g + 1 < w->groups ? w->group_len : last_len;
-            const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
-            for (int64_t k = 0; k < len; k++) {
-                const int64_t kp = kp0 + k;
-                const int64_t s = kp / DQ_GEMM_STEP, half = (kp % DQ_GEMM_STEP) / 4, lane = kp % 4;
-                const int32_t c = src[start + k];
-                if (w->bits == 4)
-                    dst[s * 64 + 4 * o + lane] |= (uint8_t)((c + code_bias) << (4 * half));
-                else
-                    dst[s * 128 + half * 64 + 4 * o + lane] = (uint8_t)(int8_t)c;
-            }
-            const size_t i = (size_t)r * (size_t)w->groups + (size_t)g;
-            dq__gemm_meta *m = &wp->meta[(size_t)blk * (size_t)wp->groups + (size_t)g];
-            const int32_t zw = w->zeros[i];
-            const int64_t abs_zw = zw < 0 ? -(int64_t)zw : zw;
-            wp->max_abs_zero = abs_zw > wp->max_abs_zero ? abs_zw : wp->max_abs_zero;
-            m->scale[o] = w->scales[i];
-            m->zero[o] = (int32_t)((uint32_t)zw + (uint32_t)code_bias);
-            /* Wrapping arithmetic: the kernels' sums are exact modulo 2^32. */
-            m->corr[o] = (int32_t)((uint32_t)w->code_sums[i] - (uint32_t)len * (uint32_t)zw);
-        }
+dq_status dq__wpack_create(const dq__wprep *w, const uint8_t *codes, const dq__gemm_meta *meta,
+                           dq__wpack **out)
+{
+    *out = NULL;
+    dq__wpack layout;
+    dq_status st = dq__wpack_layout(w->bits, w->rows, w->cols, w->group_len, &layout);
+    if (st != DQ_OK)
+        return st;
+    const dq_context *ctx = &w->ctx;
+    dq__wpack *wp = dq__alloc(ctx, sizeof *wp);
+    if (!wp)
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "repacked weights");
+    *wp = layout;
+    if (codes) {
+        wp->codes = (uint8_t *)(uintptr_t)codes;
+        wp->flags |= DQ__WPACK_BORROWED_CODES;
+    } else {
+        wp->codes = dq__calloc(ctx, wp->code_bytes, 1);
     }
+    if (meta) {
+        wp->meta = (dq__gemm_meta *)(uintptr_t)meta;
+        wp->flags |= DQ__WPACK_BORROWED_META;
+    } else {
+        wp->meta = dq__calloc(ctx, wp->meta_count, sizeof *wp->meta);
+    }
+    if (!wp->codes || !wp->meta) {
+        wpack_free(ctx, wp);
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "repacked weights: %zu code bytes, %zu records",
+                       layout.code_bytes, layout.meta_count);
+    }
+    *out = wp;
+    return DQ_OK;
+}
+
+void dq__wpack_attach(dq__wprep *w, dq__wpack *wp)
+{
     w->kernel = wp;
     w->kernel_free = wpack_free;
-    return;
-fail:
-    wpack_free(ctx, wp);
+}
+
+void dq__wpack_store_row(const dq__wprep *w, dq__wpack *wp, int64_t r, const int8_t *src,
+                         const float *scales, const int32_t *zeros, const int32_t *code_sums)
+{
+    const int32_t code_bias = w->bits == 4 ? 8 : 0;
+    const int64_t last_len = w->cols - (w->groups - 1) * w->group_len;
+    const int64_t blk = r / DQ_GEMM_BLOCK, o = r % DQ_GEMM_BLOCK;
+    uint8_t *dst = wp->codes + (size_t)blk * (size_t)wp->block_bytes;
+    for (int64_t g = 0; g < w->groups; g++) {
+        const int64_t start = g * w->group_len;
+        const int64_t len = g + 1 < w->groups ? w->group_len : last_len;
+        const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
+        for (int64_t k = 0; k < len; k++) {
+            const int64_t kp = kp0 + k;
+            const int64_t s = kp / DQ_GEMM_STEP, half = (kp % DQ_GEMM_STEP) / 4, lane = kp % 4;
+            const int32_t c = src[start + k];
+            if (w->bits == 4)
+                dst[s * 64 + 4 * o + lane] |= (uint8_t)((c + code_bias) << (4 * half));
+            else
+                dst[s * 128 + half * 64 + 4 * o + lane] = (uint8_t)(int8_t)c;
+        }
+        dq__gemm_meta *m = &wp->meta[(size_t)blk * (size_t)wp->groups + (size_t)g];
+        const int32_t zw = zeros[g];
+        const int64_t abs_zw = zw < 0 ? -(int64_t)zw : zw;
+        wp->max_abs_zero = abs_zw > wp->max_abs_zero ? abs_zw : wp->max_abs_zero;
+        m->scale[o] = scales[g];
+        m->zero[o] = (int32_t)((uint32_t)zw + (uint32_t)code_bias);
+        /* Wrapping arithmetic: the kernels' sums are exact modulo 2^32. */
+        m->corr[o] = (int32_t)((uint32_t)code_sums[g] - (uint32_t)len * (uint32_t)zw);
+    }
+}
+
+void dq__gemm_prepare(dq__wprep *w)
+{
+    if (!w || w->kernel || !w->codes || !w->scales || !w->zeros || !w->code_sums)
+        return;
+    dq__wpack *wp;
+    if (dq__wpack_create(w, NULL, NULL, &wp) != DQ_OK)
+        return;
+    for (int64_t r = 0; r < w->rows; r++) {
+        const size_t gi = (size_t)r * (size_t)w->groups;
+        dq__wpack_store_row(w, wp, r, w->codes + (size_t)r * (size_t)w->code_ld, w->scales + gi,
+                            w->zeros + gi, w->code_sums + gi);
+    }
+    dq__wpack_attach(w, wp);
 }
 
 /* ---- activation tiles ---- */
@@ -215,21 +265,6 @@ static void compute_part(void *arg, int32_t part, int32_t n)
 
 /* ---- portable kernels on threads ---- */
 
-/* Output rows [b, e) of w as a prepared matrix of their own (shared storage, no repacked form):
- * every output is computed on its own, so any split gives the same bits. */
-static dq__wprep row_view(const dq__wprep *w, int64_t b, int64_t e)
-{
-    dq__wprep v = *w;
-    v.rows = e - b;
-    v.codes += (size_t)b * (size_t)w->code_ld;
-    v.scales += (size_t)b * (size_t)w->groups;
-    v.zeros += (size_t)b * (size_t)w->groups;
-    v.code_sums += (size_t)b * (size_t)w->groups;
-    v.kernel = NULL;
-    v.kernel_free = NULL;
-    return v;
-}
-
 typedef struct ref_job {
     const dq__wprep *w;
     const dq__aq *a;        /* integer product, or */
@@ -244,15 +279,14 @@ static void ref_part(void *arg, int32_t part, int32_t n)
 {
     const ref_job *j = arg;
     int64_t b, e;
+    /* Every output is computed on its own, so any split gives the same bits. */
     dq__split(j->w->rows, part, n, &b, &e);
     if (b >= e)
         return;
-    const dq__wprep v = row_view(j->w, b, e);
-    const float *bias = j->bias ? j->bias + b : NULL;
     if (j->a)
-        dq__gemm_w_a_ref(&v, j->a, bias, j->y + b, j->ldy);
+        dq__gemm_w_a_ref_rows(j->w, j->a, j->bias, j->y, j->ldy, b, e);
     else
-        dq__gemm_w_f32_ref(&v, j->x, j->rows, j->ldx, bias, j->y + b, j->ldy);
+        dq__gemm_w_f32_ref_rows(j->w, j->x, j->rows, j->ldx, j->bias, j->y, j->ldy, b, e);
 }
 
 /* Output rows per thread below which the portable kernels stay on one thread. */

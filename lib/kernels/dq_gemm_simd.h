@@ -1,7 +1,8 @@
 /* Private interface of the SIMD integer products: the repacked weight layout they share, the
  * packed activation tiles, the per-ISA tile kernels and the dispatch entry points.
  *
- * Weights (built once by dq__gemm_prepare, kept behind dq__wprep.kernel): output rows in blocks
+ * Weights (built once by dq__wprep_create or dq__gemm_prepare, kept behind dq__wprep.kernel;
+ * read by every kernel, the portable ones included): output rows in blocks
  * of 16; within a block, k runs in steps of 8 and every group is padded to whole steps with
  * zero codes, so no step straddles two groups. One step of one block is
  *   4-bit: 64 bytes; byte 4*o + r holds c+8 of (output o, k = 8s + r) in its low nibble and of
@@ -51,7 +52,9 @@ typedef struct dq__gemm_meta {
     int32_t corr[DQ_GEMM_BLOCK]; /* sum c - n * zw */
 } dq__gemm_meta;
 
-/* The repacked weights. */
+/* The repacked weights: the one form every kernel reads, the portable ones included. codes and
+ * meta are owned, or borrowed from caller memory (a mapped file) that must outlive them. */
+enum { DQ__WPACK_BORROWED_CODES = 1, DQ__WPACK_BORROWED_META = 2 };
 typedef struct dq__wpack {
     int64_t blocks;       /* ceil(rows / 16) */
     int64_t groups;
@@ -64,7 +67,37 @@ typedef struct dq__wpack {
     int64_t max_abs_zero; /* largest |zw|: with it, calls check that no group sum overflows */
     uint8_t *codes;       /* blocks * block_bytes */
     dq__gemm_meta *meta;  /* blocks * groups */
+    size_t code_bytes;    /* blocks * block_bytes */
+    size_t meta_count;    /* blocks * groups */
+    uint32_t flags;       /* DQ__WPACK_BORROWED_* */
 } dq__wpack;
+
+/* The sizes of the repacked form of a rows x cols matrix (group_len <= cols elements per
+ * group): fills every field of *wp but codes, meta, max_abs_zero and flags. */
+dq_status dq__wpack_layout(int32_t bits, int64_t rows, int64_t cols, int64_t group_len,
+                           dq__wpack *wp);
+/* A repacked form for w's shape: codes and meta borrowed when given (codes any alignment, meta
+ * aligned for its members), else allocated and zeroed. */
+dq_status dq__wpack_create(const dq__wprep *w, const uint8_t *codes, const dq__gemm_meta *meta,
+                           dq__wpack **out);
+/* Stores output row r: src holds its cols signed codes (the shifted space of dq_gemm.h), then
+ * per group the scale, the zero point zw and the code sum. wp->codes must start zeroed. */
+void dq__wpack_store_row(const dq__wprep *w, dq__wpack *wp, int64_t r, const int8_t *src,
+                         const float *scales, const int32_t *zeros, const int32_t *code_sums);
+/* Stored code of lane o of a block (blk: its first byte), padded position kp: 0..15 (4 bits,
+ * code + 8) or the signed code (8 bits). Minus the meta's zero point (zw plus the same bias)
+ * it is c - zw. */
+static inline int32_t dq__wpack_stored(const dq__wpack *wp, const uint8_t *blk, int64_t o,
+                                       int64_t kp)
+{
+    const int64_t s = kp / DQ_GEMM_STEP, half = (kp % DQ_GEMM_STEP) / 4, lane = kp % 4;
+    if (wp->bits == 4)
+        return (blk[s * 64 + 4 * o + lane] >> (4 * half)) & 0xF;
+    return (int8_t)blk[s * 128 + half * 64 + 4 * o + lane];
+}
+
+/* Hands wp to w (w->kernel, freed by dq__wprep_free). */
+void dq__wpack_attach(dq__wprep *w, dq__wpack *wp);
 
 /* Activation tiles as the kernels read them: codes of token t0 + i (tile t0 / 8), padded
  * position k = 8 s + 4 h + r are at codes + t0 / 8 * tile_stride + i * token_stride
@@ -84,8 +117,8 @@ int32_t dq__gemm_isa_best(void);
 /* True when the CPU can run kernels of that instruction set. */
 bool dq__gemm_isa_supported(int32_t isa);
 
-/* Build w->kernel from w's codes, scales, zeros and code sums when some SIMD kernel can use
- * it; leaves it NULL otherwise (or when out of memory: the portable kernels need nothing). */
+/* Build w->kernel from the unpacked source fields of hand-built weights (codes, scales, zeros,
+ * code sums); leaves it NULL when they are missing or memory runs out. */
 void dq__gemm_prepare(dq__wprep *w);
 
 /* The dispatched product forced to one instruction set. An ISA the CPU lacks, or one that

@@ -4,6 +4,7 @@
 
 #include "dq_gemm.h"
 #include "dq_internal.h"
+#include "dq_linear.h"
 #include "dq_online.h"
 
 /* The first released layout ends after act_clip_ratio. */
@@ -81,16 +82,31 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
         return DQ_ERR_NONFINITE;
 
     const dq_context *c = dq__ctx(ctx);
+    dq__wprep *w = NULL;
+    if ((st = dq__wprep_create(c, weights, &w)) != DQ_OK)
+        return st;
+    return dq__linear_create_prepared(c, &p, plan, w, bias, out);
+}
+
+dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_params *p,
+                                     const dq_plan *plan, dq__wprep *w, const float *bias,
+                                     dq_linear **out)
+{
+    *out = NULL;
+    const dq_context *c = dq__ctx(ctx);
+    dq_status st = DQ_OK;
+    const int64_t rows = w->rows, cols = w->cols;
     dq_linear *lin = dq__calloc(c, 1, sizeof *lin);
-    if (!lin)
-        return DQ_ERR_NOMEM;
+    if (!lin) {
+        dq__wprep_free(w);
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "layer");
+    }
     lin->ctx = *c;
-    if ((st = dq__wprep_create(c, weights, &lin->w)) != DQ_OK)
-        goto fail;
+    lin->w = w;
     if (bias) {
         lin->bias = dq__alloc(c, (size_t)rows * sizeof(float));
         if (!lin->bias) {
-            st = DQ_ERR_NOMEM;
+            st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "bias of %lld floats", (long long)rows);
             goto fail;
         }
         memcpy(lin->bias, bias, (size_t)rows * sizeof(float));
@@ -103,14 +119,32 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
         goto fail;
     lin->in_features = cols;
     lin->out_features = rows;
-    lin->act_bits = p.act_bits;
-    lin->act_scheme = p.act_scheme;
-    lin->act_clip = p.act_clip_ratio;
+    lin->act_bits = p->act_bits;
+    lin->act_scheme = p->act_scheme;
+    lin->act_clip = p->act_clip_ratio;
     *out = lin;
     return DQ_OK;
 fail:
     dq_linear_free(lin);
     return st;
+}
+
+const dq__wprep *dq__linear_weights(const dq_linear *lin)
+{
+    return lin->w;
+}
+
+void dq__linear_act(const dq_linear *lin, int32_t *act_bits, int32_t *act_scheme,
+                    float *act_clip)
+{
+    *act_bits = lin->act_bits;
+    *act_scheme = lin->act_scheme;
+    *act_clip = lin->act_clip;
+}
+
+const float *dq__linear_bias(const dq_linear *lin)
+{
+    return lin->bias;
 }
 
 DQ_API void dq_linear_free(dq_linear *lin)

@@ -70,9 +70,11 @@ static bool clips_valid(const float *c, size_t n)
     return true;
 }
 
-DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params, const float *w,
-                                 int64_t rows, int64_t cols, int64_t ldw, const float *clip_hi,
-                                 const float *clip_lo, dq_qmatrix **out)
+/* n_clip: the length of clip_hi and clip_lo, rows * groups (one factor per group) or rows (one
+ * per row, for each of its groups); -1 = rows * groups, unchecked (dq_qmatrix_pack). */
+static dq_status pack(dq_context *ctx, const dq_quant_params *params, const float *w,
+                      int64_t rows, int64_t cols, int64_t ldw, const float *clip_hi,
+                      const float *clip_lo, int64_t n_clip, dq_qmatrix **out)
 {
     if (!out)
         return DQ_ERR_INVALID_ARG;
@@ -90,8 +92,14 @@ DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params,
         !dq__mul_size((size_t)rows, (size_t)groups, &ngroups) ||
         !dq__mul_size(ngroups, sizeof(float), &gbytes))
         return DQ_ERR_OVERFLOW;
-    if (!clips_valid(clip_hi, ngroups) || !clips_valid(clip_lo, ngroups))
-        return DQ_ERR_INVALID_ARG;
+    const bool per_row = n_clip >= 0 && n_clip != (int64_t)ngroups && n_clip == rows;
+    if ((clip_hi || clip_lo) && n_clip >= 0 && n_clip != (int64_t)ngroups && n_clip != rows)
+        return DQ_FAIL(ctx, DQ_ERR_SHAPE,
+                       "n_clip %lld: expected %lld (rows * groups_per_row) or %lld (rows)",
+                       (long long)n_clip, (long long)ngroups, (long long)rows);
+    const size_t nclip = per_row ? (size_t)rows : ngroups;
+    if (!clips_valid(clip_hi, nclip) || !clips_valid(clip_lo, nclip))
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "clip factors: each must be in (0, 1]");
     if (!dq__all_finite(w, rows, cols, ldw))
         return DQ_ERR_NONFINITE;
 
@@ -125,8 +133,9 @@ DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params,
             size_t gi = (size_t)i * (size_t)groups + (size_t)g;
             int64_t j0 = g * group_len;
             int64_t n = cols - j0 < group_len ? cols - j0 : group_len;
-            float hi = clip_hi ? clip_hi[gi] : p.clip_ratio;
-            float lo = clip_lo ? clip_lo[gi] : p.clip_ratio;
+            const size_t ci = per_row ? (size_t)i : gi;
+            float hi = clip_hi ? clip_hi[ci] : p.clip_ratio;
+            float lo = clip_lo ? clip_lo[ci] : p.clip_ratio;
             float scale, zero;
             dq__quant_params(spec, src + j0, n, hi, lo, &scale, &zero);
             q->scales[gi] = scale;
@@ -138,6 +147,28 @@ DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params,
     }
     *out = q;
     return DQ_OK;
+}
+
+DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params, const float *w,
+                                 int64_t rows, int64_t cols, int64_t ldw, const float *clip_hi,
+                                 const float *clip_lo, dq_qmatrix **out)
+{
+    return pack(ctx, params, w, rows, cols, ldw, clip_hi, clip_lo, -1, out);
+}
+
+DQ_API dq_status dq_qmatrix_pack_clipped(dq_context *ctx, const dq_quant_params *params,
+                                         const float *w, int64_t rows, int64_t cols, int64_t ldw,
+                                         const float *clip_hi, const float *clip_lo,
+                                         int64_t n_clip, dq_qmatrix **out)
+{
+    if (out)
+        *out = NULL;
+    if (n_clip < 0)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "n_clip %lld < 0", (long long)n_clip);
+    if (!clip_hi && !clip_lo && n_clip != 0)
+        return DQ_FAIL(ctx, DQ_ERR_SHAPE, "n_clip %lld with no clip arrays (expected 0)",
+                       (long long)n_clip);
+    return pack(ctx, params, w, rows, cols, ldw, clip_hi, clip_lo, n_clip, out);
 }
 
 DQ_API void dq_qmatrix_free(dq_qmatrix *q)

@@ -1,0 +1,21 @@
+/* Private interface of dq_linear for the file code: layers built from prepared weights (which
+ * may borrow a mapped file) and what a writer reads back from a layer. */
+#ifndef DQ_LINEAR_H
+#define DQ_LINEAR_H
+
+#include "dq_gemm.h"
+
+/* A layer over prepared weights w, which it takes over (freed on failure too). p must already
+ * be valid (read through dq__params_read and checked); bias (w->rows floats, finite) is copied,
+ * plan borrowed as in dq_linear_create. */
+dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_params *p,
+                                     const dq_plan *plan, dq__wprep *w, const float *bias,
+                                     dq_linear **out);
+
+/* The layer's prepared weights, its activation settings and its bias (NULL when none). */
+const dq__wprep *dq__linear_weights(const dq_linear *lin);
+void dq__linear_act(const dq_linear *lin, int32_t *act_bits, int32_t *act_scheme,
+                    float *act_clip);
+const float *dq__linear_bias(const dq_linear *lin);
+
+#endif
