@@ -116,6 +116,7 @@ DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params,
     q->groups_per_row = groups;
     q->row_bytes = row_bytes;
     q->nbytes = nbytes;
+    q->plan_fingerprint = p.plan_fingerprint;
 
     const dq__qspec spec = {p.bits, p.scheme};
     for (int64_t i = 0; i < rows; i++) {
