@@ -219,6 +219,37 @@ START_TEST(fingerprint_follows_contents)
 }
 END_TEST
 
+/* The definition is part of the file format (doc/formats.md): these values are computed from
+ * it independently and hold on every platform. */
+START_TEST(fingerprint_is_pinned)
+{
+    enum { C = 12 };
+    float smooth[C], h4[16];
+    int64_t perm[C];
+    for (int j = 0; j < C; j++) {
+        smooth[j] = 1.0f + (float)j / 8.0f;
+        perm[j] = (j / 4) * 4 + 3 - j % 4;
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+            int bits = i & j;
+            h4[i * 4 + j] = ((bits ^ (bits >> 1)) & 1) ? -0.5f : 0.5f;
+        }
+    dq_rotation *r = NULL;
+    ck_assert_int_eq(dq_rotation_from_matrices(NULL, C, 4, 0, h4, 16, &r), DQ_OK);
+    const dq_rotation *rs[2] = {r, r};
+    const int64_t *ps[1] = {perm};
+    dq_plan *pl = NULL, *id = NULL;
+    ck_assert_int_eq(dq_plan_assemble(NULL, C, smooth, 2, rs, ps, &pl), DQ_OK);
+    ck_assert_int_eq(dq_plan_assemble(NULL, C, NULL, 0, NULL, NULL, &id), DQ_OK);
+    ck_assert_uint_eq(fp_of(pl), 0x387ed1f7b1cf8e72ull);
+    ck_assert_uint_eq(fp_of(id), 0xac18ee24725fb375ull);
+    dq_rotation_free(r);
+    dq_plan_free(pl);
+    dq_plan_free(id);
+}
+END_TEST
+
 /* ---- packing ---- */
 
 START_TEST(packing_records_the_plan)
@@ -610,6 +641,7 @@ int main(void)
     TCase *tc = tcase_create("binding");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, fingerprint_follows_contents);
+    tcase_add_test(tc, fingerprint_is_pinned);
     tcase_add_test(tc, packing_records_the_plan);
     tcase_add_test(tc, layer_refuses_another_plan);
     tcase_add_test(tc, unbound_weights_warn);
