@@ -888,18 +888,26 @@ DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path);
  *  activation parameters p (NULL = defaults) and, optionally, the prefix of the plan it reads
  *  (plan_prefix, stored as metadata; the plan itself is added once with
  *  dq_file_writer_add_plan, since layers reading one input share it). The arguments are
- *  checked as dq_linear_create checks them. All or nothing.
- *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_NOMEM,
- *  DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
+ *  checked as dq_linear_create checks them. All or nothing. Since 1.2 the plan is checked
+ *  too: plan_prefix must name a plan added to this writer before, the one the weights were
+ *  transformed by (same fingerprint), and weights that record a plan need a plan_prefix;
+ *  otherwise DQ_ERR_MISMATCH. Weights packed without a fingerprint are added with a
+ *  DQ_LOG_WARN line.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_MISMATCH, DQ_ERR_NONFINITE,
+ *  DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
 DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix,
                                            const dq_linear_params *p, const char *plan_prefix,
                                            const dq_qmatrix *weights, const float *bias);
 
-/** @brief Create the linear layer stored under prefix with the given plan (borrowed as by
+/** @brief Create the linear layer stored under prefix with the given plan (referenced as by
  *  dq_linear_create; NULL = identity; load it with dq_file_reader_get_plan from the prefix in
- *  the layer's "<prefix>.plan" metadata).
+ *  the layer's "<prefix>.plan" metadata). Since 1.2, when the layer names a plan, plan must
+ *  have the fingerprint of the plan stored under that name (files written before 1.2
+ *  included), and the weights' recorded fingerprint is checked as by dq_linear_create.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (plan width differs from the weights'),
- *  DQ_ERR_FORMAT, DQ_ERR_NONFINITE, DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM. @since 1.0 */
+ *  DQ_ERR_MISMATCH (another plan, or none, than the layer's), DQ_ERR_FORMAT (also: the plan
+ *  the layer names does not load), DQ_ERR_NONFINITE, DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM.
+ *  @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_get_linear(const dq_file_reader *r,
                                                         dq_context *ctx, const char *prefix,
                                                         const dq_plan *plan, dq_linear **out);

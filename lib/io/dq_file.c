@@ -949,7 +949,8 @@ static dq_status read_plan_fingerprint(const dq_file_reader *r, const char *pref
     *fp = 0;
     char *key = join(&r->ctx, prefix, "plan_fingerprint");
     if (!key)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(&r->ctx, DQ_ERR_NOMEM, "no memory for the key '%s.plan_fingerprint'",
+                       prefix);
     const char *v = dq__st_meta_find(&r->f, key);
     dq__free(&r->ctx, key);
     if (!v)
