@@ -120,8 +120,12 @@ static dq_qmatrix *quantize_layer(const layer_def *l, const dq_plan *plan, const
     CHECK(dq_lwc_factors(lwc, hi, lo, l->out));
     dq_lwc_free(lwc);
 
+    /* 4-bit asym, bound to the plan: layers refuse any other plan (DQ_ERR_MISMATCH). */
+    dq_quant_params qp;
+    dq_quant_params_init(&qp, sizeof qp);
+    CHECK(dq_plan_fingerprint(plan, &qp.plan_fingerprint));
     dq_qmatrix *q = NULL;
-    CHECK(dq_qmatrix_pack(NULL, NULL, wt, l->out, WIDTH, WIDTH, hi, lo, &q)); /* 4-bit asym */
+    CHECK(dq_qmatrix_pack(NULL, &qp, wt, l->out, WIDTH, WIDTH, hi, lo, &q));
     free(hi), free(lo), free(wt);
     return q;
 }
@@ -195,7 +199,7 @@ static double run_model(const layer_def *layers, int n_layers, const char *path,
     char plan_prefix[64], key[64];
     snprintf(key, sizeof key, "%s.plan", layers[0].name);
     CHECK(dq_file_reader_metadata(fr, key, plan_prefix, sizeof plan_prefix, NULL));
-    dq_plan *plan = NULL; /* shared by the layers: free it after them */
+    dq_plan *plan = NULL; /* shared by the layers, each keeps it alive: free it any time */
     CHECK(dq_file_reader_get_plan(fr, NULL, plan_prefix, &plan));
 
     double worst = 0;

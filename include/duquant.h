@@ -380,7 +380,8 @@ DQ_API dq_status dq_permutation_zigzag(const float *key, int64_t n, int32_t bloc
 /* plan bit for bit whatever the thread counts. Applying uses BLAS (fast; the last bits may    */
 /* follow the BLAS library's own choices).                                                     */
 /* OWNERSHIP: inputs are borrowed for the call; a plan owns copies of all its parts; pointers  */
-/* from dq_plan_rotation stay valid until dq_plan_free.                                        */
+/* from dq_plan_rotation stay valid until the plan is freed (dq_plan_free drops the caller's   */
+/* reference; layers keep their own).                                                          */
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct dq_plan dq_plan;
@@ -454,7 +455,9 @@ DQ_API DQ_NODISCARD dq_status dq_plan_assemble(dq_context *ctx, int64_t cols,
                                                const int64_t *const *permutations,
                                                dq_plan **out);
 
-/** @brief Release a plan; NULL is a no-op. @since 1.0 */
+/** @brief Release the caller's reference to a plan; NULL is a no-op. Layers created with the
+ *  plan hold references of their own (since 1.2): the plan is freed with the last one. Thread
+ *  safe against layers of the plan being freed at the same time. @since 1.0 */
 DQ_API void dq_plan_free(dq_plan *pl);
 
 /** @brief Number of channels the plan acts on. @since 1.0 */
@@ -520,6 +523,10 @@ typedef struct dq_quant_params {
     int32_t scheme;       /**< DQ_QUANT_ASYM (default) or DQ_QUANT_SYM */
     int32_t group_size;   /**< elements per group along a row; 0 = whole row (default) */
     float clip_ratio;     /**< fixed clip factor in (0, 1] applied to min and max; default 1 */
+    /** Fingerprint (dq_plan_fingerprint) of the plan the weights were transformed by, recorded
+     *  in the packed matrix so that dq_linear_create can check the layer's plan; 0 (default) =
+     *  packed without a plan. dq_qmatrix_pack_transformed fills it itself. @since 1.2 */
+    uint64_t plan_fingerprint;
 } dq_quant_params;
 
 /** @brief Fill p with defaults (4-bit asymmetric, whole rows, no clipping). @since 1.0 */
@@ -596,6 +603,42 @@ DQ_API dq_status dq_qmatrix_unpack_codes(const dq_qmatrix *q, int32_t *codes, in
 
 /** @brief Write the dequantized values to a rows x cols float matrix (ldo >= cols). @since 1.0 */
 DQ_API dq_status dq_qmatrix_dequantize(const dq_qmatrix *q, float *out, int64_t ldo);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Plan binding (@since 1.2)                                                                   */
+/* Weights transformed by a plan only work with that plan. A plan's fingerprint is a 64-bit    */
+/* hash of its contents (width, layout, smoothing scales, every rotation matrix, every         */
+/* permutation), the same on every platform, for plans built, assembled or loaded from a file  */
+/* with the same contents. Packed matrices record the fingerprint of the plan their weights    */
+/* were transformed by; dq_linear_create and the file functions refuse a plan whose            */
+/* fingerprint differs (DQ_ERR_MISMATCH).                                                      */
+/* THREAD SAFETY: all functions here read const objects and may run concurrently.             */
+/* ------------------------------------------------------------------------------------------ */
+
+/** @brief The plan's fingerprint: never 0. Computed from the contents on each call (a pass
+ *  over the rotation matrices).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL argument). @since 1.2 */
+DQ_API dq_status dq_plan_fingerprint(const dq_plan *pl, uint64_t *out);
+
+/** @brief The fingerprint recorded in a packed matrix: the plan its weights were transformed
+ *  by, 0 when packed without one.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL argument). @since 1.2 */
+DQ_API dq_status dq_qmatrix_plan_fingerprint(const dq_qmatrix *q, uint64_t *out);
+
+/** @brief Transform a copy of w (rows x cols, ldw; untouched) by plan (W * G^-T, as
+ *  dq_plan_transform_weight does) and pack it as dq_qmatrix_pack does, recording the plan's
+ *  fingerprint. clip_hi, clip_lo as for dq_qmatrix_pack (e.g. learned by LWC on the
+ *  transformed weights). p->plan_fingerprint must be 0 or the plan's.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (cols differs from the plan's width),
+ *  DQ_ERR_MISMATCH (p names another plan), DQ_ERR_NONFINITE, DQ_ERR_NOMEM, DQ_ERR_OVERFLOW,
+ *  DQ_ERR_STRUCT_SIZE, DQ_ERR_BLAS. @since 1.2 */
+DQ_API DQ_NODISCARD dq_status dq_qmatrix_pack_transformed(dq_context *ctx,
+                                                          const dq_quant_params *p,
+                                                          const dq_plan *plan, const float *w,
+                                                          int64_t rows, int64_t cols,
+                                                          int64_t ldw, const float *clip_hi,
+                                                          const float *clip_lo,
+                                                          dq_qmatrix **out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* LWC: learnable weight clipping                                                              */
@@ -711,9 +754,10 @@ DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo,
 /* integer codes with exact int32 accumulation and zero-point corrections, and rescales.       */
 /* THREAD SAFETY: a dq_linear is immutable after creation; any number of threads may call      */
 /* dq_linear_forward on one layer at once, each with its own workspace (or NULL).              */
-/* OWNERSHIP: the plan is BORROWED: it must outlive every layer created with it (layers that   */
-/* read the same input share one plan). The packed weights and the bias are COPIED: the caller */
-/* may free them after dq_linear_create returns.                                               */
+/* OWNERSHIP: the layer keeps a reference to its plan (since 1.2): the caller may free the     */
+/* plan at any time; it is released with the last layer using it (layers that read the same    */
+/* input share one plan). The packed weights and the bias are COPIED: the caller may free them */
+/* after dq_linear_create returns.                                                             */
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct dq_linear dq_linear;
@@ -730,17 +774,22 @@ typedef struct dq_linear_params {
 DQ_API dq_status dq_linear_params_init(dq_linear_params *p, size_t struct_size);
 
 /** @brief Create a layer.
- *  @param plan    borrowed transform for the input (NULL = identity); its width must equal the
- *                 weight's cols.
+ *  @param plan    transform for the input (NULL = identity), referenced by the layer; its
+ *                 width must equal the weight's cols. Since 1.2 it must be the plan the
+ *                 weights were transformed by: weights that record a plan fingerprint
+ *                 (dq_qmatrix_pack_transformed, dq_quant_params.plan_fingerprint) are refused
+ *                 with DQ_ERR_MISMATCH when plan is NULL or has another fingerprint; weights
+ *                 packed without one are accepted with a DQ_LOG_WARN line when plan is given.
  *  @param weights packed, already transformed weights (out_features x in_features); copied.
  *  @param bias    out_features floats or NULL; copied.
- *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
- *  DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_MISMATCH, DQ_ERR_NONFINITE,
+ *  DQ_ERR_OVERFLOW, DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *p,
                                               const dq_plan *plan, const dq_qmatrix *weights,
                                               const float *bias, dq_linear **out);
 
-/** @brief Release; NULL is a no-op (the plan is not freed). @since 1.0 */
+/** @brief Release; NULL is a no-op. Drops the layer's reference to its plan (the plan is
+ *  freed with its last reference). @since 1.0 */
 DQ_API void dq_linear_free(dq_linear *lin);
 
 /** @brief in_features, out_features. Either pointer may be NULL. @since 1.0 */
@@ -897,18 +946,26 @@ DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path);
  *  activation parameters p (NULL = defaults) and, optionally, the prefix of the plan it reads
  *  (plan_prefix, stored as metadata; the plan itself is added once with
  *  dq_file_writer_add_plan, since layers reading one input share it). The arguments are
- *  checked as dq_linear_create checks them. All or nothing.
- *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_NOMEM,
- *  DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
+ *  checked as dq_linear_create checks them. All or nothing. Since 1.2 the plan is checked
+ *  too: plan_prefix must name a plan added to this writer before, the one the weights were
+ *  transformed by (same fingerprint), and weights that record a plan need a plan_prefix;
+ *  otherwise DQ_ERR_MISMATCH. Weights packed without a fingerprint are added with a
+ *  DQ_LOG_WARN line.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_MISMATCH, DQ_ERR_NONFINITE,
+ *  DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
 DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix,
                                            const dq_linear_params *p, const char *plan_prefix,
                                            const dq_qmatrix *weights, const float *bias);
 
-/** @brief Create the linear layer stored under prefix with the given plan (borrowed as by
+/** @brief Create the linear layer stored under prefix with the given plan (referenced as by
  *  dq_linear_create; NULL = identity; load it with dq_file_reader_get_plan from the prefix in
- *  the layer's "<prefix>.plan" metadata).
+ *  the layer's "<prefix>.plan" metadata). Since 1.2, when the layer names a plan, plan must
+ *  have the fingerprint of the plan stored under that name (files written before 1.2
+ *  included), and the weights' recorded fingerprint is checked as by dq_linear_create.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (plan width differs from the weights'),
- *  DQ_ERR_FORMAT, DQ_ERR_NONFINITE, DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM. @since 1.0 */
+ *  DQ_ERR_MISMATCH (another plan, or none, than the layer's), DQ_ERR_FORMAT (also: the plan
+ *  the layer names does not load), DQ_ERR_NONFINITE, DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM.
+ *  @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_get_linear(const dq_file_reader *r,
                                                         dq_context *ctx, const char *prefix,
                                                         const dq_plan *plan, dq_linear **out);

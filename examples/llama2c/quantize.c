@@ -324,6 +324,10 @@ static int quantize_linear(dq_context *ctx, const l2c_model *m, const l2c_calibr
     wq.bits = method->w_bits;
     wq.scheme = DQ_QUANT_ASYM;
     wq.clip_ratio = method->w_bits == 4 ? o->w_clip : 1.0f;
+    /* Bound to the plan that transformed them: the layer refuses any other. */
+    if (plan && check(dq_plan_fingerprint(plan, &wq.plan_fingerprint), "dq_plan_fingerprint", l,
+                      l2c_input_name(in)))
+        goto out;
     int learned = method->lwc && o->lwc_epochs > 0;
     if (learned && learn_clip(ctx, cal, plan, l, in, &wq, w, rows, cols, o, hi, lo,
                               method->a_bits))
@@ -390,7 +394,7 @@ void l2c_qmodel_free(l2c_qmodel *q)
         for (int32_t k = 0; q->layers && k < L2C_N_LINEARS; k++)
             dq_linear_free(q->layers[l][k]);
         for (int32_t in = 0; q->plans && in < L2C_N_INPUTS; in++)
-            dq_plan_free(q->plans[l][in]); /* after the layers that borrow it */
+            dq_plan_free(q->plans[l][in]); /* the layers held their own references */
     }
     free(q->lin);
     free(q->layers);

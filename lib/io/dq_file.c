@@ -2,6 +2,7 @@
  * container (dq_safetensors.c). Names and metadata keys are specified in doc/formats.md. */
 #define _POSIX_C_SOURCE 200809L
 #include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "dq_gemm_simd.h"
 #include "dq_internal.h"
 #include "dq_linear.h"
+#include "dq_plan_binding.h"
 #include "dq_qmatrix.h"
 #include "dq_safetensors.h"
 
@@ -34,6 +36,13 @@ struct dq_file_writer {
     size_t n, cap;
     dq__st_meta *meta;
     size_t n_meta, cap_meta;
+    /* Plans added so far (prefix, fingerprint): the layers added later must name one of them
+     * and match it. Not written to the file. */
+    struct writer_plan {
+        char *prefix;
+        uint64_t fingerprint;
+    } *plans;
+    size_t n_plans, cap_plans;
 };
 
 struct dq_file_reader {
@@ -191,6 +200,9 @@ DQ_API void dq_file_writer_free(dq_file_writer *w)
         return;
     dq_context c = w->ctx;
     truncate_writer(w, 0, 0);
+    for (size_t i = 0; i < w->n_plans; i++)
+        dq__free(&c, w->plans[i].prefix);
+    dq__free(&c, w->plans);
     dq__free(&c, w->e);
     dq__free(&c, w->meta);
     dq__free(&c, w);
@@ -402,6 +414,25 @@ static dq_status add_plan_parts(dq_file_writer *w, const char *prefix, const dq_
     return DQ_OK;
 }
 
+/* Records the fingerprint of the plan just added under prefix. */
+static dq_status remember_plan(dq_file_writer *w, const char *prefix, const dq_plan *pl)
+{
+    uint64_t fp;
+    dq_status st = dq__plan_fingerprint(&w->ctx, pl, &fp);
+    if (st != DQ_OK)
+        return DQ_FAIL(&w->ctx, st, "no scratch to fingerprint the plan '%s'", prefix);
+    if ((st = dq__st_grow(&w->ctx, (void **)&w->plans, &w->cap_plans, sizeof *w->plans,
+                          w->n_plans + 1)) != DQ_OK)
+        return DQ_FAIL(&w->ctx, st, "no memory to record the plan '%s'", prefix);
+    char *name = dup_str(&w->ctx, prefix);
+    if (!name)
+        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "no memory to record the plan '%s'", prefix);
+    w->plans[w->n_plans].prefix = name;
+    w->plans[w->n_plans].fingerprint = fp;
+    w->n_plans++;
+    return DQ_OK;
+}
+
 DQ_API dq_status dq_file_writer_add_plan(dq_file_writer *w, const char *prefix,
                                          const dq_plan *pl)
 {
@@ -409,6 +440,8 @@ DQ_API dq_status dq_file_writer_add_plan(dq_file_writer *w, const char *prefix,
         return DQ_ERR_INVALID_ARG;
     size_t n = w->n, n_meta = w->n_meta;
     dq_status st = add_plan_parts(w, prefix, pl);
+    if (st == DQ_OK)
+        st = remember_plan(w, prefix, pl);
     if (st != DQ_OK)
         truncate_writer(w, n, n_meta);
     return st;
@@ -425,6 +458,12 @@ static dq_status add_qmatrix_parts(dq_file_writer *w, const char *prefix, const 
                         q->scheme == DQ_QUANT_SYM ? "sym" : "asym")) != DQ_OK ||
         (st = push_meta_int(w, join(c, prefix, "group_size"), q->group_size)) != DQ_OK)
         return st;
+    if (q->plan_fingerprint) { /* absent: packed without a plan */
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016" PRIx64, q->plan_fingerprint);
+        if ((st = push_meta(w, join(c, prefix, "plan_fingerprint"), hex)) != DQ_OK)
+            return st;
+    }
     const int64_t pshape[2] = {q->rows, (int64_t)q->row_bytes};
     uint8_t *packed = dq__alloc(c, q->nbytes);
     if (packed)
@@ -964,6 +1003,38 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
     return st;
 }
 
+/* "<prefix>.plan_fingerprint": 16 lowercase hex digits, not all zero; absent (files written
+ * before 1.2, or weights packed without a plan) = 0. */
+static dq_status read_plan_fingerprint(const dq_file_reader *r, const char *prefix,
+                                       uint64_t *fp)
+{
+    *fp = 0;
+    char *key = join(&r->ctx, prefix, "plan_fingerprint");
+    if (!key)
+        return DQ_FAIL(&r->ctx, DQ_ERR_NOMEM, "no memory for the key '%s.plan_fingerprint'",
+                       prefix);
+    const char *v = dq__st_meta_find(&r->f, key);
+    dq__free(&r->ctx, key);
+    if (!v)
+        return DQ_OK;
+    uint64_t x = 0;
+    size_t n = 0;
+    for (; v[n] && n < 17; n++) {
+        char ch = v[n];
+        int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+        if (d < 0)
+            break;
+        x = x << 4 | (uint64_t)d;
+    }
+    if (n != 16 || v[n] || x == 0)
+        return DQ_FAIL(&r->ctx, DQ_ERR_FORMAT,
+                       "metadata '%s.plan_fingerprint' is '%.40s', want 16 lowercase hex "
+                       "digits, not all zero",
+                       prefix, v);
+    *fp = x;
+    return DQ_OK;
+}
+
 DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context *ctx,
                                             const char *prefix, dq_qmatrix **out)
 {
@@ -1031,6 +1102,9 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
     q->groups_per_row = groups;
     q->row_bytes = row_bytes;
     q->nbytes = tp->end - tp->begin;
+    if ((st = read_plan_fingerprint(r, prefix, &q->plan_fingerprint)) != DQ_OK)
+        goto out;
+    st = DQ_ERR_NOMEM;
     memcpy(q->packed, r->f.data + tp->begin, q->nbytes);
     decode_f32(q->scales, r->f.data + ts->begin, ng);
     if (tz)
@@ -1091,17 +1165,58 @@ static dq_status add_linear_parts(dq_file_writer *w, const char *prefix,
     return st;
 }
 
+/* The layer's plan must be a plan of this writer, the one its weights were transformed by. */
+static dq_status check_linear_plan(const dq_file_writer *w, const char *prefix,
+                                   const char *plan_prefix, uint64_t wfp)
+{
+    if (!plan_prefix) {
+        if (wfp)
+            return DQ_FAIL(&w->ctx, DQ_ERR_MISMATCH,
+                           "layer '%s': plan_prefix is NULL but its weights were transformed "
+                           "by plan %016" PRIx64,
+                           prefix, wfp);
+        return DQ_OK;
+    }
+    const struct writer_plan *found = NULL;
+    for (size_t i = 0; i < w->n_plans && !found; i++)
+        if (strcmp(w->plans[i].prefix, plan_prefix) == 0)
+            found = &w->plans[i];
+    if (!found)
+        return DQ_FAIL(&w->ctx, DQ_ERR_MISMATCH,
+                       "layer '%s': plan_prefix '%s' names no plan of this writer (add the plan "
+                       "first with dq_file_writer_add_plan)",
+                       prefix, plan_prefix);
+    if (!wfp) {
+        dq__log(&w->ctx, DQ_LOG_WARN,
+                "dq_file_writer_add_linear: layer '%s': weights packed without a plan "
+                "fingerprint: cannot check that plan '%s' (%016" PRIx64 ") transformed them",
+                prefix, plan_prefix, found->fingerprint);
+        return DQ_OK;
+    }
+    if (found->fingerprint != wfp)
+        return DQ_FAIL(&w->ctx, DQ_ERR_MISMATCH,
+                       "layer '%s': plan '%s' has fingerprint %016" PRIx64
+                       ", the weights were transformed by plan %016" PRIx64,
+                       prefix, plan_prefix, found->fingerprint, wfp);
+    return DQ_OK;
+}
+
 DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix,
                                            const dq_linear_params *p, const char *plan_prefix,
                                            const dq_qmatrix *weights, const float *bias)
 {
     if (!w || !weights || !valid_prefix(prefix) || (plan_prefix && !valid_name(plan_prefix)))
         return DQ_ERR_INVALID_ARG;
-    /* The layer's own checks decide what is valid; the params are then read as it reads them. */
+    /* The layer's own checks decide what is valid; the params are then read as it reads them.
+     * The plan is checked below by fingerprint, so the check sees the weights unbound. */
+    dq_qmatrix unbound = *weights;
+    unbound.plan_fingerprint = 0;
     dq_linear *lin = NULL;
-    dq_status st = dq_linear_create(NULL, p, NULL, weights, bias, &lin);
+    dq_status st = dq_linear_create(NULL, p, NULL, &unbound, bias, &lin);
     dq_linear_free(lin);
     if (st != DQ_OK)
+        return st;
+    if ((st = check_linear_plan(w, prefix, plan_prefix, weights->plan_fingerprint)) != DQ_OK)
         return st;
     dq_linear_params lp;
     dq_linear_params_init(&lp, sizeof lp);
@@ -1113,6 +1228,44 @@ DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix
     if (st != DQ_OK)
         truncate_writer(w, n, n_meta);
     return st;
+}
+
+/* A layer that names its plan ("<prefix>.plan") is loaded only with that plan: same
+ * fingerprint as the plan stored under that name. Works for files written before 1.2 too. */
+static dq_status check_named_plan(const dq_file_reader *r, dq_context *ctx, const char *prefix,
+                                  const dq_plan *plan)
+{
+    const dq_context *c = dq__ctx(ctx);
+    char *key = join(c, prefix, "plan");
+    if (!key)
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "no memory for a key of layer '%s'", prefix);
+    const char *named = dq__st_meta_find(&r->f, key);
+    dq__free(c, key);
+    if (!named)
+        return DQ_OK; /* the weights' own fingerprint, if any, is checked on creation */
+    dq_plan *stored = NULL;
+    uint64_t want, got;
+    dq_status st = dq_file_reader_get_plan(r, ctx, named, &stored);
+    if (st != DQ_OK)
+        return DQ_FAIL(ctx, st == DQ_ERR_NOMEM ? st : DQ_ERR_FORMAT,
+                       "layer '%s' names plan '%s', which does not load (%s)", prefix, named,
+                       dq_status_name(st));
+    st = dq__plan_fingerprint(c, stored, &want);
+    dq_plan_free(stored);
+    if (st == DQ_OK && plan)
+        st = dq__plan_fingerprint(c, plan, &got);
+    if (st != DQ_OK)
+        return DQ_FAIL(ctx, st, "no scratch to fingerprint the plans of layer '%s'", prefix);
+    if (!plan)
+        return DQ_FAIL(ctx, DQ_ERR_MISMATCH,
+                       "layer '%s' names plan '%s' (fingerprint %016" PRIx64 ") but plan is NULL",
+                       prefix, named, want);
+    if (got != want)
+        return DQ_FAIL(ctx, DQ_ERR_MISMATCH,
+                       "layer '%s': plan fingerprint %016" PRIx64 " differs from %016" PRIx64
+                       ", the plan '%s' the file names",
+                       prefix, got, want, named);
+    return DQ_OK;
 }
 
 DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *ctx,
@@ -1176,6 +1329,8 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     }
     if (st == DQ_OK && plan && (dq_plan_width(plan, &width) != DQ_OK || width != cols))
         st = DQ_ERR_SHAPE;
+    if (st == DQ_OK)
+        st = check_named_plan(r, ctx, prefix, plan);
     if (st == DQ_OK) {
         st = dq_linear_create(ctx, &p, plan, q, bias, out);
         if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE || st == DQ_ERR_UNSUPPORTED)

@@ -6,6 +6,8 @@
 #include "dq_internal.h"
 #include "dq_linear.h"
 #include "dq_online.h"
+#include "dq_plan_binding.h"
+#include "dq_qmatrix.h"
 
 /* The first released layout ends after act_clip_ratio. */
 #define LINEAR_PARAMS_MIN_SIZE (offsetof(dq_linear_params, act_clip_ratio) + sizeof(float))
@@ -14,7 +16,7 @@
 
 struct dq_linear {
     dq_context ctx;
-    const dq_plan *plan; /* borrowed; NULL = identity */
+    const dq_plan *plan; /* a reference of the layer's own; NULL = identity */
     dq__online *online;  /* the plan compiled for the fused route; NULL: unfused */
     dq__wprep *w;
     float *bias;         /* NULL when none */
@@ -78,6 +80,9 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
         if (width != cols)
             return DQ_ERR_SHAPE;
     }
+    /* The plan must be the one the weights were transformed by. */
+    if ((st = dq__plan_check_binding(ctx, __func__, plan, weights->plan_fingerprint)) != DQ_OK)
+        return st;
     if (bias && !dq__all_finite(bias, 1, rows, rows))
         return DQ_ERR_NONFINITE;
 
@@ -111,7 +116,7 @@ dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_para
         }
         memcpy(lin->bias, bias, (size_t)rows * sizeof(float));
     }
-    lin->plan = plan;
+    lin->plan = dq__plan_retain(plan);
     /* Compiled once here: forward calls share it and the plan stays untouched. A width the
      * fused route cannot index keeps the unfused one. */
     if (plan && (st = dq__online_create(c, plan, &lin->online)) != DQ_OK &&
@@ -154,6 +159,7 @@ DQ_API void dq_linear_free(dq_linear *lin)
     dq_context c = lin->ctx;
     dq__wprep_free(lin->w);
     dq__online_free(lin->online);
+    dq_plan_free((dq_plan *)(uintptr_t)lin->plan); /* the layer's reference */
     dq__free(&c, lin->bias);
     dq__free(&c, lin);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "dq_plan.h"
+#include "dq_plan_binding.h"
 
 /* Rows transformed per pass: the temporary (rows x cols floats) stays in cache. */
 #define PLAN_CHUNK_ROWS 256
@@ -19,11 +20,27 @@ struct dq_plan {
     int32_t n_rot;      /* rotation slots; permutation slots = n_rot - 1 */
     dq_rotation **rot;  /* n_rot entries, NULL = identity */
     int64_t **perm;     /* n_rot - 1 entries, NULL = identity */
+    /* References beyond the creator's (layers using the plan): 0 from the zeroed allocation,
+     * -1 after the last release. */
+    atomic_int extra_refs;
 };
+
+dq_plan *dq__plan_retain(const dq_plan *pl)
+{
+    /* The count is the one mutable part of a plan; the object itself was allocated mutable. */
+    dq_plan *m = (dq_plan *)(uintptr_t)pl;
+    if (m)
+        atomic_fetch_add_explicit(&m->extra_refs, 1, memory_order_relaxed);
+    return m;
+}
 
 DQ_API void dq_plan_free(dq_plan *pl)
 {
     if (!pl)
+        return;
+    /* Only the holder of the last reference frees; acquire-release orders every other
+     * holder's reads before the memory goes. */
+    if (atomic_fetch_sub_explicit(&pl->extra_refs, 1, memory_order_acq_rel) > 0)
         return;
     dq_context c = pl->ctx;
     for (int32_t i = 0; i < pl->n_rot; i++) {

@@ -124,6 +124,7 @@ static dq_status pack(dq_context *ctx, const dq_quant_params *params, const floa
     q->groups_per_row = groups;
     q->row_bytes = row_bytes;
     q->nbytes = nbytes;
+    q->plan_fingerprint = p.plan_fingerprint;
 
     const dq__qspec spec = {p.bits, p.scheme};
     for (int64_t i = 0; i < rows; i++) {

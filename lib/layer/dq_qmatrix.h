@@ -15,6 +15,7 @@ struct dq_qmatrix {
     uint8_t *packed;
     float *scales;
     float *zeros; /* NULL for SYM */
+    uint64_t plan_fingerprint; /* plan the weights were transformed by; 0 = none */
 };
 
 /* Stored code of element j of a packed row: ASYM 0..2^bits-1, SYM signed. */

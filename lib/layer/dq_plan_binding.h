@@ -1,0 +1,23 @@
+/* Plans bound to the weights they transformed: fingerprints and references. Never installed. */
+#ifndef DQ_PLAN_BINDING_H
+#define DQ_PLAN_BINDING_H
+
+#include <stdatomic.h>
+
+#include "dq_internal.h"
+
+/* Takes one more reference to pl (NULL: none) and returns it; dq_plan_free drops one. */
+dq_plan *dq__plan_retain(const dq_plan *pl);
+
+/* Fingerprint of a valid plan (never 0); scratch comes from ctx (NULL = defaults):
+ * DQ_ERR_NOMEM when it cannot be allocated. */
+dq_status dq__plan_fingerprint(const dq_context *ctx, const dq_plan *pl, uint64_t *out);
+
+/* The check of dq_linear_create: plan (NULL = none) against the fingerprint the weights
+ * recorded. DQ_ERR_MISMATCH (logged, naming both fingerprints) when weights recorded one and
+ * plan is NULL or differs; a DQ_LOG_WARN line when plan is given and weights recorded none.
+ * func names the caller in the log. */
+dq_status dq__plan_check_binding(const dq_context *ctx, const char *func, const dq_plan *plan,
+                                 uint64_t weights_fp);
+
+#endif
