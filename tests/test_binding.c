@@ -635,6 +635,74 @@ START_TEST(reader_checks_the_plan)
 }
 END_TEST
 
+/* Layers saved in the blocked layout (dq_file_writer_add_linear_layer) are bound the same way:
+ * the writer checks the layer's plan against the plan prefix, the reader against the plan the
+ * file names and the fingerprint recorded with the weights. */
+START_TEST(blocked_layers_are_bound)
+{
+    dq_plan *a = make_plan(7, 1, DQ_PLAN_F_DEFAULT), *b = make_plan(8, 1, DQ_PLAN_F_DEFAULT);
+    char ha[17], hb[17];
+    hex(fp_of(a), ha);
+    hex(fp_of(b), hb);
+    float w[OUT * COLS];
+    make_weights(w, 3);
+    dq_qmatrix *qa = pack_bound(a, w);
+    dq_linear *mem = NULL;
+    ck_assert_int_eq(dq_linear_create(NULL, NULL, a, qa, NULL, &mem), DQ_OK);
+
+    log_sink s;
+    dq_context *ctx = sink_ctx(&s);
+    dq_file_writer *fw = NULL;
+    ck_assert_int_eq(dq_file_writer_create(ctx, &fw), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_plan(fw, "in.a", a), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_plan(fw, "in.b", b), DQ_OK);
+    /* A prefix the writer does not hold, another plan, no plan: refused, writer unchanged. */
+    size_t before = 0, after = 0;
+    ck_assert_int_eq(dq_file_writer_to_buffer(fw, NULL, 0, &before), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_linear_layer(fw, "l.q", mem, "in.none"), DQ_ERR_MISMATCH);
+    ck_assert_ptr_nonnull(strstr(s.text, "in.none"));
+    ck_assert_int_eq(dq_file_writer_add_linear_layer(fw, "l.q", mem, "in.b"), DQ_ERR_MISMATCH);
+    ck_assert_int_eq(dq_file_writer_add_linear_layer(fw, "l.q", mem, NULL), DQ_ERR_MISMATCH);
+    ck_assert_int_eq(dq_file_writer_to_buffer(fw, NULL, 0, &after), DQ_OK);
+    ck_assert_uint_eq(before, after);
+    ck_assert_int_eq(dq_file_writer_add_linear_layer(fw, "l.q", mem, "in.a"), DQ_OK);
+    size_t size;
+    uint8_t *buf = to_buffer(fw, &size);
+    dq_file_writer_free(fw);
+    dq_file_reader *r = open_buf(buf, size);
+
+    dq_plan *la = NULL, *lb = NULL;
+    ck_assert_int_eq(dq_file_reader_get_plan(r, NULL, "in.a", &la), DQ_OK);
+    ck_assert_int_eq(dq_file_reader_get_plan(r, NULL, "in.b", &lb), DQ_OK);
+    memset(s.text, 0, sizeof s.text);
+    dq_linear *lin = (dq_linear *)1;
+    ck_assert_int_eq(dq_file_reader_get_linear(r, ctx, "l.q", lb, &lin), DQ_ERR_MISMATCH);
+    ck_assert_ptr_null(lin);
+    ck_assert_ptr_nonnull(strstr(s.text, ha));
+    ck_assert_ptr_nonnull(strstr(s.text, hb));
+    lin = (dq_linear *)1;
+    ck_assert_int_eq(dq_file_reader_get_linear(r, ctx, "l.q", NULL, &lin), DQ_ERR_MISMATCH);
+    ck_assert_ptr_null(lin);
+    s.n_warn = s.n_error = 0;
+    ck_assert_int_eq(dq_file_reader_get_linear(r, ctx, "l.q", la, &lin), DQ_OK);
+    ck_assert_int_eq(s.n_warn + s.n_error, 0);
+    float y1[T * OUT], y2[T * OUT];
+    forward(lin, y1);
+    forward(mem, y2);
+    ck_assert_int_eq(memcmp(y1, y2, sizeof y1), 0);
+    dq_linear_free(lin);
+    dq_file_reader_free(r);
+    free(buf);
+    dq_context_free(ctx);
+    dq_linear_free(mem);
+    dq_qmatrix_free(qa);
+    dq_plan_free(la);
+    dq_plan_free(lb);
+    dq_plan_free(a);
+    dq_plan_free(b);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("binding");
@@ -649,6 +717,7 @@ int main(void)
     tcase_add_test(tc, shared_plan_across_threads);
     tcase_add_test(tc, writer_checks_the_plan);
     tcase_add_test(tc, reader_checks_the_plan);
+    tcase_add_test(tc, blocked_layers_are_bound);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_ENV);

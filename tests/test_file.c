@@ -1218,16 +1218,24 @@ static void same_qmatrix(const dq_qmatrix *a, const dq_qmatrix *b)
         ck_assert(memcmp(za, zb, (size_t)(ra * ga) * sizeof(float)) == 0);
 }
 
-static uint8_t *layer_file(const dq_linear *lin, size_t *size)
+/* A file holding lin in the blocked layout as "L", and its plan (NULL: none) as "P". */
+static uint8_t *layer_file_with_plan(const dq_linear *lin, const dq_plan *plan, size_t *size)
 {
     dq_file_writer *w = NULL;
     ck_assert_int_eq(dq_file_writer_create(NULL, &w), DQ_OK);
-    ck_assert_int_eq(dq_file_writer_add_linear_layer(w, "L", lin, NULL), DQ_OK);
+    if (plan)
+        ck_assert_int_eq(dq_file_writer_add_plan(w, "P", plan), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_linear_layer(w, "L", lin, plan ? "P" : NULL), DQ_OK);
     ck_assert_int_eq(dq_file_writer_to_buffer(w, NULL, 0, size), DQ_OK);
     uint8_t *buf = malloc(*size);
     ck_assert_int_eq(dq_file_writer_to_buffer(w, buf, *size, size), DQ_OK);
     dq_file_writer_free(w);
     return buf;
+}
+
+static uint8_t *layer_file(const dq_linear *lin, size_t *size)
+{
+    return layer_file_with_plan(lin, NULL, size);
 }
 
 /* Every format: the layer written in the blocked layout and loaded (copying or borrowing
@@ -1407,7 +1415,7 @@ START_TEST(version1_layers_load_and_convert)
     ck_assert_int_eq(dq_file_reader_get_linear(mapped, NULL, "l0.lin", plan, &b), DQ_OK);
     same_outputs(a, b, &r);
     size_t size;
-    uint8_t *buf = layer_file(b, &size);
+    uint8_t *buf = layer_file_with_plan(b, plan, &size);
     dq_file_reader *v2 = NULL;
     ck_assert_int_eq(dq_file_reader_from_buffer(NULL, &fp, buf, size, &v2), DQ_OK);
     ck_assert_int_eq(dq_file_reader_get_linear(v2, NULL, "L", plan, &c), DQ_OK);

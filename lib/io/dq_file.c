@@ -1308,7 +1308,10 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     char *wp = join(c, prefix, "weight"), *bn = join(c, prefix, "bias");
     st = DQ_ERR_FORMAT;
     if (wp && (is_blocked(r, wp, &st) || st == DQ_ERR_NOMEM)) {
-        if (st != DQ_ERR_NOMEM)
+        uint64_t wfp = 0;
+        if (st != DQ_ERR_NOMEM && (st = read_plan_fingerprint(r, wp, &wfp)) == DQ_OK &&
+            (st = check_named_plan(r, ctx, prefix, plan)) == DQ_OK &&
+            (st = dq__plan_check_binding(c, "dq_file_reader_get_linear", plan, wfp)) == DQ_OK)
             st = get_linear_blocked(r, c, prefix, wp, &p, plan, out);
         dq__free(c, wp);
         dq__free(c, bn);
@@ -1393,7 +1396,8 @@ static dq_status set_version(dq_file_writer *w, int32_t version)
 }
 
 static dq_status add_linear_layer_parts(dq_file_writer *w, const char *prefix,
-                                        const dq_linear *lin, const char *plan_prefix)
+                                        const dq_linear *lin, const char *plan_prefix,
+                                        uint64_t plan_fp)
 {
     const dq_context *c = &w->ctx;
     const dq__wprep *wq = dq__linear_weights(lin);
@@ -1416,6 +1420,12 @@ static dq_status add_linear_layer_parts(dq_file_writer *w, const char *prefix,
                         wq->scheme == DQ_QUANT_SYM ? "sym" : "asym")) != DQ_OK ||
         (st = push_meta_int(w, join(c, wpre, "group_size"), wq->group_size)) != DQ_OK)
         goto out;
+    if (plan_fp) {
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016" PRIx64, plan_fp);
+        if ((st = push_meta(w, join(c, wpre, "plan_fingerprint"), hex)) != DQ_OK)
+            goto out;
+    }
     st = DQ_ERR_NOMEM;
     if (!(meta = dq__alloc(c, meta_bytes)) || !(codes = dq__alloc(c, wp->code_bytes)))
         goto out;
@@ -1461,8 +1471,17 @@ DQ_API dq_status dq_file_writer_add_linear_layer(dq_file_writer *w, const char *
         return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "prefix is not a valid name");
     if (plan_prefix && !valid_name(plan_prefix))
         return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "plan_prefix is not a valid name");
+    /* The layer was bound to its plan when it was created: the file records that plan, which
+     * must be the one this writer holds under plan_prefix. */
+    uint64_t plan_fp = 0;
+    const dq_plan *plan = dq__linear_plan(lin);
+    dq_status st = plan ? dq__plan_fingerprint(&w->ctx, plan, &plan_fp) : DQ_OK;
+    if (st != DQ_OK)
+        return DQ_FAIL(&w->ctx, st, "layer '%s': no scratch to fingerprint its plan", prefix);
+    if ((st = check_linear_plan(w, prefix, plan_prefix, plan_fp)) != DQ_OK)
+        return st;
     size_t n = w->n, n_meta = w->n_meta;
-    dq_status st = add_linear_layer_parts(w, prefix, lin, plan_prefix);
+    st = add_linear_layer_parts(w, prefix, lin, plan_prefix, plan_fp);
     if (st == DQ_OK)
         st = set_version(w, FILE_VERSION_BLOCKED);
     if (st != DQ_OK) {

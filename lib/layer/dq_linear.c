@@ -139,6 +139,11 @@ const dq__wprep *dq__linear_weights(const dq_linear *lin)
     return lin->w;
 }
 
+const dq_plan *dq__linear_plan(const dq_linear *lin)
+{
+    return lin->plan;
+}
+
 void dq__linear_act(const dq_linear *lin, int32_t *act_bits, int32_t *act_scheme,
                     float *act_clip)
 {

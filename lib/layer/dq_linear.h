@@ -17,5 +17,7 @@ const dq__wprep *dq__linear_weights(const dq_linear *lin);
 void dq__linear_act(const dq_linear *lin, int32_t *act_bits, int32_t *act_scheme,
                     float *act_clip);
 const float *dq__linear_bias(const dq_linear *lin);
+/* The plan the layer holds a reference to (NULL = identity). */
+const dq_plan *dq__linear_plan(const dq_linear *lin);
 
 #endif
