@@ -135,7 +135,7 @@ DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
     dq_file_writer *w = dq__calloc(c, 1, sizeof *w);
     if (!w)
         return DQ_ERR_NOMEM;
-    w->ctx = *c;
+    dq__context_keep(&w->ctx, c);
     w->cap_meta = 8;
     w->meta = dq__calloc(c, w->cap_meta, sizeof *w->meta);
     char version[16];
@@ -180,6 +180,7 @@ DQ_API void dq_file_writer_free(dq_file_writer *w)
     dq__free(&c, w->e);
     dq__free(&c, w->meta);
     dq__free(&c, w);
+    dq__context_drop(&c);
 }
 
 static bool name_taken(const dq_file_writer *w, const char *name)
@@ -517,10 +518,11 @@ static dq_status reader_create(const dq_context *c, const dq_file_params *p, con
     dq_file_reader *r = dq__calloc(c, 1, sizeof *r);
     if (!r)
         goto fail;
-    r->ctx = *c;
+    dq__context_keep(&r->ctx, c);
     if ((st = dq__st_parse(c, buf, size, p->max_header_bytes, &r->f)) != DQ_OK ||
         (st = check_format(&r->f)) != DQ_OK) {
         dq__st_clear(c, &r->f);
+        dq__context_drop(&r->ctx);
         dq__free(c, r);
         goto fail;
     }
@@ -608,6 +610,7 @@ DQ_API void dq_file_reader_free(dq_file_reader *r)
     dq__st_clear(&c, &r->f);
     dq__free(&c, r->owned);
     dq__free(&c, r);
+    dq__context_drop(&c);
 }
 
 DQ_API dq_status dq_file_reader_count(const dq_file_reader *r, int64_t *n_tensors,
@@ -950,7 +953,7 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
     st = DQ_ERR_NOMEM;
     if (!(q = dq__calloc(c, 1, sizeof *q)))
         goto out;
-    q->ctx = *c;
+    dq__context_keep(&q->ctx, c);
     q->packed = dq__alloc(c, tp->end - tp->begin);
     q->scales = dq__alloc(c, ng * sizeof(float));
     q->zeros = tz ? dq__alloc(c, ng * sizeof(float)) : NULL;

@@ -8,20 +8,20 @@
 
 void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx, int32_t bits,
                          int32_t scheme, float clip, uint8_t *codes, int64_t code_ld,
-                         float *scales, int32_t *zeros, int32_t n_threads)
+                         float *scales, int32_t *zeros, const dq_context *ctx)
 {
     dq__quantize_tokens_isa(dq__gemm_isa_best(), x, rows, cols, ldx, bits, scheme, clip, codes,
-                            code_ld, scales, zeros, n_threads);
+                            code_ld, scales, zeros, ctx);
 }
 
 void dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y, int64_t ldy,
-                  int32_t n_threads)
+                  const dq_context *ctx)
 {
-    dq__gemm_w_a_isa(dq__gemm_isa_best(), w, a, bias, y, ldy, n_threads);
+    dq__gemm_w_a_isa(dq__gemm_isa_best(), w, a, bias, y, ldy, ctx);
 }
 
 void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
-                    const float *bias, float *y, int64_t ldy, int32_t n_threads)
+                    const float *bias, float *y, int64_t ldy, const dq_context *ctx)
 {
-    dq__gemm_w_f32_isa(dq__gemm_isa_best(), w, x, rows, ldx, bias, y, ldy, n_threads);
+    dq__gemm_w_f32_isa(dq__gemm_isa_best(), w, x, rows, ldx, bias, y, ldy, ctx);
 }

@@ -21,6 +21,7 @@ void dq__wprep_free(dq__wprep *w)
     dq__free(&c, w->zeros);
     dq__free(&c, w->code_sums);
     dq__free(&c, w);
+    dq__context_drop(&c);
 }
 
 dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep **out)
@@ -43,7 +44,7 @@ dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep
     dq__wprep *w = dq__calloc(c, 1, sizeof *w);
     if (!w)
         return DQ_ERR_NOMEM;
-    w->ctx = *c;
+    dq__context_keep(&w->ctx, c);
     w->codes = dq__calloc(c, ncodes, 1);
     w->scales = dq__alloc(c, gbytes);
     w->zeros = dq__alloc(c, gbytes);

@@ -84,7 +84,7 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
     dq_linear *lin = dq__calloc(c, 1, sizeof *lin);
     if (!lin)
         return DQ_ERR_NOMEM;
-    lin->ctx = *c;
+    dq__context_keep(&lin->ctx, c);
     if ((st = dq__wprep_create(c, weights, &lin->w)) != DQ_OK)
         goto fail;
     if (bias) {
@@ -122,6 +122,7 @@ DQ_API void dq_linear_free(dq_linear *lin)
     dq__online_free(lin->online);
     dq__free(&c, lin->bias);
     dq__free(&c, lin);
+    dq__context_drop(&c);
 }
 
 DQ_API dq_status dq_linear_layout(const dq_linear *lin, int64_t *in_features,
@@ -167,7 +168,7 @@ static dq_status workspace_layout_of(const dq_linear *lin, int32_t route, int64_
     if (!dq__mul_size((size_t)rows, (size_t)cols, &elems))
         return DQ_ERR_OVERFLOW;
     if (fused(lin, route)) {
-        if (!dq__online_workspace(lin->online, rows, lin->ctx.n_threads, &l->plan_bytes) ||
+        if (!dq__online_workspace(lin->online, rows, &lin->ctx, &l->plan_bytes) ||
             (lin->act_bits == 0 && !add_part(&cursor, elems, sizeof(float), &l->xt)) ||
             !add_part(&cursor, l->plan_bytes, 1, &l->plan_work))
             return DQ_ERR_OVERFLOW;
@@ -257,7 +258,7 @@ dq_status dq__linear_forward_route(const dq_linear *lin, int32_t route, const fl
     /* Everything that can fail runs before y is written. */
     const float *xin = x;
     int64_t ldin = ldx;
-    const int32_t threads = lin->ctx.n_threads;
+    const dq_context *threads = &lin->ctx; /* whose threads run the kernels */
     void *tiles = on && l.plan_bytes > 0 ? base + l.plan_work : NULL;
     if (on && lin->act_bits == 0) {
         float *xt = (float *)(void *)(base + l.xt);

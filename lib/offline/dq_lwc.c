@@ -32,6 +32,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_cpu.h"
 #include "dq_internal.h"
 #include "dq_lwc_kernels.h"
 
@@ -138,6 +139,7 @@ DQ_API void dq_lwc_free(dq_lwc *l)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dq__free(&c, bufs[i]);
     dq__free(&c, l);
+    dq__context_drop(&c);
 }
 
 static void copy_rows(float *dst, const float *src, int64_t rows, int64_t cols, int64_t ld)
@@ -208,7 +210,7 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
     dq_lwc *l = dq__calloc(c, 1, sizeof *l);
     if (!l)
         return DQ_ERR_NOMEM;
-    l->ctx = *c;
+    dq__context_keep(&l->ctx, c);
     l->p = p;
     l->spec = (dq__qspec){q.bits, q.scheme};
     l->rows = rows;
@@ -277,7 +279,7 @@ void dq__lwc_fake_quant_portable(const float *src, int64_t len, float scale, flo
 dq__lwc_fake_quant_fn *dq__lwc_fake_quant_best(void)
 {
 #if defined(__GNUC__) && defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f"))
+    if (dq__cpu_features() & DQ_CPU_AVX512F)
         return dq__lwc_fake_quant_avx512;
 #endif
     return dq__lwc_fake_quant_portable;

@@ -104,6 +104,7 @@ DQ_API void dq_plan_free(dq_plan *pl)
     dq__free(&c, pl->perm);
     dq__free(&c, pl->smooth);
     dq__free(&c, pl);
+    dq__context_drop(&c);
 }
 
 static dq_status plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, bool smooth,
@@ -113,7 +114,7 @@ static dq_status plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, 
     dq_plan *pl = dq__calloc(ctx, 1, sizeof *pl);
     if (!pl)
         return DQ_ERR_NOMEM;
-    pl->ctx = *ctx;
+    dq__context_keep(&pl->ctx, ctx);
     pl->cols = cols;
     pl->n_rot = n_rot;
     bool ok = true;
@@ -214,7 +215,7 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
         /* Rotate the sample, then deal its channels by their new magnitudes. */
         float *t;
         if (pl->rot[s]) {
-            st = dq__rotation_rows_exact(pl->rot[s], x, cols, y, cols, rows, ctx->n_threads);
+            st = dq__rotation_rows_exact(pl->rot[s], x, cols, y, cols, rows, ctx);
             if (st != DQ_OK)
                 goto out;
             t = x;

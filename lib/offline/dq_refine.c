@@ -64,7 +64,7 @@ dq_status dq__refine_read(const dq_refine_params *user, dq__refine_opts *o)
 
 /* Blocks multiplied by matrix m: their count, and their indices into blocks (n_blocks
  * entries). */
-static int64_t matrix_blocks(const dq_rotation *r, int64_t m, int64_t *blocks)
+static int64_t list_matrix_blocks(const dq_rotation *r, int64_t m, int64_t *blocks)
 {
     int64_t nb = 0;
     for (int64_t b = 0; b < r->n_blocks; b++)
@@ -100,7 +100,7 @@ static int64_t max_view_rows(const dq_rotation *r, int64_t rows, int64_t *blocks
 {
     int64_t most = 0;
     for (int64_t m = 0; m < r->n_mats; m++) {
-        int64_t nb = matrix_blocks(r, m, blocks);
+        int64_t nb = list_matrix_blocks(r, m, blocks);
         most = nb > most ? nb : most;
     }
     return most * rows;
@@ -180,7 +180,7 @@ static dq_status refine_dfrot(const dq_context *ctx, const dq__refine_opts *o, d
 
     double best_obj = 0.0;
     for (int32_t it = 0;; it++) {
-        if ((st = dq__rotation_rows_exact(r, x, ldx, y, cols, rows, ctx->n_threads)) != DQ_OK)
+        if ((st = dq__rotation_rows_exact(r, x, ldx, y, cols, rows, ctx)) != DQ_OK)
             goto out;
         const double obj = dfrot_objective(o, y, rows, cols, w, target);
         dq__log(ctx, DQ_LOG_INFO, "dfrot iteration %d: weighted quantization error %.9g", it,
@@ -197,7 +197,7 @@ static dq_status refine_dfrot(const dq_context *ctx, const dq__refine_opts *o, d
             const int32_t n = r->mat_size[m];
             if (n < 2)
                 continue;
-            const int64_t nb = matrix_blocks(r, m, blocks), k = rows * nb;
+            const int64_t nb = list_matrix_blocks(r, m, blocks), k = rows * nb;
             /* view: weighted x block rows transposed (n x k); tview: target block rows. */
             gather_view(r, target, rows, cols, blocks, nb, n, tview);
             gather_view(r, x, rows, ldx, blocks, nb, n, y); /* y is free until the next pass */
@@ -382,7 +382,7 @@ static dq_status refine_dartquant(const dq_context *ctx, const dq__refine_opts *
         dart_state *s = &d[m];
         const int32_t n = r->mat_size[m];
         const size_t nn = (size_t)n * (size_t)n;
-        const int64_t nb = matrix_blocks(r, m, blocks);
+        const int64_t nb = list_matrix_blocks(r, m, blocks);
         s->n = n;
         s->k = rows * nb;
         s->active = n > 1;

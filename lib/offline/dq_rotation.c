@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_pool.h"
 #include "dq_search.h"
 
 /* The first released layout ends after max_steps. */
@@ -210,6 +211,7 @@ DQ_API void dq_rotation_free(dq_rotation *r)
     dq__free(&c, r->swapped);
     dq__free(&c, r->peaks);
     dq__free(&c, r);
+    dq__context_drop(&c);
 }
 
 /* Allocates the object and lays out its matrices: per block, or one shared by the full blocks
@@ -236,7 +238,7 @@ static dq_status rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs,
     dq_rotation *r = dq__calloc(ctx, 1, sizeof *r);
     if (!r)
         return DQ_ERR_NOMEM;
-    r->ctx = *ctx;
+    dq__context_keep(&r->ctx, ctx);
     r->cols = cols;
     r->block_size = bs;
     r->method = method;
@@ -276,7 +278,7 @@ static dq_status rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs,
 }
 
 /* First block using matrix m and how many consecutive blocks use it. */
-static void matrix_blocks(const dq_rotation *r, int64_t m, int64_t *first, int64_t *count)
+static void matrix_block_range(const dq_rotation *r, int64_t m, int64_t *first, int64_t *count)
 {
     const int64_t full = r->cols / r->block_size;
     if (r->per_block) {
@@ -299,13 +301,9 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
     const dq_context *ctx = &r->ctx;
     const int32_t bs = r->block_size;
     size_t bsq = (size_t)bs * (size_t)bs;
-    dq__pool *pool = NULL;
-    dq_status st = dq__pool_create(ctx, ctx->n_threads, &pool);
-    if (st != DQ_OK)
-        return st;
     float *base = dq__alloc(ctx, bsq * sizeof(float));
     float *qp = o->random_qprime ? dq__alloc(ctx, bsq * sizeof(float)) : NULL;
-    st = DQ_ERR_NOMEM;
+    dq_status st = DQ_ERR_NOMEM;
     if (!base || (o->random_qprime && !qp))
         goto out;
     const size_t rec_len = (size_t)r->steps + 1;
@@ -329,11 +327,11 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
             goto out;
         /* The view of this matrix's blocks: row t * nb + (b - b0) holds token t of block b. */
         int64_t b0, nb;
-        matrix_blocks(r, m, &b0, &nb);
+        matrix_block_range(r, m, &b0, &nb);
         const dq__search_view view = {x + (size_t)b0 * (size_t)bs, ldx, rows, nb, bs, n};
         dq__search_record rec = {r->ids + (size_t)m * rec_len, r->swapped + (size_t)m * rec_len,
                                  r->peaks + (size_t)m * rec_len, 0, 0};
-        st = dq__greedy_search(ctx, pool, o->plain_search ? DQ__SEARCH_PLAIN : DQ__SEARCH_PRUNED,
+        st = dq__greedy_search(ctx, o->plain_search ? DQ__SEARCH_PLAIN : DQ__SEARCH_PRUNED,
                                &view, base, r->steps, o->row_rule, dst, &rec);
         if (st != DQ_OK)
             goto out;
@@ -341,7 +339,6 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
     }
     st = DQ_OK;
 out:
-    dq__pool_free(pool);
     dq__free(ctx, base);
     dq__free(ctx, qp);
     return st;
@@ -414,7 +411,7 @@ static void rows_worker(void *arg, int32_t w, int32_t n_workers)
     const rows_job *j = arg;
     const dq_rotation *r = j->r;
     int64_t begin, end;
-    dq__split_rows(j->rows, w, n_workers, &begin, &end);
+    dq__split(j->rows, w, n_workers, &begin, &end);
     for (int64_t b = 0; b < r->n_blocks && begin < end; b++) {
         const int64_t m = r->mat_of_block[b];
         const int32_t n = r->mat_size[m];
@@ -426,15 +423,10 @@ static void rows_worker(void *arg, int32_t w, int32_t n_workers)
 }
 
 dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,
-                                  int64_t ldo, int64_t rows, int32_t n_threads)
+                                  int64_t ldo, int64_t rows, const dq_context *ctx)
 {
-    dq__pool *pool;
-    dq_status st = dq__pool_create(&r->ctx, n_threads, &pool);
-    if (st != DQ_OK)
-        return st;
     rows_job job = {r, in, out, ldi, ldo, rows};
-    dq__pool_run(pool, rows_worker, &job);
-    dq__pool_free(pool);
+    dq__parallel(ctx, dq__threads(ctx, rows), rows_worker, &job);
     return DQ_OK;
 }
 

@@ -69,10 +69,10 @@ dq_status dq__rotation_build(const dq_context *ctx, const dq__rot_opts *o, const
                              int64_t rows, int64_t cols, int64_t ldx, dq_rotation **out);
 /* A deep copy allocated with ctx. */
 dq_status dq__rotation_clone(const dq_context *ctx, const dq_rotation *src, dq_rotation **out);
-/* out = in * blockdiag(R) for rows rows through the reproducible product, on up to n_threads
- * threads (plan building); in and out must not overlap. */
+/* out = in * blockdiag(R) for rows rows through the reproducible product, on ctx's threads
+ * (plan building); in and out must not overlap. */
 dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,
-                                  int64_t ldo, int64_t rows, int32_t n_threads);
+                                  int64_t ldo, int64_t rows, const dq_context *ctx);
 /* The same through BLAS (applying plans). */
 dq_status dq__rotation_rows(const dq_rotation *r, const float *in, int64_t ldi, float *out,
                             int64_t ldo, int64_t rows);
@@ -84,18 +84,6 @@ void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const 
 /* The portable loops alone (the oracle of the CPU variants). */
 void dq__block_product_portable(const float *a, int64_t lda, int64_t m, int32_t k,
                                 const float *b, int64_t ldb, int32_t n, float *c, int64_t ldc);
-
-/* A fixed set of worker threads; dq__pool_run calls fn(arg, w, n) for w = 0..n-1 (w = 0 on the
- * calling thread) and returns when all are done. n_threads 1: no extra threads; 0: one worker
- * per online CPU (the context's "host decides"). */
-typedef struct dq__pool dq__pool;
-dq_status dq__pool_create(const dq_context *ctx, int32_t n_threads, dq__pool **out);
-void dq__pool_run(dq__pool *pool, void (*fn)(void *arg, int32_t worker, int32_t n_workers),
-                  void *arg);
-int32_t dq__pool_workers(const dq__pool *pool);
-void dq__pool_free(dq__pool *pool);
-/* Rows [begin, end) of worker w of n for m rows. */
-void dq__split_rows(int64_t m, int32_t w, int32_t n, int64_t *begin, int64_t *end);
 
 /* Mixes a seed with a stream number so that each random draw has its own stream. */
 uint64_t dq__seed_mix(uint64_t seed, uint64_t stream);
