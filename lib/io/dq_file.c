@@ -6,6 +6,7 @@
 
 #include "dq_internal.h"
 #include "dq_qmatrix.h"
+#include "dq_quant_rule.h"
 #include "dq_safetensors.h"
 
 /* Largest plan width a file may declare: plans whose parts are all identities carry no tensor
@@ -979,7 +980,7 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
             st = DQ_ERR_NONFINITE;
         else if (!(q->scales[g] > 0.0f) ||
                  (q->zeros && (q->zeros[g] != nearbyintf(q->zeros[g]) ||
-                               fabsf(q->zeros[g]) > 1e4f)))
+                               fabsf(q->zeros[g]) > DQ_QR_ZERO_LIMIT)))
             st = DQ_ERR_FORMAT;
     }
     /* The unused high nibble after an odd row is zero: the encoding is canonical. */

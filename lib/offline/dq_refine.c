@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_random.h"
 #include "dq_refine.h"
 
 /* The first released layout ends after act_clip_ratio. */
@@ -254,14 +255,6 @@ typedef struct dart_state {
     bool active;   /* false once a factorization failed */
 } dart_state;
 
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Whip loss of y = v q (k rows) and, when grad is not NULL, dLoss/dy for the rows listed in
  * pick (n_pick of them; NULL = all) written to grad in pick order, scaled for their mean. */
 static double whip_loss(const dart_state *d, const float *y, const int64_t *pick, int64_t n_pick,
@@ -442,7 +435,7 @@ static dq_status refine_dartquant(const dq_context *ctx, const dq__refine_opts *
                     order[i] = i;
                 n_pick = o->batch_rows;
                 for (int64_t i = 0; i < n_pick; i++) {
-                    int64_t j = i + (int64_t)(splitmix(&rng) % (uint64_t)(s->k - i));
+                    int64_t j = i + (int64_t)(dq__splitmix64(&rng) % (uint64_t)(s->k - i));
                     int64_t tmp = order[i];
                     order[i] = order[j];
                     order[j] = tmp;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "dq_pool.h"
+#include "dq_random.h"
 #include "dq_search.h"
 
 /* The first released layout ends after max_steps. */
@@ -18,27 +19,19 @@
  * enough to keep the temporary in cache. */
 #define APPLY_CHUNK_ROWS 256
 
-/* ---- seeded randomness (splitmix64: tiny, portable, and the same on every platform) ---- */
-
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+/* ---- seeded randomness (dq_random.h) ---- */
 
 uint64_t dq__seed_mix(uint64_t seed, uint64_t stream)
 {
-    uint64_t s = seed ^ (stream * 0xD1B54A32D192ED03ull);
-    splitmix64(&s);
-    return splitmix64(&s);
+    uint64_t s = dq__random_stream(seed, stream);
+    dq__splitmix64(&s);
+    return dq__splitmix64(&s);
 }
 
 /* Uniform in (0, 1]: never 0, so the logarithm below stays finite. */
 static double uniform_open0(uint64_t *state)
 {
-    return (double)((splitmix64(state) >> 11) + 1) * (1.0 / 9007199254740992.0);
+    return (double)((dq__splitmix64(state) >> 11) + 1) * (1.0 / 9007199254740992.0);
 }
 
 /* Standard normal pairs by Box-Muller. */
