@@ -108,8 +108,8 @@ DQ_API const char *dq_status_string(dq_status s);
 /* NULL for the context, meaning malloc/free, no logging, single-threaded (no thread is ever   */
 /* created for a NULL context).                                                                */
 /* THREADS: a context runs the library's parallel work either on its own pool or, when         */
-/* parallel_for is set, on the engine's threads. The own pool has n_threads - 1 workers (the   */
-/* calling thread is the last one), started on the first parallel call and joined when the     */
+/* parallel_for is set, on the engine's threads. The own pool has up to n_threads - 1 workers  */
+/* (the calling thread is the last one), started by the first parallel calls, joined when the  */
 /* context and every object created with it have been freed; idle workers sleep. n_threads 0   */
 /* means the number of online CPUs when the context is created, at most 64. A call that finds  */
 /* the pool busy with another call (another thread using the same context) runs its work on    */
@@ -271,9 +271,9 @@ DQ_API dq_status dq_smooth_weight_absmax(const float *w, int64_t rows, int64_t c
 /* Channels split into blocks of block_size plus one shorter last block when block_size does   */
 /* not divide the width; each block is multiplied from the right by an orthogonal matrix.      */
 /* THREAD SAFETY: a dq_rotation is immutable once created; any number of threads may use it.   */
-/* The base-matrix functions are pure. Creation runs on the context's n_threads threads (0 or  */
-/* 1: the calling thread only) with the library's own fixed-order products, so the result is   */
-/* the same bit for bit for any thread count, BLAS library or BLAS thread setting.             */
+/* The base-matrix functions are pure. Creation runs on the context's threads (NULL context or */
+/* n_threads 1: the calling thread only) with the library's own fixed-order products, so the   */
+/* result is the same bit for bit for any thread count, BLAS library or BLAS thread setting.   */
 /* OWNERSHIP: inputs are borrowed for the call; a rotation owns its matrices.                  */
 /* ------------------------------------------------------------------------------------------ */
 

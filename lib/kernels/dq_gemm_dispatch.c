@@ -1,5 +1,5 @@
 /* Dispatched integer products: the fastest kernel this CPU runs (AVX-512 VNNI, AVX2, portable;
- * probed per call, which costs nanoseconds, so no global state), on the context's threads.
+ * from the features dq_cpu.h probes once), on the context's threads (dq_pool.h).
  * Every integer variant gives the portable kernels' bits; the weight-only ones agree with it
  * within float rounding (dq_gemm_simd.h) and with each other bit for bit (dq_gemm_simd.c picks
  * and splits). */
