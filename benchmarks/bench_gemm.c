@@ -16,7 +16,6 @@
 #include "bench_common.h"
 #include "bench_kernels.h"
 #include "dq_gemm_simd.h"
-#include "dq_threads.h"
 
 typedef struct setup {
     dq__wprep *w;
@@ -30,7 +29,7 @@ static int32_t threads_arg;
 static void run_kernel(void *arg)
 {
     const setup *s = arg;
-    dq__gemm_w_a_isa(isa_arg, s->w, &s->a, NULL, s->y, s->w->rows, threads_arg);
+    dq__gemm_w_a_isa(isa_arg, s->w, &s->a, NULL, s->y, s->w->rows, bench_threads(threads_arg));
 }
 /* The weights' bytes streamed once, the floor for GEMV. */
 typedef struct read_setup {
@@ -165,7 +164,7 @@ int main(int argc, char **argv)
                 for (int r = 0; r < reps; r++) {
                     double t0 = bench_now();
                     dq__quantize_tokens_isa(isa, xf, t, cols, cols, 4, DQ_QUANT_ASYM, 1.0f, codes,
-                                            cols, sx, zx, th);
+                                            cols, sx, zx, bench_threads(th));
                     tq[r] = bench_now() - t0;
                 }
                 const double tk = bench_median(tq, reps);

@@ -5,7 +5,8 @@
 #include <stdlib.h>
 
 #include "bench_common.h"
-#include "dq_threads.h"
+#include "dq_cpu.h"
+#include "dq_pool.h"
 
 /* Sums of whole 64-byte lines; the vector version reads two lines per step. */
 static uint64_t read_lines_portable(const uint64_t *p, size_t lines)
@@ -39,7 +40,7 @@ __attribute__((target("avx2"))) static uint64_t read_lines_avx2(const uint64_t *
 static uint64_t read_lines(const uint64_t *p, size_t lines)
 {
 #if defined(__GNUC__) && defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2"))
+    if (dq__cpu_features() & DQ_CPU_AVX2)
         return read_lines_avx2(p, lines);
 #endif
     return read_lines_portable(p, lines);
@@ -68,11 +69,39 @@ uint64_t bench_stream_read(const void *p, size_t bytes, int32_t threads)
         threads = 1;
     if (threads > MAX_READERS)
         threads = MAX_READERS;
-    dq__parallel_run(threads, read_part, &j);
+    dq__parallel(bench_threads(threads), threads, read_part, &j);
     uint64_t s = 0;
     for (int32_t w = 0; w < threads; w++)
         s += j.sums[w];
     return s;
+}
+
+#define BENCH_MAX_CONTEXTS 65
+static dq_context *bench_contexts[BENCH_MAX_CONTEXTS];
+
+static void bench_free_contexts(void)
+{
+    for (int i = 0; i < BENCH_MAX_CONTEXTS; i++)
+        dq_context_free(bench_contexts[i]);
+}
+
+const dq_context *bench_threads(int32_t n)
+{
+    if (n < 0 || n >= BENCH_MAX_CONTEXTS)
+        n = 0;
+    if (!bench_contexts[n]) {
+        static int registered;
+        if (!registered++)
+            atexit(bench_free_contexts);
+        dq_context_params p;
+        dq_context_params_init(&p, sizeof p);
+        p.n_threads = n;
+        if (dq_context_create(&p, &bench_contexts[n]) != DQ_OK) {
+            fprintf(stderr, "context creation failed\n");
+            exit(1);
+        }
+    }
+    return bench_contexts[n];
 }
 
 dq__wprep *bench_random_weights(int64_t rows, int64_t cols, int64_t group)

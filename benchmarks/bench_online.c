@@ -22,7 +22,7 @@
 #include "bench_kernels.h"
 #include "dq_gemm.h"
 #include "dq_online.h"
-#include "dq_threads.h"
+#include "dq_pool.h"
 #include "dq_transform.h"
 
 /* Laplace activations with a few outlier channels, as LLM layers see them. */
@@ -56,7 +56,7 @@ static void run_fused(void *arg)
 {
     bench *b = arg;
     dq__online_quantize(b->on, b->x, b->rows, b->cols, 4, DQ_QUANT_ASYM, 1.0f, b->codes, b->cols,
-                        b->scales, b->zeros, b->work_fused, b->threads);
+                        b->scales, b->zeros, b->work_fused, bench_threads(b->threads));
 }
 
 static void run_unfused(void *arg)
@@ -66,7 +66,7 @@ static void run_unfused(void *arg)
                              b->work_plan, b->plan_bytes) != DQ_OK)
         abort();
     dq__quantize_tokens(b->xt, b->rows, b->cols, b->cols, 4, DQ_QUANT_ASYM, 1.0f, b->codes,
-                        b->cols, b->scales, b->zeros, b->threads);
+                        b->cols, b->scales, b->zeros, bench_threads(b->threads));
 }
 
 /* The two block products alone: x -> xt -> a second buffer, no smoothing, permutation or
@@ -139,7 +139,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const int64_t tokens[] = {1, 32, 2048}, max_t = 2048;
-    const int32_t cpus = dq__threads_resolve(0, INT64_MAX);
+    const int32_t cpus = dq__threads(bench_threads(0), INT64_MAX);
     float *x = malloc((size_t)(max_t * cols) * sizeof(float));
     float *xt = malloc((size_t)(max_t * cols) * sizeof(float));
     uint8_t *codes = malloc((size_t)(max_t * cols));
@@ -170,7 +170,7 @@ int main(int argc, char **argv)
             const int64_t t = tokens[ti];
             b.rows = t;
             size_t fb = 0;
-            if (!dq__online_workspace(on, t, cpus, &fb) ||
+            if (!dq__online_workspace(on, t, bench_threads(cpus), &fb) ||
                 dq_plan_workspace_size(plan, t, &b.plan_bytes) != DQ_OK)
                 return 1;
             b.work_fused = aligned_alloc(64, (fb + 63) / 64 * 64 + 64);

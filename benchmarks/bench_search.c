@@ -73,7 +73,7 @@ static double two_searches(dq_context *ctx, bool plain, const float *xs, int64_t
     double ts = bench_now() - t0;
     float *key = calloc((size_t)c, sizeof *key);
     int64_t *perm = malloc((size_t)c * sizeof *perm);
-    if (dq__rotation_rows_exact(r1, xs, c, y, c, t, ctx->n_threads) != DQ_OK)
+    if (dq__rotation_rows_exact(r1, xs, c, y, c, t, ctx) != DQ_OK)
         return -1;
     dq__col_absmax(y, t, c, c, key);
     if (dq__zigzag(ctx, key, c, BLOCK, perm) != DQ_OK)
@@ -101,17 +101,14 @@ static double searched_fraction(dq_context *ctx, const float *xs, int64_t t, int
     int64_t *ids = malloc(((size_t)steps + 1) * sizeof *ids);
     int32_t *sw = malloc(((size_t)steps + 1) * sizeof *sw);
     float *pk = malloc(((size_t)steps + 1) * sizeof *pk);
-    dq__pool *pool = NULL;
     double frac = -1;
-    if (dq_rotation_base(BLOCK, NULL, base, BLOCK) == DQ_OK &&
-        dq__pool_create(ctx, ctx->n_threads, &pool) == DQ_OK) {
+    if (dq_rotation_base(BLOCK, NULL, base, BLOCK) == DQ_OK) {
         const dq__search_view v = {xs, c, t, c / BLOCK, BLOCK, BLOCK};
         dq__search_record rec = {ids, sw, pk, 0, 0};
-        if (dq__greedy_search(ctx, pool, DQ__SEARCH_PRUNED, &v, base, steps, false, r, &rec) ==
+        if (dq__greedy_search(ctx, DQ__SEARCH_PRUNED, &v, base, steps, false, r, &rec) ==
             DQ_OK)
             frac = (double)rec.rows_searched / (double)(t * (c / BLOCK));
     }
-    dq__pool_free(pool);
     free(base);
     free(r);
     free(ids);

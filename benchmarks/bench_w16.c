@@ -12,7 +12,6 @@
 #include "bench_common.h"
 #include "bench_kernels.h"
 #include "dq_gemm_simd.h"
-#include "dq_threads.h"
 
 typedef struct setup {
     const dq__wprep *w;
@@ -29,7 +28,7 @@ static void run_kernel(void *arg)
 {
     const setup *s = arg;
     dq__gemm_w_f32_isa(s->isa, s->w, s->x, s->tokens, s->w->cols, NULL, s->y, s->w->rows,
-                       s->threads);
+                       bench_threads(s->threads));
 }
 static void run_read(void *arg)
 {

@@ -103,20 +103,41 @@ DQ_API const char *dq_status_string(dq_status s);
 /* ------------------------------------------------------------------------------------------ */
 /* Context: allocator, log callback, thread policy                                             */
 /* THREAD SAFETY: a context is immutable after creation and may be shared by any number of     */
-/* threads. OWNERSHIP: objects copy what they need from the context at creation, so a context  */
-/* may be freed while objects created with it are still alive. Every creator accepts NULL for  */
-/* the context, meaning malloc/free, no logging, host-chosen threads.                          */
+/* threads. OWNERSHIP: objects keep a reference to the context they were created with, so a    */
+/* context may be freed while objects created with it are still alive. Every creator accepts  */
+/* NULL for the context, meaning malloc/free, no logging, single-threaded (no thread is ever   */
+/* created for a NULL context).                                                                */
+/* THREADS: a context runs the library's parallel work either on its own pool or, when         */
+/* parallel_for is set, on the engine's threads. The own pool has up to n_threads - 1 workers  */
+/* (the calling thread is the last one), started by the first parallel calls, joined when the  */
+/* context and every object created with it have been freed; idle workers sleep. n_threads 0   */
+/* means the number of online CPUs when the context is created, at most 64. A call that finds  */
+/* the pool busy with another call (another thread using the same context) runs its work on    */
+/* its own thread: the library never starts threads per call. Results are the same bit for    */
+/* bit for every thread count and for the engine's pool.                                       */
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct dq_context dq_context;
 
 /** Allocate size bytes aligned to align (a power of two, at most 4096); NULL on failure. */
 typedef void *(*dq_alloc_fn)(void *user, size_t size, size_t align);
-/** Release memory from the matching dq_alloc_fn; never called with NULL. */
+/** Release memory from the matching dq_alloc_fn; never called with NULL. Both run on the thread
+ *  that made the library call (or a thread running one of its tasks), possibly on several
+ *  threads at once: they must be thread-safe when the context is shared between threads. */
 typedef void (*dq_free_fn)(void *user, void *ptr);
 /** Receives one NUL-terminated message; runs on the thread that made the library call and must
  *  not unwind (longjmp, C++ exceptions) through the library. */
 typedef void (*dq_log_fn)(void *user, int32_t level, const char *msg);
+
+/** One task of a parallel loop: the library's work for task number task of n_tasks. Runs on
+ *  whichever thread the engine's dq_parallel_fn chooses; returns normally (never unwinds). */
+typedef void (*dq_task_fn)(void *task_arg, int32_t task, int32_t n_tasks);
+/** The engine's parallel loop (dq_context_params.parallel_for): call fn(task_arg, t, n_tasks)
+ *  exactly once for every t in 0..n_tasks-1, on any threads, in any order, at the same time or
+ *  not, and return when all calls have returned. Called on the thread that made the library
+ *  call, possibly by several library calls at once (from several threads, or from inside a
+ *  task); must not unwind (longjmp, C++ exceptions) through the library. @since 1.2 */
+typedef void (*dq_parallel_fn)(void *user, dq_task_fn fn, void *task_arg, int32_t n_tasks);
 
 /** Log levels (dq_context_params.log_level): messages at or below the level are delivered. */
 enum { DQ_LOG_ERROR = 0, DQ_LOG_WARN = 1, DQ_LOG_INFO = 2, DQ_LOG_DEBUG = 3 };
@@ -130,7 +151,13 @@ typedef struct dq_context_params {
     dq_log_fn log;        /**< NULL = no logging */
     void *log_user;       /**< passed to log */
     int32_t log_level;    /**< DQ_LOG_*, default DQ_LOG_WARN */
-    int32_t n_threads;    /**< worker threads for library kernels; 0 = host decides (default) */
+    int32_t n_threads;    /**< threads for library kernels, the caller's included; 0 (default)
+                               = online CPUs at context creation, at most 64; 1 = the calling
+                               thread only. With parallel_for: the most tasks of one loop. */
+    /* @since 1.2 */
+    dq_parallel_fn parallel_for; /**< NULL = the context's own pool; else every parallel loop
+                                      runs through it and the library creates no thread */
+    void *parallel_user;         /**< passed to parallel_for */
 } dq_context_params;
 
 /** @brief Fill p with defaults. @param struct_size sizeof *p as the caller compiled it.
@@ -138,7 +165,9 @@ typedef struct dq_context_params {
 DQ_API dq_status dq_context_params_init(dq_context_params *p, size_t struct_size);
 /** @brief Create a context. p may be NULL (defaults). On failure *out is NULL. @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_context_create(const dq_context_params *p, dq_context **out);
-/** @brief Release a context; NULL is a no-op. @since 1.0 */
+/** @brief Release the caller's reference to a context; NULL is a no-op. Objects created with it
+ *  keep it alive; its thread pool is joined (on the thread dropping the last reference, which
+ *  may be an object's _free) once the context and all of them are freed. @since 1.0 */
 DQ_API void dq_context_free(dq_context *ctx);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -242,9 +271,9 @@ DQ_API dq_status dq_smooth_weight_absmax(const float *w, int64_t rows, int64_t c
 /* Channels split into blocks of block_size plus one shorter last block when block_size does   */
 /* not divide the width; each block is multiplied from the right by an orthogonal matrix.      */
 /* THREAD SAFETY: a dq_rotation is immutable once created; any number of threads may use it.   */
-/* The base-matrix functions are pure. Creation runs on the context's n_threads threads (0 or  */
-/* 1: the calling thread only) with the library's own fixed-order products, so the result is   */
-/* the same bit for bit for any thread count, BLAS library or BLAS thread setting.             */
+/* The base-matrix functions are pure. Creation runs on the context's threads (NULL context or */
+/* n_threads 1: the calling thread only) with the library's own fixed-order products, so the   */
+/* result is the same bit for bit for any thread count, BLAS library or BLAS thread setting.   */
 /* OWNERSHIP: inputs are borrowed for the call; a rotation owns its matrices.                  */
 /* ------------------------------------------------------------------------------------------ */
 

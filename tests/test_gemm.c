@@ -106,7 +106,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
             continue;
         for (int th = 1; th <= max_threads; th++) {
             float *y = test_new_output(tokens, ldy);
-            dq__gemm_w_a_isa(isas[v], w, &a.aq, bias, y, ldy, th);
+            dq__gemm_w_a_isa(isas[v], w, &a.aq, bias, y, ldy, test_threads(th));
             for (int64_t i = 0; i < tokens; i++)
                 for (int64_t o = 0; o < rows; o++)
                     if (memcmp(&y[i * ldy + o], &want[i * ldy + o], sizeof *y) != 0)
@@ -198,10 +198,10 @@ START_TEST(weight_only_threads_bit_exact)
     for (int64_t o = 0; o < rows; o++)
         bias[o] = (float)test_rng_normal(&r);
     float *want = test_new_output(tokens, ldy);
-    dq__gemm_w_f32(w, x, tokens, ldx, bias, want, ldy, 1);
+    dq__gemm_w_f32(w, x, tokens, ldx, bias, want, ldy, NULL);
     for (int th = 1; th <= 4; th++) {
         float *y = test_new_output(tokens, ldy);
-        dq__gemm_w_f32(w, x, tokens, ldx, th & 1 ? bias : NULL, y, ldy, th);
+        dq__gemm_w_f32(w, x, tokens, ldx, th & 1 ? bias : NULL, y, ldy, test_threads(th));
         if (th & 1)
             ck_assert(memcmp(y, want, (size_t)(tokens * ldy) * sizeof *y) == 0);
         else
@@ -254,7 +254,7 @@ static void check_quantize(test_rng *r, int64_t rows, int64_t cols, int32_t bits
         for (int th = 1; th <= 3; th++) {
             memset(got, 0xA5, (size_t)(rows * code_ld));
             dq__quantize_tokens_isa(isas[v], x, rows, cols, ldx, bits, scheme, clip, got, code_ld,
-                                    gs, gz, th);
+                                    gs, gz, test_threads(th));
             ck_assert_msg(memcmp(want, got, (size_t)(rows * code_ld)) == 0,
                           "%s codes differ: %lld x %lld bits %d scheme %d clip %g kind %d",
                           isa_names[v], (long long)rows, (long long)cols, bits, scheme,
@@ -329,14 +329,14 @@ START_TEST(packed_matrices_bit_exact)
                 for (size_t v = 0; v < sizeof isas / sizeof isas[0]; v++) {
                     if (!dq__gemm_isa_supported(isas[v]))
                         continue;
-                    dq__gemm_w_a_isa(isas[v], w, &a, NULL, y, rows, 2);
+                    dq__gemm_w_a_isa(isas[v], w, &a, NULL, y, rows, test_threads(2));
                     ck_assert_msg(memcmp(y, want, (size_t)(tokens * rows) * sizeof *y) == 0,
                                   "%s: bits %d scheme %d group %d", isa_names[v], bits, scheme,
                                   groups[g]);
                     compared++;
                 }
                 /* The dispatched entry points pick one of the variants above. */
-                dq__gemm_w_a(w, &a, NULL, y, rows, 0);
+                dq__gemm_w_a(w, &a, NULL, y, rows, test_threads(0));
                 ck_assert(memcmp(y, want, (size_t)(tokens * rows) * sizeof *y) == 0);
                 free(want);
                 free(y);
@@ -372,7 +372,7 @@ START_TEST(overflowing_sums_fall_back)
     for (size_t v = 0; v < sizeof isas / sizeof isas[0]; v++) {
         if (!dq__gemm_isa_supported(isas[v]))
             continue;
-        dq__gemm_w_a_isa(isas[v], w, &a.aq, NULL, y, rows, 1);
+        dq__gemm_w_a_isa(isas[v], w, &a.aq, NULL, y, rows, NULL);
         ck_assert_msg(memcmp(y, want, (size_t)(tokens * rows) * sizeof *y) == 0, "%s",
                       isa_names[v]);
     }

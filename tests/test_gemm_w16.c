@@ -65,7 +65,7 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
             continue;
         for (int th = 1; th <= max_threads; th++) {
             float *y = test_new_output(tokens, ldy);
-            dq__gemm_w_f32_isa(isas[v], w, x, tokens, ldx, bias, y, ldy, th);
+            dq__gemm_w_f32_isa(isas[v], w, x, tokens, ldx, bias, y, ldy, test_threads(th));
             for (int64_t i = 0; i < tokens; i++)
                 for (int64_t o = 0; o < rows; o++) {
                     const double got = y[i * ldy + o], ref = want[i * ldy + o];

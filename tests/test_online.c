@@ -26,6 +26,7 @@
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_alloc.h"
+#include "test_wprep.h"
 
 static const int32_t isas[] = {DQ_GEMM_ISA_PORTABLE, DQ_GEMM_ISA_AVX2, DQ_GEMM_ISA_AVX512};
 
@@ -149,7 +150,7 @@ static void result_free(result *q)
 static void *workspace(const dq__online *on, int64_t rows, int32_t threads)
 {
     size_t bytes = 0;
-    ck_assert(dq__online_workspace(on, rows, threads, &bytes));
+    ck_assert(dq__online_workspace(on, rows, test_threads(threads), &bytes));
     return aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
 }
 
@@ -167,7 +168,7 @@ static void check_case(const dq_plan *plan, const dq__online *on, const float *x
     ck_assert_int_eq(dq_plan_apply_act_to(plan, x, rows, cols, ldx, xt, cols, NULL, 0), DQ_OK);
     result ref = result_new(rows, code_ld);
     dq__quantize_tokens(xt, rows, cols, cols, bits, scheme, clip, ref.codes, code_ld, ref.scales,
-                        ref.zeros, 1);
+                        ref.zeros, NULL);
     /* fused, every variant */
     result first = {NULL, NULL, NULL};
     float *yt0 = NULL;
@@ -179,11 +180,11 @@ static void check_case(const dq_plan *plan, const dq__online *on, const float *x
             result q = result_new(rows, code_ld);
             memset(q.codes, 0xEE, (size_t)(rows * code_ld));
             dq__online_run_isa(isas[i], on, x, rows, ldx, bits, scheme, clip, q.codes, code_ld,
-                               q.scales, q.zeros, NULL, 0, work, threads);
+                               q.scales, q.zeros, NULL, 0, work, test_threads(threads));
             const int64_t ldy = cols + 1;
             float *yt = malloc((size_t)(rows * ldy) * sizeof(float));
             dq__online_run_isa(isas[i], on, x, rows, ldx, bits, scheme, clip, NULL, 0, NULL,
-                               NULL, yt, ldy, work, threads);
+                               NULL, yt, ldy, work, test_threads(threads));
             free(work);
             if (!first.codes) {
                 first = q;
@@ -440,7 +441,7 @@ START_TEST(allocation_failures)
         ck_assert_int_eq(dq__online_create(NULL, plan, &ref), DQ_OK);
         float y0[3 * 40], y1[3 * 40];
         void *work = workspace(ref, rows, 1);
-        dq__online_transform(ref, x, rows, cols, y0, cols, work, 1);
+        dq__online_transform(ref, x, rows, cols, y0, cols, work, NULL);
         int succeeded = 0;
         for (long fail_at = 1; fail_at < 50 && !succeeded; fail_at++) {
             test_alloc a = {0, 0, 0};
@@ -450,7 +451,7 @@ START_TEST(allocation_failures)
             dq__online *on = (dq__online *)(uintptr_t)1;
             dq_status st = dq__online_create(ctx, plan, &on);
             if (st == DQ_OK) {
-                dq__online_transform(on, x, rows, cols, y1, cols, work, 1);
+                dq__online_transform(on, x, rows, cols, y1, cols, work, NULL);
                 ck_assert(memcmp(y0, y1, sizeof y0) == 0);
                 succeeded = 1;
                 dq__online_free(on);

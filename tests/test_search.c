@@ -13,6 +13,7 @@
 #include "dq_search.h"
 #include "dq_test.h"
 #include "test_alloc.h"
+#include "test_wprep.h"
 
 enum { DATA_OUTLIERS, DATA_GAUSSIAN, DATA_TIES, DATA_MASSIVE };
 
@@ -54,15 +55,13 @@ typedef struct outcome {
 static void run_search(int32_t mode, int32_t threads, const dq__search_view *v, const float *base,
                        int32_t steps, bool row_rule, outcome *o)
 {
-    dq__pool *pool = NULL;
-    ck_assert_int_eq(dq__pool_create(NULL, threads, &pool), DQ_OK);
     o->r = malloc((size_t)v->n * (size_t)v->n * sizeof(float));
     dq__search_record rec = {o->ids, o->swapped, o->peaks, -1, -1};
-    ck_assert_int_eq(dq__greedy_search(NULL, pool, mode, v, base, steps, row_rule, o->r, &rec),
+    ck_assert_int_eq(dq__greedy_search(test_threads(threads), mode, v, base, steps, row_rule,
+                                       o->r, &rec),
                      DQ_OK);
     o->selected = rec.selected;
     o->rows_searched = rec.rows_searched;
-    dq__pool_free(pool);
 }
 
 static void assert_same(const outcome *a, const outcome *b, int32_t steps, int32_t n)
@@ -244,7 +243,7 @@ START_TEST(rotation_chain_agrees)
             float *y = malloc((size_t)(rows * cols) * sizeof *y);
             float *key = calloc((size_t)cols, sizeof *key);
             int64_t *perm = malloc((size_t)cols * sizeof *perm);
-            ck_assert_int_eq(dq__rotation_rows_exact(r1, x, cols, y, cols, rows, 2), DQ_OK);
+            ck_assert_int_eq(dq__rotation_rows_exact(r1, x, cols, y, cols, rows, test_threads(2)), DQ_OK);
             dq__col_absmax(y, rows, cols, cols, key);
             ck_assert_int_eq(dq__zigzag(NULL, key, cols, 32, perm), DQ_OK);
             for (int64_t i = 0; i < rows; i++)
@@ -345,17 +344,13 @@ START_TEST(allocation_failures_leak_nothing)
         test_alloc a = {0, 0, 0};
         dq_context *ctx = test_alloc_context(&a);
         ck_assert_ptr_nonnull(ctx);
-        dq__pool *pool = NULL;
-        ck_assert_int_eq(dq__pool_create(NULL, 2, &pool), DQ_OK);
         a.fail_at = a.total + fail;
         dq__search_record rec = {ids, swapped, peaks, 0, 0};
-        dq_status st = dq__greedy_search(ctx, pool, DQ__SEARCH_PRUNED, &v, base, 64, false, r,
-                                         &rec);
+        dq_status st = dq__greedy_search(ctx, DQ__SEARCH_PRUNED, &v, base, 64, false, r, &rec);
         if (st == DQ_OK)
             ok = 1;
         else
             ck_assert_int_eq(st, DQ_ERR_NOMEM);
-        dq__pool_free(pool);
         dq_context_free(ctx);
         ck_assert_int_eq(a.live, 0);
     }

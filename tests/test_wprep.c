@@ -89,3 +89,30 @@ void test_check_canaries(const float *y, int64_t rows, int64_t cols, int64_t ldy
     for (int64_t i = rows * ldy; i < rows * ldy + 16; i++)
         ck_assert_float_eq(y[i], CANARY);
 }
+
+/* One context per thread count asked for, freed at exit. */
+#define TEST_MAX_CONTEXTS 65
+static dq_context *test_contexts[TEST_MAX_CONTEXTS];
+
+static void test_free_contexts(void)
+{
+    for (int i = 0; i < TEST_MAX_CONTEXTS; i++) {
+        dq_context_free(test_contexts[i]);
+        test_contexts[i] = NULL;
+    }
+}
+
+const dq_context *test_threads(int32_t n)
+{
+    ck_assert(n >= 0 && n < TEST_MAX_CONTEXTS);
+    if (!test_contexts[n]) {
+        static int registered;
+        if (!registered++)
+            atexit(test_free_contexts);
+        dq_context_params p;
+        ck_assert_int_eq(dq_context_params_init(&p, sizeof p), DQ_OK);
+        p.n_threads = n;
+        ck_assert_int_eq(dq_context_create(&p, &test_contexts[n]), DQ_OK);
+    }
+    return test_contexts[n];
+}

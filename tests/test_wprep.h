@@ -30,4 +30,7 @@ void test_free_wprep(dq__wprep *w);
 float *test_new_output(int64_t rows, int64_t ldy);
 void test_check_canaries(const float *y, int64_t rows, int64_t cols, int64_t ldy);
 
+/* A context running the kernels on n threads (0: the host's count), kept until exit. */
+const dq_context *test_threads(int32_t n);
+
 #endif

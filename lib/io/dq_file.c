@@ -15,6 +15,7 @@
 #include "dq_linear.h"
 #include "dq_plan_binding.h"
 #include "dq_qmatrix.h"
+#include "dq_quant_rule.h"
 #include "dq_safetensors.h"
 
 /* The version a writer starts with: objects of version 1 only. Adding a layer in the blocked
@@ -158,7 +159,7 @@ DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
     dq_file_writer *w = dq__calloc(c, 1, sizeof *w);
     if (!w)
         return DQ_ERR_NOMEM;
-    w->ctx = *c;
+    dq__context_keep(&w->ctx, c);
     w->cap_meta = 8;
     w->meta = dq__calloc(c, w->cap_meta, sizeof *w->meta);
     char version[16];
@@ -206,6 +207,7 @@ DQ_API void dq_file_writer_free(dq_file_writer *w)
     dq__free(&c, w->e);
     dq__free(&c, w->meta);
     dq__free(&c, w);
+    dq__context_drop(&c);
 }
 
 static bool name_taken(const dq_file_writer *w, const char *name)
@@ -579,10 +581,11 @@ static dq_status reader_create(const dq_context *c, const dq_file_params *p, con
     dq_file_reader *r = dq__calloc(c, 1, sizeof *r);
     if (!r)
         goto fail;
-    r->ctx = *c;
+    dq__context_keep(&r->ctx, c);
     if ((st = dq__st_parse(c, buf, size, p->max_header_bytes, &r->f)) != DQ_OK ||
         (st = check_format(&r->f)) != DQ_OK) {
         dq__st_clear(c, &r->f);
+        dq__context_drop(&r->ctx);
         dq__free(c, r);
         goto fail;
     }
@@ -709,6 +712,7 @@ DQ_API void dq_file_reader_free(dq_file_reader *r)
     if (r->map)
         munmap(r->map, r->map_size);
     dq__free(&c, r);
+    dq__context_drop(&c);
 }
 
 DQ_API dq_status dq_file_reader_count(const dq_file_reader *r, int64_t *n_tensors,
@@ -1087,7 +1091,7 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
     st = DQ_ERR_NOMEM;
     if (!(q = dq__calloc(c, 1, sizeof *q)))
         goto out;
-    q->ctx = *c;
+    dq__context_keep(&q->ctx, c);
     q->packed = dq__alloc(c, tp->end - tp->begin);
     q->scales = dq__alloc(c, ng * sizeof(float));
     q->zeros = tz ? dq__alloc(c, ng * sizeof(float)) : NULL;
@@ -1116,7 +1120,7 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
             st = DQ_ERR_NONFINITE;
         else if (!(q->scales[g] > 0.0f) ||
                  (q->zeros && (q->zeros[g] != nearbyintf(q->zeros[g]) ||
-                               fabsf(q->zeros[g]) > 1e4f)))
+                               fabsf(q->zeros[g]) > DQ_QR_ZERO_LIMIT)))
             st = DQ_ERR_FORMAT;
     }
     /* The unused high nibble after an odd row is zero: the encoding is canonical. */
@@ -1604,7 +1608,7 @@ static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, cons
     }
     if (!(w = dq__calloc(c, 1, sizeof *w)))
         goto out;
-    w->ctx = *c;
+    dq__context_keep(&w->ctx, c);
     w->rows = rows;
     w->cols = cols;
     w->bits = (int32_t)bits;
@@ -1660,7 +1664,7 @@ static dq_status qmatrix_of_blocked(const dq_context *c, const dq__wprep *w, dq_
     dq_status st = DQ_ERR_NOMEM;
     if (!q || !row || !zeros)
         goto out;
-    q->ctx = *c;
+    dq__context_keep(&q->ctx, c);
     q->packed = dq__calloc(c, (size_t)w->rows, row_bytes);
     q->scales = dq__alloc(c, ng * sizeof(float));
     q->zeros = w->scheme == DQ_QUANT_ASYM ? dq__alloc(c, ng * sizeof(float)) : NULL;

@@ -1,5 +1,4 @@
-/* Reproducible block products for building and applying plans, and the worker pool that runs
- * them.
+/* Reproducible block products for building and applying plans.
  *
  * BLAS results may change with the BLAS thread count (OpenBLAS's do), so a plan built with
  * sgemm would depend on the host's threading. These products fix the arithmetic instead:
@@ -7,11 +6,8 @@
  * separately (C11 mode keeps the compiler from contracting them), and vector lanes never mix.
  * The bits are therefore the same for any SIMD width, row blocking or row split between
  * threads. */
-#define _POSIX_C_SOURCE 200809L /* sysconf */
-#include <pthread.h>
-#include <unistd.h>
-
 #include "dq_blockmul.h"
+#include "dq_cpu.h"
 
 /* Register tile: ROWS rows x COLS columns of accumulators. */
 #define TILE_ROWS 16
@@ -208,152 +204,15 @@ void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const 
                        int64_t ldb, int32_t n, float *c, int64_t ldc)
 {
 #if DQ_X86_VARIANTS
-    if (__builtin_cpu_supports("avx512f")) {
+    const uint32_t cpu = dq__cpu_features();
+    if (cpu & DQ_CPU_AVX512F) {
         product_avx512(a, lda, m, k, b, ldb, n, c, ldc);
         return;
     }
-    if (__builtin_cpu_supports("avx2")) {
+    if (cpu & DQ_CPU_AVX2) {
         product_avx2(a, lda, m, k, b, ldb, n, c, ldc);
         return;
     }
 #endif
     product(a, lda, m, k, b, ldb, n, c, ldc);
-}
-
-/* ---- worker pool ---- */
-
-/* Workers started when the context leaves the count to the host. */
-#define MAX_POOL_THREADS 64
-
-struct dq__pool {
-    dq_context ctx;
-    int32_t n_workers; /* including the calling thread */
-    int32_t started;   /* extra threads actually running */
-    pthread_t *threads;
-    pthread_mutex_t lock;
-    pthread_cond_t wake, done;
-    uint64_t generation; /* bumped for every job */
-    int32_t pending;     /* extra threads still working on the current job */
-    bool quit;
-    void (*fn)(void *arg, int32_t worker, int32_t n_workers);
-    void *arg;
-};
-
-typedef struct thread_arg {
-    dq__pool *pool;
-    int32_t worker;
-} thread_arg;
-
-static void *thread_main(void *p)
-{
-    thread_arg *h = p;
-    dq__pool *pool = h->pool;
-    const int32_t worker = h->worker;
-    uint64_t seen = 0;
-    pthread_mutex_lock(&pool->lock);
-    for (;;) {
-        while (!pool->quit && pool->generation == seen)
-            pthread_cond_wait(&pool->wake, &pool->lock);
-        if (pool->quit)
-            break;
-        seen = pool->generation;
-        pthread_mutex_unlock(&pool->lock);
-        pool->fn(pool->arg, worker, pool->n_workers);
-        pthread_mutex_lock(&pool->lock);
-        if (--pool->pending == 0)
-            pthread_cond_signal(&pool->done);
-    }
-    pthread_mutex_unlock(&pool->lock);
-    return NULL;
-}
-
-/* Thread arguments live right after the pool object. */
-dq_status dq__pool_create(const dq_context *ctx, int32_t n_threads, dq__pool **out)
-{
-    *out = NULL;
-    ctx = dq__ctx(ctx);
-    int32_t n = n_threads;
-    if (n <= 0) { /* the host decides: one worker per online CPU */
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        n = online > 0 ? (online < MAX_POOL_THREADS ? (int32_t)online : MAX_POOL_THREADS) : 1;
-    }
-    dq__pool *pool = dq__calloc(ctx, 1, sizeof *pool + (size_t)n * sizeof(thread_arg));
-    if (!pool)
-        return DQ_ERR_NOMEM;
-    pool->ctx = *ctx;
-    pool->n_workers = 1;
-    if (n > 1) {
-        pool->threads = dq__calloc(ctx, (size_t)n, sizeof(pthread_t));
-        if (!pool->threads) {
-            dq__free(ctx, pool);
-            return DQ_ERR_NOMEM;
-        }
-        pthread_mutex_init(&pool->lock, NULL);
-        pthread_cond_init(&pool->wake, NULL);
-        pthread_cond_init(&pool->done, NULL);
-        thread_arg *args = (thread_arg *)(pool + 1);
-        /* Fewer threads than asked for is fine: results never depend on the split. */
-        for (int32_t w = 1; w < n; w++) {
-            args[w] = (thread_arg){pool, w};
-            if (pthread_create(&pool->threads[w], NULL, thread_main, &args[w]) != 0)
-                break;
-            pool->started++;
-        }
-        pool->n_workers = pool->started + 1;
-    }
-    *out = pool;
-    return DQ_OK;
-}
-
-void dq__pool_run(dq__pool *pool, void (*fn)(void *arg, int32_t worker, int32_t n_workers),
-                  void *arg)
-{
-    if (pool->started == 0) {
-        fn(arg, 0, 1);
-        return;
-    }
-    pthread_mutex_lock(&pool->lock);
-    pool->fn = fn;
-    pool->arg = arg;
-    pool->pending = pool->started;
-    pool->generation++;
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->lock);
-    fn(arg, 0, pool->n_workers);
-    pthread_mutex_lock(&pool->lock);
-    while (pool->pending > 0)
-        pthread_cond_wait(&pool->done, &pool->lock);
-    pthread_mutex_unlock(&pool->lock);
-}
-
-int32_t dq__pool_workers(const dq__pool *pool)
-{
-    return pool->n_workers;
-}
-
-void dq__pool_free(dq__pool *pool)
-{
-    if (!pool)
-        return;
-    if (pool->threads) {
-        pthread_mutex_lock(&pool->lock);
-        pool->quit = true;
-        pthread_cond_broadcast(&pool->wake);
-        pthread_mutex_unlock(&pool->lock);
-        for (int32_t w = 1; w <= pool->started; w++)
-            pthread_join(pool->threads[w], NULL);
-        pthread_cond_destroy(&pool->wake);
-        pthread_cond_destroy(&pool->done);
-        pthread_mutex_destroy(&pool->lock);
-    }
-    dq_context c = pool->ctx;
-    dq__free(&c, pool->threads);
-    dq__free(&c, pool);
-}
-
-/* Rows [begin, end) of worker w when m rows are split evenly over n workers. */
-void dq__split_rows(int64_t m, int32_t w, int32_t n, int64_t *begin, int64_t *end)
-{
-    *begin = m * w / n;
-    *end = m * (w + 1) / n;
 }

@@ -95,16 +95,16 @@ void dq__gemm_w_f32_ref_rows(const dq__wprep *w, const float *x, int64_t rows, i
 void dq__wprep_unpack_row(const dq__wprep *w, int64_t r, int8_t *codes, float *scales,
                           int32_t *zeros);
 
-/* Dispatched entry points: the fastest kernel this CPU supports, on up to n_threads threads
- * (0 = host decides). Same results as the _ref versions (bit-identical for the integer path;
+/* Dispatched entry points: the fastest kernel this CPU supports, on ctx's threads (dq_pool.h;
+ * NULL: the calling thread). Same results as the _ref versions (bit-identical for the integer path;
  * the weight-only product within float rounding, see dq_gemm_simd.h). */
 void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx, int32_t bits,
                          int32_t scheme, float clip, uint8_t *codes, int64_t code_ld,
-                         float *scales, int32_t *zeros, int32_t n_threads);
+                         float *scales, int32_t *zeros, const dq_context *ctx);
 dq_status dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
-                       int64_t ldy, int32_t n_threads);
+                       int64_t ldy, const dq_context *ctx);
 void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,
-                    const float *bias, float *y, int64_t ldy, int32_t n_threads);
+                    const float *bias, float *y, int64_t ldy, const dq_context *ctx);
 
 /* The integer product without allocating: work (DQ_ALIGN-aligned; NULL when the size is 0)
  * holds dq__gemm_w_a_workspace(w, rows) bytes for a->rows <= rows tokens, which grows with rows
@@ -112,6 +112,6 @@ void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ld
  * y untouched, when it cannot). */
 bool dq__gemm_w_a_workspace(const dq__wprep *w, int64_t rows, size_t *bytes);
 void dq__gemm_w_a_work(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
-                       int64_t ldy, int32_t n_threads, void *work);
+                       int64_t ldy, const dq_context *ctx, void *work);
 
 #endif

@@ -18,6 +18,7 @@ void dq__wprep_free(dq__wprep *w)
     dq__free(&c, w->zeros);
     dq__free(&c, w->code_sums);
     dq__free(&c, w);
+    dq__context_drop(&c);
 }
 
 /* The repacked form straight from the packed matrix: one row of signed codes at a time, no
@@ -35,7 +36,7 @@ dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep
     dq__wprep *w = dq__calloc(c, 1, sizeof *w);
     if (!w)
         return DQ_FAIL(ctx, DQ_ERR_NOMEM, "prepared weights");
-    w->ctx = *c;
+    dq__context_keep(&w->ctx, c);
     w->rows = q->rows;
     w->cols = q->cols;
     w->bits = q->bits;

@@ -2,8 +2,9 @@
  * of activation tiles and the split of the work over threads (layouts in dq_gemm_simd.h). */
 #include <string.h>
 
+#include "dq_cpu.h"
 #include "dq_gemm_simd.h"
-#include "dq_threads.h"
+#include "dq_pool.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define DQ_GEMM_X86 1
@@ -22,11 +23,12 @@ bool dq__gemm_isa_supported(int32_t isa)
     case DQ_GEMM_ISA_PORTABLE:
         return true;
 #if DQ_GEMM_X86
+    /* The float kernels of both sets multiply-add with FMA. */
     case DQ_GEMM_ISA_AVX2:
-        return __builtin_cpu_supports("avx2");
+        return dq__cpu_has(DQ_CPU_AVX2 | DQ_CPU_FMA);
     case DQ_GEMM_ISA_AVX512:
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+        return dq__cpu_has(DQ_CPU_AVX2 | DQ_CPU_FMA | DQ_CPU_AVX512F | DQ_CPU_AVX512BW |
+                           DQ_CPU_AVX512VL | DQ_CPU_AVX512VNNI);
 #endif
     default:
         return false;
@@ -293,7 +295,7 @@ static void ref_part(void *arg, int32_t part, int32_t n)
 #define REF_MACS_PER_THREAD ((int64_t)1 << 22)
 
 static void run_ref(const dq__wprep *w, const dq__aq *a, const float *x, int64_t rows,
-                    int64_t ldx, const float *bias, float *y, int64_t ldy, int32_t n_threads)
+                    int64_t ldx, const float *bias, float *y, int64_t ldy, const dq_context *ctx)
 {
     int64_t macs;
     if (__builtin_mul_overflow(rows, w->rows, &macs) ||
@@ -301,7 +303,7 @@ static void run_ref(const dq__wprep *w, const dq__aq *a, const float *x, int64_t
         macs = INT64_MAX;
     const int64_t useful = macs / REF_MACS_PER_THREAD;
     ref_job j = {w, a, x, rows, ldx, bias, y, ldy};
-    dq__parallel_run(dq__threads_resolve(n_threads, useful < w->rows ? useful : w->rows),
+    dq__parallel(ctx, dq__threads(ctx, useful < w->rows ? useful : w->rows),
                      ref_part, &j);
 }
 
@@ -340,7 +342,7 @@ static void w16_part(void *arg, int32_t part, int32_t n)
 
 void dq__gemm_w_f32_isa(int32_t isa, const dq__wprep *w, const float *x, int64_t rows,
                         int64_t ldx, const float *bias, float *y, int64_t ldy,
-                        int32_t n_threads)
+                        const dq_context *ctx)
 {
     const dq__wpack *wp = w->kernel;
     dq__gemm_f32_fn *fn = NULL;
@@ -348,12 +350,12 @@ void dq__gemm_w_f32_isa(int32_t isa, const dq__wprep *w, const float *x, int64_t
 #if DQ_GEMM_X86
         if (isa == DQ_GEMM_ISA_AVX512)
             fn = dq__gemm_w16_avx512;
-        else if (isa == DQ_GEMM_ISA_AVX2 && __builtin_cpu_supports("fma"))
+        else if (isa == DQ_GEMM_ISA_AVX2)
             fn = dq__gemm_w16_avx2;
 #endif
     }
     if (!fn) {
-        run_ref(w, NULL, x, rows, ldx, bias, y, ldy, n_threads);
+        run_ref(w, NULL, x, rows, ldx, bias, y, ldy, ctx);
         return;
     }
     int64_t macs;
@@ -362,12 +364,12 @@ void dq__gemm_w_f32_isa(int32_t isa, const dq__wprep *w, const float *x, int64_t
         macs = INT64_MAX;
     const int64_t useful = macs / W16_MACS_PER_THREAD;
     const int64_t parts = wp->blocks > rows ? wp->blocks : rows;
-    const int32_t n = dq__threads_resolve(n_threads, useful < parts ? useful : parts);
+    const int32_t n = dq__threads(ctx, useful < parts ? useful : parts);
     w16_job job = {fn, w, x, rows, ldx, bias, y, ldy, false};
     job.split_tokens = n > 1 && wp->blocks < 4 * (int64_t)n && rows >= 4 * (int64_t)n;
     if (n > 1 && !job.split_tokens && wp->blocks < n)
         job.split_tokens = rows >= n;
-    dq__parallel_run(n, w16_part, &job);
+    dq__parallel(ctx, n, w16_part, &job);
 }
 
 /* The kernels get each group sum modulo 2^32, the reference exactly: they agree when
@@ -434,7 +436,7 @@ bool dq__gemm_w_a_workspace(const dq__wprep *w, int64_t rows, size_t *bytes)
 }
 
 void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
-                           float *y, int64_t ldy, int32_t n_threads, void *work)
+                           float *y, int64_t ldy, const dq_context *ctx, void *work)
 {
     const dq__wpack *wp = w->kernel;
     dq__gemm_tiles_fn *tiles = NULL;
@@ -454,7 +456,7 @@ void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, con
     const bool sized = gemm_work_layout_of(w, a->rows, &l) && work;
     DQ_ASSERT(!tiles || sized);
     if (!tiles || !sums_fit_int32(w, a) || !sized) {
-        run_ref(w, a, NULL, a->rows, 0, bias, y, ldy, n_threads);
+        run_ref(w, a, NULL, a->rows, 0, bias, y, ldy, ctx);
         return;
     }
     gemm_job job = {.w = w, .a = a, .bias = bias, .y = y, .ldy = ldy, .tiles = tiles};
@@ -475,15 +477,15 @@ void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, con
         __builtin_mul_overflow(macs, w->cols, &macs))
         macs = INT64_MAX;
     const int64_t useful = macs / MACS_PER_THREAD;
-    int32_t n = dq__threads_resolve(n_threads, useful < wp->blocks ? useful : wp->blocks);
+    int32_t n = dq__threads(ctx, useful < wp->blocks ? useful : wp->blocks);
     if (n > 1 && wp->blocks < 4 * (int64_t)n && ap->tiles >= 4 * (int64_t)n)
         job.split_tiles = true;
-    dq__parallel_run(ap->tiles >= n ? n : 1, prepare_part, &job);
-    dq__parallel_run(n, compute_part, &job);
+    dq__parallel(ctx, ap->tiles >= n ? n : 1, prepare_part, &job);
+    dq__parallel(ctx, n, compute_part, &job);
 }
 
 dq_status dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
-                           float *y, int64_t ldy, int32_t n_threads)
+                           float *y, int64_t ldy, const dq_context *ctx)
 {
     size_t bytes;
     if (!dq__gemm_w_a_workspace(w, a->rows, &bytes))
@@ -492,7 +494,7 @@ dq_status dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, con
     void *work = NULL;
     if (bytes > 0 && !(work = dq__alloc(&w->ctx, bytes)))
         return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "workspace of %zu bytes", bytes);
-    dq__gemm_w_a_isa_work(isa, w, a, bias, y, ldy, n_threads, work);
+    dq__gemm_w_a_isa_work(isa, w, a, bias, y, ldy, ctx, work);
     dq__free(&w->ctx, work);
     return DQ_OK;
 }
@@ -528,7 +530,7 @@ static void quant_part(void *arg, int32_t part, int32_t n)
 void dq__quantize_tokens_isa(int32_t isa, const float *x, int64_t rows, int64_t cols,
                              int64_t ldx, int32_t bits, int32_t scheme, float clip,
                              uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros,
-                             int32_t n_threads)
+                             const dq_context *ctx)
 {
     quant_job q = {dq__quantize_tokens_ref, x,    rows,    cols,   ldx,  bits,
                    scheme,                  clip, codes,   code_ld, scales, zeros};
@@ -540,6 +542,6 @@ void dq__quantize_tokens_isa(int32_t isa, const float *x, int64_t rows, int64_t 
     if (__builtin_mul_overflow(rows, cols, &elems))
         elems = INT64_MAX;
     const int64_t useful = elems / QUANT_PER_THREAD;
-    dq__parallel_run(dq__threads_resolve(n_threads, useful < rows ? useful : rows), quant_part,
+    dq__parallel(ctx, dq__threads(ctx, useful < rows ? useful : rows), quant_part,
                      &q);
 }

@@ -127,18 +127,18 @@ void dq__gemm_prepare(dq__wprep *w);
  * when that is 0). The plain form (tests, benchmarks) allocates that workspace through w's
  * context once per call: DQ_ERR_NOMEM (y untouched) when it cannot. */
 void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
-                           float *y, int64_t ldy, int32_t n_threads, void *work);
+                           float *y, int64_t ldy, const dq_context *ctx, void *work);
 dq_status dq__gemm_w_a_isa(int32_t isa, const dq__wprep *w, const dq__aq *a, const float *bias,
-                           float *y, int64_t ldy, int32_t n_threads);
-/* The weight-only product on one instruction set, split over up to n_threads threads. An ISA
+                           float *y, int64_t ldy, const dq_context *ctx);
+/* The weight-only product on one instruction set, split over ctx's threads. An ISA
  * the CPU lacks, or weights without the repacked form, run the portable kernel. */
 void dq__gemm_w_f32_isa(int32_t isa, const dq__wprep *w, const float *x, int64_t rows,
                         int64_t ldx, const float *bias, float *y, int64_t ldy,
-                        int32_t n_threads);
+                        const dq_context *ctx);
 void dq__quantize_tokens_isa(int32_t isa, const float *x, int64_t rows, int64_t cols,
                              int64_t ldx, int32_t bits, int32_t scheme, float clip,
                              uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros,
-                             int32_t n_threads);
+                             const dq_context *ctx);
 
 /* Tile kernels: y for tokens of tiles [tile_begin, tile_end) and outputs of blocks
  * [block_begin, block_end). bias may be NULL. */

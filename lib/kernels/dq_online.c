@@ -6,7 +6,7 @@
 
 #include "dq_gemm_simd.h"
 #include "dq_online.h"
-#include "dq_threads.h"
+#include "dq_pool.h"
 #include "dq_rotation.h"
 
 /* Bytes of one of a worker's two float tile buffers: two of them plus the matrices being
@@ -53,6 +53,7 @@ void dq__online_free(dq__online *on)
     dq__free(&c, on->folded);
     dq__free(&c, on->smooth);
     dq__free(&c, on);
+    dq__context_drop(&c);
 }
 
 int64_t dq__online_tile_rows(const dq__online *on)
@@ -152,7 +153,7 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
     dq__online *on = dq__calloc(ctx, 1, sizeof *on);
     if (!on)
         return DQ_ERR_NOMEM;
-    on->ctx = *ctx; /* first: dq__online_free frees through it */
+    dq__context_keep(&on->ctx, ctx); /* first: dq__online_free frees through it */
     int64_t *perm = dq__alloc(ctx, (size_t)cols * sizeof(int64_t));
     int32_t *pend = dq__alloc(ctx, (size_t)cols * sizeof(int32_t));
     st = DQ_ERR_NOMEM;
@@ -262,40 +263,41 @@ static size_t buf_bytes(const dq__online *on, int64_t tile)
 
 /* Tokens per tile for a call: at most the cache-sized tile, and small enough that every
  * thread gets one (never larger for fewer rows, so neither is the workspace). */
-static int64_t tile_of(const dq__online *on, int64_t rows, int32_t n_threads)
+static int64_t tile_of(const dq__online *on, int64_t rows, const dq_context *ctx)
 {
-    const int64_t most = dq__threads_resolve(n_threads, INT64_MAX);
+    const int64_t most = dq__threads(ctx, INT64_MAX);
     const int64_t even = (rows + most - 1) / most;
     return even < on->tile_rows ? even : on->tile_rows;
 }
 
 /* The tile a call runs: no larger than tile_of, and the tile count a multiple of the thread
  * count where possible, so that the threads finish together. */
-static int64_t tile_balanced(const dq__online *on, int64_t rows, int32_t n_threads)
+static int64_t tile_balanced(const dq__online *on, int64_t rows, const dq_context *ctx)
 {
-    const int64_t most = dq__threads_resolve(n_threads, INT64_MAX);
-    const int64_t cap = tile_of(on, rows, n_threads);
+    const int64_t most = dq__threads(ctx, INT64_MAX);
+    const int64_t cap = tile_of(on, rows, ctx);
     const int64_t tiles = ((rows + cap - 1) / cap + most - 1) / most * most;
     return (rows + tiles - 1) / tiles;
 }
 
-static int32_t workers_for(const dq__online *on, int64_t rows, int32_t n_threads)
+static int32_t workers_for(const dq__online *on, int64_t rows, const dq_context *ctx)
 {
-    const int64_t t = tile_of(on, rows, n_threads);
-    return dq__threads_resolve(n_threads, (rows + t - 1) / t);
+    const int64_t t = tile_of(on, rows, ctx);
+    return dq__threads(ctx, (rows + t - 1) / t);
 }
 
-bool dq__online_workspace(const dq__online *on, int64_t rows, int32_t n_threads, size_t *bytes)
+bool dq__online_workspace(const dq__online *on, int64_t rows, const dq_context *ctx,
+                          size_t *bytes)
 {
     *bytes = 0;
     if (rows <= 0)
         return true;
-    const int64_t t = tile_of(on, rows, n_threads);
+    const int64_t t = tile_of(on, rows, ctx);
     size_t per;
     if ((uint64_t)t > SIZE_MAX / 2 / (size_t)on->buf_ld / sizeof(float))
         return false;
     per = 2 * buf_bytes(on, t);
-    return dq__mul_size(per, (size_t)workers_for(on, rows, n_threads), bytes);
+    return dq__mul_size(per, (size_t)workers_for(on, rows, ctx), bytes);
 }
 
 /* ---- running ---- */
@@ -339,10 +341,6 @@ typedef struct kernels {
 static kernels kernels_for(int32_t isa)
 {
     kernels k = {dq__online_block_portable, dq__online_divide_portable, dq__quantize_tokens_ref};
-#if defined(__GNUC__) && defined(__x86_64__)
-    if (!__builtin_cpu_supports("fma"))
-        return k;
-#endif
     if (isa == DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa)) {
         k.block = dq__online_block_avx512;
         k.divide = dq__online_divide_avx512;
@@ -475,11 +473,11 @@ static void run_part(void *arg, int32_t w, int32_t n)
 void dq__online_run_isa(int32_t isa, const dq__online *on, const float *x, int64_t rows,
                         int64_t ldx, int32_t bits, int32_t scheme, float clip, uint8_t *codes,
                         int64_t code_ld, float *scales, int32_t *zeros, float *y, int64_t ldy,
-                        void *work, int32_t n_threads)
+                        void *work, const dq_context *ctx)
 {
     if (rows <= 0)
         return;
-    const int64_t tile = tile_balanced(on, rows, n_threads);
+    const int64_t tile = tile_balanced(on, rows, ctx);
     job j = {.on = on,
              .k = kernels_for(isa),
              .x = x,
@@ -495,24 +493,24 @@ void dq__online_run_isa(int32_t isa, const dq__online *on, const float *x, int64
              .y = y,
              .ldy = ldy,
              .work = work,
-             .per_worker = 2 * buf_bytes(on, tile_of(on, rows, n_threads)),
+             .per_worker = 2 * buf_bytes(on, tile_of(on, rows, ctx)),
              .tile = tile};
     atomic_init(&j.next, 0);
-    dq__parallel_run(workers_for(on, rows, n_threads), run_part, &j);
+    dq__parallel(ctx, workers_for(on, rows, ctx), run_part, &j);
 }
 
 void dq__online_quantize(const dq__online *on, const float *x, int64_t rows, int64_t ldx,
                          int32_t bits, int32_t scheme, float clip, uint8_t *codes,
                          int64_t code_ld, float *scales, int32_t *zeros, void *work,
-                         int32_t n_threads)
+                         const dq_context *ctx)
 {
     dq__online_run_isa(dq__gemm_isa_best(), on, x, rows, ldx, bits, scheme, clip, codes,
-                       code_ld, scales, zeros, NULL, 0, work, n_threads);
+                       code_ld, scales, zeros, NULL, 0, work, ctx);
 }
 
 void dq__online_transform(const dq__online *on, const float *x, int64_t rows, int64_t ldx,
-                          float *y, int64_t ldy, void *work, int32_t n_threads)
+                          float *y, int64_t ldy, void *work, const dq_context *ctx)
 {
     dq__online_run_isa(dq__gemm_isa_best(), on, x, rows, ldx, 4, DQ_QUANT_ASYM, 1.0f, NULL, 0,
-                       NULL, NULL, y, ldy, work, n_threads);
+                       NULL, NULL, y, ldy, work, ctx);
 }

@@ -29,9 +29,10 @@ typedef struct dq__online dq__online;
 dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__online **out);
 void dq__online_free(dq__online *on);
 
-/* Bytes of workspace for rows tokens on up to n_threads threads (the caller aligns it to
+/* Bytes of workspace for rows tokens on ctx's threads (the caller aligns it to
  * DQ_ALIGN); false on overflow. */
-bool dq__online_workspace(const dq__online *on, int64_t rows, int32_t n_threads, size_t *bytes);
+bool dq__online_workspace(const dq__online *on, int64_t rows, const dq_context *ctx,
+                          size_t *bytes);
 
 /* Fused transform + per-token quantization: codes (code_ld, padding 0), scales, zeros exactly
  * as dq__quantize_tokens writes them for the transformed rows. work: DQ_ALIGN-aligned, at
@@ -39,17 +40,17 @@ bool dq__online_workspace(const dq__online *on, int64_t rows, int32_t n_threads,
 void dq__online_quantize(const dq__online *on, const float *x, int64_t rows, int64_t ldx,
                          int32_t bits, int32_t scheme, float clip, uint8_t *codes,
                          int64_t code_ld, float *scales, int32_t *zeros, void *work,
-                         int32_t n_threads);
+                         const dq_context *ctx);
 /* The transform alone: y (rows x cols, ldy) = x * G. */
 void dq__online_transform(const dq__online *on, const float *x, int64_t rows, int64_t ldx,
-                          float *y, int64_t ldy, void *work, int32_t n_threads);
+                          float *y, int64_t ldy, void *work, const dq_context *ctx);
 
 /* The same forced to one instruction set (DQ_GEMM_ISA_*; one the CPU lacks runs the portable
  * kernels), for tests and benchmarks. y NULL: quantize; else transform. */
 void dq__online_run_isa(int32_t isa, const dq__online *on, const float *x, int64_t rows,
                         int64_t ldx, int32_t bits, int32_t scheme, float clip, uint8_t *codes,
                         int64_t code_ld, float *scales, int32_t *zeros, float *y, int64_t ldy,
-                        void *work, int32_t n_threads);
+                        void *work, const dq_context *ctx);
 
 /* dq_linear_forward through the fused route (what the public call runs) or the unfused one
  * (dq_plan_apply_act_to into a float buffer, then dq__quantize_tokens: the oracle of tests and

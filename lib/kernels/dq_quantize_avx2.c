@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "dq_gemm_simd.h"
+#include "dq_quant_rule.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 
@@ -15,16 +16,6 @@
 #pragma GCC target("avx2")
 #endif
 #include <immintrin.h>
-
-/* The clamps of DESIGN.md 4.7, as dq_int4.c applies them. */
-#define SCALE_MIN 1e-5f
-#define SCALE_MAX 1e4f
-#define ZERO_LIMIT 1e4f
-
-static float clampf(float x, float lo, float hi)
-{
-    return x < lo ? lo : (x > hi ? hi : x);
-}
 
 static void quantize_row(const float *x, int64_t cols, int32_t bits, int32_t scheme, float clip,
                          uint8_t *codes, float *scale_out, int32_t *zero_out)
@@ -50,19 +41,13 @@ static void quantize_row(const float *x, int64_t cols, int32_t bits, int32_t sch
     }
 
     float scale, zero, lo, hi, offset;
+    dq__qr_params(bits, scheme, mn, mx, clip, clip, &scale, &zero);
     if (scheme == DQ_QUANT_ASYM) {
-        mx *= clip;
-        mn *= clip;
-        const float levels = (float)((1 << bits) - 1);
-        scale = clampf((mx - mn) / levels, SCALE_MIN, SCALE_MAX);
-        zero = rintf(clampf(-mn / scale, -ZERO_LIMIT, ZERO_LIMIT));
         lo = 0.0f;
-        hi = levels;
+        hi = dq__qr_top(bits, scheme);
         offset = zero;
     } else {
-        const float amax = fmaxf(fabsf(mx), fabsf(mn)) * clip;
-        const float top = (float)((1 << (bits - 1)) - 1);
-        scale = clampf(amax / top, SCALE_MIN, SCALE_MAX);
+        const float top = dq__qr_top(bits, scheme);
         zero = (float)(1 << (bits - 1));
         lo = -top - 1.0f;
         hi = top;
@@ -97,7 +82,7 @@ static void quantize_row(const float *x, int64_t cols, int32_t bits, int32_t sch
         float q = rintf(x[j] / scale);
         if (scheme == DQ_QUANT_ASYM)
             q = q + offset;
-        codes[j] = (uint8_t)((int32_t)clampf(q, lo, hi) + shift);
+        codes[j] = (uint8_t)((int32_t)dq__qr_clamp(q, lo, hi) + shift);
     }
 }
 

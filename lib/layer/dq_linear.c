@@ -106,7 +106,7 @@ dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_para
         dq__wprep_free(w);
         return DQ_FAIL(ctx, DQ_ERR_NOMEM, "layer");
     }
-    lin->ctx = *c;
+    dq__context_keep(&lin->ctx, c);
     lin->w = w;
     if (bias) {
         lin->bias = dq__alloc(c, (size_t)rows * sizeof(float));
@@ -167,6 +167,7 @@ DQ_API void dq_linear_free(dq_linear *lin)
     dq_plan_free((dq_plan *)(uintptr_t)lin->plan); /* the layer's reference */
     dq__free(&c, lin->bias);
     dq__free(&c, lin);
+    dq__context_drop(&c);
 }
 
 DQ_API dq_status dq_linear_layout(const dq_linear *lin, int64_t *in_features,
@@ -265,7 +266,7 @@ static dq_status workspace_layout_of(const char *func, const dq_linear *const *l
     if (!dq__mul_size((size_t)rows, (size_t)cols, &elems))
         goto overflow;
     if (fused(lin, route)) {
-        if (!dq__online_workspace(lin->online, rows, lin->ctx.n_threads, &l->plan_bytes) ||
+        if (!dq__online_workspace(lin->online, rows, &lin->ctx, &l->plan_bytes) ||
             (lin->act_bits == 0 && !add_part(&cursor, elems, sizeof(float), &l->xt)) ||
             !add_part(&cursor, l->plan_bytes, 1, &l->plan_work))
             goto overflow;
@@ -417,7 +418,7 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
     /* The shared activations: transformed floats, or codes. */
     const float *xin = x;
     int64_t ldin = ldx;
-    const int32_t threads = lin->ctx.n_threads;
+    const dq_context *threads = &lin->ctx; /* whose threads run the kernels */
     void *tiles = on && l.plan_bytes > 0 ? base + l.plan_work : NULL;
     if (on && lin->act_bits == 0) {
         float *xt = (float *)(void *)(base + l.xt);
@@ -438,7 +439,7 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
     if (lin->act_bits == 0) {
         for (int32_t i = 0; i < n; i++)
             dq__gemm_w_f32(layers[i]->w, xin, rows, ldin, layers[i]->bias, y[i], ldy[i],
-                           layers[i]->ctx.n_threads);
+                           &layers[i]->ctx);
     } else {
         uint8_t *codes = base + l.codes;
         float *scales = (float *)(void *)(base + l.scales);
@@ -452,7 +453,7 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
         const dq__aq a = {rows, cols, l.code_ld, codes, scales, zeros};
         for (int32_t i = 0; i < n; i++)
             dq__gemm_w_a_work(layers[i]->w, &a, layers[i]->bias, y[i], ldy[i],
-                              layers[i]->ctx.n_threads, base + l.gemm);
+                              &layers[i]->ctx, base + l.gemm);
     }
 out:
     dq__free(ctx, owned);

@@ -53,6 +53,7 @@ DQ_API void dq_plan_free(dq_plan *pl)
     dq__free(&c, pl->perm);
     dq__free(&c, pl->smooth);
     dq__free(&c, pl);
+    dq__context_drop(&c);
 }
 
 dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, bool smooth,
@@ -62,7 +63,7 @@ dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, boo
     dq_plan *pl = dq__calloc(ctx, 1, sizeof *pl);
     if (!pl)
         return DQ_ERR_NOMEM;
-    pl->ctx = *ctx;
+    dq__context_keep(&pl->ctx, ctx);
     pl->cols = cols;
     pl->n_rot = n_rot;
     bool ok = true;

@@ -107,7 +107,7 @@ static dq_status pack(dq_context *ctx, const dq_quant_params *params, const floa
     dq_qmatrix *q = dq__calloc(c, 1, sizeof *q);
     if (!q)
         return DQ_ERR_NOMEM;
-    q->ctx = *c;
+    dq__context_keep(&q->ctx, c);
     q->packed = dq__calloc(c, nbytes, 1);
     q->scales = dq__alloc(c, gbytes);
     q->zeros = p.scheme == DQ_QUANT_ASYM ? dq__alloc(c, gbytes) : NULL;
@@ -181,6 +181,7 @@ DQ_API void dq_qmatrix_free(dq_qmatrix *q)
     dq__free(&c, q->scales);
     dq__free(&c, q->zeros);
     dq__free(&c, q);
+    dq__context_drop(&c);
 }
 
 DQ_API dq_status dq_qmatrix_layout(const dq_qmatrix *q, int64_t *rows, int64_t *cols,

@@ -3,6 +3,7 @@
  * lib/offline/dq_rotation_search.c, from given matrices in dq_rotation_io.c. */
 #include <string.h>
 
+#include "dq_pool.h"
 #include "dq_rotation.h"
 
 /* Rows per product when applying rotations: small enough to keep the temporary in cache. */
@@ -22,6 +23,7 @@ DQ_API void dq_rotation_free(dq_rotation *r)
     dq__free(&c, r->swapped);
     dq__free(&c, r->peaks);
     dq__free(&c, r);
+    dq__context_drop(&c);
 }
 
 dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bool per_block,
@@ -48,7 +50,7 @@ dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bo
     dq_rotation *r = dq__calloc(ctx, 1, sizeof *r);
     if (!r)
         return DQ_FAIL(ctx, DQ_ERR_NOMEM, "rotation object");
-    r->ctx = *ctx;
+    dq__context_keep(&r->ctx, ctx);
     r->cols = cols;
     r->block_size = bs;
     r->method = method;
@@ -123,7 +125,7 @@ static void rows_worker(void *arg, int32_t w, int32_t n_workers)
     const rows_job *j = arg;
     const dq_rotation *r = j->r;
     int64_t begin, end;
-    dq__split_rows(j->rows, w, n_workers, &begin, &end);
+    dq__split(j->rows, w, n_workers, &begin, &end);
     for (int64_t b = 0; b < r->n_blocks && begin < end; b++) {
         const int64_t m = r->mat_of_block[b];
         const int32_t n = r->mat_size[m];
@@ -135,15 +137,10 @@ static void rows_worker(void *arg, int32_t w, int32_t n_workers)
 }
 
 dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,
-                                  int64_t ldo, int64_t rows, int32_t n_threads)
+                                  int64_t ldo, int64_t rows, const dq_context *ctx)
 {
-    dq__pool *pool;
-    dq_status st = dq__pool_create(&r->ctx, n_threads, &pool);
-    if (st != DQ_OK)
-        return st;
     rows_job job = {r, in, out, ldi, ldo, rows};
-    dq__pool_run(pool, rows_worker, &job);
-    dq__pool_free(pool);
+    dq__parallel(ctx, dq__threads(ctx, rows), rows_worker, &job);
     return DQ_OK;
 }
 

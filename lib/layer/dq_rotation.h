@@ -48,10 +48,10 @@ dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bo
                              int32_t method, int32_t steps, dq_rotation **out);
 /* A deep copy allocated with ctx. */
 dq_status dq__rotation_clone(const dq_context *ctx, const dq_rotation *src, dq_rotation **out);
-/* out = in * blockdiag(R) for rows rows through the reproducible product, on up to n_threads
- * threads (plan building); in and out must not overlap. */
+/* out = in * blockdiag(R) for rows rows through the reproducible product, on ctx's threads
+ * (plan building); in and out must not overlap. */
 dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,
-                                  int64_t ldo, int64_t rows, int32_t n_threads);
+                                  int64_t ldo, int64_t rows, const dq_context *ctx);
 /* The same on the calling thread (applying plans and rotations): the same bits as
  * dq__rotation_rows_exact for any thread count, and no BLAS. */
 dq_status dq__rotation_rows(const dq_rotation *r, const float *in, int64_t ldi, float *out,

@@ -54,7 +54,7 @@ DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_
     dq_rotation *r = dq__calloc(c, 1, sizeof *r);
     if (!r)
         return DQ_ERR_NOMEM;
-    r->ctx = *c;
+    dq__context_keep(&r->ctx, c);
     r->cols = cols;
     r->block_size = block_size;
     r->method = DQ_ROT_METHOD_RANDOM; /* given matrices: no search record to keep */

@@ -70,7 +70,7 @@ DQ_API dq_status dq_calib_create(dq_context *ctx, const dq_calib_params *params,
     dq_calib *cal = dq__calloc(c, 1, sizeof *cal);
     if (!cal)
         return DQ_ERR_NOMEM;
-    cal->ctx = *c;
+    dq__context_keep(&cal->ctx, c);
     cal->cols = cols;
     cal->mode = p.sample_mode;
     cal->sample_tokens = p.sample_mode == DQ_CALIB_SAMPLE_NONE ? 0 : p.sample_tokens;
@@ -109,6 +109,7 @@ DQ_API void dq_calib_free(dq_calib *cal)
     dq__free(&c, cal->first);
     dq__free(&c, cal->sum);
     dq__free(&c, cal);
+    dq__context_drop(&c);
 }
 
 DQ_API dq_status dq_calib_observe(dq_calib *cal, const float *x, int64_t rows, int64_t cols,

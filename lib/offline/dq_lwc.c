@@ -32,14 +32,14 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_cpu.h"
 #include "dq_internal.h"
 #include "dq_lwc_kernels.h"
+#include "dq_quant_rule.h"
+#include "dq_random.h"
 
 #define LWC_PARAMS_MIN_SIZE (offsetof(dq_lwc_params, on_epoch_user) + sizeof(void *))
 #define QUANT_PARAMS_MIN_SIZE (offsetof(dq_quant_params, clip_ratio) + sizeof(float))
-#define SCALE_MIN 1e-5f
-#define SCALE_MAX 1e4f
-#define ZERO_LIMIT 1e4f
 #define ADAM_BETA1 0.9
 #define ADAM_BETA2 0.999
 #define ADAM_EPS 1e-8
@@ -138,6 +138,7 @@ DQ_API void dq_lwc_free(dq_lwc *l)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dq__free(&c, bufs[i]);
     dq__free(&c, l);
+    dq__context_drop(&c);
 }
 
 static void copy_rows(float *dst, const float *src, int64_t rows, int64_t cols, int64_t ld)
@@ -208,7 +209,7 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
     dq_lwc *l = dq__calloc(c, 1, sizeof *l);
     if (!l)
         return DQ_ERR_NOMEM;
-    l->ctx = *c;
+    dq__context_keep(&l->ctx, c);
     l->p = p;
     l->spec = (dq__qspec){q.bits, q.scheme};
     l->rows = rows;
@@ -256,18 +257,13 @@ fail:
     return st;
 }
 
-static float clampf(float v, float lo, float hi)
-{
-    return v < lo ? lo : (v > hi ? hi : v);
-}
-
 void dq__lwc_fake_quant_portable(const float *src, int64_t len, float scale, float zero,
                                  float bottom, float top, bool asym, float *dst, float *part)
 {
     for (int64_t j = 0; j < len; j++) {
         const float v = src[j] / scale, r = rintf(v);
         const float code = asym ? r + zero : r;
-        const float q = clampf(code, bottom, top);
+        const float q = dq__qr_clamp(code, bottom, top);
         dst[j] = asym ? (q - zero) * scale : q * scale;
         if (part)
             part[j] = code == q ? r - v : (asym ? q - zero : q);
@@ -277,7 +273,7 @@ void dq__lwc_fake_quant_portable(const float *src, int64_t len, float scale, flo
 dq__lwc_fake_quant_fn *dq__lwc_fake_quant_best(void)
 {
 #if defined(__GNUC__) && defined(__x86_64__)
-    if (__builtin_cpu_supports("avx512f"))
+    if (dq__cpu_features() & DQ_CPU_AVX512F)
         return dq__lwc_fake_quant_avx512;
 #endif
     return dq__lwc_fake_quant_portable;
@@ -326,7 +322,7 @@ static void group_gradient(const dq_lwc *l, const float *w, const float *grad, c
     if (l->spec.scheme == DQ_QUANT_ASYM) {
         const float levels = (float)((1 << l->spec.bits) - 1);
         const float raw = (mx * hi - mn * lo) / levels;
-        const double sf = (raw >= SCALE_MIN && raw <= SCALE_MAX) ? 1.0 : 0.0;
+        const double sf = dq__qr_scale_free(raw) ? 1.0 : 0.0;
         /* ds/dxmax = sf / L, ds/dxmin = -sf / L */
         *g_gamma = dot * sf / (double)levels * (double)mx * dhi;
         *g_beta = -dot * sf / (double)levels * (double)mn * dlo;
@@ -334,7 +330,7 @@ static void group_gradient(const dq_lwc *l, const float *w, const float *grad, c
         const float top = (float)((1 << (l->spec.bits - 1)) - 1);
         const float amax_raw = fmaxf(fabsf(mx), fabsf(mn));
         const float raw = amax_raw * hi / top;
-        const double sf = (raw >= SCALE_MIN && raw <= SCALE_MAX) ? 1.0 : 0.0;
+        const double sf = dq__qr_scale_free(raw) ? 1.0 : 0.0;
         *g_gamma = dot * sf * (double)amax_raw * dhi / (double)top;
         *g_beta = 0.0;
     }
@@ -504,23 +500,15 @@ out:
     return st;
 }
 
-/* splitmix64: the token order of every epoch depends only on the seed and the epoch's number,
- * so training in several calls visits the same batches as one long call. */
-static uint64_t next_random(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
+/* The token order of every epoch depends only on the seed and the epoch's number, so training
+ * in several calls visits the same batches as one long call. */
 static void shuffle_tokens(int64_t *order, int64_t n, uint64_t seed, int32_t epoch)
 {
-    uint64_t state = seed ^ ((uint64_t)epoch * 0xD1B54A32D192ED03ull);
+    uint64_t state = dq__random_stream(seed, (uint64_t)epoch);
     for (int64_t i = 0; i < n; i++)
         order[i] = i;
     for (int64_t i = n - 1; i > 0; i--) {
-        const int64_t k = (int64_t)(next_random(&state) % (uint64_t)(i + 1));
+        const int64_t k = (int64_t)(dq__splitmix64(&state) % (uint64_t)(i + 1));
         const int64_t t = order[i];
         order[i] = order[k];
         order[k] = t;

@@ -164,7 +164,7 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
         /* Rotate the sample, then deal its channels by their new magnitudes. */
         float *t;
         if (rot[s]) {
-            st = dq__rotation_rows_exact(rot[s], x, cols, y, cols, rows, ctx->n_threads);
+            st = dq__rotation_rows_exact(rot[s], x, cols, y, cols, rows, ctx);
             if (st != DQ_OK)
                 goto out;
             t = x;

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_random.h"
 #include "dq_refine.h"
 
 /* The first released layout ends after act_clip_ratio. */
@@ -64,7 +65,7 @@ dq_status dq__refine_read(const dq_refine_params *user, dq__refine_opts *o)
 
 /* Blocks multiplied by matrix m: their count, and their indices into blocks (n_blocks
  * entries). */
-static int64_t matrix_blocks(const dq_rotation *r, int64_t m, int64_t *blocks)
+static int64_t list_matrix_blocks(const dq_rotation *r, int64_t m, int64_t *blocks)
 {
     int64_t nb = 0;
     for (int64_t b = 0; b < r->n_blocks; b++)
@@ -100,7 +101,7 @@ static int64_t max_view_rows(const dq_rotation *r, int64_t rows, int64_t *blocks
 {
     int64_t most = 0;
     for (int64_t m = 0; m < r->n_mats; m++) {
-        int64_t nb = matrix_blocks(r, m, blocks);
+        int64_t nb = list_matrix_blocks(r, m, blocks);
         most = nb > most ? nb : most;
     }
     return most * rows;
@@ -180,7 +181,7 @@ static dq_status refine_dfrot(const dq_context *ctx, const dq__refine_opts *o, d
 
     double best_obj = 0.0;
     for (int32_t it = 0;; it++) {
-        if ((st = dq__rotation_rows_exact(r, x, ldx, y, cols, rows, ctx->n_threads)) != DQ_OK)
+        if ((st = dq__rotation_rows_exact(r, x, ldx, y, cols, rows, ctx)) != DQ_OK)
             goto out;
         const double obj = dfrot_objective(o, y, rows, cols, w, target);
         dq__log(ctx, DQ_LOG_INFO, "dfrot iteration %d: weighted quantization error %.9g", it,
@@ -197,7 +198,7 @@ static dq_status refine_dfrot(const dq_context *ctx, const dq__refine_opts *o, d
             const int32_t n = r->mat_size[m];
             if (n < 2)
                 continue;
-            const int64_t nb = matrix_blocks(r, m, blocks), k = rows * nb;
+            const int64_t nb = list_matrix_blocks(r, m, blocks), k = rows * nb;
             /* view: weighted x block rows transposed (n x k); tview: target block rows. */
             gather_view(r, target, rows, cols, blocks, nb, n, tview);
             gather_view(r, x, rows, ldx, blocks, nb, n, y); /* y is free until the next pass */
@@ -253,14 +254,6 @@ typedef struct dart_state {
     double best_loss;
     bool active;   /* false once a factorization failed */
 } dart_state;
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 /* Whip loss of y = v q (k rows) and, when grad is not NULL, dLoss/dy for the rows listed in
  * pick (n_pick of them; NULL = all) written to grad in pick order, scaled for their mean. */
@@ -382,7 +375,7 @@ static dq_status refine_dartquant(const dq_context *ctx, const dq__refine_opts *
         dart_state *s = &d[m];
         const int32_t n = r->mat_size[m];
         const size_t nn = (size_t)n * (size_t)n;
-        const int64_t nb = matrix_blocks(r, m, blocks);
+        const int64_t nb = list_matrix_blocks(r, m, blocks);
         s->n = n;
         s->k = rows * nb;
         s->active = n > 1;
@@ -442,7 +435,7 @@ static dq_status refine_dartquant(const dq_context *ctx, const dq__refine_opts *
                     order[i] = i;
                 n_pick = o->batch_rows;
                 for (int64_t i = 0; i < n_pick; i++) {
-                    int64_t j = i + (int64_t)(splitmix(&rng) % (uint64_t)(s->k - i));
+                    int64_t j = i + (int64_t)(dq__splitmix64(&rng) % (uint64_t)(s->k - i));
                     int64_t tmp = order[i];
                     order[i] = order[j];
                     order[j] = tmp;

@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_pool.h"
+#include "dq_random.h"
 #include "dq_search.h"
 
 /* The first released layout ends after max_steps. */
@@ -13,27 +15,19 @@
 /* Flags that only the greedy search understands. */
 #define ROTATION_SEARCH_FLAGS (DQ_ROT_F_ROW_RULE | DQ_ROT_F_RANDOM_QPRIME | DQ_ROT_F_HADAMARD_BASE)
 
-/* ---- seeded randomness (splitmix64: tiny, portable, and the same on every platform) ---- */
-
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+/* ---- seeded randomness (dq_random.h) ---- */
 
 uint64_t dq__seed_mix(uint64_t seed, uint64_t stream)
 {
-    uint64_t s = seed ^ (stream * 0xD1B54A32D192ED03ull);
-    splitmix64(&s);
-    return splitmix64(&s);
+    uint64_t s = dq__random_stream(seed, stream);
+    dq__splitmix64(&s);
+    return dq__splitmix64(&s);
 }
 
 /* Uniform in (0, 1]: never 0, so the logarithm below stays finite. */
 static double uniform_open0(uint64_t *state)
 {
-    return (double)((splitmix64(state) >> 11) + 1) * (1.0 / 9007199254740992.0);
+    return (double)((dq__splitmix64(state) >> 11) + 1) * (1.0 / 9007199254740992.0);
 }
 
 /* Standard normal pairs by Box-Muller. */
@@ -196,7 +190,7 @@ DQ_API dq_status dq_rotation_random_orthogonal(int32_t n, uint64_t seed, float *
 }
 
 /* First block using matrix m and how many consecutive blocks use it. */
-static void matrix_blocks(const dq_rotation *r, int64_t m, int64_t *first, int64_t *count)
+static void matrix_block_range(const dq_rotation *r, int64_t m, int64_t *first, int64_t *count)
 {
     const int64_t full = r->cols / r->block_size;
     if (r->per_block) {
@@ -219,13 +213,9 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
     const dq_context *ctx = &r->ctx;
     const int32_t bs = r->block_size;
     size_t bsq = (size_t)bs * (size_t)bs;
-    dq__pool *pool = NULL;
-    dq_status st = dq__pool_create(ctx, ctx->n_threads, &pool);
-    if (st != DQ_OK)
-        return st;
     float *base = dq__alloc(ctx, bsq * sizeof(float));
     float *qp = o->random_qprime ? dq__alloc(ctx, bsq * sizeof(float)) : NULL;
-    st = DQ_ERR_NOMEM;
+    dq_status st = DQ_ERR_NOMEM;
     if (!base || (o->random_qprime && !qp))
         goto out;
     const size_t rec_len = (size_t)r->steps + 1;
@@ -249,11 +239,11 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
             goto out;
         /* The view of this matrix's blocks: row t * nb + (b - b0) holds token t of block b. */
         int64_t b0, nb;
-        matrix_blocks(r, m, &b0, &nb);
+        matrix_block_range(r, m, &b0, &nb);
         const dq__search_view view = {x + (size_t)b0 * (size_t)bs, ldx, rows, nb, bs, n};
         dq__search_record rec = {r->ids + (size_t)m * rec_len, r->swapped + (size_t)m * rec_len,
                                  r->peaks + (size_t)m * rec_len, 0, 0};
-        st = dq__greedy_search(ctx, pool, o->plain_search ? DQ__SEARCH_PLAIN : DQ__SEARCH_PRUNED,
+        st = dq__greedy_search(ctx, o->plain_search ? DQ__SEARCH_PLAIN : DQ__SEARCH_PRUNED,
                                &view, base, r->steps, o->row_rule, dst, &rec);
         if (st != DQ_OK)
             goto out;
@@ -261,7 +251,6 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
     }
     st = DQ_OK;
 out:
-    dq__pool_free(pool);
     dq__free(ctx, base);
     dq__free(ctx, qp);
     return st;

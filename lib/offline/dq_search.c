@@ -21,6 +21,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_pool.h"
 #include "dq_search.h"
 
 /* Floats of the view multiplied, then scanned for extremes, at a time (64 KiB: the scan reads
@@ -175,7 +176,7 @@ static void step_worker(void *arg, int32_t w, int32_t n_workers)
     /* A multiple of 6 rows: the AVX-512 product's register tile. */
     const int64_t chunk = SCAN_CHUNK_FLOATS / n > 12 ? SCAN_CHUNK_FLOATS / n / 6 * 6 : 12;
     int64_t begin, end;
-    dq__split_rows(j->rows, w, n_workers, &begin, &end);
+    dq__split(j->rows, w, n_workers, &begin, &end);
     extremes_reset(&j->ext[w]);
     for (int64_t r0 = begin; r0 < end; r0 += chunk) {
         int64_t m = end - r0 < chunk ? end - r0 : chunk;
@@ -188,7 +189,7 @@ static void step_worker(void *arg, int32_t w, int32_t n_workers)
 /* ---- the plain search ---- */
 
 /* Every view row at every step; the running product is kept as the steps go. */
-static dq_status plain_search(const dq_context *ctx, dq__pool *pool, const dq__search_view *v,
+static dq_status plain_search(const dq_context *ctx, const dq__search_view *v,
                               const float *base, int32_t steps, bool row_rule, float *r_out,
                               dq__search_record *rec)
 {
@@ -201,7 +202,8 @@ static dq_status plain_search(const dq_context *ctx, dq__pool *pool, const dq__s
         return DQ_ERR_OVERFLOW;
     float *view = dq__alloc(ctx, bytes), *spare = dq__alloc(ctx, bytes);
     float *work = dq__alloc(ctx, 3 * nn * sizeof(float));
-    extremes *ext = dq__alloc(ctx, (size_t)dq__pool_workers(pool) * sizeof *ext);
+    const int32_t workers = dq__threads(ctx, INT64_MAX);
+    extremes *ext = dq__alloc(ctx, (size_t)workers * sizeof *ext);
     dq_status st = DQ_ERR_NOMEM;
     if (!view || !spare || !work || !ext)
         goto out;
@@ -231,8 +233,8 @@ static dq_status plain_search(const dq_context *ctx, dq__pool *pool, const dq__s
             break;
         swapped_copy(base, n, c, rk);
         step_job job = {view, spare, rk, n, vrows, ext};
-        dq__pool_run(pool, step_worker, &job);
-        extremes_merge(&e, ext, dq__pool_workers(pool));
+        dq__parallel(ctx, workers, step_worker, &job);
+        extremes_merge(&e, ext, workers);
         float *t = view;
         view = spare;
         spare = t;
@@ -311,7 +313,6 @@ out:
 /* The search state: the rows searched so far, in view order, and their current values. */
 typedef struct pruned {
     const dq_context *ctx;
-    dq__pool *pool;
     const dq__search_view *v;
     const float *base;
     int32_t n;
@@ -349,7 +350,7 @@ static void init_worker(void *arg, int32_t w, int32_t n_workers)
     /* Any summation order errs by at most (n + 2) 2^-53 relative: round the norm up by that. */
     const double up = 1.0 + ldexp(1.0, -52) * (double)(n + 4);
     int64_t begin, end;
-    dq__split_rows(j->vrows, w, n_workers, &begin, &end);
+    dq__split(j->vrows, w, n_workers, &begin, &end);
     extremes_reset(&j->ext[w]);
     for (int64_t r = begin; r < end; r++) {
         const float *row = view_row(j->v, r);
@@ -383,7 +384,7 @@ static void replay_worker(void *arg, int32_t w, int32_t n_workers)
     const int32_t n = j->n;
     float *rk = j->rk + (size_t)w * (size_t)n * (size_t)n;
     int64_t begin, end;
-    dq__split_rows(j->rows, w, n_workers, &begin, &end);
+    dq__split(j->rows, w, n_workers, &begin, &end);
     if (begin == end)
         return;
     float *src = j->a + (size_t)begin * (size_t)n, *dst = j->b + (size_t)begin * (size_t)n;
@@ -418,7 +419,7 @@ static dq_status pruned_grow(pruned *p, double tau, int32_t k)
     }
     const int64_t m2 = p->m + add;
     const size_t row_bytes = (size_t)n * sizeof(float);
-    const int32_t workers = dq__pool_workers(p->pool);
+    const int32_t workers = dq__threads(ctx, INT64_MAX);
     if (m2 > p->cap) { /* room for twice as many: fresh pages are costly, grow geometrically */
         int64_t cap = 2 * p->cap < p->vrows ? 2 * p->cap : p->vrows;
         cap = cap > m2 ? cap : m2;
@@ -462,7 +463,7 @@ static dq_status pruned_grow(pruned *p, double tau, int32_t k)
         if (add * (int64_t)n * n * k < SMALL_STEP_MACS)
             replay_worker(&job, 0, 1);
         else
-            dq__pool_run(p->pool, replay_worker, &job);
+            dq__parallel(ctx, workers, replay_worker, &job);
         fresh = k % 2 == 0 ? na : nb;
     }
     /* Merge the searched rows and the new ones by view row, in place from the end: the write
@@ -538,14 +539,14 @@ static void chain_worker(void *arg, int32_t w, int32_t n_workers)
     replay_worker(&r, w, n_workers);
 }
 
-static dq_status pruned_search(const dq_context *ctx, dq__pool *pool, const dq__search_view *v,
+static dq_status pruned_search(const dq_context *ctx, const dq__search_view *v,
                                const float *base, int32_t steps, bool row_rule, double growth,
                                float *r_out, dq__search_record *rec)
 {
     const int32_t n = v->n;
     const size_t nn = (size_t)n * (size_t)n;
-    const int32_t workers = dq__pool_workers(pool);
-    pruned p = {.ctx = ctx, .pool = pool, .v = v, .base = base, .n = n,
+    const int32_t workers = dq__threads(ctx, INT64_MAX);
+    pruned p = {.ctx = ctx, .v = v, .base = base, .n = n,
                 .vrows = v->tokens * v->blocks, .rest_max = -1.0};
     /* The bound for every step up to the last, rounded up. */
     p.growth = 1.0;
@@ -567,7 +568,7 @@ static dq_status pruned_search(const dq_context *ctx, dq__pool *pool, const dq__
     /* Step 0 needs no product: the extremes of the whole view, and every row's norm. */
     extremes e;
     init_job ij = {v, p.norm, p.vrows, p.ext};
-    dq__pool_run(pool, init_worker, &ij);
+    dq__parallel(ctx, workers, init_worker, &ij);
     extremes_merge(&e, p.ext, workers);
     for (int64_t r = 0; r < p.vrows; r++)
         p.rest_max = p.norm[r] > p.rest_max ? p.norm[r] : p.rest_max;
@@ -602,7 +603,7 @@ static dq_status pruned_search(const dq_context *ctx, dq__pool *pool, const dq__
             step_worker(&job, 0, 1);
             e = p.ext[0];
         } else {
-            dq__pool_run(pool, step_worker, &job);
+            dq__parallel(ctx, workers, step_worker, &job);
             extremes_merge(&e, p.ext, workers);
         }
         float *t = p.cur;
@@ -618,7 +619,7 @@ static dq_status pruned_search(const dq_context *ctx, dq__pool *pool, const dq__
     set_identity(a, n);
     if (rec->selected > 0) {
         chain_job cj = {base, n, p.chosen, rec->selected, a, b, chain + 2 * nn};
-        dq__pool_run(pool, chain_worker, &cj);
+        dq__parallel(ctx, workers, chain_worker, &cj);
     }
     memcpy(r_out, rec->selected % 2 == 0 ? a : b, nn * sizeof(float));
     st = DQ_OK;
@@ -634,7 +635,7 @@ out:
     return st;
 }
 
-dq_status dq__greedy_search(const dq_context *ctx, dq__pool *pool, int32_t mode,
+dq_status dq__greedy_search(const dq_context *ctx, int32_t mode,
                             const dq__search_view *v, const float *base, int32_t steps,
                             bool row_rule, float *r_out, dq__search_record *rec)
 {
@@ -643,7 +644,7 @@ dq_status dq__greedy_search(const dq_context *ctx, dq__pool *pool, int32_t mode,
         double f = step_growth(ctx, base, n);
         /* Worth it only while the bound over all steps stays close to the norm. */
         if (steps > 0 && f < INFINITY && pow(f, (double)steps) <= PRUNE_MAX_GROWTH)
-            return pruned_search(ctx, pool, v, base, steps, row_rule, f, r_out, rec);
+            return pruned_search(ctx, v, base, steps, row_rule, f, r_out, rec);
     }
-    return plain_search(ctx, pool, v, base, steps, row_rule, r_out, rec);
+    return plain_search(ctx, v, base, steps, row_rule, r_out, rec);
 }

@@ -31,9 +31,9 @@ enum {
 };
 
 /* Greedy search of base (n x n, n >= 2) on the view, steps steps, column rule or the
- * reference's row rule, on the workers of pool. r_out (n x n) receives the product of the step
+ * reference's row rule, on ctx's threads. r_out (n x n) receives the product of the step
  * matrices of the kept prefix. Both modes give the same record and the same bits in r_out. */
-dq_status dq__greedy_search(const dq_context *ctx, dq__pool *pool, int32_t mode,
+dq_status dq__greedy_search(const dq_context *ctx, int32_t mode,
                             const dq__search_view *v, const float *base, int32_t steps,
                             bool row_rule, float *r_out, dq__search_record *rec);
 

@@ -1,18 +1,40 @@
 /* Contexts: allocator, log callback and thread policy, immutable once created. */
+#define _POSIX_C_SOURCE 200809L /* sysconf */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include "dq_internal.h"
+#include "dq_pool.h"
 
 /* The first released layout ends after n_threads. */
 #define CONTEXT_PARAMS_MIN_SIZE (offsetof(dq_context_params, n_threads) + sizeof(int32_t))
+/* n_threads 0: the online CPUs, at most this many. */
+#define MAX_HOST_THREADS 64
 
+/* A NULL context: single-threaded, no pool. */
 const dq_context dq__default_context = {
     .alloc = NULL, .free = NULL, .alloc_user = NULL,
-    .log = NULL, .log_user = NULL, .log_level = DQ_LOG_WARN, .n_threads = 0,
+    .log = NULL, .log_user = NULL, .log_level = DQ_LOG_WARN, .n_threads = 1,
 };
+
+void dq__context_keep(dq_context *dst, const dq_context *src)
+{
+    *dst = *dq__ctx(src);
+    if (dst->pool)
+        dq__pool_retain(dst->pool);
+}
+
+void dq__context_drop(dq_context *ctx)
+{
+    if (ctx && ctx->pool) {
+        dq__pool_release(ctx->pool);
+        ctx->pool = NULL;
+    }
+}
 
 void *dq__alloc(const dq_context *ctx, size_t size)
 {
@@ -92,7 +114,7 @@ DQ_API dq_status dq_context_params_init(dq_context_params *p, size_t struct_size
 DQ_API dq_status dq_context_create(const dq_context_params *p, dq_context **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_context_params prm;
     dq_context_params_init(&prm, sizeof prm);
@@ -102,15 +124,30 @@ DQ_API dq_status dq_context_create(const dq_context_params *p, dq_context **out)
     if (prm.flags != 0 || (prm.alloc == NULL) != (prm.free == NULL) ||
         prm.log_level < DQ_LOG_ERROR || prm.log_level > DQ_LOG_DEBUG || prm.n_threads < 0 ||
         prm.n_threads > 1024)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG,
+                       "flags %u (expected 0), alloc and free set together %d, log_level %d "
+                       "(expected 0..3), n_threads %d (expected 0..1024)",
+                       (unsigned)prm.flags, (prm.alloc == NULL) == (prm.free == NULL),
+                       (int)prm.log_level, (int)prm.n_threads);
+    int32_t n = prm.n_threads;
+    if (n == 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online < 1 ? 1 : online > MAX_HOST_THREADS ? MAX_HOST_THREADS : (int32_t)online;
+    }
     dq_context tmp = {
         .alloc = prm.alloc, .free = prm.free, .alloc_user = prm.alloc_user,
         .log = prm.log, .log_user = prm.log_user, .log_level = prm.log_level,
-        .n_threads = prm.n_threads,
+        .n_threads = n, .parallel_for = prm.parallel_for, .parallel_user = prm.parallel_user,
     };
-    dq_context *ctx = dq__alloc(&tmp, sizeof *ctx);
-    if (!ctx)
-        return DQ_ERR_NOMEM;
+    dq_context *ctx;
+    if (!tmp.parallel_for && n > 1) {
+        /* The handle lives in the pool's allocation and goes with its last reference. */
+        if ((st = dq__pool_create(&tmp, n, &tmp.pool)) != DQ_OK)
+            return st;
+        ctx = dq__pool_context(tmp.pool);
+    } else if (!(ctx = dq__alloc(&tmp, sizeof *ctx))) { /* one thread or the engine's loop */
+        return DQ_FAIL(&tmp, DQ_ERR_NOMEM, "no memory for the context");
+    }
     *ctx = tmp;
     *out = ctx;
     return DQ_OK;
@@ -120,6 +157,10 @@ DQ_API void dq_context_free(dq_context *ctx)
 {
     if (!ctx)
         return;
+    if (ctx->pool) {
+        dq__pool_release(ctx->pool); /* frees ctx with the last reference */
+        return;
+    }
     dq_context copy = *ctx;
     dq__free(&copy, ctx);
 }

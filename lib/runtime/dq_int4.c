@@ -2,16 +2,7 @@
 #include <math.h>
 
 #include "dq_internal.h"
-
-/* The reference clamps keep degenerate rows (all equal, all zero) finite. */
-#define SCALE_MIN 1e-5f
-#define SCALE_MAX 1e4f
-#define ZERO_LIMIT 1e4f
-
-static float clampf(float x, float lo, float hi)
-{
-    return x < lo ? lo : (x > hi ? hi : x);
-}
+#include "dq_quant_rule.h"
 
 void dq__quant_params(dq__qspec s, const float *x, int64_t n, float hi, float lo, float *scale,
                       float *zero)
@@ -21,29 +12,12 @@ void dq__quant_params(dq__qspec s, const float *x, int64_t n, float hi, float lo
         mn = x[i] < mn ? x[i] : mn;
         mx = x[i] > mx ? x[i] : mx;
     }
-    if (s.scheme == DQ_QUANT_ASYM) {
-        mx *= hi;
-        mn *= lo;
-        float levels = (float)((1 << s.bits) - 1);
-        float sc = clampf((mx - mn) / levels, SCALE_MIN, SCALE_MAX);
-        /* rintf rounds half to even under the default rounding mode, like torch.round. */
-        *scale = sc;
-        *zero = rintf(clampf(-mn / sc, -ZERO_LIMIT, ZERO_LIMIT));
-    } else {
-        float amax = fmaxf(fabsf(mx), fabsf(mn)) * hi;
-        float levels = (float)((1 << (s.bits - 1)) - 1);
-        *scale = clampf(amax / levels, SCALE_MIN, SCALE_MAX);
-        *zero = 0.0f;
-    }
+    dq__qr_params(s.bits, s.scheme, mn, mx, hi, lo, scale, zero);
 }
 
 int32_t dq__quant_code(dq__qspec s, float x, float scale, float zero)
 {
-    float q = rintf(x / scale);
-    if (s.scheme == DQ_QUANT_ASYM)
-        return (int32_t)clampf(q + zero, 0.0f, (float)((1 << s.bits) - 1));
-    float top = (float)((1 << (s.bits - 1)) - 1);
-    return (int32_t)clampf(q, -top - 1.0f, top);
+    return dq__qr_code(s.bits, s.scheme, x, scale, zero);
 }
 
 DQ_API size_t dq_int4_packed_size(int64_t n)

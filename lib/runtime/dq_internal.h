@@ -24,7 +24,11 @@
 /* Alignment of every library allocation (one cache line, enough for AVX-512). */
 #define DQ_ALIGN 64
 
-/* Objects keep a copy of the context they were created with, so the caller may free it. */
+/* The thread pool a context and the copies objects keep share (dq_pool.h). */
+typedef struct dq__pool dq__pool;
+
+/* Objects keep a copy of the context they were created with (dq__context_keep), so the caller
+ * may free it; the copies share the context's pool through a reference. */
 struct dq_context {
     dq_alloc_fn alloc;
     dq_free_fn free;
@@ -32,8 +36,16 @@ struct dq_context {
     dq_log_fn log;
     void *log_user;
     int32_t log_level;
-    int32_t n_threads;
+    int32_t n_threads;          /* resolved: the most parts one parallel call runs, >= 1 */
+    dq_parallel_fn parallel_for; /* the engine's loop, or NULL */
+    void *parallel_user;
+    dq__pool *pool;             /* NULL: parts run on the calling thread (or parallel_for) */
 };
+
+/* dst = a copy of src (NULL: the defaults) holding its own reference to the shared pool; give
+ * it back with dq__context_drop (once, where the object is freed). */
+void dq__context_keep(dq_context *dst, const dq_context *src);
+void dq__context_drop(dq_context *ctx);
 
 /* The defaults a NULL context stands for. */
 extern const dq_context dq__default_context;
