@@ -457,29 +457,22 @@ DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, si
 
 DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
 {
-    if (!w || !path)
-        return DQ_ERR_INVALID_ARG;
+    if (!w)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "w is NULL");
+    if (!path || !*path)
+        return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "path is %s", path ? "empty" : "NULL");
     size_t size;
     dq_status st = dq_file_writer_to_buffer(w, NULL, 0, &size);
     if (st != DQ_OK)
         return st;
     uint8_t *buf = dq__alloc(&w->ctx, size);
     if (!buf)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "%zu bytes for the file '%s'", size, path);
     st = dq_file_writer_to_buffer(w, buf, size, &size);
-    if (st == DQ_OK) {
-        FILE *f = fopen(path, "wb");
-        if (!f) {
-            st = DQ_ERR_INVALID_ARG;
-        } else {
-            bool ok = fwrite(buf, 1, size, f) == size;
-            ok = (fclose(f) == 0) && ok;
-            if (!ok) {
-                remove(path);
-                st = DQ_ERR_INVALID_ARG;
-            }
-        }
-    }
+    /* Temporary file, fsync, rename, fsync of the folder: the old file stays whole until the
+     * new one is complete. */
+    if (st == DQ_OK)
+        st = dq__save_atomic(&w->ctx, __func__, path, buf, size);
     dq__free(&w->ctx, buf);
     return st;
 }

@@ -219,9 +219,9 @@ dq_status dq__linear_forward_route(const dq_linear *lin, int32_t route, const fl
 {
     if (!lin || !x || !y)
         return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    dq_status st = dq__check_matrix(&lin->ctx, "x", x, rows, cols, ldx);
     if (st == DQ_OK)
-        st = dq__check_matrix(y, rows, lin->out_features, ldy);
+        st = dq__check_matrix(&lin->ctx, "y", y, rows, lin->out_features, ldy);
     if (st != DQ_OK)
         return st;
     if (cols != lin->in_features)

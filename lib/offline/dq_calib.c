@@ -116,7 +116,7 @@ DQ_API dq_status dq_calib_observe(dq_calib *cal, const float *x, int64_t rows, i
 {
     if (!cal)
         return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    dq_status st = dq__check_matrix(&cal->ctx, "x", x, rows, cols, ldx);
     if (st != DQ_OK)
         return st;
     if (cols != cal->cols)

@@ -186,9 +186,9 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
     if (st == DQ_OK)
         st = read_weight_params(wq, &q);
     if (st == DQ_OK)
-        st = dq__check_matrix(w, rows, cols, ldw);
+        st = dq__check_matrix(ctx, "w", w, rows, cols, ldw);
     if (st == DQ_OK)
-        st = dq__check_matrix(x, tokens, cols, ldx);
+        st = dq__check_matrix(ctx, "x", x, tokens, cols, ldx);
     if (st != DQ_OK)
         return st;
     const int64_t group_len = (q.group_size == 0 || q.group_size > cols) ? cols : q.group_size;

@@ -310,7 +310,7 @@ DQ_API dq_status dq_plan_build_from_sample(dq_context *ctx, const dq_plan_params
     const bool smooth = (p.flags & DQ_PLAN_F_SMOOTH) != 0;
     if (smooth && !w_absmax)
         return DQ_ERR_INVALID_ARG;
-    if ((st = dq__check_matrix(sample, rows, cols, lds)) != DQ_OK)
+    if ((st = dq__check_matrix(ctx, "sample", sample, rows, cols, lds)) != DQ_OK)
         return st;
     size_t n, bytes;
     if (!dq__mul_size((size_t)rows, (size_t)cols, &n) ||
@@ -516,7 +516,7 @@ static dq_status check_apply(const dq_plan *pl, const float *x, int64_t rows, in
 {
     if (!pl)
         return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    dq_status st = dq__check_matrix(&pl->ctx, "x", x, rows, cols, ldx);
     if (st != DQ_OK)
         return st;
     if (cols != pl->cols)

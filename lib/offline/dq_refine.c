@@ -539,7 +539,7 @@ DQ_API dq_status dq_rotation_refine(dq_context *ctx, const dq_refine_params *p,
         return st;
     if (!start)
         return DQ_ERR_INVALID_ARG;
-    if ((st = dq__check_matrix(x, rows, cols, ldx)) != DQ_OK)
+    if ((st = dq__check_matrix(ctx, "x", x, rows, cols, ldx)) != DQ_OK)
         return st;
     if (cols != start->cols)
         return DQ_ERR_SHAPE;

@@ -518,7 +518,7 @@ DQ_API dq_status dq_rotation_create(dq_context *ctx, const dq_rotation_params *p
     if (st != DQ_OK)
         return st;
     if (o.method == DQ_ROT_METHOD_GREEDY) {
-        if ((st = dq__check_matrix(x, rows, cols, ldx)) != DQ_OK)
+        if ((st = dq__check_matrix(ctx, "x", x, rows, cols, ldx)) != DQ_OK)
             return st;
         if (!dq__all_finite(x, rows, cols, ldx))
             return DQ_ERR_NONFINITE;
@@ -605,7 +605,7 @@ DQ_API dq_status dq_rotation_apply(const dq_rotation *r, float *x, int64_t rows,
 {
     if (!r)
         return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    dq_status st = dq__check_matrix(&r->ctx, "x", x, rows, cols, ldx);
     if (st != DQ_OK)
         return st;
     if (cols != r->cols)

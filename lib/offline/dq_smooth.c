@@ -68,7 +68,7 @@ DQ_API dq_status dq_smooth_weight_absmax(const float *w, int64_t rows, int64_t c
 {
     if (!absmax)
         return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(w, rows, cols, ldw);
+    dq_status st = dq__check_matrix(NULL, "w", w, rows, cols, ldw);
     if (st != DQ_OK)
         return st;
     if (!dq__all_finite(w, rows, cols, ldw) ||
