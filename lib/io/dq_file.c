@@ -1,5 +1,6 @@
 /* Plan and packed-matrix files: the public writer and reader on top of the safetensors
  * container (dq_safetensors.c). Names and metadata keys are specified in doc/formats.md. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -479,15 +480,21 @@ DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
 
 /* ---- reader ---- */
 
-static dq_status read_file_params(const dq_file_params *user, dq_file_params *p)
+static dq_status read_file_params(const dq_context *ctx, const dq_file_params *user,
+                                  dq_file_params *p)
 {
     dq_file_params_init(p, sizeof *p);
-    dq_status st = dq__params_read(p, sizeof *p, FILE_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, "dq_file_reader", "params", p, sizeof *p,
+                                      FILE_PARAMS_MIN_SIZE, user);
     if (st != DQ_OK)
         return st;
-    if ((p->flags & ~(uint32_t)DQ_FILE_F_BORROW) != 0 || p->max_header_bytes < 2 ||
-        p->max_header_bytes > DQ__ST_MAX_HEADER)
-        return DQ_ERR_INVALID_ARG;
+    if ((p->flags & ~(uint32_t)DQ_FILE_F_BORROW) != 0)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "params->flags 0x%x has unknown bits",
+                       (unsigned)p->flags);
+    if (p->max_header_bytes < 2 || p->max_header_bytes > DQ__ST_MAX_HEADER)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "params->max_header_bytes %llu outside [2, %llu]",
+                       (unsigned long long)p->max_header_bytes,
+                       (unsigned long long)DQ__ST_MAX_HEADER);
     return DQ_OK;
 }
 
@@ -532,7 +539,7 @@ DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_param
         return DQ_ERR_INVALID_ARG;
     *out = NULL;
     dq_file_params p;
-    dq_status st = read_file_params(params, &p);
+    dq_status st = read_file_params(ctx, params, &p);
     if (st != DQ_OK)
         return st;
     if (!buf)
@@ -553,35 +560,61 @@ DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *para
                                      const char *path, dq_file_reader **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_file_params p;
-    dq_status st = read_file_params(params, &p);
+    dq_status st = read_file_params(ctx, params, &p);
     if (st != DQ_OK)
         return st;
-    if (!path || (p.flags & DQ_FILE_F_BORROW))
-        return DQ_ERR_INVALID_ARG;
+    if (!path)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "path is NULL");
+    if (p.flags & DQ_FILE_F_BORROW)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG,
+                       "params->flags has DQ_FILE_F_BORROW, which only buffers can use");
     const dq_context *c = dq__ctx(ctx);
+    char why[128];
     FILE *f = fopen(path, "rb");
     if (!f)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(c, DQ_ERR_IO, "open '%s': %s", path,
+                       dq__errno_text(errno, why, sizeof why));
     uint8_t *buf = NULL, head[8];
-    long end;
-    st = DQ_ERR_FORMAT;
+    long end = 0;
     /* Check the header length against the limit before reading a possibly huge file. */
-    if (fread(head, 1, 8, f) != 8 || get_le64(head) > p.max_header_bytes ||
-        fseek(f, 0, SEEK_END) != 0 || (end = ftell(f)) < 8 || fseek(f, 0, SEEK_SET) != 0)
-        goto out;
-    if ((uint64_t)end > SIZE_MAX) {
-        st = DQ_ERR_OVERFLOW;
+    size_t got = fread(head, 1, 8, f);
+    if (got != 8) {
+        st = ferror(f) ? DQ_FAIL(c, DQ_ERR_IO, "read '%s': %s", path,
+                                 dq__errno_text(errno, why, sizeof why))
+                       : DQ_FAIL(c, DQ_ERR_FORMAT, "'%s' is %zu bytes, shorter than the 8-byte "
+                                 "header length", path, got);
         goto out;
     }
-    st = DQ_ERR_NOMEM;
-    if (!(buf = dq__alloc(c, (size_t)end)))
+    if (get_le64(head) > p.max_header_bytes) {
+        st = DQ_FAIL(c, DQ_ERR_FORMAT, "'%s': header length %llu > max_header_bytes %llu", path,
+                     (unsigned long long)get_le64(head),
+                     (unsigned long long)p.max_header_bytes);
         goto out;
-    st = DQ_ERR_FORMAT;
-    if (fread(buf, 1, (size_t)end, f) != (size_t)end)
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (end = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        st = DQ_FAIL(c, DQ_ERR_IO, "seek '%s': %s", path, dq__errno_text(errno, why, sizeof why));
         goto out;
+    }
+    if ((uint64_t)end > SIZE_MAX) {
+        st = DQ_FAIL(c, DQ_ERR_OVERFLOW, "'%s' is %lld bytes, more than memory can hold", path,
+                     (long long)end);
+        goto out;
+    }
+    if (!(buf = dq__alloc(c, (size_t)end))) {
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%lld bytes for '%s'", (long long)end, path);
+        goto out;
+    }
+    got = fread(buf, 1, (size_t)end, f);
+    if (got != (size_t)end) {
+        st = ferror(f) ? DQ_FAIL(c, DQ_ERR_IO, "read '%s': %s", path,
+                                 dq__errno_text(errno, why, sizeof why))
+                       : DQ_FAIL(c, DQ_ERR_IO, "read '%s': %zu of %lld bytes (file shrank)",
+                                 path, got, (long long)end);
+        goto out;
+    }
     fclose(f);
     f = NULL;
     st = reader_create(c, &p, buf, (size_t)end, buf, out);
