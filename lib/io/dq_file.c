@@ -479,7 +479,7 @@ DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, si
     if (!w || !size)
         return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !w ? "w" : "size");
     size_t need;
-    dq_status st = dq__st_write(w->e, w->n, w->meta, w->n_meta, NULL, 0, &need);
+    dq_status st = dq__st_write(&w->ctx, w->e, w->n, w->meta, w->n_meta, NULL, 0, &need);
     if (st != DQ_OK)
         return st;
     *size = need;
@@ -487,7 +487,7 @@ DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, si
         return DQ_OK;
     if (cap < need)
         return DQ_FAIL(&w->ctx, DQ_ERR_BUFFER, "cap %zu < %zu bytes needed", cap, need);
-    return dq__st_write(w->e, w->n, w->meta, w->n_meta, buf, cap, &need);
+    return dq__st_write(&w->ctx, w->e, w->n, w->meta, w->n_meta, buf, cap, &need);
 }
 
 DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
