@@ -8,6 +8,10 @@
 #include "dq_refine.h"
 
 /* Workspace size from a LAPACK query, as a count of doubles. */
+/* A factorization that fails (non-finite input, no convergence) is DQ_ERR_NONFINITE, which the
+ * refinement loops recover from (they keep their best iterate): a warning, not an error. */
+#define LAPACK_FAIL(ctx, ...) (dq__log((ctx), DQ_LOG_WARN, __VA_ARGS__), DQ_ERR_NONFINITE)
+
 static size_t query_size(double q)
 {
     return q < 1.0 ? 1 : (size_t)q + 1;
@@ -31,7 +35,7 @@ dq_status dq__lapack_polar(const dq_context *ctx, int32_t n, const double *m, do
     lapack_int info;
     if ((info = LAPACKE_dgesdd_work(LAPACK_COL_MAJOR, 'A', ln, ln, a, ln, s, u, ln, vt, ln, &q,
                                     -1, iwork)) != 0) {
-        st = DQ_FAIL(ctx, DQ_ERR_NONFINITE, "dgesdd workspace query (n %d): info %d", (int)n,
+        st = LAPACK_FAIL(ctx, "dgesdd workspace query (n %d): info %d", (int)n,
                      (int)info);
         goto out;
     }
@@ -41,7 +45,7 @@ dq_status dq__lapack_polar(const dq_context *ctx, int32_t n, const double *m, do
     }
     if ((info = LAPACKE_dgesdd_work(LAPACK_COL_MAJOR, 'A', ln, ln, a, ln, s, u, ln, vt, ln, work,
                                     (lapack_int)query_size(q), iwork)) != 0) {
-        st = DQ_FAIL(ctx, DQ_ERR_NONFINITE, "dgesdd (n %d): info %d (non-finite input or no "
+        st = LAPACK_FAIL(ctx, "dgesdd (n %d): info %d (non-finite input or no "
                      "convergence)", (int)n, (int)info);
         goto out;
     }
@@ -80,7 +84,7 @@ dq_status dq__lapack_qr(const dq_context *ctx, int32_t n, const double *z, doubl
             a[(size_t)i + (size_t)j * (size_t)n] = z[(size_t)i * (size_t)n + (size_t)j];
     if ((info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, ln, ln, a, ln, tau, &q1, -1)) != 0 ||
         (info = LAPACKE_dorgqr_work(LAPACK_COL_MAJOR, ln, ln, ln, a, ln, tau, &q2, -1)) != 0) {
-        st = DQ_FAIL(ctx, DQ_ERR_NONFINITE, "dgeqrf/dorgqr workspace query (n %d): info %d",
+        st = LAPACK_FAIL(ctx, "dgeqrf/dorgqr workspace query (n %d): info %d",
                      (int)n, (int)info);
         goto out;
     }
@@ -91,7 +95,7 @@ dq_status dq__lapack_qr(const dq_context *ctx, int32_t n, const double *z, doubl
     }
     if ((info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, ln, ln, a, ln, tau, work,
                                     (lapack_int)lw)) != 0) {
-        st = DQ_FAIL(ctx, DQ_ERR_NONFINITE, "dgeqrf (n %d): info %d", (int)n, (int)info);
+        st = LAPACK_FAIL(ctx, "dgeqrf (n %d): info %d", (int)n, (int)info);
         goto out;
     }
     for (int32_t i = 0; i < n; i++)
@@ -100,7 +104,7 @@ dq_status dq__lapack_qr(const dq_context *ctx, int32_t n, const double *z, doubl
                 j >= i ? a[(size_t)i + (size_t)j * (size_t)n] : 0.0;
     if ((info = LAPACKE_dorgqr_work(LAPACK_COL_MAJOR, ln, ln, ln, a, ln, tau, work,
                                     (lapack_int)lw)) != 0) {
-        st = DQ_FAIL(ctx, DQ_ERR_NONFINITE, "dorgqr (n %d): info %d", (int)n, (int)info);
+        st = LAPACK_FAIL(ctx, "dorgqr (n %d): info %d", (int)n, (int)info);
         goto out;
     }
     for (int32_t i = 0; i < n; i++)
@@ -128,6 +132,6 @@ dq_status dq__lapack_solve_tt(int32_t n, const double *t, double *b)
     const lapack_int ln = n;
     lapack_int info = LAPACKE_dtrtrs_work(LAPACK_COL_MAJOR, 'L', 'T', 'N', ln, ln, t, ln, b, ln);
     return info == 0 ? DQ_OK
-                     : DQ_FAIL(NULL, DQ_ERR_NONFINITE, "dtrtrs (n %d): info %d (singular "
+                     : LAPACK_FAIL(NULL, "dtrtrs (n %d): info %d (singular "
                                "triangle)", (int)n, (int)info);
 }
