@@ -514,21 +514,22 @@ DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
 
 /* ---- reader ---- */
 
-static dq_status read_file_params(const dq_context *ctx, const dq_file_params *user,
-                                  dq_file_params *p)
+static dq_status read_file_params(const dq_context *ctx, const char *func,
+                                  const dq_file_params *user, dq_file_params *p)
 {
     dq_file_params_init(p, sizeof *p);
-    dq_status st = dq__params_read_at(ctx, "dq_file_reader", "params", p, sizeof *p,
-                                      FILE_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, func, "params", p, sizeof *p, FILE_PARAMS_MIN_SIZE,
+                                      user);
     if (st != DQ_OK)
         return st;
     if ((p->flags & ~(uint32_t)DQ_FILE_F_BORROW) != 0)
-        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "params->flags 0x%x has unknown bits",
-                       (unsigned)p->flags);
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->flags 0x%x has unknown bits",
+                        (unsigned)p->flags);
     if (p->max_header_bytes < 2 || p->max_header_bytes > DQ__ST_MAX_HEADER)
-        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "params->max_header_bytes %llu outside [2, %llu]",
-                       (unsigned long long)p->max_header_bytes,
-                       (unsigned long long)DQ__ST_MAX_HEADER);
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->max_header_bytes %llu outside [2, %llu]",
+                        (unsigned long long)p->max_header_bytes,
+                        (unsigned long long)DQ__ST_MAX_HEADER);
     return DQ_OK;
 }
 
@@ -582,7 +583,7 @@ DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_param
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_file_params p;
-    dq_status st = read_file_params(ctx, params, &p);
+    dq_status st = read_file_params(ctx, __func__, params, &p);
     if (st != DQ_OK)
         return st;
     if (!buf)
@@ -607,7 +608,7 @@ DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *para
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_file_params p;
-    dq_status st = read_file_params(ctx, params, &p);
+    dq_status st = read_file_params(ctx, __func__, params, &p);
     if (st != DQ_OK)
         return st;
     if (!path)
