@@ -964,9 +964,21 @@ DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefi
 DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, size_t cap,
                                           size_t *size);
 
-/** @brief Serialise to the file path (created or truncated). On failure a partly written file
- *  is removed. @return DQ_OK, DQ_ERR_INVALID_ARG (also: the file cannot be
- *  created or written), DQ_ERR_NOMEM, DQ_ERR_OVERFLOW.
+/** @brief Serialise to the file path, atomically and durably: the bytes go to a new
+ *  temporary file in the same folder (".<name>.<random>.tmp", mode 0644 less the umask, or the
+ *  permission bits of the file it replaces), which is flushed, fsync'ed and renamed over path;
+ *  then the folder is fsync'ed. Readers see the old file or the new one, whole, never a part;
+ *  a failure (or a killed process) leaves the old file as it was, and a failure removes the
+ *  temporary file (a killed process cannot). A symbolic link at path stays a link: the file it
+ *  points to (resolved with realpath) is replaced; a link to nothing is refused. A path that
+ *  exists and is not a regular file (folder, device, FIFO, socket) is refused before anything
+ *  is written, and left alone.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (w or path NULL, path empty), DQ_ERR_IO (the file system
+ *  refused: the folder does not exist or is not writable, the disk or file size limit is
+ *  reached, path is not a regular file...; the log message names the path and the system's
+ *  reason; before 1.2 these were DQ_ERR_INVALID_ARG), DQ_ERR_NOMEM, DQ_ERR_OVERFLOW.
+ *  Thread safety: concurrent saves to one path from several threads or processes each
+ *  replace the file whole; the last rename wins.
  *  @since 1.0 */
 DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path);
 
@@ -1019,10 +1031,11 @@ DQ_API DQ_NODISCARD dq_status dq_file_writer_add_linear_layer(dq_file_writer *w,
  *  that dq_file_reader_get_linear creates from it in the blocked layout then read their
  *  weights from the mapping, so the reader must outlive them (and the file must not be
  *  changed or truncated while mapped).
- *  @return DQ_OK, DQ_ERR_INVALID_ARG (also: the file cannot be opened),
- *  DQ_ERR_FORMAT (malformed or unreadable container, format
- *  metadata not "duquant"), DQ_ERR_UNSUPPORTED (a newer format_version), DQ_ERR_NOMEM,
- *  DQ_ERR_STRUCT_SIZE. @since 1.0 */
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (path NULL, bad params), DQ_ERR_IO (the file cannot be
+ *  opened, read or mapped: missing, no permission, a folder...; the log message names the path
+ *  and the system's reason; before 1.2 these were DQ_ERR_INVALID_ARG), DQ_ERR_FORMAT
+ *  (malformed container, format metadata not "duquant"), DQ_ERR_UNSUPPORTED (a newer
+ *  format_version), DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE. @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *p,
                                                   const char *path, dq_file_reader **out);
 

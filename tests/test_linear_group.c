@@ -612,7 +612,7 @@ START_TEST(layers_that_cannot_share_are_refused)
     expect_group_error(&sink, view(&g), N_LAYERS, x, rows, in, in, &o, o.ldy, N_LAYERS - 1, NULL,
                        0, DQ_ERR_INVALID_ARG, "n_outputs");
     expect_group_error(&sink, view(&g), N_LAYERS, NULL, rows, in, in, &o, o.ldy, N_LAYERS, NULL,
-                       0, DQ_ERR_INVALID_ARG, "x (");
+                       0, DQ_ERR_INVALID_ARG, "x: ptr is NULL");
     expect_group_error(&sink, view(&g), N_LAYERS, x, rows, in, in, &o, NULL, N_LAYERS, NULL, 0,
                        DQ_ERR_INVALID_ARG, "ldy");
     expect_group_error(&sink, view(&g), N_LAYERS, x, rows, in + 1, in + 1, &o, o.ldy, N_LAYERS,

@@ -457,7 +457,7 @@ class TestQuantized(Fixture):
         self.assertEqual(lwc.loss(), start)
         self.assertRaises(ValueError, lwc.set_params, g0[:3], b0[:3])  # checked in Python
         self.assertRaisesStatus("DQ_ERR_SHAPE", lib.call, "dq_lwc_set_params", lwc,
-                                dq._fptr(g0), dq._fptr(b0), 3)
+                                dq._fptr(g0), dq._fptr(b0), 3, ctx=lwc.ctx)
         # A callback asking to stop ends training after that epoch.
         stop = dq.Lwc(lib, wt, xt, on_epoch=lambda e, loss: e >= 2, epochs=10)
         stop.train()

@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <fcntl.h>
 #include <inttypes.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -153,12 +154,12 @@ static bool parse_int(const char *s, int64_t max, int64_t *v)
 DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     const dq_context *c = dq__ctx(ctx);
     dq_file_writer *w = dq__calloc(c, 1, sizeof *w);
     if (!w)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the writer", sizeof *w);
     dq__context_keep(&w->ctx, c);
     w->cap_meta = 8;
     w->meta = dq__calloc(c, w->cap_meta, sizeof *w->meta);
@@ -174,7 +175,7 @@ DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
     if (!w->meta || !w->meta[0].key || !w->meta[0].value || !w->meta[1].key ||
         !w->meta[1].value) {
         dq_file_writer_free(w);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "the writer's format metadata");
     }
     *out = w;
     return DQ_OK;
@@ -230,12 +231,17 @@ static bool valid_name(const char *s)
 static dq_status push_entry(dq_file_writer *w, char *name, int32_t dtype, int32_t ndim,
                             const int64_t *shape, uint8_t *bytes, size_t nbytes)
 {
-    dq_status st = DQ_ERR_NOMEM;
-    if (!name || (nbytes && !bytes))
+    dq_status st;
+    if (!name || (nbytes && !bytes)) {
+        st = DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "%zu bytes for tensor '%s'", nbytes,
+                     name ? name : "(name)");
         goto fail;
-    st = DQ_ERR_INVALID_ARG;
-    if (!valid_name(name) || name_taken(w, name))
+    }
+    if (!valid_name(name) || name_taken(w, name)) {
+        st = DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "tensor name '%s' %s", name,
+                     valid_name(name) ? "is already used" : "is not a valid name");
         goto fail;
+    }
     if ((st = dq__st_grow(&w->ctx, (void **)&w->e, &w->cap, sizeof *w->e, w->n + 1)) != DQ_OK)
         goto fail;
     dq__st_entry *e = &w->e[w->n++];
@@ -257,16 +263,27 @@ fail:
 /* Takes ownership of key (freed on failure); value is copied. */
 static dq_status push_meta(dq_file_writer *w, char *key, const char *value)
 {
-    dq_status st = DQ_ERR_NOMEM;
+    dq_status st;
     char *v = NULL;
-    if (!key)
+    if (!key) {
+        st = DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "metadata key allocation");
         goto fail;
-    st = DQ_ERR_INVALID_ARG;
-    if (!valid_name(key) || !dq__st_text_ok(value, strlen(value)) || name_taken(w, key))
+    }
+    if (!valid_name(key) || name_taken(w, key)) {
+        st = DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "metadata key '%s' %s", key,
+                     valid_name(key) ? "is already used" : "is not a valid name");
         goto fail;
-    st = DQ_ERR_NOMEM;
-    if (!(v = dup_str(&w->ctx, value)))
+    }
+    if (!dq__st_text_ok(value, strlen(value))) {
+        st = DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG,
+                     "value of metadata key '%s' is not valid text (UTF-8 without controls)",
+                     key);
         goto fail;
+    }
+    if (!(v = dup_str(&w->ctx, value))) {
+        st = DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "value of metadata key '%s'", key);
+        goto fail;
+    }
     st = dq__st_grow(&w->ctx, (void **)&w->meta, &w->cap_meta, sizeof *w->meta, w->n_meta + 1);
     if (st != DQ_OK)
         goto fail;
@@ -291,7 +308,8 @@ DQ_API dq_status dq_file_writer_add_metadata(dq_file_writer *w, const char *key,
                                              const char *value)
 {
     if (!w || !key || !value)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !w ? "w" : !key ? "key" : "value");
     return push_meta(w, dup_str(&w->ctx, key), value);
 }
 
@@ -301,12 +319,17 @@ static dq_status add_f32(dq_file_writer *w, char *name, const float *data, int32
     size_t n = 1, bytes;
     for (int32_t d = 0; d < ndim; d++)
         if (!dq__mul_size(n, (size_t)shape[d], &n)) {
+            dq_status st = DQ_FAIL(&w->ctx, DQ_ERR_OVERFLOW,
+                                   "tensor '%s': element count overflows at dimension %d",
+                                   name ? name : "", (int)d);
             dq__free(&w->ctx, name);
-            return DQ_ERR_OVERFLOW;
+            return st;
         }
     if (!dq__mul_size(n, 4, &bytes)) {
+        dq_status st = DQ_FAIL(&w->ctx, DQ_ERR_OVERFLOW, "tensor '%s': %zu floats overflow size_t",
+                               name ? name : "", n);
         dq__free(&w->ctx, name);
-        return DQ_ERR_OVERFLOW;
+        return st;
     }
     uint8_t *b = bytes ? dq__alloc(&w->ctx, bytes) : NULL;
     if (b)
@@ -319,19 +342,25 @@ DQ_API dq_status dq_file_writer_add_tensor_f32(dq_file_writer *w, const char *na
                                                const int64_t *shape)
 {
     if (!w || !name || (ndim > 0 && !shape))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !w ? "w" : !name ? "name" : "shape");
     if (ndim < 0 || ndim > DQ_FILE_MAX_DIMS)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&w->ctx, DQ_ERR_SHAPE, "tensor '%s': ndim %d outside [0, %d]", name,
+                       (int)ndim, DQ_FILE_MAX_DIMS);
     int64_t count = 1;
     for (int32_t d = 0; d < ndim; d++) {
         if (shape[d] < 0)
-            return DQ_ERR_SHAPE;
+            return DQ_FAIL(&w->ctx, DQ_ERR_SHAPE, "tensor '%s': shape[%d] %lld < 0", name,
+                           (int)d, (long long)shape[d]);
         if (shape[d] > 0 && count > INT64_MAX / shape[d])
-            return DQ_ERR_OVERFLOW;
+            return DQ_FAIL(&w->ctx, DQ_ERR_OVERFLOW,
+                           "tensor '%s': element count overflows at shape[%d] %lld", name,
+                           (int)d, (long long)shape[d]);
         count *= shape[d];
     }
     if (count > 0 && !data)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "tensor '%s': data is NULL for %lld elements",
+                       name, (long long)count);
     return add_f32(w, dup_str(&w->ctx, name), data, ndim, shape);
 }
 
@@ -357,7 +386,8 @@ static dq_status add_plan_parts(dq_file_writer *w, const char *prefix, const dq_
     if (has_s) {
         float *s = dq__alloc(c, (size_t)cols * sizeof(float));
         if (!s)
-            return DQ_ERR_NOMEM;
+            return DQ_FAIL(c, DQ_ERR_NOMEM, "plan '%s': %lld smoothing scales", prefix,
+                           (long long)cols);
         st = dq_plan_smooth_scales(pl, s, cols);
         if (st == DQ_OK)
             st = add_f32(w, join(c, prefix, "smooth"), s, 1, &cols);
@@ -383,7 +413,8 @@ static dq_status add_plan_parts(dq_file_writer *w, const char *prefix, const dq_
                 return st;
             float *mat = dq__alloc(c, (size_t)size * (size_t)size * sizeof(float));
             if (!mat)
-                return DQ_ERR_NOMEM;
+                return DQ_FAIL(c, DQ_ERR_NOMEM, "plan '%s': rotation matrix of size %d", prefix,
+                               (int)size);
             st = dq_rotation_matrix(r, m, mat, size, &size);
             char part[64];
             snprintf(part, sizeof part, "rot%d.m%lld", (int)i, (long long)m);
@@ -399,7 +430,9 @@ static dq_status add_plan_parts(dq_file_writer *w, const char *prefix, const dq_
         size_t bytes = (size_t)cols * 8;
         int64_t *perm = dq__alloc(c, (size_t)cols * sizeof(int64_t));
         uint8_t *b = dq__alloc(c, bytes);
-        st = perm && b ? dq_plan_permutation(pl, i, perm, cols) : DQ_ERR_NOMEM;
+        st = perm && b ? dq_plan_permutation(pl, i, perm, cols)
+                       : DQ_FAIL(c, DQ_ERR_NOMEM, "plan '%s': permutation of %lld", prefix,
+                                 (long long)cols);
         if (st == DQ_OK) {
             for (int64_t j = 0; j < cols; j++) {
                 put_le32(b + 8 * j, (uint32_t)(uint64_t)perm[j]);
@@ -439,7 +472,8 @@ DQ_API dq_status dq_file_writer_add_plan(dq_file_writer *w, const char *prefix,
                                          const dq_plan *pl)
 {
     if (!w || !pl || !valid_prefix(prefix))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s", !w ? "w is NULL"
+                       : !pl ? "pl is NULL" : "prefix is NULL, empty or not valid text");
     size_t n = w->n, n_meta = w->n_meta;
     dq_status st = add_plan_parts(w, prefix, pl);
     if (st == DQ_OK)
@@ -485,7 +519,8 @@ DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefi
                                             const dq_qmatrix *q)
 {
     if (!w || !q || !valid_prefix(prefix))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s", !w ? "w is NULL"
+                       : !q ? "q is NULL" : "prefix is NULL, empty or not valid text");
     size_t n = w->n, n_meta = w->n_meta;
     dq_status st = add_qmatrix_parts(w, prefix, q);
     if (st != DQ_OK)
@@ -497,44 +532,37 @@ DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, si
                                           size_t *size)
 {
     if (!w || !size)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !w ? "w" : "size");
     size_t need;
-    dq_status st = dq__st_write(w->e, w->n, w->meta, w->n_meta, NULL, 0, &need);
+    dq_status st = dq__st_write(&w->ctx, w->e, w->n, w->meta, w->n_meta, NULL, 0, &need);
     if (st != DQ_OK)
         return st;
     *size = need;
     if (!buf)
         return DQ_OK;
     if (cap < need)
-        return DQ_ERR_BUFFER;
-    return dq__st_write(w->e, w->n, w->meta, w->n_meta, buf, cap, &need);
+        return DQ_FAIL(&w->ctx, DQ_ERR_BUFFER, "cap %zu < %zu bytes needed", cap, need);
+    return dq__st_write(&w->ctx, w->e, w->n, w->meta, w->n_meta, buf, cap, &need);
 }
 
 DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
 {
-    if (!w || !path)
-        return DQ_ERR_INVALID_ARG;
+    if (!w)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "w is NULL");
+    if (!path || !*path)
+        return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "path is %s", path ? "empty" : "NULL");
     size_t size;
     dq_status st = dq_file_writer_to_buffer(w, NULL, 0, &size);
     if (st != DQ_OK)
         return st;
     uint8_t *buf = dq__alloc(&w->ctx, size);
     if (!buf)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "%zu bytes for the file '%s'", size, path);
     st = dq_file_writer_to_buffer(w, buf, size, &size);
-    if (st == DQ_OK) {
-        FILE *f = fopen(path, "wb");
-        if (!f) {
-            st = DQ_ERR_INVALID_ARG;
-        } else {
-            bool ok = fwrite(buf, 1, size, f) == size;
-            ok = (fclose(f) == 0) && ok;
-            if (!ok) {
-                remove(path);
-                st = DQ_ERR_INVALID_ARG;
-            }
-        }
-    }
+    /* Temporary file, fsync, rename, fsync of the folder: the old file stays whole until the
+     * new one is complete. */
+    if (st == DQ_OK)
+        st = dq__save_atomic(&w->ctx, __func__, path, buf, size);
     dq__free(&w->ctx, buf);
     return st;
 }
@@ -550,40 +578,56 @@ static dq_status get_linear_blocked(const dq_file_reader *r, const dq_context *c
                                     const dq_linear_params *p, const dq_plan *plan,
                                     dq_linear **out);
 
-static dq_status read_file_params(const dq_file_params *user, dq_file_params *p)
+static dq_status read_file_params(const dq_context *ctx, const char *func,
+                                  const dq_file_params *user, dq_file_params *p)
 {
     dq_file_params_init(p, sizeof *p);
-    dq_status st = dq__params_read(p, sizeof *p, FILE_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, func, "params", p, sizeof *p, FILE_PARAMS_MIN_SIZE,
+                                      user);
     if (st != DQ_OK)
         return st;
-    if ((p->flags & ~(uint32_t)DQ_FILE_F_BORROW) != 0 || p->max_header_bytes < 2 ||
-        p->max_header_bytes > DQ__ST_MAX_HEADER)
-        return DQ_ERR_INVALID_ARG;
+    if ((p->flags & ~(uint32_t)DQ_FILE_F_BORROW) != 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->flags 0x%x has unknown bits",
+                        (unsigned)p->flags);
+    if (p->max_header_bytes < 2 || p->max_header_bytes > DQ__ST_MAX_HEADER)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->max_header_bytes %llu outside [2, %llu]",
+                        (unsigned long long)p->max_header_bytes,
+                        (unsigned long long)DQ__ST_MAX_HEADER);
     return DQ_OK;
 }
 
 /* The container must say it is ours, in a version this library reads. */
-static dq_status check_format(const dq__st_file *f)
+static dq_status check_format(const dq_context *c, const dq__st_file *f)
 {
     const char *fmt = dq__st_meta_find(f, "format");
     const char *ver = dq__st_meta_find(f, "format_version");
     int64_t v;
-    if (!fmt || strcmp(fmt, "duquant") != 0 || !parse_int(ver, INT32_MAX, &v) || v < 1)
-        return DQ_ERR_FORMAT;
-    return v > DQ_FILE_FORMAT_VERSION ? DQ_ERR_UNSUPPORTED : DQ_OK;
+    if (!fmt || strcmp(fmt, "duquant") != 0)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata 'format' is %s%s%s, expected \"duquant\"",
+                       fmt ? "\"" : "", fmt ? fmt : "absent", fmt ? "\"" : "");
+    if (!parse_int(ver, INT32_MAX, &v) || v < 1)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata 'format_version' is '%s', expected a "
+                       "positive integer", ver ? ver : "(absent)");
+    if (v > DQ_FILE_FORMAT_VERSION)
+        return DQ_FAIL(c, DQ_ERR_UNSUPPORTED, "format_version %lld is newer than %d, the newest "
+                       "this library reads", (long long)v, DQ_FILE_FORMAT_VERSION);
+    return DQ_OK;
 }
 
 /* Parses buf, which the new reader owns when owned is true (freed on failure too). */
 static dq_status reader_create(const dq_context *c, const dq_file_params *p, const uint8_t *buf,
                                size_t size, uint8_t *owned, dq_file_reader **out)
 {
-    dq_status st = DQ_ERR_NOMEM;
+    dq_status st;
     dq_file_reader *r = dq__calloc(c, 1, sizeof *r);
-    if (!r)
+    if (!r) {
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the reader", sizeof *r);
         goto fail;
+    }
     dq__context_keep(&r->ctx, c);
     if ((st = dq__st_parse(c, buf, size, p->max_header_bytes, &r->f)) != DQ_OK ||
-        (st = check_format(&r->f)) != DQ_OK) {
+        (st = check_format(c, &r->f)) != DQ_OK) {
         dq__st_clear(c, &r->f);
         dq__context_drop(&r->ctx);
         dq__free(c, r);
@@ -601,22 +645,23 @@ DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_param
                                             const void *buf, size_t size, dq_file_reader **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_file_params p;
-    dq_status st = read_file_params(params, &p);
+    dq_status st = read_file_params(ctx, __func__, params, &p);
     if (st != DQ_OK)
         return st;
     if (!buf)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "buf is NULL");
     const dq_context *c = dq__ctx(ctx);
     if (p.flags & DQ_FILE_F_BORROW)
         return reader_create(c, &p, buf, size, NULL, out);
     if (size < 8)
-        return DQ_ERR_FORMAT;
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "size %zu, shorter than the 8-byte header length",
+                       size);
     uint8_t *copy = dq__alloc(c, size);
     if (!copy)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for a copy of the buffer", size);
     memcpy(copy, buf, size);
     return reader_create(c, &p, copy, size, copy, out);
 }
@@ -660,37 +705,60 @@ DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *para
                                      const char *path, dq_file_reader **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_file_params p;
-    dq_status st = read_file_params(params, &p);
+    dq_status st = read_file_params(ctx, __func__, params, &p);
     if (st != DQ_OK)
         return st;
     if (!path)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "path is NULL");
     const dq_context *c = dq__ctx(ctx);
     if (p.flags & DQ_FILE_F_BORROW)
         return reader_map(c, &p, path, out);
+    char why[128];
     FILE *f = fopen(path, "rb");
     if (!f)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(c, DQ_ERR_IO, "open '%s': %s", path,
+                       dq__errno_text(errno, why, sizeof why));
     uint8_t *buf = NULL, head[8];
-    long end;
-    st = DQ_ERR_FORMAT;
+    long end = 0;
     /* Check the header length against the limit before reading a possibly huge file. */
-    if (fread(head, 1, 8, f) != 8 || get_le64(head) > p.max_header_bytes ||
-        fseek(f, 0, SEEK_END) != 0 || (end = ftell(f)) < 8 || fseek(f, 0, SEEK_SET) != 0)
-        goto out;
-    if ((uint64_t)end > SIZE_MAX) {
-        st = DQ_ERR_OVERFLOW;
+    size_t got = fread(head, 1, 8, f);
+    if (got != 8) {
+        st = ferror(f) ? DQ_FAIL(c, DQ_ERR_IO, "read '%s': %s", path,
+                                 dq__errno_text(errno, why, sizeof why))
+                       : DQ_FAIL(c, DQ_ERR_FORMAT, "'%s' is %zu bytes, shorter than the 8-byte "
+                                 "header length", path, got);
         goto out;
     }
-    st = DQ_ERR_NOMEM;
-    if (!(buf = dq__alloc(c, (size_t)end)))
+    if (get_le64(head) > p.max_header_bytes) {
+        st = DQ_FAIL(c, DQ_ERR_FORMAT, "'%s': header length %llu > max_header_bytes %llu", path,
+                     (unsigned long long)get_le64(head),
+                     (unsigned long long)p.max_header_bytes);
         goto out;
-    st = DQ_ERR_FORMAT;
-    if (fread(buf, 1, (size_t)end, f) != (size_t)end)
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (end = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        st = DQ_FAIL(c, DQ_ERR_IO, "seek '%s': %s", path, dq__errno_text(errno, why, sizeof why));
         goto out;
+    }
+    if ((uint64_t)end > SIZE_MAX) {
+        st = DQ_FAIL(c, DQ_ERR_OVERFLOW, "'%s' is %lld bytes, more than memory can hold", path,
+                     (long long)end);
+        goto out;
+    }
+    if (!(buf = dq__alloc(c, (size_t)end))) {
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%lld bytes for '%s'", (long long)end, path);
+        goto out;
+    }
+    got = fread(buf, 1, (size_t)end, f);
+    if (got != (size_t)end) {
+        st = ferror(f) ? DQ_FAIL(c, DQ_ERR_IO, "read '%s': %s", path,
+                                 dq__errno_text(errno, why, sizeof why))
+                       : DQ_FAIL(c, DQ_ERR_IO, "read '%s': %zu of %lld bytes (file shrank)",
+                                 path, got, (long long)end);
+        goto out;
+    }
     fclose(f);
     f = NULL;
     st = reader_create(c, &p, buf, (size_t)end, buf, out);
@@ -719,7 +787,7 @@ DQ_API dq_status dq_file_reader_count(const dq_file_reader *r, int64_t *n_tensor
                                       int64_t *n_metadata)
 {
     if (!r)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     if (n_tensors)
         *n_tensors = (int64_t)r->f.n_tensors;
     if (n_metadata)
@@ -727,7 +795,8 @@ DQ_API dq_status dq_file_reader_count(const dq_file_reader *r, int64_t *n_tensor
     return DQ_OK;
 }
 
-static dq_status copy_text(const char *s, char *dst, size_t cap, size_t *len)
+static dq_status copy_text(const dq_context *c, const char *func, const char *s, char *dst,
+                           size_t cap, size_t *len)
 {
     size_t n = strlen(s);
     if (len)
@@ -735,7 +804,8 @@ static dq_status copy_text(const char *s, char *dst, size_t cap, size_t *len)
     if (!dst)
         return DQ_OK;
     if (cap <= n)
-        return DQ_ERR_BUFFER;
+        return dq__fail(c, DQ_ERR_BUFFER, func, "cap %zu < %zu bytes of '%s' and its NUL", cap,
+                        n + 1, s);
     memcpy(dst, s, n + 1);
     return DQ_OK;
 }
@@ -743,38 +813,47 @@ static dq_status copy_text(const char *s, char *dst, size_t cap, size_t *len)
 DQ_API dq_status dq_file_reader_tensor_name(const dq_file_reader *r, int64_t i, char *name,
                                             size_t cap, size_t *len)
 {
-    if (!r || i < 0 || (uint64_t)i >= r->f.n_tensors || (!name && !len))
-        return DQ_ERR_INVALID_ARG;
-    return copy_text(r->f.tensors[i].name, name, cap, len);
+    if (!r || (!name && !len))
+        return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !r ? "r" : "name and len are both");
+    if (i < 0 || (uint64_t)i >= r->f.n_tensors)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "i %lld outside [0, %llu)", (long long)i,
+                       (unsigned long long)r->f.n_tensors);
+    return copy_text(&r->ctx, __func__, r->f.tensors[i].name, name, cap, len);
 }
 
 DQ_API dq_status dq_file_reader_metadata_key(const dq_file_reader *r, int64_t i, char *key,
                                              size_t cap, size_t *len)
 {
-    if (!r || i < 0 || (uint64_t)i >= r->f.n_meta || (!key && !len))
-        return DQ_ERR_INVALID_ARG;
-    return copy_text(r->f.meta[i].key, key, cap, len);
+    if (!r || (!key && !len))
+        return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !r ? "r" : "key and len are both");
+    if (i < 0 || (uint64_t)i >= r->f.n_meta)
+        return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "i %lld outside [0, %llu)", (long long)i,
+                       (unsigned long long)r->f.n_meta);
+    return copy_text(&r->ctx, __func__, r->f.meta[i].key, key, cap, len);
 }
 
 DQ_API dq_status dq_file_reader_metadata(const dq_file_reader *r, const char *key, char *value,
                                          size_t cap, size_t *len)
 {
     if (!r || !key || (!value && !len))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !r ? "r" : !key ? "key" : "value and len are both");
     const char *v = dq__st_meta_find(&r->f, key);
     if (!v)
-        return DQ_ERR_FORMAT;
-    return copy_text(v, value, cap, len);
+        return DQ_FAIL(&r->ctx, DQ_ERR_FORMAT, "no metadata key '%s'", key);
+    return copy_text(&r->ctx, __func__, v, value, cap, len);
 }
 
 DQ_API dq_status dq_file_reader_tensor_info(const dq_file_reader *r, const char *name,
                                             int32_t *dtype, int32_t *ndim, int64_t *shape)
 {
     if (!r || !name)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !r ? "r" : "name");
     const dq__st_tensor *t = dq__st_find(&r->f, name);
     if (!t)
-        return DQ_ERR_FORMAT;
+        return DQ_FAIL(&r->ctx, DQ_ERR_FORMAT, "no tensor '%s'", name);
     if (dtype)
         *dtype = t->dtype; /* DQ__ST_* are the DQ_DTYPE_* numbers */
     if (ndim)
@@ -794,12 +873,17 @@ DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const ch
                                                float *out, int64_t n)
 {
     if (!r || !name || (!out && n > 0))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !r ? "r" : !name ? "name" : "out");
     const dq__st_tensor *t = dq__st_find(&r->f, name);
-    if (!t || t->dtype != DQ__ST_F32)
-        return DQ_ERR_FORMAT;
+    if (!t)
+        return DQ_FAIL(&r->ctx, DQ_ERR_FORMAT, "no tensor '%s'", name);
+    if (t->dtype != DQ__ST_F32)
+        return DQ_FAIL(&r->ctx, DQ_ERR_FORMAT, "tensor '%s' has dtype %d, expected F32 (%d)",
+                       name, (int)t->dtype, DQ__ST_F32);
     if (n < 0 || (uint64_t)n != n_elems(t))
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "tensor '%s': n %lld, the tensor has %zu elements",
+                       name, (long long)n, n_elems(t));
     decode_f32(out, r->f.data + t->begin, (size_t)n);
     return DQ_OK;
 }
@@ -822,10 +906,15 @@ static bool meta_int(const dq_file_reader *r, const char *prefix, const char *pa
 {
     char *key = join(&r->ctx, prefix, part);
     if (!key) {
-        *st = DQ_ERR_NOMEM;
+        *st = DQ_FAIL(&r->ctx, DQ_ERR_NOMEM, "metadata key '%s.%s'", prefix, part);
         return false;
     }
-    bool ok = parse_int(dq__st_meta_find(&r->f, key), max, v);
+    const char *text = dq__st_meta_find(&r->f, key);
+    bool ok = parse_int(text, max, v);
+    if (!ok)
+        *st = DQ_FAIL(&r->ctx, DQ_ERR_FORMAT, "metadata '%s' is %s%s%s, expected an integer in "
+                      "[0, %lld]", key, text ? "'" : "", text ? text : "absent",
+                      text ? "'" : "", (long long)max);
     dq__free(&r->ctx, key);
     return ok;
 }
@@ -835,7 +924,7 @@ static bool meta_is(const dq_file_reader *r, const char *prefix, const char *par
 {
     char *key = join(&r->ctx, prefix, part);
     if (!key) {
-        *st = DQ_ERR_NOMEM;
+        *st = DQ_FAIL(&r->ctx, DQ_ERR_NOMEM, "metadata key '%s.%s'", prefix, part);
         return false;
     }
     const char *v = dq__st_meta_find(&r->f, key);
@@ -848,7 +937,7 @@ static bool meta_has(const dq_file_reader *r, const char *prefix, const char *pa
 {
     char *key = join(&r->ctx, prefix, part);
     if (!key) {
-        *st = DQ_ERR_NOMEM;
+        *st = DQ_FAIL(&r->ctx, DQ_ERR_NOMEM, "metadata key '%s.%s'", prefix, part);
         return false;
     }
     bool has = dq__st_meta_find(&r->f, key) != NULL;
@@ -869,19 +958,24 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
     snprintf(nm_key, sizeof nm_key, "rot%d.n_matrices", (int)i);
     if (!meta_has(r, prefix, bs_key, &st))
         return st == DQ_ERR_NOMEM ? st : DQ_OK;
-    if (!meta_int(r, prefix, bs_key, 4096, &bs, &st) || bs < 2 ||
+    if (!meta_int(r, prefix, bs_key, 4096, &bs, &st) ||
         !meta_int(r, prefix, nm_key, INT64_MAX, &nm, &st))
         return st;
+    if (bs < 2)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.%s' is %lld, expected >= 2", prefix,
+                       bs_key, (long long)bs);
     int64_t n_blocks = cols / bs + (cols % bs != 0), full = cols / bs;
     int64_t shared = (full > 0) + (cols % bs != 0);
     bool per_block = nm == n_blocks;
     if (!per_block && nm != shared)
-        return DQ_ERR_FORMAT;
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.%s' is %lld, expected %lld (one per "
+                       "block) or %lld (shared) for cols %lld", prefix, nm_key, (long long)nm,
+                       (long long)n_blocks, (long long)shared, (long long)cols);
     /* Every matrix is a tensor of the file, so the total is bounded by the file size. */
     size_t total = 0;
     const dq__st_tensor **parts = dq__calloc(c, (size_t)nm, sizeof *parts);
     if (!parts)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "%lld rotation matrices of '%s'", (long long)nm, prefix);
     st = DQ_OK;
     for (int64_t m = 0; m < nm && st == DQ_OK; m++) {
         int64_t len = per_block ? (cols - m * bs < bs ? cols - m * bs : bs)
@@ -890,19 +984,20 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
         snprintf(part, sizeof part, "rot%d.m%lld", (int)i, (long long)m);
         char *name = join(c, prefix, part);
         if (!name) {
-            st = DQ_ERR_NOMEM;
+            st = DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.%s'", prefix, part);
             break;
         }
         parts[m] = find_part(r, name, DQ__ST_F32, len, len);
-        dq__free(c, name);
         if (!parts[m])
-            st = DQ_ERR_FORMAT;
-        else
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is absent or not F32 [%lld, %lld]", name,
+                         (long long)len, (long long)len);
+        dq__free(c, name);
+        if (st == DQ_OK)
             total += n_elems(parts[m]);
     }
     float *data = st == DQ_OK ? dq__alloc(c, total * sizeof(float)) : NULL;
     if (st == DQ_OK && !data)
-        st = DQ_ERR_NOMEM;
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu floats of rotation '%s.rot%d'", total, prefix, (int)i);
     if (st == DQ_OK) {
         size_t off = 0;
         for (int64_t m = 0; m < nm; m++) {
@@ -912,7 +1007,8 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
         st = dq_rotation_from_matrices(ctx, cols, (int32_t)bs, per_block, data,
                                        (int64_t)total, out);
         if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE)
-            st = DQ_ERR_FORMAT;
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "rotation '%s.rot%d' is not a valid rotation", prefix,
+                         (int)i);
     }
     dq__free(c, data);
     dq__free(c, parts);
@@ -925,18 +1021,25 @@ static dq_status load_permutation(const dq_file_reader *r, const dq_context *c,
     *out = NULL;
     char *name = join_idx(c, prefix, "perm", i, "");
     if (!name)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.perm%d'", prefix, (int)i);
     const dq__st_tensor *t = find_part(r, name, DQ__ST_I64, cols, -1);
+    if (!t) {
+        dq_status e = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is absent or not I64 [%lld]", name,
+                              (long long)cols);
+        dq__free(c, name);
+        return e;
+    }
     dq__free(c, name);
-    if (!t)
-        return DQ_ERR_FORMAT;
     int64_t *perm = dq__alloc(c, (size_t)cols * sizeof(int64_t));
     uint8_t *seen = dq__calloc(c, (size_t)cols, 1);
-    dq_status st = perm && seen ? DQ_OK : DQ_ERR_NOMEM;
+    dq_status st = perm && seen ? DQ_OK
+                                : DQ_FAIL(c, DQ_ERR_NOMEM, "permutation of %lld", (long long)cols);
     for (int64_t j = 0; j < cols && st == DQ_OK; j++) {
         uint64_t v = get_le64(r->f.data + t->begin + 8 * (size_t)j);
         if (v >= (uint64_t)cols || seen[v])
-            st = DQ_ERR_FORMAT;
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s.perm%d'[%lld] = %llu is %s", prefix,
+                         (int)i, (long long)j, (unsigned long long)v,
+                         v >= (uint64_t)cols ? "out of range" : "a repeat");
         else
             seen[v] = 1;
         perm[j] = (int64_t)v;
@@ -954,34 +1057,46 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
                                          const char *prefix, dq_plan **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     if (!r || !valid_prefix(prefix))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "%s",
+                       !r ? "r is NULL" : "prefix is NULL, empty or not valid text");
     const dq_context *c = dq__ctx(ctx);
     dq_status st = DQ_ERR_FORMAT;
     int64_t cols, n_rot;
-    if (!meta_is(r, prefix, "type", "plan", &st) ||
-        !meta_int(r, prefix, "cols", MAX_PLAN_COLS, &cols, &st) || cols < 1 ||
+    if (!meta_is(r, prefix, "type", "plan", &st))
+        return st == DQ_ERR_NOMEM ? st
+                                  : DQ_FAIL(c, st, "metadata '%s.type' is not \"plan\"", prefix);
+    if (!meta_int(r, prefix, "cols", MAX_PLAN_COLS, &cols, &st) ||
         !meta_int(r, prefix, "n_rotations", MAX_PLAN_SLOTS, &n_rot, &st))
         return st;
+    if (cols < 1)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.cols' is 0", prefix);
 
     float *smooth = NULL;
     dq_rotation **rots = dq__calloc(c, (size_t)n_rot + 1, sizeof *rots);
     int64_t **perms = dq__calloc(c, (size_t)n_rot + 1, sizeof *perms);
-    st = rots && perms ? DQ_OK : DQ_ERR_NOMEM;
+    st = rots && perms ? DQ_OK
+                       : DQ_FAIL(c, DQ_ERR_NOMEM, "%lld rotation slots", (long long)n_rot);
     char *name = st == DQ_OK ? join(c, prefix, "smooth") : NULL;
     if (st == DQ_OK && !name)
-        st = DQ_ERR_NOMEM;
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.smooth'", prefix);
     if (st == DQ_OK && dq__st_find(&r->f, name)) {
         const dq__st_tensor *t = find_part(r, name, DQ__ST_F32, cols, -1);
         smooth = t ? dq__alloc(c, (size_t)cols * sizeof(float)) : NULL;
-        st = !t ? DQ_ERR_FORMAT : !smooth ? DQ_ERR_NOMEM : DQ_OK;
+        st = !t        ? DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is not F32 [%lld]", name,
+                                 (long long)cols)
+             : !smooth ? DQ_FAIL(c, DQ_ERR_NOMEM, "%lld smoothing scales", (long long)cols)
+                       : DQ_OK;
         if (st == DQ_OK) {
             decode_f32(smooth, r->f.data + t->begin, (size_t)cols);
             for (int64_t j = 0; j < cols && st == DQ_OK; j++)
-                st = !isfinite(smooth[j]) ? DQ_ERR_NONFINITE
-                     : !(smooth[j] > 0.0f) ? DQ_ERR_FORMAT
+                st = !isfinite(smooth[j])  ? DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s'[%lld] is "
+                                                     "not finite", name, (long long)j)
+                     : !(smooth[j] > 0.0f) ? DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s'[%lld] = %g, "
+                                                     "expected > 0", name, (long long)j,
+                                                     (double)smooth[j])
                                            : DQ_OK;
         }
     }
@@ -995,7 +1110,7 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
                               (const dq_rotation *const *)rots, (const int64_t *const *)perms,
                               out);
         if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE)
-            st = DQ_ERR_FORMAT;
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "plan '%s' does not assemble", prefix);
     }
     for (int64_t i = 0; rots && perms && i < n_rot; i++) {
         dq_rotation_free(rots[i]);
@@ -1043,10 +1158,11 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
                                             const char *prefix, dq_qmatrix **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     if (!r || !valid_prefix(prefix))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "%s",
+                       !r ? "r is NULL" : "prefix is NULL, empty or not valid text");
     const dq_context *c = dq__ctx(ctx);
     dq_status st = DQ_ERR_FORMAT;
     if (is_blocked(r, prefix, &st))
@@ -1055,17 +1171,27 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
         return st;
     int64_t cols, bits, gs;
     int32_t scheme;
-    if (!meta_is(r, prefix, "type", "qmatrix", &st) ||
-        !meta_int(r, prefix, "cols", INT64_MAX, &cols, &st) || cols < 1 ||
-        !meta_int(r, prefix, "bits", 8, &bits, &st) || (bits != 4 && bits != 8) ||
+    if (!meta_is(r, prefix, "type", "qmatrix", &st))
+        return st == DQ_ERR_NOMEM
+                   ? st
+                   : DQ_FAIL(c, st, "metadata '%s.type' is not \"qmatrix\"", prefix);
+    if (!meta_int(r, prefix, "cols", INT64_MAX, &cols, &st) ||
+        !meta_int(r, prefix, "bits", 8, &bits, &st) ||
         !meta_int(r, prefix, "group_size", INT32_MAX, &gs, &st))
         return st;
+    if (cols < 1)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.cols' is 0", prefix);
+    if (bits != 4 && bits != 8)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.bits' is %lld, expected 4 or 8", prefix,
+                       (long long)bits);
     if (meta_is(r, prefix, "scheme", "asym", &st))
         scheme = DQ_QUANT_ASYM;
     else if (meta_is(r, prefix, "scheme", "sym", &st))
         scheme = DQ_QUANT_SYM;
     else
-        return st;
+        return st == DQ_ERR_NOMEM
+                   ? st
+                   : DQ_FAIL(c, st, "metadata '%s.scheme' is not \"sym\" or \"asym\"", prefix);
 
     int64_t group_len = (gs == 0 || gs > cols) ? cols : gs;
     int64_t groups = cols / group_len + (cols % group_len != 0);
@@ -1074,29 +1200,50 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
     char *zn = join(c, prefix, "zeros");
     const dq__st_tensor *tp = NULL, *ts = NULL, *tz = NULL;
     dq_qmatrix *q = NULL;
-    st = pn && sn && zn ? DQ_ERR_FORMAT : DQ_ERR_NOMEM;
-    if (st == DQ_ERR_NOMEM)
+    if (!pn || !sn || !zn) {
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "tensor names under '%s'", prefix);
         goto out;
+    }
     const dq__st_tensor *any = dq__st_find(&r->f, pn);
-    if (!any || any->ndim != 2 || any->shape[0] < 1)
+    if (!any || any->ndim != 2 || any->shape[0] < 1) {
+        st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is %s", pn,
+                     !any ? "absent" : "not 2-D with at least one row");
         goto out;
+    }
     int64_t rows = any->shape[0];
     tp = find_part(r, pn, DQ__ST_U8, rows, (int64_t)row_bytes);
     ts = find_part(r, sn, DQ__ST_F32, rows, groups);
     tz = find_part(r, zn, DQ__ST_F32, rows, groups);
-    if (!tp || !ts || (scheme == DQ_QUANT_ASYM) != (tz != NULL) ||
-        (scheme == DQ_QUANT_SYM && dq__st_find(&r->f, zn)))
+    if (!tp || !ts) {
+        st = !tp ? DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is not U8 [%lld, %zu]", pn,
+                           (long long)rows, row_bytes)
+                 : DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is absent or not F32 [%lld, %lld]",
+                           sn, (long long)rows, (long long)groups);
         goto out;
+    }
+    if ((scheme == DQ_QUANT_ASYM) != (tz != NULL) ||
+        (scheme == DQ_QUANT_SYM && dq__st_find(&r->f, zn))) {
+        st = DQ_FAIL(c, DQ_ERR_FORMAT, scheme == DQ_QUANT_ASYM
+                     ? "tensor '%s' is absent or not F32 [%lld, %lld] (scheme asym)"
+                     : "tensor '%s' present for scheme sym (%lld x %lld groups)", zn,
+                     (long long)rows, (long long)groups);
+        goto out;
+    }
     size_t ng = n_elems(ts);
     st = DQ_ERR_NOMEM;
-    if (!(q = dq__calloc(c, 1, sizeof *q)))
+    if (!(q = dq__calloc(c, 1, sizeof *q))) {
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the matrix", sizeof *q);
         goto out;
+    }
     dq__context_keep(&q->ctx, c);
     q->packed = dq__alloc(c, tp->end - tp->begin);
     q->scales = dq__alloc(c, ng * sizeof(float));
     q->zeros = tz ? dq__alloc(c, ng * sizeof(float)) : NULL;
-    if (!q->packed || !q->scales || (tz && !q->zeros))
+    if (!q->packed || !q->scales || (tz && !q->zeros)) {
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu packed bytes and %zu groups of '%s'",
+                     (size_t)(tp->end - tp->begin), ng, prefix);
         goto out;
+    }
     q->rows = rows;
     q->cols = cols;
     q->bits = (int32_t)bits;
@@ -1117,17 +1264,22 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
     /* Scales are positive and finite, zero points finite integers, as the packer makes them. */
     for (size_t g = 0; g < ng && st == DQ_OK; g++) {
         if (!isfinite(q->scales[g]) || (q->zeros && !isfinite(q->zeros[g])))
-            st = DQ_ERR_NONFINITE;
-        else if (!(q->scales[g] > 0.0f) ||
-                 (q->zeros && (q->zeros[g] != nearbyintf(q->zeros[g]) ||
-                               fabsf(q->zeros[g]) > DQ_QR_ZERO_LIMIT)))
-            st = DQ_ERR_FORMAT;
+            st = DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s'[%zu] is not finite",
+                         !isfinite(q->scales[g]) ? sn : zn, g);
+        else if (!(q->scales[g] > 0.0f))
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s'[%zu] = %g, expected > 0", sn, g,
+                         (double)q->scales[g]);
+        else if (q->zeros && (q->zeros[g] != nearbyintf(q->zeros[g]) ||
+                              fabsf(q->zeros[g]) > DQ_QR_ZERO_LIMIT))
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s'[%zu] = %g, expected an integer in "
+                         "[-1e4, 1e4]", zn, g, (double)q->zeros[g]);
     }
     /* The unused high nibble after an odd row is zero: the encoding is canonical. */
     if (st == DQ_OK && bits == 4 && (cols & 1))
         for (int64_t i = 0; i < rows && st == DQ_OK; i++)
             if (q->packed[(size_t)i * row_bytes + row_bytes - 1] & 0xF0)
-                st = DQ_ERR_FORMAT;
+                st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s': row %lld has a nonzero unused high "
+                             "nibble (odd cols %lld)", pn, (long long)i, (long long)cols);
 out:
     dq__free(c, pn);
     dq__free(c, sn);
@@ -1149,7 +1301,7 @@ static dq_status add_linear_parts(dq_file_writer *w, const char *prefix,
     const dq_context *c = &w->ctx;
     char *wp = join(c, prefix, "weight");
     if (!wp)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.weight'", prefix);
     dq_status st = add_qmatrix_parts(w, wp, q);
     dq__free(c, wp);
     if (st != DQ_OK ||
@@ -1210,7 +1362,10 @@ DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix
                                            const dq_qmatrix *weights, const float *bias)
 {
     if (!w || !weights || !valid_prefix(prefix) || (plan_prefix && !valid_name(plan_prefix)))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s", !w ? "w is NULL"
+                       : !weights             ? "weights is NULL"
+                       : !valid_prefix(prefix) ? "prefix is NULL, empty or not valid text"
+                                              : "plan_prefix is empty or not valid text");
     /* The layer's own checks decide what is valid; the params are then read as it reads them.
      * The plan is checked below by fingerprint, so the check sees the weights unbound. */
     dq_qmatrix unbound = *weights;
@@ -1224,8 +1379,9 @@ DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix
         return st;
     dq_linear_params lp;
     dq_linear_params_init(&lp, sizeof lp);
-    if (p && (st = dq__params_read(&lp, sizeof lp, offsetof(dq_linear_params, flags) +
-                                                       sizeof(uint32_t), p)) != DQ_OK)
+    if (p && (st = DQ_PARAMS_READ(&w->ctx, "p", &lp, sizeof lp,
+                                  offsetof(dq_linear_params, flags) + sizeof(uint32_t), p)) !=
+                 DQ_OK)
         return st;
     size_t n = w->n, n_meta = w->n_meta;
     st = add_linear_parts(w, prefix, &lp, plan_prefix, weights, bias);
@@ -1277,17 +1433,21 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
                                            dq_linear **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     if (!r || !valid_prefix(prefix))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "%s",
+                       !r ? "r is NULL" : "prefix is NULL, empty or not valid text");
     const dq_context *c = dq__ctx(ctx);
     dq_status st = DQ_ERR_FORMAT;
     dq_linear_params p;
     dq_linear_params_init(&p, sizeof p);
     int64_t bits;
-    if (!meta_is(r, prefix, "type", "linear", &st) ||
-        !meta_int(r, prefix, "act_bits", 8, &bits, &st))
+    if (!meta_is(r, prefix, "type", "linear", &st))
+        return st == DQ_ERR_NOMEM
+                   ? st
+                   : DQ_FAIL(c, st, "metadata '%s.type' is not \"linear\"", prefix);
+    if (!meta_int(r, prefix, "act_bits", 8, &bits, &st))
         return st;
     p.act_bits = (int32_t)bits;
     if (meta_is(r, prefix, "act_scheme", "asym", &st))
@@ -1295,19 +1455,23 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     else if (meta_is(r, prefix, "act_scheme", "sym", &st))
         p.act_scheme = DQ_QUANT_SYM;
     else
-        return st;
+        return st == DQ_ERR_NOMEM ? st
+                                  : DQ_FAIL(c, st, "metadata '%s.act_scheme' is not \"sym\" or "
+                                            "\"asym\"", prefix);
     char *key = join(c, prefix, "act_clip_ratio");
     if (!key)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.act_clip_ratio'", prefix);
     const dq__st_tensor *ct = dq__st_find(&r->f, key);
     dq__free(c, key);
     if (!ct || ct->dtype != DQ__ST_F32 || ct->ndim != 0)
-        return DQ_ERR_FORMAT;
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s.act_clip_ratio' is %s", prefix,
+                       !ct ? "absent" : "not an F32 scalar");
     decode_f32(&p.act_clip_ratio, r->f.data + ct->begin, 1);
     if (!isfinite(p.act_clip_ratio))
-        return DQ_ERR_NONFINITE;
+        return DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s.act_clip_ratio' is not finite", prefix);
     if (!(p.act_clip_ratio > 0.0f && p.act_clip_ratio <= 1.0f))
-        return DQ_ERR_FORMAT;
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s.act_clip_ratio' = %g, expected in (0, 1]",
+                       prefix, (double)p.act_clip_ratio);
 
     char *wp = join(c, prefix, "weight"), *bn = join(c, prefix, "bias");
     st = DQ_ERR_FORMAT;
@@ -1323,25 +1487,30 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     }
     dq_qmatrix *q = NULL;
     float *bias = NULL;
-    st = wp && bn ? dq_file_reader_get_qmatrix(r, ctx, wp, &q) : DQ_ERR_NOMEM;
-    int64_t rows = 0, cols = 0, width;
+    st = wp && bn ? dq_file_reader_get_qmatrix(r, ctx, wp, &q)
+                  : DQ_FAIL(c, DQ_ERR_NOMEM, "tensor names under '%s'", prefix);
+    int64_t rows = 0, cols = 0, width = 0;
     if (st == DQ_OK)
         dq_qmatrix_layout(q, &rows, &cols, NULL, NULL, NULL, NULL, NULL);
     if (st == DQ_OK && dq__st_find(&r->f, bn)) {
         const dq__st_tensor *t = find_part(r, bn, DQ__ST_F32, rows, -1);
         bias = t ? dq__alloc(c, (size_t)rows * sizeof(float)) : NULL;
-        st = !t ? DQ_ERR_FORMAT : !bias ? DQ_ERR_NOMEM : DQ_OK;
+        st = !t      ? DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is not F32 [%lld]", bn,
+                               (long long)rows)
+             : !bias ? DQ_FAIL(c, DQ_ERR_NOMEM, "%lld bias values", (long long)rows)
+                     : DQ_OK;
         if (st == DQ_OK)
             decode_f32(bias, r->f.data + t->begin, (size_t)rows);
     }
     if (st == DQ_OK && plan && (dq_plan_width(plan, &width) != DQ_OK || width != cols))
-        st = DQ_ERR_SHAPE;
+        st = DQ_FAIL(c, DQ_ERR_SHAPE, "plan width %lld != cols %lld of '%s'", (long long)width,
+                     (long long)cols, wp);
     if (st == DQ_OK)
         st = check_named_plan(r, ctx, prefix, plan);
     if (st == DQ_OK) {
         st = dq_linear_create(ctx, &p, plan, q, bias, out);
         if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE || st == DQ_ERR_UNSUPPORTED)
-            st = DQ_ERR_FORMAT;
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "layer '%s' is not a valid linear layer", prefix);
     }
     dq_qmatrix_free(q);
     dq__free(c, bias);

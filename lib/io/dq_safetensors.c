@@ -1,6 +1,8 @@
 /* Safetensors container: strict, bounded JSON header parser and deterministic writer.
  * The parser reads only the schema safetensors defines (no general JSON values), so nesting is
  * bounded by construction: header object -> tensor entry or metadata object -> array/string. */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,7 +71,23 @@ bool dq__st_text_ok(const char *s, size_t len)
 typedef struct cursor {
     const dq_context *ctx;
     const uint8_t *p, *end;
+    const uint8_t *start; /* first byte of the JSON header, for offsets in messages */
 } cursor;
+
+/* Logs "func: JSON header byte N: <what>" and returns DQ_ERR_FORMAT. */
+static dq_status json_fail(const cursor *c, const char *func, const char *fmt, ...)
+    DQ_PRINTF(3, 4);
+static dq_status json_fail(const cursor *c, const char *func, const char *fmt, ...)
+{
+    char what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return dq__fail(c->ctx, DQ_ERR_FORMAT, func, "JSON header byte %zu: %s",
+                    (size_t)(c->p - c->start), what);
+}
+#define JSON_FAIL(c, ...) json_fail((c), __func__, __VA_ARGS__)
 
 static void skip_ws(cursor *c)
 {
@@ -145,7 +163,7 @@ static dq_status parse_string(cursor *c, char **out)
 {
     *out = NULL;
     if (!accept(c, '"'))
-        return DQ_ERR_FORMAT;
+        return JSON_FAIL(c, "expected a string");
     const uint8_t *q = c->p;
     while (q < c->end && *q != '"') {
         if (*q == '\\' && q + 1 < c->end)
@@ -153,17 +171,19 @@ static dq_status parse_string(cursor *c, char **out)
         q++;
     }
     if (q >= c->end)
-        return DQ_ERR_FORMAT;
+        return JSON_FAIL(c, "unterminated string");
     size_t raw = (size_t)(q - c->p);
     uint8_t *s = dq__alloc(c->ctx, raw + 1);
     if (!s)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c->ctx, DQ_ERR_NOMEM, "%zu bytes for a string", raw + 1);
     size_t n = 0;
     dq_status st = DQ_ERR_FORMAT;
     while (c->p < q) {
         uint8_t ch = *c->p++;
-        if (ch < 0x20)
+        if (ch < 0x20) {
+            st = JSON_FAIL(c, "control character 0x%02x in a string", (unsigned)ch);
             goto out;
+        }
         if (ch != '\\') {
             s[n++] = ch;
             continue;
@@ -180,30 +200,41 @@ static dq_status parse_string(cursor *c, char **out)
         case 'r': s[n++] = '\r'; break;
         case 't': s[n++] = '\t'; break;
         case 'u':
-            if (!read_hex4(c, &cp) || cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
+            if (!read_hex4(c, &cp) || cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) {
+                st = JSON_FAIL(c, "bad \\u escape (NUL, lone low surrogate or not hex)");
                 goto out;
+            }
             if (cp >= 0xD800 && cp <= 0xDBFF) {
                 uint32_t lo;
-                if (q - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u')
+                if (q - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u') {
+                    st = JSON_FAIL(c, "high surrogate without a low one");
                     goto out;
+                }
                 c->p += 2;
-                if (!read_hex4(c, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+                if (!read_hex4(c, &lo) || lo < 0xDC00 || lo > 0xDFFF) {
+                    st = JSON_FAIL(c, "high surrogate without a low one");
                     goto out;
+                }
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             }
-            if (c->p > q)
+            if (c->p > q) {
+                st = JSON_FAIL(c, "\\u escape runs past the string");
                 goto out;
+            }
             n += put_utf8(s + n, cp);
             break;
         default:
+            st = JSON_FAIL(c, "unknown escape '\\%c'", ch >= 0x20 && ch < 0x7f ? ch : '?');
             goto out;
         }
     }
     c->p = q + 1;
     s[n] = 0;
     /* Control characters may arrive escaped; they are not allowed in names or values either. */
-    if (!dq__st_text_ok((const char *)s, n))
+    if (!dq__st_text_ok((const char *)s, n)) {
+        st = JSON_FAIL(c, "string is not UTF-8 text without control characters");
         goto out;
+    }
     *out = (char *)s;
     s = NULL;
     st = DQ_OK;
@@ -240,13 +271,14 @@ dq_status dq__st_grow(const dq_context *ctx, void **arr, size_t *cap, size_t ele
     size_t ncap = *cap ? *cap : 8, bytes;
     while (ncap < need) {
         if (!dq__mul_size(ncap, 2, &ncap))
-            return DQ_ERR_OVERFLOW;
+            return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "%zu elements overflow size_t", need);
     }
     if (!dq__mul_size(ncap, elem, &bytes))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "%zu elements of %zu bytes overflow size_t", ncap,
+                       elem);
     void *n = dq__alloc(ctx, bytes);
     if (!n)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "%zu bytes for %zu elements", bytes, ncap);
     if (*cap)
         memcpy(n, *arr, *cap * elem);
     dq__free(ctx, *arr);
@@ -267,6 +299,8 @@ static dq_status parse_dtype(cursor *c, int32_t *dtype)
             *dtype = d;
             st = DQ_OK;
         }
+    if (st != DQ_OK)
+        st = JSON_FAIL(c, "unknown dtype \"%.64s\"", s);
     dq__free(c->ctx, s);
     return st;
 }
@@ -274,25 +308,32 @@ static dq_status parse_dtype(cursor *c, int32_t *dtype)
 static dq_status parse_shape(cursor *c, dq__st_tensor *t)
 {
     if (!accept(c, '['))
-        return DQ_ERR_FORMAT;
+        return JSON_FAIL(c, "tensor '%s': expected '[' of shape", t->name);
     t->ndim = 0;
     if (accept(c, ']'))
         return DQ_OK;
     do {
         uint64_t v;
-        if (t->ndim == DQ__ST_MAX_DIMS || !parse_uint(c, INT64_MAX, &v))
-            return DQ_ERR_FORMAT;
+        if (t->ndim == DQ__ST_MAX_DIMS)
+            return JSON_FAIL(c, "tensor '%s': more than %d dimensions", t->name,
+                             DQ__ST_MAX_DIMS);
+        if (!parse_uint(c, INT64_MAX, &v))
+            return JSON_FAIL(c, "tensor '%s': shape[%d] is not an integer in [0, 2^63)",
+                             t->name, (int)t->ndim);
         t->shape[t->ndim++] = (int64_t)v;
     } while (accept(c, ','));
-    return accept(c, ']') ? DQ_OK : DQ_ERR_FORMAT;
+    return accept(c, ']') ? DQ_OK : JSON_FAIL(c, "tensor '%s': expected ']' of shape", t->name);
 }
 
 static dq_status parse_offsets(cursor *c, dq__st_tensor *t)
 {
     uint64_t b, e;
     if (!accept(c, '[') || !parse_uint(c, SIZE_MAX, &b) || !accept(c, ',') ||
-        !parse_uint(c, SIZE_MAX, &e) || !accept(c, ']') || b > e)
-        return DQ_ERR_FORMAT;
+        !parse_uint(c, SIZE_MAX, &e) || !accept(c, ']'))
+        return JSON_FAIL(c, "tensor '%s': data_offsets is not [begin, end]", t->name);
+    if (b > e)
+        return JSON_FAIL(c, "tensor '%s': data_offsets begin %llu > end %llu", t->name,
+                         (unsigned long long)b, (unsigned long long)e);
     t->begin = (size_t)b;
     t->end = (size_t)e;
     return DQ_OK;
@@ -302,7 +343,7 @@ static dq_status parse_offsets(cursor *c, dq__st_tensor *t)
 static dq_status parse_tensor(cursor *c, dq__st_tensor *t)
 {
     if (!accept(c, '{'))
-        return DQ_ERR_FORMAT;
+        return JSON_FAIL(c, "tensor '%s': expected '{'", t->name);
     bool seen[3] = {false, false, false};
     dq_status st = DQ_OK;
     do {
@@ -315,7 +356,10 @@ static dq_status parse_tensor(cursor *c, dq__st_tensor *t)
                                                          : -1;
         dq__free(c->ctx, field);
         if (which < 0 || seen[which] || !accept(c, ':'))
-            return DQ_ERR_FORMAT;
+            return JSON_FAIL(c, "tensor '%s': %s", t->name,
+                             which < 0      ? "unknown field"
+                             : seen[which] ? "repeated field"
+                                           : "expected ':'");
         seen[which] = true;
         st = which == 0 ? parse_dtype(c, &t->dtype)
              : which == 1 ? parse_shape(c, t)
@@ -323,8 +367,11 @@ static dq_status parse_tensor(cursor *c, dq__st_tensor *t)
         if (st != DQ_OK)
             return st;
     } while (accept(c, ','));
-    if (!accept(c, '}') || !seen[0] || !seen[1] || !seen[2])
-        return DQ_ERR_FORMAT;
+    if (!accept(c, '}'))
+        return JSON_FAIL(c, "tensor '%s': expected '}'", t->name);
+    if (!seen[0] || !seen[1] || !seen[2])
+        return JSON_FAIL(c, "tensor '%s': no %s", t->name,
+                         !seen[0] ? "dtype" : !seen[1] ? "shape" : "data_offsets");
     return DQ_OK;
 }
 
@@ -336,7 +383,7 @@ typedef struct parse_state {
 static dq_status parse_metadata(cursor *c, parse_state *ps)
 {
     if (!accept(c, '{'))
-        return DQ_ERR_FORMAT;
+        return JSON_FAIL(c, "__metadata__: expected '{'");
     if (accept(c, '}'))
         return DQ_OK;
     do {
@@ -350,17 +397,17 @@ static dq_status parse_metadata(cursor *c, parse_state *ps)
             return st;
         ps->f.n_meta++;
         if (!accept(c, ':'))
-            return DQ_ERR_FORMAT;
+            return JSON_FAIL(c, "metadata '%s': expected ':'", m->key);
         if ((st = parse_string(c, &m->value)) != DQ_OK)
             return st;
     } while (accept(c, ','));
-    return accept(c, '}') ? DQ_OK : DQ_ERR_FORMAT;
+    return accept(c, '}') ? DQ_OK : JSON_FAIL(c, "__metadata__: expected '}'");
 }
 
 static dq_status parse_header(cursor *c, parse_state *ps)
 {
     if (!accept(c, '{'))
-        return DQ_ERR_FORMAT;
+        return JSON_FAIL(c, "expected '{'");
     bool seen_meta = false;
     if (!accept(c, '}')) {
         do {
@@ -371,7 +418,8 @@ static dq_status parse_header(cursor *c, parse_state *ps)
             if (strcmp(key, "__metadata__") == 0) {
                 dq__free(c->ctx, key);
                 if (seen_meta || !accept(c, ':'))
-                    return DQ_ERR_FORMAT;
+                    return JSON_FAIL(c, "%s", seen_meta ? "second __metadata__"
+                                                        : "__metadata__: expected ':'");
                 seen_meta = true;
                 st = parse_metadata(c, ps);
             } else {
@@ -385,17 +433,18 @@ static dq_status parse_header(cursor *c, parse_state *ps)
                 memset(t, 0, sizeof *t);
                 t->name = key;
                 if (key[0] == 0 || !accept(c, ':'))
-                    return DQ_ERR_FORMAT;
+                    return JSON_FAIL(c, "%s", key[0] == 0 ? "empty tensor name"
+                                                          : "expected ':' after a tensor name");
                 st = parse_tensor(c, t);
             }
             if (st != DQ_OK)
                 return st;
         } while (accept(c, ','));
         if (!accept(c, '}'))
-            return DQ_ERR_FORMAT;
+            return JSON_FAIL(c, "expected ',' or '}'");
     }
     skip_ws(c); /* writers pad the header with spaces */
-    return c->p == c->end ? DQ_OK : DQ_ERR_FORMAT;
+    return c->p == c->end ? DQ_OK : JSON_FAIL(c, "bytes after the JSON object");
 }
 
 static int cmp_tensor_name(const void *a, const void *b)
@@ -429,26 +478,35 @@ static dq_status validate(const dq_context *ctx, dq__st_file *f)
         for (int32_t d = 0; d < t->ndim; d++)
             if ((uint64_t)t->shape[d] > SIZE_MAX ||
                 !dq__mul_size(bytes, (size_t)t->shape[d], &bytes))
-                return DQ_ERR_FORMAT;
-        if (t->end - t->begin != bytes || t->end > f->data_size)
-            return DQ_ERR_FORMAT;
+                return DQ_FAIL(ctx, DQ_ERR_FORMAT, "tensor '%s': shape overflows size_t at "
+                               "dimension %d", t->name, (int)d);
+        if (t->end - t->begin != bytes)
+            return DQ_FAIL(ctx, DQ_ERR_FORMAT, "tensor '%s': data_offsets span %zu bytes, dtype "
+                           "%s and shape need %zu", t->name, t->end - t->begin,
+                           dq__st_dtype_name(t->dtype), bytes);
+        if (t->end > f->data_size)
+            return DQ_FAIL(ctx, DQ_ERR_FORMAT, "tensor '%s': data ends at %zu, past the %zu "
+                           "data bytes", t->name, t->end, f->data_size);
     }
     if (f->n_tensors > 1)
         qsort(f->tensors, f->n_tensors, sizeof *f->tensors, cmp_tensor_name);
     for (size_t i = 1; i < f->n_tensors; i++)
         if (strcmp(f->tensors[i - 1].name, f->tensors[i].name) == 0)
-            return DQ_ERR_FORMAT;
+            return DQ_FAIL(ctx, DQ_ERR_FORMAT, "tensor name '%s' appears twice",
+                           f->tensors[i].name);
     if (f->n_meta > 1)
         qsort(f->meta, f->n_meta, sizeof *f->meta, cmp_meta_key);
     for (size_t i = 1; i < f->n_meta; i++)
         if (strcmp(f->meta[i - 1].key, f->meta[i].key) == 0)
-            return DQ_ERR_FORMAT;
+            return DQ_FAIL(ctx, DQ_ERR_FORMAT, "metadata key '%s' appears twice", f->meta[i].key);
 
     if (f->n_tensors == 0)
-        return f->data_size == 0 ? DQ_OK : DQ_ERR_FORMAT;
+        return f->data_size == 0 ? DQ_OK
+                                 : DQ_FAIL(ctx, DQ_ERR_FORMAT, "%zu data bytes but no tensor",
+                                           f->data_size);
     const dq__st_tensor **order = dq__alloc(ctx, f->n_tensors * sizeof *order);
     if (!order)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "%zu tensors", f->n_tensors);
     for (size_t i = 0; i < f->n_tensors; i++)
         order[i] = &f->tensors[i];
     qsort(order, f->n_tensors, sizeof *order, cmp_range);
@@ -456,11 +514,13 @@ static dq_status validate(const dq_context *ctx, dq__st_file *f)
     dq_status st = DQ_OK;
     for (size_t i = 0; i < f->n_tensors && st == DQ_OK; i++) {
         if (order[i]->begin != pos)
-            st = DQ_ERR_FORMAT;
+            st = DQ_FAIL(ctx, DQ_ERR_FORMAT, "tensor '%s' begins at %zu, expected %zu (gap or "
+                         "overlap)", order[i]->name, order[i]->begin, pos);
         pos = order[i]->end;
     }
-    if (pos != f->data_size)
-        st = DQ_ERR_FORMAT;
+    if (st == DQ_OK && pos != f->data_size)
+        st = DQ_FAIL(ctx, DQ_ERR_FORMAT, "tensors end at %zu of %zu data bytes", pos,
+                     f->data_size);
     dq__free(ctx, order);
     return st;
 }
@@ -483,17 +543,21 @@ dq_status dq__st_parse(const dq_context *ctx, const uint8_t *buf, size_t size,
 {
     memset(out, 0, sizeof *out);
     if (size < 8)
-        return DQ_ERR_FORMAT;
+        return DQ_FAIL(ctx, DQ_ERR_FORMAT, "%zu bytes, shorter than the 8-byte header length",
+                       size);
     uint64_t n = 0;
     for (int k = 7; k >= 0; k--)
         n = (n << 8) | buf[k];
     if (max_header > DQ__ST_MAX_HEADER)
         max_header = DQ__ST_MAX_HEADER;
     if (n < 2 || n > max_header || n > size - 8)
-        return DQ_ERR_FORMAT;
+        return DQ_FAIL(ctx, DQ_ERR_FORMAT, "header length %llu outside [2, %llu] (limit %llu, "
+                       "%zu bytes after the length)", (unsigned long long)n,
+                       (unsigned long long)(max_header < size - 8 ? max_header : size - 8),
+                       (unsigned long long)max_header, size - 8);
     parse_state ps;
     memset(&ps, 0, sizeof ps);
-    cursor c = {ctx, buf + 8, buf + 8 + n};
+    cursor c = {ctx, buf + 8, buf + 8 + n, buf + 8};
     ps.f.data = buf + 8 + n;
     ps.f.data_size = size - 8 - (size_t)n;
     dq_status st = parse_header(&c, &ps);
@@ -635,20 +699,22 @@ static void emit(const dq__st_entry *e, size_t n, const dq__st_meta *meta, size_
     }
 }
 
-dq_status dq__st_write(const dq__st_entry *entries, size_t n, const dq__st_meta *meta,
-                       size_t n_meta, uint8_t *buf, size_t cap, size_t *needed)
+dq_status dq__st_write(const dq_context *ctx, const dq__st_entry *entries, size_t n,
+                       const dq__st_meta *meta, size_t n_meta, uint8_t *buf, size_t cap,
+                       size_t *needed)
 {
     sink count = {NULL, 0};
     emit(entries, n, meta, n_meta, &count, 0, false);
     size_t header = (count.pos + 7) / 8 * 8, total = 8 + header;
     for (size_t i = 0; i < n; i++)
         if (!dq__add_size(total, entries[i].nbytes, &total))
-            return DQ_ERR_OVERFLOW;
+            return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "file size overflows size_t at tensor '%s'",
+                           entries[i].name);
     *needed = total;
     if (!buf)
         return DQ_OK;
     if (cap < total)
-        return DQ_ERR_BUFFER;
+        return DQ_FAIL(ctx, DQ_ERR_BUFFER, "cap %zu < %zu bytes needed", cap, total);
     for (int k = 0; k < 8; k++)
         buf[k] = (uint8_t)((uint64_t)header >> (8 * k));
     sink s = {buf + 8, 0};

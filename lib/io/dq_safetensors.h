@@ -79,8 +79,9 @@ typedef struct dq__st_entry {
 /* Serialises entries (written in order of decreasing element size, stable) and metadata (in the
  * given order) into buf. buf NULL or cap too small: only *needed is set and DQ_ERR_BUFFER is
  * returned when buf is not NULL. */
-dq_status dq__st_write(const dq__st_entry *entries, size_t n, const dq__st_meta *meta,
-                       size_t n_meta, uint8_t *buf, size_t cap, size_t *needed);
+dq_status dq__st_write(const dq_context *ctx, const dq__st_entry *entries, size_t n,
+                       const dq__st_meta *meta, size_t n_meta, uint8_t *buf, size_t cap,
+                       size_t *needed);
 
 /* True when s (len bytes) is well-formed UTF-8 without control characters below 0x20. */
 bool dq__st_text_ok(const char *s, size_t len);

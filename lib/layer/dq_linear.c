@@ -1,5 +1,6 @@
 /* Quantized linear layer: plan, per-token activation quantization, integer product. */
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "dq_gemm.h"
@@ -371,18 +372,17 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
                        (long long)cols, (long long)lin->in_features);
     if (rows == 0)
         return DQ_OK; /* nothing to read or write */
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    dq_status st = dq__check_matrix_at(ctx, func, "x", x, rows, cols, ldx);
     if (st != DQ_OK)
-        return FAIL_IN(func, ctx, st, "x (%p): rows %lld, cols %lld, ldx %lld", (const void *)x,
-                       (long long)rows, (long long)cols, (long long)ldx);
+        return st;
     if (!y || !ldy)
         return FAIL_IN(func, ctx, DQ_ERR_INVALID_ARG, "%s is NULL", !y ? "y" : "ldy");
     for (int32_t i = 0; i < n; i++) {
         const int64_t out = layers[i]->out_features;
-        if ((st = dq__check_matrix(y[i], rows, out, ldy[i])) != DQ_OK)
-            return FAIL_IN(func, ctx, st, "y[%d] (%p): rows %lld, out_features %lld, ldy %lld",
-                           (int)i, (const void *)y[i], (long long)rows, (long long)out,
-                           (long long)ldy[i]);
+        char name[24];
+        snprintf(name, sizeof name, "y[%d]", (int)i);
+        if ((st = dq__check_matrix_at(ctx, func, name, y[i], rows, out, ldy[i])) != DQ_OK)
+            return st;
     }
     workspace_layout l;
     if ((st = workspace_layout_of(func, layers, n, route, rows, &l)) != DQ_OK)

@@ -283,7 +283,7 @@ static dq_status check_apply(const dq_plan *pl, const float *x, int64_t rows, in
 {
     if (!pl)
         return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    dq_status st = dq__check_matrix(&pl->ctx, "x", x, rows, cols, ldx);
     if (st != DQ_OK)
         return st;
     if (cols != pl->cols)

@@ -159,9 +159,8 @@ DQ_API dq_status dq_qmatrix_pack_transformed(dq_context *ctx, const dq_quant_par
                                                      sizeof(float), params);
     if (st != DQ_OK)
         return DQ_FAIL(ctx, st, "params: struct_size or trailing bytes not accepted");
-    if ((st = dq__check_matrix(w, rows, cols, ldw)) != DQ_OK)
-        return DQ_FAIL(ctx, st, "w: %lld x %lld, ldw %lld is not a valid matrix",
-                       (long long)rows, (long long)cols, (long long)ldw);
+    if ((st = dq__check_matrix(ctx, "w", w, rows, cols, ldw)) != DQ_OK)
+        return st;
     int64_t width;
     if ((st = dq_plan_width(plan, &width)) != DQ_OK)
         return DQ_FAIL(ctx, st, "plan: width unreadable");

@@ -83,7 +83,7 @@ static dq_status pack(dq_context *ctx, const dq_quant_params *params, const floa
     dq_status st = read_quant_params(params, &p);
     if (st != DQ_OK)
         return st;
-    if ((st = dq__check_matrix(w, rows, cols, ldw)) != DQ_OK)
+    if ((st = dq__check_matrix(ctx, "w", w, rows, cols, ldw)) != DQ_OK)
         return st;
     int64_t group_len = (p.group_size == 0 || p.group_size > cols) ? cols : p.group_size;
     int64_t groups = cols / group_len + (cols % group_len != 0);

@@ -245,10 +245,9 @@ DQ_API dq_status dq_rotation_apply(const dq_rotation *r, float *x, int64_t rows,
 {
     if (!r)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+    dq_status st = dq__check_matrix(&r->ctx, "x", x, rows, cols, ldx);
     if (st != DQ_OK)
-        return DQ_FAIL(&r->ctx, st, "x (%lld x %lld, ldx %lld)", (long long)rows,
-                       (long long)cols, (long long)ldx);
+        return st;
     if (cols != r->cols)
         return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "cols %lld != rotation width %lld",
                        (long long)cols, (long long)r->cols);

@@ -16,7 +16,11 @@ dq_status dq__sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 {
     if (!fits_int(m) || !fits_int(n) || !fits_int(k) || !fits_int(lda) || !fits_int(ldb) ||
         !fits_int(ldc))
-        return DQ_ERR_BLAS;
+        return DQ_FAIL(NULL, DQ_ERR_BLAS,
+                       "m %lld, n %lld, k %lld, lda %lld, ldb %lld, ldc %lld: one is outside "
+                       "[0, INT_MAX] of CBLAS",
+                       (long long)m, (long long)n, (long long)k, (long long)lda, (long long)ldb,
+                       (long long)ldc);
     if (m == 0 || n == 0)
         return DQ_OK;
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,

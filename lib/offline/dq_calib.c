@@ -29,17 +29,24 @@ DQ_API dq_status dq_calib_params_init(dq_calib_params *p, size_t struct_size)
     return dq__params_init(p, struct_size, CALIB_PARAMS_MIN_SIZE, &defaults, sizeof defaults);
 }
 
-static dq_status read_calib_params(const dq_calib_params *user, dq_calib_params *p)
+static dq_status read_calib_params(const dq_context *ctx, const dq_calib_params *user,
+                                   dq_calib_params *p)
 {
     dq_calib_params_init(p, sizeof *p);
-    dq_status st = dq__params_read(p, sizeof *p, CALIB_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, "dq_calib_create", "params", p, sizeof *p,
+                                      CALIB_PARAMS_MIN_SIZE, user);
     if (st != DQ_OK)
         return st;
-    if (p->flags != 0 || p->sample_mode < DQ_CALIB_SAMPLE_NONE ||
-        p->sample_mode > DQ_CALIB_SAMPLE_SEQ_MEAN)
-        return DQ_ERR_INVALID_ARG;
+    if (p->flags != 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_calib_create", "params->flags 0x%x, "
+                        "expected 0", (unsigned)p->flags);
+    if (p->sample_mode < DQ_CALIB_SAMPLE_NONE || p->sample_mode > DQ_CALIB_SAMPLE_SEQ_MEAN)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_calib_create", "params->sample_mode %d "
+                        "outside [%d, %d]", (int)p->sample_mode, DQ_CALIB_SAMPLE_NONE,
+                        DQ_CALIB_SAMPLE_SEQ_MEAN);
     if (p->sample_mode != DQ_CALIB_SAMPLE_NONE && p->sample_tokens < 1)
-        return DQ_ERR_INVALID_ARG;
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_calib_create", "params->sample_tokens "
+                        "%lld, expected >= 1", (long long)p->sample_tokens);
     return DQ_OK;
 }
 
@@ -47,29 +54,30 @@ DQ_API dq_status dq_calib_create(dq_context *ctx, const dq_calib_params *params,
                                  dq_calib **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_calib_params p;
-    dq_status st = read_calib_params(params, &p);
+    dq_status st = read_calib_params(ctx, params, &p);
     if (st != DQ_OK)
         return st;
     if (cols <= 0)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(ctx, DQ_ERR_SHAPE, "cols %lld, expected > 0", (long long)cols);
     size_t elem = p.sample_mode == DQ_CALIB_SAMPLE_SEQ_MEAN ? sizeof(double) : sizeof(float);
     size_t n_sample = 0, sample_bytes = 0, stat_bytes;
     if ((uint64_t)cols > SIZE_MAX / sizeof(float) ||
         !dq__mul_size((size_t)cols, sizeof(float), &stat_bytes))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "cols %lld overflow size_t", (long long)cols);
     if (p.sample_mode != DQ_CALIB_SAMPLE_NONE &&
         ((uint64_t)p.sample_tokens > SIZE_MAX ||
          !dq__mul_size((size_t)p.sample_tokens, (size_t)cols, &n_sample) ||
          !dq__mul_size(n_sample, elem, &sample_bytes) || sample_bytes > (size_t)INT64_MAX))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "params->sample_tokens %lld x cols %lld overflow",
+                       (long long)p.sample_tokens, (long long)cols);
 
     const dq_context *c = dq__ctx(ctx);
     dq_calib *cal = dq__calloc(c, 1, sizeof *cal);
     if (!cal)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the calibrator", sizeof *cal);
     dq__context_keep(&cal->ctx, c);
     cal->cols = cols;
     cal->mode = p.sample_mode;
@@ -87,7 +95,8 @@ DQ_API dq_status dq_calib_create(dq_context *ctx, const dq_calib_params *params,
     }
     if (!ok) {
         dq_calib_free(cal);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "statistics of %lld columns and a %zu-byte sample",
+                       (long long)cols, sample_bytes);
     }
     for (int64_t j = 0; j < cols; j++) {
         cal->absmax[j] = 0.0f;
@@ -116,16 +125,18 @@ DQ_API dq_status dq_calib_observe(dq_calib *cal, const float *x, int64_t rows, i
                                   int64_t ldx)
 {
     if (!cal)
-        return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(x, rows, cols, ldx);
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "cal is NULL");
+    dq_status st = dq__check_matrix(&cal->ctx, "x", x, rows, cols, ldx);
     if (st != DQ_OK)
         return st;
     if (cols != cal->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&cal->ctx, DQ_ERR_SHAPE, "x: cols %lld != calibrator cols %lld",
+                       (long long)cols, (long long)cal->cols);
     if (rows > INT64_MAX - cal->tokens)
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(&cal->ctx, DQ_ERR_OVERFLOW, "token count %lld + rows %lld overflows",
+                       (long long)cal->tokens, (long long)rows);
     if (!dq__all_finite(x, rows, cols, ldx))
-        return DQ_ERR_NONFINITE;
+        return DQ_FAIL(&cal->ctx, DQ_ERR_NONFINITE, "x has a non-finite element");
 
     for (int64_t i = 0; i < rows; i++) {
         const float *row = x + (size_t)i * (size_t)ldx;
@@ -151,17 +162,25 @@ DQ_API dq_status dq_calib_observe(dq_calib *cal, const float *x, int64_t rows, i
 DQ_API dq_status dq_calib_merge(dq_calib *dst, const dq_calib *src)
 {
     if (!dst || !src || dst == src)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(dst ? &dst->ctx : NULL, DQ_ERR_INVALID_ARG, "%s",
+                       !dst ? "dst is NULL" : !src ? "src is NULL" : "dst and src are the same");
     if (dst->cols != src->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&dst->ctx, DQ_ERR_SHAPE, "src cols %lld != dst cols %lld",
+                       (long long)src->cols, (long long)dst->cols);
     if (dst->mode != src->mode || dst->sample_tokens != src->sample_tokens)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(&dst->ctx, DQ_ERR_INVALID_ARG, "src sample_mode %d, sample_tokens %lld "
+                       "!= dst sample_mode %d, sample_tokens %lld", (int)src->mode,
+                       (long long)src->sample_tokens, (int)dst->mode,
+                       (long long)dst->sample_tokens);
     if (src->tokens > INT64_MAX - dst->tokens)
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(&dst->ctx, DQ_ERR_OVERFLOW, "token count %lld + %lld overflows",
+                       (long long)dst->tokens, (long long)src->tokens);
     /* Sums of partial sequences would put tokens at the wrong positions. */
     if (dst->mode == DQ_CALIB_SAMPLE_SEQ_MEAN &&
         (dst->tokens % dst->sample_tokens != 0 || src->tokens % src->sample_tokens != 0))
-        return DQ_ERR_BAD_STATE;
+        return DQ_FAIL(&dst->ctx, DQ_ERR_BAD_STATE, "SEQ_MEAN token counts dst %lld, src %lld "
+                       "are not multiples of sample_tokens %lld", (long long)dst->tokens,
+                       (long long)src->tokens, (long long)dst->sample_tokens);
 
     const int64_t cols = dst->cols;
     for (int64_t j = 0; j < cols; j++) {
@@ -187,7 +206,8 @@ DQ_API dq_status dq_calib_merge(dq_calib *dst, const dq_calib *src)
 DQ_API dq_status dq_calib_tokens(const dq_calib *cal, int64_t *tokens)
 {
     if (!cal || !tokens)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(cal ? &cal->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !cal ? "cal" : "tokens");
     *tokens = cal->tokens;
     return DQ_OK;
 }
@@ -195,11 +215,13 @@ DQ_API dq_status dq_calib_tokens(const dq_calib *cal, int64_t *tokens)
 DQ_API dq_status dq_calib_absmax(const dq_calib *cal, float *out, int64_t n)
 {
     if (!cal || !out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(cal ? &cal->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !cal ? "cal" : "out");
     if (n != cal->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&cal->ctx, DQ_ERR_SHAPE, "n %lld != calibrator cols %lld", (long long)n,
+                       (long long)cal->cols);
     if (cal->tokens == 0)
-        return DQ_ERR_BAD_STATE;
+        return DQ_FAIL(&cal->ctx, DQ_ERR_BAD_STATE, "no token observed yet");
     memcpy(out, cal->absmax, (size_t)n * sizeof(float));
     return DQ_OK;
 }
@@ -207,11 +229,13 @@ DQ_API dq_status dq_calib_absmax(const dq_calib *cal, float *out, int64_t n)
 DQ_API dq_status dq_calib_minmax(const dq_calib *cal, float *min, float *max, int64_t n)
 {
     if (!cal || (!min && !max))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(cal ? &cal->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !cal ? "cal" : "min and max are both");
     if (n != cal->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&cal->ctx, DQ_ERR_SHAPE, "n %lld != calibrator cols %lld", (long long)n,
+                       (long long)cal->cols);
     if (cal->tokens == 0)
-        return DQ_ERR_BAD_STATE;
+        return DQ_FAIL(&cal->ctx, DQ_ERR_BAD_STATE, "no token observed yet");
     if (min)
         memcpy(min, cal->min, (size_t)n * sizeof(float));
     if (max)
@@ -248,13 +272,16 @@ static void write_sample(const dq_calib *cal, float *out, int64_t ldo, int64_t r
 DQ_API dq_status dq_calib_sample(const dq_calib *cal, float *out, int64_t ldo, int64_t *rows)
 {
     if (!cal || !rows)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(cal ? &cal->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !cal ? "cal" : "rows");
     int64_t n = sample_rows(cal);
     if (out) {
         if (ldo < cal->cols)
-            return DQ_ERR_SHAPE;
+            return DQ_FAIL(&cal->ctx, DQ_ERR_SHAPE, "ldo %lld < cols %lld", (long long)ldo,
+                           (long long)cal->cols);
         if (n == 0)
-            return DQ_ERR_BAD_STATE;
+            return DQ_FAIL(&cal->ctx, DQ_ERR_BAD_STATE, "no sample: sample_mode %d, %lld tokens "
+                           "observed", (int)cal->mode, (long long)cal->tokens);
         write_sample(cal, out, ldo, n);
     }
     *rows = n;
@@ -267,10 +294,12 @@ dq_status dq__calib_take_sample(const dq_calib *cal, const dq_context *ctx, floa
     *sample = NULL;
     int64_t n = sample_rows(cal);
     if (n == 0)
-        return DQ_ERR_BAD_STATE;
+        return DQ_FAIL(ctx, DQ_ERR_BAD_STATE, "calibrator has no sample: sample_mode %d, %lld "
+                       "tokens observed", (int)cal->mode, (long long)cal->tokens);
     float *buf = dq__calloc(ctx, (size_t)n * (size_t)cal->cols, sizeof(float));
     if (!buf)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "sample of %lld x %lld", (long long)n,
+                       (long long)cal->cols);
     write_sample(cal, buf, cal->cols, n);
     *sample = buf;
     *rows = n;

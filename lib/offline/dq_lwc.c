@@ -90,33 +90,51 @@ DQ_API dq_status dq_lwc_params_init(dq_lwc_params *p, size_t struct_size)
     return dq__params_init(p, struct_size, LWC_PARAMS_MIN_SIZE, &defaults, sizeof defaults);
 }
 
-static dq_status read_lwc_params(const dq_lwc_params *user, dq_lwc_params *p)
+static dq_status read_lwc_params(const dq_context *ctx, const dq_lwc_params *user,
+                                 dq_lwc_params *p)
 {
+    static const char fn[] = "dq_lwc_create";
     dq_lwc_params_init(p, sizeof *p);
-    dq_status st = dq__params_read(p, sizeof *p, LWC_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, fn, "params", p, sizeof *p, LWC_PARAMS_MIN_SIZE, user);
     if (st != DQ_OK)
         return st;
-    if ((p->flags & ~(uint32_t)DQ_LWC_F_QUANT_ACT) != 0 || p->epochs < 1 ||
-        p->epochs > 100000 || p->batch_tokens < 1 || p->batch_tokens > (1 << 24) ||
-        !(p->learning_rate > 0.0f) || !isfinite(p->learning_rate) || !isfinite(p->init_value))
-        return DQ_ERR_INVALID_ARG;
+    if ((p->flags & ~(uint32_t)DQ_LWC_F_QUANT_ACT) != 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, fn, "params->flags 0x%x has unknown bits",
+                        (unsigned)p->flags);
+    if (p->epochs < 1 || p->epochs > 100000)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, fn, "params->epochs %d outside [1, 100000]",
+                        (int)p->epochs);
+    if (p->batch_tokens < 1 || p->batch_tokens > (1 << 24))
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, fn, "params->batch_tokens %lld outside [1, 2^24]",
+                        (long long)p->batch_tokens);
+    if (!(p->learning_rate > 0.0f) || !isfinite(p->learning_rate))
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, fn, "params->learning_rate %g, expected finite "
+                        "> 0", (double)p->learning_rate);
+    if (!isfinite(p->init_value))
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, fn, "params->init_value is not finite");
     if ((p->flags & DQ_LWC_F_QUANT_ACT) &&
         ((p->act_bits != 4 && p->act_bits != 8) ||
          (p->act_scheme != DQ_QUANT_ASYM && p->act_scheme != DQ_QUANT_SYM) ||
          !(p->act_clip_ratio > 0.0f && p->act_clip_ratio <= 1.0f)))
-        return DQ_ERR_INVALID_ARG;
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, fn, "with DQ_LWC_F_QUANT_ACT: params->act_bits "
+                        "%d (4 or 8), act_scheme %d (DQ_QUANT_*), act_clip_ratio %g ((0, 1])",
+                        (int)p->act_bits, (int)p->act_scheme, (double)p->act_clip_ratio);
     return DQ_OK;
 }
 
-static dq_status read_weight_params(const dq_quant_params *user, dq_quant_params *q)
+static dq_status read_weight_params(const dq_context *ctx, const dq_quant_params *user,
+                                    dq_quant_params *q)
 {
+    static const char fn[] = "dq_lwc_create";
     dq_quant_params_init(q, sizeof *q);
-    dq_status st = dq__params_read(q, sizeof *q, QUANT_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, fn, "wq", q, sizeof *q, QUANT_PARAMS_MIN_SIZE, user);
     if (st != DQ_OK)
         return st;
     if (q->flags != 0 || (q->bits != 4 && q->bits != 8) ||
         (q->scheme != DQ_QUANT_ASYM && q->scheme != DQ_QUANT_SYM) || q->group_size < 0)
-        return DQ_ERR_INVALID_ARG;
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, fn, "wq: flags 0x%x (0), bits %d (4 or 8), "
+                        "scheme %d (DQ_QUANT_*), group_size %d (>= 0)", (unsigned)q->flags,
+                        (int)q->bits, (int)q->scheme, (int)q->group_size);
     return DQ_OK;
 }
 
@@ -179,17 +197,17 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
                                int64_t ldx, dq_lwc **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq_lwc_params p;
     dq_quant_params q;
-    dq_status st = read_lwc_params(params, &p);
+    dq_status st = read_lwc_params(ctx, params, &p);
     if (st == DQ_OK)
-        st = read_weight_params(wq, &q);
+        st = read_weight_params(ctx, wq, &q);
     if (st == DQ_OK)
-        st = dq__check_matrix(w, rows, cols, ldw);
+        st = dq__check_matrix(ctx, "w", w, rows, cols, ldw);
     if (st == DQ_OK)
-        st = dq__check_matrix(x, tokens, cols, ldx);
+        st = dq__check_matrix(ctx, "x", x, tokens, cols, ldx);
     if (st != DQ_OK)
         return st;
     const int64_t group_len = (q.group_size == 0 || q.group_size > cols) ? cols : q.group_size;
@@ -201,14 +219,16 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
         !dq__mul_size((size_t)rows, (size_t)groups, &gn) ||
         !dq__mul_size(wn, sizeof(float), &wn) || !dq__mul_size(xn, sizeof(float), &xn) ||
         !dq__mul_size(yn, sizeof(float), &yn) || !dq__mul_size(gn, sizeof(float), &gn))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "rows %lld, cols %lld, tokens %lld overflow size_t",
+                       (long long)rows, (long long)cols, (long long)tokens);
     if (!dq__all_finite(w, rows, cols, ldw) || !dq__all_finite(x, tokens, cols, ldx))
-        return DQ_ERR_NONFINITE;
+        return DQ_FAIL(ctx, DQ_ERR_NONFINITE, "%s has a non-finite element",
+                       !dq__all_finite(w, rows, cols, ldw) ? "w" : "x");
 
     const dq_context *c = dq__ctx(ctx);
     dq_lwc *l = dq__calloc(c, 1, sizeof *l);
     if (!l)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the optimiser", sizeof *l);
     dq__context_keep(&l->ctx, c);
     l->p = p;
     l->spec = (dq__qspec){q.bits, q.scheme};
@@ -235,7 +255,8 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
     }
     if (!l->w || !l->x || !l->gamma || !l->beta || !l->m_gamma || !l->v_gamma || !l->m_beta ||
         !l->v_beta || !l->best_gamma || !l->best_beta || (quant_act && (!l->xq || !l->y))) {
-        st = DQ_ERR_NOMEM;
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "copies of w (%zu bytes), x (%zu bytes) and parameters",
+                     wn, xn);
         goto fail;
     }
     copy_rows(l->w, w, rows, cols, ldw);
@@ -436,7 +457,7 @@ static dq_status scratch_alloc(const dq_lwc *l, int64_t cap, bool gather, batch_
     }
     if (!ok) {
         scratch_free(c, s);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "batch scratch of %lld tokens", (long long)cap);
     }
     return DQ_OK;
 }
@@ -466,9 +487,10 @@ DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float
                              int64_t n)
 {
     if (!l || !loss)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(l ? &l->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !l ? "l" : "loss");
     if ((g_gamma || g_beta) && n != l->n)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&l->ctx, DQ_ERR_SHAPE, "n %lld != %lld parameter groups", (long long)n,
+                       (long long)l->n);
     batch_scratch s;
     dq_status st = scratch_alloc(l, l->tokens, false, &s);
     if (st != DQ_OK)
@@ -479,7 +501,7 @@ DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float
         gg = dq__alloc(&l->ctx, (size_t)l->n * sizeof(float));
         gb = dq__alloc(&l->ctx, (size_t)l->n * sizeof(float));
         if (!gg || !gb) {
-            st = DQ_ERR_NOMEM;
+            st = DQ_FAIL(&l->ctx, DQ_ERR_NOMEM, "gradients of %lld groups", (long long)l->n);
             goto out;
         }
     }
@@ -564,7 +586,7 @@ static bool all_finite(const float *v, int64_t n)
 DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
 {
     if (!l)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "l is NULL");
     const dq_context *c = &l->ctx;
     const int64_t cap = l->p.batch_tokens < l->tokens ? l->p.batch_tokens : l->tokens;
     batch_scratch s;
@@ -575,7 +597,8 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
     float *grads = dq__alloc(c, 2 * (size_t)l->n * sizeof(float));
     lwc_snapshot snap = {dq__alloc(c, 6 * (size_t)l->n * sizeof(float)), 0};
     if (!order || !grads || !snap.buf) {
-        st = DQ_ERR_NOMEM;
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "training state of %lld tokens, %lld groups",
+                     (long long)l->tokens, (long long)l->n);
         goto out;
     }
     float *g_gamma = grads, *g_beta = grads + l->n;
@@ -586,7 +609,7 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
         if ((st = chunked_loss(l, &s, cap, &start)) != DQ_OK)
             goto out;
         if (!isfinite((float)start)) {
-            st = DQ_ERR_NONFINITE;
+            st = DQ_FAIL(c, DQ_ERR_NONFINITE, "loss at the starting parameters is %g", start);
             goto out;
         }
         memcpy(l->best_gamma, l->gamma, param_bytes);
@@ -616,7 +639,9 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
             st = batch_loss(l, s.xb, s.xqb, s.yb, b, &s, &loss, g_gamma, g_beta);
             if (st == DQ_OK &&
                 (!isfinite((float)loss) || !all_finite(grads, 2 * l->n)))
-                st = DQ_ERR_NONFINITE;
+                st = DQ_FAIL(c, DQ_ERR_NONFINITE, "epoch %d, batch at token %lld: %s is not "
+                             "finite (parameters restored)", (int)l->epochs_done + 1,
+                             (long long)t0, !isfinite((float)loss) ? "loss" : "a gradient");
             if (st != DQ_OK) {
                 snapshot_copy(l, &snap, false);
                 goto out;
@@ -631,7 +656,8 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
         double full;
         st = chunked_loss(l, &s, cap, &full);
         if (st == DQ_OK && !isfinite((float)full))
-            st = DQ_ERR_NONFINITE;
+            st = DQ_FAIL(c, DQ_ERR_NONFINITE, "epoch %d: full-batch loss %g (parameters "
+                         "restored)", (int)l->epochs_done + 1, full);
         if (st != DQ_OK) {
             snapshot_copy(l, &snap, false);
             goto out;
@@ -661,7 +687,7 @@ out:
 DQ_API dq_status dq_lwc_layout(const dq_lwc *l, int64_t *n_groups, int32_t *epochs_done)
 {
     if (!l)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "l is NULL");
     if (n_groups)
         *n_groups = l->n;
     if (epochs_done)
@@ -672,9 +698,10 @@ DQ_API dq_status dq_lwc_layout(const dq_lwc *l, int64_t *n_groups, int32_t *epoc
 DQ_API dq_status dq_lwc_get_params(const dq_lwc *l, float *gamma, float *beta, int64_t n)
 {
     if (!l)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "l is NULL");
     if (n != l->n)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&l->ctx, DQ_ERR_SHAPE, "n %lld != %lld parameter groups", (long long)n,
+                       (long long)l->n);
     if (gamma)
         memcpy(gamma, l->gamma, (size_t)n * sizeof(float));
     if (beta)
@@ -685,11 +712,14 @@ DQ_API dq_status dq_lwc_get_params(const dq_lwc *l, float *gamma, float *beta, i
 DQ_API dq_status dq_lwc_set_params(dq_lwc *l, const float *gamma, const float *beta, int64_t n)
 {
     if (!l || !gamma || !beta)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(l ? &l->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !l ? "l" : !gamma ? "gamma" : "beta");
     if (n != l->n)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&l->ctx, DQ_ERR_SHAPE, "n %lld != %lld parameter groups", (long long)n,
+                       (long long)l->n);
     if (!all_finite(gamma, n) || !all_finite(beta, n))
-        return DQ_ERR_NONFINITE;
+        return DQ_FAIL(&l->ctx, DQ_ERR_NONFINITE, "%s has a non-finite element",
+                       !all_finite(gamma, n) ? "gamma" : "beta");
     memcpy(l->gamma, gamma, (size_t)n * sizeof(float));
     memcpy(l->beta, beta, (size_t)n * sizeof(float));
     reset_adam(l);
@@ -700,9 +730,11 @@ DQ_API dq_status dq_lwc_set_params(dq_lwc *l, const float *gamma, const float *b
 DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo, int64_t n)
 {
     if (!l || (!clip_hi && !clip_lo))
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(l ? &l->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !l ? "l" : "clip_hi and clip_lo are both");
     if (n != l->n)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&l->ctx, DQ_ERR_SHAPE, "n %lld != %lld parameter groups", (long long)n,
+                       (long long)l->n);
     const float *gamma = l->best_valid ? l->best_gamma : l->gamma;
     const float *beta = l->best_valid ? l->best_beta : l->beta;
     for (int64_t i = 0; i < n; i++) {
@@ -717,9 +749,10 @@ DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo,
 DQ_API dq_status dq_lwc_best(const dq_lwc *l, float *gamma, float *beta, int64_t n, float *loss)
 {
     if (!l)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "l is NULL");
     if ((gamma || beta) && n != l->n)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&l->ctx, DQ_ERR_SHAPE, "n %lld != %lld parameter groups", (long long)n,
+                       (long long)l->n);
     if (!l->best_valid) {
         if (loss) {
             dq_status st = dq_lwc_loss(l, loss, NULL, NULL, 0);

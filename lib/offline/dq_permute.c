@@ -43,7 +43,7 @@ dq_status dq__zigzag(const dq_context *ctx, const float *key, int64_t n, int32_t
     if (!sorted || !fill) {
         dq__free(ctx, sorted);
         dq__free(ctx, fill);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "sort of %lld keys", (long long)n);
     }
     for (int64_t j = 0; j < n; j++)
         sorted[j] = (keyed){key[j], j};
@@ -70,14 +70,17 @@ dq_status dq__zigzag(const dq_context *ctx, const float *key, int64_t n, int32_t
 DQ_API dq_status dq_permutation_zigzag(const float *key, int64_t n, int32_t block_size,
                                        int64_t *perm)
 {
-    if (!key || !perm || block_size < 1)
-        return DQ_ERR_INVALID_ARG;
+    if (!key || !perm)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !key ? "key" : "perm");
+    if (block_size < 1)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "block_size %d, expected >= 1",
+                       (int)block_size);
     if (n <= 0)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(NULL, DQ_ERR_SHAPE, "n %lld, expected > 0", (long long)n);
     if ((uint64_t)n > SIZE_MAX / sizeof(keyed))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(NULL, DQ_ERR_OVERFLOW, "n %lld keys overflow size_t", (long long)n);
     for (int64_t j = 0; j < n; j++)
         if (!isfinite(key[j]))
-            return DQ_ERR_NONFINITE;
+            return DQ_FAIL(NULL, DQ_ERR_NONFINITE, "key[%lld] is not finite", (long long)j);
     return dq__zigzag(NULL, key, n, block_size, perm);
 }

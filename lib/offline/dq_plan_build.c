@@ -267,9 +267,8 @@ DQ_API dq_status dq_plan_build_from_sample(dq_context *ctx, const dq_plan_params
     const bool smooth = (p.flags & DQ_PLAN_F_SMOOTH) != 0;
     if (smooth && !w_absmax)
         return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "w_absmax is NULL with DQ_PLAN_F_SMOOTH");
-    if ((st = dq__check_matrix(sample, rows, cols, lds)) != DQ_OK)
-        return DQ_FAIL(c, st, "sample (%lld x %lld, lds %lld)", (long long)rows,
-                       (long long)cols, (long long)lds);
+    if ((st = dq__check_matrix(ctx, "sample", sample, rows, cols, lds)) != DQ_OK)
+        return st;
     size_t n, bytes;
     if (!dq__mul_size((size_t)rows, (size_t)cols, &n) ||
         !dq__mul_size(n, sizeof(float), &bytes) || (uint64_t)cols > SIZE_MAX / sizeof(int64_t))

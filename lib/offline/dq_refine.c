@@ -34,19 +34,42 @@ DQ_API dq_status dq_refine_params_init(dq_refine_params *p, size_t struct_size)
 
 dq_status dq__refine_read(const dq_refine_params *user, dq__refine_opts *o)
 {
+    return dq__refine_read_at(NULL, "dq__refine_read", user, o);
+}
+
+dq_status dq__refine_read_at(const dq_context *ctx, const char *func,
+                             const dq_refine_params *user, dq__refine_opts *o)
+{
     dq_refine_params p;
     dq_refine_params_init(&p, sizeof p);
-    dq_status st = dq__params_read(&p, sizeof p, REFINE_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, func, "p", &p, sizeof p, REFINE_PARAMS_MIN_SIZE, user);
     if (st != DQ_OK)
         return st;
-    if (p.flags != 0 || p.method < DQ_REFINE_NONE || p.method > DQ_REFINE_DARTQUANT ||
-        p.iterations < 0 || p.iterations > MAX_ITERATIONS ||
-        !(isfinite(p.learning_rate) && p.learning_rate > 0.0f) ||
-        !(p.weight_exponent >= 0.0f && p.weight_exponent <= MAX_WEIGHT_EXPONENT) ||
-        p.batch_rows < 0 || (p.act_bits != 4 && p.act_bits != 8) ||
-        (p.act_scheme != DQ_QUANT_ASYM && p.act_scheme != DQ_QUANT_SYM) ||
-        !(p.act_clip_ratio > 0.0f && p.act_clip_ratio <= 1.0f))
-        return DQ_ERR_INVALID_ARG;
+    const char *bad = p.flags != 0 ? "flags (expected 0)"
+                      : p.method < DQ_REFINE_NONE || p.method > DQ_REFINE_DARTQUANT
+                          ? "method (expected a DQ_REFINE_* value)"
+                      : p.iterations < 0 || p.iterations > MAX_ITERATIONS
+                          ? "iterations (expected [0, MAX_ITERATIONS])"
+                      : !(isfinite(p.learning_rate) && p.learning_rate > 0.0f)
+                          ? "learning_rate (expected finite > 0)"
+                      : !(p.weight_exponent >= 0.0f && p.weight_exponent <= MAX_WEIGHT_EXPONENT)
+                          ? "weight_exponent (expected [0, max])"
+                      : p.batch_rows < 0                     ? "batch_rows (expected >= 0)"
+                      : (p.act_bits != 4 && p.act_bits != 8) ? "act_bits (expected 4 or 8)"
+                      : (p.act_scheme != DQ_QUANT_ASYM && p.act_scheme != DQ_QUANT_SYM)
+                          ? "act_scheme (expected DQ_QUANT_ASYM or DQ_QUANT_SYM)"
+                      : !(p.act_clip_ratio > 0.0f && p.act_clip_ratio <= 1.0f)
+                          ? "act_clip_ratio (expected (0, 1])"
+                          : NULL;
+    if (bad)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "p->%s; given flags 0x%x, method %d, iterations %d, learning_rate %g, "
+                        "weight_exponent %g, batch_rows %lld, act_bits %d, act_scheme %d, "
+                        "act_clip_ratio %g",
+                        bad, (unsigned)p.flags, (int)p.method, (int)p.iterations,
+                        (double)p.learning_rate, (double)p.weight_exponent,
+                        (long long)p.batch_rows, (int)p.act_bits, (int)p.act_scheme,
+                        (double)p.act_clip_ratio);
     *o = (dq__refine_opts){
         .method = p.method,
         .iterations = p.iterations,
@@ -161,8 +184,10 @@ static dq_status refine_dfrot(const dq_context *ctx, const dq__refine_opts *o, d
     float *mf = dq__alloc(ctx, (size_t)bs * (size_t)bs * sizeof(float));
     double *md = dq__alloc(ctx, 2 * (size_t)bs * (size_t)bs * sizeof(double));
     dq_status st = DQ_ERR_NOMEM;
-    if (!blocks || !w || !y || !target || !view || !tview || !best || !mf || !md)
+    if (!blocks || !w || !y || !target || !view || !tview || !best || !mf || !md) {
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "dfrot workspace of %zu floats", rc);
         goto out;
+    }
 
     /* Token weights from whole-row norms, which no rotation changes. */
     double mean = 0.0;
@@ -358,8 +383,10 @@ static dq_status refine_dartquant(const dq_context *ctx, const dq__refine_opts *
     dart_state *d = dq__calloc(ctx, (size_t)r->n_mats, sizeof *d);
     int64_t *blocks = dq__alloc(ctx, (size_t)r->n_blocks * sizeof(int64_t));
     dq_status st = DQ_ERR_NOMEM;
-    if (!d || !blocks)
+    if (!d || !blocks) {
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "dartquant state of %lld matrices", (long long)r->n_mats);
         goto out_early;
+    }
     const int64_t kmax = max_view_rows(r, rows, blocks);
     const int64_t batch = o->batch_rows > 0 && o->batch_rows < kmax ? o->batch_rows : kmax;
     float *y = dq__alloc(ctx, (size_t)kmax * (size_t)bs * sizeof(float));
@@ -369,8 +396,11 @@ static dq_status refine_dartquant(const dq_context *ctx, const dq__refine_opts *
     float *gf = dq__alloc(ctx, bsq * sizeof(float));
     double *work = dq__alloc(ctx, 3 * bsq * sizeof(double));
     int64_t *order = o->batch_rows > 0 ? dq__alloc(ctx, (size_t)kmax * sizeof(int64_t)) : NULL;
-    if (!y || !gy || !vt || !qf || !gf || !work || (o->batch_rows > 0 && !order))
+    if (!y || !gy || !vt || !qf || !gf || !work || (o->batch_rows > 0 && !order)) {
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "dartquant workspace of %lld rows x %d", (long long)kmax,
+                     (int)bs);
         goto out;
+    }
     for (int64_t m = 0; m < r->n_mats; m++) {
         dart_state *s = &d[m];
         const int32_t n = r->mat_size[m];
@@ -385,8 +415,11 @@ static dq_status refine_dartquant(const dq_context *ctx, const dq__refine_opts *
         s->inv = dq__alloc(ctx, (size_t)s->k * sizeof(float));
         s->z = dq__calloc(ctx, 5 * nn, sizeof(double)); /* z, q, t, m1, m2 */
         s->best = dq__alloc(ctx, nn * sizeof(float));
-        if (!s->v || !s->inv || !s->z || !s->best)
+        if (!s->v || !s->inv || !s->z || !s->best) {
+            st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "dartquant state of matrix %lld (%lld x %d)",
+                         (long long)m, (long long)s->k, (int)n);
             goto out;
+        }
         s->q = s->z + nn;
         s->t = s->q + nn;
         s->m1 = s->t + nn;
@@ -486,7 +519,8 @@ dq_status dq__rotation_refine(const dq_context *ctx, const dq__refine_opts *o,
     /* Sizes: the working buffers hold rows x cols floats, the products take int32 depths. */
     size_t rc;
     if (!dq__mul_size((size_t)rows, (size_t)cols, &rc) || !dq__mul_size(rc, sizeof(double), &rc))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "rows %lld x cols %lld overflow size_t",
+                       (long long)rows, (long long)cols);
     int64_t most = 0;
     for (int64_t m = 0; m < start->n_mats; m++) {
         int64_t nb = 0;
@@ -495,7 +529,8 @@ dq_status dq__rotation_refine(const dq_context *ctx, const dq__refine_opts *o,
         most = nb > most ? nb : most;
     }
     if (rows > INT32_MAX / most)
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "rows %lld x %lld blocks per matrix exceed INT32_MAX",
+                       (long long)rows, (long long)most);
 
     dq_rotation *r;
     dq_status st = dq__rotation_clone(ctx, start, &r);
@@ -524,19 +559,20 @@ DQ_API dq_status dq_rotation_refine(dq_context *ctx, const dq_refine_params *p,
                                     int64_t cols, int64_t ldx, dq_rotation **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     dq__refine_opts o;
-    dq_status st = dq__refine_read(p, &o);
+    dq_status st = dq__refine_read_at(ctx, __func__, p, &o);
     if (st != DQ_OK)
         return st;
     if (!start)
-        return DQ_ERR_INVALID_ARG;
-    if ((st = dq__check_matrix(x, rows, cols, ldx)) != DQ_OK)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "start is NULL");
+    if ((st = dq__check_matrix(ctx, "x", x, rows, cols, ldx)) != DQ_OK)
         return st;
     if (cols != start->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(ctx, DQ_ERR_SHAPE, "x: cols %lld != rotation width %lld", (long long)cols,
+                       (long long)start->cols);
     if (!dq__all_finite(x, rows, cols, ldx))
-        return DQ_ERR_NONFINITE;
+        return DQ_FAIL(ctx, DQ_ERR_NONFINITE, "x has a non-finite element");
     return dq__rotation_refine(ctx, &o, start, x, rows, cols, ldx, 0, out);
 }

@@ -20,6 +20,9 @@ typedef struct dq__refine_opts {
 
 /* Reads and validates user params (NULL = defaults). */
 dq_status dq__refine_read(const dq_refine_params *user, dq__refine_opts *o);
+/* As dq__refine_read, logging a rejected field through ctx for func. */
+dq_status dq__refine_read_at(const dq_context *ctx, const char *func,
+                             const dq_refine_params *user, dq__refine_opts *o);
 
 /* A new rotation with start's layout, every matrix refined on x (rows x cols, ldx, validated and
  * finite); stream distinguishes the random draws of several calls with one seed. */

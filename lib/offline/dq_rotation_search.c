@@ -365,9 +365,8 @@ DQ_API dq_status dq_rotation_create(dq_context *ctx, const dq_rotation_params *p
     if (st != DQ_OK)
         return st;
     if (o.method == DQ_ROT_METHOD_GREEDY) {
-        if ((st = dq__check_matrix(x, rows, cols, ldx)) != DQ_OK)
-            return DQ_FAIL(c, st, "x (%lld x %lld, ldx %lld)", (long long)rows,
-                           (long long)cols, (long long)ldx);
+        if ((st = dq__check_matrix(ctx, "x", x, rows, cols, ldx)) != DQ_OK)
+            return st;
         if (!dq__all_finite(x, rows, cols, ldx))
             return DQ_FAIL(c, DQ_ERR_NONFINITE, "x holds a NaN or infinity");
     } else if (cols <= 0) {

@@ -199,14 +199,17 @@ static dq_status plain_search(const dq_context *ctx, const dq__search_view *v,
     size_t floats, bytes;
     if (!dq__mul_size((size_t)vrows, (size_t)n, &floats) ||
         !dq__mul_size(floats, sizeof(float), &bytes))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "view of %lld rows x %d overflows size_t",
+                       (long long)vrows, (int)n);
     float *view = dq__alloc(ctx, bytes), *spare = dq__alloc(ctx, bytes);
     float *work = dq__alloc(ctx, 3 * nn * sizeof(float));
     const int32_t workers = dq__threads(ctx, INT64_MAX);
     extremes *ext = dq__alloc(ctx, (size_t)workers * sizeof *ext);
     dq_status st = DQ_ERR_NOMEM;
-    if (!view || !spare || !work || !ext)
+    if (!view || !spare || !work || !ext) {
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "search workspace: 2 x %zu bytes of view", bytes);
         goto out;
+    }
     for (int64_t t = 0; t < v->tokens; t++)
         for (int64_t b = 0; b < v->blocks; b++)
             memcpy(view + (size_t)(t * v->blocks + b) * (size_t)n,
@@ -430,7 +433,7 @@ static dq_status pruned_grow(pruned *p, double tau, int32_t k)
             dq__free(ctx, idx2);
             dq__free(ctx, cur2);
             dq__free(ctx, next2);
-            return DQ_ERR_NOMEM;
+            return DQ_FAIL(ctx, DQ_ERR_NOMEM, "pruned search set of %lld rows", (long long)cap);
         }
         if (p->m > 0) {
             memcpy(idx2, p->idx, (size_t)p->m * sizeof(int64_t));
@@ -451,7 +454,8 @@ static dq_status pruned_grow(pruned *p, double tau, int32_t k)
         dq__free(ctx, na);
         dq__free(ctx, nb);
         dq__free(ctx, rk);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "%lld more rows of the pruned search set",
+                       (long long)add);
     }
     int64_t a = 0;
     for (int64_t r = 0; r < p->vrows; r++)
@@ -562,8 +566,11 @@ static dq_status pruned_search(const dq_context *ctx, const dq__search_view *v,
     p.ext = dq__alloc(ctx, (size_t)workers * sizeof *p.ext);
     float *chain = dq__alloc(ctx, (2 + (size_t)workers) * nn * sizeof(float));
     dq_status st = DQ_ERR_NOMEM;
-    if (!p.norm || !p.in || !p.chosen || !p.ext || !chain)
+    if (!p.norm || !p.in || !p.chosen || !p.ext || !chain) {
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "pruned search workspace of %lld rows x %d",
+                     (long long)p.vrows, (int)n);
         goto out;
+    }
 
     /* Step 0 needs no product: the extremes of the whole view, and every row's norm. */
     extremes e;

@@ -23,15 +23,18 @@ void dq__smooth_factors(const float *act_absmax, const float *w_absmax, int64_t 
     }
 }
 
-static bool nonnegative_finite(const float *v, int64_t n, dq_status *st)
+static bool nonnegative_finite(const char *func, const char *name, const float *v, int64_t n,
+                               dq_status *st)
 {
     for (int64_t j = 0; j < n; j++) {
         if (!isfinite(v[j])) {
-            *st = DQ_ERR_NONFINITE;
+            *st = dq__fail(NULL, DQ_ERR_NONFINITE, func, "%s[%lld] is not finite", name,
+                           (long long)j);
             return false;
         }
         if (v[j] < 0.0f) {
-            *st = DQ_ERR_INVALID_ARG;
+            *st = dq__fail(NULL, DQ_ERR_INVALID_ARG, func, "%s[%lld] = %g, expected >= 0", name,
+                           (long long)j, (double)v[j]);
             return false;
         }
     }
@@ -41,12 +44,16 @@ static bool nonnegative_finite(const float *v, int64_t n, dq_status *st)
 DQ_API dq_status dq_smooth_factors(const float *act_absmax, const float *w_absmax, int64_t n,
                                    float alpha, float *scale)
 {
-    if (!act_absmax || !w_absmax || !scale || !(alpha >= 0.0f && alpha <= 1.0f))
-        return DQ_ERR_INVALID_ARG;
+    if (!act_absmax || !w_absmax || !scale)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !act_absmax ? "act_absmax" : !w_absmax ? "w_absmax" : "scale");
+    if (!(alpha >= 0.0f && alpha <= 1.0f))
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "alpha %g outside [0, 1]", (double)alpha);
     if (n <= 0)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(NULL, DQ_ERR_SHAPE, "n %lld, expected > 0", (long long)n);
     dq_status st = DQ_OK;
-    if (!nonnegative_finite(act_absmax, n, &st) || !nonnegative_finite(w_absmax, n, &st))
+    if (!nonnegative_finite(__func__, "act_absmax", act_absmax, n, &st) ||
+        !nonnegative_finite(__func__, "w_absmax", w_absmax, n, &st))
         return st;
     dq__smooth_factors(act_absmax, w_absmax, n, alpha, scale);
     return DQ_OK;
@@ -67,13 +74,14 @@ DQ_API dq_status dq_smooth_weight_absmax(const float *w, int64_t rows, int64_t c
                                          int32_t accumulate, float *absmax)
 {
     if (!absmax)
-        return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(w, rows, cols, ldw);
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "absmax is NULL");
+    dq_status st = dq__check_matrix(NULL, "w", w, rows, cols, ldw);
     if (st != DQ_OK)
         return st;
-    if (!dq__all_finite(w, rows, cols, ldw) ||
-        (accumulate && !dq__all_finite(absmax, 1, cols, cols)))
-        return DQ_ERR_NONFINITE;
+    if (!dq__all_finite(w, rows, cols, ldw))
+        return DQ_FAIL(NULL, DQ_ERR_NONFINITE, "w has a non-finite element");
+    if (accumulate && !dq__all_finite(absmax, 1, cols, cols))
+        return DQ_FAIL(NULL, DQ_ERR_NONFINITE, "absmax (accumulate) has a non-finite element");
     if (!accumulate)
         for (int64_t j = 0; j < cols; j++)
             absmax[j] = 0.0f;

@@ -3,19 +3,29 @@
 
 #include "dq_internal.h"
 
-dq_status dq__check_matrix(const void *x, int64_t rows, int64_t cols, int64_t ld)
+dq_status dq__check_matrix_at(const dq_context *ctx, const char *func, const char *name,
+                              const void *x, int64_t rows, int64_t cols, int64_t ld)
 {
     if (!x)
-        return DQ_ERR_INVALID_ARG;
-    if (rows <= 0 || cols <= 0 || ld < cols)
-        return DQ_ERR_SHAPE;
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "%s: ptr is NULL", name);
+    if (rows <= 0)
+        return dq__fail(ctx, DQ_ERR_SHAPE, func, "%s: rows %lld, expected > 0", name,
+                        (long long)rows);
+    if (cols <= 0)
+        return dq__fail(ctx, DQ_ERR_SHAPE, func, "%s: cols %lld, expected > 0", name,
+                        (long long)cols);
+    if (ld < cols)
+        return dq__fail(ctx, DQ_ERR_SHAPE, func, "%s: ld %lld < cols %lld", name, (long long)ld,
+                        (long long)cols);
     /* (rows - 1) * ld + cols elements, and their bytes, must be addressable. */
     size_t span, bytes;
     if ((uint64_t)rows > SIZE_MAX || (uint64_t)ld > SIZE_MAX ||
         !dq__mul_size((size_t)(rows - 1), (size_t)ld, &span) ||
         !dq__add_size(span, (size_t)cols, &span) || !dq__mul_size(span, sizeof(float), &bytes) ||
         bytes > (size_t)INT64_MAX)
-        return DQ_ERR_OVERFLOW;
+        return dq__fail(ctx, DQ_ERR_OVERFLOW, func,
+                        "%s: rows %lld, cols %lld, ld %lld span more bytes than addressable",
+                        name, (long long)rows, (long long)cols, (long long)ld);
     return DQ_OK;
 }
 

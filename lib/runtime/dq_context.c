@@ -118,17 +118,28 @@ DQ_API dq_status dq_context_create(const dq_context_params *p, dq_context **out)
     *out = NULL;
     dq_context_params prm;
     dq_context_params_init(&prm, sizeof prm);
-    dq_status st = dq__params_read(&prm, sizeof prm, CONTEXT_PARAMS_MIN_SIZE, p);
+    /* Until the context exists, the caller's log callback is the one to tell. */
+    dq_context early = dq__default_context;
+    if (p && p->struct_size >= offsetof(dq_context_params, log_level) + sizeof(int32_t)) {
+        early.log = p->log;
+        early.log_user = p->log_user;
+        early.log_level = DQ_LOG_ERROR;
+    }
+    dq_status st = DQ_PARAMS_READ(&early, "p", &prm, sizeof prm, CONTEXT_PARAMS_MIN_SIZE, p);
     if (st != DQ_OK)
         return st;
-    if (prm.flags != 0 || (prm.alloc == NULL) != (prm.free == NULL) ||
-        prm.log_level < DQ_LOG_ERROR || prm.log_level > DQ_LOG_DEBUG || prm.n_threads < 0 ||
-        prm.n_threads > 1024)
-        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG,
-                       "flags %u (expected 0), alloc and free set together %d, log_level %d "
-                       "(expected 0..3), n_threads %d (expected 0..1024)",
-                       (unsigned)prm.flags, (prm.alloc == NULL) == (prm.free == NULL),
-                       (int)prm.log_level, (int)prm.n_threads);
+    if (prm.flags != 0)
+        return DQ_FAIL(&early, DQ_ERR_INVALID_ARG, "p->flags 0x%x, expected 0",
+                       (unsigned)prm.flags);
+    if ((prm.alloc == NULL) != (prm.free == NULL))
+        return DQ_FAIL(&early, DQ_ERR_INVALID_ARG, "p->alloc is %s but p->free is %s",
+                       prm.alloc ? "set" : "NULL", prm.free ? "set" : "NULL");
+    if (prm.log_level < DQ_LOG_ERROR || prm.log_level > DQ_LOG_DEBUG)
+        return DQ_FAIL(&early, DQ_ERR_INVALID_ARG, "p->log_level %d outside [%d, %d]",
+                       (int)prm.log_level, DQ_LOG_ERROR, DQ_LOG_DEBUG);
+    if (prm.n_threads < 0 || prm.n_threads > 1024)
+        return DQ_FAIL(&early, DQ_ERR_INVALID_ARG, "p->n_threads %d outside [0, 1024]",
+                       (int)prm.n_threads);
     int32_t n = prm.n_threads;
     if (n == 0) {
         long online = sysconf(_SC_NPROCESSORS_ONLN);
@@ -146,7 +157,7 @@ DQ_API dq_status dq_context_create(const dq_context_params *p, dq_context **out)
             return st;
         ctx = dq__pool_context(tmp.pool);
     } else if (!(ctx = dq__alloc(&tmp, sizeof *ctx))) { /* one thread or the engine's loop */
-        return DQ_FAIL(&tmp, DQ_ERR_NOMEM, "no memory for the context");
+        return DQ_FAIL(&tmp, DQ_ERR_NOMEM, "%zu bytes for the context", sizeof *ctx);
     }
     *ctx = tmp;
     *out = ctx;

@@ -30,14 +30,16 @@ DQ_API size_t dq_int4_packed_size(int64_t n)
 DQ_API dq_status dq_int4_pack(const int32_t *codes, int64_t n, uint8_t *out, size_t out_bytes)
 {
     if (!codes || !out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !codes ? "codes" : "out");
     if (n <= 0)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(NULL, DQ_ERR_SHAPE, "n %lld, expected > 0", (long long)n);
     if (out_bytes < dq_int4_packed_size(n))
-        return DQ_ERR_BUFFER;
+        return DQ_FAIL(NULL, DQ_ERR_BUFFER, "out_bytes %zu < %zu needed for n %lld", out_bytes,
+                       dq_int4_packed_size(n), (long long)n);
     for (int64_t i = 0; i < n; i++)
         if (codes[i] < -8 || codes[i] > 15)
-            return DQ_ERR_INVALID_ARG;
+            return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "codes[%lld] %d outside [-8, 15]",
+                           (long long)i, (int)codes[i]);
     for (int64_t k = 0; k < n / 2; k++)
         out[k] = (uint8_t)((codes[2 * k] & 0xF) | ((codes[2 * k + 1] & 0xF) << 4));
     if (n & 1)
@@ -49,11 +51,12 @@ DQ_API dq_status dq_int4_unpack(const uint8_t *in, size_t in_bytes, int64_t n, i
                                 int32_t *codes)
 {
     if (!in || !codes)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !in ? "in" : "codes");
     if (n <= 0)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(NULL, DQ_ERR_SHAPE, "n %lld, expected > 0", (long long)n);
     if (in_bytes < dq_int4_packed_size(n))
-        return DQ_ERR_BUFFER;
+        return DQ_FAIL(NULL, DQ_ERR_BUFFER, "in_bytes %zu < %zu needed for n %lld", in_bytes,
+                       dq_int4_packed_size(n), (long long)n);
     for (int64_t i = 0; i < n; i++) {
         int32_t v = (in[i / 2] >> (4 * (i & 1))) & 0xF;
         codes[i] = (is_signed && v >= 8) ? v - 16 : v;

@@ -78,6 +78,22 @@ static inline bool dq__add_size(size_t a, size_t b, size_t *out)
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* As dq__params_read, logging a failure through ctx for func (the public function) and what
+ * (the argument's name, e.g. "params"). */
+dq_status dq__params_read_at(const dq_context *ctx, const char *func, const char *what,
+                             void *dst, size_t known_size, size_t min_size, const void *user);
+#define DQ_PARAMS_READ(ctx, what, dst, known_size, min_size, user) \
+    dq__params_read_at((ctx), __func__, (what), (dst), (known_size), (min_size), (user))
+
+/* File system (dq_fsio.c). dq__errno_text: the system's text for err in buf (thread-safe).
+ * dq__save_atomic: replaces the regular file at path (or the file a symbolic link at path
+ * points to) with size bytes of data through a temporary file in the same folder, fsync and
+ * rename, then fsyncs the folder; refuses anything but a regular file; never removes the
+ * target; failures are DQ_ERR_IO logged for func with the path and errno text. */
+const char *dq__errno_text(int err, char *buf, size_t cap);
+dq_status dq__save_atomic(const dq_context *ctx, const char *func, const char *path,
+                          const void *data, size_t size);
+
 /* Extensible params structs (see duquant.h). Copies min(struct_size, known) bytes of user into
  * dst (which already holds the defaults) after validating size and tail. user NULL keeps the
  * defaults. */
@@ -90,8 +106,13 @@ dq_status dq__params_init(void *p, size_t struct_size, size_t min_size, const vo
 #define DQ_HAS_MEMBER(struct_size, type, member) \
     ((struct_size) >= offsetof(type, member) + sizeof(((type *)0)->member))
 
-/* Matrix argument checks: non-NULL, rows/cols > 0, ld >= cols, element span fits size_t. */
-dq_status dq__check_matrix(const void *x, int64_t rows, int64_t cols, int64_t ld);
+/* Matrix argument checks: non-NULL, rows/cols > 0, ld >= cols, element span fits size_t.
+ * A failure is logged through ctx as "func: name: ld 3 < cols 4", naming the matrix argument
+ * (name, e.g. "w") and which of ptr/rows/cols/ld is wrong with the values. */
+dq_status dq__check_matrix_at(const dq_context *ctx, const char *func, const char *name,
+                              const void *x, int64_t rows, int64_t cols, int64_t ld);
+#define dq__check_matrix(ctx, name, x, rows, cols, ld) \
+    dq__check_matrix_at((ctx), __func__, (name), (x), (rows), (cols), (ld))
 /* Number of elements a (rows, cols, ld) matrix spans; call after dq__check_matrix. */
 static inline size_t dq__matrix_span(int64_t rows, int64_t cols, int64_t ld)
 {
