@@ -158,7 +158,7 @@ int main(int argc, char **argv)
            "chunks of %lld tokens, median of %d, library threads %d\n", dq_version_string(),
            (long long)t, (long long)c, (double)(t * c) * 4.0 / 1048576.0, (long long)chunk,
            reps, threads);
-    bench_print_load("");
+    bench_print_cpu();
     const char *env = getenv("OPENBLAS_NUM_THREADS"), *core = getenv("OPENBLAS_CORETYPE");
     printf("OPENBLAS_NUM_THREADS=%s OPENBLAS_CORETYPE=%s\n", env ? env : "(unset)",
            core ? core : "(unset)");
