@@ -55,8 +55,10 @@ void bench_fill_bytes(void *p, size_t bytes);
  * with "cpu:" and "load average:".
  *
  * bench_peak_measure measures, once per process (later calls return the same figures), the
- * peaks of ONE core, each loop for about 0.2 s (the best of about 100 slices of 2 ms, so
- * preemption on a shared machine lowers it little), and prints them on its first call:
+ * peaks of ONE core and prints them on its first call. Each loop runs for about 0.2 s of the
+ * thread's processor time and the best of its slices of about 2 ms counts; slices are timed in
+ * processor time (CLOCK_THREAD_CPUTIME_ID), so on a shared machine the time the scheduler gives
+ * other processes does not count: the peak is the core's, however busy the machine is.
  *  - int8_ops: u8 x s8 integer ops per second; ONE MULTIPLY-ADD COUNTS AS 2 OPS, so one 512-bit
  *    vpdpbusd (64 u8*s8 products summed into 16 int32) is 128 ops and one 256-bit vpmaddubsw
  *    + vpmaddwd + vpaddd triple (32 products) is 64. AVX-512 VNNI vpdpbusd where the CPU has
