@@ -92,9 +92,11 @@ void bench_evict_caches(void)
     bench_sink = s;
 }
 
+double bench_last_cpu;
+
 double bench_time(void (*fn)(void *arg), void *arg, int reps, int cold)
 {
-    double t[64];
+    double t[64], c[64];
     if (reps > 64)
         reps = 64;
     if (!cold)
@@ -102,10 +104,12 @@ double bench_time(void (*fn)(void *arg), void *arg, int reps, int cold)
     for (int r = 0; r < reps; r++) {
         if (cold)
             bench_evict_caches();
-        double t0 = bench_now();
+        double c0 = bench_cpu_now(), t0 = bench_now();
         fn(arg);
         t[r] = bench_now() - t0;
+        c[r] = bench_cpu_now() - c0;
     }
+    bench_last_cpu = bench_median(c, reps);
     return bench_median(t, reps);
 }
 

@@ -21,6 +21,12 @@ double bench_median(double *v, int n);
  * caches evicted before each run (bench_evict_caches), no untimed run. */
 double bench_time(void (*fn)(void *arg), void *arg, int reps, int cold);
 
+/* The median processor seconds (bench_cpu_now: all the process's threads) of the runs of the
+ * last bench_time call. On a machine shared with other jobs a single-threaded run's processor
+ * time leaves out the time the scheduler gave the others; with threads it also counts waiting
+ * workers that spin. */
+extern double bench_last_cpu;
+
 /* A splitmix64 stream: 64 random bits, or uniform in (0, 1); bench_seed restarts the stream
  * (default 12345). */
 void bench_seed(uint64_t seed);
