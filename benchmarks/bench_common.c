@@ -2,6 +2,14 @@
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "bench_common.h"
 
+/* The peak probes need x86-64 and GCC-style inline assembly; elsewhere every peak is 0.
+ * (-DBENCH_NO_X86 builds that fallback on x86-64 too.) */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(BENCH_NO_X86)
+#define BENCH_X86 1
+#else
+#define BENCH_X86 0
+#endif
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,7 +207,7 @@ static size_t llc_bytes(void)
 
 static int has_feature(int which)
 {
-#if defined(__GNUC__) && defined(__x86_64__)
+#if BENCH_X86
     __builtin_cpu_init();
     switch (which) {
     case 0: return __builtin_cpu_supports("avx2");
@@ -243,7 +251,7 @@ void bench_print_cpu(void)
 
 /* ---- peak probes: each returns the operations (or FLOP) it performed ---- */
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#if BENCH_X86
 #include <immintrin.h>
 
 /* The loops are written in assembly so that the compiler neither merges, hoists nor spills
@@ -397,7 +405,6 @@ __attribute__((target("avx2"))) static uint64_t stream_sum(const uint64_t *p, si
     a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
     return (uint64_t)_mm256_extract_epi64(a0, 0) + (uint64_t)_mm256_extract_epi64(a0, 3);
 }
-#endif
 
 /* Processor seconds of the calling thread: time the scheduler gives other processes does not
  * count, so a probe measures the core, not how busy the machine is. */
@@ -429,9 +436,11 @@ static double best_rate(double (*probe)(uint64_t))
     return best;
 }
 
+#endif
+
 static double stream_rate(void)
 {
-#if defined(__GNUC__) && defined(__x86_64__)
+#if BENCH_X86
     if (!has_feature(0))
         return 0.0;
     size_t bytes = 4 * llc_bytes();
@@ -471,7 +480,7 @@ const bench_peak *bench_peak_measure(void)
         return &p;
     done = 1;
     p.int8_isa = "none";
-#if defined(__GNUC__) && defined(__x86_64__)
+#if BENCH_X86
     if (has_feature(0))
         p.int8_ops_avx2 = best_rate(probe_avx2_int8);
     if (has_feature(3)) {

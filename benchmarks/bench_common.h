@@ -73,10 +73,10 @@ void bench_fill_bytes(void *p, size_t bytes);
  *  - f32_flops_512 / f32_flops_256: float FLOP/s of 512-bit / 256-bit FMA loops (an FMA counts
  *    2 FLOP per lane); 0 where the CPU lacks AVX-512F / FMA.
  *  - stream_bytes: bytes per second one core reads from a written buffer four times the last-
- *    level cache (at least 128 MiB), wide loads, best 8 MiB piece of at least two passes: the
- *    floor of a memory-bound kernel on one core.
+ *    level cache (at least 128 MiB), AVX2 loads, best 8 MiB piece of at least two passes (0
+ *    without AVX2): bytes / stream_bytes is the time floor of a memory-bound kernel on one core.
  * Probes use __attribute__((target)) and __builtin_cpu_supports: the programs build and run on
- * any x86-64 (and elsewhere, with every peak 0). Peaks are per core: multiply by the threads
+ * any x86-64 (and elsewhere, or with -DBENCH_NO_X86, with every peak 0). Peaks are per core: multiply by the threads
  * a figure uses. */
 typedef struct bench_peak {
     double int8_ops;      /* best u8 x s8 ops/s of one core (multiply-add = 2 ops) */
