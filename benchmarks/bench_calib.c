@@ -158,7 +158,7 @@ int main(int argc, char **argv)
            "chunks of %lld tokens, median of %d, library threads %d\n", dq_version_string(),
            (long long)t, (long long)c, (double)(t * c) * 4.0 / 1048576.0, (long long)chunk,
            reps, threads);
-    bench_print_load("");
+    bench_print_cpu();
     const char *env = getenv("OPENBLAS_NUM_THREADS"), *core = getenv("OPENBLAS_CORETYPE");
     printf("OPENBLAS_NUM_THREADS=%s OPENBLAS_CORETYPE=%s\n", env ? env : "(unset)",
            core ? core : "(unset)");
@@ -238,8 +238,9 @@ int main(int argc, char **argv)
            (long long)c, (long long)lt, (long long)b, (long long)steps, epochs,
            (double)lp.learning_rate, (double)lp.init_value, plan_reps);
     bench_print_load("");
-    printf("%-10s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "flags", "create s", "epoch s",
-           "cpu s", "tokens/s", "GFLOP/s", "loss s", "cpu s", "+grad s", "cpu s");
+    const bench_peak *pk = bench_peak_measure();
+    printf("%-10s %9s %9s %9s %9s %9s %7s %9s %9s %9s %9s\n", "flags", "create s", "epoch s",
+           "cpu s", "tokens/s", "GFLOP/s", "%pk256", "loss s", "cpu s", "+grad s", "cpu s");
     const uint32_t flag_sets[] = {0u, DQ_LWC_F_QUANT_ACT};
     for (size_t f = 0; f < 2; f++) {
         for (int k = 0; k < plan_reps; k++)
@@ -250,15 +251,19 @@ int main(int argc, char **argv)
                 tm[k] = lw[k][part];
             v[part] = span_median(tm, plan_reps);
         }
-        printf("%-10s %9.3f %9.3f %9.3f %9.0f %9.1f %9.3f %9.3f %9.3f %9.3f\n",
+        printf("%-10s %9.3f %9.3f %9.3f %9.0f %9.1f %6.1f%% %9.3f %9.3f %9.3f %9.3f\n",
                flag_sets[f] ? "QUANT_ACT" : "0 (W4A16)", v[0].wall, v[1].wall, v[1].cpu,
-               (double)lt / v[1].wall, flop_epoch / v[1].wall * 1e-9, v[2].wall, v[2].cpu,
+               (double)lt / v[1].wall, flop_epoch / v[1].wall * 1e-9,
+               bench_peak_pct(flop_epoch / v[1].cpu, pk->f32_flops_256, 1), v[2].wall, v[2].cpu,
                v[3].wall, v[3].cpu);
     }
     printf("(epoch: dq_lwc_train time / epochs; GFLOP/s: the epoch's float products, 3 x 2 x "
-           "tokens x %lld^2,\n over the epoch's wall time; loss / +grad: one dq_lwc_loss over "
-           "all %lld tokens without / with gradients)\n", (long long)c, (long long)lt);
+           "tokens x %lld^2,\n over the epoch's wall time; %%pk256: the same FLOP per processor-"
+           "second over one core's 256-bit FMA peak\n (the width of the OpenBLAS kernels "
+           "picked here; processor time of all threads); loss / +grad: one\n dq_lwc_loss over all %lld tokens without / with gradients)\n", (long long)c,
+           (long long)lt);
 
+    bench_print_load(" at end");
     dq_context_free(ctx);
     free(x);
     free(s);

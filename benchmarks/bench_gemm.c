@@ -2,8 +2,11 @@
  * baselines measured in the same run: the portable kernel, OpenBLAS sgemm of the same shape in
  * float (through dq__sgemm; its threads are whatever the environment gives OpenBLAS), and for
  * GEMV the time to stream the weights' bytes once at the bandwidth this run measures (a
- * read-sum over a buffer of the same size, warm like the weights, and cold after evicting the
- * caches).
+ * read-sum over a written buffer of the same size, warm like the weights, and cold after
+ * evicting the caches) and at the one-core memory bandwidth of bench_peak_measure. Every
+ * figure also says its share of this CPU's int8 peak measured in the same run (the peak of the
+ * kernel's instruction set: VNNI vpdpbusd for avx512, vpmaddubsw + vpmaddwd for avx2; a
+ * multiply-add counts 2 ops), and sgemm its share of the FMA peak of all online cores.
  *
  * usage: bench_gemm [outputs [inputs [group [repeats]]]]   defaults 4096 4096 0 (whole rows) 7 */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
@@ -12,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bench_common.h"
 #include "bench_kernels.h"
@@ -84,13 +88,26 @@ int main(int argc, char **argv)
     /* The weights as a packed dq_qmatrix holds them: two codes a byte, a float scale and zero
      * point per group. */
     const size_t wbytes = (size_t)(rows * cols / 2) + (size_t)(rows * w->groups) * 8;
-    uint64_t *stream = calloc(wbytes / 8 + 8, 8);
+    /* Written, so that it is backed by memory: a never-written allocation reads the shared
+     * zero page from the caches, however cold. */
+    uint64_t *stream = malloc((wbytes / 8 + 8) * 8);
+    if (!codes || !sx || !zx || !y || !xf || !wf || !stream) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    bench_fill_bytes(stream, (wbytes / 8 + 8) * 8);
 
     const int32_t best = dq__gemm_isa_best();
     const char *names[] = {"portable", "avx2", "avx512"};
     printf("W4A4 %lld x %lld, group %lld, best kernel %s, median of %d\n", (long long)rows,
            (long long)cols, (long long)w->group_len, names[best], reps);
-    bench_print_load(" at start");
+    bench_print_cpu();
+    const bench_peak *pk = bench_peak_measure();
+    const double isa_peak[3] = {0.0, pk->int8_ops_avx2, pk->int8_ops};
+    const int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    const double t_mem = pk->stream_bytes > 0 ? (double)wbytes / pk->stream_bytes : 0.0;
+    printf("streaming the weights once at the one-core memory bandwidth: %.1f us\n",
+           t_mem * 1e6);
 
     for (int cold = 0; cold <= 1; cold++) {
         setup s = {w, {1, cols, cols, codes, sx, zx}, y, reps};
@@ -105,14 +122,17 @@ int main(int argc, char **argv)
                 isa_arg = isa;
                 threads_arg = th;
                 double t = bench_time(run_kernel, &s, reps, cold);
-                printf("  %-8s %d thr: %8.1f us  %.2fx stream time\n", names[isa], th, t * 1e6,
-                       t / tr);
+                const double ops = 2.0 * (double)rows * (double)cols;
+                printf("  %-8s %d thr: %8.1f us  %.2fx read-sum time, %.2fx one-core memory "
+                       "stream time, %.1f%% of int8 peak; processor time %.1f us\n",
+                       names[isa], th, t * 1e6, t / tr, t_mem > 0 ? t / t_mem : 0.0,
+                       bench_peak_pct(ops / t, isa_peak[isa], th), bench_last_cpu * 1e6);
             }
         }
     }
 
-    printf("\n%6s %-8s %3s %11s %9s %11s %11s\n", "T", "kernel", "thr", "time ms", "GOPS",
-           "vs portable", "vs sgemm");
+    printf("\n%6s %-8s %3s %11s %9s %11s %11s %7s %9s %7s\n", "T", "kernel", "thr", "time ms",
+           "GOPS", "vs portable", "vs sgemm", "%peak", "cpu ms", "%pk/cpu");
     for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++) {
         const int64_t t = tokens[ti];
         setup s = {w, {t, cols, cols, codes, sx, zx}, y, reps};
@@ -131,15 +151,19 @@ int main(int argc, char **argv)
         const double t_blas = bench_median(tb, reps);
         printf("%6lld %-8s %3s %11.3f %9.1f %11s %11s%s\n", (long long)t, "portable", "1",
                t_ref * 1e3, ops / t_ref * 1e-9, "1.00x", "", t > tref ? "  (scaled from 32)" : "");
-        printf("%6lld %-8s %3s %11.3f %9.1f %11s %11s\n", (long long)t, "sgemm", "env",
-               t_blas * 1e3, ops / t_blas * 1e-9, "", "1.00x");
+        printf("%6lld %-8s %3s %11.3f %9.1f %11s %11s %6.1f%%  (of the FMA peak x %d cores)\n",
+               (long long)t, "sgemm", "env", t_blas * 1e3, ops / t_blas * 1e-9, "", "1.00x",
+               bench_peak_pct(ops / t_blas, bench_peak_f32(pk), ncpu), ncpu);
         for (int32_t isa = DQ_GEMM_ISA_AVX2; isa <= best; isa++)
             for (int32_t th = 1; th <= 2; th++) {
                 isa_arg = isa;
                 threads_arg = th;
                 double tk = bench_time(run_kernel, &s, reps, 0);
-                printf("%6lld %-8s %3d %11.3f %9.1f %10.1fx %10.2fx\n", (long long)t, names[isa],
-                       th, tk * 1e3, ops / tk * 1e-9, t_ref / tk, t_blas / tk);
+                const double ck = bench_last_cpu;
+                printf("%6lld %-8s %3d %11.3f %9.1f %10.1fx %10.2fx %6.1f%% %9.3f %6.1f%%\n",
+                       (long long)t, names[isa], th, tk * 1e3, ops / tk * 1e-9, t_ref / tk,
+                       t_blas / tk, bench_peak_pct(ops / tk, isa_peak[isa], th), ck * 1e3,
+                       bench_peak_pct(ops / ck, isa_peak[isa], 1));
             }
     }
 
@@ -173,6 +197,7 @@ int main(int argc, char **argv)
             }
     }
 
+    bench_print_load(" at end");
     free(stream);
     free(wf);
     free(xf);

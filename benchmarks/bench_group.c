@@ -16,31 +16,6 @@
 
 #define N_LAYERS 3
 
-/* "cpu family / model / model name" from /proc/cpuinfo (first processor). */
-static void print_cpu(void)
-{
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512], family[64] = "?", model[64] = "?", name[256] = "?";
-    int seen = 0;
-    while (fgets(line, sizeof line, f) && seen < 3) {
-        char *colon = strchr(line, ':');
-        if (!colon)
-            continue;
-        char *v = colon + 1 + (colon[1] == ' ');
-        v[strcspn(v, "\n")] = '\0';
-        if (!strncmp(line, "cpu family", 10) && family[0] == '?')
-            snprintf(family, sizeof family, "%s", v), seen++;
-        else if (!strncmp(line, "model name", 10) && name[0] == '?')
-            snprintf(name, sizeof name, "%s", v), seen++;
-        else if (!strncmp(line, "model\t", 6) && model[0] == '?')
-            snprintf(model, sizeof model, "%s", v), seen++;
-    }
-    fclose(f);
-    printf("cpu: family %s model %s (%s)\n", family, model, name);
-}
-
 static void check(dq_status st, const char *what)
 {
     if (st != DQ_OK) {
@@ -103,7 +78,7 @@ int main(int argc, char **argv)
     cp.n_threads = threads;
     dq_context *ctx = NULL;
     check(dq_context_create(&cp, &ctx), "dq_context_create");
-    print_cpu();
+    bench_print_cpu();
     bench_print_load(" at start");
     printf("q/k/v group: %d layers %lld x %lld W4A4, one DuQuant plan (block 128), T = %lld, "
            "median of %d, threads %d (0 = all)\n",

@@ -76,28 +76,6 @@ static void check(dq_status st, const char *what)
     }
 }
 
-static void print_cpu(void)
-{
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512], family[64] = "?", model[64] = "?", name[256] = "?";
-    while (f && fgets(line, sizeof line, f)) {
-        char *v = strchr(line, ':');
-        if (!v)
-            continue;
-        v += v[1] == ' ' ? 2 : 1;
-        v[strcspn(v, "\n")] = 0;
-        if (!strncmp(line, "cpu family", 10) && family[0] == '?')
-            snprintf(family, sizeof family, "%s", v);
-        else if (!strncmp(line, "model name", 10) && name[0] == '?')
-            snprintf(name, sizeof name, "%s", v);
-        else if (!strncmp(line, "model\t", 6) && model[0] == '?')
-            snprintf(model, sizeof model, "%s", v);
-    }
-    if (f)
-        fclose(f);
-    printf("cpu: family %s model %s (%s)\n", family, model, name);
-}
-
 /* kB of a "Vm...:" line of /proc/self/status, -1 when unreadable. */
 static long status_kb(const char *key)
 {
@@ -186,7 +164,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_memory [layers >= 1 [size >= 16]]\n");
         return 2;
     }
-    print_cpu();
+    bench_print_cpu();
     bench_print_load("");
 
     /* 1. bytes held per weight, W4 whole rows, no plan (a plan is held once per input) */

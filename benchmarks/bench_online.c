@@ -6,6 +6,9 @@
  *    gives it): the floor for many tokens;
  *  - for one token, a read-sum over the plan's rotation matrices once (warm, like the fused
  *    run, and cold after evicting the caches before each run): the floor for one token.
+ * "fus cpu us": the fused runs' median processor time (all threads). The fused column's share
+ * of this CPU's float FMA peak measured in the same run ("%pk": the two
+ * block products' 2 x 2 x T x width x block FLOP over the best FMA peak of one core x threads).
  * Plans: width and block as given, smoothing + rotation + zigzag + rotation (random orthogonal
  * blocks: the arithmetic does not depend on how they were found), one matrix shared by all
  * blocks and one matrix per block.
@@ -151,11 +154,12 @@ int main(int argc, char **argv)
 
     printf("online transform + 4-bit ASYM quantization, width %lld, block %d, median of %d\n",
            (long long)cols, block, reps);
-    bench_print_load(" at start");
+    bench_print_cpu();
+    const double f32_peak = bench_peak_f32(bench_peak_measure());
     printf("sgemm: OpenBLAS with the environment's threads; fused/unfused: library threads\n");
-    printf("\n%-9s %5s %3s %10s %10s %10s %8s %8s %10s %10s %8s\n", "plan", "T", "thr",
-           "fused us", "unfused us", "sgemm us", "unf/fus", "fus/sgm", "read us", "cold rd us",
-           "fus/read");
+    printf("\n%-9s %5s %3s %10s %6s %10s %10s %10s %8s %8s %10s %10s %8s\n", "plan", "T",
+           "thr", "fused us", "%pk", "fus cpu us", "unfused us", "sgemm us", "unf/fus", "fus/sgm",
+           "read us", "cold rd us", "fus/read");
     for (int per_block = 0; per_block < 2; per_block++) {
         dq_plan *plan = make_plan(cols, block, per_block);
         dq__online *on = NULL;
@@ -187,11 +191,14 @@ int main(int argc, char **argv)
             }
             for (int32_t th = 1; th <= cpus && th <= 2; th++) {
                 b.threads = th;
-                const double t_f = bench_time(run_fused, &b, reps, 0);
+                const double t_f = bench_time(run_fused, &b, reps, 0), c_f = bench_last_cpu;
                 const double t_u = bench_time(run_unfused, &b, reps, 0);
-                printf("%-9s %5lld %3d %10.1f %10.1f %10.1f %7.2fx %7.2fx",
-                       per_block ? "per-block" : "shared", (long long)t, th, t_f * 1e6, t_u * 1e6, t_sgemm * 1e6, t_u / t_f,
-                       t_f / t_sgemm);
+                const double flops = 4.0 * (double)t * (double)cols * (double)block;
+                printf("%-9s %5lld %3d %10.1f %5.1f%% %10.1f %10.1f %10.1f %7.2fx %7.2fx",
+                       per_block ? "per-block" : "shared", (long long)t, th, t_f * 1e6,
+                       bench_peak_pct(flops / t_f, f32_peak, th), c_f * 1e6, t_u * 1e6,
+                       t_sgemm * 1e6,
+                       t_u / t_f, t_f / t_sgemm);
                 if (t == 1)
                     printf(" %10.1f %10.1f %7.2fx\n", t_read * 1e6, t_read_cold * 1e6,
                            t_f / t_read);
@@ -202,9 +209,9 @@ int main(int argc, char **argv)
                 /* The single token cold too: the matrices come from memory in both. */
                 b.threads = 1;
                 const double t_fc = bench_time(run_fused, &b, reps, 1);
-                printf("%-9s %5s %3s %10.1f %10s %10s %8s %8s %10s %10.1f %7.2fx  (cold)\n",
-                       per_block ? "per-block" : "shared", "1", "1", t_fc * 1e6, "", "", "", "",
-                       "", t_read_cold * 1e6, t_fc / t_read_cold);
+                printf("%-9s %5s %3s %10.1f %6s %10s %10s %10s %8s %8s %10s %10.1f %7.2fx  "
+                       "(cold)\n", per_block ? "per-block" : "shared", "1", "1", t_fc * 1e6, "",
+                       "", "", "", "", "", "", t_read_cold * 1e6, t_fc / t_read_cold);
             }
             free(b.work_fused);
             free(b.work_plan);
@@ -212,6 +219,7 @@ int main(int argc, char **argv)
         dq__online_free(on);
         dq_plan_free(plan);
     }
+    bench_print_load(" at end");
     free(zeros);
     free(scales);
     free(codes);

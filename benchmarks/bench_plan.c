@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bench_common.h"
 #include "duquant.h"
@@ -55,6 +56,9 @@ int main(int argc, char **argv)
 
     printf("calibration sample %lld x %lld, block %d, %d greedy steps, %s base, %d repeats, "
            "library threads %d\n", (long long)t, (long long)c, bs, steps, base, reps, threads);
+    bench_print_cpu();
+    const double f32_peak = bench_peak_f32(bench_peak_measure());
+    const int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
     dq_rotation_params rp;
     dq_rotation_params_init(&rp, sizeof rp);
     rp.block_size = bs;
@@ -98,12 +102,14 @@ int main(int argc, char **argv)
     }
     double mb = bench_median(tb, reps), ms = bench_median(ts, reps), mp = bench_median(tp, reps);
     double gflop = 2.0 * (double)vrows * bs * bs * steps * 1e-9;
-    printf("median OpenBLAS, %d products of %lld x %d x %d: %.3f s (%.1f GFLOP/s)\n", steps,
-           (long long)vrows, bs, bs, mb, gflop / mb);
+    printf("median OpenBLAS, %d products of %lld x %d x %d: %.3f s (%.1f GFLOP/s, %.1f%% of the "
+           "FMA peak x %d cores)\n", steps, (long long)vrows, bs, bs, mb, gflop / mb,
+           bench_peak_pct(gflop * 1e9 / mb, f32_peak, ncpu), ncpu);
     printf("median greedy search (prefix kept: %d steps):   %.3f s  = %.2f x OpenBLAS\n", sel,
            ms, ms / mb);
     printf("median plan build (smooth, R1, zigzag, R2):     %.3f s  = %.2f x OpenBLAS\n", mp,
            mp / mb);
+    bench_print_load(" at end");
     dq_context_free(ctx);
     free(x);
     free(y);

@@ -12,6 +12,10 @@
  * the first layer (the same R1 and R2 searches, through the library's private interface) and
  * the plain whole-model figure is extrapolated from it, labelled so.
  *
+ * The plain search's block products are counted (two searches x steps x T x width x block x 2
+ * FLOP, every step multiplying the whole view) and given as a share of the float FMA peak of
+ * one core (measured in the same run) x the library threads.
+ *
  * usage: bench_search [layers [outliers|gaussian|outliers-smooth|gaussian-smooth [threads
  *                     [repeats [tokens [steps]]]]]]
  *        defaults 32 outliers 2 1 2048 256 */
@@ -157,6 +161,8 @@ int main(int argc, char **argv)
            layers, (long long)t, BLOCK, steps, outliers ? "outlier-heavy" : "outlier-free",
            smooth ? ", smoothing (alpha 0.6) first" : "",
            threads, reps);
+    bench_print_cpu();
+    const double f32_peak = bench_peak_f32(bench_peak_measure());
 
     double total = 0.0, total_cpu = 0.0, plain_search = -1, pruned_search = -1;
     double first_build = 0, frac0 = -1;
@@ -211,6 +217,11 @@ int main(int argc, char **argv)
            "%lld view rows\n", 100.0 * frac0, (long long)(t * (4096 / BLOCK)));
     printf("first input, both searches: plain %.2f s, pruned %.2f s: %.1fx faster\n",
            plain_search, pruned_search, plain_search / pruned_search);
+    const double plain_flops = 2.0 * steps * (double)t * 4096.0 * BLOCK * 2.0;
+    printf("first input, plain searches: %.1f GFLOP/s in the block products, %.1f%% of the FMA "
+           "peak x %d thread(s)\n", plain_flops / plain_search * 1e-9,
+           bench_peak_pct(plain_flops / plain_search, f32_peak, ctx->n_threads),
+           ctx->n_threads);
     printf("first input, plan build: pruned %.2f s (median), with the plain search %.2f s "
            "(plain searches + the rest): %.1fx faster\n", first_build, plain_build,
            plain_build / first_build);
@@ -222,6 +233,7 @@ int main(int argc, char **argv)
     printf("\nwhole build with the plain search, 32 layers: %.0f s (EXTRAPOLATED from the "
            "first input: x %.2f inputs of 4096 x 32 layers)\n", plain_build * inputs_4096 * 32,
            inputs_4096);
+    bench_print_load(" at end");
     dq_context_free(ctx);
     free(x);
     free(xs);
