@@ -9,6 +9,7 @@
 
 #include "dq_test.h"
 #include "duquant.h"
+#include "dq_check_run.h"
 
 enum { COLS = 40, BS = 16, OUT = 6, T = 5, ROWS = 48 };
 
@@ -719,9 +720,5 @@ int main(void)
     tcase_add_test(tc, reader_checks_the_plan);
     tcase_add_test(tc, blocked_layers_are_bound);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

@@ -9,6 +9,7 @@
 #include "duquant.h"
 #include "test_alloc.h"
 #include "test_transform.h"
+#include "dq_check_run.h"
 
 static dq_calib *new_calib(int32_t mode, int64_t tokens, int64_t cols)
 {
@@ -376,9 +377,5 @@ int main(void)
     tcase_add_test(bad, bad_params);
     tcase_add_test(bad, allocation_failures_leak_nothing);
     suite_add_tcase(s, bad);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

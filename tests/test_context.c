@@ -6,6 +6,7 @@
 
 #include "duquant.h"
 #include "test_alloc.h"
+#include "dq_check_run.h"
 
 START_TEST(default_context)
 {
@@ -236,9 +237,5 @@ int main(void)
     tcase_add_test(tc, params_of_the_first_layout_still_work);
     tcase_add_test(tc, threaded_context_freed_before_its_objects);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

@@ -9,6 +9,7 @@
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_alloc.h"
+#include "dq_check_run.h"
 
 /* ---- fixtures ---- */
 
@@ -1544,9 +1545,5 @@ int main(void)
     tcase_add_test(bad, bad_plans);
     tcase_add_test(bad, bad_qmatrices);
     suite_add_tcase(s, bad);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

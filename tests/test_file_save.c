@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "duquant.h"
+#include "dq_check_run.h"
 
 /* ---- fixtures ---- */
 
@@ -524,9 +525,5 @@ int main(void)
     tcase_add_test(tc, readers_never_see_a_partial_file);
     tcase_add_test(tc, missing_file_is_io_error_with_path);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dq_check_run(s, 0);
 }

@@ -11,6 +11,7 @@
 #include "duquant.h"
 #include "dq_test.h"
 #include "test_wprep.h"
+#include "dq_check_run.h"
 
 static const int32_t isas[] = {DQ_GEMM_ISA_PORTABLE, DQ_GEMM_ISA_AVX2, DQ_GEMM_ISA_AVX512};
 static const char *const isa_names[] = {"portable", "avx2", "avx512"};
@@ -414,9 +415,5 @@ static Suite *gemm_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(gemm_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dq_check_run(gemm_suite(), 0);
 }

@@ -9,6 +9,7 @@
 #include "dq_gemm.h"
 #include "dq_gemm_simd.h"
 #include "dq_test.h"
+#include "dq_check_run.h"
 
 /* The unpacked view of prepared weights, decoded from the repacked form the kernels read. */
 typedef struct unpacked {
@@ -251,9 +252,5 @@ int main(void)
     tcase_add_test(tc, token_codes_match_packed_rows);
     tcase_add_test(tc, product_follows_identity_and_epilogue);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

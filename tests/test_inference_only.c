@@ -18,6 +18,7 @@
 #include <duquant.h>
 
 #include "dq_test.h"
+#include "dq_check_run.h"
 
 #ifndef DQ_TEST_CALIBRATION
 #error "DQ_TEST_CALIBRATION must be 0 or 1"
@@ -423,9 +424,5 @@ int main(int argc, char **argv)
         return 1;
 #endif
     }
-    SRunner *sr = srunner_create(make_suite(write));
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dq_check_run(make_suite(write), 0);
 }

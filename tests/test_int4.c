@@ -5,6 +5,7 @@
 
 #include "dq_test.h"
 #include "duquant.h"
+#include "dq_check_run.h"
 
 START_TEST(layout_low_nibble_first)
 {
@@ -87,9 +88,5 @@ int main(void)
     tcase_add_test(tc, round_trip_random_codes);
     tcase_add_test(tc, bad_arguments_write_nothing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

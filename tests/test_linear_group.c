@@ -14,6 +14,7 @@
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_alloc.h"
+#include "dq_check_run.h"
 
 #define N_LAYERS 3
 #define SENTINEL 0x5A5A5A5Au
@@ -663,9 +664,5 @@ int main(void)
     tcase_add_test(tc, zero_rows_is_a_noop);
     tcase_add_test(tc, layers_that_cannot_share_are_refused);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

@@ -10,6 +10,7 @@
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_alloc.h"
+#include "dq_check_run.h"
 
 typedef struct layer {
     int64_t rows, cols, tokens;
@@ -796,9 +797,5 @@ int main(void)
     tcase_add_test(bad, divergence_is_reported);
     tcase_add_test(bad, allocation_failures);
     suite_add_tcase(s, bad);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

@@ -10,6 +10,7 @@
 
 #include "dq_lwc_kernels.h"
 #include "dq_test.h"
+#include "dq_check_run.h"
 
 /* Values of one group: random, exact halves of the scale (ties for the rounding), far beyond
  * the clamp range, and zeros of both signs. */
@@ -89,9 +90,5 @@ int main(void)
     tcase_add_test(tc, avx512_equals_portable);
     tcase_add_test(tc, avx512_stays_inside_the_group);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? 0 : 1;
+    return dq_check_run(s, 0);
 }

@@ -27,6 +27,7 @@
 #include "duquant.h"
 #include "test_alloc.h"
 #include "test_wprep.h"
+#include "dq_check_run.h"
 
 static const int32_t isas[] = {DQ_GEMM_ISA_PORTABLE, DQ_GEMM_ISA_AVX2, DQ_GEMM_ISA_AVX512};
 
@@ -482,12 +483,8 @@ int main(void)
     tcase_add_test(tc, layer_routes_agree);
     tcase_add_test(tc, allocation_failures);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int status = dq_check_run(s, 1); /* in-process: the counts below add up over tests */
     printf("levels moved by one at a boundary: %lld of %lld\n", (long long)codes_moved,
            (long long)codes_checked);
-    return failed ? 1 : 0;
+    return status;
 }

@@ -6,6 +6,7 @@
 
 #include "dq_test.h"
 #include "duquant.h"
+#include "dq_check_run.h"
 
 /* The reference's procedure for equal blocks, written out the slow way: repeatedly pick the
  * largest remaining key (first index on ties), deal it to the zigzag block, then sort each
@@ -131,9 +132,5 @@ int main(void)
     tcase_add_test(tc, remainder_block);
     tcase_add_test(tc, bad_input);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

@@ -16,6 +16,7 @@
 #include "duquant.h"
 #include "test_alloc.h"
 #include "test_transform.h"
+#include "dq_check_run.h"
 
 static const char *self_path; /* argv[0], to re-run this program with another environment */
 
@@ -825,9 +826,5 @@ int main(int argc, char **argv)
     tcase_add_test(bad, bad_apply_input);
     tcase_add_test(bad, allocation_failures_leak_nothing);
     suite_add_tcase(s, bad);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

@@ -8,6 +8,7 @@
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_alloc.h"
+#include "dq_check_run.h"
 
 static float *random_matrix(test_rng *r, int64_t rows, int64_t cols, int64_t ld)
 {
@@ -412,9 +413,5 @@ int main(void)
     tcase_add_test(bad, bad_params_values);
     tcase_add_test(bad, bad_struct_size);
     suite_add_tcase(s, bad);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

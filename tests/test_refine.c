@@ -9,6 +9,7 @@
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_alloc.h"
+#include "dq_check_run.h"
 
 #define ROWS 48
 
@@ -733,9 +734,5 @@ int main(void)
     tcase_add_test(tc, test_alloc_failures_dfrot);
     tcase_add_test(tc, test_alloc_failures_dartquant);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dq_check_run(s, 0);
 }

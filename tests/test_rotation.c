@@ -10,6 +10,7 @@
 #include "duquant.h"
 #include "test_alloc.h"
 #include "test_transform.h"
+#include "dq_check_run.h"
 
 static dq_rotation_params rot_params(int32_t method, uint32_t flags, int32_t bs, int32_t steps)
 {
@@ -690,9 +691,5 @@ int main(void)
     tcase_add_test(bad, bad_create_input);
     tcase_add_test(bad, allocation_failures_leak_nothing);
     suite_add_tcase(s, bad);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

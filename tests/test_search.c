@@ -14,6 +14,7 @@
 #include "dq_test.h"
 #include "test_alloc.h"
 #include "test_wprep.h"
+#include "dq_check_run.h"
 
 enum { DATA_OUTLIERS, DATA_GAUSSIAN, DATA_TIES, DATA_MASSIVE };
 
@@ -375,9 +376,5 @@ int main(void)
     tcase_add_test(tc, block_product_matches_portable);
     tcase_add_test(tc, allocation_failures_leak_nothing);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

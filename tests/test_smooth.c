@@ -7,6 +7,7 @@
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_transform.h"
+#include "dq_check_run.h"
 
 /* The formula with its clamps, written out independently in double. */
 static double expected_factor(double a, double w, double alpha)
@@ -112,9 +113,5 @@ int main(void)
     tcase_add_test(tc, weight_absmax_over_shared_layers);
     tcase_add_test(tc, bad_input);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "duquant.h"
+#include "dq_check_run.h"
 
 static const dq_status all_codes[] = {
     DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_NOMEM, DQ_ERR_SHAPE, DQ_ERR_BAD_STATE, DQ_ERR_STRUCT_SIZE,
@@ -85,9 +86,5 @@ int main(void)
     tcase_add_test(tc, codes_are_frozen);
     tcase_add_test(tc, version_matches_header);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dq_check_run(s, 0);
 }
