@@ -14,7 +14,10 @@ Conventions (those of include/duquant.h):
   float32 array with unit column stride and raise ``ValueError`` otherwise.
 - Every object wraps one handle and frees it with its own ``dq_*_free`` on ``close()``, at the
   end of a ``with`` block, or when garbage-collected. Objects keep a reference to what they
-  borrow (a layer its plan, everything its context), so Python never frees those too early.
+  borrow (a layer its plan, everything its context, a layer loaded through a borrowing reader
+  that reader's mapping or buffer), so Python never frees those too early.
+- Callbacks (log, LWC epochs, the engine's parallel_for) are CFUNCTYPE objects held by the
+  object that registered them; exceptions raised in them never unwind through the library.
 - Errors raise ``DuquantError`` with ``status`` (the dq_status code), ``name``
   (``dq_status_name``, e.g. "DQ_ERR_SHAPE"), ``function`` and ``log`` (the last error message
   the context's log callback received during the call, or None).
