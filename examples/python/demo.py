@@ -68,8 +68,9 @@ def main():
     print("     max |x| %.1f -> %.1f after the plan" % (np.abs(calib.sample()).max(),
                                                       np.abs(sample_t).max()))
 
-    # 3-4. Per layer: transform, LWC on the transformed sample, pack, make the W4A4 layer.
-    layers, packed, rtn = {}, {}, {}
+    # 3-4. Per layer: transform, LWC on the transformed sample, pack (through the plan, which
+    # the packed matrix records), make the W4A4 layer.
+    layers, rtn = {}, {}
     for name, w in ws.items():
         wt = plan.transform_weight(w)
         lwc = dq.Lwc(lib, wt, sample_t, ctx=ctx, flags=dq.DQ_LWC_F_QUANT_ACT, epochs=10)
@@ -78,8 +79,9 @@ def main():
         best = lwc.best()[2]
         check(best <= start, "%s: LWC loss %.3g -> %.3g" % (name, start, best))
         hi, lo = lwc.factors()
-        packed[name] = dq.QMatrix.pack(lib, wt, clip_hi=hi, clip_lo=lo)
-        layers[name] = dq.Linear(lib, packed[name], plan, bs[name], ctx=ctx)
+        packed = dq.QMatrix.pack_transformed(lib, plan, w, clip_hi=hi, clip_lo=lo)
+        check(packed.plan_fingerprint() == plan.fingerprint(), "%s: packed for this plan" % name)
+        layers[name] = dq.Linear(lib, packed, plan, bs[name], ctx=ctx)
         rtn[name] = dq.Linear(lib, dq.QMatrix.pack(lib, w), None, bs[name])  # plain RTN
 
     # 5. Forward on held-out tokens against the float product.
@@ -90,20 +92,25 @@ def main():
         err, err_rtn = rel(outputs[name], exact), rel(rtn[name].forward(test_x), exact)
         print("     %s: W4A4 relative output error %.4f (plain RTN %.4f)" % (name, err, err_rtn))
         check(err < err_rtn and err < 0.2, "%s: DuQuant beats RTN and stays under 0.2" % name)
+    # q and k read the same input: one group call transforms and quantizes it once.
+    grouped = dq.Linear.forward_group([layers[name] for name in OUTS], test_x)
+    check(all(np.array_equal(g, outputs[name]) for g, name in zip(grouped, OUTS)),
+          "group forward gives the separate outputs bit for bit")
 
-    # 6. Save the plan once and both layers, reload in a fresh reader, same outputs.
+    # 6. Save the plan once and both layers as they run (blocked layout), reload through a
+    # mapping reader (the layers read their weights from the mapped file), same outputs.
     writer = dq.FileWriter(lib, ctx=ctx)
     writer.add_metadata("model", "python-demo")
     writer.add_plan("layers.0.attn_in", plan)
     for name in layers:
-        writer.add_linear("layers.0." + name, packed[name], bs[name],
-                          plan_prefix="layers.0.attn_in")
+        writer.add_linear_layer("layers.0." + name, layers[name],
+                                plan_prefix="layers.0.attn_in")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "demo.duquant.safetensors")
         writer.save(path)
         size = os.path.getsize(path)
         del writer, layers, plan  # nothing below uses the in-memory objects
-        with dq.FileReader(lib, path=path, ctx=ctx) as reader:
+        with dq.FileReader(lib, path=path, borrow=True, ctx=ctx) as reader:
             check(reader.metadata("model") == "python-demo", "file metadata (%d bytes, %d "
                   "tensors)" % (size, reader.count()[0]))
             plans = {}

@@ -14,7 +14,10 @@ Conventions (those of include/duquant.h):
   float32 array with unit column stride and raise ``ValueError`` otherwise.
 - Every object wraps one handle and frees it with its own ``dq_*_free`` on ``close()``, at the
   end of a ``with`` block, or when garbage-collected. Objects keep a reference to what they
-  borrow (a layer its plan, everything its context), so Python never frees those too early.
+  borrow (a layer its plan, everything its context, a layer loaded through a borrowing reader
+  that reader's mapping or buffer), so Python never frees those too early.
+- Callbacks (log, LWC epochs, the engine's parallel_for) are CFUNCTYPE objects held by the
+  object that registered them; exceptions raised in them never unwind through the library.
 - Errors raise ``DuquantError`` with ``status`` (the dq_status code), ``name``
   (``dq_status_name``, e.g. "DQ_ERR_SHAPE"), ``function`` and ``log`` (the last error message
   the context's log callback received during the call, or None).
@@ -64,6 +67,8 @@ ALLOC_FN = C.CFUNCTYPE(_vp, _vp, _sz, _sz)
 FREE_FN = C.CFUNCTYPE(None, _vp, _vp)
 LOG_FN = C.CFUNCTYPE(None, _vp, _i32, _cp)
 LWC_EPOCH_FN = C.CFUNCTYPE(_i32, _vp, _i32, _f32)
+TASK_FN = C.CFUNCTYPE(None, _vp, _i32, _i32)  # dq_task_fn, since 1.2
+PARALLEL_FN = C.CFUNCTYPE(None, _vp, _vp, _vp, _i32)  # dq_parallel_fn (fn as an address)
 
 
 class _Params(C.Structure):
@@ -74,7 +79,8 @@ class ContextParams(_Params):
     _init = "dq_context_params_init"
     _fields_ = [("struct_size", _u32), ("flags", _u32), ("alloc", ALLOC_FN), ("free", FREE_FN),
                 ("alloc_user", _vp), ("log", LOG_FN), ("log_user", _vp), ("log_level", _i32),
-                ("n_threads", _i32)]
+                ("n_threads", _i32),
+                ("parallel_for", PARALLEL_FN), ("parallel_user", _vp)]  # since 1.2
 
 
 class CalibParams(_Params):
@@ -107,7 +113,8 @@ class PlanParams(_Params):
 class QuantParams(_Params):
     _init = "dq_quant_params_init"
     _fields_ = [("struct_size", _u32), ("flags", _u32), ("bits", _i32), ("scheme", _i32),
-                ("group_size", _i32), ("clip_ratio", _f32)]
+                ("group_size", _i32), ("clip_ratio", _f32),
+                ("plan_fingerprint", _u64)]  # since 1.2
 
 
 class LwcParams(_Params):
@@ -227,6 +234,17 @@ _SIGNATURES = {
     "dq_file_reader_get_plan": (_st, [_vp, _vp, _cp, C.POINTER(_vp)]),
     "dq_file_reader_get_qmatrix": (_st, [_vp, _vp, _cp, C.POINTER(_vp)]),
     "dq_file_reader_get_linear": (_st, [_vp, _vp, _cp, _vp, C.POINTER(_vp)]),
+    # since 1.2
+    "dq_plan_fingerprint": (_st, [_vp, C.POINTER(_u64)]),
+    "dq_qmatrix_plan_fingerprint": (_st, [_vp, C.POINTER(_u64)]),
+    "dq_qmatrix_pack_transformed": (_st, [_vp, _vp, _vp, _fp, _i64, _i64, _i64, _fp, _fp,
+                                          C.POINTER(_vp)]),
+    "dq_qmatrix_pack_clipped": (_st, [_vp, _vp, _fp, _i64, _i64, _i64, _fp, _fp, _i64,
+                                      C.POINTER(_vp)]),
+    "dq_linear_group_workspace_size": (_st, [C.POINTER(_vp), _i32, _i64, C.POINTER(_sz)]),
+    "dq_linear_forward_group": (_st, [C.POINTER(_vp), _i32, _fp, _i64, _i64, _i64,
+                                      C.POINTER(_fp), _lp, _i32, _vp, _sz]),
+    "dq_file_writer_add_linear_layer": (_st, [_vp, _cp, _vp, _cp]),
 }
 _SIGNATURES.update({cls._init: (_st, [_vp, _sz]) for cls in _PARAMS})
 
@@ -272,7 +290,8 @@ def _inplace(x, name="x"):
     """(rows, cols, ld) of a matrix the library writes into."""
     if not isinstance(x, np.ndarray) or x.ndim != 2:
         raise ValueError("%s: expected a 2-D numpy array" % name)
-    if not (_strided_ok(x) and x.flags.writeable):
+    if not ((_strided_ok(x) or (x.size == 0 and x.dtype == np.float32))
+            and x.flags.writeable):
         raise ValueError("%s: in place needs a writeable float32 array with unit column stride "
                          "(dtype %s, strides %s)" % (name, x.dtype, x.strides))
     return x.shape[0], x.shape[1], _ld(x)
@@ -465,18 +484,63 @@ def _create(lib, fname, *args, ctx=None):
 
 
 class Context(_Handle):
-    """Logging and thread policy (default allocator). log: a callable (level, message)."""
+    """Logging and thread policy (default allocator). log: a callable (level, message).
+
+    parallel_for (since 1.2): a callable (run_task, n_tasks) that runs the library's parallel
+    loops on the engine's threads instead of the context's pool: it must call run_task(t) once
+    for every t in range(n_tasks), on any threads in any order, and return when all returned,
+    e.g. ``lambda run, n: list(executor.map(run, range(n)))``. The library may call it from
+    inside a task (nested loops): a fixed-size pool must then not wait on itself. n_threads is
+    the most tasks of one loop. Tasks the callable left out (or did not reach because it
+    raised) run on the calling thread before the library continues; parallel_errors keeps
+    what it raised. Results are the same bit for bit as with the context's own pool."""
     _free = "dq_context_free"
 
-    def __init__(self, lib, log=None, log_level=DQ_LOG_WARN, n_threads=0, keep=64):
+    def __init__(self, lib, log=None, log_level=DQ_LOG_WARN, n_threads=0, keep=64,
+                 parallel_for=None):
         self.messages = collections.deque(maxlen=keep)  # (level, message), newest last
+        self.parallel_errors = collections.deque(maxlen=keep)
         self._tls = threading.local()
         self._user_log = log
         self._log_cb = LOG_FN(self._on_log)  # alive as long as this object (objects keep it)
         p = lib.params(ContextParams, log_level=log_level, n_threads=n_threads)
         p.log = self._log_cb
+        self._parallel = parallel_for
+        self._parallel_cb = None
+        if parallel_for is not None:
+            self._parallel_cb = PARALLEL_FN(self._on_parallel)  # alive as long as the context
+            p.parallel_for = self._parallel_cb
         super().__init__(lib, _create(lib, "dq_context_create", C.byref(p)), ctx=self)
         self.ctx = None  # no cycle: calls on the context itself need no capture
+
+    def _on_parallel(self, user, fn, task_arg, n_tasks):
+        try:
+            task = TASK_FN(fn)
+            started, done, cond = [False] * n_tasks, [0], threading.Condition()
+
+            def run_task(t):
+                t = int(t)
+                with cond:
+                    if not 0 <= t < n_tasks or started[t]:
+                        raise ValueError("run_task(%d): not a task left of %d" % (t, n_tasks))
+                    started[t] = True
+                try:
+                    task(task_arg, t, n_tasks)  # releases the GIL while the task runs
+                finally:
+                    with cond:
+                        done[0] += 1
+                        cond.notify_all()
+            try:
+                self._parallel(run_task, n_tasks)
+            except BaseException as e:  # never unwind through the library
+                self.parallel_errors.append(e)
+            for t in range(n_tasks):  # the contract: every task runs before the loop returns
+                if not started[t]:
+                    run_task(t)
+            with cond:  # and has returned (a callable that raised may have left some running)
+                cond.wait_for(lambda: done[0] == n_tasks)
+        except BaseException as e:
+            self.parallel_errors.append(e)
 
     def _on_log(self, user, level, msg):
         try:
@@ -705,6 +769,12 @@ class Plan(_Handle):
         self._call("dq_plan_transform_weight", self, _fptr(w), rows, cols, ld)
         return w
 
+    def fingerprint(self):
+        """64-bit hash of the plan's contents (never 0; equal for equal plans). Since 1.2."""
+        v = _u64()
+        self._call("dq_plan_fingerprint", self, C.byref(v))
+        return v.value
+
     def layout(self):
         """(has_smoothing, n_rotations)."""
         s, n = _i32(), _i32()
@@ -762,11 +832,59 @@ class QMatrix(_Handle):
 
     @classmethod
     def pack(cls, lib, w, params=None, clip_hi=None, clip_lo=None, ctx=None, **kw):
+        """Quantize w as is. clip_hi/clip_lo: one factor per group (rows x groups_per_row) or
+        per row; with a 1.2 library their length goes to the C side (dq_qmatrix_pack_clipped),
+        which refuses any other (DQ_ERR_SHAPE)."""
         p, pp = lib._params_arg(QuantParams, params, kw)
         a, rows, cols, ld = _matrix(w, "w")
         hi, lo = _vector(clip_hi, name="clip_hi"), _vector(clip_lo, name="clip_lo")
+        if (hi is not None or lo is not None) and "dq_qmatrix_pack_clipped" not in lib.missing:
+            return cls.pack_clipped(lib, a, params=p, clip_hi=hi, clip_lo=lo, ctx=ctx)
         return cls._wrap(lib, _create(lib, "dq_qmatrix_pack", ctx, pp, _fptr(a), rows,
                                       cols, ld, _fptr(hi), _fptr(lo), ctx=ctx), ctx)
+
+    @classmethod
+    def pack_clipped(cls, lib, w, params=None, clip_hi=None, clip_lo=None, ctx=None, **kw):
+        """dq_qmatrix_pack_clipped: the clip arrays with their length (since 1.2). Both given
+        arrays must have the same length."""
+        p, pp = lib._params_arg(QuantParams, params, kw)
+        a, rows, cols, ld = _matrix(w, "w")
+        hi, lo = _vector(clip_hi, name="clip_hi"), _vector(clip_lo, name="clip_lo")
+        sizes = {v.size for v in (hi, lo) if v is not None}
+        if len(sizes) > 1:
+            raise ValueError("clip_hi and clip_lo differ in length: %d, %d" % (hi.size, lo.size))
+        return cls._wrap(lib, _create(lib, "dq_qmatrix_pack_clipped", ctx, pp, _fptr(a), rows,
+                                      cols, ld, _fptr(hi), _fptr(lo),
+                                      sizes.pop() if sizes else 0, ctx=ctx), ctx)
+
+    @classmethod
+    def pack_transformed(cls, lib, plan, w, params=None, clip_hi=None, clip_lo=None, ctx=None,
+                         **kw):
+        """Transform a copy of the untransformed w by plan and pack it, recording the plan's
+        fingerprint (dq_qmatrix_pack_transformed, since 1.2). clip_hi/clip_lo: one factor per
+        group, or per row (repeated for each group here, as the C call reads one per group)."""
+        p, pp = lib._params_arg(QuantParams, params, kw)
+        a, rows, cols, ld = _matrix(w, "w")
+        g = p.group_size if p is not None else 0
+        per_row = -(-cols // g) if g > 0 else 1
+        clips = []
+        for name, v in (("clip_hi", clip_hi), ("clip_lo", clip_lo)):
+            v = _vector(v, name=name)
+            if v is not None and v.size == rows and per_row > 1:
+                v = np.repeat(v, per_row)
+            if v is not None and v.size != rows * per_row:
+                raise ValueError("%s: expected %d or %d values, got %d"
+                                 % (name, rows, rows * per_row, v.size))
+            clips.append(v)
+        return cls._wrap(lib, _create(lib, "dq_qmatrix_pack_transformed", ctx, pp, plan,
+                                      _fptr(a), rows, cols, ld, _fptr(clips[0]),
+                                      _fptr(clips[1]), ctx=ctx), ctx)
+
+    def plan_fingerprint(self):
+        """The fingerprint of the plan the weights were transformed by; 0 = none recorded."""
+        v = _u64()
+        self._call("dq_qmatrix_plan_fingerprint", self, C.byref(v))
+        return v.value
 
     def layout(self):
         r, c, b, s, g, gpr, rb = _i64(), _i64(), _i32(), _i32(), _i32(), _i64(), _sz()
@@ -886,10 +1004,11 @@ class Linear(_Handle):
         self.in_features, self.out_features = self.layout()
 
     @classmethod
-    def _wrap(cls, lib, handle, plan, ctx=None):
+    def _wrap(cls, lib, handle, plan, ctx=None, source=None):
         lin = cls.__new__(cls)
         _Handle.__init__(lin, lib, handle, ctx)
         lin.plan = plan
+        lin._source = source  # a borrowing reader's mapping or buffer: read in place
         lin.in_features, lin.out_features = lin.layout()
         return lin
 
@@ -918,6 +1037,48 @@ class Linear(_Handle):
         return y
 
     __call__ = forward
+
+    @staticmethod
+    def _group(layers):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers: empty group")
+        for lin in layers:
+            if not isinstance(lin, Linear) or not lin.h:
+                raise ValueError("layers: expected open Linear objects")
+        return layers, (_vp * len(layers))(*[lin.h for lin in layers])
+
+    @staticmethod
+    def group_workspace_size(layers, rows):
+        """Bytes of workspace forward_group needs for rows tokens (since 1.2)."""
+        layers, arr = Linear._group(layers)
+        n = _sz()
+        layers[0].L.call("dq_linear_group_workspace_size", arr, len(layers), rows, C.byref(n),
+                         ctx=layers[0].ctx)
+        return n.value
+
+    @staticmethod
+    def forward_group(layers, x, work=None, out=None):
+        """[layer(x) for layer in layers] in one call, the input transformed and quantized once
+        (dq_linear_forward_group, since 1.2): layers created with the same plan object, the
+        same in_features and activation settings. out: optional list of float32 arrays."""
+        layers, arr = Linear._group(layers)
+        a, rows, cols, ld = _matrix(x, "x")
+        ys = list(out) if out is not None else [
+            np.empty((rows, lin.out_features), np.float32) for lin in layers]
+        if len(ys) != len(layers):
+            raise ValueError("out: expected %d arrays, got %d" % (len(layers), len(ys)))
+        ldy = np.empty(len(layers), np.int64)
+        for i, (lin, y) in enumerate(zip(layers, ys)):
+            yr, yc, ldy[i] = _inplace(y, "out[%d]" % i)
+            if (yr, yc) != (rows, lin.out_features):
+                raise ValueError("out[%d]: expected shape %s, got %s"
+                                 % (i, (rows, lin.out_features), y.shape))
+        yp = (_fp * len(ys))(*[_fptr(y) for y in ys])
+        wptr, wsize = _work(work)
+        layers[0].L.call("dq_linear_forward_group", arr, len(layers), _fptr(a), rows, cols, ld,
+                         yp, ldy.ctypes.data_as(_lp), len(ys), wptr, wsize, ctx=layers[0].ctx)
+        return ys
 
 
 class FileWriter(_Handle):
@@ -950,6 +1111,12 @@ class FileWriter(_Handle):
         self._call("dq_file_writer_add_linear", self, _text(prefix), pp,
                    _text(plan_prefix) if plan_prefix is not None else None, weights, _fptr(b))
 
+    def add_linear_layer(self, prefix, layer, plan_prefix=None):
+        """A layer as it runs, its weights in the blocked layout (format version 2, since 1.2):
+        loaded through a borrowing reader it reads them in place."""
+        self._call("dq_file_writer_add_linear_layer", self, _text(prefix), layer,
+                   _text(plan_prefix) if plan_prefix is not None else None)
+
     def to_bytes(self):
         n = _sz()
         self._call("dq_file_writer_to_buffer", self, None, 0, C.byref(n))
@@ -963,9 +1130,26 @@ class FileWriter(_Handle):
         self._call("dq_file_writer_save", self, os.fsencode(path))
 
 
+class _Source:
+    """A borrowing reader's handle (and buffer): freed when the reader and every layer that
+    reads its weights in place are gone."""
+
+    def __init__(self, lib, handle, data):
+        self.L, self.h, self.data = lib, handle, data
+
+    def __del__(self):
+        try:
+            getattr(self.L.lib, "dq_file_reader_free")(self.h)
+        except Exception:  # interpreter shutdown
+            pass
+
+
 class FileReader(_Handle):
-    """Open path, or read data (bytes; with borrow=True read in place and kept referenced)."""
+    """Open path, or read data (bytes). borrow=True: data is read in place, a path is mapped
+    (since 1.2); layers loaded from such a reader may read their weights from it, so the
+    buffer or mapping lives until the reader and all those layers are closed."""
     _free = "dq_file_reader_free"
+    _source = None
 
     def __init__(self, lib, path=None, data=None, borrow=False, params=None, ctx=None, **kw):
         if borrow:
@@ -981,6 +1165,13 @@ class FileReader(_Handle):
                         ctx=ctx)
         super().__init__(lib, h, ctx)
         self._data = data if borrow else None  # a borrowed buffer must outlive the reader
+        self._source = _Source(lib, self.h, self._data) if borrow else None
+
+    def close(self):
+        if self._source is not None:  # freed by _Source once no layer reads from it
+            self.h, self._source = None, None
+            return
+        super().close()
 
     def _string(self, fname, arg):
         n = _sz()
@@ -1031,7 +1222,7 @@ class FileReader(_Handle):
         """The layer under prefix, borrowing plan (None = identity; see linear_plan_prefix)."""
         return Linear._wrap(self.L, _create(self.L, "dq_file_reader_get_linear", self,
                                             ctx, _text(prefix), plan, ctx=ctx),
-                            plan, ctx)
+                            plan, ctx, source=self._source)
 
     def linear_plan_prefix(self, prefix):
         """The prefix of the plan the layer under prefix reads, or None."""
