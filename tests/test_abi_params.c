@@ -1,7 +1,7 @@
 /* Frozen copies of the params structs as released in 1.0. Today's structs must begin with
  * exactly these members (same offsets, same sizes), and every *_params_init must accept the
  * released size, so a program compiled against 1.0 keeps working. Never edit a frozen copy:
- * a new release adds its own copies beside these. */
+ * a new release adds its own copies beside these (1.2: context and quant params grew). */
 #include <duquant.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -252,6 +252,48 @@ static void check_dq_refine_params(void)
     CHECK(old.struct_size == sizeof old);
 }
 
+/* Frozen copies of the structs that grew in 1.2. */
+typedef struct dq_context_params_1_2 {
+    uint32_t struct_size;
+    uint32_t flags;
+    dq_alloc_fn alloc;
+    dq_free_fn free;
+    void *alloc_user;
+    dq_log_fn log;
+    void *log_user;
+    int32_t log_level;
+    int32_t n_threads;
+    dq_parallel_fn parallel_for;
+    void *parallel_user;
+} dq_context_params_1_2;
+
+typedef struct dq_quant_params_1_2 {
+    uint32_t struct_size;
+    uint32_t flags;
+    int32_t bits;
+    int32_t scheme;
+    int32_t group_size;
+    float clip_ratio;
+    uint64_t plan_fingerprint;
+} dq_quant_params_1_2;
+
+static void check_1_2_layouts(void)
+{
+    SAME_MEMBER(dq_context_params, dq_context_params_1_2, n_threads);
+    SAME_MEMBER(dq_context_params, dq_context_params_1_2, parallel_for);
+    SAME_MEMBER(dq_context_params, dq_context_params_1_2, parallel_user);
+    CHECK(sizeof(dq_context_params) >= sizeof(dq_context_params_1_2));
+    SAME_MEMBER(dq_quant_params, dq_quant_params_1_2, clip_ratio);
+    SAME_MEMBER(dq_quant_params, dq_quant_params_1_2, plan_fingerprint);
+    CHECK(sizeof(dq_quant_params) >= sizeof(dq_quant_params_1_2));
+    dq_context_params_1_2 c;
+    CHECK(dq_context_params_init((dq_context_params *)(void *)&c, sizeof c) == DQ_OK);
+    CHECK(c.struct_size == sizeof c && c.parallel_for == NULL && c.parallel_user == NULL);
+    dq_quant_params_1_2 q;
+    CHECK(dq_quant_params_init((dq_quant_params *)(void *)&q, sizeof q) == DQ_OK);
+    CHECK(q.struct_size == sizeof q && q.plan_fingerprint == 0);
+}
+
 int main(void)
 {
     check_dq_context_params();
@@ -263,6 +305,8 @@ int main(void)
     check_dq_linear_params();
     check_dq_file_params();
     check_dq_refine_params();
-    printf("%d params structs checked against their 1.0 layout: %d failures\n", 9, failures);
+    check_1_2_layouts();
+    printf("%d params structs checked against their 1.0 layout, 2 against 1.2: %d failures\n",
+           9, failures);
     return failures ? 1 : 0;
 }
