@@ -3,7 +3,10 @@
  * against three dq_linear_forward calls, measured in the same run, alternating, each with its
  * workspace allocated once. The plan is built from outlier-heavy activations with random
  * orthogonal blocks (the arithmetic does not depend on how the rotations were found). The
- * outputs of both are compared bit for bit.
+ * outputs of both are compared bit for bit. It also gives the integer products' rate (2 ops
+ * per multiply-add of the three T x width x width products; the transform and the activation
+ * quantization are not counted) as a share of the int8 peak of one core measured in the same
+ * run, per wall second (x threads, when threads is given) and per processor second.
  *
  * usage: bench_group [width [tokens [repeats [threads]]]]   defaults 4096 2048 7 0
  * (threads: dq_context_params.n_threads, 0 = every online CPU) */
@@ -78,8 +81,8 @@ int main(int argc, char **argv)
     cp.n_threads = threads;
     dq_context *ctx = NULL;
     check(dq_context_create(&cp, &ctx), "dq_context_create");
-    bench_print_cpu();
-    bench_print_load(" at start");
+    bench_print_cpu(); /* ends with the load average at start */
+    const bench_peak *peak = bench_peak_measure();
     printf("q/k/v group: %d layers %lld x %lld W4A4, one DuQuant plan (block 128), T = %lld, "
            "median of %d, threads %d (0 = all)\n",
            N_LAYERS, (long long)cols, (long long)cols, (long long)rows, reps, threads);
@@ -168,6 +171,18 @@ int main(int argc, char **argv)
     printf("dq_linear_forward_group  %9.2f  %9.2f\n", grp * 1e3, cgrp * 1e3);
     printf("ratio group / separate   %9.3f  %9.3f   (goal <= 0.9); outputs bit-identical\n",
            grp / sep, cgrp / csep);
+    const double ops = 2.0 * N_LAYERS * (double)rows * (double)cols * (double)cols;
+    const char *what[2] = {"3 x dq_linear_forward", "dq_linear_forward_group"};
+    const double wall[2] = {sep, grp}, proc[2] = {csep, cgrp};
+    for (int i = 0; i < 2; i++) {
+        printf("%-24s %7.1f GOPS wall", what[i], ops / wall[i] * 1e-9);
+        if (threads > 0)
+            printf(" (%.1f%% of the %s peak x %d)", bench_peak_pct(ops / wall[i], peak->int8_ops,
+                                                                   threads),
+                   peak->int8_isa, threads);
+        printf(", %.1f%% of one core's peak per processor-second\n",
+               bench_peak_pct(ops / proc[i], peak->int8_ops, 1));
+    }
     bench_print_load(" at end");
 
     free(b.work_sep);
