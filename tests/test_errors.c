@@ -240,6 +240,12 @@ static void linear_errors_say_why(dq_context *ctx)
     lp.act_bits = 5;
     ck_assert_int_eq(dq_linear_create(ctx, &lp, NULL, q, NULL, &lin), DQ_ERR_INVALID_ARG);
     EXPECT_LOG("dq_linear_create:", "params->act_bits 5");
+    /* A writer checks a layer as dq_linear_create does, and says so through its context. */
+    dq_file_writer *fw = NULL;
+    ck_assert_int_eq(dq_file_writer_create(ctx, &fw), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_linear(fw, "l", &lp, NULL, q, NULL), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_file_writer_add_linear:", "params->act_bits 5", "DQ_ERR_INVALID_ARG");
+    dq_file_writer_free(fw);
     const float bias[4] = {0, NAN, 0, 0};
     ck_assert_int_eq(dq_linear_create(ctx, NULL, NULL, q, bias, &lin), DQ_ERR_NONFINITE);
     EXPECT_LOG("dq_linear_create:", "bias");

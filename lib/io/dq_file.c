@@ -1377,13 +1377,10 @@ DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix
                        : !weights             ? "weights is NULL"
                        : !valid_prefix(prefix) ? "prefix is NULL, empty or not valid text"
                                               : "plan_prefix is empty or not valid text");
-    /* The layer's own checks decide what is valid; the params are then read as it reads them.
-     * The plan is checked below by fingerprint, so the check sees the weights unbound. */
-    dq_qmatrix unbound = *weights;
-    unbound.plan_fingerprint = 0;
-    dq_linear *lin = NULL;
-    dq_status st = dq_linear_create(NULL, p, NULL, &unbound, bias, &lin);
-    dq_linear_free(lin);
+    /* The layer's own checks decide what is valid (the plan is checked below by fingerprint);
+     * the params are then read as a layer reads them. */
+    dq_linear_params checked;
+    dq_status st = dq__linear_check(&w->ctx, __func__, p, weights, bias, &checked);
     if (st != DQ_OK)
         return st;
     if ((st = check_linear_plan(w, prefix, plan_prefix, weights->plan_fingerprint)) != DQ_OK)

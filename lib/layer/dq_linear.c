@@ -69,6 +69,21 @@ static dq_status read_linear_params(const dq_context *ctx, const char *func,
     return DQ_OK;
 }
 
+dq_status dq__linear_check(const dq_context *ctx, const char *func,
+                           const dq_linear_params *params, const dq_qmatrix *weights,
+                           const float *bias, dq_linear_params *p)
+{
+    if (!weights)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "weights is NULL");
+    dq_status st = read_linear_params(ctx, func, params, p);
+    if (st != DQ_OK)
+        return st;
+    if (bias && !dq__all_finite(bias, 1, weights->rows, weights->rows))
+        return dq__fail(ctx, DQ_ERR_NONFINITE, func, "bias (%lld floats) holds NaN or Inf",
+                        (long long)weights->rows);
+    return DQ_OK;
+}
+
 DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *params,
                                   const dq_plan *plan, const dq_qmatrix *weights,
                                   const float *bias, dq_linear **out)
@@ -76,10 +91,8 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
-    if (!weights)
-        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "weights is NULL");
     dq_linear_params p;
-    dq_status st = read_linear_params(ctx, __func__, params, &p);
+    dq_status st = dq__linear_check(ctx, __func__, params, weights, bias, &p);
     if (st != DQ_OK)
         return st;
     int64_t rows, cols;
@@ -96,9 +109,6 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
     /* The plan must be the one the weights were transformed by. */
     if ((st = dq__plan_check_binding(ctx, __func__, plan, weights->plan_fingerprint)) != DQ_OK)
         return st;
-    if (bias && !dq__all_finite(bias, 1, rows, rows))
-        return DQ_FAIL(ctx, DQ_ERR_NONFINITE, "bias (%lld floats) holds NaN or Inf",
-                       (long long)rows);
 
     const dq_context *c = dq__ctx(ctx);
     dq__wprep *w = NULL;
