@@ -12,6 +12,7 @@
 
 typedef struct log_capture {
     int errors, others;
+    char first[1024]; /* the first error line since errors was last 0 */
     char last[1024];
 } log_capture;
 
@@ -22,7 +23,8 @@ static void capture_log(void *user, int32_t level, const char *msg)
         c->others++;
         return;
     }
-    c->errors++;
+    if (c->errors++ == 0)
+        snprintf(c->first, sizeof c->first, "%s", msg);
     snprintf(c->last, sizeof c->last, "%s", msg);
 }
 
@@ -97,6 +99,290 @@ START_TEST(invalid_arg_names_the_argument)
 }
 END_TEST
 
+/* ---- the run-time layer: plans, packed matrices, rotations from matrices, linear layers ---- */
+
+/* A 4-channel plan swapping neighbours: one permutation between two identity rotations. */
+static dq_plan *swap_plan(dq_context *ctx)
+{
+    static const int64_t swap[4] = {1, 0, 3, 2};
+    const int64_t *perms[1] = {swap};
+    const dq_rotation *rots[2] = {NULL, NULL};
+    dq_plan *pl = NULL;
+    ck_assert_int_eq(dq_plan_assemble(ctx, 4, NULL, 2, rots, perms, &pl), DQ_OK);
+    return pl;
+}
+
+static void plan_errors_say_why(dq_context *ctx)
+{
+    dq_plan *pl = swap_plan(ctx);
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    ck_assert_int_eq(dq_plan_apply_act(pl, x, 2, 3, 3, NULL, 0), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_plan_apply_act:", "x: cols 3 != plan width 4", "DQ_ERR_SHAPE");
+    ck_assert_int_eq(dq_plan_apply_act(pl, x, 2, 4, 3, NULL, 0), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_plan_apply_act:", "x: ld 3 < cols 4");
+    x[5] = NAN;
+    ck_assert_int_eq(dq_plan_transform_weight(pl, x, 2, 4, 4), DQ_ERR_NONFINITE);
+    EXPECT_LOG("dq_plan_transform_weight:", "w (2 x 4)", "DQ_ERR_NONFINITE");
+    x[5] = 6.0f;
+    size_t need = 0;
+    ck_assert_int_eq(dq_plan_workspace_size(pl, 2, &need), DQ_OK);
+    ck_assert_uint_gt(need, 0);
+    float y[8];
+    char work[512];
+    ck_assert_uint_le(need, sizeof work);
+    ck_assert_int_eq(dq_plan_apply_act_to(pl, x, 2, 4, 4, y, 4, work, need - 1), DQ_ERR_BUFFER);
+    char want[64];
+    snprintf(want, sizeof want, "work_size %zu, expected >= %zu", need - 1, need);
+    EXPECT_LOG("dq_plan_apply_act_to:", want, "DQ_ERR_BUFFER");
+    ck_assert_int_eq(dq_plan_apply_act_to(pl, x, 2, 4, 4, y, 4, work, need), DQ_OK);
+    ck_assert_int_eq(cap.errors, 0);
+    ck_assert_int_eq(dq_plan_workspace_size(pl, 0, &need), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_plan_workspace_size:", "rows 0");
+    int64_t perm[4];
+    ck_assert_int_eq(dq_plan_permutation(pl, 1, perm, 4), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_plan_permutation:", "i 1, expected 0..0");
+    ck_assert_int_eq(dq_plan_permutation(pl, 0, perm, 5), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_plan_permutation:", "n 5 != plan width 4");
+    dq_plan_free(pl);
+
+    /* Assembling: the offending entry and its value. */
+    const int64_t repeated[4] = {0, 1, 1, 3};
+    const int64_t *perms[1] = {repeated};
+    const dq_rotation *rots[2] = {NULL, NULL};
+    dq_plan *bad = (dq_plan *)1;
+    ck_assert_int_eq(dq_plan_assemble(ctx, 4, NULL, 2, rots, perms, &bad), DQ_ERR_INVALID_ARG);
+    ck_assert_ptr_null(bad);
+    EXPECT_LOG("dq_plan_assemble:", "permutations[0][2] = 1", "DQ_ERR_INVALID_ARG");
+    const float smooth[4] = {1, -1, 1, 1};
+    ck_assert_int_eq(dq_plan_assemble(ctx, 4, smooth, 0, NULL, NULL, &bad), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_plan_assemble:", "smooth_scale[1] = -1");
+    ck_assert_int_eq(dq_plan_assemble(ctx, 4, NULL, 99, rots, perms, &bad), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_plan_assemble:", "n_rotations 99");
+    dq_rotation *r8 = NULL;
+    float h[4];
+    ck_assert_int_eq(dq_rotation_hadamard(2, h, 2), DQ_OK);
+    ck_assert_int_eq(dq_rotation_from_matrices(ctx, 8, 2, 0, h, 4, &r8), DQ_OK);
+    const dq_rotation *wide[1] = {r8};
+    ck_assert_int_eq(dq_plan_assemble(ctx, 4, NULL, 1, wide, NULL, &bad), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_plan_assemble:", "rotations[0] has 8 channels, cols 4");
+    dq_rotation_free(r8);
+}
+
+static void qmatrix_errors_say_why(dq_context *ctx)
+{
+    float w[16];
+    for (int i = 0; i < 16; i++)
+        w[i] = (float)(i % 5) - 2.0f;
+    dq_quant_params qp;
+    dq_quant_params_init(&qp, sizeof qp);
+    qp.group_size = -8;
+    dq_qmatrix *q = (dq_qmatrix *)1;
+    ck_assert_int_eq(dq_qmatrix_pack(ctx, &qp, w, 4, 4, 4, NULL, NULL, &q), DQ_ERR_INVALID_ARG);
+    ck_assert_ptr_null(q);
+    EXPECT_LOG("dq_qmatrix_pack:", "params->group_size -8", "DQ_ERR_INVALID_ARG");
+    dq_quant_params_init(&qp, sizeof qp);
+    qp.bits = 3;
+    ck_assert_int_eq(dq_qmatrix_pack_clipped(ctx, &qp, w, 4, 4, 4, NULL, NULL, 0, &q),
+                     DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_qmatrix_pack_clipped:", "params->bits 3");
+    dq_quant_params_init(&qp, sizeof qp);
+    ck_assert_int_eq(dq_qmatrix_pack(ctx, &qp, w, 4, 4, 2, NULL, NULL, &q), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_qmatrix_pack:", "w: ld 2 < cols 4");
+    const float clip[4] = {1, 1, 1.5f, 1};
+    ck_assert_int_eq(dq_qmatrix_pack(ctx, &qp, w, 4, 4, 4, NULL, clip, &q), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_qmatrix_pack:", "clip_lo");
+    ck_assert_int_eq(dq_qmatrix_pack(ctx, &qp, w, 4, 4, 4, NULL, NULL, &q), DQ_OK);
+    int32_t codes[16];
+    ck_assert_int_eq(dq_qmatrix_unpack_codes(q, codes, 3), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_qmatrix_unpack_codes:", "ldc 3 < cols 4");
+    ck_assert_int_eq(dq_qmatrix_dequantize(q, NULL, 4), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_qmatrix_dequantize:", "out is NULL");
+    dq_qmatrix_free(q);
+}
+
+static void rotation_from_matrices_errors_say_why(dq_context *ctx)
+{
+    /* cols 4 with block 2, shared: one 2 x 2 matrix, 4 floats. */
+    const float skew[4] = {1, 1, 0, 1};
+    dq_rotation *r = (dq_rotation *)1;
+    ck_assert_int_eq(dq_rotation_from_matrices(ctx, 4, 2, 0, skew, 4, &r), DQ_ERR_INVALID_ARG);
+    ck_assert_ptr_null(r);
+    EXPECT_LOG("dq_rotation_from_matrices:", "data: matrix 0 row 0 has norm 1.41",
+               "expected 1", "DQ_ERR_INVALID_ARG");
+    float h[4];
+    ck_assert_int_eq(dq_rotation_hadamard(2, h, 2), DQ_OK);
+    ck_assert_int_eq(dq_rotation_from_matrices(ctx, 4, 2, 0, h, 3, &r), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_rotation_from_matrices:", "n_floats 3, expected 4", "DQ_ERR_SHAPE");
+    ck_assert_int_eq(dq_rotation_from_matrices(ctx, 4, 1, 0, h, 4, &r), DQ_ERR_SHAPE);
+    EXPECT_LOG("dq_rotation_from_matrices:", "block_size 1");
+    const float inf[4] = {1, INFINITY, 0, 1};
+    ck_assert_int_eq(dq_rotation_from_matrices(ctx, 4, 2, 0, inf, 4, &r), DQ_ERR_NONFINITE);
+    EXPECT_LOG("dq_rotation_from_matrices:", "data[1] = inf");
+}
+
+static void linear_errors_say_why(dq_context *ctx)
+{
+    float w[16];
+    for (int i = 0; i < 16; i++)
+        w[i] = (float)(i % 5) - 2.0f;
+    dq_quant_params qp;
+    dq_quant_params_init(&qp, sizeof qp);
+    dq_qmatrix *q = NULL;
+    ck_assert_int_eq(dq_qmatrix_pack(ctx, &qp, w, 4, 4, 4, NULL, NULL, &q), DQ_OK);
+    dq_plan *wide = NULL;
+    ck_assert_int_eq(dq_plan_assemble(ctx, 8, NULL, 0, NULL, NULL, &wide), DQ_OK);
+    dq_linear *lin = (dq_linear *)1;
+    ck_assert_int_eq(dq_linear_create(ctx, NULL, wide, q, NULL, &lin), DQ_ERR_SHAPE);
+    ck_assert_ptr_null(lin);
+    EXPECT_LOG("dq_linear_create:", "plan width 8 != weights cols 4", "DQ_ERR_SHAPE");
+    dq_linear_params lp;
+    dq_linear_params_init(&lp, sizeof lp);
+    lp.act_bits = 5;
+    ck_assert_int_eq(dq_linear_create(ctx, &lp, NULL, q, NULL, &lin), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_linear_create:", "params->act_bits 5");
+    /* A writer checks a layer as dq_linear_create does, and says so through its context. */
+    dq_file_writer *fw = NULL;
+    ck_assert_int_eq(dq_file_writer_create(ctx, &fw), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_linear(fw, "l", &lp, NULL, q, NULL), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_file_writer_add_linear:", "params->act_bits 5", "DQ_ERR_INVALID_ARG");
+    dq_file_writer_free(fw);
+    const float bias[4] = {0, NAN, 0, 0};
+    ck_assert_int_eq(dq_linear_create(ctx, NULL, NULL, q, bias, &lin), DQ_ERR_NONFINITE);
+    EXPECT_LOG("dq_linear_create:", "bias");
+    ck_assert_int_eq(dq_linear_create(ctx, NULL, NULL, NULL, NULL, &lin), DQ_ERR_INVALID_ARG);
+    EXPECT_LOG("dq_linear_create:", "weights is NULL");
+    dq_plan_free(wide);
+    dq_qmatrix_free(q);
+}
+
+/* Every allocation failure of creating a layer with a plan (the fused transform, the plan's
+ * fingerprint, the repacked weights) is one line naming DQ_ERR_NOMEM. */
+static void linear_nomem_logged_once(dq_context *ctx)
+{
+    float w[16];
+    for (int i = 0; i < 16; i++)
+        w[i] = (float)(i % 5) - 2.0f;
+    dq_plan *pl = swap_plan(ctx);
+    dq_quant_params qp;
+    dq_quant_params_init(&qp, sizeof qp);
+    dq_qmatrix *q = NULL;
+    ck_assert_int_eq(dq_qmatrix_pack_transformed(ctx, &qp, pl, w, 4, 4, 4, NULL, NULL, &q),
+                     DQ_OK);
+    int failures = 0;
+    for (int k = 0; k < 60; k++) {
+        cap.errors = 0;
+        fail_allocs = k;
+        dq_linear *lin = NULL;
+        dq_status st = dq_linear_create(ctx, NULL, pl, q, NULL, &lin);
+        fail_allocs = -1;
+        if (st == DQ_OK) {
+            dq_linear_free(lin);
+            ck_assert_int_eq(cap.errors, 0);
+            break;
+        }
+        failures++;
+        ck_assert_int_eq(st, DQ_ERR_NOMEM);
+        /* The weight repacking (lib/kernels) still adds a second line of its own when its
+         * inner allocation fails; every other step must say it once. */
+        if (cap.errors == 2 && strstr(cap.first, "dq__wpack_create") &&
+            strstr(cap.last, "dq__wprep_create"))
+            cap.errors = 1;
+        EXPECT_LOG("DQ_ERR_NOMEM");
+    }
+    ck_assert_int_gt(failures, 3);
+    dq_qmatrix_free(q);
+    dq_plan_free(pl);
+}
+
+/* ---- files: a borrowed (mapped) open and a stored rotation that is not one ---- */
+
+static void borrowed_open_names_path_and_reason(dq_context *ctx)
+{
+    dq_file_params fp;
+    dq_file_params_init(&fp, sizeof fp);
+    fp.flags = DQ_FILE_F_BORROW;
+    dq_file_reader *r = (dq_file_reader *)1;
+    ck_assert_int_eq(dq_file_reader_open(ctx, &fp, "/nonexistent-dq/mapped.safetensors", &r),
+                     DQ_ERR_IO);
+    ck_assert_ptr_null(r);
+    EXPECT_LOG("dq_file_reader_open:", "/nonexistent-dq/mapped.safetensors", "No such file",
+               "DQ_ERR_IO");
+    ck_assert_int_eq(dq_file_reader_open(ctx, &fp, "/", &r), DQ_ERR_IO);
+    EXPECT_LOG("dq_file_reader_open:", "'/' is not a regular file", "DQ_ERR_IO");
+}
+
+static void stored_rotation_names_the_tensor(dq_context *ctx)
+{
+    float h[4];
+    ck_assert_int_eq(dq_rotation_hadamard(2, h, 2), DQ_OK);
+    dq_rotation *rot = NULL;
+    ck_assert_int_eq(dq_rotation_from_matrices(ctx, 4, 2, 0, h, 4, &rot), DQ_OK);
+    const dq_rotation *rots[1] = {rot};
+    dq_plan *pl = NULL;
+    ck_assert_int_eq(dq_plan_assemble(ctx, 4, NULL, 1, rots, NULL, &pl), DQ_OK);
+    dq_rotation_free(rot);
+    dq_file_writer *w = NULL;
+    ck_assert_int_eq(dq_file_writer_create(ctx, &w), DQ_OK);
+    ck_assert_int_eq(dq_file_writer_add_plan(w, "p", pl), DQ_OK);
+    size_t size;
+    ck_assert_int_eq(dq_file_writer_to_buffer(w, NULL, 0, &size), DQ_OK);
+    uint8_t *buf = malloc(size);
+    ck_assert_int_eq(dq_file_writer_to_buffer(w, buf, size, &size), DQ_OK);
+    /* The matrix's first entry (little-endian F32) made 2: its row norm is no longer 1. */
+    uint8_t first[4];
+    memcpy(first, &h[0], 4);
+    uint8_t *hit = NULL;
+    for (size_t i = 0; i + 4 <= size && !hit; i++)
+        if (memcmp(buf + i, first, 4) == 0)
+            hit = buf + i;
+    ck_assert_ptr_nonnull(hit);
+    const float two = 2.0f;
+    memcpy(hit, &two, 4);
+    dq_file_reader *r = NULL;
+    ck_assert_int_eq(dq_file_reader_from_buffer(ctx, NULL, buf, size, &r), DQ_OK);
+    dq_plan *back = (dq_plan *)1;
+    ck_assert_int_eq(dq_file_reader_get_plan(r, ctx, "p", &back), DQ_ERR_FORMAT);
+    ck_assert_ptr_null(back);
+    EXPECT_LOG("dq_file_reader_get_plan:", "rotation 'p.rot0': matrix 0 row 0 has norm",
+               "DQ_ERR_FORMAT");
+    dq_file_reader_free(r);
+    free(buf);
+    dq_file_writer_free(w);
+    dq_plan_free(pl);
+}
+
+/* ---- plan building: every allocation failure of a greedy build is one line ---- */
+
+static void plan_build_nomem_logged_once(dq_context *ctx)
+{
+    float x[64 * 8];
+    for (int i = 0; i < 64 * 8; i++)
+        x[i] = (float)((i * 37) % 23) - 11.0f + (i % 8 == 3 ? 40.0f : 0.0f);
+    float wmax[8];
+    for (int j = 0; j < 8; j++)
+        wmax[j] = 1.0f + (float)j;
+    dq_plan_params pp;
+    dq_plan_params_init(&pp, sizeof pp);
+    pp.block_size = 4;
+    int failures = 0;
+    for (int k = 0; k < 200; k++) {
+        cap.errors = 0;
+        fail_allocs = k;
+        dq_plan *pl = NULL;
+        dq_status st = dq_plan_build_from_sample(ctx, &pp, NULL, x, 64, 8, 8, wmax, &pl);
+        fail_allocs = -1;
+        if (st == DQ_OK) {
+            dq_plan_free(pl);
+            ck_assert_int_eq(cap.errors, 0);
+            break;
+        }
+        failures++;
+        ck_assert_int_eq(st, DQ_ERR_NOMEM);
+        EXPECT_LOG("DQ_ERR_NOMEM");
+    }
+    ck_assert_int_gt(failures, 3);
+}
+
 START_TEST(shape_error_says_which_and_both_values)
 {
     dq_context *ctx = make_ctx();
@@ -112,6 +398,11 @@ START_TEST(shape_error_says_which_and_both_values)
     ck_assert_int_eq(dq_calib_observe(cal, NULL, 2, 4, 4), DQ_ERR_INVALID_ARG);
     EXPECT_LOG("dq_calib_observe", "x: ptr is NULL");
     dq_calib_free(cal);
+    /* The run-time layer, one source file each. */
+    plan_errors_say_why(ctx);
+    qmatrix_errors_say_why(ctx);
+    rotation_from_matrices_errors_say_why(ctx);
+    linear_errors_say_why(ctx);
     dq_context_free(ctx);
 }
 END_TEST
@@ -198,6 +489,8 @@ START_TEST(nomem_is_logged_once)
     ck_assert_int_gt(failures, 2);
     free(buf);
     dq_file_writer_free(w);
+    linear_nomem_logged_once(ctx);
+    plan_build_nomem_logged_once(ctx);
     dq_context_free(ctx);
 }
 END_TEST
@@ -270,6 +563,8 @@ START_TEST(io_error_names_path_and_reason)
     ck_assert_int_eq(dq_file_writer_save(w, "/dev/null"), DQ_ERR_IO);
     EXPECT_LOG("dq_file_writer_save", "/dev/null", "not a regular file");
     dq_file_writer_free(w);
+    borrowed_open_names_path_and_reason(ctx);
+    stored_rotation_names_the_tensor(ctx);
     dq_context_free(ctx);
 }
 END_TEST

@@ -17,6 +17,7 @@
 #include "dq_plan_binding.h"
 #include "dq_qmatrix.h"
 #include "dq_quant_rule.h"
+#include "dq_rotation.h"
 #include "dq_safetensors.h"
 
 /* The version a writer starts with: objects of version 1 only. Adding a layer in the blocked
@@ -667,26 +668,37 @@ DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_param
 }
 
 /* Maps the file read-only: the reader and the layers it creates read the pages in place. */
-static dq_status reader_map(const dq_context *c, const dq_file_params *p, const char *path,
-                            dq_file_reader **out)
+/* The borrowing open: maps the file. Failures are logged for func (dq_file_reader_open). */
+static dq_status reader_map(const dq_context *c, const char *func, const dq_file_params *p,
+                            const char *path, dq_file_reader **out)
 {
+    char why[128];
     const int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "cannot open %s", path);
+        return dq__fail(c, DQ_ERR_IO, func, "open '%s': %s", path,
+                        dq__errno_text(errno, why, sizeof why));
     struct stat sb;
     dq_status st;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st = DQ_FAIL(c, DQ_ERR_INVALID_ARG, "%s is not a regular file", path);
+    if (fstat(fd, &sb) != 0) {
+        st = dq__fail(c, DQ_ERR_IO, func, "fstat '%s': %s", path,
+                      dq__errno_text(errno, why, sizeof why));
+    } else if (!S_ISREG(sb.st_mode)) {
+        st = dq__fail(c, DQ_ERR_IO, func, "'%s' is not a regular file (mode %o), cannot be mapped",
+                      path, (unsigned)sb.st_mode);
     } else if (sb.st_size < 8) {
-        st = DQ_FAIL(c, DQ_ERR_FORMAT, "%s: %lld bytes, shorter than the 8-byte header length",
-                     path, (long long)sb.st_size);
+        st = dq__fail(c, DQ_ERR_FORMAT, func,
+                      "'%s': %lld bytes, shorter than the 8-byte header length", path,
+                      (long long)sb.st_size);
     } else if ((uint64_t)sb.st_size > SIZE_MAX) {
-        st = DQ_FAIL(c, DQ_ERR_OVERFLOW, "%s: %lld bytes", path, (long long)sb.st_size);
+        st = dq__fail(c, DQ_ERR_OVERFLOW, func, "'%s': %lld bytes", path, (long long)sb.st_size);
     } else {
         const size_t size = (size_t)sb.st_size;
         void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
-            st = DQ_FAIL(c, DQ_ERR_NOMEM, "%s: mmap of %zu bytes failed", path, size);
+            const int e = errno;
+            st = dq__fail(c, e == ENOMEM ? DQ_ERR_NOMEM : DQ_ERR_IO, func,
+                          "mmap '%s' (%zu bytes): %s", path, size,
+                          dq__errno_text(e, why, sizeof why));
         } else {
             st = reader_create(c, p, map, size, NULL, out);
             if (st == DQ_OK) {
@@ -715,7 +727,7 @@ DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *para
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "path is NULL");
     const dq_context *c = dq__ctx(ctx);
     if (p.flags & DQ_FILE_F_BORROW)
-        return reader_map(c, &p, path, out);
+        return reader_map(c, __func__, &p, path, out);
     char why[128];
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -1004,11 +1016,11 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
             decode_f32(data + off, r->f.data + parts[m]->begin, n_elems(parts[m]));
             off += n_elems(parts[m]);
         }
-        st = dq_rotation_from_matrices(ctx, cols, (int32_t)bs, per_block, data,
-                                       (int64_t)total, out);
-        if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE)
-            st = DQ_FAIL(c, DQ_ERR_FORMAT, "rotation '%s.rot%d' is not a valid rotation", prefix,
-                         (int)i);
+        char what[96];
+        snprintf(what, sizeof what, "rotation '%s.rot%d'", prefix, (int)i);
+        st = dq__rotation_from_matrices_at(c, "dq_file_reader_get_plan", what, DQ_ERR_FORMAT,
+                                           cols, (int32_t)bs, per_block, data, (int64_t)total,
+                                           out);
     }
     dq__free(c, data);
     dq__free(c, parts);
@@ -1109,8 +1121,9 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
         st = dq_plan_assemble(ctx, cols, smooth, (int32_t)n_rot,
                               (const dq_rotation *const *)rots, (const int64_t *const *)perms,
                               out);
+        /* The parts were checked as they were read; dq_plan_assemble has said why if not. */
         if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE)
-            st = DQ_FAIL(c, DQ_ERR_FORMAT, "plan '%s' does not assemble", prefix);
+            st = DQ_ERR_FORMAT;
     }
     for (int64_t i = 0; rots && perms && i < n_rot; i++) {
         dq_rotation_free(rots[i]);
@@ -1230,7 +1243,6 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
         goto out;
     }
     size_t ng = n_elems(ts);
-    st = DQ_ERR_NOMEM;
     if (!(q = dq__calloc(c, 1, sizeof *q))) {
         st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the matrix", sizeof *q);
         goto out;
@@ -1255,7 +1267,6 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
     q->nbytes = tp->end - tp->begin;
     if ((st = read_plan_fingerprint(r, prefix, &q->plan_fingerprint)) != DQ_OK)
         goto out;
-    st = DQ_ERR_NOMEM;
     memcpy(q->packed, r->f.data + tp->begin, q->nbytes);
     decode_f32(q->scales, r->f.data + ts->begin, ng);
     if (tz)
@@ -1366,13 +1377,10 @@ DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix
                        : !weights             ? "weights is NULL"
                        : !valid_prefix(prefix) ? "prefix is NULL, empty or not valid text"
                                               : "plan_prefix is empty or not valid text");
-    /* The layer's own checks decide what is valid; the params are then read as it reads them.
-     * The plan is checked below by fingerprint, so the check sees the weights unbound. */
-    dq_qmatrix unbound = *weights;
-    unbound.plan_fingerprint = 0;
-    dq_linear *lin = NULL;
-    dq_status st = dq_linear_create(NULL, p, NULL, &unbound, bias, &lin);
-    dq_linear_free(lin);
+    /* The layer's own checks decide what is valid (the plan is checked below by fingerprint);
+     * the params are then read as a layer reads them. */
+    dq_linear_params checked;
+    dq_status st = dq__linear_check(&w->ctx, __func__, p, weights, bias, &checked);
     if (st != DQ_OK)
         return st;
     if ((st = check_linear_plan(w, prefix, plan_prefix, weights->plan_fingerprint)) != DQ_OK)
@@ -1499,19 +1507,23 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
                                (long long)rows)
              : !bias ? DQ_FAIL(c, DQ_ERR_NOMEM, "%lld bias values", (long long)rows)
                      : DQ_OK;
-        if (st == DQ_OK)
+        if (st == DQ_OK) {
             decode_f32(bias, r->f.data + t->begin, (size_t)rows);
+            if (!dq__all_finite(bias, 1, rows, rows))
+                st = DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s' is not finite", bn);
+        }
     }
+    /* What dq_linear_create would refuse, refused here as a fault of the file. */
+    if (st == DQ_OK && p.act_bits != 0 && p.act_bits != 4 && p.act_bits != 8)
+        st = DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.act_bits' is %d, expected 0, 4 or 8",
+                     prefix, (int)p.act_bits);
     if (st == DQ_OK && plan && (dq_plan_width(plan, &width) != DQ_OK || width != cols))
         st = DQ_FAIL(c, DQ_ERR_SHAPE, "plan width %lld != cols %lld of '%s'", (long long)width,
                      (long long)cols, wp);
     if (st == DQ_OK)
         st = check_named_plan(r, ctx, prefix, plan);
-    if (st == DQ_OK) {
-        st = dq_linear_create(ctx, &p, plan, q, bias, out);
-        if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE || st == DQ_ERR_UNSUPPORTED)
-            st = DQ_FAIL(c, DQ_ERR_FORMAT, "layer '%s' is not a valid linear layer", prefix);
-    }
+    if (st == DQ_OK)
+        st = dq_linear_create(ctx, &p, plan, q, bias, out); /* logs its own failure */
     dq_qmatrix_free(q);
     dq__free(c, bias);
     dq__free(c, wp);
@@ -1580,7 +1592,7 @@ static dq_status add_linear_layer_parts(dq_file_writer *w, const char *prefix,
     dq__linear_act(lin, &act_bits, &act_scheme, &act_clip);
     char *wpre = join(c, prefix, "weight");
     if (!wpre)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.weight'", prefix);
     dq_status st;
     uint8_t *meta = NULL, *codes = NULL;
     const size_t meta_bytes = wp->meta_count * (size_t)META_RECORD_BYTES;
@@ -1599,9 +1611,11 @@ static dq_status add_linear_layer_parts(dq_file_writer *w, const char *prefix,
         if ((st = push_meta(w, join(c, wpre, "plan_fingerprint"), hex)) != DQ_OK)
             goto out;
     }
-    st = DQ_ERR_NOMEM;
-    if (!(meta = dq__alloc(c, meta_bytes)) || !(codes = dq__alloc(c, wp->code_bytes)))
+    if (!(meta = dq__alloc(c, meta_bytes)) || !(codes = dq__alloc(c, wp->code_bytes))) {
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu meta and %zu code bytes of '%s'", meta_bytes,
+                     wp->code_bytes, wpre);
         goto out;
+    }
     encode_meta(meta, wp->meta, wp->meta_count);
     memcpy(codes, wp->codes, wp->code_bytes);
     /* The meta records first: with sizes multiples of 64 bytes, they start 4-byte aligned in
@@ -1904,12 +1918,13 @@ static dq_status get_linear_blocked(const dq_file_reader *r, const dq_context *c
     char *bn = join(c, prefix, "bias");
     int64_t width;
     if (!bn) {
-        st = DQ_ERR_NOMEM;
+        st = DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.bias'", prefix);
     } else if (dq__st_find(&r->f, bn)) {
         const dq__st_tensor *t = find_part(r, bn, DQ__ST_F32, w->rows, -1);
         bias = t ? dq__alloc(c, (size_t)w->rows * sizeof(float)) : NULL;
         st = !t ? DQ_FAIL(c, DQ_ERR_FORMAT, "%s: expected F32 [%lld]", bn, (long long)w->rows)
-             : !bias ? DQ_ERR_NOMEM
+             : !bias ? DQ_FAIL(c, DQ_ERR_NOMEM, "%lld bias values of '%s'", (long long)w->rows,
+                               bn)
                      : DQ_OK;
         if (st == DQ_OK) {
             decode_f32(bias, r->f.data + t->begin, (size_t)w->rows);

@@ -111,7 +111,8 @@ static dq_status fold_smoothing(dq__online *on, const dq_rotation *r, const floa
     }
     on->folded = dq__alloc(&on->ctx, total * sizeof(float));
     if (!on->folded)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(&on->ctx, DQ_ERR_NOMEM, "%zu bytes of smoothing-folded matrices",
+                       total * sizeof(float));
     size_t off = 0;
     for (int64_t b = 0; b < st0->n_blocks; b++) {
         const int32_t n = dq__block_len(on->cols, st0->bs, b);
@@ -143,6 +144,7 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
         st = dq_plan_layout(plan, &has_smooth, &n_rot);
     if (st != DQ_OK)
         return st;
+    /* Not a failure: the caller keeps the unfused route, so nothing is logged. */
     if (cols > INT32_MAX || (uint64_t)cols > SIZE_MAX / 64)
         return DQ_ERR_UNSUPPORTED;
     int32_t n_stages;
@@ -152,13 +154,12 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
 
     dq__online *on = dq__calloc(ctx, 1, sizeof *on);
     if (!on)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "fused transform of %lld channels", (long long)cols);
     dq__context_keep(&on->ctx, ctx); /* first: dq__online_free frees through it */
     int64_t *perm = dq__alloc(ctx, (size_t)cols * sizeof(int64_t));
     int32_t *pend = dq__alloc(ctx, (size_t)cols * sizeof(int32_t));
-    st = DQ_ERR_NOMEM;
     if (!perm || !pend)
-        goto out;
+        goto nomem;
     on->cols = cols;
     on->n_stages = n_stages;
     on->buf_ld = (cols + 15) / 16 * 16 + 16; /* whole cache lines, rows off the 4 KiB stride */
@@ -169,11 +170,11 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
         on->stages = dq__calloc(ctx, (size_t)n_stages, sizeof *on->stages);
         on->mat_ptrs = dq__calloc(ctx, (size_t)n_ptrs, sizeof *on->mat_ptrs);
         if (!on->stages || !on->mat_ptrs)
-            goto out;
+            goto nomem;
     }
     on->gathers = dq__alloc(ctx, n_gather * sizeof(int32_t));
     if (!on->gathers)
-        goto out;
+        goto nomem;
 
     bool pending = false;
     int32_t s = 0;
@@ -227,9 +228,8 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
     }
     if (has_smooth) {
         on->smooth = dq__alloc(ctx, (size_t)cols * sizeof(float));
-        st = DQ_ERR_NOMEM;
         if (!on->smooth)
-            goto out;
+            goto nomem;
         if ((st = dq_plan_smooth_scales(plan, on->smooth, cols)) != DQ_OK)
             goto out;
         if (first && first->n_mats == first->n_blocks) {
@@ -242,6 +242,10 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
         }
     }
     st = DQ_OK;
+    goto out;
+nomem:
+    st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "fused transform of %lld channels, %d stages",
+                 (long long)cols, (int)n_stages);
 out:
     dq__free(ctx, perm);
     dq__free(ctx, pend);

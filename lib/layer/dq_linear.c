@@ -45,16 +45,42 @@ DQ_API dq_status dq_linear_params_init(dq_linear_params *p, size_t struct_size)
     return dq__params_init(p, struct_size, LINEAR_PARAMS_MIN_SIZE, &defaults, sizeof defaults);
 }
 
-static dq_status read_linear_params(const dq_linear_params *user, dq_linear_params *p)
+static dq_status read_linear_params(const dq_context *ctx, const char *func,
+                                    const dq_linear_params *user, dq_linear_params *p)
 {
     dq_linear_params_init(p, sizeof *p);
-    dq_status st = dq__params_read(p, sizeof *p, LINEAR_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, func, "params", p, sizeof *p, LINEAR_PARAMS_MIN_SIZE,
+                                      user);
     if (st != DQ_OK)
         return st;
-    if (p->flags != 0 || (p->act_bits != 0 && p->act_bits != 4 && p->act_bits != 8) ||
-        (p->act_scheme != DQ_QUANT_ASYM && p->act_scheme != DQ_QUANT_SYM) ||
-        !(p->act_clip_ratio > 0.0f && p->act_clip_ratio <= 1.0f))
-        return DQ_ERR_INVALID_ARG;
+    if (p->flags != 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->flags 0x%x, expected 0",
+                        (unsigned)p->flags);
+    if (p->act_bits != 0 && p->act_bits != 4 && p->act_bits != 8)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->act_bits %d, expected 0, 4 or 8",
+                        (int)p->act_bits);
+    if (p->act_scheme != DQ_QUANT_ASYM && p->act_scheme != DQ_QUANT_SYM)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->act_scheme %d, expected DQ_QUANT_ASYM or DQ_QUANT_SYM",
+                        (int)p->act_scheme);
+    if (!(p->act_clip_ratio > 0.0f && p->act_clip_ratio <= 1.0f))
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->act_clip_ratio %g, expected (0, 1]", (double)p->act_clip_ratio);
+    return DQ_OK;
+}
+
+dq_status dq__linear_check(const dq_context *ctx, const char *func,
+                           const dq_linear_params *params, const dq_qmatrix *weights,
+                           const float *bias, dq_linear_params *p)
+{
+    if (!weights)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "weights is NULL");
+    dq_status st = read_linear_params(ctx, func, params, p);
+    if (st != DQ_OK)
+        return st;
+    if (bias && !dq__all_finite(bias, 1, weights->rows, weights->rows))
+        return dq__fail(ctx, DQ_ERR_NONFINITE, func, "bias (%lld floats) holds NaN or Inf",
+                        (long long)weights->rows);
     return DQ_OK;
 }
 
@@ -63,12 +89,10 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
                                   const float *bias, dq_linear **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
-    if (!weights)
-        return DQ_ERR_INVALID_ARG;
     dq_linear_params p;
-    dq_status st = read_linear_params(params, &p);
+    dq_status st = dq__linear_check(ctx, __func__, params, weights, bias, &p);
     if (st != DQ_OK)
         return st;
     int64_t rows, cols;
@@ -79,13 +103,12 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
         if ((st = dq_plan_width(plan, &width)) != DQ_OK)
             return st;
         if (width != cols)
-            return DQ_ERR_SHAPE;
+            return DQ_FAIL(ctx, DQ_ERR_SHAPE, "plan width %lld != weights cols %lld",
+                           (long long)width, (long long)cols);
     }
     /* The plan must be the one the weights were transformed by. */
     if ((st = dq__plan_check_binding(ctx, __func__, plan, weights->plan_fingerprint)) != DQ_OK)
         return st;
-    if (bias && !dq__all_finite(bias, 1, rows, rows))
-        return DQ_ERR_NONFINITE;
 
     const dq_context *c = dq__ctx(ctx);
     dq__wprep *w = NULL;
@@ -175,7 +198,7 @@ DQ_API dq_status dq_linear_layout(const dq_linear *lin, int64_t *in_features,
                                   int64_t *out_features)
 {
     if (!lin)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "lin is NULL");
     if (in_features)
         *in_features = lin->in_features;
     if (out_features)

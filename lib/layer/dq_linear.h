@@ -12,6 +12,12 @@ dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_para
                                      const dq_plan *plan, dq__wprep *w, const float *bias,
                                      dq_linear **out);
 
+/* The checks dq_linear_create makes of params, weights and bias (not of a plan), logged for
+ * func; *p receives the params as read. */
+dq_status dq__linear_check(const dq_context *ctx, const char *func,
+                           const dq_linear_params *params, const dq_qmatrix *weights,
+                           const float *bias, dq_linear_params *p);
+
 /* The layer's prepared weights, its activation settings and its bias (NULL when none). */
 const dq__wprep *dq__linear_weights(const dq_linear *lin);
 void dq__linear_act(const dq_linear *lin, int32_t *act_bits, int32_t *act_scheme,

@@ -62,7 +62,7 @@ dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, boo
     *out = NULL;
     dq_plan *pl = dq__calloc(ctx, 1, sizeof *pl);
     if (!pl)
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "plan of %lld channels", (long long)cols);
     dq__context_keep(&pl->ctx, ctx);
     pl->cols = cols;
     pl->n_rot = n_rot;
@@ -81,7 +81,8 @@ dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, boo
     }
     if (!ok) {
         dq_plan_free(pl);
-        return DQ_ERR_NOMEM;
+        return DQ_FAIL(ctx, DQ_ERR_NOMEM, "plan of %lld channels, %d rotation slots%s",
+                       (long long)cols, (int)n_rot, smooth ? ", smoothing factors" : "");
     }
     *out = pl;
     return DQ_OK;
@@ -113,22 +114,28 @@ void dq__gather_cols(const int64_t *perm, const float *x, int64_t ldx, float *y,
     }
 }
 
-static bool is_permutation(const dq_context *ctx, const int64_t *perm, int64_t n, dq_status *st)
+/* DQ_OK when perm[i] (n entries) is a permutation of 0..n-1; logs for func otherwise. */
+static dq_status check_permutation(const dq_context *ctx, const char *func, int32_t i,
+                                   const int64_t *perm, int64_t n)
 {
     uint8_t *seen = dq__calloc(ctx, (size_t)n, 1);
-    if (!seen) {
-        *st = DQ_ERR_NOMEM;
-        return false;
-    }
-    bool ok = true;
-    for (int64_t j = 0; j < n && ok; j++) {
-        ok = perm[j] >= 0 && perm[j] < n && !seen[perm[j]];
-        if (ok)
+    if (!seen)
+        return dq__fail(ctx, DQ_ERR_NOMEM, func, "%lld bytes to check permutations[%d]",
+                        (long long)n, (int)i);
+    int64_t bad = -1;
+    for (int64_t j = 0; j < n && bad < 0; j++) {
+        if (perm[j] >= 0 && perm[j] < n && !seen[perm[j]])
             seen[perm[j]] = 1;
+        else
+            bad = j;
     }
     dq__free(ctx, seen);
-    *st = ok ? DQ_OK : DQ_ERR_INVALID_ARG;
-    return ok;
+    if (bad >= 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "permutations[%d][%lld] = %lld, expected a permutation of 0..%lld "
+                        "(out of range or repeated)",
+                        (int)i, (long long)bad, (long long)perm[bad], (long long)(n - 1));
+    return DQ_OK;
 }
 
 DQ_API dq_status dq_plan_assemble(dq_context *ctx, int64_t cols, const float *smooth_scale,
@@ -136,29 +143,40 @@ DQ_API dq_status dq_plan_assemble(dq_context *ctx, int64_t cols, const float *sm
                                   const int64_t *const *permutations, dq_plan **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
-    if (n_rotations < 0 || n_rotations > DQ_MAX_PERMUTATION_TIMES + 1 ||
-        (n_rotations > 0 && !rotations) || (n_rotations > 1 && !permutations))
-        return DQ_ERR_INVALID_ARG;
+    if (n_rotations < 0 || n_rotations > DQ_MAX_PERMUTATION_TIMES + 1)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "n_rotations %d, expected 0..%d",
+                       (int)n_rotations, DQ_MAX_PERMUTATION_TIMES + 1);
+    if (n_rotations > 0 && !rotations)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "rotations is NULL with n_rotations %d",
+                       (int)n_rotations);
+    if (n_rotations > 1 && !permutations)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "permutations is NULL with n_rotations %d",
+                       (int)n_rotations);
     if (cols <= 0)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(ctx, DQ_ERR_SHAPE, "cols %lld, expected > 0", (long long)cols);
     if ((uint64_t)cols > SIZE_MAX / sizeof(int64_t))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "cols %lld: permutations would not fit in memory",
+                       (long long)cols);
     const dq_context *c = dq__ctx(ctx);
     dq_status st = DQ_OK;
     if (smooth_scale)
         for (int64_t j = 0; j < cols; j++) {
             if (!isfinite(smooth_scale[j]))
-                return DQ_ERR_NONFINITE;
+                return DQ_FAIL(ctx, DQ_ERR_NONFINITE, "smooth_scale[%lld] = %g", (long long)j,
+                               (double)smooth_scale[j]);
             if (!(smooth_scale[j] > 0.0f))
-                return DQ_ERR_INVALID_ARG;
+                return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "smooth_scale[%lld] = %g, expected > 0",
+                               (long long)j, (double)smooth_scale[j]);
         }
     for (int32_t i = 0; i < n_rotations; i++)
         if (rotations[i] && rotations[i]->cols != cols)
-            return DQ_ERR_SHAPE;
+            return DQ_FAIL(ctx, DQ_ERR_SHAPE, "rotations[%d] has %lld channels, cols %lld",
+                           (int)i, (long long)rotations[i]->cols, (long long)cols);
     for (int32_t i = 0; i + 1 < n_rotations; i++)
-        if (permutations[i] && !is_permutation(c, permutations[i], cols, &st))
+        if (permutations[i] &&
+            (st = check_permutation(c, __func__, i, permutations[i], cols)) != DQ_OK)
             return st;
 
     dq_plan *pl;
@@ -174,7 +192,8 @@ DQ_API dq_status dq_plan_assemble(dq_context *ctx, int64_t cols, const float *sm
             if (pl->perm[i])
                 memcpy(pl->perm[i], permutations[i], (size_t)cols * sizeof(int64_t));
             else
-                st = DQ_ERR_NOMEM;
+                st = DQ_FAIL(c, DQ_ERR_NOMEM, "permutations[%d] copy, %lld entries", (int)i,
+                             (long long)cols);
         }
     }
     if (st != DQ_OK) {
@@ -214,7 +233,8 @@ static bool workspace_bytes(const dq_plan *pl, int64_t rows, size_t *bytes)
 DQ_API dq_status dq_plan_width(const dq_plan *pl, int64_t *cols)
 {
     if (!pl || !cols)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !pl ? "pl" : "cols");
     *cols = pl->cols;
     return DQ_OK;
 }
@@ -222,12 +242,14 @@ DQ_API dq_status dq_plan_width(const dq_plan *pl, int64_t *cols)
 DQ_API dq_status dq_plan_workspace_size(const dq_plan *pl, int64_t rows, size_t *bytes)
 {
     if (!pl || !bytes)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !pl ? "pl" : "bytes");
     if (rows <= 0)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&pl->ctx, DQ_ERR_SHAPE, "rows %lld, expected > 0", (long long)rows);
     size_t b;
     if (!workspace_bytes(pl, rows, &b))
-        return DQ_ERR_OVERFLOW;
+        return DQ_FAIL(&pl->ctx, DQ_ERR_OVERFLOW, "rows %lld x plan width %lld floats",
+                       (long long)rows, (long long)pl->cols);
     *bytes = b;
     return DQ_OK;
 }
@@ -277,38 +299,63 @@ static dq_status run_pipeline(const dq_plan *pl, float *x, int64_t rows, int64_t
     return DQ_OK;
 }
 
-/* Shared argument checks of the apply functions. */
-static dq_status check_apply(const dq_plan *pl, const float *x, int64_t rows, int64_t cols,
-                             int64_t ldx)
+/* Shared argument checks of the apply functions, logged for func; name is the matrix
+ * argument's name. */
+static dq_status check_apply(const char *func, const dq_plan *pl, const char *name,
+                             const float *x, int64_t rows, int64_t cols, int64_t ldx)
 {
     if (!pl)
-        return DQ_ERR_INVALID_ARG;
-    dq_status st = dq__check_matrix(&pl->ctx, "x", x, rows, cols, ldx);
+        return dq__fail(NULL, DQ_ERR_INVALID_ARG, func, "pl is NULL");
+    dq_status st = dq__check_matrix_at(&pl->ctx, func, name, x, rows, cols, ldx);
     if (st != DQ_OK)
         return st;
     if (cols != pl->cols)
-        return DQ_ERR_SHAPE;
+        return dq__fail(&pl->ctx, DQ_ERR_SHAPE, func, "%s: cols %lld != plan width %lld", name,
+                        (long long)cols, (long long)pl->cols);
     /* Leading dimensions past INT_MAX are refused before touching the data, as when the
      * products went through BLAS (the released behaviour). */
     if (has_stages(pl) && ldx > INT_MAX)
-        return DQ_ERR_BLAS;
+        return dq__fail(&pl->ctx, DQ_ERR_BLAS, func, "%s: ld %lld > INT_MAX", name,
+                        (long long)ldx);
+    return DQ_OK;
+}
+
+static dq_status check_finite(const char *func, const dq_plan *pl, const char *name,
+                              const float *x, int64_t rows, int64_t cols, int64_t ldx)
+{
+    if (dq__all_finite(x, rows, cols, ldx))
+        return DQ_OK;
+    return dq__fail(&pl->ctx, DQ_ERR_NONFINITE, func, "%s (%lld x %lld) holds NaN or Inf", name,
+                    (long long)rows, (long long)cols);
+}
+
+/* Workspace for rows rows into *need, checking the caller's work_size; logs for func. */
+static dq_status check_work(const char *func, const dq_plan *pl, int64_t rows, const void *work,
+                            size_t work_size, size_t *need)
+{
+    if (!workspace_bytes(pl, rows, need))
+        return dq__fail(&pl->ctx, DQ_ERR_OVERFLOW, func, "workspace of rows %lld x plan width "
+                        "%lld floats", (long long)rows, (long long)pl->cols);
+    if (work && work_size < *need)
+        return dq__fail(&pl->ctx, DQ_ERR_BUFFER, func,
+                        "work_size %zu, expected >= %zu (dq_plan_workspace_size)", work_size,
+                        *need);
     return DQ_OK;
 }
 
 /* Runs the pipeline with the caller's workspace, or an internal one when work is NULL. */
-static dq_status run_with_work(const dq_plan *pl, float *x, int64_t rows, int64_t ldx,
-                               void *work, size_t work_size, bool weight)
+static dq_status run_with_work(const char *func, const dq_plan *pl, float *x, int64_t rows,
+                               int64_t ldx, void *work, size_t work_size, bool weight)
 {
     size_t need;
-    if (!workspace_bytes(pl, rows, &need))
-        return DQ_ERR_OVERFLOW;
-    if (work && work_size < need)
-        return DQ_ERR_BUFFER;
+    dq_status cst = check_work(func, pl, rows, work, work_size, &need);
+    if (cst != DQ_OK)
+        return cst;
     void *owned = NULL;
     if (need > 0 && !work) {
         owned = dq__alloc(&pl->ctx, need);
         if (!owned)
-            return DQ_ERR_NOMEM;
+            return dq__fail(&pl->ctx, DQ_ERR_NOMEM, func, "%zu bytes of workspace", need);
         work = owned;
     }
     float *tmp = NULL;
@@ -324,46 +371,44 @@ static dq_status run_with_work(const dq_plan *pl, float *x, int64_t rows, int64_
 DQ_API dq_status dq_plan_apply_act(const dq_plan *pl, float *x, int64_t rows, int64_t cols,
                                    int64_t ldx, void *work, size_t work_size)
 {
-    dq_status st = check_apply(pl, x, rows, cols, ldx);
+    dq_status st = check_apply(__func__, pl, "x", x, rows, cols, ldx);
+    if (st == DQ_OK)
+        st = check_finite(__func__, pl, "x", x, rows, cols, ldx);
     if (st != DQ_OK)
         return st;
-    if (!dq__all_finite(x, rows, cols, ldx))
-        return DQ_ERR_NONFINITE;
-    return run_with_work(pl, x, rows, ldx, work, work_size, false);
+    return run_with_work(__func__, pl, x, rows, ldx, work, work_size, false);
 }
 
 DQ_API dq_status dq_plan_apply_act_to(const dq_plan *pl, const float *x, int64_t rows,
                                       int64_t cols, int64_t ldx, float *y, int64_t ldy,
                                       void *work, size_t work_size)
 {
-    dq_status st = check_apply(pl, x, rows, cols, ldx);
+    dq_status st = check_apply(__func__, pl, "x", x, rows, cols, ldx);
     if (st == DQ_OK)
-        st = check_apply(pl, y, rows, cols, ldy);
+        st = check_apply(__func__, pl, "y", y, rows, cols, ldy);
+    if (st == DQ_OK)
+        st = check_finite(__func__, pl, "x", x, rows, cols, ldx);
+    size_t need = 0;
+    if (st == DQ_OK)
+        st = check_work(__func__, pl, rows, work, work_size, &need);
     if (st != DQ_OK)
         return st;
-    if (!dq__all_finite(x, rows, cols, ldx))
-        return DQ_ERR_NONFINITE;
-    size_t need;
-    if (!workspace_bytes(pl, rows, &need))
-        return DQ_ERR_OVERFLOW;
-    if (work && work_size < need)
-        return DQ_ERR_BUFFER;
     if (x != y)
         for (int64_t i = 0; i < rows; i++)
             memcpy(y + (size_t)i * (size_t)ldy, x + (size_t)i * (size_t)ldx,
                    (size_t)cols * sizeof(float));
-    return run_with_work(pl, y, rows, ldy, work, work_size, false);
+    return run_with_work(__func__, pl, y, rows, ldy, work, work_size, false);
 }
 
 DQ_API dq_status dq_plan_transform_weight(const dq_plan *pl, float *w, int64_t rows,
                                           int64_t cols, int64_t ldw)
 {
-    dq_status st = check_apply(pl, w, rows, cols, ldw);
+    dq_status st = check_apply(__func__, pl, "w", w, rows, cols, ldw);
+    if (st == DQ_OK)
+        st = check_finite(__func__, pl, "w", w, rows, cols, ldw);
     if (st != DQ_OK)
         return st;
-    if (!dq__all_finite(w, rows, cols, ldw))
-        return DQ_ERR_NONFINITE;
-    return run_with_work(pl, w, rows, ldw, NULL, 0, true);
+    return run_with_work(__func__, pl, w, rows, ldw, NULL, 0, true);
 }
 
 /* ---- exporting the parts ---- */
@@ -371,7 +416,7 @@ DQ_API dq_status dq_plan_transform_weight(const dq_plan *pl, float *w, int64_t r
 DQ_API dq_status dq_plan_layout(const dq_plan *pl, int32_t *has_smoothing, int32_t *n_rotations)
 {
     if (!pl)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "pl is NULL");
     if (has_smoothing)
         *has_smoothing = pl->smooth != NULL;
     if (n_rotations)
@@ -382,9 +427,10 @@ DQ_API dq_status dq_plan_layout(const dq_plan *pl, int32_t *has_smoothing, int32
 DQ_API dq_status dq_plan_smooth_scales(const dq_plan *pl, float *s, int64_t n)
 {
     if (!pl || !s)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !pl ? "pl" : "s");
     if (n != pl->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&pl->ctx, DQ_ERR_SHAPE, "n %lld != plan width %lld", (long long)n,
+                       (long long)pl->cols);
     for (int64_t j = 0; j < n; j++)
         s[j] = pl->smooth ? pl->smooth[j] : 1.0f;
     return DQ_OK;
@@ -392,18 +438,26 @@ DQ_API dq_status dq_plan_smooth_scales(const dq_plan *pl, float *s, int64_t n)
 
 DQ_API dq_status dq_plan_rotation(const dq_plan *pl, int32_t i, const dq_rotation **r)
 {
-    if (!pl || !r || i < 0 || i >= pl->n_rot)
-        return DQ_ERR_INVALID_ARG;
+    if (!pl || !r)
+        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !pl ? "pl" : "r");
+    if (i < 0 || i >= pl->n_rot)
+        return DQ_FAIL(&pl->ctx, DQ_ERR_INVALID_ARG, "i %d, expected 0..%d (rotation slots)",
+                       (int)i, (int)pl->n_rot - 1);
     *r = pl->rot[i];
     return DQ_OK;
 }
 
 DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm, int64_t n)
 {
-    if (!pl || !perm || i < 0 || i + 1 >= pl->n_rot)
-        return DQ_ERR_INVALID_ARG;
+    if (!pl || !perm)
+        return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !pl ? "pl" : "perm");
+    if (i < 0 || i + 1 >= pl->n_rot)
+        return DQ_FAIL(&pl->ctx, DQ_ERR_INVALID_ARG,
+                       "i %d, expected 0..%d (permutation slots)", (int)i, (int)pl->n_rot - 2);
     if (n != pl->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&pl->ctx, DQ_ERR_SHAPE, "n %lld != plan width %lld", (long long)n,
+                       (long long)pl->cols);
     for (int64_t j = 0; j < n; j++)
         perm[j] = pl->perm[i] ? pl->perm[i][j] : j;
     return DQ_OK;

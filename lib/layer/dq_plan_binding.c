@@ -56,7 +56,7 @@ dq_status dq__plan_fingerprint(const dq_context *ctx, const dq_plan *pl, uint64_
     /* One scratch buffer serves the smoothing scales and the permutations. */
     void *buf = dq__alloc(ctx, (size_t)cols * sizeof(int64_t));
     if (!buf)
-        return DQ_ERR_NOMEM;
+        return DQ_ERR_NOMEM; /* not logged here: every caller says why, for its function */
     fp_state s = {FP_SEED, 0};
     fp_word(&s, (uint64_t)cols);
     fp_word(&s, (uint64_t)(has_s != 0));

@@ -24,16 +24,30 @@ static bool valid_clip(float c)
     return c > 0.0f && c <= 1.0f; /* false for NaN too */
 }
 
-static dq_status read_quant_params(const dq_quant_params *user, dq_quant_params *p)
+static dq_status read_quant_params(const dq_context *ctx, const char *func,
+                                   const dq_quant_params *user, dq_quant_params *p)
 {
     dq_quant_params_init(p, sizeof *p);
-    dq_status st = dq__params_read(p, sizeof *p, QUANT_PARAMS_MIN_SIZE, user);
+    dq_status st = dq__params_read_at(ctx, func, "params", p, sizeof *p, QUANT_PARAMS_MIN_SIZE,
+                                      user);
     if (st != DQ_OK)
         return st;
-    if (p->flags != 0 || (p->bits != 4 && p->bits != 8) ||
-        (p->scheme != DQ_QUANT_ASYM && p->scheme != DQ_QUANT_SYM) || p->group_size < 0 ||
-        !valid_clip(p->clip_ratio))
-        return DQ_ERR_INVALID_ARG;
+    if (p->flags != 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->flags 0x%x, expected 0",
+                        (unsigned)p->flags);
+    if (p->bits != 4 && p->bits != 8)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->bits %d, expected 4 or 8",
+                        (int)p->bits);
+    if (p->scheme != DQ_QUANT_ASYM && p->scheme != DQ_QUANT_SYM)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->scheme %d, expected DQ_QUANT_ASYM or DQ_QUANT_SYM",
+                        (int)p->scheme);
+    if (p->group_size < 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->group_size %d, expected >= 0",
+                        (int)p->group_size);
+    if (!valid_clip(p->clip_ratio))
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->clip_ratio %g, expected (0, 1]",
+                        (double)p->clip_ratio);
     return DQ_OK;
 }
 
@@ -72,18 +86,19 @@ static bool clips_valid(const float *c, size_t n)
 
 /* n_clip: the length of clip_hi and clip_lo, rows * groups (one factor per group) or rows (one
  * per row, for each of its groups); -1 = rows * groups, unchecked (dq_qmatrix_pack). */
-static dq_status pack(dq_context *ctx, const dq_quant_params *params, const float *w,
-                      int64_t rows, int64_t cols, int64_t ldw, const float *clip_hi,
-                      const float *clip_lo, int64_t n_clip, dq_qmatrix **out)
+static dq_status pack(const char *func, dq_context *ctx, const dq_quant_params *params,
+                      const float *w, int64_t rows, int64_t cols, int64_t ldw,
+                      const float *clip_hi, const float *clip_lo, int64_t n_clip,
+                      dq_qmatrix **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "out is NULL");
     *out = NULL;
     dq_quant_params p;
-    dq_status st = read_quant_params(params, &p);
+    dq_status st = read_quant_params(ctx, func, params, &p);
     if (st != DQ_OK)
         return st;
-    if ((st = dq__check_matrix(ctx, "w", w, rows, cols, ldw)) != DQ_OK)
+    if ((st = dq__check_matrix_at(ctx, func, "w", w, rows, cols, ldw)) != DQ_OK)
         return st;
     int64_t group_len = (p.group_size == 0 || p.group_size > cols) ? cols : p.group_size;
     int64_t groups = cols / group_len + (cols % group_len != 0);
@@ -91,29 +106,34 @@ static dq_status pack(dq_context *ctx, const dq_quant_params *params, const floa
     if (!dq__mul_size((size_t)rows, row_bytes, &nbytes) ||
         !dq__mul_size((size_t)rows, (size_t)groups, &ngroups) ||
         !dq__mul_size(ngroups, sizeof(float), &gbytes))
-        return DQ_ERR_OVERFLOW;
+        return dq__fail(ctx, DQ_ERR_OVERFLOW, func,
+                        "w: %lld rows x %lld groups of codes and scales", (long long)rows,
+                        (long long)groups);
     const bool per_row = n_clip >= 0 && n_clip != (int64_t)ngroups && n_clip == rows;
     if ((clip_hi || clip_lo) && n_clip >= 0 && n_clip != (int64_t)ngroups && n_clip != rows)
-        return DQ_FAIL(ctx, DQ_ERR_SHAPE,
-                       "n_clip %lld: expected %lld (rows * groups_per_row) or %lld (rows)",
-                       (long long)n_clip, (long long)ngroups, (long long)rows);
+        return dq__fail(ctx, DQ_ERR_SHAPE, func,
+                        "n_clip %lld: expected %lld (rows * groups_per_row) or %lld (rows)",
+                        (long long)n_clip, (long long)ngroups, (long long)rows);
     const size_t nclip = per_row ? (size_t)rows : ngroups;
     if (!clips_valid(clip_hi, nclip) || !clips_valid(clip_lo, nclip))
-        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "clip factors: each must be in (0, 1]");
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "%s: each factor must be in (0, 1]",
+                        clips_valid(clip_hi, nclip) ? "clip_lo" : "clip_hi");
     if (!dq__all_finite(w, rows, cols, ldw))
-        return DQ_ERR_NONFINITE;
+        return dq__fail(ctx, DQ_ERR_NONFINITE, func, "w (%lld x %lld) holds NaN or Inf",
+                        (long long)rows, (long long)cols);
 
     const dq_context *c = dq__ctx(ctx);
     dq_qmatrix *q = dq__calloc(c, 1, sizeof *q);
     if (!q)
-        return DQ_ERR_NOMEM;
+        return dq__fail(ctx, DQ_ERR_NOMEM, func, "qmatrix object");
     dq__context_keep(&q->ctx, c);
     q->packed = dq__calloc(c, nbytes, 1);
     q->scales = dq__alloc(c, gbytes);
     q->zeros = p.scheme == DQ_QUANT_ASYM ? dq__alloc(c, gbytes) : NULL;
     if (!q->packed || !q->scales || (p.scheme == DQ_QUANT_ASYM && !q->zeros)) {
         dq_qmatrix_free(q);
-        return DQ_ERR_NOMEM;
+        return dq__fail(ctx, DQ_ERR_NOMEM, func, "%zu bytes of codes, %zu of scales (%lld x %lld)",
+                        nbytes, gbytes, (long long)rows, (long long)cols);
     }
     q->rows = rows;
     q->cols = cols;
@@ -154,7 +174,7 @@ DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params,
                                  int64_t rows, int64_t cols, int64_t ldw, const float *clip_hi,
                                  const float *clip_lo, dq_qmatrix **out)
 {
-    return pack(ctx, params, w, rows, cols, ldw, clip_hi, clip_lo, -1, out);
+    return pack(__func__, ctx, params, w, rows, cols, ldw, clip_hi, clip_lo, -1, out);
 }
 
 DQ_API dq_status dq_qmatrix_pack_clipped(dq_context *ctx, const dq_quant_params *params,
@@ -169,7 +189,7 @@ DQ_API dq_status dq_qmatrix_pack_clipped(dq_context *ctx, const dq_quant_params 
     if (!clip_hi && !clip_lo && n_clip != 0)
         return DQ_FAIL(ctx, DQ_ERR_SHAPE, "n_clip %lld with no clip arrays (expected 0)",
                        (long long)n_clip);
-    return pack(ctx, params, w, rows, cols, ldw, clip_hi, clip_lo, n_clip, out);
+    return pack(__func__, ctx, params, w, rows, cols, ldw, clip_hi, clip_lo, n_clip, out);
 }
 
 DQ_API void dq_qmatrix_free(dq_qmatrix *q)
@@ -189,7 +209,7 @@ DQ_API dq_status dq_qmatrix_layout(const dq_qmatrix *q, int64_t *rows, int64_t *
                                    int64_t *groups_per_row, size_t *row_bytes)
 {
     if (!q)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "q is NULL");
     if (rows)
         *rows = q->rows;
     if (cols)
@@ -211,7 +231,7 @@ DQ_API dq_status dq_qmatrix_view(const dq_qmatrix *q, const uint8_t **packed, si
                                  const float **scales, const float **zeros)
 {
     if (!q)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "q is NULL");
     if (packed)
         *packed = q->packed;
     if (nbytes)
@@ -226,9 +246,11 @@ DQ_API dq_status dq_qmatrix_view(const dq_qmatrix *q, const uint8_t **packed, si
 DQ_API dq_status dq_qmatrix_unpack_codes(const dq_qmatrix *q, int32_t *codes, int64_t ldc)
 {
     if (!q || !codes)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(q ? &q->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
+                       !q ? "q" : "codes");
     if (ldc < q->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&q->ctx, DQ_ERR_SHAPE, "ldc %lld < cols %lld", (long long)ldc,
+                       (long long)q->cols);
     for (int64_t i = 0; i < q->rows; i++) {
         const uint8_t *row = q->packed + (size_t)i * q->row_bytes;
         for (int64_t j = 0; j < q->cols; j++)
@@ -240,9 +262,10 @@ DQ_API dq_status dq_qmatrix_unpack_codes(const dq_qmatrix *q, int32_t *codes, in
 DQ_API dq_status dq_qmatrix_dequantize(const dq_qmatrix *q, float *out, int64_t ldo)
 {
     if (!q || !out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(q ? &q->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !q ? "q" : "out");
     if (ldo < q->cols)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(&q->ctx, DQ_ERR_SHAPE, "ldo %lld < cols %lld", (long long)ldo,
+                       (long long)q->cols);
     const dq__qspec spec = {q->bits, q->scheme};
     for (int64_t i = 0; i < q->rows; i++) {
         const uint8_t *row = q->packed + (size_t)i * q->row_bytes;

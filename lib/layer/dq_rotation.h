@@ -48,6 +48,13 @@ dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bo
                              int32_t method, int32_t steps, dq_rotation **out);
 /* A deep copy allocated with ctx. */
 dq_status dq__rotation_clone(const dq_context *ctx, const dq_rotation *src, dq_rotation **out);
+/* dq_rotation_from_matrices without the NULL checks, failures logged once for func with the
+ * data named what (e.g. a file's tensor); bad, when not DQ_OK, replaces DQ_ERR_SHAPE and
+ * DQ_ERR_INVALID_ARG (a file's DQ_ERR_FORMAT). */
+dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
+                                        const char *what, dq_status bad, int64_t cols,
+                                        int32_t block_size, int32_t per_block, const float *data,
+                                        int64_t n_floats, dq_rotation **out);
 /* out = in * blockdiag(R) for rows rows through the reproducible product, on ctx's threads
  * (plan building); in and out must not overlap. */
 dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,

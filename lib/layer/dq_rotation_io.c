@@ -17,12 +17,32 @@ DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_
                                            int64_t n_floats, dq_rotation **out)
 {
     if (!out)
-        return DQ_ERR_INVALID_ARG;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
     if (!data)
-        return DQ_ERR_INVALID_ARG;
-    if (cols <= 0 || block_size < 2 || block_size > DQ_MAX_BLOCK || n_floats <= 0)
-        return DQ_ERR_SHAPE;
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "data is NULL");
+    return dq__rotation_from_matrices_at(ctx, __func__, "data", DQ_OK, cols, block_size,
+                                         per_block, data, n_floats, out);
+}
+
+dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
+                                        const char *what, dq_status bad, int64_t cols,
+                                        int32_t block_size, int32_t per_block, const float *data,
+                                        int64_t n_floats, dq_rotation **out)
+{
+    /* Logged once, for func; bad (when not DQ_OK) replaces the shape and value statuses. */
+#define FAIL(st_, ...) \
+    dq__fail(ctx, bad != DQ_OK && ((st_) == DQ_ERR_SHAPE || (st_) == DQ_ERR_INVALID_ARG) ? bad \
+                                                                                   : (st_), \
+             func, __VA_ARGS__)
+    *out = NULL;
+    if (cols <= 0)
+        return FAIL(DQ_ERR_SHAPE, "cols %lld, expected > 0", (long long)cols);
+    if (block_size < 2 || block_size > DQ_MAX_BLOCK)
+        return FAIL(DQ_ERR_SHAPE, "block_size %d, expected 2..%d", (int)block_size,
+                    DQ_MAX_BLOCK);
+    if (n_floats <= 0)
+        return FAIL(DQ_ERR_SHAPE, "n_floats %lld, expected > 0", (long long)n_floats);
     const bool pb = per_block != 0;
     const int64_t n_blocks = dq__n_blocks(cols, block_size), full = cols / block_size;
     const int64_t n_mats = pb ? n_blocks : (full > 0) + (cols % block_size != 0);
@@ -30,13 +50,18 @@ DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_
     for (int64_t m = 0; m < n_mats; m++) {
         size_t len = (size_t)matrix_len(cols, block_size, pb, m);
         if (!dq__add_size(total, len * len, &total))
-            return DQ_ERR_OVERFLOW;
+            return FAIL(DQ_ERR_OVERFLOW, "cols %lld, block_size %d: matrix floats "
+                        "overflow size_t", (long long)cols, (int)block_size);
     }
     if ((uint64_t)n_floats != (uint64_t)total)
-        return DQ_ERR_SHAPE;
+        return FAIL(DQ_ERR_SHAPE,
+                    "%s: n_floats %lld, expected %zu (%lld matrices for cols %lld, block_size %d, "
+                    "per_block %d)",
+                    what, (long long)n_floats, total, (long long)n_mats, (long long)cols,
+                    (int)block_size, (int)pb);
     for (size_t i = 0; i < total; i++)
         if (!isfinite(data[i]))
-            return DQ_ERR_NONFINITE;
+            return FAIL(DQ_ERR_NONFINITE, "%s[%zu] = %g", what, i, (double)data[i]);
     /* A cheap guard against garbage: every row of an orthogonal matrix has unit norm. */
     const float *src = data;
     for (int64_t m = 0; m < n_mats; m++) {
@@ -46,14 +71,16 @@ DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_
             for (int32_t j = 0; j < len; j++)
                 s += (double)src[j] * src[j];
             if (fabs(sqrt(s) - 1.0) > 1e-3)
-                return DQ_ERR_INVALID_ARG;
+                return FAIL(DQ_ERR_INVALID_ARG,
+                            "%s: matrix %lld row %d has norm %g, expected 1 (orthogonal)",
+                            what, (long long)m, (int)i, sqrt(s));
         }
     }
 
     const dq_context *c = dq__ctx(ctx);
     dq_rotation *r = dq__calloc(c, 1, sizeof *r);
     if (!r)
-        return DQ_ERR_NOMEM;
+        return FAIL(DQ_ERR_NOMEM, "rotation object");
     dq__context_keep(&r->ctx, c);
     r->cols = cols;
     r->block_size = block_size;
@@ -69,7 +96,8 @@ DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_
     r->data = dq__alloc(c, total * sizeof(float));
     if (!r->mat_of_block || !r->mat_size || !r->mat_offset || !r->selected || !r->data) {
         dq_rotation_free(r);
-        return DQ_ERR_NOMEM;
+        return FAIL(DQ_ERR_NOMEM, "%zu bytes of matrices for %lld channels",
+                    total * sizeof(float), (long long)cols);
     }
     size_t off = 0;
     for (int64_t m = 0; m < n_mats; m++) {
@@ -84,4 +112,5 @@ DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_
     memcpy(r->data, data, total * sizeof(float));
     *out = r;
     return DQ_OK;
+#undef FAIL
 }

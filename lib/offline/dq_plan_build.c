@@ -283,7 +283,6 @@ DQ_API dq_status dq_plan_build_from_sample(dq_context *ctx, const dq_plan_params
         return st;
 
     float *x = NULL, *own_absmax = NULL;
-    st = DQ_ERR_NOMEM;
     if (needs_sample(&p)) { /* a working copy, transformed as the plan is built */
         if (!(x = dq__alloc(c, bytes))) {
             st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for a copy of the sample", bytes);

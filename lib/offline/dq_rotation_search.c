@@ -215,9 +215,11 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
     size_t bsq = (size_t)bs * (size_t)bs;
     float *base = dq__alloc(ctx, bsq * sizeof(float));
     float *qp = o->random_qprime ? dq__alloc(ctx, bsq * sizeof(float)) : NULL;
-    dq_status st = DQ_ERR_NOMEM;
-    if (!base || (o->random_qprime && !qp))
+    dq_status st = DQ_OK;
+    if (!base || (o->random_qprime && !qp)) {
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "scratch for %d x %d base matrices", (int)bs, (int)bs);
         goto out;
+    }
     const size_t rec_len = (size_t)r->steps + 1;
     for (int64_t m = 0; m < r->n_mats; m++) {
         const int32_t n = r->mat_size[m];
