@@ -50,16 +50,17 @@ dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep
     const size_t groups = (size_t)q->groups_per_row;
     int8_t *row_codes = st == DQ_OK ? dq__alloc(c, (size_t)q->cols) : NULL;
     int32_t *row_ints = st == DQ_OK ? dq__alloc(c, 2 * groups * sizeof(int32_t)) : NULL;
+    /* dq__wpack_create logged its own failure; only the scratch rows are logged here. */
     if (st == DQ_OK && (!row_codes || !row_ints))
-        st = DQ_ERR_NOMEM;
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "scratch row of %lld codes for repacking",
+                     (long long)q->cols);
     if (st != DQ_OK) {
         dq__free(c, row_codes);
         dq__free(c, row_ints);
         if (wp)
             dq__wpack_attach(w, wp);
         dq__wprep_free(w);
-        return DQ_FAIL(ctx, st, "repacked weights of %lld x %lld", (long long)q->rows,
-                       (long long)q->cols);
+        return st;
     }
     /* ASYM codes 0..2^bits-1 are shifted into the signed byte range together with their zero
      * point, so (c - zw) is unchanged; SYM codes are already signed with zero point 0. */
