@@ -592,15 +592,10 @@ class TestFiles(Fixture):
             self.assertIsNotNone(e.log)
             self.assertIn(missing, e.log)
             self.assertIn(missing, str(e))
-            # Mapped (borrow=True): documented as DQ_ERR_IO too; this revision's mapping path
-            # still reports DQ_ERR_INVALID_ARG, accepted here with a note.
-            with self.assertRaises(dq.DuquantError) as cm:
-                dq.FileReader(lib, path=missing, borrow=True, ctx=self.ctx)
-            self.assertIn(cm.exception.name, ("DQ_ERR_IO", "DQ_ERR_INVALID_ARG"))
-            if cm.exception.name != "DQ_ERR_IO":
-                print("(mapped open of a missing file: %s, documented DQ_ERR_IO)"
-                      % cm.exception.name, end=" ", file=sys.stderr)
-            self.assertIn(missing, cm.exception.log)
+            # Mapped (borrow=True): the same status and message.
+            e = self.assertRaisesStatus("DQ_ERR_IO", dq.FileReader, lib, path=missing,
+                                        borrow=True, ctx=self.ctx)
+            self.assertIn(missing, e.log)
             e = self.assertRaisesStatus("DQ_ERR_IO", dq.FileReader, lib, path=d, ctx=self.ctx)
             self.assertIn(d, e.log)  # a folder
 
