@@ -475,7 +475,11 @@ static dq_status validate(const dq_context *ctx, dq__st_file *f)
     for (size_t i = 0; i < f->n_tensors; i++) {
         dq__st_tensor *t = &f->tensors[i];
         size_t bytes = dq__st_dtype_size(t->dtype);
+        /* A zero anywhere in the shape means no data, whatever the other dimensions. */
         for (int32_t d = 0; d < t->ndim; d++)
+            if (t->shape[d] == 0)
+                bytes = 0;
+        for (int32_t d = 0; d < t->ndim && bytes != 0; d++)
             if ((uint64_t)t->shape[d] > SIZE_MAX ||
                 !dq__mul_size(bytes, (size_t)t->shape[d], &bytes))
                 return DQ_FAIL(ctx, DQ_ERR_FORMAT, "tensor '%s': shape overflows size_t at "

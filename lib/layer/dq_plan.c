@@ -452,7 +452,7 @@ DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm
     if (!pl || !perm)
         return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !pl ? "pl" : "perm");
-    if (i < 0 || i + 1 >= pl->n_rot)
+    if (i < 0 || i >= pl->n_rot - 1)
         return DQ_FAIL(&pl->ctx, DQ_ERR_INVALID_ARG,
                        "i %d, expected 0..%d (permutation slots)", (int)i, (int)pl->n_rot - 2);
     if (n != pl->cols)

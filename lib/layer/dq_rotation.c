@@ -30,22 +30,28 @@ dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bo
                              int32_t method, int32_t steps, dq_rotation **out)
 {
     *out = NULL;
-    int64_t n_blocks = dq__n_blocks(cols, bs), full = cols / bs;
-    int64_t n_mats = per_block ? n_blocks : (full > 0) + (cols % bs != 0);
-    size_t total = 0, rec = 0;
-    for (int64_t m = 0; m < n_mats; m++) {
-        int32_t len = per_block ? dq__block_len(cols, bs, m)
-                                : (m == 0 && full > 0 ? bs : (int32_t)(cols % bs));
-        if (!dq__add_size(total, (size_t)len * (size_t)len, &total))
-            return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "matrix floats of %lld channels overflow size_t",
-                           (long long)cols);
-    }
-    size_t bytes;
-    if (!dq__mul_size(total, sizeof(float), &bytes) ||
-        (method == DQ_ROT_METHOD_GREEDY &&
-         !dq__mul_size((size_t)n_mats, (size_t)steps + 1, &rec)))
-        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "%zu matrix floats or %lld x %d record entries "
-                       "overflow size_t", total, (long long)n_mats, (int)steps + 1);
+    /* Every size in closed form and checked before any loop or allocation: the matrices are
+     * full blocks of bs x bs floats (one shared or one per block) and the shorter last one. */
+    const int64_t n_blocks = dq__n_blocks(cols, bs), full = cols / bs, rem = cols % bs;
+    const int64_t n_full = per_block ? full : (full > 0);
+    const int64_t n_mats = n_full + (rem != 0);
+    int64_t total_i = 0;
+    size_t rec = 0, bytes = 0, blocks_bytes = 0, mats_bytes = 0;
+    if (!dq__mul_i64(n_full, (int64_t)bs * bs, &total_i) ||
+        !dq__add_i64(total_i, rem * rem, &total_i) ||
+        !dq__array_bytes(total_i, sizeof(float), &bytes))
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "cols %lld, block_size %d, per_block %d: %lld "
+                       "matrices of up to %d x %d floats overflow size_t", (long long)cols,
+                       (int)bs, (int)per_block, (long long)n_mats, (int)bs, (int)bs);
+    if (!dq__array_bytes(n_blocks, sizeof(int64_t), &blocks_bytes) ||
+        !dq__array_bytes(n_mats, sizeof(size_t), &mats_bytes))
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "cols %lld, block_size %d: index arrays of %lld "
+                       "blocks and %lld matrices overflow size_t", (long long)cols, (int)bs,
+                       (long long)n_blocks, (long long)n_mats);
+    if (method == DQ_ROT_METHOD_GREEDY &&
+        !dq__mul_size((size_t)n_mats, (size_t)steps + 1, &rec))
+        return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "%lld matrices x %d record entries overflow size_t",
+                       (long long)n_mats, (int)steps + 1);
 
     dq_rotation *r = dq__calloc(ctx, 1, sizeof *r);
     if (!r)
@@ -58,9 +64,9 @@ dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bo
     r->n_blocks = n_blocks;
     r->n_mats = n_mats;
     r->steps = method == DQ_ROT_METHOD_GREEDY ? steps : 0;
-    r->mat_of_block = dq__alloc(ctx, (size_t)n_blocks * sizeof(int64_t));
+    r->mat_of_block = dq__alloc(ctx, blocks_bytes);
     r->mat_size = dq__alloc(ctx, (size_t)n_mats * sizeof(int32_t));
-    r->mat_offset = dq__alloc(ctx, (size_t)n_mats * sizeof(size_t));
+    r->mat_offset = dq__alloc(ctx, mats_bytes);
     r->selected = dq__alloc(ctx, (size_t)n_mats * sizeof(int32_t));
     r->data = dq__alloc(ctx, bytes);
     bool ok = r->mat_of_block && r->mat_size && r->mat_offset && r->selected && r->data;

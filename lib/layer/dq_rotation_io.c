@@ -46,19 +46,31 @@ dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
     const bool pb = per_block != 0;
     const int64_t n_blocks = dq__n_blocks(cols, block_size), full = cols / block_size;
     const int64_t n_mats = pb ? n_blocks : (full > 0) + (cols % block_size != 0);
-    size_t total = 0;
-    for (int64_t m = 0; m < n_mats; m++) {
-        size_t len = (size_t)matrix_len(cols, block_size, pb, m);
-        if (!dq__add_size(total, len * len, &total))
-            return FAIL(DQ_ERR_OVERFLOW, "cols %lld, block_size %d: matrix floats "
-                        "overflow size_t", (long long)cols, (int)block_size);
-    }
-    if ((uint64_t)n_floats != (uint64_t)total)
+    /* The float count in closed form, checked, and compared with n_floats before any loop
+     * over the matrices or the data: full blocks of block_size^2 floats (one shared or one per
+     * block) and the shorter last one. */
+    const int64_t rem = cols % block_size, n_full = pb ? full : (full > 0);
+    int64_t total_i = 0;
+    size_t total = 0, blocks_bytes = 0, mats_bytes = 0, bytes = 0;
+    if (!dq__mul_i64(n_full, (int64_t)block_size * block_size, &total_i) ||
+        !dq__add_i64(total_i, rem * rem, &total_i) ||
+        !dq__array_bytes(total_i, sizeof(float), &bytes))
+        return FAIL(DQ_ERR_SHAPE, "%s: n_floats %lld, but cols %lld, block_size %d, "
+                    "per_block %d need %lld matrices whose floats overflow size_t", what,
+                    (long long)n_floats, (long long)cols, (int)block_size, (int)pb,
+                    (long long)n_mats);
+    if (n_floats != total_i)
         return FAIL(DQ_ERR_SHAPE,
-                    "%s: n_floats %lld, expected %zu (%lld matrices for cols %lld, block_size %d, "
-                    "per_block %d)",
-                    what, (long long)n_floats, total, (long long)n_mats, (long long)cols,
-                    (int)block_size, (int)pb);
+                    "%s: n_floats %lld, expected %lld (%lld matrices for cols %lld, block_size "
+                    "%d, per_block %d)",
+                    what, (long long)n_floats, (long long)total_i, (long long)n_mats,
+                    (long long)cols, (int)block_size, (int)pb);
+    total = (size_t)total_i;
+    if (!dq__array_bytes(n_blocks, sizeof(int64_t), &blocks_bytes) ||
+        !dq__array_bytes(n_mats, sizeof(size_t), &mats_bytes))
+        return FAIL(DQ_ERR_OVERFLOW, "%s: cols %lld, block_size %d: index arrays of %lld blocks "
+                    "and %lld matrices overflow size_t", what, (long long)cols, (int)block_size,
+                    (long long)n_blocks, (long long)n_mats);
     for (size_t i = 0; i < total; i++)
         if (!isfinite(data[i]))
             return FAIL(DQ_ERR_NONFINITE, "%s[%zu] = %g", what, i, (double)data[i]);
@@ -89,15 +101,15 @@ dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
     r->n_blocks = n_blocks;
     r->n_mats = n_mats;
     r->steps = 0;
-    r->mat_of_block = dq__alloc(c, (size_t)n_blocks * sizeof(int64_t));
+    r->mat_of_block = dq__alloc(c, blocks_bytes);
     r->mat_size = dq__alloc(c, (size_t)n_mats * sizeof(int32_t));
-    r->mat_offset = dq__alloc(c, (size_t)n_mats * sizeof(size_t));
+    r->mat_offset = dq__alloc(c, mats_bytes);
     r->selected = dq__alloc(c, (size_t)n_mats * sizeof(int32_t));
-    r->data = dq__alloc(c, total * sizeof(float));
+    r->data = dq__alloc(c, bytes);
     if (!r->mat_of_block || !r->mat_size || !r->mat_offset || !r->selected || !r->data) {
         dq_rotation_free(r);
-        return FAIL(DQ_ERR_NOMEM, "%zu bytes of matrices for %lld channels",
-                    total * sizeof(float), (long long)cols);
+        return FAIL(DQ_ERR_NOMEM, "%zu bytes of matrices for %lld channels", bytes,
+                    (long long)cols);
     }
     size_t off = 0;
     for (int64_t m = 0; m < n_mats; m++) {
@@ -109,7 +121,7 @@ dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
     }
     for (int64_t b = 0; b < n_blocks; b++)
         r->mat_of_block[b] = pb ? b : (b < full ? 0 : (full > 0 ? 1 : 0));
-    memcpy(r->data, data, total * sizeof(float));
+    memcpy(r->data, data, bytes);
     *out = r;
     return DQ_OK;
 #undef FAIL

@@ -77,6 +77,21 @@ static inline bool dq__add_size(size_t a, size_t b, size_t *out)
 {
     return !__builtin_add_overflow(a, b, out);
 }
+/* The same for signed 64-bit counts (channels, blocks, matrices): false on overflow. */
+static inline bool dq__mul_i64(int64_t a, int64_t b, int64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool dq__add_i64(int64_t a, int64_t b, int64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+/* n elements of elem bytes each as a byte count: false when n < 0 or the product does not fit
+ * size_t. */
+static inline bool dq__array_bytes(int64_t n, size_t elem, size_t *out)
+{
+    return n >= 0 && (uint64_t)n <= SIZE_MAX && !__builtin_mul_overflow((size_t)n, elem, out);
+}
 
 /* As dq__params_read, logging a failure through ctx for func (the public function) and what
  * (the argument's name, e.g. "params"). */
