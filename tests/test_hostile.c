@@ -176,6 +176,25 @@ START_TEST(from_matrices_small_layouts_still_load)
 }
 END_TEST
 
+/* A row stride whose span wraps size_t is refused before the first row is copied. */
+START_TEST(rotation_matrix_huge_stride)
+{
+    dq_rotation *r = NULL;
+    ck_assert_int_eq(dq_rotation_from_matrices(ctx, 2, 2, 0, identity2, 4, &r), DQ_OK);
+    float out[4] = {0};
+    const int64_t ldo[] = {INT64_MAX, (int64_t)1 << 62, ((int64_t)1 << 61) + 1};
+    for (size_t k = 0; k < sizeof ldo / sizeof *ldo; k++) {
+        int32_t size = -1;
+        ck_assert_int_eq(dq_rotation_matrix(r, 0, out, ldo[k], &size), DQ_ERR_OVERFLOW);
+        ck_assert_int_eq(size, -1);
+        expect_logged("ldo ");
+    }
+    ck_assert_int_eq(dq_rotation_matrix(r, 0, out, 2, NULL), DQ_OK);
+    ck_assert(out[0] == 1.0f && out[1] == 0.0f && out[2] == 0.0f && out[3] == 1.0f);
+    dq_rotation_free(r);
+}
+END_TEST
+
 /* i + 1 >= n_rot overflowed at i = INT32_MAX and read far past the permutation slots. */
 START_TEST(plan_permutation_index_at_int32_max)
 {
@@ -263,6 +282,7 @@ int main(void)
     tcase_add_test(tc, from_matrices_per_block_huge_count);
     tcase_add_test(tc, create_per_block_huge_count);
     tcase_add_test(tc, from_matrices_small_layouts_still_load);
+    tcase_add_test(tc, rotation_matrix_huge_stride);
     tcase_add_test(tc, plan_permutation_index_at_int32_max);
     tcase_add_test(tc, safetensors_zero_dimension_in_any_position);
     suite_add_tcase(s, tc);

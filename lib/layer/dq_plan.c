@@ -60,6 +60,11 @@ dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, boo
                          dq_plan **out)
 {
     *out = NULL;
+    size_t scale_bytes;
+    if (cols <= 0 || !dq__array_bytes(cols, sizeof(int64_t), &scale_bytes))
+        return DQ_FAIL(ctx, cols <= 0 ? DQ_ERR_SHAPE : DQ_ERR_OVERFLOW,
+                       "cols %lld: expected > 0 with per-channel arrays addressable",
+                       (long long)cols);
     dq_plan *pl = dq__calloc(ctx, 1, sizeof *pl);
     if (!pl)
         return DQ_FAIL(ctx, DQ_ERR_NOMEM, "plan of %lld channels", (long long)cols);

@@ -206,6 +206,12 @@ DQ_API dq_status dq_rotation_matrix(const dq_rotation *r, int64_t m, float *out,
         if (ldo < n)
             return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "ldo %lld < matrix size %d", (long long)ldo,
                            (int)n);
+        /* (n - 1) * ldo + n floats must be addressable. */
+        size_t span;
+        if (!dq__array_bytes(ldo, sizeof(float), &span) ||
+            !dq__mul_size(span, (size_t)n, &span))
+            return DQ_FAIL(&r->ctx, DQ_ERR_OVERFLOW, "ldo %lld x matrix size %d spans more bytes "
+                           "than addressable", (long long)ldo, (int)n);
         const float *src = r->data + r->mat_offset[m];
         for (int32_t i = 0; i < n; i++)
             memcpy(out + (size_t)i * (size_t)ldo, src + (size_t)i * (size_t)n,
