@@ -7,7 +7,7 @@
  * The weight (rows x cols, random) and the activations (tokens x cols, bench_fill_outliers) are
  * the caller's buffers and are not counted; the ratio is the context's peak over the weight's
  * bytes. The process's peak resident memory (VmHWM) is printed before creation (the caller's
- * buffers written) and after training. */
+ * buffers written) and after training, with the wall time of dq_lwc_train. */
 #define _POSIX_C_SOURCE 200809L
 #include <inttypes.h>
 #include <stdio.h>
@@ -126,7 +126,9 @@ int main(int argc, char **argv)
           "dq_lwc_create");
     const size_t after_create = cnt.live, peak_create = cnt.peak;
     float loss = 0;
+    const double t0 = bench_now();
     check(dq_lwc_train(l, &loss), "dq_lwc_train");
+    const double train_s = bench_now() - t0;
     const long hwm_after = status_kb("VmHWM");
     printf("\nLWC %" PRId64 " x %" PRId64 " weight, 4-bit ASYM per row, %" PRId64 " tokens, "
            "batch %d, %d epoch(s), flags %u; last training loss %.6g\n",
@@ -141,6 +143,7 @@ int main(int argc, char **argv)
     printf("VmHWM after train:           %.1f MiB (+%.1f MiB = %.3f x the weight bytes)\n",
            (double)hwm_after / 1024.0, (double)(hwm_after - hwm_before) / 1024.0,
            (double)(hwm_after - hwm_before) * 1024.0 / wbytes);
+    printf("dq_lwc_train:                %.2f s wall\n", train_s);
     bench_print_load(" after the run");
     dq_lwc_free(l);
     if (cnt.live != 0)

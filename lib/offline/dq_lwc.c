@@ -69,10 +69,10 @@ struct dq_lwc {
 /* Scratch for one batch of up to cap tokens. */
 typedef struct batch_scratch {
     float *xb, *xqb, *yb; /* gathered rows (xqb, yb only with QUANT_ACT) */
-    float *err;           /* cap x ROW_BLOCK */
-    float *wq;            /* ROW_BLOCK x cols */
-    float *grad_w;        /* ROW_BLOCK x cols, only with gradients */
-    float *dwds;          /* ROW_BLOCK x cols: each element's dw^/ds, only with gradients */
+    float *err;           /* cap x block (row_block) */
+    float *wq;            /* block x cols */
+    float *grad_w;        /* block x cols, only with gradients */
+    float *dwds;          /* block x cols: each element's dw^/ds, only with gradients */
 } batch_scratch;
 
 DQ_API dq_status dq_lwc_params_init(dq_lwc_params *p, size_t struct_size)
@@ -301,10 +301,16 @@ dq__lwc_fake_quant_fn *dq__lwc_fake_quant_best(void)
 }
 
 /* Output rows per block of the reconstruction loss: the products and gradients of a batch are
- * computed for ROW_BLOCK rows of W at a time, so the scratch is ROW_BLOCK x cols per buffer
- * instead of rows x cols. A constant (not a function of the thread count): the order of every
- * sum depends on the shapes only. */
-#define ROW_BLOCK 64
+ * computed for a block of rows of W at a time, so the scratch is block x cols per buffer
+ * instead of rows x cols: rows / 16 rows (at most 1/16 of the weight per buffer), at least 8
+ * (or all rows when fewer) and at most 128 (wide enough for the products to run at full
+ * speed). A function of the shape only, not of the thread count: so is the order of every
+ * sum. */
+static int64_t row_block(int64_t rows)
+{
+    const int64_t b = rows / 16;
+    return b < 8 ? (rows < 8 ? rows : 8) : (b > 128 ? 128 : b);
+}
 
 /* w^ of the groups of rows [i0, i0 + r) at the current parameters, into wq (r x cols): the
  * operations of dq__quant_code and dq__dequant, written out so that the same pass can record,
@@ -406,7 +412,7 @@ static dq_status block_error(const dq_lwc *l, const float *xb, const float *xqb,
 }
 
 /* Loss of a batch of b tokens (see block_error for xb, xqb, yb) and, when g_gamma is not
- * NULL, the gradients, one block of ROW_BLOCK output rows at a time. */
+ * NULL, the gradients, one block of output rows (row_block) at a time. */
 static dq_status batch_loss(const dq_lwc *l, const float *xb, const float *xqb, const float *yb,
                             int64_t b, batch_scratch *s, double *loss, float *g_gamma,
                             float *g_beta)
@@ -414,9 +420,10 @@ static dq_status batch_loss(const dq_lwc *l, const float *xb, const float *xqb, 
     const int64_t rows = l->rows, cols = l->cols;
     const float *xin = xqb ? xqb : xb;
     const size_t en = (size_t)b * (size_t)rows;
+    const int64_t block = row_block(rows);
     double sum = 0.0;
-    for (int64_t i0 = 0; i0 < rows; i0 += ROW_BLOCK) {
-        const int64_t r = rows - i0 < ROW_BLOCK ? rows - i0 : ROW_BLOCK;
+    for (int64_t i0 = 0; i0 < rows; i0 += block) {
+        const int64_t r = rows - i0 < block ? rows - i0 : block;
         prepare_rows(l, s, i0, r, g_gamma != NULL);
         dq_status st = block_error(l, xb, xqb, yb, b, i0, r, s, &sum);
         if (st != DQ_OK)
@@ -462,7 +469,7 @@ static dq_status scratch_alloc(const dq_lwc *l, int64_t cap, bool gather, bool g
 {
     memset(s, 0, sizeof *s);
     const dq_context *c = &l->ctx;
-    const int64_t block = l->rows < ROW_BLOCK ? l->rows : ROW_BLOCK;
+    const int64_t block = row_block(l->rows);
     const size_t xb = (size_t)cap * (size_t)l->cols * sizeof(float);
     const size_t yb = (size_t)cap * (size_t)l->rows * sizeof(float);
     const size_t eb = (size_t)cap * (size_t)block * sizeof(float);
@@ -498,9 +505,10 @@ static dq_status scratch_alloc(const dq_lwc *l, int64_t cap, bool gather, bool g
  * cap tokens (the tokens are contiguous, so no gathering). */
 static dq_status chunked_loss(const dq_lwc *l, batch_scratch *s, int64_t cap, double *loss)
 {
+    const int64_t block = row_block(l->rows);
     double sum = 0.0;
-    for (int64_t i0 = 0; i0 < l->rows; i0 += ROW_BLOCK) {
-        const int64_t r = l->rows - i0 < ROW_BLOCK ? l->rows - i0 : ROW_BLOCK;
+    for (int64_t i0 = 0; i0 < l->rows; i0 += block) {
+        const int64_t r = l->rows - i0 < block ? l->rows - i0 : block;
         prepare_rows(l, s, i0, r, false);
         for (int64_t t0 = 0; t0 < l->tokens; t0 += cap) {
             const int64_t b = l->tokens - t0 < cap ? l->tokens - t0 : cap;
