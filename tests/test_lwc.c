@@ -953,6 +953,43 @@ START_TEST(gradient_across_row_blocks)
 }
 END_TEST
 
+/* dq_lwc_loss gives the value training records for the same parameters, bit for bit, with
+ * and without the gradient: a run that only makes the loss worse (a huge step) keeps the
+ * start as its best, and dq_lwc_best reports exactly what dq_lwc_loss said there. */
+START_TEST(loss_matches_recorded_start)
+{
+    const uint32_t flags[] = {0, DQ_LWC_F_QUANT_ACT};
+    for (int k = 0; k < 2; k++) {
+        layer l = make_layer(33 + (uint64_t)k, 150, 96, 100);
+        dq_lwc_params p;
+        dq_lwc_params_init(&p, sizeof p);
+        p.flags = flags[k];
+        p.epochs = 2;
+        p.batch_tokens = 32;
+        p.learning_rate = 50.0f;
+        dq_quant_params q = weight_params(4, DQ_QUANT_ASYM, 32);
+        dq_lwc *o = create_lwc(&l, &p, &q);
+        int64_t n = 0;
+        ck_assert_int_eq(dq_lwc_layout(o, &n, NULL), DQ_OK);
+        float *g = malloc(2 * (size_t)n * sizeof(float));
+        float start = 0, with_grad = 0, best = 0, after = 0;
+        ck_assert_int_eq(dq_lwc_loss(o, &start, NULL, NULL, 0), DQ_OK);
+        ck_assert_int_eq(dq_lwc_loss(o, &with_grad, g, g + n, n), DQ_OK);
+        ck_assert_msg(memcmp(&start, &with_grad, sizeof start) == 0, "case %d: %.9g vs %.9g",
+                      k, (double)start, (double)with_grad);
+        ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_OK);
+        ck_assert_int_eq(dq_lwc_loss(o, &after, NULL, NULL, 0), DQ_OK);
+        ck_assert_int_eq(dq_lwc_best(o, NULL, NULL, 0, &best), DQ_OK);
+        ck_assert_msg(after > start, "case %d: the step did not make the loss worse", k);
+        ck_assert_msg(memcmp(&start, &best, sizeof start) == 0, "case %d: start %.9g best %.9g",
+                      k, (double)start, (double)best);
+        free(g);
+        dq_lwc_free(o);
+        free_layer(&l);
+    }
+}
+END_TEST
+
 /* Training a layer of several row blocks: the loss goes down and beats fixed clipping (the
  * start), and the result does not depend on how the calls are split. */
 START_TEST(row_blocks_train)
@@ -1006,6 +1043,7 @@ int main(void)
     tcase_add_test(mem, peak_allocation_is_bounded);
     tcase_add_test(mem, gradient_across_row_blocks);
     tcase_add_test(mem, row_blocks_train);
+    tcase_add_test(mem, loss_matches_recorded_start);
     suite_add_tcase(s, mem);
     TCase *bad = tcase_create("bad_input");
     tcase_set_timeout(bad, 60);

@@ -532,9 +532,13 @@ DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float
     if ((g_gamma || g_beta) && n != l->n)
         return DQ_FAIL(&l->ctx, DQ_ERR_SHAPE, "n %lld != %lld parameter groups", (long long)n,
                        (long long)l->n);
+    /* The value is chunked_loss's, in the chunks training uses: the same sum, in the same
+     * order, as the full-batch losses training records (dq_lwc_best), whether or not the
+     * gradient is asked for; the gradient comes from one pass over all tokens. */
     const bool want_grad = g_gamma || g_beta;
+    const int64_t cap = l->p.batch_tokens < l->tokens ? l->p.batch_tokens : l->tokens;
     batch_scratch s;
-    dq_status st = scratch_alloc(l, l->tokens, false, want_grad, &s);
+    dq_status st = scratch_alloc(l, want_grad ? l->tokens : cap, false, want_grad, &s);
     if (st != DQ_OK)
         return st;
     float *gg = NULL, *gb = NULL;
@@ -545,9 +549,13 @@ DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float
             st = DQ_FAIL(&l->ctx, DQ_ERR_NOMEM, "gradients of %lld groups", (long long)l->n);
             goto out;
         }
+        double unused;
+        st = batch_loss(l, l->x, l->xq, l->y, l->tokens, &s, &unused, gg, gb);
+        if (st != DQ_OK)
+            goto out;
     }
     double value;
-    st = batch_loss(l, l->x, l->xq, l->y, l->tokens, &s, &value, gg, gb);
+    st = chunked_loss(l, &s, cap, &value);
     if (st != DQ_OK)
         goto out;
     *loss = (float)value;
