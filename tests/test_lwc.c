@@ -776,6 +776,254 @@ START_TEST(allocation_failures)
 }
 END_TEST
 
+/* ---- memory LWC allocates ----
+ * Bytes allocated through the context, counted live and at their peak (each block's size kept
+ * in a header in front of it). */
+typedef struct byte_counter {
+    size_t live, peak;
+} byte_counter;
+
+#define COUNT_HEAD 64
+
+static void *count_alloc(void *user, size_t size, size_t align)
+{
+    byte_counter *c = user;
+    if (align < COUNT_HEAD)
+        align = COUNT_HEAD;
+    unsigned char *p = aligned_alloc(align, (size + align + align - 1) / align * align);
+    if (!p)
+        return NULL;
+    memcpy(p + align - 2 * sizeof(size_t), &size, sizeof size);
+    memcpy(p + align - sizeof(size_t), &align, sizeof align);
+    c->live += size;
+    c->peak = c->live > c->peak ? c->live : c->peak;
+    return p + align;
+}
+
+static void count_free(void *user, void *ptr)
+{
+    if (!ptr)
+        return;
+    byte_counter *c = user;
+    unsigned char *q = ptr;
+    size_t size, align;
+    memcpy(&size, q - 2 * sizeof(size_t), sizeof size);
+    memcpy(&align, q - sizeof(size_t), sizeof align);
+    c->live -= size;
+    free(q - align);
+}
+
+/* Creation, two epochs of training and a full-batch loss with gradients on a 256 x 688 layer
+ * (LLaMA-2-7B's MLP proportions) hold at most: the copies of w and x (with QUANT_ACT also the
+ * quantized x and the float outputs), one gathered batch, the product and gradient scratch of
+ * a block of rows / 16 output rows (3 x block x cols floats and an error block of block
+ * outputs per token), 16 floats per clip group (parameters, Adam moments, best parameters,
+ * gradients, the epoch's snapshot) and the token order, plus 4 KiB. Weight-only, that is
+ * below 1.75 x the weight's bytes, where scratch of full weight size (w^, its partials and the
+ * gradient) takes over 4 x. */
+START_TEST(peak_allocation_is_bounded)
+{
+    const int64_t rows = 256, cols = 688, tokens = 64, batch = 32, block = rows / 16;
+    layer l = make_layer(31, rows, cols, tokens);
+    const uint32_t flags[] = {0, DQ_LWC_F_QUANT_ACT, 0};
+    const int32_t groups[] = {0, 0, 128};
+    for (int k = 0; k < 3; k++) {
+        byte_counter cnt = {0, 0};
+        dq_context_params cp;
+        dq_context_params_init(&cp, sizeof cp);
+        cp.alloc = count_alloc;
+        cp.free = count_free;
+        cp.alloc_user = &cnt;
+        dq_context *ctx = NULL;
+        ck_assert_int_eq(dq_context_create(&cp, &ctx), DQ_OK);
+        cnt.live = cnt.peak = 0;
+        dq_lwc_params p;
+        dq_lwc_params_init(&p, sizeof p);
+        p.flags = flags[k];
+        p.epochs = 2;
+        p.batch_tokens = (int32_t)batch;
+        dq_quant_params q = weight_params(4, DQ_QUANT_ASYM, groups[k]);
+        dq_lwc *o = NULL;
+        ck_assert_int_eq(dq_lwc_create(ctx, &p, &q, l.w, rows, cols, cols, l.x, tokens, cols,
+                                       &o),
+                         DQ_OK);
+        int64_t n = 0;
+        ck_assert_int_eq(dq_lwc_layout(o, &n, NULL), DQ_OK);
+        float loss = 0, before = 0;
+        ck_assert_int_eq(dq_lwc_loss(o, &before, NULL, NULL, 0), DQ_OK);
+        ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_OK);
+        float *gg = malloc((size_t)n * sizeof(float)), *gb = malloc((size_t)n * sizeof(float));
+        ck_assert_int_eq(dq_lwc_loss(o, &loss, gg, gb, n), DQ_OK);
+        ck_assert_int_eq(dq_lwc_best(o, NULL, NULL, 0, &loss), DQ_OK);
+        ck_assert(loss <= before);
+        dq_lwc_free(o);
+        ck_assert_uint_eq(cnt.live, 0);
+        dq_context_free(ctx);
+
+        const int qa = flags[k] != 0;
+        const size_t f = sizeof(float);
+        const size_t wbytes = (size_t)(rows * cols) * f, xbytes = (size_t)(tokens * cols) * f;
+        size_t bound = wbytes + xbytes;
+        if (qa)
+            bound += xbytes + (size_t)(tokens * rows) * f;
+        bound += (size_t)(batch * cols) * f * (qa ? 2 : 1) + (qa ? (size_t)(batch * rows) * f : 0);
+        bound += 3 * (size_t)(block * cols) * f + (size_t)(tokens * block) * f;
+        bound += 16 * (size_t)n * f + (size_t)tokens * sizeof(int64_t) + 4096;
+        ck_assert_msg(cnt.peak <= bound, "case %d: peak %zu bytes > bound %zu (%.3f x w)", k,
+                      cnt.peak, bound, (double)cnt.peak / (double)wbytes);
+        if (!qa)
+            ck_assert_msg((double)cnt.peak <= 1.75 * (double)wbytes, "case %d: peak %.3f x w", k,
+                          (double)cnt.peak / (double)wbytes);
+        free(gg);
+        free(gb);
+    }
+    free_layer(&l);
+}
+END_TEST
+
+/* The loss and gradient of a layer of several blocks of output rows (130 = 16 x 8 + 2)
+ * against those of slices of it small enough for one block (the single-block path is checked
+ * against finite differences above): a group's gradient is the slice's scaled by
+ * slice rows / rows, the loss the row-weighted mean of the slices'. Weight-only and W4A4,
+ * ASYM and SYM, rows and groups; slices at the start, across a block boundary and at the end. */
+static void row_block_case(int32_t scheme, int32_t group, uint32_t flags, uint64_t seed)
+{
+    const int64_t rows = 130, cols = 40, tokens = 24;
+    layer l = make_layer(seed, rows, cols, tokens);
+    dq_lwc_params p;
+    dq_lwc_params_init(&p, sizeof p);
+    p.flags = flags;
+    dq_quant_params q = weight_params(4, scheme, group);
+    dq_lwc *o = create_lwc(&l, &p, &q);
+    int64_t n = 0;
+    ck_assert_int_eq(dq_lwc_layout(o, &n, NULL), DQ_OK);
+    const int64_t per_row = n / rows;
+    float *par = malloc(2 * (size_t)n * sizeof(float)), *g = malloc(2 * (size_t)n * sizeof(float));
+    test_rng r = {seed * 5 + 3};
+    for (int64_t i = 0; i < 2 * n; i++)
+        par[i] = (float)(0.3 + 2.0 * test_rng_uniform(&r));
+    ck_assert_int_eq(dq_lwc_set_params(o, par, par + n, n), DQ_OK);
+    float loss = 0;
+    ck_assert_int_eq(dq_lwc_loss(o, &loss, g, g + n, n), DQ_OK);
+    double top = 0;
+    for (int64_t i = 0; i < 2 * n; i++)
+        top = fmax(top, fabs(g[i]));
+    ck_assert(top > 0);
+    const int64_t starts[] = {0, 62, 127};
+    for (int k = 0; k < 3; k++) {
+        const int64_t r0 = starts[k], sr = 3;
+        const int64_t sn = sr * per_row;
+        dq_lwc *so = NULL;
+        ck_assert_int_eq(dq_lwc_create(NULL, &p, &q, l.w + r0 * cols, sr, cols, cols, l.x, tokens,
+                                       cols, &so),
+                         DQ_OK);
+        float *sg = malloc(2 * (size_t)sn * sizeof(float));
+        float *sp = malloc(2 * (size_t)sn * sizeof(float));
+        memcpy(sp, par + r0 * per_row, (size_t)sn * sizeof(float));
+        memcpy(sp + sn, par + n + r0 * per_row, (size_t)sn * sizeof(float));
+        ck_assert_int_eq(dq_lwc_set_params(so, sp, sp + sn, sn), DQ_OK);
+        float sloss = 0;
+        ck_assert_int_eq(dq_lwc_loss(so, &sloss, sg, sg + sn, sn), DQ_OK);
+        const double scale = (double)sr / (double)rows;
+        for (int64_t i = 0; i < sn; i++)
+            for (int which = 0; which < 2; which++) {
+                const double whole = g[(which ? n : 0) + r0 * per_row + i];
+                const double part = sg[(which ? sn : 0) + i] * scale;
+                ck_assert_msg(fabs(whole - part) <= 1e-4 * fmax(fabs(part), 1e-2 * top),
+                              "scheme %d group %d flags %u rows %lld+%lld: %s[%lld] %.9g vs "
+                              "%.9g", scheme, group, flags, (long long)r0, (long long)i,
+                              which ? "beta" : "gamma", (long long)i, whole, part);
+            }
+        ck_assert(sloss >= 0);
+        dq_lwc_free(so);
+        free(sg);
+        free(sp);
+    }
+    free(par);
+    free(g);
+    dq_lwc_free(o);
+    free_layer(&l);
+}
+
+START_TEST(gradient_across_row_blocks)
+{
+    row_block_case(DQ_QUANT_ASYM, 0, 0, 121);
+    row_block_case(DQ_QUANT_ASYM, 16, DQ_LWC_F_QUANT_ACT, 122);
+    row_block_case(DQ_QUANT_SYM, 16, 0, 123);
+}
+END_TEST
+
+/* dq_lwc_loss gives the value training records for the same parameters, bit for bit, with
+ * and without the gradient: a run that only makes the loss worse (a huge step) keeps the
+ * start as its best, and dq_lwc_best reports exactly what dq_lwc_loss said there. */
+START_TEST(loss_matches_recorded_start)
+{
+    const uint32_t flags[] = {0, DQ_LWC_F_QUANT_ACT};
+    for (int k = 0; k < 2; k++) {
+        layer l = make_layer(33 + (uint64_t)k, 150, 96, 100);
+        dq_lwc_params p;
+        dq_lwc_params_init(&p, sizeof p);
+        p.flags = flags[k];
+        p.epochs = 2;
+        p.batch_tokens = 32;
+        p.learning_rate = 50.0f;
+        dq_quant_params q = weight_params(4, DQ_QUANT_ASYM, 32);
+        dq_lwc *o = create_lwc(&l, &p, &q);
+        int64_t n = 0;
+        ck_assert_int_eq(dq_lwc_layout(o, &n, NULL), DQ_OK);
+        float *g = malloc(2 * (size_t)n * sizeof(float));
+        float start = 0, with_grad = 0, best = 0, after = 0;
+        ck_assert_int_eq(dq_lwc_loss(o, &start, NULL, NULL, 0), DQ_OK);
+        ck_assert_int_eq(dq_lwc_loss(o, &with_grad, g, g + n, n), DQ_OK);
+        ck_assert_msg(memcmp(&start, &with_grad, sizeof start) == 0, "case %d: %.9g vs %.9g",
+                      k, (double)start, (double)with_grad);
+        ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_OK);
+        ck_assert_int_eq(dq_lwc_loss(o, &after, NULL, NULL, 0), DQ_OK);
+        ck_assert_int_eq(dq_lwc_best(o, NULL, NULL, 0, &best), DQ_OK);
+        ck_assert_msg(after > start, "case %d: the step did not make the loss worse", k);
+        ck_assert_msg(memcmp(&start, &best, sizeof start) == 0, "case %d: start %.9g best %.9g",
+                      k, (double)start, (double)best);
+        free(g);
+        dq_lwc_free(o);
+        free_layer(&l);
+    }
+}
+END_TEST
+
+/* Training a layer of several row blocks: the loss goes down and beats fixed clipping (the
+ * start), and the result does not depend on how the calls are split. */
+START_TEST(row_blocks_train)
+{
+    layer l = make_layer(32, 150, 256, 128);
+    dq_lwc_params p;
+    dq_lwc_params_init(&p, sizeof p);
+    p.epochs = 10;
+    p.batch_tokens = 32;
+    dq_quant_params q = weight_params(4, DQ_QUANT_ASYM, 128);
+    dq_lwc *o = create_lwc(&l, &p, &q);
+    float initial = 0, final = 0;
+    ck_assert_int_eq(dq_lwc_loss(o, &initial, NULL, NULL, 0), DQ_OK);
+    ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_OK);
+    ck_assert_int_eq(dq_lwc_best(o, NULL, NULL, 0, &final), DQ_OK);
+    ck_assert_msg(final < initial, "initial %.6g final %.6g", (double)initial, (double)final);
+    int64_t n = 0;
+    ck_assert_int_eq(dq_lwc_layout(o, &n, NULL), DQ_OK);
+    float *a = malloc((size_t)n * sizeof(float)), *b = malloc((size_t)n * sizeof(float));
+    ck_assert_int_eq(dq_lwc_get_params(o, a, NULL, n), DQ_OK);
+    dq_lwc_free(o);
+    p.epochs = 5;
+    o = create_lwc(&l, &p, &q);
+    ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_OK);
+    ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_OK);
+    ck_assert_int_eq(dq_lwc_get_params(o, b, NULL, n), DQ_OK);
+    ck_assert(memcmp(a, b, (size_t)n * sizeof(float)) == 0);
+    dq_lwc_free(o);
+    free(a);
+    free(b);
+    free_layer(&l);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("lwc");
@@ -790,6 +1038,13 @@ int main(void)
     tcase_add_test(tc, set_and_get_params);
     tcase_add_test(tc, factors_reproduce_loss_through_pack);
     suite_add_tcase(s, tc);
+    TCase *mem = tcase_create("memory");
+    tcase_set_timeout(mem, 60);
+    tcase_add_test(mem, peak_allocation_is_bounded);
+    tcase_add_test(mem, gradient_across_row_blocks);
+    tcase_add_test(mem, row_blocks_train);
+    tcase_add_test(mem, loss_matches_recorded_start);
+    suite_add_tcase(s, mem);
     TCase *bad = tcase_create("bad_input");
     tcase_set_timeout(bad, 60);
     tcase_add_test(bad, bad_create_arguments);

@@ -69,10 +69,10 @@ struct dq_lwc {
 /* Scratch for one batch of up to cap tokens. */
 typedef struct batch_scratch {
     float *xb, *xqb, *yb; /* gathered rows (xqb, yb only with QUANT_ACT) */
-    float *err;           /* cap x rows */
-    float *wq;            /* rows x cols */
-    float *grad_w;        /* rows x cols */
-    float *dwds;          /* rows x cols: each element's dw^/ds */
+    float *err;           /* cap x block (row_block) */
+    float *wq;            /* block x cols */
+    float *grad_w;        /* block x cols, only with gradients */
+    float *dwds;          /* block x cols: each element's dw^/ds, only with gradients */
 } batch_scratch;
 
 DQ_API dq_status dq_lwc_params_init(dq_lwc_params *p, size_t struct_size)
@@ -300,19 +300,31 @@ dq__lwc_fake_quant_fn *dq__lwc_fake_quant_best(void)
     return dq__lwc_fake_quant_portable;
 }
 
-/* w^ of every group at the current parameters: the operations of dq__quant_code and
- * dq__dequant, written out so that the same pass can record, when dwds is not NULL, each
- * element's STE partial dw^/ds (see the top of this file). */
-static void fake_quant_weight(const dq_lwc *l, float *wq, float *dwds)
+/* Output rows per block of the reconstruction loss: the products and gradients of a batch are
+ * computed for a block of rows of W at a time, so the scratch is block x cols per buffer
+ * instead of rows x cols: rows / 16 rows (at most 1/16 of the weight per buffer), at least 8
+ * (or all rows when fewer) and at most 128 (wide enough for the products to run at full
+ * speed). A function of the shape only, not of the thread count: so is the order of every
+ * sum. */
+static int64_t row_block(int64_t rows)
+{
+    const int64_t b = rows / 16;
+    return b < 8 ? (rows < 8 ? rows : 8) : (b > 128 ? 128 : b);
+}
+
+/* w^ of the groups of rows [i0, i0 + r) at the current parameters, into wq (r x cols): the
+ * operations of dq__quant_code and dq__dequant, written out so that the same pass can record,
+ * when dwds is not NULL, each element's STE partial dw^/ds (see the top of this file). */
+static void fake_quant_rows(const dq_lwc *l, int64_t i0, int64_t r, float *wq, float *dwds)
 {
     const bool asym = l->spec.scheme == DQ_QUANT_ASYM;
     const float top = (float)(asym ? (1 << l->spec.bits) - 1 : (1 << (l->spec.bits - 1)) - 1);
     const float bottom = asym ? 0.0f : -top - 1.0f;
     dq__lwc_fake_quant_fn *const fq = dq__lwc_fake_quant_best();
-    for (int64_t i = 0; i < l->rows; i++) {
+    for (int64_t i = i0; i < i0 + r; i++) {
         const float *src = l->w + (size_t)i * (size_t)l->cols;
-        float *dst = wq + (size_t)i * (size_t)l->cols;
-        float *part = dwds ? dwds + (size_t)i * (size_t)l->cols : NULL;
+        float *dst = wq + (size_t)(i - i0) * (size_t)l->cols;
+        float *part = dwds ? dwds + (size_t)(i - i0) * (size_t)l->cols : NULL;
         for (int64_t g = 0; g < l->groups; g++) {
             const size_t gi = (size_t)i * (size_t)l->groups + (size_t)g;
             const int64_t j0 = g * l->group_len;
@@ -357,65 +369,85 @@ static void group_gradient(const dq_lwc *l, const float *w, const float *grad, c
     }
 }
 
-/* The weight operand of the error product at the current parameters, into s->wq: w^ with
- * QUANT_ACT, else w^ - w (E = x (w^ - w)^T: one product, no cancellation between two large
- * outputs). */
-static void prepare_weights(const dq_lwc *l, batch_scratch *s, bool with_partials)
+/* The weight operand of the error product for rows [i0, i0 + r) at the current parameters,
+ * into s->wq: w^ with QUANT_ACT, else w^ - w (E = x (w^ - w)^T: one product, no cancellation
+ * between two large outputs). */
+static void prepare_rows(const dq_lwc *l, batch_scratch *s, int64_t i0, int64_t r,
+                         bool with_partials)
 {
-    fake_quant_weight(l, s->wq, with_partials ? s->dwds : NULL);
+    fake_quant_rows(l, i0, r, s->wq, with_partials ? s->dwds : NULL);
     if (!l->xq) {
-        const size_t wn = (size_t)l->rows * (size_t)l->cols;
+        const size_t wn = (size_t)r * (size_t)l->cols;
+        const float *w = l->w + (size_t)i0 * (size_t)l->cols;
         for (size_t k = 0; k < wn; k++)
-            s->wq[k] -= l->w[k];
+            s->wq[k] -= w[k];
     }
 }
 
-/* Loss of a batch of b tokens (xb: float activations, xqb: quantized ones or NULL, yb: their
- * float outputs, needed with xqb) and, when g_gamma is not NULL, the gradients. s->wq must
- * hold prepare_weights' result (with the partials when gradients are asked for). */
+/* The error block E (b x r, into s->err) of b tokens against rows [i0, i0 + r) prepared by
+ * prepare_rows, and the sum of its squares added to *sum. xb: float activations, xqb:
+ * quantized ones or NULL, yb: their float outputs (b x rows), needed with xqb. */
+static dq_status block_error(const dq_lwc *l, const float *xb, const float *xqb, const float *yb,
+                             int64_t b, int64_t i0, int64_t r, batch_scratch *s, double *sum)
+{
+    const int64_t cols = l->cols;
+    dq_status st;
+    if (xqb) {
+        /* E = x^ w^T - x w^T with the float outputs precomputed. */
+        for (int64_t t = 0; t < b; t++)
+            memcpy(s->err + (size_t)t * (size_t)r, yb + (size_t)t * (size_t)l->rows + (size_t)i0,
+                   (size_t)r * sizeof(float));
+        st = dq__sgemm(false, true, b, r, cols, 1.0f, xqb, cols, s->wq, cols, -1.0f, s->err, r);
+    } else {
+        st = dq__sgemm(false, true, b, r, cols, 1.0f, xb, cols, s->wq, cols, 0.0f, s->err, r);
+    }
+    if (st != DQ_OK)
+        return st;
+    const size_t en = (size_t)b * (size_t)r;
+    double part = 0.0;
+    for (size_t k = 0; k < en; k++)
+        part += (double)s->err[k] * (double)s->err[k];
+    *sum += part;
+    return DQ_OK;
+}
+
+/* Loss of a batch of b tokens (see block_error for xb, xqb, yb) and, when g_gamma is not
+ * NULL, the gradients, one block of output rows (row_block) at a time. */
 static dq_status batch_loss(const dq_lwc *l, const float *xb, const float *xqb, const float *yb,
                             int64_t b, batch_scratch *s, double *loss, float *g_gamma,
                             float *g_beta)
 {
     const int64_t rows = l->rows, cols = l->cols;
-    dq_status st;
-    const float *xin;
-    if (xqb) {
-        /* E = x^ w^T - x w^T with the float outputs precomputed. */
-        memcpy(s->err, yb, (size_t)b * (size_t)rows * sizeof(float));
-        st = dq__sgemm(false, true, b, rows, cols, 1.0f, xqb, cols, s->wq, cols, -1.0f, s->err,
-                       rows);
-        xin = xqb;
-    } else {
-        st = dq__sgemm(false, true, b, rows, cols, 1.0f, xb, cols, s->wq, cols, 0.0f, s->err,
-                       rows);
-        xin = xb;
-    }
-    if (st != DQ_OK)
-        return st;
+    const float *xin = xqb ? xqb : xb;
     const size_t en = (size_t)b * (size_t)rows;
+    const int64_t block = row_block(rows);
     double sum = 0.0;
-    for (size_t k = 0; k < en; k++)
-        sum += (double)s->err[k] * (double)s->err[k];
+    for (int64_t i0 = 0; i0 < rows; i0 += block) {
+        const int64_t r = rows - i0 < block ? rows - i0 : block;
+        prepare_rows(l, s, i0, r, g_gamma != NULL);
+        dq_status st = block_error(l, xb, xqb, yb, b, i0, r, s, &sum);
+        if (st != DQ_OK)
+            return st;
+        if (!g_gamma)
+            continue;
+        st = dq__sgemm(true, false, r, cols, b, (float)(2.0 / (double)en), s->err, r, xin, cols,
+                       0.0f, s->grad_w, cols);
+        if (st != DQ_OK)
+            return st;
+        for (int64_t i = i0; i < i0 + r; i++)
+            for (int64_t g = 0; g < l->groups; g++) {
+                const size_t gi = (size_t)i * (size_t)l->groups + (size_t)g;
+                const int64_t j0 = g * l->group_len;
+                const int64_t len = cols - j0 < l->group_len ? cols - j0 : l->group_len;
+                const size_t off = (size_t)(i - i0) * (size_t)cols + (size_t)j0;
+                double gg, gb;
+                group_gradient(l, l->w + (size_t)i * (size_t)cols + (size_t)j0, s->grad_w + off,
+                               s->dwds + off, len, l->gamma[gi], l->beta[gi], &gg, &gb);
+                g_gamma[gi] = (float)gg;
+                g_beta[gi] = (float)gb;
+            }
+    }
     *loss = sum / (double)en;
-    if (!g_gamma)
-        return DQ_OK;
-    st = dq__sgemm(true, false, rows, cols, b, (float)(2.0 / (double)en), s->err, rows, xin, cols,
-                   0.0f, s->grad_w, cols);
-    if (st != DQ_OK)
-        return st;
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t g = 0; g < l->groups; g++) {
-            const size_t gi = (size_t)i * (size_t)l->groups + (size_t)g;
-            const int64_t j0 = g * l->group_len;
-            const int64_t len = cols - j0 < l->group_len ? cols - j0 : l->group_len;
-            const size_t off = (size_t)i * (size_t)cols + (size_t)j0;
-            double gg, gb;
-            group_gradient(l, l->w + off, s->grad_w + off, s->dwds + off, len, l->gamma[gi],
-                           l->beta[gi], &gg, &gb);
-            g_gamma[gi] = (float)gg;
-            g_beta[gi] = (float)gb;
-        }
     return DQ_OK;
 }
 
@@ -430,30 +462,37 @@ static void scratch_free(const dq_context *c, batch_scratch *s)
     dq__free(c, s->dwds);
 }
 
-/* Scratch for batches of up to cap tokens; gather: whether batches are copied out of x. */
-static dq_status scratch_alloc(const dq_lwc *l, int64_t cap, bool gather, batch_scratch *s)
+/* Scratch for batches of up to cap tokens; gather: whether batches are copied out of x;
+ * grad: whether gradients are computed (grad_w, dwds). */
+static dq_status scratch_alloc(const dq_lwc *l, int64_t cap, bool gather, bool grad,
+                               batch_scratch *s)
 {
     memset(s, 0, sizeof *s);
     const dq_context *c = &l->ctx;
+    const int64_t block = row_block(l->rows);
     const size_t xb = (size_t)cap * (size_t)l->cols * sizeof(float);
-    const size_t eb = (size_t)cap * (size_t)l->rows * sizeof(float);
-    const size_t wb = (size_t)l->rows * (size_t)l->cols * sizeof(float);
+    const size_t yb = (size_t)cap * (size_t)l->rows * sizeof(float);
+    const size_t eb = (size_t)cap * (size_t)block * sizeof(float);
+    const size_t wb = (size_t)block * (size_t)l->cols * sizeof(float);
     bool ok = true;
     if (gather) {
         s->xb = dq__alloc(c, xb);
         ok = s->xb != NULL;
         if (ok && l->xq) {
             s->xqb = dq__alloc(c, xb);
-            s->yb = dq__alloc(c, eb);
+            s->yb = dq__alloc(c, yb);
             ok = s->xqb && s->yb;
         }
     }
     if (ok) {
         s->err = dq__alloc(c, eb);
         s->wq = dq__alloc(c, wb);
+        ok = s->err && s->wq;
+    }
+    if (ok && grad) {
         s->grad_w = dq__alloc(c, wb);
         s->dwds = dq__alloc(c, wb);
-        ok = s->err && s->wq && s->grad_w && s->dwds;
+        ok = s->grad_w && s->dwds;
     }
     if (!ok) {
         scratch_free(c, s);
@@ -462,24 +501,26 @@ static dq_status scratch_alloc(const dq_lwc *l, int64_t cap, bool gather, batch_
     return DQ_OK;
 }
 
-/* Full-batch loss at the current parameters, in chunks of the scratch's cap tokens (the
- * tokens are contiguous, so no gathering). */
+/* Full-batch loss at the current parameters: per block of rows, in chunks of the scratch's
+ * cap tokens (the tokens are contiguous, so no gathering). */
 static dq_status chunked_loss(const dq_lwc *l, batch_scratch *s, int64_t cap, double *loss)
 {
-    prepare_weights(l, s, false);
+    const int64_t block = row_block(l->rows);
     double sum = 0.0;
-    for (int64_t t0 = 0; t0 < l->tokens; t0 += cap) {
-        const int64_t b = l->tokens - t0 < cap ? l->tokens - t0 : cap;
-        const float *xq = l->xq ? l->xq + (size_t)t0 * (size_t)l->cols : NULL;
-        const float *y = l->y ? l->y + (size_t)t0 * (size_t)l->rows : NULL;
-        double part;
-        dq_status st = batch_loss(l, l->x + (size_t)t0 * (size_t)l->cols, xq, y, b, s, &part,
-                                  NULL, NULL);
-        if (st != DQ_OK)
-            return st;
-        sum += part * (double)b;
+    for (int64_t i0 = 0; i0 < l->rows; i0 += block) {
+        const int64_t r = l->rows - i0 < block ? l->rows - i0 : block;
+        prepare_rows(l, s, i0, r, false);
+        for (int64_t t0 = 0; t0 < l->tokens; t0 += cap) {
+            const int64_t b = l->tokens - t0 < cap ? l->tokens - t0 : cap;
+            const float *xq = l->xq ? l->xq + (size_t)t0 * (size_t)l->cols : NULL;
+            const float *y = l->y ? l->y + (size_t)t0 * (size_t)l->rows : NULL;
+            dq_status st = block_error(l, l->x + (size_t)t0 * (size_t)l->cols, xq, y, b, i0, r,
+                                       s, &sum);
+            if (st != DQ_OK)
+                return st;
+        }
     }
-    *loss = sum / (double)l->tokens;
+    *loss = sum / ((double)l->tokens * (double)l->rows);
     return DQ_OK;
 }
 
@@ -491,12 +532,16 @@ DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float
     if ((g_gamma || g_beta) && n != l->n)
         return DQ_FAIL(&l->ctx, DQ_ERR_SHAPE, "n %lld != %lld parameter groups", (long long)n,
                        (long long)l->n);
+    /* The value is chunked_loss's, in the chunks training uses: the same sum, in the same
+     * order, as the full-batch losses training records (dq_lwc_best), whether or not the
+     * gradient is asked for; the gradient comes from one pass over all tokens. */
+    const bool want_grad = g_gamma || g_beta;
+    const int64_t cap = l->p.batch_tokens < l->tokens ? l->p.batch_tokens : l->tokens;
     batch_scratch s;
-    dq_status st = scratch_alloc(l, l->tokens, false, &s);
+    dq_status st = scratch_alloc(l, want_grad ? l->tokens : cap, false, want_grad, &s);
     if (st != DQ_OK)
         return st;
     float *gg = NULL, *gb = NULL;
-    const bool want_grad = g_gamma || g_beta;
     if (want_grad) {
         gg = dq__alloc(&l->ctx, (size_t)l->n * sizeof(float));
         gb = dq__alloc(&l->ctx, (size_t)l->n * sizeof(float));
@@ -504,10 +549,13 @@ DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float
             st = DQ_FAIL(&l->ctx, DQ_ERR_NOMEM, "gradients of %lld groups", (long long)l->n);
             goto out;
         }
+        double unused;
+        st = batch_loss(l, l->x, l->xq, l->y, l->tokens, &s, &unused, gg, gb);
+        if (st != DQ_OK)
+            goto out;
     }
     double value;
-    prepare_weights(l, &s, want_grad);
-    st = batch_loss(l, l->x, l->xq, l->y, l->tokens, &s, &value, gg, gb);
+    st = chunked_loss(l, &s, cap, &value);
     if (st != DQ_OK)
         goto out;
     *loss = (float)value;
@@ -590,7 +638,7 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
     const dq_context *c = &l->ctx;
     const int64_t cap = l->p.batch_tokens < l->tokens ? l->p.batch_tokens : l->tokens;
     batch_scratch s;
-    dq_status st = scratch_alloc(l, cap, true, &s);
+    dq_status st = scratch_alloc(l, cap, true, true, &s);
     if (st != DQ_OK)
         return st;
     int64_t *order = dq__alloc(c, (size_t)l->tokens * sizeof(int64_t));
@@ -635,7 +683,6 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
                 }
             }
             double loss;
-            prepare_weights(l, &s, true);
             st = batch_loss(l, s.xb, s.xqb, s.yb, b, &s, &loss, g_gamma, g_beta);
             if (st == DQ_OK &&
                 (!isfinite((float)loss) || !all_finite(grads, 2 * l->n)))
