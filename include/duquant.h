@@ -500,7 +500,9 @@ DQ_API dq_status dq_plan_workspace_size(const dq_plan *pl, int64_t rows, size_t 
  *  allocates internally) or hold work_size >= dq_plan_workspace_size bytes. Reentrant: many
  *  threads may apply one const plan concurrently.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (cols differs from the plan's),
- *  DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE, DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+ *  DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE, DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0
+ *  Since 1.2 DQ_ERR_NONFINITE also when finite x overflows in the transform (a small
+ *  smoothing factor, a rotation's sums); x then holds the partial result. */
 DQ_API dq_status dq_plan_apply_act(const dq_plan *pl, float *x, int64_t rows, int64_t cols,
                                    int64_t ldx, void *work, size_t work_size);
 
@@ -849,7 +851,8 @@ DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, si
  *  once per call) or hold work_size >= dq_linear_workspace_size bytes: then the call makes no
  *  allocator call at all (since 1.2). rows = 0 is a no-op returning DQ_OK (x and y may be NULL;
  *  since 1.2). On failure y is left untouched; an allocation that fails is DQ_ERR_NOMEM, never
- *  a slower path.
+ *  a slower path. DQ_ERR_NONFINITE also (since 1.2) when finite x overflows in the plan's
+ *  transform or a token's range max - min overflows float.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
  *  DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
 DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,

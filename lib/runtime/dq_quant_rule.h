@@ -97,13 +97,16 @@ static inline bool dq__qr_params(int32_t bits, int32_t scheme, float mn, float m
     return true;
 }
 
-/* Code of one value: round(x / scale) (+ zero for ASYM), clamped to the code range. */
+/* Code of one value: round(x / scale) (+ zero for ASYM), clamped to the code range; a NaN
+ * goes to the lowest code (as the SIMD max(q, lo) does), never into an integer conversion. */
 static inline int32_t dq__qr_code(int32_t bits, int32_t scheme, float x, float scale, float zero)
 {
-    const float q = rintf(x / scale), top = dq__qr_top(bits, scheme);
+    const float top = dq__qr_top(bits, scheme);
+    float q = rintf(x / scale);
+    const float lo = scheme == DQ_QUANT_ASYM ? 0.0f : -top - 1.0f;
     if (scheme == DQ_QUANT_ASYM)
-        return (int32_t)dq__qr_clamp(q + zero, 0.0f, top);
-    return (int32_t)dq__qr_clamp(q, -top - 1.0f, top);
+        q = q + zero;
+    return (int32_t)(!(q > lo) ? lo : (q > top ? top : q));
 }
 
 #endif /* DQ_QUANT_RULE_H */
