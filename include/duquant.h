@@ -500,7 +500,9 @@ DQ_API dq_status dq_plan_workspace_size(const dq_plan *pl, int64_t rows, size_t 
  *  allocates internally) or hold work_size >= dq_plan_workspace_size bytes. Reentrant: many
  *  threads may apply one const plan concurrently.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (cols differs from the plan's),
- *  DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE, DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+ *  DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE, DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0
+ *  Since 1.2 DQ_ERR_NONFINITE also when finite x overflows in the transform (a small
+ *  smoothing factor, a rotation's sums); x then holds the partial result. */
 DQ_API dq_status dq_plan_apply_act(const dq_plan *pl, float *x, int64_t rows, int64_t cols,
                                    int64_t ldx, void *work, size_t work_size);
 
@@ -538,11 +540,24 @@ DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm
 /* from dq_qmatrix_view stay valid until dq_qmatrix_free.                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-/** Quantization schemes (dq_quant_params.scheme).
- *  ASYM: unsigned codes 0..2^bits-1, per-group scale and zero point, x ~ (q - zp) * scale,
- *        scale = clamp((max - min) / (2^bits - 1), 1e-5, 1e4), zp = round(clamp(-min/scale, +-1e4)).
- *  SYM:  two's-complement codes -2^(bits-1)..2^(bits-1)-1, per-group scale, x ~ q * scale,
- *        scale = clamp(max|x| / (2^(bits-1) - 1), 1e-5, 1e4). */
+/** Quantization schemes (dq_quant_params.scheme). min and max are the group's (or token's)
+ *  after the clip factors; L = 2^bits - 1 (ASYM), H = 2^(bits-1) - 1 (SYM).
+ *  ASYM: unsigned codes 0..L, per-group scale and zero point, x ~ (q - zp) * scale,
+ *        q = clamp(round(x / scale) + zp, 0, L). Where (max - min) / L lies in [1e-5, 1e4] and
+ *        |min| / ((max - min) / L) <= 1e4 (all ordinary data): scale = (max - min) / L,
+ *        zp = round(-min / scale) (the reference's rule, whose clamps do not bite there).
+ *        Since 1.2, elsewhere: all zero: scale 1e-5, zp 0; constant v != 0: scale |v|, zp 0
+ *        (v > 0) or 1 (v < 0), so v comes back exactly; otherwise
+ *        scale = max((max - min) / L, |min| / 1e4, FLT_MIN), zp = round(-min / scale).
+ *  SYM:  two's-complement codes -H-1..H, per-group scale, x ~ q * scale,
+ *        q = clamp(round(x / scale), -H-1, H), scale = max(max|x| / H, FLT_MIN) (1e-5 when
+ *        all zero; the reference's clamp to [1e-5, 1e4] is gone since 1.2: it clipped values).
+ *  Bound (both schemes): every x within the clipped range comes back with
+ *  |x - dequant(quant(x))| <= scale / 2 (plus float rounding, a few ulps of x), and scale is at
+ *  most the larger of the step ((max - min) / L or max|x| / H), |min| / 1e4 (ASYM) and FLT_MIN.
+ *  Scales are finite and >= FLT_MIN, zero points integers within +-1e4: files holding others
+ *  are DQ_ERR_FORMAT. A group or token whose max - min (or values, after a plan's transform)
+ *  overflows float is DQ_ERR_NONFINITE. */
 enum { DQ_QUANT_ASYM = 0, DQ_QUANT_SYM = 1 };
 
 typedef struct dq_quant_params {
@@ -836,7 +851,8 @@ DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, si
  *  once per call) or hold work_size >= dq_linear_workspace_size bytes: then the call makes no
  *  allocator call at all (since 1.2). rows = 0 is a no-op returning DQ_OK (x and y may be NULL;
  *  since 1.2). On failure y is left untouched; an allocation that fails is DQ_ERR_NOMEM, never
- *  a slower path.
+ *  a slower path. DQ_ERR_NONFINITE also (since 1.2) when finite x overflows in the plan's
+ *  transform or a token's range max - min overflows float.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
  *  DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
 DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,

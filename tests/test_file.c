@@ -960,6 +960,8 @@ START_TEST(bad_qmatrices)
     expect_qmatrix_error(b, size, DQ_ERR_FORMAT);
     put_f32(b + off + 8, -0.5f);
     expect_qmatrix_error(b, size, DQ_ERR_FORMAT);
+    put_f32(b + off + 8, 1e-39f); /* positive, below any scale the writer makes */
+    expect_qmatrix_error(b, size, DQ_ERR_FORMAT);
     memcpy(b, buf, size);
     off = data_offset(b, "q.zeros");
     put_f32(b + off, 2.5f);

@@ -1277,13 +1277,14 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
         if (!isfinite(q->scales[g]) || (q->zeros && !isfinite(q->zeros[g])))
             st = DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s'[%zu] is not finite",
                          !isfinite(q->scales[g]) ? sn : zn, g);
-        else if (!(q->scales[g] > 0.0f))
-            st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s'[%zu] = %g, expected > 0", sn, g,
-                         (double)q->scales[g]);
+        else if (!(q->scales[g] >= DQ_QR_SCALE_FLOOR))
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s'[%zu] = %g, expected >= %g", sn, g,
+                         (double)q->scales[g], (double)DQ_QR_SCALE_FLOOR);
         else if (q->zeros && (q->zeros[g] != nearbyintf(q->zeros[g]) ||
                               fabsf(q->zeros[g]) > DQ_QR_ZERO_LIMIT))
             st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s'[%zu] = %g, expected an integer in "
-                         "[-1e4, 1e4]", zn, g, (double)q->zeros[g]);
+                         "[-%g, %g]", zn, g, (double)q->zeros[g], (double)DQ_QR_ZERO_LIMIT,
+                         (double)DQ_QR_ZERO_LIMIT);
     }
     /* The unused high nibble after an odd row is zero: the encoding is canonical. */
     if (st == DQ_OK && bits == 4 && (cols & 1))

@@ -1,5 +1,6 @@
 /* Portable integer-product kernels: the oracle every faster kernel must match bit for bit
  * (arithmetic in dq_gemm.h), and the preparation of packed weights for them. */
+#include <math.h>
 #include <string.h>
 
 #include "dq_gemm.h"
@@ -124,6 +125,14 @@ void dq__quantize_tokens_ref(const float *x, int64_t rows, int64_t cols, int64_t
         uint8_t *dst = codes + (size_t)t * (size_t)code_ld;
         float scale, zero;
         dq__quant_params(spec, src, cols, clip, clip, &scale, &zero);
+        if (!isfinite(scale)) {
+            /* A NaN or an overflowing range: scale +Inf, zero point 0, codes 0; the caller
+             * reports DQ_ERR_NONFINITE. No code is computed from a NaN. */
+            memset(dst, 0, (size_t)code_ld);
+            scales[t] = scale;
+            zeros[t] = 0;
+            continue;
+        }
         for (int64_t j = 0; j < cols; j++)
             dst[j] = (uint8_t)(dq__quant_code(spec, src[j], scale, zero) + shift);
         if (code_ld > cols)

@@ -3,6 +3,7 @@
  * the same IEEE operations: a true division, rounding half to even, the float zero-point add
  * and clamp. */
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "dq_gemm_simd.h"
@@ -20,13 +21,15 @@
 static void quantize_row(const float *x, int64_t cols, int32_t bits, int32_t scheme, float clip,
                          uint8_t *codes, float *scale_out, int32_t *zero_out)
 {
-    __m256 vmin = _mm256_set1_ps(x[0]), vmax = vmin;
+    __m256 vmin = _mm256_set1_ps(x[0]), vmax = vmin, vnan = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 8 <= cols; j += 8) {
         const __m256 v = _mm256_loadu_ps(x + j);
         vmin = _mm256_min_ps(vmin, v);
         vmax = _mm256_max_ps(vmax, v);
+        vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     }
+    bool nan = x[0] != x[0] || _mm256_movemask_ps(vnan) != 0;
     float lanes_min[8], lanes_max[8];
     _mm256_storeu_ps(lanes_min, vmin);
     _mm256_storeu_ps(lanes_max, vmax);
@@ -38,10 +41,17 @@ static void quantize_row(const float *x, int64_t cols, int32_t bits, int32_t sch
     for (; j < cols; j++) {
         mn = x[j] < mn ? x[j] : mn;
         mx = x[j] > mx ? x[j] : mx;
+        nan |= x[j] != x[j];
     }
 
     float scale, zero, lo, hi, offset;
-    dq__qr_params(bits, scheme, mn, mx, clip, clip, &scale, &zero);
+    if (!dq__qr_params(bits, scheme, nan ? NAN : mn, mx, clip, clip, &scale, &zero)) {
+        /* Not finite (the caller reports it): scale +Inf, zero point 0, codes 0. */
+        *scale_out = scale;
+        *zero_out = 0;
+        memset(codes, 0, (size_t)cols);
+        return;
+    }
     if (scheme == DQ_QUANT_ASYM) {
         lo = 0.0f;
         hi = dq__qr_top(bits, scheme);

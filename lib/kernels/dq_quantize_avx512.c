@@ -22,21 +22,32 @@ static void quantize_row(const float *x, int64_t cols, int32_t bits, int32_t sch
                          uint8_t *codes, float *scale_out, int32_t *zero_out)
 {
     __m512 vmin = _mm512_set1_ps(x[0]), vmax = vmin;
+    __mmask16 nan = 0;
     int64_t j = 0;
     for (; j + 16 <= cols; j += 16) {
         const __m512 v = _mm512_loadu_ps(x + j);
         vmin = _mm512_min_ps(vmin, v);
         vmax = _mm512_max_ps(vmax, v);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     }
     if (j < cols) {
         const __mmask16 m = (__mmask16)((1u << (cols - j)) - 1u);
-        vmin = _mm512_mask_min_ps(vmin, m, vmin, _mm512_maskz_loadu_ps(m, x + j));
-        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, x + j));
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+        vmin = _mm512_mask_min_ps(vmin, m, vmin, v);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, v);
+        nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
     }
     float mn = _mm512_reduce_min_ps(vmin), mx = _mm512_reduce_max_ps(vmax);
 
     float scale, zero, lo, hi, offset;
-    dq__qr_params(bits, scheme, mn, mx, clip, clip, &scale, &zero);
+    if (!dq__qr_params(bits, scheme, nan || x[0] != x[0] ? NAN : mn, mx, clip, clip, &scale,
+                       &zero)) {
+        /* Not finite (the caller reports it): scale +Inf, zero point 0, codes 0. */
+        *scale_out = scale;
+        *zero_out = 0;
+        memset(codes, 0, (size_t)cols);
+        return;
+    }
     if (scheme == DQ_QUANT_ASYM) {
         lo = 0.0f;
         hi = dq__qr_top(bits, scheme);

@@ -1,5 +1,6 @@
 /* Quantized linear layer: plan, per-token activation quantization, integer product. */
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -446,6 +447,12 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
     if (on && lin->act_bits == 0) {
         float *xt = (float *)(void *)(base + l.xt);
         dq__online_transform(lin->online, x, rows, ldx, xt, cols, tiles, threads);
+        if (!dq__all_finite(xt, rows, cols, cols)) {
+            st = FAIL_IN(func, ctx, DQ_ERR_NONFINITE,
+                         "the plan's transform of x (%lld x %lld) overflows", (long long)rows,
+                         (long long)cols);
+            goto out;
+        }
         xin = xt;
         ldin = cols;
     } else if (lin->plan && !on) {
@@ -473,6 +480,15 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
         else
             dq__quantize_tokens(xin, rows, cols, ldin, lin->act_bits, lin->act_scheme,
                                 lin->act_clip, codes, l.code_ld, scales, zeros, threads);
+        /* The quantizer marks a token whose (transformed) values overflow, or whose range
+         * max - min does, with a non-finite scale: checked on the per-token scales. */
+        for (int64_t t = 0; t < rows; t++)
+            if (!isfinite(scales[t])) {
+                st = FAIL_IN(func, ctx, DQ_ERR_NONFINITE,
+                             "token %lld: %s overflows float (range max - min or values)",
+                             (long long)t, on ? "the plan's transform of x" : "x");
+                goto out;
+            }
         const dq__aq a = {rows, cols, l.code_ld, codes, scales, zeros};
         for (int32_t i = 0; i < n; i++)
             dq__gemm_w_a_work(layers[i]->w, &a, layers[i]->bias, y[i], ldy[i],

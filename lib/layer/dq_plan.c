@@ -370,6 +370,12 @@ static dq_status run_with_work(const char *func, const dq_plan *pl, float *x, in
     }
     dq_status st = run_pipeline(pl, x, rows, ldx, tmp, weight);
     dq__free(&pl->ctx, owned);
+    /* Finite inputs can overflow in the transform (a division by a small smoothing factor, a
+     * rotation's sums): refused rather than handed on as Inf or NaN. */
+    if (st == DQ_OK && !dq__all_finite(x, rows, pl->cols, ldx))
+        st = dq__fail(&pl->ctx, DQ_ERR_NONFINITE, func,
+                      "the transformed %s (%lld x %lld) overflows float", weight ? "w" : "x",
+                      (long long)rows, (long long)pl->cols);
     return st;
 }
 

@@ -1,4 +1,5 @@
 /* Packed quantized matrices: per-row or per-group codes with scales and zero points. */
+#include <math.h>
 #include <string.h>
 
 #include "dq_internal.h"
@@ -159,6 +160,12 @@ static dq_status pack(const char *func, dq_context *ctx, const dq_quant_params *
             float lo = clip_lo ? clip_lo[ci] : p.clip_ratio;
             float scale, zero;
             dq__quant_params(spec, src + j0, n, hi, lo, &scale, &zero);
+            if (!isfinite(scale)) {
+                dq_qmatrix_free(q);
+                return dq__fail(ctx, DQ_ERR_NONFINITE, func,
+                                "w row %lld group %lld: range max - min overflows float",
+                                (long long)i, (long long)g);
+            }
             q->scales[gi] = scale;
             if (q->zeros)
                 q->zeros[gi] = zero;

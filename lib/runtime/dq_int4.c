@@ -8,11 +8,14 @@ void dq__quant_params(dq__qspec s, const float *x, int64_t n, float hi, float lo
                       float *zero)
 {
     float mn = x[0], mx = x[0];
+    bool nan = false;
     for (int64_t i = 1; i < n; i++) {
         mn = x[i] < mn ? x[i] : mn;
         mx = x[i] > mx ? x[i] : mx;
+        nan |= x[i] != x[i];
     }
-    dq__qr_params(s.bits, s.scheme, mn, mx, hi, lo, scale, zero);
+    /* A NaN is skipped by the comparisons above (unless first): pass it on to the rule. */
+    dq__qr_params(s.bits, s.scheme, nan ? NAN : mn, mx, hi, lo, scale, zero);
 }
 
 int32_t dq__quant_code(dq__qspec s, float x, float scale, float zero)
