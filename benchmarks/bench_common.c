@@ -516,3 +516,49 @@ double bench_peak_pct(double rate, double peak_per_core, int threads)
         return 0.0;
     return 100.0 * rate / (peak_per_core * (double)threads);
 }
+
+/* ---- counted allocations and the process's memory ---- */
+
+#define COUNT_HEAD 64
+
+void *bench_count_alloc(void *user, size_t size, size_t align)
+{
+    bench_counter *c = user;
+    if (align < COUNT_HEAD)
+        align = COUNT_HEAD;
+    uint8_t *p = aligned_alloc(align, (size + align + align - 1) / align * align);
+    if (!p)
+        return NULL;
+    memcpy(p + align - 2 * sizeof(size_t), &size, sizeof size);
+    memcpy(p + align - sizeof(size_t), &align, sizeof align);
+    c->live += size;
+    c->peak = c->live > c->peak ? c->live : c->peak;
+    return p + align;
+}
+
+void bench_count_free(void *user, void *ptr)
+{
+    if (!ptr)
+        return;
+    bench_counter *c = user;
+    uint8_t *q = ptr;
+    size_t size, align;
+    memcpy(&size, q - 2 * sizeof(size_t), sizeof size);
+    memcpy(&align, q - sizeof(size_t), sizeof align);
+    c->live -= size;
+    free(q - align);
+}
+
+long bench_status_kb(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    const size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n) && line[n] == ':')
+            kb = strtol(line + n + 1, NULL, 10);
+    if (f)
+        fclose(f);
+    return kb;
+}

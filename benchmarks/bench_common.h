@@ -96,4 +96,15 @@ double bench_peak_f32(const bench_peak *p);
 /* 100 * rate / (peak * threads), 0 where peak is 0: a figure's share of the measured peak. */
 double bench_peak_pct(double rate, double peak_per_core, int threads);
 
+/* An allocator that counts what it hands out (the dq_context_params alloc/free pair, user =
+ * a bench_counter): live bytes and their peak. Blocks carry their size in a header. */
+typedef struct bench_counter {
+    size_t live, peak;
+} bench_counter;
+void *bench_count_alloc(void *user, size_t size, size_t align);
+void bench_count_free(void *user, void *ptr);
+
+/* kB of a "Vm...:" line of /proc/self/status (e.g. "VmHWM"), -1 when unreadable. */
+long bench_status_kb(const char *key);
+
 #endif

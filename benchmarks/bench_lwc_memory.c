@@ -17,62 +17,12 @@
 #include "bench_common.h"
 #include "duquant.h"
 
-typedef struct counter {
-    size_t live, peak;
-} counter;
-
-#define HEAD 64
-
-/* Keeps each block's size in a header in front of it, so that free can count it. */
-static void *count_alloc(void *user, size_t size, size_t align)
-{
-    counter *c = user;
-    if (align < HEAD)
-        align = HEAD;
-    uint8_t *p = aligned_alloc(align, (size + align + align - 1) / align * align);
-    if (!p)
-        return NULL;
-    memcpy(p + align - 2 * sizeof(size_t), &size, sizeof size);
-    memcpy(p + align - sizeof(size_t), &align, sizeof align);
-    c->live += size;
-    c->peak = c->live > c->peak ? c->live : c->peak;
-    return p + align;
-}
-
-static void count_free(void *user, void *ptr)
-{
-    if (!ptr)
-        return;
-    counter *c = user;
-    uint8_t *q = ptr;
-    size_t size, align;
-    memcpy(&size, q - 2 * sizeof(size_t), sizeof size);
-    memcpy(&align, q - sizeof(size_t), sizeof align);
-    c->live -= size;
-    free(q - align);
-}
-
 static void check(dq_status st, const char *what)
 {
     if (st != DQ_OK) {
         fprintf(stderr, "%s: %s\n", what, dq_status_name(st));
         exit(1);
     }
-}
-
-/* kB of a "Vm...:" line of /proc/self/status, -1 when unreadable. */
-static long status_kb(const char *key)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    const size_t n = strlen(key);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, key, n) && line[n] == ':')
-            kb = strtol(line + n + 1, NULL, 10);
-    if (f)
-        fclose(f);
-    return kb;
 }
 
 int main(int argc, char **argv)
@@ -99,11 +49,11 @@ int main(int argc, char **argv)
         w[i] = (float)(0.04 * (bench_uniform() - 0.5));
     bench_fill_outliers(x, tokens, cols);
 
-    counter cnt = {0, 0};
+    bench_counter cnt = {0, 0};
     dq_context_params cp;
     dq_context_params_init(&cp, sizeof cp);
-    cp.alloc = count_alloc;
-    cp.free = count_free;
+    cp.alloc = bench_count_alloc;
+    cp.free = bench_count_free;
     cp.alloc_user = &cnt;
     dq_context *ctx = NULL;
     check(dq_context_create(&cp, &ctx), "dq_context_create");
@@ -111,7 +61,7 @@ int main(int argc, char **argv)
 
     const double wbytes = (double)rows * (double)cols * sizeof(float);
     const double xbytes = (double)tokens * (double)cols * sizeof(float);
-    const long hwm_before = status_kb("VmHWM");
+    const long hwm_before = bench_status_kb("VmHWM");
     dq_lwc_params lp;
     dq_lwc_params_init(&lp, sizeof lp);
     lp.epochs = epochs;
@@ -129,7 +79,7 @@ int main(int argc, char **argv)
     const double t0 = bench_now();
     check(dq_lwc_train(l, &loss), "dq_lwc_train");
     const double train_s = bench_now() - t0;
-    const long hwm_after = status_kb("VmHWM");
+    const long hwm_after = bench_status_kb("VmHWM");
     printf("\nLWC %" PRId64 " x %" PRId64 " weight, 4-bit ASYM per row, %" PRId64 " tokens, "
            "batch %d, %d epoch(s), flags %u; last training loss %.6g\n",
            rows, cols, tokens, (int)batch, (int)epochs, (unsigned)flags, (double)loss);

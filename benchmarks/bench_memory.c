@@ -18,46 +18,12 @@
 #include "bench_common.h"
 #include "duquant.h"
 
-typedef struct counter {
-    size_t live, peak;
-} counter;
-
-#define HEAD 64
-
-static void *count_alloc(void *user, size_t size, size_t align)
-{
-    counter *c = user;
-    if (align < HEAD)
-        align = HEAD;
-    uint8_t *p = aligned_alloc(align, (size + align + align - 1) / align * align);
-    if (!p)
-        return NULL;
-    memcpy(p + align - 2 * sizeof(size_t), &size, sizeof size);
-    memcpy(p + align - sizeof(size_t), &align, sizeof align);
-    c->live += size;
-    c->peak = c->live > c->peak ? c->live : c->peak;
-    return p + align;
-}
-
-static void count_free(void *user, void *ptr)
-{
-    if (!ptr)
-        return;
-    counter *c = user;
-    uint8_t *q = ptr;
-    size_t size, align;
-    memcpy(&size, q - 2 * sizeof(size_t), sizeof size);
-    memcpy(&align, q - sizeof(size_t), sizeof align);
-    c->live -= size;
-    free(q - align);
-}
-
-static dq_context *count_context(counter *c)
+static dq_context *count_context(bench_counter *c)
 {
     dq_context_params p;
     dq_context_params_init(&p, sizeof p);
-    p.alloc = count_alloc;
-    p.free = count_free;
+    p.alloc = bench_count_alloc;
+    p.free = bench_count_free;
     p.alloc_user = c;
     dq_context *ctx = NULL;
     if (dq_context_create(&p, &ctx) != DQ_OK) {
@@ -76,21 +42,6 @@ static void check(dq_status st, const char *what)
     }
 }
 
-/* kB of a "Vm...:" line of /proc/self/status, -1 when unreadable. */
-static long status_kb(const char *key)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = -1;
-    const size_t n = strlen(key);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, key, n) && line[n] == ':')
-            kb = strtol(line + n + 1, NULL, 10);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 static dq_qmatrix *random_weights(int64_t rows, int64_t cols)
 {
     float *w = malloc((size_t)(rows * cols) * sizeof *w);
@@ -107,7 +58,7 @@ static dq_qmatrix *random_weights(int64_t rows, int64_t cols)
 /* Child: open path (borrow: mapped), create every layer L<i>, print the peaks. */
 static int child(const char *path, int borrow, int layers)
 {
-    const long before = status_kb("VmHWM");
+    const long before = bench_status_kb("VmHWM");
     dq_file_params fp;
     dq_file_params_init(&fp, sizeof fp);
     fp.flags = borrow ? DQ_FILE_F_BORROW : 0;
@@ -119,7 +70,7 @@ static int child(const char *path, int borrow, int layers)
         snprintf(name, sizeof name, "L%d", i);
         check(dq_file_reader_get_linear(r, NULL, name, NULL, &lin[i]), "get_linear");
     }
-    const long after = status_kb("VmHWM"), rss = status_kb("VmRSS");
+    const long after = bench_status_kb("VmHWM"), rss = bench_status_kb("VmRSS");
     printf("%ld %ld %ld\n", before, after, rss);
     for (int i = 0; i < layers; i++)
         dq_linear_free(lin[i]);
@@ -173,7 +124,7 @@ int main(int argc, char **argv)
     for (int s = 0; s < 2; s++) {
         const int64_t rows = sizes[s], cols = sizes[s];
         dq_qmatrix *q = random_weights(rows, cols);
-        counter c;
+        bench_counter c;
         dq_context *ctx = count_context(&c);
         dq_linear *lin = NULL;
         check(dq_linear_create(ctx, NULL, NULL, q, NULL, &lin), "create");
@@ -218,7 +169,7 @@ int main(int argc, char **argv)
         fp.flags = borrow ? DQ_FILE_F_BORROW : 0;
         dq_file_reader *r = NULL;
         check(dq_file_reader_open(NULL, &fp, path, &r), "open");
-        counter c;
+        bench_counter c;
         dq_context *ctx = count_context(&c);
         dq_linear *back = NULL;
         check(dq_file_reader_get_linear(r, ctx, "L0", NULL, &back), "get_linear");
