@@ -61,6 +61,21 @@ static const char metaspace_json[] =
     "\"model\": {\"type\": \"BPE\", \"unk_token\": \"<unk>\", \"fuse_unk\": false, "
     "\"byte_fallback\": false, " VOCAB ", \"merges\": [[\"a\", \"b\"], [\"\\u2581\", \"a\"]]}}";
 
+/* The older spelling: add_prefix_space instead of prepend_scheme, no split key (split). */
+static const char legacy_json[] =
+    "{" ADDED ", "
+    "\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", "
+    "\"add_prefix_space\": true}, "
+    "\"decoder\": {\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", "
+    "\"add_prefix_space\": true}, "
+    "\"model\": {\"type\": \"BPE\", \"unk_token\": \"<unk>\", " VOCAB ", "
+    "\"merges\": [\"a b\", \"\\u2581 a\"]}}";
+
+/* A Replace with a Regex pattern: not supported. */
+static const char regex_json[] =
+    "{\"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"Regex\": \" +\"}, "
+    "\"content\": \" \"}, \"model\": {\"type\": \"BPE\", " VOCAB ", \"merges\": []}}";
+
 static int ids_equal(const int32_t *a, size_t na, const int32_t *b, size_t nb)
 {
     return na == nb && (na == 0 || memcmp(a, b, na * sizeof *a) == 0);
@@ -201,6 +216,46 @@ static void unit_metaspace(void)
     const int32_t w3[] = {11, 2, 10};
     expect_encode(t, "a</s>ab", 0, w3, 3);
     hf_tokenizer_free(t);
+
+    t = NULL;
+    rc = hf_tokenizer_load_buffer(legacy_json, sizeof legacy_json - 1, "legacy.json", &t, err,
+                                  sizeof err);
+    CHECK(rc == HF_OK, "legacy: %s", err);
+    if (rc == HF_OK) {
+        /* add_prefix_space: ▁ before every piece, also after an added token. */
+        const int32_t w4[] = {11, 2, 6, 10, 6, 10};
+        expect_encode(t, "a</s>ab ab", 0, w4, 6);
+        expect_decode(t, w4 + 2, 4, 0, "ab ab");
+    }
+    hf_tokenizer_free(t);
+    t = NULL;
+    rc = hf_tokenizer_load_buffer(regex_json, sizeof regex_json - 1, "regex.json", &t, err,
+                                  sizeof err);
+    CHECK(rc == HF_ERR_UNSUPPORTED && t == NULL && strstr(err, "regex.json: normalizer.pattern") &&
+              strstr(err, "\"Regex\""),
+          "regex: rc %d (%s)", rc, err);
+}
+
+/* Reads a whole file; NULL when it cannot. */
+static char *slurp_path(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (buf = malloc((size_t)n + 1)) != NULL) {
+        if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[n] = '\0';
+            *len = (size_t)n;
+        }
+    }
+    fclose(f);
+    return buf;
 }
 
 /* A bad file: the code, and the message names the file and what is wrong. */
@@ -241,32 +296,47 @@ static void unit_files(const char *dir)
     expect_bad(dir, "bad_merge.json", HF_ERR_FORMAT, "model.merges[1]: token \"c\"");
     expect_bad(dir, "malformed.json", HF_ERR_FORMAT, "malformed JSON at line");
     expect_bad(dir, "truncated.json", HF_ERR_FORMAT, "malformed JSON at line");
+    /* Every cut of a good file and every single-byte change: an error or a tokenizer, never a
+     * crash or a leak (the valgrind setup and the sanitizer builds check the latter). */
+    size_t len = 0;
+    char *json = slurp_path(path, &len);
+    CHECK(json != NULL, "cannot read %s", path);
+    size_t cut_errors = 0, flips_loaded = 0;
+    for (size_t cut = 0; json && cut < len; cut++) {
+        t = (hf_tokenizer *)json;
+        rc = hf_tokenizer_load_buffer(json, cut, "cut.json", &t, err, sizeof err);
+        cut_errors += rc == HF_ERR_FORMAT && t == NULL && strstr(err, "cut.json") != NULL;
+        hf_tokenizer_free(t);
+    }
+    CHECK(cut_errors == len, "%zu of %zu cuts of valid.json give a format error", cut_errors, len);
+    static const char flips[] = {'"', '{', '}', '[', ']', ',', ':', '0', 'x', ' ', '\\', '\x80'};
+    for (size_t i = 0; json && i < len; i++) {
+        char keep = json[i];
+        for (size_t f = 0; f < sizeof flips; f++) {
+            json[i] = flips[f];
+            t = NULL;
+            rc = hf_tokenizer_load_buffer(json, len, "flip.json", &t, err, sizeof err);
+            CHECK((rc == HF_OK) == (t != NULL) && (rc == HF_OK || err[0] != '\0'),
+                  "flip at %zu: rc %d", i, rc);
+            if (t) { /* what loads must work */
+                int32_t ids[64];
+                size_t n = 0;
+                char text[256];
+                if (hf_tokenizer_encode(t, "ab ba", 5, 0, ids, 64, &n, NULL, 0) == HF_OK)
+                    hf_tokenizer_decode(t, ids, n, 0, text, sizeof text, &n, NULL, 0);
+                flips_loaded++;
+            }
+            hf_tokenizer_free(t);
+        }
+        json[i] = keep;
+    }
+    printf("ok: %zu cuts and %zu byte changes of valid.json (%zu still load)\n", len,
+           len * sizeof flips, flips_loaded);
+    free(json);
     rc = hf_tokenizer_load(NULL, &t, err, sizeof err);
     CHECK(rc == HF_ERR_ARG && t == NULL, "NULL path: rc %d", rc);
     CHECK(hf_tokenizer_load(path, NULL, NULL, 0) == HF_ERR_ARG, "NULL out");
     hf_tokenizer_free(NULL);
-}
-
-/* Reads a whole file; NULL when it cannot. */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (buf = malloc((size_t)n + 1)) != NULL) {
-        if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        } else {
-            buf[n] = '\0';
-            *len = (size_t)n;
-        }
-    }
-    fclose(f);
-    return buf;
 }
 
 /* The stories of data/NAME.txt encode to models/tinystories-656k/NAME.tok exactly, and each
@@ -278,10 +348,10 @@ static void real_file(const hf_tokenizer *t, const char *models, const char *dat
     char path[1024], err[512];
     size_t text_len = 0, tok_len = 0;
     snprintf(path, sizeof path, "%s/%s.txt", data, name);
-    char *text = slurp(path, &text_len);
+    char *text = slurp_path(path, &text_len);
     CHECK(text != NULL, "cannot read %s", path);
     snprintf(path, sizeof path, "%s/tinystories-656k/%s.tok", models, name);
-    char *tok = slurp(path, &tok_len);
+    char *tok = slurp_path(path, &tok_len);
     CHECK(tok != NULL, "cannot read %s", path);
     int32_t *ids = NULL;
     size_t n = 0, stories = 0;
