@@ -59,7 +59,7 @@ fi
 
 model=$shared/models/tinystories-656k
 if [ ! -f "$model/tokenizer.json" ]; then
-    echo "SKIP: $model/tokenizer.json is absent (the Hugging Face checkpoints live in ../shared/models)"
+    echo "SKIP: $model/tokenizer.json is absent (checkpoints live in ../shared/models)"
     [ $fail -eq 0 ] && exit 77
     exit 1
 fi
