@@ -155,6 +155,7 @@ struct hf_tokenizer {
     int32_t n_dec;
     added_token *added;
     int32_t n_added;
+    uint8_t added_first[2][256]; /* [normalized][byte]: some added token starts with it */
 };
 
 static int32_t find_id(const hf_tokenizer *t, const char *s, size_t n)
@@ -772,6 +773,8 @@ static int prepare_added(const loader *L, hf_tokenizer *t)
         }
         if (!a->match)
             rc = NOMEM(L);
+        else if (a->match_len)
+            t->added_first[a->normalized ? 1 : 0][(unsigned char)a->match[0]] = 1;
     }
     free(out.p);
     free(tmp.p);
@@ -1377,7 +1380,10 @@ static int encode_piece(const hf_tokenizer *t, work *w, const char *s, size_t n,
 static int32_t find_added(const hf_tokenizer *t, const char *s, size_t n, size_t from,
                           int normalized, size_t *at)
 {
+    const uint8_t *first = t->added_first[normalized ? 1 : 0];
     for (size_t i = from; i < n; i++) {
+        if (!first[(unsigned char)s[i]])
+            continue;
         int32_t best = -1;
         for (int32_t k = 0; k < t->n_added; k++) {
             const added_token *a = &t->added[k];
