@@ -657,9 +657,8 @@ static int normalize(const hf_tokenizer *t, const char *s, size_t n, bytes *out,
     return 0;
 }
 
-static int parse_added(const loader *L, hf_tokenizer *t, json_t *root, int32_t vocab_count)
+static int parse_added(const loader *L, hf_tokenizer *t, json_t *root)
 {
-    (void)vocab_count;
     json_t *list = json_object_get(root, "added_tokens");
     if (!list || json_is_null(list))
         return HF_OK;
@@ -829,7 +828,7 @@ static int parse_bos(const loader *L, hf_tokenizer *t, json_t *root)
 }
 
 /* Reads "model": vocab, merges and the BPE options. */
-static int parse_model(const loader *L, hf_tokenizer *t, json_t *root, int32_t *vocab_count)
+static int parse_model(const loader *L, hf_tokenizer *t, json_t *root)
 {
     json_t *m = json_object_get(root, "model");
     if (!m)
@@ -910,7 +909,6 @@ static int parse_model(const loader *L, hf_tokenizer *t, json_t *root, int32_t *
             return NOMEM(L);
         t->len[id] = (uint32_t)n;
     }
-    *vocab_count = (int32_t)count;
     if (build_text_hash(t, (int32_t)count))
         return NOMEM(L);
 
@@ -1042,10 +1040,9 @@ int hf_tokenizer_load_buffer(const char *json, size_t len, const char *name, hf_
         rc = fail(err, err_len, HF_ERR_FORMAT, "%s: expected a JSON object at the top", name);
         goto out;
     }
-    int32_t vocab_count = 0;
-    if ((rc = parse_model(&L, t, root, &vocab_count)) || (rc = parse_normalizer(&L, t, root)) ||
+    if ((rc = parse_model(&L, t, root)) || (rc = parse_normalizer(&L, t, root)) ||
         (rc = parse_pre_tokenizer(&L, t, root)) || (rc = parse_decoder(&L, t, root)) ||
-        (rc = parse_added(&L, t, root, vocab_count)))
+        (rc = parse_added(&L, t, root)))
         goto out;
     /* Added tokens may have grown the id space: hash every text again. */
     free(t->slots);
@@ -1285,6 +1282,8 @@ static int bpe_word(const hf_tokenizer *t, work *w, const char *s, size_t n, idv
     int32_t unk_pending = 0; /* an unknown run not yet added */
     for (size_t i = 0; i < n;) {
         size_t cl = utf8_len((const unsigned char *)s + i, n - i);
+        if (cl == 0) /* not reached: texts are checked, the JSON strings are UTF-8 */
+            cl = 1;
         int32_t id = find_id(t, s + i, cl);
         if (id >= 0) {
             if (unk_pending && sym_push(w, t->unk))
