@@ -1,13 +1,22 @@
-/* Memory LWC allocates: dq_lwc_create and dq_lwc_train on one layer, every byte they allocate
- * counted by an allocator on the context (current and peak), against the float weight's bytes.
+/* Memory of LWC training: dq_lwc_create and dq_lwc_train on one layer, against the float
+ * weight's bytes.
  *
  *   bench_lwc_memory [rows [cols [tokens [epochs [batch [flags]]]]]]
- *                    defaults 4096 11008 512 1 128 0 (flags 1: DQ_LWC_F_QUANT_ACT)
+ *                    defaults 4096 11008 512 1 128 2
+ *   flags: 1 DQ_LWC_F_QUANT_ACT, 2 DQ_LWC_F_BORROW (w and x read in place), or both (3);
+ *          0 copies w and x as dq_lwc_create always did before 1.2.
  *
  * The weight (rows x cols, random) and the activations (tokens x cols, bench_fill_outliers) are
- * the caller's buffers and are not counted; the ratio is the context's peak over the weight's
- * bytes. The process's peak resident memory (VmHWM) is printed before creation (the caller's
- * buffers written) and after training, with the wall time of dq_lwc_train. */
+ * the caller's buffers, written before anything is measured. Printed, each as a multiple of
+ * the float weight's bytes:
+ *  - the process's resident memory (VmRSS) just before dq_lwc_create: the caller's weight and
+ *    activations plus the program and its libraries;
+ *  - the peak resident memory of the WHOLE process (VmHWM, caller's weight included) during
+ *    dq_lwc_create and during dq_lwc_train, each measured from a reset of the peak
+ *    ("5" written to /proc/self/clear_refs; where that fails the peak since the start is
+ *    printed, and said so), and its growth over the resident memory before creation;
+ *  - the peak of what LWC allocates, counted by an allocator on the context.
+ * With the CPU, the load average before and after, and the wall time of dq_lwc_train. */
 #define _POSIX_C_SOURCE 200809L
 #include <inttypes.h>
 #include <stdio.h>
@@ -25,6 +34,17 @@ static void check(dq_status st, const char *what)
     }
 }
 
+/* Resets the process's peak resident memory (VmHWM) to its current resident memory; false
+ * where the kernel does not allow it. */
+static int reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f)
+        return 0;
+    const int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
 int main(int argc, char **argv)
 {
     const int64_t rows = argc > 1 ? atoll(argv[1]) : 4096;
@@ -32,10 +52,10 @@ int main(int argc, char **argv)
     const int64_t tokens = argc > 3 ? atoll(argv[3]) : 512;
     const int32_t epochs = argc > 4 ? atoi(argv[4]) : 1;
     const int32_t batch = argc > 5 ? atoi(argv[5]) : 128;
-    const uint32_t flags = argc > 6 ? (uint32_t)atoi(argv[6]) : 0u;
-    if (rows < 1 || cols < 1 || tokens < 1 || epochs < 1 || batch < 1 || flags > 1) {
+    const uint32_t flags = argc > 6 ? (uint32_t)atoi(argv[6]) : (uint32_t)DQ_LWC_F_BORROW;
+    if (rows < 1 || cols < 1 || tokens < 1 || epochs < 1 || batch < 1 || flags > 3) {
         fprintf(stderr, "usage: bench_lwc_memory [rows [cols [tokens [epochs [batch "
-                        "[flags (0 or 1)]]]]]]\n");
+                        "[flags (0-3: 1 QUANT_ACT, 2 BORROW)]]]]]]\n");
         return 2;
     }
     bench_print_cpu();
@@ -61,7 +81,6 @@ int main(int argc, char **argv)
 
     const double wbytes = (double)rows * (double)cols * sizeof(float);
     const double xbytes = (double)tokens * (double)cols * sizeof(float);
-    const long hwm_before = bench_status_kb("VmHWM");
     dq_lwc_params lp;
     dq_lwc_params_init(&lp, sizeof lp);
     lp.epochs = epochs;
@@ -71,29 +90,45 @@ int main(int argc, char **argv)
     dq_quant_params_init(&wq, sizeof wq);
     wq.bits = 4;
     wq.scheme = DQ_QUANT_ASYM;
+
+    const long rss_before = bench_status_kb("VmRSS");
+    const int reset_create = reset_peak_rss();
     dq_lwc *l = NULL;
     check(dq_lwc_create(ctx, &lp, &wq, w, rows, cols, cols, x, tokens, cols, &l),
           "dq_lwc_create");
+    const long hwm_create = bench_status_kb("VmHWM");
     const size_t after_create = cnt.live, peak_create = cnt.peak;
+    const int reset_train = reset_peak_rss();
     float loss = 0;
     const double t0 = bench_now();
     check(dq_lwc_train(l, &loss), "dq_lwc_train");
     const double train_s = bench_now() - t0;
-    const long hwm_after = bench_status_kb("VmHWM");
+    const long hwm_train = bench_status_kb("VmHWM");
+
+    const double mib = 1048576.0, kib = 1024.0;
     printf("\nLWC %" PRId64 " x %" PRId64 " weight, 4-bit ASYM per row, %" PRId64 " tokens, "
-           "batch %d, %d epoch(s), flags %u; last training loss %.6g\n",
-           rows, cols, tokens, (int)batch, (int)epochs, (unsigned)flags, (double)loss);
-    printf("float weight bytes:          %.1f MiB (activations %.1f MiB, the caller's)\n",
-           wbytes / 1048576.0, xbytes / 1048576.0);
-    printf("held after dq_lwc_create:    %.1f MiB (peak %.1f MiB)\n",
-           (double)after_create / 1048576.0, (double)peak_create / 1048576.0);
-    printf("peak through the context:    %.1f MiB = %.3f x the float weight bytes\n",
-           (double)cnt.peak / 1048576.0, (double)cnt.peak / wbytes);
-    printf("VmHWM before create:         %.1f MiB\n", (double)hwm_before / 1024.0);
-    printf("VmHWM after train:           %.1f MiB (+%.1f MiB = %.3f x the weight bytes)\n",
-           (double)hwm_after / 1024.0, (double)(hwm_after - hwm_before) / 1024.0,
-           (double)(hwm_after - hwm_before) * 1024.0 / wbytes);
-    printf("dq_lwc_train:                %.2f s wall\n", train_s);
+           "batch %d, %d epoch(s), flags %u (%s%s); last training loss %.6g\n",
+           rows, cols, tokens, (int)batch, (int)epochs, (unsigned)flags,
+           flags & DQ_LWC_F_BORROW ? "w and x borrowed" : "w and x copied",
+           flags & DQ_LWC_F_QUANT_ACT ? ", QUANT_ACT" : "", (double)loss);
+    printf("float weight bytes (w):        %.1f MiB (activations %.1f MiB = %.3f x w; both the "
+           "caller's)\n", wbytes / mib, xbytes / mib, xbytes / wbytes);
+    printf("process RSS before create:     %.1f MiB = %.3f x w (caller's w and x, program, "
+           "libraries)\n", (double)rss_before / kib, (double)rss_before * kib / wbytes);
+    const char *note_c = reset_create ? "" : " (peak not reset: since the start)";
+    const char *note_t = reset_train ? "" : " (peak not reset: since the start)";
+    printf("peak process RSS, create:      %.1f MiB = %.3f x w%s\n", (double)hwm_create / kib,
+           (double)hwm_create * kib / wbytes, note_c);
+    printf("peak process RSS, training:    %.1f MiB = %.3f x w (+%.1f MiB = %.3f x w over "
+           "the RSS before create)%s\n",
+           (double)hwm_train / kib, (double)hwm_train * kib / wbytes,
+           (double)(hwm_train - rss_before) / kib,
+           (double)(hwm_train - rss_before) * kib / wbytes, note_t);
+    printf("LWC allocations:               %.1f MiB held after create (peak %.1f MiB); peak "
+           "%.1f MiB = %.3f x w\n", (double)after_create / mib, (double)peak_create / mib,
+           (double)cnt.peak / mib, (double)cnt.peak / wbytes);
+    printf("caller's w + LWC's peak:       %.3f x w\n", 1.0 + (double)cnt.peak / wbytes);
+    printf("dq_lwc_train:                  %.2f s wall\n", train_s);
     bench_print_load(" after the run");
     dq_lwc_free(l);
     if (cnt.live != 0)

@@ -693,7 +693,8 @@ DQ_API DQ_NODISCARD dq_status dq_qmatrix_pack_transformed(dq_context *ctx,
 /* (dq_plan_transform_weight, dq_plan_apply_act_to).                                           */
 /* THREAD SAFETY: one dq_lwc must not be used by two threads at once; distinct objects are     */
 /* independent. Functions taking a const dq_lwc * may run concurrently with each other.        */
-/* OWNERSHIP: the weight and the activations are copied at creation.                           */
+/* OWNERSHIP: the weight and the activations are copied at creation (read in place, and      */
+/* borrowed until dq_lwc_free, with DQ_LWC_F_BORROW).                                          */
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct dq_lwc dq_lwc;
@@ -705,6 +706,12 @@ typedef int32_t (*dq_lwc_epoch_fn)(void *user, int32_t epoch, float loss);
 /** dq_lwc_params.flags. QUANT_ACT: the loss uses activations quantized per token with
  *  act_bits / act_scheme / act_clip_ratio (W4A4 reconstruction instead of W4A16). */
 enum { DQ_LWC_F_QUANT_ACT = 1u };
+
+/** dq_lwc_params.flags, @since 1.2. BORROW: dq_lwc_create reads w and x in place instead of
+ *  copying them (no weight-sized allocation: what LWC allocates stays a fraction of the
+ *  weight's bytes); both must then stay valid and unchanged until dq_lwc_free. Results are
+ *  the same bits as with the copies. */
+enum { DQ_LWC_F_BORROW = 2u };
 
 typedef struct dq_lwc_params {
     uint32_t struct_size;   /**< set by dq_lwc_params_init */
@@ -727,11 +734,15 @@ DQ_API dq_status dq_lwc_params_init(dq_lwc_params *p, size_t struct_size);
 
 /** @brief Create an optimiser for one layer.
  *  @param wq  weight quantization (bits, scheme, group_size; clip_ratio is ignored) or NULL.
- *  @param w   rows x cols weight (ldw), output channels in rows; copied.
- *  @param x   tokens x cols calibration activations (ldx); copied.
+ *  @param w   rows x cols weight (ldw), output channels in rows; copied (borrowed with
+ *             DQ_LWC_F_BORROW).
+ *  @param x   tokens x cols calibration activations (ldx); copied (borrowed with
+ *             DQ_LWC_F_BORROW).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
  *  DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED, DQ_ERR_BLAS (QUANT_ACT: the float
- *  outputs are computed once here). @since 1.0 */
+ *  outputs are computed once here). @since 1.0. Since 1.2 also DQ_ERR_NONFINITE with
+ *  QUANT_ACT when finite activations give a non-finite scale or zero point, or the float
+ *  outputs overflow. */
 DQ_API DQ_NODISCARD dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *p,
                                            const dq_quant_params *wq, const float *w,
                                            int64_t rows, int64_t cols, int64_t ldw,
@@ -760,7 +771,10 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss);
  *  its bounds and blocks it outside; lib/offline/dq_lwc.c spells out the formulas. SYM weights have
  *  no beta: its gradient is 0.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG (l or loss NULL), DQ_ERR_SHAPE (n differs from the
- *  number of groups when a gradient is asked for), DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+ *  number of groups when a gradient is asked for), DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0.
+ *  Since 1.2 also DQ_ERR_NONFINITE when a group's scale or zero point, the loss or a gradient
+ *  is not finite (finite but huge weights or activations whose range or products overflow
+ *  float); dq_lwc_train and dq_lwc_best report the same cases. */
 DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float *g_beta,
                              int64_t n);
 
@@ -782,7 +796,8 @@ DQ_API dq_status dq_lwc_set_params(dq_lwc *l, const float *gamma, const float *b
  *  starting point counts) and that loss; these are what dq_lwc_factors exports. Before any
  *  training (or after dq_lwc_set_params) they are the current parameters and *loss is computed.
  *  Any output pointer may be NULL; n must be the number of groups when gamma or beta is given.
- *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NOMEM, DQ_ERR_BLAS, DQ_ERR_NONFINITE
+ *  (since 1.2, as dq_lwc_loss). @since 1.0 */
 DQ_API dq_status dq_lwc_best(const dq_lwc *l, float *gamma, float *beta, int64_t n, float *loss);
 
 /** @brief The learned clip factors sigmoid(gamma), sigmoid(beta) (n values each, either
@@ -1188,7 +1203,9 @@ DQ_API dq_status dq_refine_params_init(dq_refine_params *p, size_t struct_size);
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW (more than
  *  2^31-1 block rows for one matrix), DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED.
  *  A factorization that fails to converge ends the iterations early (logged at DQ_LOG_WARN);
- *  the best iterate so far is returned. @since 1.0 */
+ *  the best iterate so far is returned. @since 1.0. Since 1.2 DQ_ERR_NONFINITE also when
+ *  finite x gives a non-finite quantization scale, zero point or objective (a range that
+ *  overflows float after the rotation), instead of a silent return of the start. */
 DQ_API DQ_NODISCARD dq_status dq_rotation_refine(dq_context *ctx, const dq_refine_params *p,
                                                  const dq_rotation *start, const float *x,
                                                  int64_t rows, int64_t cols, int64_t ldx,

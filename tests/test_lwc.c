@@ -623,7 +623,7 @@ START_TEST(bad_create_arguments)
         b.field = value;                                                                       \
         ck_assert_int_eq(create_err(&b, NULL, w, 4, 8, 8, x, 6, 8), want);                     \
     } while (0)
-    EXPECT_BAD(flags, 2u, DQ_ERR_INVALID_ARG);
+    EXPECT_BAD(flags, 4u, DQ_ERR_INVALID_ARG);
     EXPECT_BAD(epochs, 0, DQ_ERR_INVALID_ARG);
     EXPECT_BAD(epochs, 100001, DQ_ERR_INVALID_ARG);
     EXPECT_BAD(batch_tokens, 0, DQ_ERR_INVALID_ARG);
@@ -1024,6 +1024,195 @@ START_TEST(row_blocks_train)
 }
 END_TEST
 
+/* DQ_LWC_F_BORROW reads the caller's w and x in place (here with row strides wider than the
+ * rows) and gives the same bits as the copying path (the oracle): training losses, current and
+ * best parameters, best loss, and a full-batch loss with gradients, on 130 rows (several row
+ * blocks), weight-only and W4A4, ASYM and SYM, rows and groups. The caller's buffers are left
+ * untouched. */
+static void borrow_case(int32_t scheme, int32_t group, uint32_t flags, uint64_t seed)
+{
+    const int64_t rows = 130, cols = 72, tokens = 80, ldw = cols + 5, ldx = cols + 3;
+    layer l = make_layer(seed, rows, cols, tokens);
+    float *wp = malloc((size_t)(rows * ldw) * sizeof(float));
+    float *xp = malloc((size_t)(tokens * ldx) * sizeof(float));
+    for (int64_t i = 0; i < rows * ldw; i++)
+        wp[i] = i % ldw < cols ? l.w[i / ldw * cols + i % ldw] : NAN;
+    for (int64_t i = 0; i < tokens * ldx; i++)
+        xp[i] = i % ldx < cols ? l.x[i / ldx * cols + i % ldx] : NAN;
+    float *wsave = malloc((size_t)(rows * ldw) * sizeof(float));
+    float *xsave = malloc((size_t)(tokens * ldx) * sizeof(float));
+    memcpy(wsave, wp, (size_t)(rows * ldw) * sizeof(float));
+    memcpy(xsave, xp, (size_t)(tokens * ldx) * sizeof(float));
+    dq_lwc_params p;
+    dq_lwc_params_init(&p, sizeof p);
+    p.flags = flags;
+    p.epochs = 3;
+    p.batch_tokens = 32;
+    dq_quant_params q = weight_params(4, scheme, group);
+    dq_lwc *copy = create_lwc(&l, &p, &q), *borrow = NULL;
+    p.flags = flags | DQ_LWC_F_BORROW;
+    ck_assert_int_eq(dq_lwc_create(NULL, &p, &q, wp, rows, cols, ldw, xp, tokens, ldx, &borrow),
+                     DQ_OK);
+    int64_t n = 0;
+    ck_assert_int_eq(dq_lwc_layout(copy, &n, NULL), DQ_OK);
+    const size_t nb = 4 * (size_t)n * sizeof(float);
+    float *a = malloc(nb), *b = malloc(nb);
+    float la[4], lb[4];
+    dq_lwc *o[2] = {copy, borrow};
+    float *out[2] = {a, b}, *lo[2] = {la, lb};
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(dq_lwc_loss(o[k], &lo[k][0], NULL, NULL, 0), DQ_OK);
+        ck_assert_int_eq(dq_lwc_train(o[k], &lo[k][1]), DQ_OK);
+        ck_assert_int_eq(dq_lwc_best(o[k], out[k], out[k] + n, n, &lo[k][2]), DQ_OK);
+        ck_assert_int_eq(dq_lwc_loss(o[k], &lo[k][3], out[k] + 2 * n, out[k] + 3 * n, n), DQ_OK);
+    }
+    ck_assert_msg(memcmp(la, lb, sizeof la) == 0, "scheme %d group %d flags %u: losses %.9g "
+                  "%.9g %.9g %.9g vs %.9g %.9g %.9g %.9g", scheme, group, flags, (double)la[0],
+                  (double)la[1], (double)la[2], (double)la[3], (double)lb[0], (double)lb[1],
+                  (double)lb[2], (double)lb[3]);
+    ck_assert_msg(memcmp(a, b, nb) == 0, "scheme %d group %d flags %u: parameters or gradients "
+                  "differ", scheme, group, flags);
+    ck_assert(la[2] <= la[0]);
+    ck_assert(memcmp(wsave, wp, (size_t)(rows * ldw) * sizeof(float)) == 0);
+    ck_assert(memcmp(xsave, xp, (size_t)(tokens * ldx) * sizeof(float)) == 0);
+    dq_lwc_free(copy);
+    dq_lwc_free(borrow);
+    free(a);
+    free(b);
+    free(wp);
+    free(xp);
+    free(wsave);
+    free(xsave);
+    free_layer(&l);
+}
+
+START_TEST(borrow_matches_copy)
+{
+    borrow_case(DQ_QUANT_ASYM, 0, 0, 141);
+    borrow_case(DQ_QUANT_ASYM, 16, DQ_LWC_F_QUANT_ACT, 142);
+    borrow_case(DQ_QUANT_SYM, 32, 0, 143);
+}
+END_TEST
+
+/* With DQ_LWC_F_BORROW everything LWC allocates (creation, two epochs, a loss with gradients)
+ * stays below half the weight's bytes on a 256 x 688 layer weight-only, below one weight's
+ * bytes with QUANT_ACT (which keeps the quantized x and the float outputs): the caller's
+ * weight plus LWC stays under 2 x the weight. */
+START_TEST(borrow_peak_below_weight)
+{
+    const int64_t rows = 256, cols = 688, tokens = 64;
+    layer l = make_layer(34, rows, cols, tokens);
+    const uint32_t flags[] = {0, DQ_LWC_F_QUANT_ACT, 0};
+    const int32_t groups[] = {0, 0, 128};
+    const double limit[] = {0.5, 1.0, 0.5};
+    const double wbytes = (double)(rows * cols) * sizeof(float);
+    for (int k = 0; k < 3; k++) {
+        byte_counter cnt = {0, 0};
+        dq_context_params cp;
+        dq_context_params_init(&cp, sizeof cp);
+        cp.alloc = count_alloc;
+        cp.free = count_free;
+        cp.alloc_user = &cnt;
+        dq_context *ctx = NULL;
+        ck_assert_int_eq(dq_context_create(&cp, &ctx), DQ_OK);
+        cnt.live = cnt.peak = 0;
+        dq_lwc_params p;
+        dq_lwc_params_init(&p, sizeof p);
+        p.flags = flags[k] | DQ_LWC_F_BORROW;
+        p.epochs = 2;
+        p.batch_tokens = 32;
+        dq_quant_params q = weight_params(4, DQ_QUANT_ASYM, groups[k]);
+        dq_lwc *o = NULL;
+        ck_assert_int_eq(dq_lwc_create(ctx, &p, &q, l.w, rows, cols, cols, l.x, tokens, cols,
+                                       &o),
+                         DQ_OK);
+        int64_t n = 0;
+        ck_assert_int_eq(dq_lwc_layout(o, &n, NULL), DQ_OK);
+        ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_OK);
+        float *g = malloc(2 * (size_t)n * sizeof(float));
+        float loss = 0;
+        ck_assert_int_eq(dq_lwc_loss(o, &loss, g, g + n, n), DQ_OK);
+        dq_lwc_free(o);
+        ck_assert_uint_eq(cnt.live, 0);
+        dq_context_free(ctx);
+        ck_assert_msg((double)cnt.peak < limit[k] * wbytes, "case %d: peak %.3f x w", k,
+                      (double)cnt.peak / wbytes);
+        free(g);
+    }
+    free_layer(&l);
+}
+END_TEST
+
+/* Finite but huge inputs whose ranges or products overflow float are DQ_ERR_NONFINITE, never
+ * a non-finite scale, zero point or loss returned as DQ_OK: weights of +-3e38 (the range of a
+ * row overflows: scale +Inf), weights of 1e30 with activations of 1e10 (finite scales, the
+ * error products overflow), and with QUANT_ACT activations of +-3e38 (the token scales
+ * overflow at creation). Copying and borrowing alike. */
+START_TEST(huge_values_are_nonfinite)
+{
+    const int64_t rows = 20, cols = 32, tokens = 16;
+    for (int borrow = 0; borrow < 2; borrow++) {
+        const uint32_t bflag = borrow ? DQ_LWC_F_BORROW : 0u;
+        dq_quant_params q = weight_params(4, DQ_QUANT_ASYM, 0);
+        dq_lwc_params p;
+        dq_lwc_params_init(&p, sizeof p);
+        p.epochs = 1;
+        p.flags = bflag;
+        /* 1. A row spanning [-3e38, 3e38]. */
+        layer l = make_layer(51, rows, cols, tokens);
+        l.w[3 * cols + 1] = 3e38f;
+        l.w[3 * cols + 7] = -3e38f;
+        dq_lwc *o = NULL;
+        ck_assert_int_eq(dq_lwc_create(NULL, &p, &q, l.w, rows, cols, cols, l.x, tokens, cols,
+                                       &o),
+                         DQ_OK);
+        int64_t n = 0;
+        ck_assert_int_eq(dq_lwc_layout(o, &n, NULL), DQ_OK);
+        float *g = malloc(2 * (size_t)n * sizeof(float));
+        float loss = 0.5f;
+        ck_assert_int_eq(dq_lwc_loss(o, &loss, NULL, NULL, 0), DQ_ERR_NONFINITE);
+        ck_assert_int_eq(dq_lwc_loss(o, &loss, g, g + n, n), DQ_ERR_NONFINITE);
+        ck_assert(loss == 0.5f);
+        ck_assert_int_eq(dq_lwc_best(o, NULL, NULL, 0, &loss), DQ_ERR_NONFINITE);
+        ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_ERR_NONFINITE);
+        dq_lwc_free(o);
+        /* 2. Finite scales, overflowing products. */
+        for (int64_t i = 0; i < rows * cols; i++)
+            l.w[i] = 1e30f * (float)((i * 7 % 13) - 6);
+        for (int64_t i = 0; i < tokens * cols; i++)
+            l.x[i] = 1e10f * (float)((i * 5 % 11) - 5);
+        ck_assert_int_eq(dq_lwc_create(NULL, &p, &q, l.w, rows, cols, cols, l.x, tokens, cols,
+                                       &o),
+                         DQ_OK);
+        ck_assert_int_eq(dq_lwc_loss(o, &loss, NULL, NULL, 0), DQ_ERR_NONFINITE);
+        ck_assert_int_eq(dq_lwc_loss(o, &loss, g, g + n, n), DQ_ERR_NONFINITE);
+        ck_assert_int_eq(dq_lwc_train(o, NULL), DQ_ERR_NONFINITE);
+        dq_lwc_free(o);
+        free_layer(&l);
+        /* 3. Activations spanning [-3e38, 3e38] with QUANT_ACT. */
+        l = make_layer(52, rows, cols, tokens);
+        l.x[5 * cols + 2] = 3e38f;
+        l.x[5 * cols + 9] = -3e38f;
+        p.flags = DQ_LWC_F_QUANT_ACT | bflag;
+        o = (dq_lwc *)&p; /* must be reset to NULL */
+        ck_assert_int_eq(dq_lwc_create(NULL, &p, &q, l.w, rows, cols, cols, l.x, tokens, cols,
+                                       &o),
+                         DQ_ERR_NONFINITE);
+        ck_assert_ptr_null(o);
+        /* Without QUANT_ACT the same activations only overflow the error products. */
+        p.flags = bflag;
+        ck_assert_int_eq(dq_lwc_create(NULL, &p, &q, l.w, rows, cols, cols, l.x, tokens, cols,
+                                       &o),
+                         DQ_OK);
+        const dq_status st = dq_lwc_loss(o, &loss, NULL, NULL, 0);
+        ck_assert(st == DQ_ERR_NONFINITE || (st == DQ_OK && isfinite(loss)));
+        dq_lwc_free(o);
+        free(g);
+        free_layer(&l);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("lwc");
@@ -1044,6 +1233,9 @@ int main(void)
     tcase_add_test(mem, gradient_across_row_blocks);
     tcase_add_test(mem, row_blocks_train);
     tcase_add_test(mem, loss_matches_recorded_start);
+    tcase_add_test(mem, borrow_matches_copy);
+    tcase_add_test(mem, borrow_peak_below_weight);
+    tcase_add_test(mem, huge_values_are_nonfinite);
     suite_add_tcase(s, mem);
     TCase *bad = tcase_create("bad_input");
     tcase_set_timeout(bad, 60);

@@ -716,6 +716,44 @@ START_TEST(test_alloc_failures_dartquant)
 }
 END_TEST
 
+/* Finite but huge activations (a token spanning [-3e38, 3e38]): the rotated token's range
+ * overflows float, so DFRot's per-token scale would be +Inf; refinement reports
+ * DQ_ERR_NONFINITE instead of returning the start with DQ_OK. DartQuant, which computes no
+ * scale, either refines to finite matrices or reports DQ_ERR_NONFINITE. */
+START_TEST(test_huge_activations_nonfinite)
+{
+    const int64_t cols = 64;
+    float *x = make_x(ROWS, cols, 17);
+    dq_rotation *start = make_start(DQ_ROT_METHOD_GREEDY, 0, 16, x, ROWS, cols), *r = NULL;
+    for (int64_t j = 0; j < cols; j++)
+        x[7 * cols + j] = j % 2 ? 3e38f : -3e38f;
+    dq_refine_params p = params(DQ_REFINE_DFROT, 3);
+    r = (dq_rotation *)&p; /* must be reset to NULL */
+    ck_assert_int_eq(dq_rotation_refine(NULL, &p, start, x, ROWS, cols, cols, &r),
+                     DQ_ERR_NONFINITE);
+    ck_assert_ptr_null(r);
+    p = params(DQ_REFINE_DARTQUANT, 3);
+    const dq_status st = dq_rotation_refine(NULL, &p, start, x, ROWS, cols, cols, &r);
+    ck_assert(st == DQ_OK || st == DQ_ERR_NONFINITE);
+    if (st == DQ_OK) {
+        int64_t nb = 0;
+        ck_assert_int_eq(dq_rotation_layout(r, NULL, NULL, &nb, NULL), DQ_OK);
+        float m[16 * 16];
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t n;
+            int64_t mi;
+            ck_assert_int_eq(dq_rotation_block(r, b, &n, &mi), DQ_OK);
+            ck_assert_int_eq(dq_rotation_matrix(r, mi, m, n, NULL), DQ_OK);
+            for (int32_t i = 0; i < n * n; i++)
+                ck_assert(isfinite(m[i]));
+        }
+    }
+    dq_rotation_free(r);
+    dq_rotation_free(start);
+    free(x);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("refine");
@@ -731,6 +769,7 @@ int main(void)
     tcase_add_test(tc, test_plan_matches_manual);
     tcase_add_test(tc, test_plan_from_calibrator);
     tcase_add_test(tc, test_bad_arguments);
+    tcase_add_test(tc, test_huge_activations_nonfinite);
     tcase_add_test(tc, test_alloc_failures_dfrot);
     tcase_add_test(tc, test_alloc_failures_dartquant);
     suite_add_tcase(s, tc);

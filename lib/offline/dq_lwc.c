@@ -50,8 +50,8 @@ struct dq_lwc {
     dq__qspec spec;
     int64_t rows, cols, tokens;
     int64_t group_len, groups, n; /* n = rows * groups clip groups */
-    float *w;                     /* rows x cols */
-    float *x;                     /* tokens x cols */
+    const float *w;               /* rows x cols, row stride ldw: w_copy or the caller's */
+    const float *x;               /* tokens x cols, row stride ldx: x_copy or the caller's */
     float *xq;                    /* tokens x cols fake-quantized activations, or NULL */
     float *y;                     /* tokens x rows float outputs x w^T (with QUANT_ACT) */
     float *gamma, *beta;
@@ -64,6 +64,9 @@ struct dq_lwc {
     float *best_gamma, *best_beta;
     double best_loss;
     bool best_valid;
+    /* The copies of w and x (NULL with DQ_LWC_F_BORROW, which reads the caller's in place). */
+    float *w_copy, *x_copy;
+    int64_t ldw, ldx;
 };
 
 /* Scratch for one batch of up to cap tokens. */
@@ -98,7 +101,7 @@ static dq_status read_lwc_params(const dq_context *ctx, const dq_lwc_params *use
     dq_status st = dq__params_read_at(ctx, fn, "params", p, sizeof *p, LWC_PARAMS_MIN_SIZE, user);
     if (st != DQ_OK)
         return st;
-    if ((p->flags & ~(uint32_t)DQ_LWC_F_QUANT_ACT) != 0)
+    if ((p->flags & ~(uint32_t)(DQ_LWC_F_QUANT_ACT | DQ_LWC_F_BORROW)) != 0)
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, fn, "params->flags 0x%x has unknown bits",
                         (unsigned)p->flags);
     if (p->epochs < 1 || p->epochs > 100000)
@@ -145,12 +148,20 @@ static float sigmoid(float v)
     return fmaxf(1.0f / (1.0f + expf(-v)), FLT_MIN);
 }
 
+static bool all_finite(const float *v, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return false;
+    return true;
+}
+
 DQ_API void dq_lwc_free(dq_lwc *l)
 {
     if (!l)
         return;
     dq_context c = l->ctx;
-    float *bufs[] = {l->w,       l->x,       l->xq,     l->y,       l->gamma,
+    float *bufs[] = {l->w_copy,  l->x_copy,  l->xq,     l->y,       l->gamma,
                      l->beta,    l->m_gamma, l->v_gamma, l->m_beta, l->v_beta,
                      l->best_gamma, l->best_beta};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -166,19 +177,25 @@ static void copy_rows(float *dst, const float *src, int64_t rows, int64_t cols, 
                (size_t)cols * sizeof(float));
 }
 
-/* Per-token fake quantization of the activations, the rule of dq_linear's activations. */
-static void fake_quant_tokens(const dq_lwc *l, float *xq)
+/* Per-token fake quantization of the activations, the rule of dq_linear's activations.
+ * DQ_ERR_NONFINITE when a token's range overflows (finite but huge values). */
+static dq_status fake_quant_tokens(const dq_lwc *l, float *xq)
 {
     const dq__qspec s = {l->p.act_bits, l->p.act_scheme};
     const float clip = l->p.act_clip_ratio;
     for (int64_t t = 0; t < l->tokens; t++) {
-        const float *src = l->x + (size_t)t * (size_t)l->cols;
+        const float *src = l->x + (size_t)t * (size_t)l->ldx;
         float *dst = xq + (size_t)t * (size_t)l->cols;
         float scale, zero;
         dq__quant_params(s, src, l->cols, clip, clip, &scale, &zero);
+        if (!isfinite(scale) || !isfinite(zero))
+            return DQ_FAIL(&l->ctx, DQ_ERR_NONFINITE, "x: token %lld gives activation scale %g, "
+                           "zero point %g (its range overflows float)", (long long)t,
+                           (double)scale, (double)zero);
         for (int64_t j = 0; j < l->cols; j++)
             dst[j] = dq__dequant(s, dq__quant_code(s, src[j], scale, zero), scale, zero);
     }
+    return DQ_OK;
 }
 
 static void reset_adam(dq_lwc *l)
@@ -239,8 +256,11 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
     l->groups = groups;
     l->n = rows * groups;
     const bool quant_act = (p.flags & DQ_LWC_F_QUANT_ACT) != 0;
-    l->w = dq__alloc(c, wn);
-    l->x = dq__alloc(c, xn);
+    const bool borrow = (p.flags & DQ_LWC_F_BORROW) != 0;
+    if (!borrow) {
+        l->w_copy = dq__alloc(c, wn);
+        l->x_copy = dq__alloc(c, xn);
+    }
     l->gamma = dq__alloc(c, gn);
     l->beta = dq__alloc(c, gn);
     l->m_gamma = dq__alloc(c, gn);
@@ -253,23 +273,38 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
         l->xq = dq__alloc(c, xn);
         l->y = dq__alloc(c, yn);
     }
-    if (!l->w || !l->x || !l->gamma || !l->beta || !l->m_gamma || !l->v_gamma || !l->m_beta ||
+    if ((!borrow && (!l->w_copy || !l->x_copy)) || !l->gamma || !l->beta || !l->m_gamma || !l->v_gamma || !l->m_beta ||
         !l->v_beta || !l->best_gamma || !l->best_beta || (quant_act && (!l->xq || !l->y))) {
         st = DQ_FAIL(c, DQ_ERR_NOMEM, "copies of w (%zu bytes), x (%zu bytes) and parameters",
-                     wn, xn);
+                     borrow ? (size_t)0 : wn, borrow ? (size_t)0 : xn);
         goto fail;
     }
-    copy_rows(l->w, w, rows, cols, ldw);
-    copy_rows(l->x, x, tokens, cols, ldx);
+    if (borrow) {
+        l->w = w;
+        l->x = x;
+        l->ldw = ldw;
+        l->ldx = ldx;
+    } else {
+        copy_rows(l->w_copy, w, rows, cols, ldw);
+        copy_rows(l->x_copy, x, tokens, cols, ldx);
+        l->w = l->w_copy;
+        l->x = l->x_copy;
+        l->ldw = l->ldx = cols;
+    }
     for (int64_t i = 0; i < l->n; i++)
         l->gamma[i] = l->beta[i] = p.init_value;
     reset_adam(l);
     if (quant_act) {
-        fake_quant_tokens(l, l->xq);
-        st = dq__sgemm(false, true, tokens, rows, cols, 1.0f, l->x, cols, l->w, cols, 0.0f, l->y,
-                       rows);
+        if ((st = fake_quant_tokens(l, l->xq)) != DQ_OK)
+            goto fail;
+        st = dq__sgemm(false, true, tokens, rows, cols, 1.0f, l->x, l->ldx, l->w, l->ldw, 0.0f,
+                       l->y, rows);
         if (st != DQ_OK)
             goto fail;
+        if (!dq__all_finite(l->y, tokens, rows, rows)) {
+            st = DQ_FAIL(c, DQ_ERR_NONFINITE, "the float outputs x w^T overflow float");
+            goto fail;
+        }
     }
     *out = l;
     return DQ_OK;
@@ -314,15 +349,17 @@ static int64_t row_block(int64_t rows)
 
 /* w^ of the groups of rows [i0, i0 + r) at the current parameters, into wq (r x cols): the
  * operations of dq__quant_code and dq__dequant, written out so that the same pass can record,
- * when dwds is not NULL, each element's STE partial dw^/ds (see the top of this file). */
-static void fake_quant_rows(const dq_lwc *l, int64_t i0, int64_t r, float *wq, float *dwds)
+ * when dwds is not NULL, each element's STE partial dw^/ds (see the top of this file).
+ * DQ_ERR_NONFINITE when a group's scale or zero point is not finite (its clipped range
+ * overflows float). */
+static dq_status fake_quant_rows(const dq_lwc *l, int64_t i0, int64_t r, float *wq, float *dwds)
 {
     const bool asym = l->spec.scheme == DQ_QUANT_ASYM;
     const float top = (float)(asym ? (1 << l->spec.bits) - 1 : (1 << (l->spec.bits - 1)) - 1);
     const float bottom = asym ? 0.0f : -top - 1.0f;
     dq__lwc_fake_quant_fn *const fq = dq__lwc_fake_quant_best();
     for (int64_t i = i0; i < i0 + r; i++) {
-        const float *src = l->w + (size_t)i * (size_t)l->cols;
+        const float *src = l->w + (size_t)i * (size_t)l->ldw;
         float *dst = wq + (size_t)(i - i0) * (size_t)l->cols;
         float *part = dwds ? dwds + (size_t)(i - i0) * (size_t)l->cols : NULL;
         for (int64_t g = 0; g < l->groups; g++) {
@@ -332,9 +369,16 @@ static void fake_quant_rows(const dq_lwc *l, int64_t i0, int64_t r, float *wq, f
             float scale, zero;
             dq__quant_params(l->spec, src + j0, len, sigmoid(l->gamma[gi]), sigmoid(l->beta[gi]),
                              &scale, &zero);
+            if (!isfinite(scale) || !isfinite(zero))
+                return DQ_FAIL(&l->ctx, DQ_ERR_NONFINITE, "w: row %lld, group %lld: scale %g, "
+                               "zero point %g at clip factors %g, %g (the range overflows "
+                               "float)", (long long)i, (long long)g, (double)scale,
+                               (double)zero, (double)sigmoid(l->gamma[gi]),
+                               (double)sigmoid(l->beta[gi]));
             fq(src + j0, len, scale, zero, bottom, top, asym, dst + j0, part ? part + j0 : NULL);
         }
     }
+    return DQ_OK;
 }
 
 /* d loss / d gamma, d loss / d beta of one group of weights w from d loss / d w^ (grad) and
@@ -372,23 +416,28 @@ static void group_gradient(const dq_lwc *l, const float *w, const float *grad, c
 /* The weight operand of the error product for rows [i0, i0 + r) at the current parameters,
  * into s->wq: w^ with QUANT_ACT, else w^ - w (E = x (w^ - w)^T: one product, no cancellation
  * between two large outputs). */
-static void prepare_rows(const dq_lwc *l, batch_scratch *s, int64_t i0, int64_t r,
-                         bool with_partials)
+static dq_status prepare_rows(const dq_lwc *l, batch_scratch *s, int64_t i0, int64_t r,
+                              bool with_partials)
 {
-    fake_quant_rows(l, i0, r, s->wq, with_partials ? s->dwds : NULL);
-    if (!l->xq) {
-        const size_t wn = (size_t)r * (size_t)l->cols;
-        const float *w = l->w + (size_t)i0 * (size_t)l->cols;
-        for (size_t k = 0; k < wn; k++)
-            s->wq[k] -= w[k];
+    dq_status st = fake_quant_rows(l, i0, r, s->wq, with_partials ? s->dwds : NULL);
+    if (st != DQ_OK || l->xq)
+        return st;
+    for (int64_t i = 0; i < r; i++) {
+        const float *w = l->w + (size_t)(i0 + i) * (size_t)l->ldw;
+        float *d = s->wq + (size_t)i * (size_t)l->cols;
+        for (int64_t k = 0; k < l->cols; k++)
+            d[k] -= w[k];
     }
+    return DQ_OK;
 }
 
 /* The error block E (b x r, into s->err) of b tokens against rows [i0, i0 + r) prepared by
- * prepare_rows, and the sum of its squares added to *sum. xb: float activations, xqb:
- * quantized ones or NULL, yb: their float outputs (b x rows), needed with xqb. */
-static dq_status block_error(const dq_lwc *l, const float *xb, const float *xqb, const float *yb,
-                             int64_t b, int64_t i0, int64_t r, batch_scratch *s, double *sum)
+ * prepare_rows, and the sum of its squares added to *sum. xb: float activations (row stride
+ * ldxb), xqb: quantized ones (row stride cols) or NULL, yb: their float outputs (b x rows),
+ * needed with xqb. */
+static dq_status block_error(const dq_lwc *l, const float *xb, int64_t ldxb, const float *xqb,
+                             const float *yb, int64_t b, int64_t i0, int64_t r, batch_scratch *s,
+                             double *sum)
 {
     const int64_t cols = l->cols;
     dq_status st;
@@ -399,7 +448,7 @@ static dq_status block_error(const dq_lwc *l, const float *xb, const float *xqb,
                    (size_t)r * sizeof(float));
         st = dq__sgemm(false, true, b, r, cols, 1.0f, xqb, cols, s->wq, cols, -1.0f, s->err, r);
     } else {
-        st = dq__sgemm(false, true, b, r, cols, 1.0f, xb, cols, s->wq, cols, 0.0f, s->err, r);
+        st = dq__sgemm(false, true, b, r, cols, 1.0f, xb, ldxb, s->wq, cols, 0.0f, s->err, r);
     }
     if (st != DQ_OK)
         return st;
@@ -413,24 +462,26 @@ static dq_status block_error(const dq_lwc *l, const float *xb, const float *xqb,
 
 /* Loss of a batch of b tokens (see block_error for xb, xqb, yb) and, when g_gamma is not
  * NULL, the gradients, one block of output rows (row_block) at a time. */
-static dq_status batch_loss(const dq_lwc *l, const float *xb, const float *xqb, const float *yb,
-                            int64_t b, batch_scratch *s, double *loss, float *g_gamma,
-                            float *g_beta)
+static dq_status batch_loss(const dq_lwc *l, const float *xb, int64_t ldxb, const float *xqb,
+                            const float *yb, int64_t b, batch_scratch *s, double *loss,
+                            float *g_gamma, float *g_beta)
 {
     const int64_t rows = l->rows, cols = l->cols;
     const float *xin = xqb ? xqb : xb;
+    const int64_t ldin = xqb ? cols : ldxb;
     const size_t en = (size_t)b * (size_t)rows;
     const int64_t block = row_block(rows);
     double sum = 0.0;
     for (int64_t i0 = 0; i0 < rows; i0 += block) {
         const int64_t r = rows - i0 < block ? rows - i0 : block;
-        prepare_rows(l, s, i0, r, g_gamma != NULL);
-        dq_status st = block_error(l, xb, xqb, yb, b, i0, r, s, &sum);
+        dq_status st = prepare_rows(l, s, i0, r, g_gamma != NULL);
+        if (st == DQ_OK)
+            st = block_error(l, xb, ldxb, xqb, yb, b, i0, r, s, &sum);
         if (st != DQ_OK)
             return st;
         if (!g_gamma)
             continue;
-        st = dq__sgemm(true, false, r, cols, b, (float)(2.0 / (double)en), s->err, r, xin, cols,
+        st = dq__sgemm(true, false, r, cols, b, (float)(2.0 / (double)en), s->err, r, xin, ldin,
                        0.0f, s->grad_w, cols);
         if (st != DQ_OK)
             return st;
@@ -441,7 +492,7 @@ static dq_status batch_loss(const dq_lwc *l, const float *xb, const float *xqb, 
                 const int64_t len = cols - j0 < l->group_len ? cols - j0 : l->group_len;
                 const size_t off = (size_t)(i - i0) * (size_t)cols + (size_t)j0;
                 double gg, gb;
-                group_gradient(l, l->w + (size_t)i * (size_t)cols + (size_t)j0, s->grad_w + off,
+                group_gradient(l, l->w + (size_t)i * (size_t)l->ldw + (size_t)j0, s->grad_w + off,
                                s->dwds + off, len, l->gamma[gi], l->beta[gi], &gg, &gb);
                 g_gamma[gi] = (float)gg;
                 g_beta[gi] = (float)gb;
@@ -509,13 +560,15 @@ static dq_status chunked_loss(const dq_lwc *l, batch_scratch *s, int64_t cap, do
     double sum = 0.0;
     for (int64_t i0 = 0; i0 < l->rows; i0 += block) {
         const int64_t r = l->rows - i0 < block ? l->rows - i0 : block;
-        prepare_rows(l, s, i0, r, false);
+        dq_status st = prepare_rows(l, s, i0, r, false);
+        if (st != DQ_OK)
+            return st;
         for (int64_t t0 = 0; t0 < l->tokens; t0 += cap) {
             const int64_t b = l->tokens - t0 < cap ? l->tokens - t0 : cap;
             const float *xq = l->xq ? l->xq + (size_t)t0 * (size_t)l->cols : NULL;
             const float *y = l->y ? l->y + (size_t)t0 * (size_t)l->rows : NULL;
-            dq_status st = block_error(l, l->x + (size_t)t0 * (size_t)l->cols, xq, y, b, i0, r,
-                                       s, &sum);
+            st = block_error(l, l->x + (size_t)t0 * (size_t)l->ldx, l->ldx, xq, y, b, i0, r, s,
+                             &sum);
             if (st != DQ_OK)
                 return st;
         }
@@ -550,7 +603,7 @@ DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float
             goto out;
         }
         double unused;
-        st = batch_loss(l, l->x, l->xq, l->y, l->tokens, &s, &unused, gg, gb);
+        st = batch_loss(l, l->x, l->ldx, l->xq, l->y, l->tokens, &s, &unused, gg, gb);
         if (st != DQ_OK)
             goto out;
     }
@@ -558,6 +611,12 @@ DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float
     st = chunked_loss(l, &s, cap, &value);
     if (st != DQ_OK)
         goto out;
+    if (!isfinite((float)value) || (want_grad && (!all_finite(gg, l->n) ||
+                                                  !all_finite(gb, l->n)))) {
+        st = DQ_FAIL(&l->ctx, DQ_ERR_NONFINITE, "%s is not finite (the error products "
+                     "overflow float)", !isfinite((float)value) ? "the loss" : "a gradient");
+        goto out;
+    }
     *loss = (float)value;
     if (g_gamma)
         memcpy(g_gamma, gg, (size_t)l->n * sizeof(float));
@@ -623,14 +682,6 @@ static void snapshot_copy(dq_lwc *l, lwc_snapshot *s, bool save)
         l->adam_steps = s->adam_steps;
 }
 
-static bool all_finite(const float *v, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        if (!isfinite(v[i]))
-            return false;
-    return true;
-}
-
 DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
 {
     if (!l)
@@ -673,7 +724,7 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
             const int64_t b = l->tokens - t0 < cap ? l->tokens - t0 : cap;
             for (int64_t k = 0; k < b; k++) {
                 const size_t src = (size_t)order[t0 + k];
-                memcpy(s.xb + (size_t)k * (size_t)cols, l->x + src * (size_t)cols,
+                memcpy(s.xb + (size_t)k * (size_t)cols, l->x + src * (size_t)l->ldx,
                        (size_t)cols * sizeof(float));
                 if (l->xq) {
                     memcpy(s.xqb + (size_t)k * (size_t)cols, l->xq + src * (size_t)cols,
@@ -683,7 +734,7 @@ DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
                 }
             }
             double loss;
-            st = batch_loss(l, s.xb, s.xqb, s.yb, b, &s, &loss, g_gamma, g_beta);
+            st = batch_loss(l, s.xb, cols, s.xqb, s.yb, b, &s, &loss, g_gamma, g_beta);
             if (st == DQ_OK &&
                 (!isfinite((float)loss) || !all_finite(grads, 2 * l->n)))
                 st = DQ_FAIL(c, DQ_ERR_NONFINITE, "epoch %d, batch at token %lld: %s is not "

@@ -146,10 +146,12 @@ static void matmul_d(int32_t n, const double *a, const double *b, double *c)
 
 /* ---- DFRot ---- */
 
-/* Weighted quantization residual of y (rows x cols) against the per-token quantizer; target
- * receives Q(y). */
-static double dfrot_objective(const dq__refine_opts *o, const float *y, int64_t rows,
-                              int64_t cols, const float *w, float *target)
+/* Weighted quantization residual of y (rows x cols) against the per-token quantizer into
+ * *obj; target receives Q(y). DQ_ERR_NONFINITE when a token's scale or zero point, or the
+ * residual, is not finite (finite activations whose rotated range overflows float). */
+static dq_status dfrot_objective(const dq_context *ctx, const dq__refine_opts *o, const float *y,
+                                 int64_t rows, int64_t cols, const float *w, float *target,
+                                 int32_t it, double *obj)
 {
     const dq__qspec q = {o->act_bits, o->act_scheme};
     double total = 0.0;
@@ -158,6 +160,10 @@ static double dfrot_objective(const dq__refine_opts *o, const float *y, int64_t 
         float *qt = target + (size_t)t * (size_t)cols;
         float scale, zero;
         dq__quant_params(q, yt, cols, o->act_clip_ratio, o->act_clip_ratio, &scale, &zero);
+        if (!isfinite(scale) || !isfinite(zero))
+            return DQ_FAIL(ctx, DQ_ERR_NONFINITE, "dfrot iteration %d: token %lld of the rotated "
+                           "x has scale %g, zero point %g (its range overflows float)", (int)it,
+                           (long long)t, (double)scale, (double)zero);
         double row = 0.0;
         for (int64_t j = 0; j < cols; j++) {
             qt[j] = dq__dequant(q, dq__quant_code(q, yt[j], scale, zero), scale, zero);
@@ -166,7 +172,11 @@ static double dfrot_objective(const dq__refine_opts *o, const float *y, int64_t 
         }
         total += (double)w[t] * row;
     }
-    return total;
+    if (!isfinite(total))
+        return DQ_FAIL(ctx, DQ_ERR_NONFINITE, "dfrot iteration %d: weighted quantization error "
+                       "%g", (int)it, total);
+    *obj = total;
+    return DQ_OK;
 }
 
 static dq_status refine_dfrot(const dq_context *ctx, const dq__refine_opts *o, dq_rotation *r,
@@ -208,7 +218,9 @@ static dq_status refine_dfrot(const dq_context *ctx, const dq__refine_opts *o, d
     for (int32_t it = 0;; it++) {
         if ((st = dq__rotation_rows_exact(r, x, ldx, y, cols, rows, ctx)) != DQ_OK)
             goto out;
-        const double obj = dfrot_objective(o, y, rows, cols, w, target);
+        double obj = 0.0;
+        if ((st = dfrot_objective(ctx, o, y, rows, cols, w, target, it, &obj)) != DQ_OK)
+            goto out;
         dq__log(ctx, DQ_LOG_INFO, "dfrot iteration %d: weighted quantization error %.9g", it,
                 obj);
         if (it == 0 || obj < best_obj) {
@@ -454,6 +466,11 @@ static dq_status refine_dartquant(const dq_context *ctx, const dq__refine_opts *
                 qf[i] = (float)s->q[i];
             dq__block_product(s->v, s->n, s->k, s->n, qf, s->n, s->n, y, s->n);
             const double loss = whip_loss(s, y, NULL, 0, NULL);
+            if (!isfinite(loss)) {
+                st = DQ_FAIL(ctx, DQ_ERR_NONFINITE, "dartquant iteration %d, matrix %lld: whip "
+                             "loss %g", (int)it, (long long)m, loss);
+                goto out;
+            }
             total += loss;
             if (it == 0 || loss < s->best_loss) {
                 s->best_loss = loss;
@@ -540,6 +557,10 @@ dq_status dq__rotation_refine(const dq_context *ctx, const dq__refine_opts *o,
         st = refine_dfrot(ctx, o, r, x, rows, cols, ldx);
     else if (o->method == DQ_REFINE_DARTQUANT)
         st = refine_dartquant(ctx, o, r, x, rows, ldx, stream);
+    if (st == DQ_OK && !dq__all_finite(r->data, 1, (int64_t)total_floats(r),
+                                       (int64_t)total_floats(r)))
+        st = DQ_FAIL(ctx, DQ_ERR_NONFINITE, "a refined rotation matrix has a non-finite "
+                     "element");
     if (st != DQ_OK) {
         dq_rotation_free(r);
         return st;
