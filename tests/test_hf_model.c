@@ -180,8 +180,10 @@ static json_t *small_config(void)
 
 static float small_values[1024];
 
-/* The tensors of the small model; shape_of(name) overrides one shape. */
-static int32_t small_tensors(tensor *t, const char *dtype, const char *bad_name, int64_t bad_rows)
+/* The tensors of the small model with heads of hd channels; the tensor called bad_name gets
+ * bad_rows rows. */
+static int32_t small_tensors_hd(tensor *t, const char *dtype, const char *bad_name,
+                                int64_t bad_rows, int32_t hd)
 {
     int32_t n = 0;
     float *v = small_values;
@@ -202,10 +204,10 @@ static int32_t small_tensors(tensor *t, const char *dtype, const char *bad_name,
     ADD("model.embed_tokens.weight", 2, S_V, S_D);
     for (int32_t l = 0; l < S_L; l++) {
         ADD(fmt("model.layers.%d.input_layernorm.weight", l), 1, S_D, 0);
-        ADD(fmt("model.layers.%d.self_attn.q_proj.weight", l), 2, S_HEADS * S_HD, S_D);
-        ADD(fmt("model.layers.%d.self_attn.k_proj.weight", l), 2, S_KV * S_HD, S_D);
-        ADD(fmt("model.layers.%d.self_attn.v_proj.weight", l), 2, S_KV * S_HD, S_D);
-        ADD(fmt("model.layers.%d.self_attn.o_proj.weight", l), 2, S_D, S_HEADS * S_HD);
+        ADD(fmt("model.layers.%d.self_attn.q_proj.weight", l), 2, S_HEADS * hd, S_D);
+        ADD(fmt("model.layers.%d.self_attn.k_proj.weight", l), 2, S_KV * hd, S_D);
+        ADD(fmt("model.layers.%d.self_attn.v_proj.weight", l), 2, S_KV * hd, S_D);
+        ADD(fmt("model.layers.%d.self_attn.o_proj.weight", l), 2, S_D, S_HEADS * hd);
         ADD(fmt("model.layers.%d.post_attention_layernorm.weight", l), 1, S_D, 0);
         ADD(fmt("model.layers.%d.mlp.gate_proj.weight", l), 2, S_H, S_D);
         ADD(fmt("model.layers.%d.mlp.up_proj.weight", l), 2, S_H, S_D);
@@ -214,6 +216,123 @@ static int32_t small_tensors(tensor *t, const char *dtype, const char *bad_name,
     ADD("model.norm.weight", 1, S_D, 0);
 #undef ADD
     return n;
+}
+
+static int32_t small_tensors(tensor *t, const char *dtype, const char *bad_name, int64_t bad_rows)
+{
+    return small_tensors_hd(t, dtype, bad_name, bad_rows, S_HD);
+}
+
+/* ---- an independent float64 forward pass (Hugging Face LlamaForCausalLM) ---- */
+
+static void ref_matvec(const float *w, int64_t out, int64_t in, const double *x, double *y)
+{
+    for (int64_t o = 0; o < out; o++) {
+        double s = 0;
+        for (int64_t i = 0; i < in; i++)
+            s += (double)w[o * in + i] * x[i];
+        y[o] = s;
+    }
+}
+
+static void ref_rmsnorm(const double *x, const float *w, int64_t d, double eps, double *y)
+{
+    double ss = 0;
+    for (int64_t i = 0; i < d; i++)
+        ss += x[i] * x[i];
+    double r = 1.0 / sqrt(ss / (double)d + eps);
+    for (int64_t i = 0; i < d; i++)
+        y[i] = x[i] * r * (double)w[i];
+}
+
+/* q * cos + rotate_half(q) * sin on every head, rotate_half(q) = [-q2, q1]. */
+static void ref_rope(double *v, int64_t heads, int64_t hd, int64_t pos, double theta)
+{
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t i = 0; i < hd / 2; i++) {
+            double a = (double)pos * pow(theta, -(double)(2 * i) / (double)hd);
+            double *p = v + h * hd, x1 = p[i], x2 = p[i + hd / 2];
+            p[i] = x1 * cos(a) - x2 * sin(a);
+            p[i + hd / 2] = x2 * cos(a) + x1 * sin(a);
+        }
+}
+
+/* Largest |logit - reference| / (1 + |reference|) over T tokens. */
+static double ref_compare(const l2c_model *m, const int32_t *tok, int64_t T)
+{
+    int64_t d = m->c.dim, hd = m->head_size, H = m->c.n_heads, KV = m->c.n_kv_heads;
+    int64_t hid = m->c.hidden_dim, V = m->c.vocab_size, qd = H * hd, kd = KV * hd;
+    enum { MAXT = 8, MAXW = 64 };
+    static double x[MAXT][MAXW], q[MAXT][MAXW], k[MAXT][MAXW], v[MAXT][MAXW];
+    double xn[MAXW], att[MAXW], o[MAXW], g[MAXW], u[MAXW];
+    static float logits[MAXT * MAXW];
+    if (T > MAXT || d > MAXW || qd > MAXW || hid > MAXW || V > MAXW)
+        return INFINITY;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < d; i++)
+            x[t][i] = m->tok_emb[tok[t] * d + i];
+    for (int32_t l = 0; l < m->c.n_layers; l++) {
+        int64_t r, c;
+        for (int64_t t = 0; t < T; t++) {
+            ref_rmsnorm(x[t], m->rms_att + l * d, d, m->norm_eps, xn);
+            ref_matvec(l2c_model_weight(m, l, L2C_WQ, &r, &c), qd, d, xn, q[t]);
+            ref_matvec(l2c_model_weight(m, l, L2C_WK, &r, &c), kd, d, xn, k[t]);
+            ref_matvec(l2c_model_weight(m, l, L2C_WV, &r, &c), kd, d, xn, v[t]);
+            ref_rope(q[t], H, hd, t, m->rope_theta);
+            ref_rope(k[t], KV, hd, t, m->rope_theta);
+        }
+        for (int64_t t = 0; t < T; t++) {
+            double a[MAXW];
+            for (int64_t h = 0; h < H; h++) {
+                int64_t kh = h / (H / KV);
+                double mx = -INFINITY, sum = 0;
+                for (int64_t s2 = 0; s2 <= t; s2++) {
+                    double dot = 0;
+                    for (int64_t i = 0; i < hd; i++)
+                        dot += q[t][h * hd + i] * k[s2][kh * hd + i];
+                    att[s2] = dot / sqrt((double)hd);
+                    mx = att[s2] > mx ? att[s2] : mx;
+                }
+                for (int64_t s2 = 0; s2 <= t; s2++)
+                    sum += att[s2] = exp(att[s2] - mx);
+                for (int64_t i = 0; i < hd; i++) {
+                    a[h * hd + i] = 0;
+                    for (int64_t s2 = 0; s2 <= t; s2++)
+                        a[h * hd + i] += att[s2] / sum * v[s2][kh * hd + i];
+                }
+            }
+            ref_matvec(l2c_model_weight(m, l, L2C_WO, &r, &c), d, qd, a, o);
+            for (int64_t i = 0; i < d; i++)
+                x[t][i] += o[i];
+        }
+        for (int64_t t = 0; t < T; t++) {
+            ref_rmsnorm(x[t], m->rms_ffn + l * d, d, m->norm_eps, xn);
+            ref_matvec(l2c_model_weight(m, l, L2C_W1, &r, &c), hid, d, xn, g);
+            ref_matvec(l2c_model_weight(m, l, L2C_W3, &r, &c), hid, d, xn, u);
+            for (int64_t i = 0; i < hid; i++)
+                g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+            ref_matvec(l2c_model_weight(m, l, L2C_W2, &r, &c), d, hid, g, o);
+            for (int64_t i = 0; i < d; i++)
+                x[t][i] += o[i];
+        }
+    }
+    l2c_linear lin[S_L][L2C_N_LINEARS];
+    l2c_net net;
+    if (m->c.n_layers > S_L)
+        return INFINITY;
+    l2c_net_init_fp32(&net, m, lin);
+    if (l2c_forward(&net, tok, T, logits))
+        return INFINITY;
+    double worst = 0;
+    for (int64_t t = 0; t < T; t++) {
+        ref_rmsnorm(x[t], m->rms_final, d, m->norm_eps, xn);
+        ref_matvec(m->wcls, V, d, xn, o);
+        for (int64_t j = 0; j < V; j++) {
+            double e = fabs((double)logits[t * V + j] - o[j]) / (1 + fabs(o[j]));
+            worst = e > worst ? e : worst;
+        }
+    }
+    return worst;
 }
 
 /* A folder with the small model: config edited by the caller, tensors as given. */
@@ -279,6 +398,10 @@ static int test_errors(void)
         const float *wd = l2c_model_weight(&m, 1, L2C_W2, &o, &i);
         CHECK(o == S_D && i == S_H && memcmp(wd, small_values, (size_t)(o * i) * 4) == 0,
               "down_proj of layer 1");
+        const int32_t tok[6] = {1, 5, 9, 3, 15, 0};
+        double e = ref_compare(&m, tok, 6);
+        printf("forward pass against the float64 reference: largest error %.2g\n", e);
+        CHECK(e < 1e-5, "forward against the float64 reference: %g", e);
         l2c_model_free(&m);
     }
     for (int32_t k = 0; k < 2; k++) {
@@ -339,6 +462,23 @@ static int test_errors(void)
     CHECK(rc == 0, "mistral without a sliding window: %s", err);
     if (rc == 0)
         l2c_model_free(&m);
+    /* head_dim given: queries 2 x 6 = 12 wide on a width of 8; heads of 6, theta 500000. */
+    static tensor th[64];
+    int32_t nh = small_tensors_hd(th, "F32", NULL, 0, 6);
+    c = small_config();
+    json_object_set_new(c, "head_dim", json_integer(6));
+    json_object_set_new(c, "rope_theta", json_real(500000.0));
+    make_small(fmt("%s/head_dim", tmp), c, th, nh);
+    rc = hf_model_load(fmt("%s/head_dim", tmp), &m, NULL, err, sizeof err);
+    CHECK(rc == 0, "head_dim 6: %s", err);
+    if (rc == 0) {
+        CHECK(m.q_dim == 12 && m.head_size == 6 && m.kv_dim == 6, "head_dim 6: widths");
+        const int32_t tok[7] = {1, 4, 4, 2, 11, 7, 3};
+        double e = ref_compare(&m, tok, 7);
+        printf("head_dim 6 forward pass against the float64 reference: largest error %.2g\n", e);
+        CHECK(e < 1e-5, "head_dim 6 forward against the float64 reference: %g", e);
+        l2c_model_free(&m);
+    }
     c = small_config();
     json_object_set_new(c, "num_key_value_heads", json_integer(3));
     make_small(fmt("%s/kv3", tmp), c, t, n);
