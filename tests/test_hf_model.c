@@ -479,6 +479,19 @@ static int test_errors(void)
         CHECK(e < 1e-5, "head_dim 6 forward against the float64 reference: %g", e);
         l2c_model_free(&m);
     }
+    /* Token ids as lists or null, num_key_value_heads null (= heads). */
+    c = small_config();
+    json_object_set_new(c, "eos_token_id", json_pack("[i, i]", 2, 3));
+    json_object_set_new(c, "bos_token_id", json_null());
+    json_object_set_new(c, "num_key_value_heads", json_null());
+    CHECK(json_dump_file(c, fmt("%s/ids.json", tmp), 0) == 0, "config");
+    json_decref(c);
+    hf_config hc;
+    rc = hf_config_load(fmt("%s/ids.json", tmp), &hc, err, sizeof err);
+    CHECK(rc == 0 && hc.eos_token_id == 2 && hc.bos_token_id == -1 &&
+              hc.num_key_value_heads == S_HEADS && hc.head_dim == S_D / S_HEADS &&
+              hc.tie_word_embeddings == 1 && hc.rms_norm_eps == 1e-6 && hc.rope_theta == 10000,
+          "token ids as a list and null: %s", err);
     c = small_config();
     json_object_set_new(c, "num_key_value_heads", json_integer(3));
     make_small(fmt("%s/kv3", tmp), c, t, n);

@@ -23,7 +23,7 @@ static int get_int(const json_t *root, const char *path, const char *key, int64_
                    int def_ok, int32_t def, int32_t *out, char *err, size_t err_len)
 {
     const json_t *v = json_object_get(root, key);
-    if (!v) {
+    if (!v || (def_ok && json_is_null(v))) { /* null: the default, as transformers reads it */
         if (!def_ok)
             return fail(err, err_len, path, key, "missing");
         *out = def;
