@@ -553,6 +553,55 @@ static int test_errors(void)
     CHECK(truncate(st_path, 3) == 0, "truncate");
     expect_fail("3-byte file", trunc, "truncated/model.safetensors", NULL);
 
+    /* Hand-written headers: each refused when the checkpoint is opened or the tensor read. */
+    static const struct {
+        const char *header, *what, *named;
+    } raw[] = {
+        {"{\"a.weight\":{\"dtype\":\"Q4\",\"shape\":[4],\"data_offsets\":[0,16]}}",
+         "unknown dtype", "'a.weight': unknown dtype"},
+        {"{\"a.weight\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}",
+         "byte count", "'a.weight': 16 bytes for 3"},
+        {"{\"a.weight\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"b.weight\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+         "overlap", "overlap"},
+        {"{\"a.weight\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],"
+         "\"data_offsets\":[0,16]}}",
+         "2^80 elements", "'a.weight': implausibly many"},
+        {"{\"a.weight\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,0]}}",
+         "end before begin", "'a.weight': data_offsets [8, 0]"},
+        {"{\"a.weight\":{\"dtype\":\"F32\",\"shape\":[4]}}", "no data_offsets",
+         "'a.weight': expected an object"},
+        {"[1, 2]", "header not an object", "not a JSON object"},
+        {"{\"a.weight\":", "header not JSON", "not valid JSON"},
+        {"{\"a.weight\":{\"dtype\":\"I32\",\"shape\":[4],\"data_offsets\":[0,16]}}",
+         "I32 tensor", "'a.weight': dtype I32"},
+    };
+    for (size_t r = 0; r < sizeof raw / sizeof raw[0]; r++) {
+        char rd[1024];
+        snprintf(rd, sizeof rd, "%s/raw%zu", tmp, r);
+        mkdir(rd, 0700);
+        size_t len = strlen(raw[r].header);
+        unsigned char le[8] = {(unsigned char)len, (unsigned char)(len >> 8), 0, 0, 0, 0, 0, 0};
+        unsigned char zeros[16] = {0};
+        FILE *rf = fopen(fmt("%s/model.safetensors", rd), "wb");
+        CHECK(rf && write_bytes(rf, le, 8) == 0 && write_bytes(rf, raw[r].header, len) == 0 &&
+                  write_bytes(rf, zeros, sizeof zeros) == 0 && fclose(rf) == 0,
+              "raw file");
+        hf_checkpoint ck;
+        float out4[4];
+        int64_t four = 4;
+        err[0] = '\0';
+        rc = hf_checkpoint_open(rd, &ck, err, sizeof err);
+        if (rc == 0) {
+            rc = hf_checkpoint_read(&ck, "a.weight", 1, &four, out4, err, sizeof err);
+            hf_checkpoint_close(&ck);
+        }
+        CHECK(rc != 0 && strstr(err, "model.safetensors") && strstr(err, raw[r].named),
+              "%s: %s", raw[r].what, err);
+        if (rc != 0)
+            printf("ok: %s: %s\n", raw[r].what, err);
+    }
+
     /* Shards: good, then an index naming a missing shard, then a tensor not in its shard. */
     char sh[1024];
     snprintf(sh, sizeof sh, "%s/sharded", tmp);

@@ -144,6 +144,8 @@ static int parse_entry(const hf_shard *s, uint64_t data_start, const char *name,
         if (x < 0 || (uint64_t)x > ((uint64_t)1 << 40))
             return fail(err, err_len, "%s: tensor '%s': bad shape entry %d", path, name, d);
         t->shape[d] = x;
+        if (x > 0 && numel > ((uint64_t)1 << 48) / (uint64_t)x)
+            return fail(err, err_len, "%s: tensor '%s': implausibly many elements", path, name);
         numel *= (uint64_t)x;
         if (numel > ((uint64_t)1 << 48))
             return fail(err, err_len, "%s: tensor '%s': implausibly many elements", path, name);
