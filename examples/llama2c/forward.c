@@ -69,31 +69,56 @@ static int linear(const l2c_linear *lin, const float *x, int64_t rows, float *y)
     return 0;
 }
 
-/* run.c's RMSNorm: o = w * x / sqrt(mean(x^2) + 1e-5). */
-static void rmsnorm(float *o, const float *x, const float *w, int64_t rows, int64_t dim)
+/* RMSNorm: o = w * x / sqrt(mean(x^2) + eps) (eps 1e-5 in run.c). */
+static void rmsnorm(float *o, const float *x, const float *w, int64_t rows, int64_t dim,
+                    float eps)
 {
     for (int64_t t = 0; t < rows; t++) {
         float ss = 0;
         for (int64_t i = 0; i < dim; i++)
             ss += x[t * dim + i] * x[t * dim + i];
-        ss = 1.0f / sqrtf(ss / (float)dim + 1e-5f);
+        ss = 1.0f / sqrtf(ss / (float)dim + eps);
         for (int64_t i = 0; i < dim; i++)
             o[t * dim + i] = w[i] * (ss * x[t * dim + i]);
     }
 }
 
-/* Rotary embedding on interleaved pairs (2i, 2i+1) of every head of a [rows, width] matrix. */
-static void rope(float *v, int64_t rows, int64_t width, int32_t head_size)
+/* Rotary angles: cs[2 (t * half + i)] = cos, + 1 = sin of position t, pair i of a head, with
+ * frequency theta^(-2i / head_size). llama2.c files keep run.c's float arithmetic; Hugging
+ * Face models compute the angles in double. */
+static void rope_table(const l2c_model *m, int64_t rows, float *cs)
 {
+    int32_t hs = m->head_size, half = hs / 2;
     for (int64_t t = 0; t < rows; t++)
-        for (int64_t i = 0; i < width; i += 2) {
-            int32_t head_dim = (int32_t)(i % head_size);
-            float freq = 1.0f / powf(10000.0f, (float)head_dim / (float)head_size);
-            float angle = (float)t * freq, c = cosf(angle), s = sinf(angle);
-            float a = v[t * width + i], b = v[t * width + i + 1];
-            v[t * width + i] = a * c - b * s;
-            v[t * width + i + 1] = a * s + b * c;
+        for (int32_t i = 0; i < half; i++) {
+            float *p = cs + 2 * (t * half + i);
+            if (m->rope_style == L2C_ROPE_INTERLEAVED) {
+                float freq = 1.0f / powf((float)m->rope_theta, (float)(2 * i) / (float)hs);
+                float angle = (float)t * freq;
+                p[0] = cosf(angle), p[1] = sinf(angle);
+            } else {
+                double angle = (double)t * pow(m->rope_theta, -(double)(2 * i) / (double)hs);
+                p[0] = (float)cos(angle), p[1] = (float)sin(angle);
+            }
         }
+}
+
+/* Rotary embedding of every head of a [rows, width] matrix: on interleaved pairs (2i, 2i+1)
+ * or on the pairs (i, i + head_size / 2) of rotate_half. */
+static void rope(const l2c_model *m, const float *cs, float *v, int64_t rows, int64_t width)
+{
+    int32_t hs = m->head_size, half = hs / 2;
+    int interleaved = m->rope_style == L2C_ROPE_INTERLEAVED;
+    for (int64_t t = 0; t < rows; t++)
+        for (int64_t h = 0; h < width; h += hs)
+            for (int32_t i = 0; i < half; i++) {
+                float c = cs[2 * (t * half + i)], s = cs[2 * (t * half + i) + 1];
+                float *a = v + t * width + h + (interleaved ? 2 * i : i);
+                float *b = interleaved ? a + 1 : a + half;
+                float x = *a, y = *b;
+                *a = x * c - y * s;
+                *b = x * s + y * c;
+            }
 }
 
 /* Causal attention: out[t, head h] = softmax(q_t . k_s / sqrt(hs), s <= t) v_s with the key
@@ -101,7 +126,7 @@ static void rope(float *v, int64_t rows, int64_t width, int32_t head_size)
 static void attention(const l2c_model *m, const float *q, const float *k, const float *v,
                       int64_t n, float *att, float *out)
 {
-    int32_t hs = m->head_size, kv_dim = m->kv_dim, dim = m->c.dim;
+    int32_t hs = m->head_size, kv_dim = m->kv_dim, dim = m->q_dim;
     int32_t group = m->c.n_heads / m->c.n_kv_heads;
     float scale = 1.0f / sqrtf((float)hs);
     for (int64_t t = 0; t < n; t++)
@@ -143,43 +168,46 @@ static int observe(const l2c_net *net, int32_t layer, int32_t input, const float
 int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *logits)
 {
     const l2c_model *m = net->m;
-    int64_t dim = m->c.dim, hid = m->c.hidden_dim, kv = m->kv_dim;
+    int64_t dim = m->c.dim, hid = m->c.hidden_dim, kv = m->kv_dim, qd = m->q_dim;
+    int64_t wide = qd > dim ? qd : dim;
     float *x = malloc((size_t)(n * dim) * sizeof *x);
-    float *xb = malloc((size_t)(n * dim) * sizeof *xb);
+    float *xb = malloc((size_t)(n * wide) * sizeof *xb);
     float *y = malloc((size_t)(n * dim) * sizeof *y);
-    float *q = malloc((size_t)(n * dim) * sizeof *q);
+    float *q = malloc((size_t)(n * qd) * sizeof *q);
     float *k = malloc((size_t)(n * kv) * sizeof *k);
     float *v = malloc((size_t)(n * kv) * sizeof *v);
     float *h1 = malloc((size_t)(n * hid) * sizeof *h1);
     float *h3 = malloc((size_t)(n * hid) * sizeof *h3);
     float *att = malloc((size_t)n * sizeof *att);
+    float *cs = malloc((size_t)(n * m->head_size) * sizeof *cs);
     int rc = -1;
-    if (!x || !xb || !y || !q || !k || !v || !h1 || !h3 || !att) {
+    if (!x || !xb || !y || !q || !k || !v || !h1 || !h3 || !att || !cs) {
         fprintf(stderr, "out of memory\n");
         goto out;
     }
+    rope_table(m, n, cs);
     for (int64_t t = 0; t < n; t++)
         memcpy(x + t * dim, m->tok_emb + (int64_t)tokens[t] * dim, (size_t)dim * sizeof *x);
     for (int32_t l = 0; l < m->c.n_layers; l++) {
         const l2c_linear *lin = net->lin[l];
-        rmsnorm(xb, x, m->rms_att + l * dim, n, dim);
+        rmsnorm(xb, x, m->rms_att + l * dim, n, dim, m->norm_eps);
         if ((rc = observe(net, l, L2C_IN_QKV, xb, n, dim)) != 0)
             goto out;
         rc = -1;
         if (linear(&lin[L2C_WQ], xb, n, q) || linear(&lin[L2C_WK], xb, n, k) ||
             linear(&lin[L2C_WV], xb, n, v))
             goto out;
-        rope(q, n, dim, m->head_size);
-        rope(k, n, kv, m->head_size);
+        rope(m, cs, q, n, qd);
+        rope(m, cs, k, n, kv);
         attention(m, q, k, v, n, att, xb);
-        if ((rc = observe(net, l, L2C_IN_WO, xb, n, dim)) != 0)
+        if ((rc = observe(net, l, L2C_IN_WO, xb, n, qd)) != 0)
             goto out;
         rc = -1;
         if (linear(&lin[L2C_WO], xb, n, y))
             goto out;
         for (int64_t i = 0; i < n * dim; i++)
             x[i] += y[i];
-        rmsnorm(xb, x, m->rms_ffn + l * dim, n, dim);
+        rmsnorm(xb, x, m->rms_ffn + l * dim, n, dim, m->norm_eps);
         if ((rc = observe(net, l, L2C_IN_W13, xb, n, dim)) != 0)
             goto out;
         rc = -1;
@@ -195,7 +223,7 @@ int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *log
         for (int64_t i = 0; i < n * dim; i++)
             x[i] += y[i];
     }
-    rmsnorm(xb, x, m->rms_final, n, dim);
+    rmsnorm(xb, x, m->rms_final, n, dim, m->norm_eps);
     matmul_wt(xb, n, dim, m->wcls, m->c.vocab_size, logits);
     rc = 0;
 out:
@@ -208,5 +236,6 @@ out:
     free(h1);
     free(h3);
     free(att);
+    free(cs);
     return rc;
 }

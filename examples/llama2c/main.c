@@ -15,6 +15,9 @@
 #include "perplexity.h"
 #include "quantize.h"
 #include "tokenizer.h"
+#ifdef L2C_WITH_HF
+#include "hf_model.h"
+#endif
 
 #ifndef L2C_DATA_DIR
 #define L2C_DATA_DIR "examples/data"
@@ -37,11 +40,14 @@ static void usage(FILE *f, const options *o)
 {
     fprintf(f,
             "usage: duquant-llama2c [options]\n"
-            "  --model FILE         llama2.c checkpoint (default %s)\n"
-            "  --tokenizer FILE     llama2.c tokenizer (default %s)\n"
+            "  --model FILE|DIR     llama2.c checkpoint, or a Hugging Face LLaMA-family folder\n"
+            "                       (config.json, model.safetensors or shards; default %s)\n"
+            "  --tokenizer FILE     llama2.c tokenizer (default %s; not used with a folder)\n"
             "  --calib TEXT         calibration stories (default %s)\n"
             "  --eval TEXT          evaluation stories (default %s)\n"
-            "                       TEXT: plain text, stories separated by lines <|endoftext|>\n"
+            "                       TEXT: plain text, stories separated by lines <|endoftext|>,\n"
+            "                       or token ids FILE.tok (int32 little-endian, each story\n"
+            "                       starting with BOS; needed with a folder)\n"
             "  --methods LIST       comma-separated (default all):",
             o->model, o->tokenizer, o->calib, o->eval);
     for (int32_t i = 0; i < l2c_n_methods; i++)
@@ -216,6 +222,33 @@ static int pick_methods(const char *list, const l2c_method **out, int32_t *n)
     return *n > 0 ? 0 : -1;
 }
 
+/* A story file: token ids when the name ends in .tok, else text through the tokenizer (tk
+ * NULL: the model has none). */
+static int load_text(const char *path, const l2c_tokenizer *tk, int32_t bos, int32_t vocab,
+                     l2c_text *out)
+{
+    size_t n = strlen(path);
+    if (n > 4 && strcmp(path + n - 4, ".tok") == 0) {
+#ifdef L2C_WITH_HF
+        char err[512];
+        if (hf_tokens_load(path, bos, vocab, out, err, sizeof err) == 0)
+            return 0;
+        fprintf(stderr, "%s\n", err);
+#else
+        (void)bos, (void)vocab, (void)out;
+        fprintf(stderr, "%s: token files need the Hugging Face reader (built without jansson)\n",
+                path);
+#endif
+        return -1;
+    }
+    if (!tk) {
+        fprintf(stderr, "%s: the model has no llama2.c tokenizer: give token ids (FILE.tok)\n",
+                path);
+        return -1;
+    }
+    return l2c_text_load(path, tk, out);
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -293,6 +326,7 @@ int main(int argc, char **argv)
     o.sample_tokens = 512;
     o.steps = 48;
     l2c_quant_options_default(&o.q);
+    const char *default_tokenizer = o.tokenizer;
     int pa = parse_args(argc, argv, &o);
     if (pa)
         return pa > 0 ? 0 : 2;
@@ -301,7 +335,8 @@ int main(int argc, char **argv)
     if (pick_methods(o.methods, methods, &n_methods))
         return 2;
 
-    int rc = 1, need_calib = o.dump_calib != NULL;
+    int rc = 1, need_calib = o.dump_calib != NULL, hf = 0;
+    int32_t bos = 1; /* llama2.c's BOS */
     char err[512];
     l2c_model model;
     l2c_tokenizer tk;
@@ -318,8 +353,29 @@ int main(int argc, char **argv)
     memset(&cal, 0, sizeof cal);
     for (int32_t i = 0; i < n_methods; i++)
         need_calib |= methods[i]->w_bits != 0;
-    if (!res || l2c_model_load(o.model, &model, err, sizeof err) ||
-        l2c_tokenizer_load(o.tokenizer, model.c.vocab_size, &tk, err, sizeof err)) {
+#ifdef L2C_WITH_HF
+    hf = hf_is_model_dir(o.model);
+    if (hf) {
+        hf_config hcfg;
+        if (o.tokenizer != default_tokenizer) {
+            fprintf(stderr, "--tokenizer: a llama2.c tokenizer; %s is a Hugging Face folder\n",
+                    o.model);
+            goto out;
+        }
+        if (!res || hf_model_load(o.model, &model, &hcfg, err, sizeof err)) {
+            fprintf(stderr, "%s\n", res ? err : "out of memory");
+            goto out;
+        }
+        bos = hcfg.bos_token_id;
+        if (o.steps > 0)
+            fprintf(stderr, "no greedy samples: the engine has no tokenizer for %s\n", o.model);
+        o.steps = 0;
+    }
+#else
+    (void)default_tokenizer;
+#endif
+    if (!hf && (!res || l2c_model_load(o.model, &model, err, sizeof err) ||
+                l2c_tokenizer_load(o.tokenizer, model.c.vocab_size, &tk, err, sizeof err))) {
         fprintf(stderr, "%s\n", res ? err : "out of memory");
         goto out;
     }
@@ -327,7 +383,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "--window: at most the model's context, %d\n", model.c.seq_len);
         goto out;
     }
-    if (l2c_text_load(o.eval, &tk, &eval) || (need_calib && l2c_text_load(o.calib, &tk, &calib)))
+    const l2c_tokenizer *text_tk = hf ? NULL : &tk;
+    if (load_text(o.eval, text_tk, bos, model.c.vocab_size, &eval) ||
+        (need_calib && load_text(o.calib, text_tk, bos, model.c.vocab_size, &calib)))
         goto out;
     int64_t n_w = l2c_windows(&eval, o.window, o.max_windows, &w);
     if (n_w <= 0) {

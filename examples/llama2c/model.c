@@ -15,6 +15,11 @@ static void shape(const l2c_model *m, int32_t which, int64_t *out_dim, int64_t *
 {
     const l2c_config *c = &m->c;
     static const int by_which[L2C_N_LINEARS] = {0, 1, 1, 0, 2, 3, 2};
+    if (which == L2C_WQ || which == L2C_WO) {
+        *out_dim = which == L2C_WQ ? m->q_dim : c->dim;
+        *in_dim = which == L2C_WQ ? c->dim : m->q_dim;
+        return;
+    }
     switch (by_which[which]) {
     case 0: *out_dim = c->dim, *in_dim = c->dim; break;
     case 1: *out_dim = m->kv_dim, *in_dim = c->dim; break;
@@ -53,6 +58,10 @@ int l2c_model_load(const char *path, l2c_model *m, char *err, size_t err_len)
     }
     m->head_size = c->dim / c->n_heads;
     m->kv_dim = c->dim / c->n_heads * c->n_kv_heads;
+    m->q_dim = c->dim;
+    m->rope_style = L2C_ROPE_INTERLEAVED;
+    m->rope_theta = 10000.0;
+    m->norm_eps = 1e-5f;
     int64_t d = c->dim, h = c->hidden_dim, L = c->n_layers, v = c->vocab_size, kv = m->kv_dim;
     int64_t per_layer = d + d * d + 2 * kv * d + d * d + d + 3 * h * d;
     int64_t freq = (int64_t)c->seq_len * (m->head_size / 2) * 2;

@@ -1,4 +1,5 @@
-/* llama2.c legacy checkpoint: header of 7 int32 fields, then float32 tensors. */
+/* The engine's in-memory model. Loaded here from a llama2.c legacy checkpoint (header of 7
+ * int32 fields, then float32 tensors); examples/hf fills it from a Hugging Face folder. */
 #ifndef L2C_MODEL_H
 #define L2C_MODEL_H
 
@@ -18,6 +19,12 @@ typedef struct l2c_config {
 /* The seven linear weights of a layer, in the order the engine keeps them. */
 enum { L2C_WQ, L2C_WK, L2C_WV, L2C_WO, L2C_W1, L2C_W2, L2C_W3, L2C_N_LINEARS };
 
+/* Which channels of a head form the rotary pairs. */
+enum {
+    L2C_ROPE_INTERLEAVED, /* (2i, 2i + 1), llama2.c's run.c */
+    L2C_ROPE_HALF         /* (i, i + head_size / 2), Hugging Face's rotate_half */
+};
+
 typedef struct l2c_model {
     l2c_config c;
     int32_t head_size, kv_dim;
@@ -28,6 +35,10 @@ typedef struct l2c_model {
     const float *rms_final; /* [dim] */
     const float *wcls;      /* [vocab, dim]: tok_emb when the classifier is shared */
     const float *w[L2C_N_LINEARS]; /* [layers, out, in] each, y = W x */
+    int32_t q_dim;      /* n_heads * head_size: wq's output and wo's input (dim for llama2.c) */
+    int32_t rope_style; /* L2C_ROPE_* */
+    double rope_theta;  /* rotary base (10000 for llama2.c) */
+    float norm_eps;     /* RMSNorm epsilon (1e-5 for llama2.c) */
 } l2c_model;
 
 /* Loads path into m; on failure returns -1 and writes a message to err. */

@@ -102,7 +102,9 @@ int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int6
     cp.sample_mode = DQ_CALIB_SAMPLE_FIRST;
     cp.sample_tokens = sample_tokens;
     for (int32_t i = 0; i < L2C_N_INPUTS; i++)
-        out->width[i] = i == L2C_IN_W2 ? m->c.hidden_dim : m->c.dim;
+        out->width[i] = i == L2C_IN_W2   ? m->c.hidden_dim
+                        : i == L2C_IN_WO ? m->q_dim
+                                         : m->c.dim;
     for (int32_t l = 0; l < L; l++)
         for (int32_t i = 0; i < L2C_N_INPUTS; i++) {
             int64_t cols = out->width[i];
