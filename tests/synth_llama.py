@@ -220,6 +220,20 @@ def main(script, tok_dir):
                                   np.frombuffer(tb[k][2], dtype="<u2")) for k in tb)
         check(same, "every BF16 tensor is the F32 one of the same seed rounded to nearest even")
 
+        h16 = os.path.join(tmp, "f16")
+        rc, err = run(script, shape + ["--out", h16, "--dtype", "f16", "--shard-size", "400KB"])
+        check(rc == 0, "f16 run exits 0" + ("" if rc == 0 else ": " + err))
+        if rc == 0:
+            _, t16, _ = load_folder(h16, "F16")
+            check(all(np.array_equal(np.frombuffer(t16[k][2], dtype="<f2").reshape(t16[k][1]),
+                                     to_f32(*t32[k]).astype(np.float16)) for k in t16),
+                  "every F16 tensor is the F32 one cast to float16")
+            # The same folder again as one file: the shards and the index of the first run go.
+            rc, err = run(script, shape + ["--out", h16, "--shard-size", "1GB"])
+            left = sorted(f for f in os.listdir(h16) if f.startswith("model"))
+            check(rc == 0 and left == ["model.safetensors"],
+                  "rewritten as one file, the earlier shards and index are removed: %s" % left)
+
         w = {k: to_f32(*v).astype(np.float64) for k, v in tb.items()}
         for n in range(cfg["num_hidden_layers"]):
             for norm in ("input_layernorm", "post_attention_layernorm"):
