@@ -934,6 +934,13 @@ typedef struct dq_file_params {
     uint32_t struct_size;      /**< set by dq_file_params_init */
     uint32_t flags;            /**< DQ_FILE_F_*, default 0 */
     uint64_t max_header_bytes; /**< largest JSON header accepted, 2..100 MiB, default 100 MiB */
+    /** Most bytes the reader may allocate for what a file declares (@since 1.2): opening
+     *  (the header's table and, unless borrowed, the data section) and each getter call
+     *  (dq_file_reader_get_plan, _get_qmatrix, _get_linear: the parts it loads and the object
+     *  it creates) are checked against it, from the declared sizes, before allocating.
+     *  Beyond it: DQ_ERR_NOMEM, the log line giving both figures. 0 (the default) = 4 times
+     *  the file's size plus 16 MiB, which every file this library writes stays within. */
+    uint64_t max_alloc_bytes;
 } dq_file_params;
 
 /** @brief Fill p with defaults. @since 1.0 */
