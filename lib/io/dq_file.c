@@ -919,6 +919,22 @@ static const uint8_t *tensor_bytes(const dq_file_reader *r, const dq__st_tensor 
     return r->f.data + t->begin;
 }
 
+/* Adds bytes, what a getter is about to allocate for the object under prefix (from declared
+ * sizes), to the call's running total *used and checks it against the reader's limit:
+ * DQ_ERR_NOMEM beyond it, both figures logged for func. */
+static dq_status take_alloc(const dq_file_reader *r, const dq_context *c, const char *func,
+                            const char *prefix, const char *what, uint64_t bytes, uint64_t *used)
+{
+    *used = sat_add(*used, bytes);
+    if (*used <= r->max_alloc)
+        return DQ_OK;
+    return dq__fail(c, DQ_ERR_NOMEM, func,
+                    "'%s': %s: %llu bytes in all, more than the %llu allowed "
+                    "(dq_file_params.max_alloc_bytes; 0 = 4 x the file's %llu bytes + 16 MiB)",
+                    prefix, what, (unsigned long long)*used, (unsigned long long)r->max_alloc,
+                    (unsigned long long)r->file_size);
+}
+
 static size_t n_elems(const dq__st_tensor *t)
 {
     return (t->end - t->begin) / dq__st_dtype_size(t->dtype);
@@ -1002,7 +1018,7 @@ static bool meta_has(const dq_file_reader *r, const char *prefix, const char *pa
 
 /* Rotation slot i of the plan under prefix, or NULL (identity) when the file has none. */
 static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const char *prefix,
-                               int32_t i, int64_t cols, dq_rotation **out)
+                               int32_t i, int64_t cols, uint64_t *used, dq_rotation **out)
 {
     const dq_context *c = dq__ctx(ctx);
     *out = NULL;
@@ -1026,7 +1042,22 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
         return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.%s' is %lld, expected %lld (one per "
                        "block) or %lld (shared) for cols %lld", prefix, nm_key, (long long)nm,
                        (long long)n_blocks, (long long)shared, (long long)cols);
-    /* Every matrix is a tensor of the file, so the total is bounded by the file size. */
+    /* The declared sizes against the bytes present, before anything is allocated: every
+     * matrix is a tensor of its own, of len x len floats. cols <= MAX_PLAN_COLS and
+     * bs <= 4096 keep these counts far from overflowing. */
+    const uint64_t ubs = (uint64_t)bs, rem = (uint64_t)(cols % bs);
+    const uint64_t floats = (per_block ? (uint64_t)full : full > 0) * ubs * ubs + rem * rem;
+    if ((uint64_t)nm > r->f.n_tensors || floats * 4 > r->f.data_size)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "rotation '%s.rot%d' declares %lld matrices of %llu "
+                       "floats in all; the file holds %zu tensors, %zu data bytes", prefix,
+                       (int)i, (long long)nm, (unsigned long long)floats, r->f.n_tensors,
+                       r->f.data_size);
+    /* Its floats read, then the rotation (per block: its matrix index; per matrix: size,
+     * offset, search slot) and its copy in the plan. */
+    const uint64_t rot_bytes = 8 * (uint64_t)n_blocks + 16 * (uint64_t)nm + 4 * floats;
+    if ((st = take_alloc(r, c, "dq_file_reader_get_plan", prefix, "rotation matrices",
+                         8 * (uint64_t)nm + 4 * floats + 2 * rot_bytes, used)) != DQ_OK)
+        return st;
     size_t total = 0;
     const dq__st_tensor **parts = dq__calloc(c, (size_t)nm, sizeof *parts);
     if (!parts)
@@ -1071,7 +1102,8 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
 }
 
 static dq_status load_permutation(const dq_file_reader *r, const dq_context *c,
-                                  const char *prefix, int32_t i, int64_t cols, int64_t **out)
+                                  const char *prefix, int32_t i, int64_t cols, uint64_t *used,
+                                  int64_t **out)
 {
     *out = NULL;
     char *name = join_idx(c, prefix, "perm", i, "");
@@ -1085,10 +1117,15 @@ static dq_status load_permutation(const dq_file_reader *r, const dq_context *c,
         return e;
     }
     dq__free(c, name);
+    /* Read and checked here, copied and checked again by the plan: 18 bytes per column. */
+    dq_status st = take_alloc(r, c, "dq_file_reader_get_plan", prefix, "permutations",
+                              18 * (uint64_t)cols, used);
+    if (st != DQ_OK)
+        return st;
     int64_t *perm = dq__alloc(c, (size_t)cols * sizeof(int64_t));
     uint8_t *seen = dq__calloc(c, (size_t)cols, 1);
-    dq_status st = perm && seen ? DQ_OK
-                                : DQ_FAIL(c, DQ_ERR_NOMEM, "permutation of %lld", (long long)cols);
+    st = perm && seen ? DQ_OK
+                      : DQ_FAIL(c, DQ_ERR_NOMEM, "permutation of %lld", (long long)cols);
     for (int64_t j = 0; j < cols && st == DQ_OK; j++) {
         uint64_t v = get_le64(tensor_bytes(r, t) + 8 * (size_t)j);
         if (v >= (uint64_t)cols || seen[v])
@@ -1130,6 +1167,10 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
         return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.cols' is 0", prefix);
 
     float *smooth = NULL;
+    uint64_t used = 0; /* bytes this call allocates for the file, from the declared sizes */
+    if ((st = take_alloc(r, c, __func__, prefix, "rotation slots",
+                         16 * ((uint64_t)n_rot + 1), &used)) != DQ_OK)
+        return st;
     dq_rotation **rots = dq__calloc(c, (size_t)n_rot + 1, sizeof *rots);
     int64_t **perms = dq__calloc(c, (size_t)n_rot + 1, sizeof *perms);
     st = rots && perms ? DQ_OK
@@ -1139,8 +1180,13 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
         st = DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.smooth'", prefix);
     if (st == DQ_OK && dq__st_find(&r->f, name)) {
         const dq__st_tensor *t = find_part(r, name, DQ__ST_F32, cols, -1);
+        /* Read here, copied by the plan. */
+        if (t && (st = take_alloc(r, c, __func__, prefix, "smoothing scales",
+                                  8 * (uint64_t)cols, &used)) != DQ_OK)
+            t = NULL;
         smooth = t ? dq__alloc(c, (size_t)cols * sizeof(float)) : NULL;
-        st = !t        ? DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is not F32 [%lld]", name,
+        st = st != DQ_OK ? st
+             : !t        ? DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is not F32 [%lld]", name,
                                  (long long)cols)
              : !smooth ? DQ_FAIL(c, DQ_ERR_NOMEM, "%lld smoothing scales", (long long)cols)
                        : DQ_OK;
@@ -1157,9 +1203,9 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
     }
     dq__free(c, name);
     for (int32_t i = 0; i < n_rot && st == DQ_OK; i++)
-        st = load_rotation(r, ctx, prefix, i, cols, &rots[i]);
+        st = load_rotation(r, ctx, prefix, i, cols, &used, &rots[i]);
     for (int32_t i = 0; i + 1 < n_rot && st == DQ_OK; i++)
-        st = load_permutation(r, c, prefix, i, cols, &perms[i]);
+        st = load_permutation(r, c, prefix, i, cols, &used, &perms[i]);
     if (st == DQ_OK) {
         st = dq_plan_assemble(ctx, cols, smooth, (int32_t)n_rot,
                               (const dq_rotation *const *)rots, (const int64_t *const *)perms,
@@ -1286,6 +1332,11 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
         goto out;
     }
     size_t ng = n_elems(ts);
+    uint64_t used = 0;
+    if ((st = take_alloc(r, c, __func__, prefix, "packed matrix",
+                         sizeof *q + (uint64_t)(tp->end - tp->begin) + 4 * (uint64_t)ng *
+                                         (tz ? 2 : 1), &used)) != DQ_OK)
+        goto out;
     if (!(q = dq__calloc(c, 1, sizeof *q))) {
         st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the matrix", sizeof *q);
         goto out;
@@ -1542,8 +1593,23 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     st = wp && bn ? dq_file_reader_get_qmatrix(r, ctx, wp, &q)
                   : DQ_FAIL(c, DQ_ERR_NOMEM, "tensor names under '%s'", prefix);
     int64_t rows = 0, cols = 0, width = 0;
-    if (st == DQ_OK)
+    uint64_t used = 0;
+    if (st == DQ_OK) {
         dq_qmatrix_layout(q, &rows, &cols, NULL, NULL, NULL, NULL, NULL);
+        /* The packed matrix just loaded, then what the layer makes of it (its kernel form:
+         * rows padded to blocks of 16, groups to whole steps) and the bias. */
+        dq__wpack kl;
+        const bool asym = q->zeros != NULL;
+        st = dq__wpack_layout(q->bits, rows, cols, q->group_len, &kl) != DQ_OK
+                 ? DQ_FAIL(c, DQ_ERR_FORMAT, "%s: %lld x %lld too large", wp, (long long)rows,
+                           (long long)cols)
+                 : take_alloc(r, c, __func__, prefix, "packed matrix, kernel form and bias",
+                              q->nbytes + (uint64_t)rows * (uint64_t)q->groups_per_row * 4 *
+                                              (asym ? 2 : 1) +
+                                  kl.code_bytes + (uint64_t)kl.meta_count * sizeof(dq__gemm_meta) +
+                                  (uint64_t)cols + 8 * (uint64_t)kl.groups + 8 * (uint64_t)rows,
+                              &used);
+    }
     if (st == DQ_OK && dq__st_find(&r->f, bn)) {
         const dq__st_tensor *t = find_part(r, bn, DQ__ST_F32, rows, -1);
         bias = t ? dq__alloc(c, (size_t)rows * sizeof(float)) : NULL;
@@ -1791,7 +1857,7 @@ static dq_status check_blocked(const dq_context *c, const char *prefix, const dq
 /* The weights of a blocked matrix under prefix. borrow: read the codes (and, when aligned,
  * the meta records) in place in the reader's data, which must then outlive them; else copy. */
 static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, const char *prefix,
-                              bool borrow, dq__wprep **out)
+                              bool borrow, uint64_t *used, dq__wprep **out)
 {
     *out = NULL;
     dq_status st = DQ_ERR_FORMAT;
@@ -1833,6 +1899,12 @@ static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, cons
                      (long long)layout.block_bytes);
         goto out;
     }
+    /* The codes copied unless borrowed, the records copied unless used in place. */
+    if ((st = take_alloc(r, c, "dq_file_reader_get_linear", prefix, "blocked weights",
+                         sizeof(dq__wprep) + sizeof(dq__wpack) + (borrow ? 0 : layout.code_bytes) +
+                             (uint64_t)layout.meta_count * sizeof(dq__gemm_meta),
+                         used)) != DQ_OK)
+        goto out;
     if (!(w = dq__calloc(c, 1, sizeof *w)))
         goto out;
     dq__context_keep(&w->ctx, c);
@@ -1938,7 +2010,17 @@ static dq_status get_qmatrix_blocked(const dq_file_reader *r, const dq_context *
                                      const char *prefix, dq_qmatrix **out)
 {
     dq__wprep *w = NULL;
-    dq_status st = load_blocked(r, c, prefix, true, &w);
+    uint64_t used = 0;
+    dq_status st = load_blocked(r, c, prefix, true, &used, &w);
+    if (st == DQ_OK)
+        st = take_alloc(r, c, "dq_file_reader_get_qmatrix", prefix, "packed matrix",
+                        sizeof(dq_qmatrix) +
+                            (uint64_t)w->rows * (w->bits == 4 ? dq_int4_packed_size(w->cols)
+                                                              : (uint64_t)w->cols) +
+                            (uint64_t)w->rows * (uint64_t)w->groups * 4 *
+                                (w->scheme == DQ_QUANT_ASYM ? 2 : 1) +
+                            (uint64_t)w->cols + 4 * (uint64_t)w->groups,
+                        &used);
     if (st == DQ_OK)
         st = qmatrix_of_blocked(c, w, out);
     dq__wprep_free(w);
@@ -1955,9 +2037,15 @@ static dq_status get_linear_blocked(const dq_file_reader *r, const dq_context *c
                        (int)p->act_bits);
     dq__wprep *w = NULL;
     /* A borrowing reader's data outlive it as the caller promised: layers read them in place. */
-    dq_status st = load_blocked(r, c, wprefix, r->borrowed, &w);
-    if (st != DQ_OK)
+    uint64_t used = 0;
+    dq_status st = load_blocked(r, c, wprefix, r->borrowed, &used, &w);
+    if (st == DQ_OK) /* the bias read, then copied by the layer */
+        st = take_alloc(r, c, "dq_file_reader_get_linear", prefix, "blocked weights and bias",
+                        8 * (uint64_t)w->rows, &used);
+    if (st != DQ_OK) {
+        dq__wprep_free(w);
         return st;
+    }
     float *bias = NULL;
     char *bn = join(c, prefix, "bias");
     int64_t width;
