@@ -701,8 +701,15 @@ static dq_status reader_create(const dq_context *c, const dq_file_params *p,
         return st;
     const uint64_t data_size = src->size - 8 - n;
     const uint8_t *header = src->buf ? src->buf + 8 : NULL;
+    /* Held at once: the reader, the header read (files), its table; then the reader, the table
+     * and the data. */
+    const uint64_t base = sizeof(dq_file_reader);
+    if (base > limit)
+        return dq__fail(c, DQ_ERR_NOMEM, src->func, "'%s': max_alloc_bytes %llu is below the "
+                        "reader's own %llu bytes", what, (unsigned long long)limit,
+                        (unsigned long long)base);
     if (!header) {
-        if (n > limit)
+        if (n > limit - base)
             return dq__fail(c, DQ_ERR_NOMEM, src->func, "'%s': a header of %llu bytes, more "
                             "than the %llu allowed (dq_file_params.max_alloc_bytes)", what,
                             (unsigned long long)n, (unsigned long long)limit);
@@ -725,16 +732,18 @@ static dq_status reader_create(const dq_context *c, const dq_file_params *p,
     r->file_size = src->size;
     r->borrowed = (p->flags & DQ_FILE_F_BORROW) != 0;
     /* The table holds its own copy of every string: the header buffer goes right after. */
-    st = dq__st_parse_header(c, header, (size_t)n, data_size, hbuf ? limit - n : limit, &r->f);
+    st = dq__st_parse_header(c, header, (size_t)n, data_size, limit - base - (hbuf ? n : 0),
+                             &r->f);
     dq__free(c, hbuf);
     if (st == DQ_OK)
         st = check_format(c, &r->f);
-    if (st == DQ_OK && !r->borrowed && data_size > limit - r->f.alloc_bytes)
+    if (st == DQ_OK && !r->borrowed && data_size > limit - base - r->f.alloc_bytes)
         st = dq__fail(c, DQ_ERR_NOMEM, src->func, "'%s': a data section of %llu bytes, more "
                       "than the %llu allowed after the header's table "
                       "(dq_file_params.max_alloc_bytes %llu)", what,
                       (unsigned long long)data_size,
-                      (unsigned long long)(limit - r->f.alloc_bytes), (unsigned long long)limit);
+                      (unsigned long long)(limit - base - r->f.alloc_bytes),
+                      (unsigned long long)limit);
     if (st == DQ_OK && data_size == 0) {
         r->f.data = no_data;
     } else if (st == DQ_OK && r->borrowed && src->buf) {
