@@ -949,6 +949,15 @@ typedef struct dq_file_params {
     uint32_t struct_size;      /**< set by dq_file_params_init */
     uint32_t flags;            /**< DQ_FILE_F_*, default 0 */
     uint64_t max_header_bytes; /**< largest JSON header accepted, 2..100 MiB, default 100 MiB */
+    /** Most bytes the reader may allocate for what a file declares (@since 1.2): opening
+     *  (the header's table and, unless borrowed, the data section) and each getter call
+     *  (dq_file_reader_get_plan, _get_qmatrix, _get_linear: the parts it loads and the object
+     *  it creates) are checked against it, from the declared sizes, before allocating.
+     *  Beyond it: DQ_ERR_NOMEM, the log line giving both figures. 0 (the default) = 4 times
+     *  the file's size plus 16 MiB: enough for the objects this library writes, except layers
+     *  much larger in memory than on disk (a few rows and many tiny groups: the kernel form
+     *  pads rows to 16 and groups to whole steps), which need a larger limit. */
+    uint64_t max_alloc_bytes;
 } dq_file_params;
 
 /** @brief Fill p with defaults. @since 1.0 */
@@ -1057,7 +1066,9 @@ DQ_API DQ_NODISCARD dq_status dq_file_writer_add_linear_layer(dq_file_writer *w,
                                                               const dq_linear *lin,
                                                               const char *plan_prefix);
 
-/** @brief Open and validate a file. p may be NULL (defaults). The file is read into memory;
+/** @brief Open and validate a file. p may be NULL (defaults). Since 1.2 the header is read
+ *  and validated first (tensor offsets against the file's size, the format metadata) and only
+ *  then is the data section read into memory (within p->max_alloc_bytes);
  *  with DQ_FILE_F_BORROW (since 1.2) it is mapped read-only instead and left in place: layers
  *  that dq_file_reader_get_linear creates from it in the blocked layout then read their
  *  weights from the mapping, so the reader must outlive them (and the file must not be
@@ -1066,7 +1077,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_writer_add_linear_layer(dq_file_writer *w,
  *  opened, read or mapped: missing, no permission, a folder...; the log message names the path
  *  and the system's reason; before 1.2 these were DQ_ERR_INVALID_ARG), DQ_ERR_FORMAT
  *  (malformed container, format metadata not "duquant"), DQ_ERR_UNSUPPORTED (a newer
- *  format_version), DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE. @since 1.0 */
+ *  format_version), DQ_ERR_NOMEM (also: beyond max_alloc_bytes), DQ_ERR_STRUCT_SIZE.
+ *  @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *p,
                                                   const char *path, dq_file_reader **out);
 
@@ -1117,9 +1129,11 @@ DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const ch
                                                float *out, int64_t n);
 
 /** @brief Load the plan stored under prefix as a new plan (allocated with ctx, may be NULL).
+ *  Declared sizes are checked against the bytes present and the reader's max_alloc_bytes
+ *  before anything is allocated (since 1.2).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT (missing or inconsistent parts),
- *  DQ_ERR_NONFINITE (non-finite scales or matrices), DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM.
- *  @since 1.0 */
+ *  DQ_ERR_NONFINITE (non-finite scales or matrices), DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM (also:
+ *  beyond max_alloc_bytes). @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ctx,
                                                       const char *prefix, dq_plan **out);
 

@@ -133,7 +133,8 @@ class LinearParams(_Params):
 
 class FileParams(_Params):
     _init = "dq_file_params_init"
-    _fields_ = [("struct_size", _u32), ("flags", _u32), ("max_header_bytes", _u64)]
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("max_header_bytes", _u64),
+                ("max_alloc_bytes", _u64)]
 
 
 _PARAMS = (ContextParams, CalibParams, RotationParams, RefineParams, PlanParams, QuantParams,

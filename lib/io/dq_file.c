@@ -50,10 +50,15 @@ struct dq_file_writer {
 
 struct dq_file_reader {
     dq_context ctx;
-    uint8_t *owned; /* NULL when the buffer is borrowed */
+    uint8_t *owned; /* the data section copied, or NULL */
     dq__st_file f;
     void *map;      /* the file mapped by dq_file_reader_open with DQ_FILE_F_BORROW, or NULL */
     size_t map_size;
+    /* Bounded reading: the most one call may allocate for the file (max_alloc_bytes, resolved)
+     * and the file's size, for messages; borrowed: the data are read in place (the caller's
+     * buffer or the mapping). */
+    uint64_t max_alloc, file_size;
+    bool borrowed;
 };
 
 DQ_API dq_status dq_file_params_init(dq_file_params *p, size_t struct_size)
@@ -62,6 +67,7 @@ DQ_API dq_status dq_file_params_init(dq_file_params *p, size_t struct_size)
         .struct_size = sizeof defaults,
         .flags = 0,
         .max_header_bytes = DQ__ST_MAX_HEADER,
+        .max_alloc_bytes = 0,
     };
     return dq__params_init(p, struct_size, FILE_PARAMS_MIN_SIZE, &defaults, sizeof defaults);
 }
@@ -616,30 +622,159 @@ static dq_status check_format(const dq_context *c, const dq__st_file *f)
     return DQ_OK;
 }
 
-/* Parses buf, which the new reader owns when owned is true (freed on failure too). */
-static dq_status reader_create(const dq_context *c, const dq_file_params *p, const uint8_t *buf,
-                               size_t size, uint8_t *owned, dq_file_reader **out)
+/* Bounded reading. Opening reads the 8-byte length and the header only, validates them (the
+ * tensor table against the file's size, the format metadata), and only then reads or maps the
+ * data section. The default limit of what one call may allocate for a file: 4 times its size
+ * plus 16 MiB (the header's table is at most about twice the header, a data copy the data
+ * size, a loaded object at most about twice the bytes it is read from). */
+#define ALLOC_DEFAULT_FACTOR 4
+#define ALLOC_DEFAULT_EXTRA ((uint64_t)16 << 20)
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
 {
-    dq_status st;
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+static uint64_t sat_mul(uint64_t a, uint64_t b)
+{
+    return b != 0 && a > UINT64_MAX / b ? UINT64_MAX : a * b;
+}
+
+/* Where a new reader's bytes come from: a buffer, or an open regular file. */
+typedef struct reader_src {
+    const char *func; /* the public function, for messages */
+    const uint8_t *buf; /* NULL for a file */
+    int fd;
+    const char *path;
+    uint64_t size;
+} reader_src;
+
+/* n bytes at offset off of the source into dst; a file that ends early is DQ_ERR_IO. */
+static dq_status src_read(const dq_context *c, const reader_src *s, uint64_t off, uint8_t *dst,
+                          size_t n)
+{
+    if (s->buf) {
+        memcpy(dst, s->buf + off, n);
+        return DQ_OK;
+    }
+    char why[128];
+    size_t done = 0;
+    while (done < n) {
+        const size_t chunk = n - done < ((size_t)1 << 30) ? n - done : (size_t)1 << 30;
+        const ssize_t got = pread(s->fd, dst + done, chunk, (off_t)(off + done));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return dq__fail(c, DQ_ERR_IO, s->func, "read '%s': %s", s->path,
+                            dq__errno_text(errno, why, sizeof why));
+        if (got == 0)
+            return dq__fail(c, DQ_ERR_IO, s->func, "read '%s': %llu of %llu bytes (file shrank)",
+                            s->path, (unsigned long long)(off + done),
+                            (unsigned long long)s->size);
+        done += (size_t)got;
+    }
+    return DQ_OK;
+}
+
+/* A byte for the data pointer of a reader without data (no tensor has bytes). */
+static const uint8_t no_data[1];
+
+/* Creates the reader: header first, validated, then the data section read (copied), borrowed
+ * from the caller's buffer or mapped (DQ_FILE_F_BORROW). */
+static dq_status reader_create(const dq_context *c, const dq_file_params *p,
+                               const reader_src *src, dq_file_reader **out)
+{
+    const char *what = src->path ? src->path : "buffer";
+    if (src->size < 8)
+        return dq__fail(c, DQ_ERR_FORMAT, src->func,
+                        "'%s': %llu bytes, shorter than the 8-byte header length", what,
+                        (unsigned long long)src->size);
+    const uint64_t limit = p->max_alloc_bytes
+                               ? p->max_alloc_bytes
+                               : sat_add(sat_mul(src->size, ALLOC_DEFAULT_FACTOR),
+                                         ALLOC_DEFAULT_EXTRA);
+    uint8_t head[8], *hbuf = NULL;
+    uint64_t n;
+    dq_status st = src_read(c, src, 0, head, 8);
+    if (st != DQ_OK || (st = dq__st_header_length(c, head, src->size, p->max_header_bytes,
+                                                  &n)) != DQ_OK)
+        return st;
+    const uint64_t data_size = src->size - 8 - n;
+    const uint8_t *header = src->buf ? src->buf + 8 : NULL;
+    /* Held at once: the reader, the header read (files), its table; then the reader, the table
+     * and the data. */
+    const uint64_t base = sizeof(dq_file_reader);
+    if (base > limit)
+        return dq__fail(c, DQ_ERR_NOMEM, src->func, "'%s': max_alloc_bytes %llu is below the "
+                        "reader's own %llu bytes", what, (unsigned long long)limit,
+                        (unsigned long long)base);
+    if (!header) {
+        if (n > limit - base)
+            return dq__fail(c, DQ_ERR_NOMEM, src->func, "'%s': a header of %llu bytes, more "
+                            "than the %llu allowed (dq_file_params.max_alloc_bytes)", what,
+                            (unsigned long long)n, (unsigned long long)limit);
+        if (!(hbuf = dq__alloc(c, (size_t)n)))
+            return dq__fail(c, DQ_ERR_NOMEM, src->func, "'%s': %llu bytes for the header", what,
+                            (unsigned long long)n);
+        if ((st = src_read(c, src, 8, hbuf, (size_t)n)) != DQ_OK) {
+            dq__free(c, hbuf);
+            return st;
+        }
+        header = hbuf;
+    }
     dq_file_reader *r = dq__calloc(c, 1, sizeof *r);
     if (!r) {
-        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the reader", sizeof *r);
-        goto fail;
+        dq__free(c, hbuf);
+        return dq__fail(c, DQ_ERR_NOMEM, src->func, "%zu bytes for the reader", sizeof *r);
     }
     dq__context_keep(&r->ctx, c);
-    if ((st = dq__st_parse(c, buf, size, p->max_header_bytes, &r->f)) != DQ_OK ||
-        (st = check_format(c, &r->f)) != DQ_OK) {
-        dq__st_clear(c, &r->f);
-        dq__context_drop(&r->ctx);
-        dq__free(c, r);
-        goto fail;
+    r->max_alloc = limit;
+    r->file_size = src->size;
+    r->borrowed = (p->flags & DQ_FILE_F_BORROW) != 0;
+    /* The table holds its own copy of every string: the header buffer goes right after. */
+    st = dq__st_parse_header(c, header, (size_t)n, data_size, limit - base - (hbuf ? n : 0),
+                             &r->f);
+    dq__free(c, hbuf);
+    if (st == DQ_OK)
+        st = check_format(c, &r->f);
+    if (st == DQ_OK && !r->borrowed && data_size > limit - base - r->f.alloc_bytes)
+        st = dq__fail(c, DQ_ERR_NOMEM, src->func, "'%s': a data section of %llu bytes, more "
+                      "than the %llu allowed after the header's table "
+                      "(dq_file_params.max_alloc_bytes %llu)", what,
+                      (unsigned long long)data_size,
+                      (unsigned long long)(limit - base - r->f.alloc_bytes),
+                      (unsigned long long)limit);
+    if (st == DQ_OK && data_size == 0) {
+        r->f.data = no_data;
+    } else if (st == DQ_OK && r->borrowed && src->buf) {
+        r->f.data = src->buf + 8 + n;
+    } else if (st == DQ_OK && r->borrowed) {
+        /* Mapped read-only: the reader and the layers it creates read the pages in place. */
+        void *map = mmap(NULL, (size_t)src->size, PROT_READ, MAP_PRIVATE, src->fd, 0);
+        if (map == MAP_FAILED) {
+            char why[128];
+            const int e = errno;
+            st = dq__fail(c, e == ENOMEM ? DQ_ERR_NOMEM : DQ_ERR_IO, src->func,
+                          "mmap '%s' (%llu bytes): %s", what, (unsigned long long)src->size,
+                          dq__errno_text(e, why, sizeof why));
+        } else {
+            r->map = map;
+            r->map_size = (size_t)src->size;
+            r->f.data = (const uint8_t *)map + 8 + n;
+        }
+    } else if (st == DQ_OK) {
+        if (!(r->owned = dq__alloc(c, (size_t)data_size)))
+            st = dq__fail(c, DQ_ERR_NOMEM, src->func, "'%s': %llu bytes for the data section",
+                          what, (unsigned long long)data_size);
+        else if ((st = src_read(c, src, 8 + n, r->owned, (size_t)data_size)) == DQ_OK)
+            r->f.data = r->owned;
     }
-    r->owned = owned;
+    if (st != DQ_OK) {
+        dq_file_reader_free(r);
+        return st;
+    }
     *out = r;
     return DQ_OK;
-fail:
-    dq__free(c, owned);
-    return st;
 }
 
 DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_params *params,
@@ -654,63 +789,8 @@ DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_param
         return st;
     if (!buf)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "buf is NULL");
-    const dq_context *c = dq__ctx(ctx);
-    if (p.flags & DQ_FILE_F_BORROW)
-        return reader_create(c, &p, buf, size, NULL, out);
-    if (size < 8)
-        return DQ_FAIL(c, DQ_ERR_FORMAT, "size %zu, shorter than the 8-byte header length",
-                       size);
-    uint8_t *copy = dq__alloc(c, size);
-    if (!copy)
-        return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for a copy of the buffer", size);
-    memcpy(copy, buf, size);
-    return reader_create(c, &p, copy, size, copy, out);
-}
-
-/* Maps the file read-only: the reader and the layers it creates read the pages in place. */
-/* The borrowing open: maps the file. Failures are logged for func (dq_file_reader_open). */
-static dq_status reader_map(const dq_context *c, const char *func, const dq_file_params *p,
-                            const char *path, dq_file_reader **out)
-{
-    char why[128];
-    const int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return dq__fail(c, DQ_ERR_IO, func, "open '%s': %s", path,
-                        dq__errno_text(errno, why, sizeof why));
-    struct stat sb;
-    dq_status st;
-    if (fstat(fd, &sb) != 0) {
-        st = dq__fail(c, DQ_ERR_IO, func, "fstat '%s': %s", path,
-                      dq__errno_text(errno, why, sizeof why));
-    } else if (!S_ISREG(sb.st_mode)) {
-        st = dq__fail(c, DQ_ERR_IO, func, "'%s' is not a regular file (mode %o), cannot be mapped",
-                      path, (unsigned)sb.st_mode);
-    } else if (sb.st_size < 8) {
-        st = dq__fail(c, DQ_ERR_FORMAT, func,
-                      "'%s': %lld bytes, shorter than the 8-byte header length", path,
-                      (long long)sb.st_size);
-    } else if ((uint64_t)sb.st_size > SIZE_MAX) {
-        st = dq__fail(c, DQ_ERR_OVERFLOW, func, "'%s': %lld bytes", path, (long long)sb.st_size);
-    } else {
-        const size_t size = (size_t)sb.st_size;
-        void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            const int e = errno;
-            st = dq__fail(c, e == ENOMEM ? DQ_ERR_NOMEM : DQ_ERR_IO, func,
-                          "mmap '%s' (%zu bytes): %s", path, size,
-                          dq__errno_text(e, why, sizeof why));
-        } else {
-            st = reader_create(c, p, map, size, NULL, out);
-            if (st == DQ_OK) {
-                (*out)->map = map;
-                (*out)->map_size = size;
-            } else {
-                munmap(map, size);
-            }
-        }
-    }
-    close(fd);
-    return st;
+    const reader_src src = {__func__, buf, -1, NULL, size};
+    return reader_create(dq__ctx(ctx), &p, &src, out);
 }
 
 DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *params,
@@ -726,59 +806,25 @@ DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *para
     if (!path)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "path is NULL");
     const dq_context *c = dq__ctx(ctx);
-    if (p.flags & DQ_FILE_F_BORROW)
-        return reader_map(c, __func__, &p, path, out);
     char why[128];
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return DQ_FAIL(c, DQ_ERR_IO, "open '%s': %s", path,
                        dq__errno_text(errno, why, sizeof why));
-    uint8_t *buf = NULL, head[8];
-    long end = 0;
-    /* Check the header length against the limit before reading a possibly huge file. */
-    size_t got = fread(head, 1, 8, f);
-    if (got != 8) {
-        st = ferror(f) ? DQ_FAIL(c, DQ_ERR_IO, "read '%s': %s", path,
-                                 dq__errno_text(errno, why, sizeof why))
-                       : DQ_FAIL(c, DQ_ERR_FORMAT, "'%s' is %zu bytes, shorter than the 8-byte "
-                                 "header length", path, got);
-        goto out;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        st = DQ_FAIL(c, DQ_ERR_IO, "fstat '%s': %s", path, dq__errno_text(errno, why, sizeof why));
+    } else if (!S_ISREG(sb.st_mode)) {
+        st = DQ_FAIL(c, DQ_ERR_IO, "'%s' is not a regular file (mode %o)", path,
+                     (unsigned)sb.st_mode);
+    } else if ((uint64_t)sb.st_size > SIZE_MAX) {
+        st = DQ_FAIL(c, DQ_ERR_OVERFLOW, "'%s' is %lld bytes, more than memory can address",
+                     path, (long long)sb.st_size);
+    } else {
+        const reader_src src = {__func__, NULL, fd, path, (uint64_t)sb.st_size};
+        st = reader_create(c, &p, &src, out);
     }
-    if (get_le64(head) > p.max_header_bytes) {
-        st = DQ_FAIL(c, DQ_ERR_FORMAT, "'%s': header length %llu > max_header_bytes %llu", path,
-                     (unsigned long long)get_le64(head),
-                     (unsigned long long)p.max_header_bytes);
-        goto out;
-    }
-    if (fseek(f, 0, SEEK_END) != 0 || (end = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        st = DQ_FAIL(c, DQ_ERR_IO, "seek '%s': %s", path, dq__errno_text(errno, why, sizeof why));
-        goto out;
-    }
-    if ((uint64_t)end > SIZE_MAX) {
-        st = DQ_FAIL(c, DQ_ERR_OVERFLOW, "'%s' is %lld bytes, more than memory can hold", path,
-                     (long long)end);
-        goto out;
-    }
-    if (!(buf = dq__alloc(c, (size_t)end))) {
-        st = DQ_FAIL(c, DQ_ERR_NOMEM, "%lld bytes for '%s'", (long long)end, path);
-        goto out;
-    }
-    got = fread(buf, 1, (size_t)end, f);
-    if (got != (size_t)end) {
-        st = ferror(f) ? DQ_FAIL(c, DQ_ERR_IO, "read '%s': %s", path,
-                                 dq__errno_text(errno, why, sizeof why))
-                       : DQ_FAIL(c, DQ_ERR_IO, "read '%s': %zu of %lld bytes (file shrank)",
-                                 path, got, (long long)end);
-        goto out;
-    }
-    fclose(f);
-    f = NULL;
-    st = reader_create(c, &p, buf, (size_t)end, buf, out);
-    buf = NULL;
-out:
-    if (f)
-        fclose(f);
-    dq__free(c, buf);
+    close(fd);
     return st;
 }
 
@@ -843,7 +889,7 @@ DQ_API dq_status dq_file_reader_metadata_key(const dq_file_reader *r, int64_t i,
     if (i < 0 || (uint64_t)i >= r->f.n_meta)
         return DQ_FAIL(&r->ctx, DQ_ERR_INVALID_ARG, "i %lld outside [0, %llu)", (long long)i,
                        (unsigned long long)r->f.n_meta);
-    return copy_text(&r->ctx, __func__, r->f.meta[i].key, key, cap, len);
+    return copy_text(&r->ctx, __func__, dq__st_meta_key(&r->f, (size_t)i), key, cap, len);
 }
 
 DQ_API dq_status dq_file_reader_metadata(const dq_file_reader *r, const char *key, char *value,
@@ -876,6 +922,28 @@ DQ_API dq_status dq_file_reader_tensor_info(const dq_file_reader *r, const char 
     return DQ_OK;
 }
 
+/* The bytes of tensor t: every read of a tensor's data goes through here. */
+static const uint8_t *tensor_bytes(const dq_file_reader *r, const dq__st_tensor *t)
+{
+    return r->f.data + t->begin;
+}
+
+/* Adds bytes, what a getter is about to allocate for the object under prefix (from declared
+ * sizes), to the call's running total *used and checks it against the reader's limit:
+ * DQ_ERR_NOMEM beyond it, both figures logged for func. */
+static dq_status take_alloc(const dq_file_reader *r, const dq_context *c, const char *func,
+                            const char *prefix, const char *what, uint64_t bytes, uint64_t *used)
+{
+    *used = sat_add(*used, bytes);
+    if (*used <= r->max_alloc)
+        return DQ_OK;
+    return dq__fail(c, DQ_ERR_NOMEM, func,
+                    "'%s': %s: %llu bytes in all, more than the %llu allowed "
+                    "(dq_file_params.max_alloc_bytes; 0 = 4 x the file's %llu bytes + 16 MiB)",
+                    prefix, what, (unsigned long long)*used, (unsigned long long)r->max_alloc,
+                    (unsigned long long)r->file_size);
+}
+
 static size_t n_elems(const dq__st_tensor *t)
 {
     return (t->end - t->begin) / dq__st_dtype_size(t->dtype);
@@ -896,7 +964,7 @@ DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const ch
     if (n < 0 || (uint64_t)n != n_elems(t))
         return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "tensor '%s': n %lld, the tensor has %zu elements",
                        name, (long long)n, n_elems(t));
-    decode_f32(out, r->f.data + t->begin, (size_t)n);
+    decode_f32(out, tensor_bytes(r, t), (size_t)n);
     return DQ_OK;
 }
 
@@ -959,7 +1027,7 @@ static bool meta_has(const dq_file_reader *r, const char *prefix, const char *pa
 
 /* Rotation slot i of the plan under prefix, or NULL (identity) when the file has none. */
 static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const char *prefix,
-                               int32_t i, int64_t cols, dq_rotation **out)
+                               int32_t i, int64_t cols, uint64_t *used, dq_rotation **out)
 {
     const dq_context *c = dq__ctx(ctx);
     *out = NULL;
@@ -983,7 +1051,22 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
         return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.%s' is %lld, expected %lld (one per "
                        "block) or %lld (shared) for cols %lld", prefix, nm_key, (long long)nm,
                        (long long)n_blocks, (long long)shared, (long long)cols);
-    /* Every matrix is a tensor of the file, so the total is bounded by the file size. */
+    /* The declared sizes against the bytes present, before anything is allocated: every
+     * matrix is a tensor of its own, of len x len floats. cols <= MAX_PLAN_COLS and
+     * bs <= 4096 keep these counts far from overflowing. */
+    const uint64_t ubs = (uint64_t)bs, rem = (uint64_t)(cols % bs);
+    const uint64_t floats = (per_block ? (uint64_t)full : full > 0) * ubs * ubs + rem * rem;
+    if ((uint64_t)nm > r->f.n_tensors || floats * 4 > r->f.data_size)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "rotation '%s.rot%d' declares %lld matrices of %llu "
+                       "floats in all; the file holds %zu tensors, %zu data bytes", prefix,
+                       (int)i, (long long)nm, (unsigned long long)floats, r->f.n_tensors,
+                       r->f.data_size);
+    /* Its floats read, then the rotation (per block: its matrix index; per matrix: size,
+     * offset, search slot) and its copy in the plan. */
+    const uint64_t rot_bytes = 8 * (uint64_t)n_blocks + 16 * (uint64_t)nm + 4 * floats;
+    if ((st = take_alloc(r, c, "dq_file_reader_get_plan", prefix, "rotation matrices",
+                         8 * (uint64_t)nm + 4 * floats + 2 * rot_bytes, used)) != DQ_OK)
+        return st;
     size_t total = 0;
     const dq__st_tensor **parts = dq__calloc(c, (size_t)nm, sizeof *parts);
     if (!parts)
@@ -1013,7 +1096,7 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
     if (st == DQ_OK) {
         size_t off = 0;
         for (int64_t m = 0; m < nm; m++) {
-            decode_f32(data + off, r->f.data + parts[m]->begin, n_elems(parts[m]));
+            decode_f32(data + off, tensor_bytes(r, parts[m]), n_elems(parts[m]));
             off += n_elems(parts[m]);
         }
         char what[96];
@@ -1028,7 +1111,8 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
 }
 
 static dq_status load_permutation(const dq_file_reader *r, const dq_context *c,
-                                  const char *prefix, int32_t i, int64_t cols, int64_t **out)
+                                  const char *prefix, int32_t i, int64_t cols, uint64_t *used,
+                                  int64_t **out)
 {
     *out = NULL;
     char *name = join_idx(c, prefix, "perm", i, "");
@@ -1042,12 +1126,17 @@ static dq_status load_permutation(const dq_file_reader *r, const dq_context *c,
         return e;
     }
     dq__free(c, name);
+    /* Read and checked here, copied and checked again by the plan: 18 bytes per column. */
+    dq_status st = take_alloc(r, c, "dq_file_reader_get_plan", prefix, "permutations",
+                              18 * (uint64_t)cols, used);
+    if (st != DQ_OK)
+        return st;
     int64_t *perm = dq__alloc(c, (size_t)cols * sizeof(int64_t));
     uint8_t *seen = dq__calloc(c, (size_t)cols, 1);
-    dq_status st = perm && seen ? DQ_OK
-                                : DQ_FAIL(c, DQ_ERR_NOMEM, "permutation of %lld", (long long)cols);
+    st = perm && seen ? DQ_OK
+                      : DQ_FAIL(c, DQ_ERR_NOMEM, "permutation of %lld", (long long)cols);
     for (int64_t j = 0; j < cols && st == DQ_OK; j++) {
-        uint64_t v = get_le64(r->f.data + t->begin + 8 * (size_t)j);
+        uint64_t v = get_le64(tensor_bytes(r, t) + 8 * (size_t)j);
         if (v >= (uint64_t)cols || seen[v])
             st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s.perm%d'[%lld] = %llu is %s", prefix,
                          (int)i, (long long)j, (unsigned long long)v,
@@ -1087,6 +1176,10 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
         return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.cols' is 0", prefix);
 
     float *smooth = NULL;
+    uint64_t used = 0; /* bytes this call allocates for the file, from the declared sizes */
+    if ((st = take_alloc(r, c, __func__, prefix, "rotation slots",
+                         16 * ((uint64_t)n_rot + 1), &used)) != DQ_OK)
+        return st;
     dq_rotation **rots = dq__calloc(c, (size_t)n_rot + 1, sizeof *rots);
     int64_t **perms = dq__calloc(c, (size_t)n_rot + 1, sizeof *perms);
     st = rots && perms ? DQ_OK
@@ -1096,13 +1189,18 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
         st = DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.smooth'", prefix);
     if (st == DQ_OK && dq__st_find(&r->f, name)) {
         const dq__st_tensor *t = find_part(r, name, DQ__ST_F32, cols, -1);
+        /* Read here, copied by the plan. */
+        if (t && (st = take_alloc(r, c, __func__, prefix, "smoothing scales",
+                                  8 * (uint64_t)cols, &used)) != DQ_OK)
+            t = NULL;
         smooth = t ? dq__alloc(c, (size_t)cols * sizeof(float)) : NULL;
-        st = !t        ? DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is not F32 [%lld]", name,
+        st = st != DQ_OK ? st
+             : !t        ? DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' is not F32 [%lld]", name,
                                  (long long)cols)
              : !smooth ? DQ_FAIL(c, DQ_ERR_NOMEM, "%lld smoothing scales", (long long)cols)
                        : DQ_OK;
         if (st == DQ_OK) {
-            decode_f32(smooth, r->f.data + t->begin, (size_t)cols);
+            decode_f32(smooth, tensor_bytes(r, t), (size_t)cols);
             for (int64_t j = 0; j < cols && st == DQ_OK; j++)
                 st = !isfinite(smooth[j])  ? DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s'[%lld] is "
                                                      "not finite", name, (long long)j)
@@ -1114,9 +1212,9 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
     }
     dq__free(c, name);
     for (int32_t i = 0; i < n_rot && st == DQ_OK; i++)
-        st = load_rotation(r, ctx, prefix, i, cols, &rots[i]);
+        st = load_rotation(r, ctx, prefix, i, cols, &used, &rots[i]);
     for (int32_t i = 0; i + 1 < n_rot && st == DQ_OK; i++)
-        st = load_permutation(r, c, prefix, i, cols, &perms[i]);
+        st = load_permutation(r, c, prefix, i, cols, &used, &perms[i]);
     if (st == DQ_OK) {
         st = dq_plan_assemble(ctx, cols, smooth, (int32_t)n_rot,
                               (const dq_rotation *const *)rots, (const int64_t *const *)perms,
@@ -1243,6 +1341,11 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
         goto out;
     }
     size_t ng = n_elems(ts);
+    uint64_t used = 0;
+    if ((st = take_alloc(r, c, __func__, prefix, "packed matrix",
+                         sizeof *q + (uint64_t)(tp->end - tp->begin) + 4 * (uint64_t)ng *
+                                         (tz ? 2 : 1), &used)) != DQ_OK)
+        goto out;
     if (!(q = dq__calloc(c, 1, sizeof *q))) {
         st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the matrix", sizeof *q);
         goto out;
@@ -1267,10 +1370,10 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
     q->nbytes = tp->end - tp->begin;
     if ((st = read_plan_fingerprint(r, prefix, &q->plan_fingerprint)) != DQ_OK)
         goto out;
-    memcpy(q->packed, r->f.data + tp->begin, q->nbytes);
-    decode_f32(q->scales, r->f.data + ts->begin, ng);
+    memcpy(q->packed, tensor_bytes(r, tp), q->nbytes);
+    decode_f32(q->scales, tensor_bytes(r, ts), ng);
     if (tz)
-        decode_f32(q->zeros, r->f.data + tz->begin, ng);
+        decode_f32(q->zeros, tensor_bytes(r, tz), ng);
     st = DQ_OK;
     /* Scales are positive and finite, zero points finite integers, as the packer makes them. */
     for (size_t g = 0; g < ng && st == DQ_OK; g++) {
@@ -1475,7 +1578,7 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     if (!ct || ct->dtype != DQ__ST_F32 || ct->ndim != 0)
         return DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s.act_clip_ratio' is %s", prefix,
                        !ct ? "absent" : "not an F32 scalar");
-    decode_f32(&p.act_clip_ratio, r->f.data + ct->begin, 1);
+    decode_f32(&p.act_clip_ratio, tensor_bytes(r, ct), 1);
     if (!isfinite(p.act_clip_ratio))
         return DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s.act_clip_ratio' is not finite", prefix);
     if (!(p.act_clip_ratio > 0.0f && p.act_clip_ratio <= 1.0f))
@@ -1499,8 +1602,23 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     st = wp && bn ? dq_file_reader_get_qmatrix(r, ctx, wp, &q)
                   : DQ_FAIL(c, DQ_ERR_NOMEM, "tensor names under '%s'", prefix);
     int64_t rows = 0, cols = 0, width = 0;
-    if (st == DQ_OK)
+    uint64_t used = 0;
+    if (st == DQ_OK) {
         dq_qmatrix_layout(q, &rows, &cols, NULL, NULL, NULL, NULL, NULL);
+        /* The packed matrix just loaded, then what the layer makes of it (its kernel form:
+         * rows padded to blocks of 16, groups to whole steps) and the bias. */
+        dq__wpack kl;
+        const bool asym = q->zeros != NULL;
+        st = dq__wpack_layout(q->bits, rows, cols, q->group_len, &kl) != DQ_OK
+                 ? DQ_FAIL(c, DQ_ERR_FORMAT, "%s: %lld x %lld too large", wp, (long long)rows,
+                           (long long)cols)
+                 : take_alloc(r, c, __func__, prefix, "packed matrix, kernel form and bias",
+                              q->nbytes + (uint64_t)rows * (uint64_t)q->groups_per_row * 4 *
+                                              (asym ? 2 : 1) +
+                                  kl.code_bytes + (uint64_t)kl.meta_count * sizeof(dq__gemm_meta) +
+                                  (uint64_t)cols + 8 * (uint64_t)kl.groups + 8 * (uint64_t)rows,
+                              &used);
+    }
     if (st == DQ_OK && dq__st_find(&r->f, bn)) {
         const dq__st_tensor *t = find_part(r, bn, DQ__ST_F32, rows, -1);
         bias = t ? dq__alloc(c, (size_t)rows * sizeof(float)) : NULL;
@@ -1509,7 +1627,7 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
              : !bias ? DQ_FAIL(c, DQ_ERR_NOMEM, "%lld bias values", (long long)rows)
                      : DQ_OK;
         if (st == DQ_OK) {
-            decode_f32(bias, r->f.data + t->begin, (size_t)rows);
+            decode_f32(bias, tensor_bytes(r, t), (size_t)rows);
             if (!dq__all_finite(bias, 1, rows, rows))
                 st = DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s' is not finite", bn);
         }
@@ -1748,7 +1866,7 @@ static dq_status check_blocked(const dq_context *c, const char *prefix, const dq
 /* The weights of a blocked matrix under prefix. borrow: read the codes (and, when aligned,
  * the meta records) in place in the reader's data, which must then outlive them; else copy. */
 static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, const char *prefix,
-                              bool borrow, dq__wprep **out)
+                              bool borrow, uint64_t *used, dq__wprep **out)
 {
     *out = NULL;
     dq_status st = DQ_ERR_FORMAT;
@@ -1790,6 +1908,12 @@ static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, cons
                      (long long)layout.block_bytes);
         goto out;
     }
+    /* The codes copied unless borrowed, the records copied unless used in place. */
+    if ((st = take_alloc(r, c, "dq_file_reader_get_linear", prefix, "blocked weights",
+                         sizeof(dq__wprep) + sizeof(dq__wpack) + (borrow ? 0 : layout.code_bytes) +
+                             (uint64_t)layout.meta_count * sizeof(dq__gemm_meta),
+                         used)) != DQ_OK)
+        goto out;
     if (!(w = dq__calloc(c, 1, sizeof *w)))
         goto out;
     dq__context_keep(&w->ctx, c);
@@ -1800,7 +1924,7 @@ static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, cons
     w->group_size = (int32_t)gs;
     w->group_len = group_len;
     w->groups = layout.groups;
-    const uint8_t *codes = r->f.data + tb->begin, *meta = r->f.data + tm->begin;
+    const uint8_t *codes = tensor_bytes(r, tb), *meta = tensor_bytes(r, tm);
     /* Meta records are read as structs: in place only when aligned for them. Codes are read
      * byte-wise or with unaligned loads, so any address will do. */
     const bool meta_in_place = borrow && meta_is_native() &&
@@ -1895,7 +2019,17 @@ static dq_status get_qmatrix_blocked(const dq_file_reader *r, const dq_context *
                                      const char *prefix, dq_qmatrix **out)
 {
     dq__wprep *w = NULL;
-    dq_status st = load_blocked(r, c, prefix, true, &w);
+    uint64_t used = 0;
+    dq_status st = load_blocked(r, c, prefix, true, &used, &w);
+    if (st == DQ_OK)
+        st = take_alloc(r, c, "dq_file_reader_get_qmatrix", prefix, "packed matrix",
+                        sizeof(dq_qmatrix) +
+                            (uint64_t)w->rows * (w->bits == 4 ? dq_int4_packed_size(w->cols)
+                                                              : (uint64_t)w->cols) +
+                            (uint64_t)w->rows * (uint64_t)w->groups * 4 *
+                                (w->scheme == DQ_QUANT_ASYM ? 2 : 1) +
+                            (uint64_t)w->cols + 4 * (uint64_t)w->groups,
+                        &used);
     if (st == DQ_OK)
         st = qmatrix_of_blocked(c, w, out);
     dq__wprep_free(w);
@@ -1912,9 +2046,15 @@ static dq_status get_linear_blocked(const dq_file_reader *r, const dq_context *c
                        (int)p->act_bits);
     dq__wprep *w = NULL;
     /* A borrowing reader's data outlive it as the caller promised: layers read them in place. */
-    dq_status st = load_blocked(r, c, wprefix, r->owned == NULL, &w);
-    if (st != DQ_OK)
+    uint64_t used = 0;
+    dq_status st = load_blocked(r, c, wprefix, r->borrowed, &used, &w);
+    if (st == DQ_OK) /* the bias read, then copied by the layer */
+        st = take_alloc(r, c, "dq_file_reader_get_linear", prefix, "blocked weights and bias",
+                        8 * (uint64_t)w->rows, &used);
+    if (st != DQ_OK) {
+        dq__wprep_free(w);
         return st;
+    }
     float *bias = NULL;
     char *bn = join(c, prefix, "bias");
     int64_t width;
@@ -1928,7 +2068,7 @@ static dq_status get_linear_blocked(const dq_file_reader *r, const dq_context *c
                                bn)
                      : DQ_OK;
         if (st == DQ_OK) {
-            decode_f32(bias, r->f.data + t->begin, (size_t)w->rows);
+            decode_f32(bias, tensor_bytes(r, t), (size_t)w->rows);
             if (!dq__all_finite(bias, 1, w->rows, w->rows))
                 st = DQ_FAIL(c, DQ_ERR_NONFINITE, "%s: not finite", bn);
         }

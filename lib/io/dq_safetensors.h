@@ -35,36 +35,65 @@ const char *dq__st_dtype_name(int32_t dtype);
 size_t dq__st_dtype_size(int32_t dtype);
 
 typedef struct dq__st_tensor {
-    char *name; /* NUL-terminated UTF-8, no NUL inside */
+    const char *name;     /* NUL-terminated UTF-8, no NUL inside, in the file's strings */
+    const int64_t *shape; /* ndim dimensions, in the file's dimension array */
     int32_t dtype;
     int32_t ndim;
-    int64_t shape[DQ__ST_MAX_DIMS];
     size_t begin, end; /* byte range inside the data section */
 } dq__st_tensor;
 
+/* A metadata pair of the writer. */
 typedef struct dq__st_meta {
     char *key;
     char *value;
 } dq__st_meta;
 
-/* A parsed container. Tensors are sorted by name and metadata by key (both unique); data points
- * into the caller's buffer. */
+/* A metadata pair of a parsed file: offsets of its NUL-terminated key and value in strs. */
+typedef struct dq__st_pair {
+    uint32_t key, value;
+} dq__st_pair;
+
+/* A parsed container. Tensors are sorted by name and metadata by key (both unique). The table
+ * (tensors, their dimensions, metadata pairs, strings) is one allocation (block, alloc_bytes);
+ * data is set by the caller and points into its buffer. */
 typedef struct dq__st_file {
     dq__st_tensor *tensors;
     size_t n_tensors;
-    dq__st_meta *meta;
+    dq__st_pair *meta;
     size_t n_meta;
+    int64_t *dims;
+    char *strs;
+    size_t strs_size;
+    void *block;
+    size_t alloc_bytes;
     const uint8_t *data;
     size_t data_size;
 } dq__st_file;
 
-/* Parses and validates buf (size bytes). max_header bounds the JSON length. On failure nothing
- * is left allocated and *out is zeroed. DQ_ERR_FORMAT for any malformed input. */
+/* The JSON header length N from the first 8 bytes (head) of a container of size bytes:
+ * DQ_ERR_FORMAT unless size >= 8, 2 <= N <= max_header (at most DQ__ST_MAX_HEADER) and
+ * N <= size - 8. */
+dq_status dq__st_header_length(const dq_context *ctx, const uint8_t *head, uint64_t size,
+                               uint64_t max_header, uint64_t *n);
+/* Parses and validates the JSON header (n bytes at header) of a container whose data section
+ * holds data_size bytes: syntax, text, every tensor's dtype, shape and offsets (they must tile
+ * the data section), unique names and keys. Reads nothing of the data; out->data is left NULL.
+ * Allocates one block of at most about 2n bytes, refused with DQ_ERR_NOMEM when more than
+ * max_alloc. On failure nothing is left allocated and *out is zeroed. DQ_ERR_FORMAT for any
+ * malformed input. */
+dq_status dq__st_parse_header(const dq_context *ctx, const uint8_t *header, size_t n,
+                              uint64_t data_size, uint64_t max_alloc, dq__st_file *out);
+/* Both steps on a whole container in buf (size bytes); out->data points into buf. */
 dq_status dq__st_parse(const dq_context *ctx, const uint8_t *buf, size_t size,
                        uint64_t max_header, dq__st_file *out);
 void dq__st_clear(const dq_context *ctx, dq__st_file *f);
 const dq__st_tensor *dq__st_find(const dq__st_file *f, const char *name);
 const char *dq__st_meta_find(const dq__st_file *f, const char *key);
+/* Key i (sorted order) of a parsed file. */
+static inline const char *dq__st_meta_key(const dq__st_file *f, size_t i)
+{
+    return f->strs + f->meta[i].key;
+}
 
 /* One tensor or metadata pair for the writer; bytes are already little-endian. */
 typedef struct dq__st_entry {
