@@ -11,6 +11,7 @@
 
 #include "dq_check_run.h"
 #include "duquant.h"
+#include "test_alloc.h"
 
 /* ---- the quarantine allocator ---- */
 
@@ -488,6 +489,62 @@ START_TEST(plan_freed_twice_while_a_layer_holds_it)
 }
 END_TEST
 
+/* A matrix loaded from a layer's blocked form, with each of its allocations failing in turn:
+ * every failure gives back, through the context's allocator, all it took (the matrix object
+ * included, which must hold its context before anything can fail). */
+START_TEST(blocked_matrix_load_failures_free_through_the_context)
+{
+    setup();
+    dq_context *ctx = quarantine_context(1);
+    dq_linear *lin = make_object(ctx, T_LINEAR, NULL);
+    dq_file_writer *w = make_object(ctx, T_WRITER, NULL);
+    ck_assert_int_eq(dq_file_writer_add_linear_layer(w, "ll", lin, NULL), DQ_OK);
+    size_t size = 0;
+    ck_assert_int_eq(dq_file_writer_to_buffer(w, NULL, 0, &size), DQ_OK);
+    uint8_t *buf = malloc(size);
+    ck_assert_ptr_nonnull(buf);
+    ck_assert_int_eq(dq_file_writer_to_buffer(w, buf, size, &size), DQ_OK);
+    dq_file_reader *r = NULL;
+    ck_assert_int_eq(dq_file_reader_from_buffer(ctx, NULL, buf, size, &r), DQ_OK);
+    test_alloc a = {0};
+    dq_context *actx = test_alloc_context(&a);
+    ck_assert_ptr_nonnull(actx);
+    const long base = a.live;
+    int failures = 0;
+    for (long k = 1;; k++) {
+        a.fail_at = a.total + k; /* the k-th allocation of this call fails */
+        dq_qmatrix *q = (dq_qmatrix *)&pattern;
+        dq_status st = dq_file_reader_get_qmatrix(r, actx, "ll.weight", &q);
+        if (st == DQ_OK) {
+            a.fail_at = 0;
+            int64_t rows = 0, cols = 0;
+            ck_assert_int_eq(dq_qmatrix_layout(q, &rows, &cols, NULL, NULL, NULL, NULL, NULL),
+                             DQ_OK);
+            ck_assert_int_eq(rows, ROWS);
+            ck_assert_int_eq(cols, COLS);
+            dq_qmatrix_free(q);
+            ck_assert_int_eq(a.live, base);
+            break;
+        }
+        ck_assert_int_eq(st, DQ_ERR_NOMEM);
+        ck_assert_ptr_null(q);
+        ck_assert_msg(a.live == base, "allocation %ld failing: %ld blocks not given back", k,
+                      a.live - base);
+        failures++;
+        ck_assert_int_lt(k, 1000);
+    }
+    ck_assert_int_ge(failures, 3);
+    dq_context_free(actx);
+    ck_assert_int_eq(a.live, 0);
+    dq_file_reader_free(r);
+    free(buf);
+    dq_file_writer_free(w);
+    dq_linear_free(lin);
+    dq_context_free(ctx);
+    teardown_checks();
+}
+END_TEST
+
 static Suite *handles_suite(void)
 {
     Suite *s = suite_create("handles");
@@ -498,6 +555,7 @@ static Suite *handles_suite(void)
     tcase_add_test(tc, double_free_and_use_after_free_are_reported);
     tcase_add_test(tc, pooled_context_double_free);
     tcase_add_test(tc, plan_freed_twice_while_a_layer_holds_it);
+    tcase_add_test(tc, blocked_matrix_load_failures_free_through_the_context);
     suite_add_tcase(s, tc);
     return s;
 }
