@@ -16,11 +16,13 @@
  * a pointer where the tag was: not a live tag of any type, hence still rejected (as "not a
  * live handle"), but the freed tag itself is only seen where the allocator leaves the block
  * alone (a quarantining or pooling allocator in the context, as the tests use). The tag values
- * are 64-bit constants that no pointer, size or small integer takes, so a stale link or a
- * wrong object reads as a tag by accident with negligible probability. Reading a freed
- * block is outside what C defines: detection of use after free is best effort (reliable with
- * an allocator that keeps freed blocks), type confusion and double free through a kept block
- * are caught every time.
+ * have ASCII in their top bytes (>= 2^62): no user-space address (< 2^57 on 64-bit Linux,
+ * 5-level paging included), hence no free-list link, even one mangled by glibc's safe-linking (an address
+ * XORed with another shifted right by 12), can equal one, nor can a size or small integer.
+ * Reading a freed block is outside what C defines: detection of use after free is best effort
+ * (reliable with an allocator that keeps freed blocks; a block reused for another object of
+ * the same type reads as live), type confusion and a double free through a kept block are
+ * caught every time.
  *
  * Logging a misuse: through the function's context argument when it has one (non-NULL), else
  * through the context recorded in the handle found when its tag is one of ours (live or freed:
