@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dq_handle.h"
 #include "dq_gemm_simd.h"
 #include "dq_internal.h"
 #include "dq_linear.h"
@@ -34,6 +35,7 @@
 #define FILE_PARAMS_MIN_SIZE (offsetof(dq_file_params, max_header_bytes) + sizeof(uint64_t))
 
 struct dq_file_writer {
+    uint64_t tag; /* DQ__TAG_FILE_WRITER (dq_handle.h) */
     dq_context ctx;
     dq__st_entry *e;
     size_t n, cap;
@@ -47,8 +49,10 @@ struct dq_file_writer {
     } *plans;
     size_t n_plans, cap_plans;
 };
+DQ__HANDLE_LAYOUT(struct dq_file_writer);
 
 struct dq_file_reader {
+    uint64_t tag; /* DQ__TAG_FILE_READER (dq_handle.h) */
     dq_context ctx;
     uint8_t *owned; /* the data section copied, or NULL */
     dq__st_file f;
@@ -60,6 +64,7 @@ struct dq_file_reader {
     uint64_t max_alloc, file_size;
     bool borrowed;
 };
+DQ__HANDLE_LAYOUT(struct dq_file_reader);
 
 DQ_API dq_status dq_file_params_init(dq_file_params *p, size_t struct_size)
 {
@@ -160,6 +165,7 @@ static bool parse_int(const char *s, int64_t max, int64_t *v)
 
 DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -168,6 +174,7 @@ DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
     if (!w)
         return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the writer", sizeof *w);
     dq__context_keep(&w->ctx, c);
+    w->tag = DQ__TAG_FILE_WRITER;
     w->cap_meta = 8;
     w->meta = dq__calloc(c, w->cap_meta, sizeof *w->meta);
     char version[16];
@@ -207,6 +214,8 @@ DQ_API void dq_file_writer_free(dq_file_writer *w)
 {
     if (!w)
         return;
+    DQ_CHECK_HANDLE_FREE(w, DQ__H_FILE_WRITER, "w");
+    DQ_HANDLE_RETIRE(w, DQ__H_FILE_WRITER);
     dq_context c = w->ctx;
     truncate_writer(w, 0, 0);
     for (size_t i = 0; i < w->n_plans; i++)
@@ -314,6 +323,7 @@ static dq_status push_meta_int(dq_file_writer *w, char *key, long long v)
 DQ_API dq_status dq_file_writer_add_metadata(dq_file_writer *w, const char *key,
                                              const char *value)
 {
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
     if (!w || !key || !value)
         return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !w ? "w" : !key ? "key" : "value");
@@ -348,6 +358,7 @@ DQ_API dq_status dq_file_writer_add_tensor_f32(dq_file_writer *w, const char *na
                                                const float *data, int32_t ndim,
                                                const int64_t *shape)
 {
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
     if (!w || !name || (ndim > 0 && !shape))
         return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !w ? "w" : !name ? "name" : "shape");
@@ -478,6 +489,8 @@ static dq_status remember_plan(dq_file_writer *w, const char *prefix, const dq_p
 DQ_API dq_status dq_file_writer_add_plan(dq_file_writer *w, const char *prefix,
                                          const dq_plan *pl)
 {
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
+    DQ_CHECK_HANDLE(w ? &w->ctx : NULL, pl, DQ__H_PLAN, "pl");
     if (!w || !pl || !valid_prefix(prefix))
         return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s", !w ? "w is NULL"
                        : !pl ? "pl is NULL" : "prefix is NULL, empty or not valid text");
@@ -525,6 +538,8 @@ static dq_status add_qmatrix_parts(dq_file_writer *w, const char *prefix, const 
 DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefix,
                                             const dq_qmatrix *q)
 {
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
+    DQ_CHECK_HANDLE(w ? &w->ctx : NULL, q, DQ__H_QMATRIX, "q");
     if (!w || !q || !valid_prefix(prefix))
         return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s", !w ? "w is NULL"
                        : !q ? "q is NULL" : "prefix is NULL, empty or not valid text");
@@ -538,6 +553,7 @@ DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefi
 DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, size_t cap,
                                           size_t *size)
 {
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
     if (!w || !size)
         return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !w ? "w" : "size");
     size_t need;
@@ -554,6 +570,7 @@ DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, si
 
 DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
 {
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
     if (!w)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "w is NULL");
     if (!path || !*path)
@@ -728,6 +745,7 @@ static dq_status reader_create(const dq_context *c, const dq_file_params *p,
         return dq__fail(c, DQ_ERR_NOMEM, src->func, "%zu bytes for the reader", sizeof *r);
     }
     dq__context_keep(&r->ctx, c);
+    r->tag = DQ__TAG_FILE_READER;
     r->max_alloc = limit;
     r->file_size = src->size;
     r->borrowed = (p->flags & DQ_FILE_F_BORROW) != 0;
@@ -780,6 +798,7 @@ static dq_status reader_create(const dq_context *c, const dq_file_params *p,
 DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_params *params,
                                             const void *buf, size_t size, dq_file_reader **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -796,6 +815,7 @@ DQ_API dq_status dq_file_reader_from_buffer(dq_context *ctx, const dq_file_param
 DQ_API dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *params,
                                      const char *path, dq_file_reader **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -832,6 +852,8 @@ DQ_API void dq_file_reader_free(dq_file_reader *r)
 {
     if (!r)
         return;
+    DQ_CHECK_HANDLE_FREE(r, DQ__H_FILE_READER, "r");
+    DQ_HANDLE_RETIRE(r, DQ__H_FILE_READER);
     dq_context c = r->ctx;
     dq__st_clear(&c, &r->f);
     dq__free(&c, r->owned);
@@ -844,6 +866,7 @@ DQ_API void dq_file_reader_free(dq_file_reader *r)
 DQ_API dq_status dq_file_reader_count(const dq_file_reader *r, int64_t *n_tensors,
                                       int64_t *n_metadata)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_FILE_READER, "r");
     if (!r)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     if (n_tensors)
@@ -871,6 +894,7 @@ static dq_status copy_text(const dq_context *c, const char *func, const char *s,
 DQ_API dq_status dq_file_reader_tensor_name(const dq_file_reader *r, int64_t i, char *name,
                                             size_t cap, size_t *len)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_FILE_READER, "r");
     if (!r || (!name && !len))
         return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !r ? "r" : "name and len are both");
@@ -883,6 +907,7 @@ DQ_API dq_status dq_file_reader_tensor_name(const dq_file_reader *r, int64_t i, 
 DQ_API dq_status dq_file_reader_metadata_key(const dq_file_reader *r, int64_t i, char *key,
                                              size_t cap, size_t *len)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_FILE_READER, "r");
     if (!r || (!key && !len))
         return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !r ? "r" : "key and len are both");
@@ -895,6 +920,7 @@ DQ_API dq_status dq_file_reader_metadata_key(const dq_file_reader *r, int64_t i,
 DQ_API dq_status dq_file_reader_metadata(const dq_file_reader *r, const char *key, char *value,
                                          size_t cap, size_t *len)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_FILE_READER, "r");
     if (!r || !key || (!value && !len))
         return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !r ? "r" : !key ? "key" : "value and len are both");
@@ -907,6 +933,7 @@ DQ_API dq_status dq_file_reader_metadata(const dq_file_reader *r, const char *ke
 DQ_API dq_status dq_file_reader_tensor_info(const dq_file_reader *r, const char *name,
                                             int32_t *dtype, int32_t *ndim, int64_t *shape)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_FILE_READER, "r");
     if (!r || !name)
         return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !r ? "r" : "name");
     const dq__st_tensor *t = dq__st_find(&r->f, name);
@@ -952,6 +979,7 @@ static size_t n_elems(const dq__st_tensor *t)
 DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const char *name,
                                                float *out, int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_FILE_READER, "r");
     if (!r || !name || (!out && n > 0))
         return DQ_FAIL(r ? &r->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !r ? "r" : !name ? "name" : "out");
@@ -1157,6 +1185,8 @@ static dq_status load_permutation(const dq_file_reader *r, const dq_context *c,
 DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ctx,
                                          const char *prefix, dq_plan **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, r, DQ__H_FILE_READER, "r", out);
+    DQ_CHECK_HANDLE_OUT(r ? &r->ctx : NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -1268,6 +1298,8 @@ static dq_status read_plan_fingerprint(const dq_file_reader *r, const char *pref
 DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context *ctx,
                                             const char *prefix, dq_qmatrix **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, r, DQ__H_FILE_READER, "r", out);
+    DQ_CHECK_HANDLE_OUT(r ? &r->ctx : NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -1346,11 +1378,10 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
                          sizeof *q + (uint64_t)(tp->end - tp->begin) + 4 * (uint64_t)ng *
                                          (tz ? 2 : 1), &used)) != DQ_OK)
         goto out;
-    if (!(q = dq__calloc(c, 1, sizeof *q))) {
+    if (!(q = dq__qmatrix_new(c))) {
         st = DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the matrix", sizeof *q);
         goto out;
     }
-    dq__context_keep(&q->ctx, c);
     q->packed = dq__alloc(c, tp->end - tp->begin);
     q->scales = dq__alloc(c, ng * sizeof(float));
     q->zeros = tz ? dq__alloc(c, ng * sizeof(float)) : NULL;
@@ -1476,6 +1507,8 @@ DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix
                                            const dq_linear_params *p, const char *plan_prefix,
                                            const dq_qmatrix *weights, const float *bias)
 {
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
+    DQ_CHECK_HANDLE(w ? &w->ctx : NULL, weights, DQ__H_QMATRIX, "weights");
     if (!w || !weights || !valid_prefix(prefix) || (plan_prefix && !valid_name(plan_prefix)))
         return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s", !w ? "w is NULL"
                        : !weights             ? "weights is NULL"
@@ -1544,6 +1577,9 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
                                            const char *prefix, const dq_plan *plan,
                                            dq_linear **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, r, DQ__H_FILE_READER, "r", out);
+    DQ_CHECK_HANDLE_OUT(r ? &r->ctx : NULL, ctx, DQ__H_CONTEXT, "ctx", out);
+    DQ_CHECK_HANDLE_OUT(ctx, plan, DQ__H_PLAN, "plan", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -1769,6 +1805,8 @@ out:
 DQ_API dq_status dq_file_writer_add_linear_layer(dq_file_writer *w, const char *prefix,
                                                  const dq_linear *lin, const char *plan_prefix)
 {
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
+    DQ_CHECK_HANDLE(w ? &w->ctx : NULL, lin, DQ__H_LINEAR, "lin");
     if (!w)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "w is NULL");
     if (!lin)
@@ -1966,13 +2004,12 @@ static dq_status qmatrix_of_blocked(const dq_context *c, const dq__wprep *w, dq_
     *out = NULL;
     const size_t row_bytes = w->bits == 4 ? dq_int4_packed_size(w->cols) : (size_t)w->cols;
     const size_t ng = (size_t)w->rows * (size_t)w->groups;
-    dq_qmatrix *q = dq__calloc(c, 1, sizeof *q);
+    dq_qmatrix *q = dq__qmatrix_new(c);
     int8_t *row = dq__alloc(c, (size_t)w->cols);
     int32_t *zeros = dq__alloc(c, (size_t)w->groups * sizeof(int32_t));
     dq_status st = DQ_ERR_NOMEM;
     if (!q || !row || !zeros)
         goto out;
-    dq__context_keep(&q->ctx, c);
     q->packed = dq__calloc(c, (size_t)w->rows, row_bytes);
     q->scales = dq__alloc(c, ng * sizeof(float));
     q->zeros = w->scheme == DQ_QUANT_ASYM ? dq__alloc(c, ng * sizeof(float)) : NULL;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_gemm.h"
 #include "dq_internal.h"
 #include "dq_linear.h"
@@ -17,6 +18,7 @@
 #define CODE_ROW_ALIGN 64
 
 struct dq_linear {
+    uint64_t tag; /* DQ__TAG_LINEAR (dq_handle.h) */
     dq_context ctx;
     const dq_plan *plan; /* a reference of the layer's own; NULL = identity */
     dq__online *online;  /* the plan compiled for the fused route; NULL: unfused */
@@ -27,6 +29,7 @@ struct dq_linear {
     int32_t act_scheme;
     float act_clip;
 };
+DQ__HANDLE_LAYOUT(struct dq_linear);
 
 /* Byte offsets of the workspace parts, each DQ_ALIGN-aligned from an aligned base. */
 typedef struct workspace_layout {
@@ -89,6 +92,9 @@ DQ_API dq_status dq_linear_create(dq_context *ctx, const dq_linear_params *param
                                   const dq_plan *plan, const dq_qmatrix *weights,
                                   const float *bias, dq_linear **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
+    DQ_CHECK_HANDLE_OUT(ctx, plan, DQ__H_PLAN, "plan", out);
+    DQ_CHECK_HANDLE_OUT(ctx, weights, DQ__H_QMATRIX, "weights", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -132,6 +138,7 @@ dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_para
         return DQ_FAIL(ctx, DQ_ERR_NOMEM, "layer");
     }
     dq__context_keep(&lin->ctx, c);
+    lin->tag = DQ__TAG_LINEAR;
     lin->w = w;
     if (bias) {
         lin->bias = dq__alloc(c, (size_t)rows * sizeof(float));
@@ -186,10 +193,12 @@ DQ_API void dq_linear_free(dq_linear *lin)
 {
     if (!lin)
         return;
+    DQ_CHECK_HANDLE_FREE(lin, DQ__H_LINEAR, "lin");
+    DQ_HANDLE_RETIRE(lin, DQ__H_LINEAR);
     dq_context c = lin->ctx;
     dq__wprep_free(lin->w);
     dq__online_free(lin->online);
-    dq_plan_free((dq_plan *)(uintptr_t)lin->plan); /* the layer's reference */
+    dq__plan_release(lin->plan); /* the layer's reference */
     dq__free(&c, lin->bias);
     dq__free(&c, lin);
     dq__context_drop(&c);
@@ -198,6 +207,7 @@ DQ_API void dq_linear_free(dq_linear *lin)
 DQ_API dq_status dq_linear_layout(const dq_linear *lin, int64_t *in_features,
                                   int64_t *out_features)
 {
+    DQ_CHECK_HANDLE(NULL, lin, DQ__H_LINEAR, "lin");
     if (!lin)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "lin is NULL");
     if (in_features)
@@ -238,6 +248,12 @@ static dq_status check_group(const char *func, const dq_linear *const *layers, i
         return FAIL_IN(func, NULL, DQ_ERR_INVALID_ARG, "n_layers %d < 1", (int)n);
     if (!layers[0])
         return FAIL_IN(func, NULL, DQ_ERR_INVALID_ARG, "layers[0] is NULL");
+    for (int32_t i = 0; i < n; i++)
+        if (layers[i] && dq__handle_tag(layers[i]) != DQ__TAG_LINEAR) {
+            char name[32];
+            snprintf(name, sizeof name, "layers[%d]", (int)i);
+            return dq__handle_fail(NULL, layers[i], DQ__H_LINEAR, func, name);
+        }
     const dq_linear *l0 = layers[0];
     const dq_context *ctx = &l0->ctx;
     for (int32_t i = 1; i < n; i++) {
@@ -355,6 +371,7 @@ dq_status dq__linear_workspace_route(const dq_linear *lin, int32_t route, int64_
 
 DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, size_t *bytes)
 {
+    DQ_CHECK_HANDLE(NULL, lin, DQ__H_LINEAR, "lin");
     if (!lin)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "lin is NULL");
     return workspace_size_of(__func__, &lin, 1, DQ__ROUTE_FUSED, rows, bytes);
@@ -515,6 +532,7 @@ DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t
                                    int64_t cols, int64_t ldx, float *y, int64_t ldy, void *work,
                                    size_t work_size)
 {
+    DQ_CHECK_HANDLE(NULL, lin, DQ__H_LINEAR, "lin");
     if (!lin)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "lin is NULL");
     if (rows > 0 && !y)

@@ -5,8 +5,10 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_plan.h"
 #include "dq_plan_binding.h"
 
@@ -14,6 +16,7 @@
 #define PLAN_CHUNK_ROWS 256
 
 struct dq_plan {
+    uint64_t tag; /* DQ__TAG_PLAN (dq_handle.h) */
     dq_context ctx;
     int64_t cols;
     float *smooth;      /* cols factors, NULL = no smoothing */
@@ -23,7 +26,9 @@ struct dq_plan {
     /* References beyond the creator's (layers using the plan): 0 from the zeroed allocation,
      * -1 after the last release. */
     atomic_int extra_refs;
+    atomic_bool creator_released; /* dq_plan_free was called (a second call is misuse) */
 };
+DQ__HANDLE_LAYOUT(struct dq_plan);
 
 dq_plan *dq__plan_retain(const dq_plan *pl)
 {
@@ -38,10 +43,28 @@ DQ_API void dq_plan_free(dq_plan *pl)
 {
     if (!pl)
         return;
+    DQ_CHECK_HANDLE_FREE(pl, DQ__H_PLAN, "pl");
+    /* The creator's reference goes once: a second dq_plan_free while layers keep the plan
+     * alive is reported instead of taking one of theirs. */
+    if (atomic_exchange_explicit(&pl->creator_released, true, memory_order_relaxed)) {
+        (void)DQ_FAIL(&pl->ctx, DQ_ERR_INVALID_ARG,
+                      "pl: the plan was already freed (layers still hold it): double free");
+        return;
+    }
+    dq__plan_release(pl);
+}
+
+void dq__plan_release(const dq_plan *cpl)
+{
+    /* The count is the one mutable part of a plan; the object itself was allocated mutable. */
+    dq_plan *pl = (dq_plan *)(uintptr_t)cpl;
+    if (!pl)
+        return;
     /* Only the holder of the last reference frees; acquire-release orders every other
      * holder's reads before the memory goes. */
     if (atomic_fetch_sub_explicit(&pl->extra_refs, 1, memory_order_acq_rel) > 0)
         return;
+    DQ_HANDLE_RETIRE(pl, DQ__H_PLAN);
     dq_context c = pl->ctx;
     for (int32_t i = 0; i < pl->n_rot; i++) {
         if (pl->rot)
@@ -69,6 +92,7 @@ dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, boo
     if (!pl)
         return DQ_FAIL(ctx, DQ_ERR_NOMEM, "plan of %lld channels", (long long)cols);
     dq__context_keep(&pl->ctx, ctx);
+    pl->tag = DQ__TAG_PLAN;
     pl->cols = cols;
     pl->n_rot = n_rot;
     bool ok = true;
@@ -147,6 +171,7 @@ DQ_API dq_status dq_plan_assemble(dq_context *ctx, int64_t cols, const float *sm
                                   int32_t n_rotations, const dq_rotation *const *rotations,
                                   const int64_t *const *permutations, dq_plan **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -174,6 +199,12 @@ DQ_API dq_status dq_plan_assemble(dq_context *ctx, int64_t cols, const float *sm
             if (!(smooth_scale[j] > 0.0f))
                 return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "smooth_scale[%lld] = %g, expected > 0",
                                (long long)j, (double)smooth_scale[j]);
+        }
+    for (int32_t i = 0; i < n_rotations; i++)
+        if (rotations[i] && dq__handle_tag(rotations[i]) != DQ__TAG_ROTATION) {
+            char name[32];
+            snprintf(name, sizeof name, "rotations[%d]", (int)i);
+            return dq__handle_fail(ctx, rotations[i], DQ__H_ROTATION, __func__, name);
         }
     for (int32_t i = 0; i < n_rotations; i++)
         if (rotations[i] && rotations[i]->cols != cols)
@@ -237,6 +268,7 @@ static bool workspace_bytes(const dq_plan *pl, int64_t rows, size_t *bytes)
 
 DQ_API dq_status dq_plan_width(const dq_plan *pl, int64_t *cols)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     if (!pl || !cols)
         return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !pl ? "pl" : "cols");
@@ -246,6 +278,7 @@ DQ_API dq_status dq_plan_width(const dq_plan *pl, int64_t *cols)
 
 DQ_API dq_status dq_plan_workspace_size(const dq_plan *pl, int64_t rows, size_t *bytes)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     if (!pl || !bytes)
         return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !pl ? "pl" : "bytes");
@@ -382,6 +415,7 @@ static dq_status run_with_work(const char *func, const dq_plan *pl, float *x, in
 DQ_API dq_status dq_plan_apply_act(const dq_plan *pl, float *x, int64_t rows, int64_t cols,
                                    int64_t ldx, void *work, size_t work_size)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     dq_status st = check_apply(__func__, pl, "x", x, rows, cols, ldx);
     if (st == DQ_OK)
         st = check_finite(__func__, pl, "x", x, rows, cols, ldx);
@@ -394,6 +428,7 @@ DQ_API dq_status dq_plan_apply_act_to(const dq_plan *pl, const float *x, int64_t
                                       int64_t cols, int64_t ldx, float *y, int64_t ldy,
                                       void *work, size_t work_size)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     dq_status st = check_apply(__func__, pl, "x", x, rows, cols, ldx);
     if (st == DQ_OK)
         st = check_apply(__func__, pl, "y", y, rows, cols, ldy);
@@ -414,6 +449,7 @@ DQ_API dq_status dq_plan_apply_act_to(const dq_plan *pl, const float *x, int64_t
 DQ_API dq_status dq_plan_transform_weight(const dq_plan *pl, float *w, int64_t rows,
                                           int64_t cols, int64_t ldw)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     dq_status st = check_apply(__func__, pl, "w", w, rows, cols, ldw);
     if (st == DQ_OK)
         st = check_finite(__func__, pl, "w", w, rows, cols, ldw);
@@ -426,6 +462,7 @@ DQ_API dq_status dq_plan_transform_weight(const dq_plan *pl, float *w, int64_t r
 
 DQ_API dq_status dq_plan_layout(const dq_plan *pl, int32_t *has_smoothing, int32_t *n_rotations)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     if (!pl)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "pl is NULL");
     if (has_smoothing)
@@ -437,6 +474,7 @@ DQ_API dq_status dq_plan_layout(const dq_plan *pl, int32_t *has_smoothing, int32
 
 DQ_API dq_status dq_plan_smooth_scales(const dq_plan *pl, float *s, int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     if (!pl || !s)
         return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !pl ? "pl" : "s");
     if (n != pl->cols)
@@ -449,6 +487,7 @@ DQ_API dq_status dq_plan_smooth_scales(const dq_plan *pl, float *s, int64_t n)
 
 DQ_API dq_status dq_plan_rotation(const dq_plan *pl, int32_t i, const dq_rotation **r)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     if (!pl || !r)
         return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !pl ? "pl" : "r");
     if (i < 0 || i >= pl->n_rot)
@@ -460,6 +499,7 @@ DQ_API dq_status dq_plan_rotation(const dq_plan *pl, int32_t i, const dq_rotatio
 
 DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm, int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     if (!pl || !perm)
         return DQ_FAIL(pl ? &pl->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !pl ? "pl" : "perm");

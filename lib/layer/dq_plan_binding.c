@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_plan_binding.h"
 #include "dq_qmatrix.h"
 #include "dq_transform.h"
@@ -98,6 +99,7 @@ out:
 
 DQ_API dq_status dq_plan_fingerprint(const dq_plan *pl, uint64_t *out)
 {
+    DQ_CHECK_HANDLE(NULL, pl, DQ__H_PLAN, "pl");
     if (!pl || !out)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !pl ? "pl" : "out");
     uint64_t fp;
@@ -110,6 +112,7 @@ DQ_API dq_status dq_plan_fingerprint(const dq_plan *pl, uint64_t *out)
 
 DQ_API dq_status dq_qmatrix_plan_fingerprint(const dq_qmatrix *q, uint64_t *out)
 {
+    DQ_CHECK_HANDLE(NULL, q, DQ__H_QMATRIX, "q");
     if (!q || !out)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !q ? "q" : "out");
     *out = q->plan_fingerprint;
@@ -148,6 +151,8 @@ DQ_API dq_status dq_qmatrix_pack_transformed(dq_context *ctx, const dq_quant_par
                                              int64_t cols, int64_t ldw, const float *clip_hi,
                                              const float *clip_lo, dq_qmatrix **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
+    DQ_CHECK_HANDLE_OUT(ctx, plan, DQ__H_PLAN, "plan", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;

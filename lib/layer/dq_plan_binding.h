@@ -6,8 +6,10 @@
 
 #include "dq_internal.h"
 
-/* Takes one more reference to pl (NULL: none) and returns it; dq_plan_free drops one. */
+/* Takes one more reference to pl (NULL: none) and returns it; dq__plan_release drops one
+ * (dq_plan_free drops the creator's, once). */
 dq_plan *dq__plan_retain(const dq_plan *pl);
+void dq__plan_release(const dq_plan *pl);
 
 /* Fingerprint of a valid plan (never 0); scratch comes from ctx (NULL = defaults):
  * DQ_ERR_NOMEM when it cannot be allocated. */

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_internal.h"
 #include "dq_qmatrix.h"
 
@@ -124,10 +125,9 @@ static dq_status pack(const char *func, dq_context *ctx, const dq_quant_params *
                         (long long)rows, (long long)cols);
 
     const dq_context *c = dq__ctx(ctx);
-    dq_qmatrix *q = dq__calloc(c, 1, sizeof *q);
+    dq_qmatrix *q = dq__qmatrix_new(c);
     if (!q)
         return dq__fail(ctx, DQ_ERR_NOMEM, func, "qmatrix object");
-    dq__context_keep(&q->ctx, c);
     q->packed = dq__calloc(c, nbytes, 1);
     q->scales = dq__alloc(c, gbytes);
     q->zeros = p.scheme == DQ_QUANT_ASYM ? dq__alloc(c, gbytes) : NULL;
@@ -181,6 +181,7 @@ DQ_API dq_status dq_qmatrix_pack(dq_context *ctx, const dq_quant_params *params,
                                  int64_t rows, int64_t cols, int64_t ldw, const float *clip_hi,
                                  const float *clip_lo, dq_qmatrix **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     return pack(__func__, ctx, params, w, rows, cols, ldw, clip_hi, clip_lo, -1, out);
 }
 
@@ -189,6 +190,7 @@ DQ_API dq_status dq_qmatrix_pack_clipped(dq_context *ctx, const dq_quant_params 
                                          const float *clip_hi, const float *clip_lo,
                                          int64_t n_clip, dq_qmatrix **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (out)
         *out = NULL;
     if (n_clip < 0)
@@ -199,10 +201,22 @@ DQ_API dq_status dq_qmatrix_pack_clipped(dq_context *ctx, const dq_quant_params 
     return pack(__func__, ctx, params, w, rows, cols, ldw, clip_hi, clip_lo, n_clip, out);
 }
 
+dq_qmatrix *dq__qmatrix_new(const dq_context *ctx)
+{
+    dq_qmatrix *q = dq__calloc(ctx, 1, sizeof *q);
+    if (q) {
+        q->tag = DQ__TAG_QMATRIX;
+        dq__context_keep(&q->ctx, ctx);
+    }
+    return q;
+}
+
 DQ_API void dq_qmatrix_free(dq_qmatrix *q)
 {
     if (!q)
         return;
+    DQ_CHECK_HANDLE_FREE(q, DQ__H_QMATRIX, "q");
+    DQ_HANDLE_RETIRE(q, DQ__H_QMATRIX);
     dq_context c = q->ctx;
     dq__free(&c, q->packed);
     dq__free(&c, q->scales);
@@ -215,6 +229,7 @@ DQ_API dq_status dq_qmatrix_layout(const dq_qmatrix *q, int64_t *rows, int64_t *
                                    int32_t *bits, int32_t *scheme, int32_t *group_size,
                                    int64_t *groups_per_row, size_t *row_bytes)
 {
+    DQ_CHECK_HANDLE(NULL, q, DQ__H_QMATRIX, "q");
     if (!q)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "q is NULL");
     if (rows)
@@ -237,6 +252,7 @@ DQ_API dq_status dq_qmatrix_layout(const dq_qmatrix *q, int64_t *rows, int64_t *
 DQ_API dq_status dq_qmatrix_view(const dq_qmatrix *q, const uint8_t **packed, size_t *nbytes,
                                  const float **scales, const float **zeros)
 {
+    DQ_CHECK_HANDLE(NULL, q, DQ__H_QMATRIX, "q");
     if (!q)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "q is NULL");
     if (packed)
@@ -252,6 +268,7 @@ DQ_API dq_status dq_qmatrix_view(const dq_qmatrix *q, const uint8_t **packed, si
 
 DQ_API dq_status dq_qmatrix_unpack_codes(const dq_qmatrix *q, int32_t *codes, int64_t ldc)
 {
+    DQ_CHECK_HANDLE(NULL, q, DQ__H_QMATRIX, "q");
     if (!q || !codes)
         return DQ_FAIL(q ? &q->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !q ? "q" : "codes");
@@ -268,6 +285,7 @@ DQ_API dq_status dq_qmatrix_unpack_codes(const dq_qmatrix *q, int32_t *codes, in
 
 DQ_API dq_status dq_qmatrix_dequantize(const dq_qmatrix *q, float *out, int64_t ldo)
 {
+    DQ_CHECK_HANDLE(NULL, q, DQ__H_QMATRIX, "q");
     if (!q || !out)
         return DQ_FAIL(q ? &q->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !q ? "q" : "out");
     if (ldo < q->cols)

@@ -2,9 +2,11 @@
 #ifndef DQ_QMATRIX_H
 #define DQ_QMATRIX_H
 
+#include "dq_handle.h"
 #include "dq_internal.h"
 
 struct dq_qmatrix {
+    uint64_t tag; /* DQ__TAG_QMATRIX (dq_handle.h) */
     dq_context ctx;
     int64_t rows, cols;
     int32_t bits, scheme, group_size; /* group_size as requested: 0 = whole row */
@@ -17,6 +19,11 @@ struct dq_qmatrix {
     float *zeros; /* NULL for SYM */
     uint64_t plan_fingerprint; /* plan the weights were transformed by; 0 = none */
 };
+DQ__HANDLE_LAYOUT(struct dq_qmatrix);
+
+/* A zeroed matrix object allocated with ctx, tagged and holding its copy of ctx, so that
+ * dq_qmatrix_free releases it on any later failure; NULL when out of memory. */
+struct dq_qmatrix *dq__qmatrix_new(const dq_context *ctx);
 
 /* Stored code of element j of a packed row: ASYM 0..2^bits-1, SYM signed. */
 static inline int32_t dq__qmatrix_code(const struct dq_qmatrix *q, const uint8_t *row, int64_t j)

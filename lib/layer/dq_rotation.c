@@ -3,6 +3,7 @@
  * lib/offline/dq_rotation_search.c, from given matrices in dq_rotation_io.c. */
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_pool.h"
 #include "dq_rotation.h"
 
@@ -13,6 +14,8 @@ DQ_API void dq_rotation_free(dq_rotation *r)
 {
     if (!r)
         return;
+    DQ_CHECK_HANDLE_FREE(r, DQ__H_ROTATION, "r");
+    DQ_HANDLE_RETIRE(r, DQ__H_ROTATION);
     dq_context c = r->ctx;
     dq__free(&c, r->mat_of_block);
     dq__free(&c, r->mat_size);
@@ -57,6 +60,7 @@ dq_status dq__rotation_alloc(const dq_context *ctx, int64_t cols, int32_t bs, bo
     if (!r)
         return DQ_FAIL(ctx, DQ_ERR_NOMEM, "rotation object");
     dq__context_keep(&r->ctx, ctx);
+    r->tag = DQ__TAG_ROTATION;
     r->cols = cols;
     r->block_size = bs;
     r->method = method;
@@ -163,6 +167,7 @@ dq_status dq__rotation_rows(const dq_rotation *r, const float *in, int64_t ldi, 
 DQ_API dq_status dq_rotation_layout(const dq_rotation *r, int64_t *cols, int32_t *block_size,
                                     int64_t *n_blocks, int64_t *n_matrices)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_ROTATION, "r");
     if (!r)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     if (cols)
@@ -179,6 +184,7 @@ DQ_API dq_status dq_rotation_layout(const dq_rotation *r, int64_t *cols, int32_t
 DQ_API dq_status dq_rotation_block(const dq_rotation *r, int64_t b, int32_t *size,
                                    int64_t *matrix)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_ROTATION, "r");
     if (!r)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     if (b < 0 || b >= r->n_blocks)
@@ -194,6 +200,7 @@ DQ_API dq_status dq_rotation_block(const dq_rotation *r, int64_t b, int32_t *siz
 DQ_API dq_status dq_rotation_matrix(const dq_rotation *r, int64_t m, float *out, int64_t ldo,
                                     int32_t *size)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_ROTATION, "r");
     if (!r)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     if (m < 0 || m >= r->n_mats)
@@ -226,6 +233,7 @@ DQ_API dq_status dq_rotation_trace(const dq_rotation *r, int64_t m, int32_t *ste
                                    int32_t *selected, int64_t *ids, int32_t *swapped,
                                    float *peaks, int64_t cap)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_ROTATION, "r");
     if (!r)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     if (m < 0 || m >= r->n_mats)
@@ -255,6 +263,7 @@ DQ_API dq_status dq_rotation_trace(const dq_rotation *r, int64_t m, int32_t *ste
 DQ_API dq_status dq_rotation_apply(const dq_rotation *r, float *x, int64_t rows, int64_t cols,
                                    int64_t ldx)
 {
+    DQ_CHECK_HANDLE(NULL, r, DQ__H_ROTATION, "r");
     if (!r)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "r is NULL");
     dq_status st = dq__check_matrix(&r->ctx, "x", x, rows, cols, ldx);

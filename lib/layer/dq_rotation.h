@@ -3,6 +3,7 @@
 #ifndef DQ_ROTATION_H
 #define DQ_ROTATION_H
 
+#include "dq_handle.h"
 #include "dq_blockmul.h"
 #include "dq_internal.h"
 
@@ -23,6 +24,7 @@ static inline int32_t dq__block_len(int64_t cols, int32_t bs, int64_t b)
 /* Block-diagonal rotation. Block b is multiplied by matrix mat_of_block[b]. A matrix found by
  * the greedy search keeps its record: steps + 1 ids, swapped channels and peaks. */
 struct dq_rotation {
+    uint64_t tag; /* DQ__TAG_ROTATION (dq_handle.h) */
     dq_context ctx;
     int64_t cols;
     int32_t block_size;
@@ -40,6 +42,7 @@ struct dq_rotation {
     int32_t *swapped;      /* likewise */
     float *peaks;          /* likewise */
 };
+DQ__HANDLE_LAYOUT(struct dq_rotation);
 
 /* Allocates the object and lays out its matrices: per block, or one shared by the full blocks
  * plus one for a shorter last block. The matrices are left for the caller to fill; a greedy

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_rotation.h"
 
 static int32_t matrix_len(int64_t cols, int32_t bs, bool per_block, int64_t m)
@@ -16,6 +17,7 @@ DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_
                                            int32_t per_block, const float *data,
                                            int64_t n_floats, dq_rotation **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -94,6 +96,7 @@ dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
     if (!r)
         return FAIL(DQ_ERR_NOMEM, "rotation object");
     dq__context_keep(&r->ctx, c);
+    r->tag = DQ__TAG_ROTATION;
     r->cols = cols;
     r->block_size = block_size;
     r->method = DQ_ROT_METHOD_RANDOM; /* given matrices: no search record to keep */

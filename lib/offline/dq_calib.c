@@ -3,12 +3,14 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_transform.h"
 
 /* The first released layout ends after sample_mode. */
 #define CALIB_PARAMS_MIN_SIZE (offsetof(dq_calib_params, sample_mode) + sizeof(int32_t))
 
 struct dq_calib {
+    uint64_t tag; /* DQ__TAG_CALIB (dq_handle.h) */
     dq_context ctx;
     int64_t cols;
     int32_t mode;
@@ -18,6 +20,7 @@ struct dq_calib {
     float *first; /* FIRST: sample_tokens x cols */
     double *sum;  /* SEQ_MEAN: sample_tokens x cols running sums per sequence position */
 };
+DQ__HANDLE_LAYOUT(struct dq_calib);
 
 DQ_API dq_status dq_calib_params_init(dq_calib_params *p, size_t struct_size)
 {
@@ -53,6 +56,7 @@ static dq_status read_calib_params(const dq_context *ctx, const dq_calib_params 
 DQ_API dq_status dq_calib_create(dq_context *ctx, const dq_calib_params *params, int64_t cols,
                                  dq_calib **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -79,6 +83,7 @@ DQ_API dq_status dq_calib_create(dq_context *ctx, const dq_calib_params *params,
     if (!cal)
         return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the calibrator", sizeof *cal);
     dq__context_keep(&cal->ctx, c);
+    cal->tag = DQ__TAG_CALIB;
     cal->cols = cols;
     cal->mode = p.sample_mode;
     cal->sample_tokens = p.sample_mode == DQ_CALIB_SAMPLE_NONE ? 0 : p.sample_tokens;
@@ -111,6 +116,8 @@ DQ_API void dq_calib_free(dq_calib *cal)
 {
     if (!cal)
         return;
+    DQ_CHECK_HANDLE_FREE(cal, DQ__H_CALIB, "cal");
+    DQ_HANDLE_RETIRE(cal, DQ__H_CALIB);
     dq_context c = cal->ctx;
     dq__free(&c, cal->absmax);
     dq__free(&c, cal->min);
@@ -124,6 +131,7 @@ DQ_API void dq_calib_free(dq_calib *cal)
 DQ_API dq_status dq_calib_observe(dq_calib *cal, const float *x, int64_t rows, int64_t cols,
                                   int64_t ldx)
 {
+    DQ_CHECK_HANDLE(NULL, cal, DQ__H_CALIB, "cal");
     if (!cal)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "cal is NULL");
     dq_status st = dq__check_matrix(&cal->ctx, "x", x, rows, cols, ldx);
@@ -161,6 +169,8 @@ DQ_API dq_status dq_calib_observe(dq_calib *cal, const float *x, int64_t rows, i
 
 DQ_API dq_status dq_calib_merge(dq_calib *dst, const dq_calib *src)
 {
+    DQ_CHECK_HANDLE(NULL, dst, DQ__H_CALIB, "dst");
+    DQ_CHECK_HANDLE(dst ? &dst->ctx : NULL, src, DQ__H_CALIB, "src");
     if (!dst || !src || dst == src)
         return DQ_FAIL(dst ? &dst->ctx : NULL, DQ_ERR_INVALID_ARG, "%s",
                        !dst ? "dst is NULL" : !src ? "src is NULL" : "dst and src are the same");
@@ -205,6 +215,7 @@ DQ_API dq_status dq_calib_merge(dq_calib *dst, const dq_calib *src)
 
 DQ_API dq_status dq_calib_tokens(const dq_calib *cal, int64_t *tokens)
 {
+    DQ_CHECK_HANDLE(NULL, cal, DQ__H_CALIB, "cal");
     if (!cal || !tokens)
         return DQ_FAIL(cal ? &cal->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !cal ? "cal" : "tokens");
@@ -214,6 +225,7 @@ DQ_API dq_status dq_calib_tokens(const dq_calib *cal, int64_t *tokens)
 
 DQ_API dq_status dq_calib_absmax(const dq_calib *cal, float *out, int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, cal, DQ__H_CALIB, "cal");
     if (!cal || !out)
         return DQ_FAIL(cal ? &cal->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !cal ? "cal" : "out");
@@ -228,6 +240,7 @@ DQ_API dq_status dq_calib_absmax(const dq_calib *cal, float *out, int64_t n)
 
 DQ_API dq_status dq_calib_minmax(const dq_calib *cal, float *min, float *max, int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, cal, DQ__H_CALIB, "cal");
     if (!cal || (!min && !max))
         return DQ_FAIL(cal ? &cal->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !cal ? "cal" : "min and max are both");
@@ -271,6 +284,7 @@ static void write_sample(const dq_calib *cal, float *out, int64_t ldo, int64_t r
 
 DQ_API dq_status dq_calib_sample(const dq_calib *cal, float *out, int64_t ldo, int64_t *rows)
 {
+    DQ_CHECK_HANDLE(NULL, cal, DQ__H_CALIB, "cal");
     if (!cal || !rows)
         return DQ_FAIL(cal ? &cal->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !cal ? "cal" : "rows");

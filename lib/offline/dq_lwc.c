@@ -32,6 +32,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_cpu.h"
 #include "dq_internal.h"
 #include "dq_lwc_kernels.h"
@@ -45,6 +46,7 @@
 #define ADAM_EPS 1e-8
 
 struct dq_lwc {
+    uint64_t tag; /* DQ__TAG_LWC (dq_handle.h) */
     dq_context ctx;
     dq_lwc_params p;
     dq__qspec spec;
@@ -68,6 +70,7 @@ struct dq_lwc {
     float *w_copy, *x_copy;
     int64_t ldw, ldx;
 };
+DQ__HANDLE_LAYOUT(struct dq_lwc);
 
 /* Scratch for one batch of up to cap tokens. */
 typedef struct batch_scratch {
@@ -160,6 +163,8 @@ DQ_API void dq_lwc_free(dq_lwc *l)
 {
     if (!l)
         return;
+    DQ_CHECK_HANDLE_FREE(l, DQ__H_LWC, "l");
+    DQ_HANDLE_RETIRE(l, DQ__H_LWC);
     dq_context c = l->ctx;
     float *bufs[] = {l->w_copy,  l->x_copy,  l->xq,     l->y,       l->gamma,
                      l->beta,    l->m_gamma, l->v_gamma, l->m_beta, l->v_beta,
@@ -213,6 +218,7 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
                                int64_t cols, int64_t ldw, const float *x, int64_t tokens,
                                int64_t ldx, dq_lwc **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
@@ -247,6 +253,7 @@ DQ_API dq_status dq_lwc_create(dq_context *ctx, const dq_lwc_params *params,
     if (!l)
         return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the optimiser", sizeof *l);
     dq__context_keep(&l->ctx, c);
+    l->tag = DQ__TAG_LWC;
     l->p = p;
     l->spec = (dq__qspec){q.bits, q.scheme};
     l->rows = rows;
@@ -580,6 +587,7 @@ static dq_status chunked_loss(const dq_lwc *l, batch_scratch *s, int64_t cap, do
 DQ_API dq_status dq_lwc_loss(const dq_lwc *l, float *loss, float *g_gamma, float *g_beta,
                              int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, l, DQ__H_LWC, "l");
     if (!l || !loss)
         return DQ_FAIL(l ? &l->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !l ? "l" : "loss");
     if ((g_gamma || g_beta) && n != l->n)
@@ -684,6 +692,7 @@ static void snapshot_copy(dq_lwc *l, lwc_snapshot *s, bool save)
 
 DQ_API dq_status dq_lwc_train(dq_lwc *l, float *last_loss)
 {
+    DQ_CHECK_HANDLE(NULL, l, DQ__H_LWC, "l");
     if (!l)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "l is NULL");
     const dq_context *c = &l->ctx;
@@ -784,6 +793,7 @@ out:
 
 DQ_API dq_status dq_lwc_layout(const dq_lwc *l, int64_t *n_groups, int32_t *epochs_done)
 {
+    DQ_CHECK_HANDLE(NULL, l, DQ__H_LWC, "l");
     if (!l)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "l is NULL");
     if (n_groups)
@@ -795,6 +805,7 @@ DQ_API dq_status dq_lwc_layout(const dq_lwc *l, int64_t *n_groups, int32_t *epoc
 
 DQ_API dq_status dq_lwc_get_params(const dq_lwc *l, float *gamma, float *beta, int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, l, DQ__H_LWC, "l");
     if (!l)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "l is NULL");
     if (n != l->n)
@@ -809,6 +820,7 @@ DQ_API dq_status dq_lwc_get_params(const dq_lwc *l, float *gamma, float *beta, i
 
 DQ_API dq_status dq_lwc_set_params(dq_lwc *l, const float *gamma, const float *beta, int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, l, DQ__H_LWC, "l");
     if (!l || !gamma || !beta)
         return DQ_FAIL(l ? &l->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !l ? "l" : !gamma ? "gamma" : "beta");
@@ -827,6 +839,7 @@ DQ_API dq_status dq_lwc_set_params(dq_lwc *l, const float *gamma, const float *b
 
 DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo, int64_t n)
 {
+    DQ_CHECK_HANDLE(NULL, l, DQ__H_LWC, "l");
     if (!l || (!clip_hi && !clip_lo))
         return DQ_FAIL(l ? &l->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL",
                        !l ? "l" : "clip_hi and clip_lo are both");
@@ -846,6 +859,7 @@ DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo,
 
 DQ_API dq_status dq_lwc_best(const dq_lwc *l, float *gamma, float *beta, int64_t n, float *loss)
 {
+    DQ_CHECK_HANDLE(NULL, l, DQ__H_LWC, "l");
     if (!l)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "l is NULL");
     if ((gamma || beta) && n != l->n)

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_plan.h"
 #include "dq_refine.h"
 
@@ -217,6 +218,8 @@ DQ_API dq_status dq_plan_build(dq_context *ctx, const dq_plan_params *params,
                                const dq_calib *calib, const float *w_absmax, int64_t cols,
                                dq_plan **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
+    DQ_CHECK_HANDLE_OUT(ctx, calib, DQ__H_CALIB, "calib", out);
     const dq_context *c = dq__ctx(ctx);
     if (!out)
         return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "out is NULL");
@@ -256,6 +259,7 @@ DQ_API dq_status dq_plan_build_from_sample(dq_context *ctx, const dq_plan_params
                                            int64_t rows, int64_t cols, int64_t lds,
                                            const float *w_absmax, dq_plan **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     const dq_context *c = dq__ctx(ctx);
     if (!out)
         return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "out is NULL");

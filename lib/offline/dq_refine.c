@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_random.h"
 #include "dq_refine.h"
 
@@ -579,6 +580,8 @@ DQ_API dq_status dq_rotation_refine(dq_context *ctx, const dq_refine_params *p,
                                     const dq_rotation *start, const float *x, int64_t rows,
                                     int64_t cols, int64_t ldx, dq_rotation **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
+    DQ_CHECK_HANDLE_OUT(ctx, start, DQ__H_ROTATION, "start", out);
     if (!out)
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "dq_handle.h"
 #include "dq_pool.h"
 #include "dq_random.h"
 #include "dq_search.h"
@@ -358,6 +359,7 @@ static dq_status read_rotation_params(const dq_context *ctx, const dq_rotation_p
 DQ_API dq_status dq_rotation_create(dq_context *ctx, const dq_rotation_params *p, const float *x,
                                     int64_t rows, int64_t cols, int64_t ldx, dq_rotation **out)
 {
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
     const dq_context *c = dq__ctx(ctx);
     if (!out)
         return DQ_FAIL(c, DQ_ERR_INVALID_ARG, "out is NULL");

@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include "dq_handle.h"
 #include "dq_internal.h"
 #include "dq_pool.h"
 
@@ -17,6 +18,7 @@
 
 /* A NULL context: single-threaded, no pool. */
 const dq_context dq__default_context = {
+    .tag = DQ__TAG_CONTEXT,
     .alloc = NULL, .free = NULL, .alloc_user = NULL,
     .log = NULL, .log_user = NULL, .log_level = DQ_LOG_WARN, .n_threads = 1,
 };
@@ -146,6 +148,7 @@ DQ_API dq_status dq_context_create(const dq_context_params *p, dq_context **out)
         n = online < 1 ? 1 : online > MAX_HOST_THREADS ? MAX_HOST_THREADS : (int32_t)online;
     }
     dq_context tmp = {
+        .tag = DQ__TAG_CONTEXT,
         .alloc = prm.alloc, .free = prm.free, .alloc_user = prm.alloc_user,
         .log = prm.log, .log_user = prm.log_user, .log_level = prm.log_level,
         .n_threads = n, .parallel_for = prm.parallel_for, .parallel_user = prm.parallel_user,
@@ -168,10 +171,56 @@ DQ_API void dq_context_free(dq_context *ctx)
 {
     if (!ctx)
         return;
+    DQ_CHECK_HANDLE_FREE(ctx, DQ__H_CONTEXT, "ctx");
+    DQ_HANDLE_RETIRE(ctx, DQ__H_CONTEXT);
     if (ctx->pool) {
         dq__pool_release(ctx->pool); /* frees ctx with the last reference */
         return;
     }
     dq_context copy = *ctx;
     dq__free(&copy, ctx);
+}
+
+/* ---- handle checks (dq_handle.h) ---- */
+
+static const char *const handle_type_names[DQ__H_COUNT] = {
+    [DQ__H_CONTEXT] = "dq_context",         [DQ__H_CALIB] = "dq_calib",
+    [DQ__H_ROTATION] = "dq_rotation",       [DQ__H_PLAN] = "dq_plan",
+    [DQ__H_QMATRIX] = "dq_qmatrix",         [DQ__H_LWC] = "dq_lwc",
+    [DQ__H_LINEAR] = "dq_linear",           [DQ__H_FILE_WRITER] = "dq_file_writer",
+    [DQ__H_FILE_READER] = "dq_file_reader",
+};
+
+dq_status dq__handle_fail(const dq_context *log_ctx, const void *h, int32_t expected,
+                          const char *func, const char *name)
+{
+    const uint64_t tag = dq__handle_tag(h);
+    const uint64_t base = tag & ~(uint64_t)0xFF;
+    const int32_t found = (int32_t)(tag & 0xFF);
+    const bool known = found >= 1 && found < DQ__H_COUNT &&
+                       (base == DQ__TAG_LIVE_BASE || base == DQ__TAG_FREED_BASE);
+    const char *want = expected >= 1 && expected < DQ__H_COUNT ? handle_type_names[expected]
+                                                               : "handle";
+    /* The block holds what the library wrote only when the tag is one of ours. */
+    if (!log_ctx && known)
+        log_ctx = found == DQ__H_CONTEXT
+                      ? (const dq_context *)h
+                      : (const dq_context *)(const void *)((const char *)h +
+                                                           DQ__HANDLE_CTX_OFFSET);
+    if (known && base == DQ__TAG_LIVE_BASE)
+        return dq__fail(log_ctx, DQ_ERR_INVALID_ARG, func,
+                        "%s: a %s handle was passed where a %s is expected", name,
+                        handle_type_names[found], want);
+    if (known && found == expected)
+        return dq__fail(log_ctx, DQ_ERR_INVALID_ARG, func,
+                        "%s: a freed %s handle was passed (use after free or double free)",
+                        name, want);
+    if (known)
+        return dq__fail(log_ctx, DQ_ERR_INVALID_ARG, func,
+                        "%s: a freed %s handle was passed where a %s is expected", name,
+                        handle_type_names[found], want);
+    return dq__fail(log_ctx, DQ_ERR_INVALID_ARG, func,
+                    "%s: not a live %s handle (tag 0x%016llx: a stray pointer, or a handle "
+                    "already freed)",
+                    name, want, (unsigned long long)tag);
 }

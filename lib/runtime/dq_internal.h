@@ -30,6 +30,7 @@ typedef struct dq__pool dq__pool;
 /* Objects keep a copy of the context they were created with (dq__context_keep), so the caller
  * may free it; the copies share the context's pool through a reference. */
 struct dq_context {
+    uint64_t tag;               /* DQ__TAG_CONTEXT, in copies too (dq_handle.h) */
     dq_alloc_fn alloc;
     dq_free_fn free;
     void *alloc_user;
