@@ -1952,8 +1952,10 @@ static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, cons
                              (uint64_t)layout.meta_count * sizeof(dq__gemm_meta),
                          used)) != DQ_OK)
         goto out;
-    if (!(w = dq__calloc(c, 1, sizeof *w)))
+    if (!(w = dq__calloc(c, 1, sizeof *w))) {
+        st = DQ_ERR_NOMEM;
         goto out;
+    }
     dq__context_keep(&w->ctx, c);
     w->rows = rows;
     w->cols = cols;
