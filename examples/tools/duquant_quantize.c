@@ -289,24 +289,21 @@ static void write_header(writer *wr, const options *o, const tool_model *tm,
     put_tensor(wr, "norm.weight", m->rms_final, 1, 0, d);
     if (!tm->tied)
         put_tensor(wr, "output.weight", m->wcls, 2, v, d);
-    for (int32_t l = 0; l < c->n_layers; l++) {
-        char name[128];
-        snprintf(name, sizeof name, "layers.%d.attention_norm.weight", l);
-        put_tensor(wr, name, m->rms_att + l * d, 1, 0, d);
-        snprintf(name, sizeof name, "layers.%d.ffn_norm.weight", l);
-        put_tensor(wr, name, m->rms_ffn + l * d, 1, 0, d);
-    }
 }
 
-/* The plans and layers of block l. */
-static void write_block(writer *wr, const l2c_qmodel *qm, int32_t l)
+/* The norms, plans and layers of block l (qm and blk: that block alone). */
+static void write_block(writer *wr, const l2c_qmodel *qm, const l2c_model *blk, int32_t l)
 {
-    char plan_names[L2C_N_INPUTS][64];
+    char plan_names[L2C_N_INPUTS][64], name[128];
+    snprintf(name, sizeof name, "layers.%d.attention_norm.weight", l);
+    put_tensor(wr, name, blk->rms_att, 1, 0, blk->c.dim);
+    snprintf(name, sizeof name, "layers.%d.ffn_norm.weight", l);
+    put_tensor(wr, name, blk->rms_ffn, 1, 0, blk->c.dim);
     for (int32_t in = 0; in < L2C_N_INPUTS; in++) {
         snprintf(plan_names[in], sizeof plan_names[in], "layers.%d.plan_%s", l,
                  l2c_input_name(in));
-        if (!wr->failed && qm->plans[l][in]) {
-            dq_status st = dq_file_writer_add_plan(wr->w, plan_names[in], qm->plans[l][in]);
+        if (!wr->failed && qm->plans[0][in]) {
+            dq_status st = dq_file_writer_add_plan(wr->w, plan_names[in], qm->plans[0][in]);
             if (st != DQ_OK) {
                 fprintf(stderr, "%s: plan %s: %s\n", wr->out, plan_names[in], dq_status_name(st));
                 wr->failed = 1;
@@ -317,13 +314,35 @@ static void write_block(writer *wr, const l2c_qmodel *qm, int32_t l)
         char prefix[64];
         int32_t in = l2c_input_of(k);
         snprintf(prefix, sizeof prefix, "layers.%d.%s", l, tool_linear_name(k));
-        dq_status st = dq_file_writer_add_linear_layer(wr->w, prefix, qm->layers[l][k],
-                                                       qm->plans[l][in] ? plan_names[in] : NULL);
+        dq_status st = dq_file_writer_add_linear_layer(wr->w, prefix, qm->layers[0][k],
+                                                       qm->plans[0][in] ? plan_names[in] : NULL);
         if (st != DQ_OK) {
             fprintf(stderr, "%s: linear layer %s: %s\n", wr->out, prefix, dq_status_name(st));
             wr->failed = 1;
         }
     }
+}
+
+/* Runs block 0 of the one-block model blk (float weights, or quantized when lin is given) on
+ * every calibration window of h in place; with cal, its linear inputs are observed. */
+static int run_block(const l2c_model *blk, l2c_linear (*lin)[L2C_N_LINEARS],
+                     l2c_calibration *cal, float *h, const int64_t *len, int64_t n_w)
+{
+    l2c_linear fp32[1][L2C_N_LINEARS];
+    l2c_net net;
+    l2c_net_init_fp32(&net, blk, fp32);
+    if (lin)
+        net.lin = lin;
+    if (cal) {
+        net.observe = l2c_calibration_observe;
+        net.observe_user = cal;
+    }
+    for (int64_t i = 0; i < n_w; i++) {
+        if (l2c_forward_block(&net, 0, h, len[i]))
+            return -1;
+        h += len[i] * blk->c.dim;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -342,23 +361,24 @@ int main(int argc, char **argv)
                 o.method);
         return 2;
     }
-    if (o.sequential) {
-        fprintf(stderr, "--sequential: not supported by this version (calibration runs on the "
-                        "float model)\n");
-        return 2;
-    }
     if (check_out(o.out))
         return 1;
 
-    int rc = 1;
-    double t_start = tool_now_s(), t_load = 0, t_calib = 0, t_quant = 0, t_write = 0;
+    int rc = 1, tty = isatty(2);
+    double t_start = tool_now_s(), t_load = 0, t_read = 0, t_calib = 0, t_quant = 0,
+           t_next = 0, t_write = 0;
     dq_context *ctx = NULL;
     dq_file_writer *fw = NULL;
     tool_model tm;
+    tool_block blk;
     l2c_text text;
     l2c_calibration cal;
     l2c_qmodel qm;
+    l2c_window *w = NULL;
+    int64_t *len = NULL, n_w = 0, total = 0;
+    float *h = NULL, *h2 = NULL;
     memset(&tm, 0, sizeof tm);
+    memset(&blk, 0, sizeof blk);
     memset(&text, 0, sizeof text);
     memset(&cal, 0, sizeof cal);
     memset(&qm, 0, sizeof qm);
@@ -372,13 +392,14 @@ int main(int argc, char **argv)
     }
     double t0 = tool_now_s();
     fprintf(stderr, "loading %s\n", o.model);
-    if (tool_model_load(o.model, o.tokenizer, ctx, &tm))
+    if (tool_model_open_blocks(o.model, o.tokenizer, ctx, &tm))
         goto out;
     if (tm.quantized) {
         fprintf(stderr, "%s: already a quantized model file; give a float model\n", o.model);
         goto out;
     }
     const l2c_config *c = &tm.m.c;
+    int64_t d = c->dim;
     fprintf(stderr, "model %s: dim %d, hidden %d, %d layers, %d heads, %d kv heads, vocab %d\n",
             o.model, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
             c->vocab_size);
@@ -392,50 +413,115 @@ int main(int argc, char **argv)
     free(calib_bytes);
     if (tool_text_load(&tm, o.calib, &text))
         goto out;
-    t_load = tool_now_s() - t0;
-
-    t0 = tool_now_s();
-    fprintf(stderr, "calibrating on %s (%lld tokens)\n", o.calib, (long long)text.n_tokens);
-    if (l2c_calibrate(&tm.m, &text, o.window, o.tokens, o.sample_tokens, &cal))
+    /* The calibration windows (as l2c_calibrate cuts them) and their hidden states. */
+    n_w = l2c_windows(&text, o.window, 0, &w);
+    len = n_w > 0 ? malloc((size_t)n_w * sizeof *len) : NULL;
+    if (!len) {
+        fprintf(stderr, "%s: no calibration window\n", o.calib);
         goto out;
-    t_calib = tool_now_s() - t0;
-    fprintf(stderr, "calibrated on %lld tokens in %.2f s\n", (long long)cal.tokens, t_calib);
-
-    t0 = tool_now_s();
-    fprintf(stderr, "quantizing %d layers with %s\n", c->n_layers, method->name);
-    if (l2c_quantize(ctx, &tm.m, &cal, method, &o.q, &qm))
+    }
+    int64_t used = 0;
+    for (int64_t i = 0; i < n_w; i++) {
+        len[i] = w[i].len;
+        if (o.tokens > 0 && len[i] > o.tokens - total)
+            len[i] = o.tokens - total;
+        if (len[i] <= 0)
+            break;
+        total += len[i];
+        used = i + 1;
+    }
+    n_w = used;
+    h = malloc((size_t)(total * d) * sizeof *h);
+    h2 = o.sequential ? malloc((size_t)(total * d) * sizeof *h2) : NULL;
+    if (!h || (o.sequential && !h2)) {
+        fprintf(stderr, "out of memory for the hidden states of %lld tokens\n",
+                (long long)total);
         goto out;
-    t_quant = tool_now_s() - t0;
-    fprintf(stderr, "quantized in %.2f s\n", t_quant);
-
-    t0 = tool_now_s();
+    }
+    for (int64_t i = 0, off = 0; i < n_w; off += len[i], i++)
+        l2c_embed(&tm.m, text.tokens + w[i].start, len[i], h + off * d);
     st = dq_file_writer_create(ctx, &fw);
     if (st) {
         fprintf(stderr, "dq_file_writer_create: %s\n", dq_status_name(st));
         goto out;
     }
     writer wr = {fw, o.out, 0};
-    write_header(&wr, &o, &tm, method, calib_hash, cal.tokens);
-    for (int32_t l = 0; l < c->n_layers && !wr.failed; l++)
-        write_block(&wr, &qm, l);
+    write_header(&wr, &o, &tm, method, calib_hash, total);
     if (wr.failed)
         goto out;
+    t_load = tool_now_s() - t0;
+    fprintf(stderr, "calibrating and quantizing block by block with %s on %lld tokens of %s%s\n",
+            method->name, (long long)total, o.calib,
+            o.sequential ? " (each block's input from the quantized blocks)" : "");
+
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        double tb = tool_now_s();
+        t0 = tb;
+        if (tool_model_block(&tm, l, &blk))
+            goto out;
+        t_read += tool_now_s() - t0;
+        t0 = tool_now_s();
+        if (l2c_calibration_init(&blk.view, o.sample_tokens, &cal))
+            goto out;
+        /* Without --sequential the float block's output, computed here, is the next input. */
+        if (o.sequential)
+            memcpy(h2, h, (size_t)(total * d) * sizeof *h);
+        if (run_block(&blk.view, NULL, &cal, o.sequential ? h2 : h, len, n_w))
+            goto out;
+        cal.tokens = total;
+        t_calib += tool_now_s() - t0;
+        t0 = tool_now_s();
+        if (l2c_quantize(ctx, &blk.view, &cal, method, &o.q, &qm))
+            goto out;
+        t_quant += tool_now_s() - t0;
+        t0 = tool_now_s();
+        if (o.sequential && run_block(&blk.view, qm.lin, NULL, h, len, n_w))
+            goto out;
+        t_next += tool_now_s() - t0;
+        t0 = tool_now_s();
+        write_block(&wr, &qm, &blk.view, l);
+        t_write += tool_now_s() - t0;
+        l2c_qmodel_free(&qm);
+        l2c_calibration_free(&cal);
+        tool_block_free(&blk);
+        if (wr.failed)
+            goto out;
+        double done = tool_now_s() - t_start - t_load, per = done / (l + 1);
+        double eta = per * (c->n_layers - l - 1);
+        if (tty) {
+            int bar = 30 * (l + 1) / c->n_layers;
+            fprintf(stderr, "\r[%.*s%*s] block %d/%d  %.1f s  ETA %.0f s ", bar,
+                    "##############################", 30 - bar, "", l + 1, c->n_layers,
+                    tool_now_s() - tb, eta);
+            if (l + 1 == c->n_layers)
+                fputc('\n', stderr);
+        } else
+            fprintf(stderr, "block %d/%d done in %.2f s, ETA %.0f s\n", l + 1, c->n_layers,
+                    tool_now_s() - tb, eta);
+    }
+    t0 = tool_now_s();
     st = dq_file_writer_save(fw, o.out);
     if (st) {
         fprintf(stderr, "%s: cannot save the model file: %s\n", o.out, dq_status_name(st));
         goto out;
     }
-    t_write = tool_now_s() - t0;
+    t_write += tool_now_s() - t0;
     fprintf(stderr, "wrote %s\n", o.out);
     fprintf(stderr,
-            "stages: load %.2f s, calibrate %.2f s, quantize %.2f s, write %.2f s; "
-            "total %.2f s; peak RSS %.1f MiB\n",
-            t_load, t_calib, t_quant, t_write, tool_now_s() - t_start, tool_peak_rss_mib());
+            "stages: load %.2f s, read blocks %.2f s, calibrate %.2f s, quantize %.2f s, "
+            "next inputs %.2f s, write %.2f s; total %.2f s; peak RSS %.1f MiB\n",
+            t_load, t_read, t_calib, t_quant, t_next, t_write, tool_now_s() - t_start,
+            tool_peak_rss_mib());
     rc = 0;
 out:
     dq_file_writer_free(fw);
     l2c_qmodel_free(&qm);
     l2c_calibration_free(&cal);
+    tool_block_free(&blk);
+    free(h);
+    free(h2);
+    free(len);
+    free(w);
     l2c_text_free(&text);
     tool_model_free(&tm);
     dq_context_free(ctx);

@@ -51,6 +51,18 @@ for m in $methods; do
         fail=1
     fi
 done
+# --sequential: each block calibrated on the quantized blocks' output; a finite perplexity.
+if "$quantize" "${model[@]}" --calib "$calib" --method smoothquant --sequential \
+    --out "$tmp/seq.dq" \
+    2>"$tmp/q.err" && seq_model=("${run_model[@]}") && seq_model[1]=$tmp/seq.dq &&
+    got=$("$run" "${seq_model[@]}" --eval "$eval" --format tsv | tail -n 1 | cut -f 2) &&
+    awk -v p="$got" 'BEGIN { exit !(p > 1 && p < 1e6) }'; then
+    echo "ok: smoothquant --sequential: $got"
+else
+    echo "FAILED: smoothquant --sequential"
+    cat "$tmp/q.err"
+    fail=1
+fi
 out=$("$run" "${run_model[@]}" --prompt "Once upon a time" --steps 8)
 case "$out" in
 "Once upon a time"?*) echo "ok: generation: $out" ;;

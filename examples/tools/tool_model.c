@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "hf_model.h"
 
 const char *tool_linear_name(int32_t which)
 {
@@ -406,6 +405,10 @@ void tool_model_free(tool_model *tm)
     }
     free(tm->layers);
     free(tm->plans);
+    if (tm->hm) {
+        hf_model_close(tm->hm);
+        free(tm->hm);
+    }
     free(tm->lin);
     dq_file_reader_free(tm->reader);
     hf_tokenizer_free(tm->htk);
@@ -479,4 +482,139 @@ int tool_text_load(const tool_model *tm, const char *path, l2c_text *out)
         return -1;
     }
     return 0;
+}
+
+/* The folder's config, tokenizer, embeddings, final norm and head; the blocks stay mapped. */
+static int open_hf_blocks(const char *path, tool_model *tm)
+{
+    char err[512];
+    int absent = 0;
+    tm->hf = 1;
+    if (!(tm->hm = calloc(1, sizeof *tm->hm))) {
+        fprintf(stderr, "out of memory\n");
+        return -1;
+    }
+    if (hf_model_open(path, tm->hm, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        free(tm->hm);
+        tm->hm = NULL;
+        return -1;
+    }
+    const hf_config *c = &tm->hm->cfg;
+    l2c_model *m = &tm->m;
+    l2c_config *lc = &m->c;
+    lc->dim = c->hidden_size, lc->hidden_dim = c->intermediate_size;
+    lc->n_layers = c->num_hidden_layers, lc->n_heads = c->num_attention_heads;
+    lc->n_kv_heads = c->num_key_value_heads, lc->vocab_size = c->vocab_size;
+    lc->seq_len = c->max_position_embeddings;
+    m->head_size = c->head_dim;
+    m->kv_dim = c->num_key_value_heads * c->head_dim;
+    m->q_dim = c->num_attention_heads * c->head_dim;
+    m->rope_style = L2C_ROPE_HALF;
+    m->rope_theta = c->rope_theta;
+    m->norm_eps = (float)c->rms_norm_eps;
+    tm->bos = c->bos_token_id;
+    tm->eos = c->eos_token_id;
+    tm->tied = c->tie_word_embeddings;
+    int64_t d = lc->dim, v = lc->vocab_size, shape[2] = {v, d};
+    float *p = malloc((size_t)(v * d * (tm->tied ? 1 : 2) + d) * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "%s: out of memory\n", path);
+        return -1;
+    }
+    m->data = p;
+    m->tok_emb = p;
+    m->rms_final = p + v * d;
+    m->wcls = tm->tied ? p : p + v * d + d;
+    const hf_checkpoint *ck = &tm->hm->ck;
+    const char *emb = tm->tied && !hf_checkpoint_find(ck, "model.embed_tokens.weight") &&
+                              hf_checkpoint_find(ck, "lm_head.weight")
+                          ? "lm_head.weight"
+                          : "model.embed_tokens.weight";
+    if (hf_checkpoint_read(ck, emb, 2, shape, p, err, sizeof err) ||
+        hf_checkpoint_read(ck, "model.norm.weight", 1, shape + 1, p + v * d, err, sizeof err) ||
+        (!tm->tied && hf_checkpoint_read(ck, "lm_head.weight", 2, shape, p + v * d + d, err,
+                                         sizeof err))) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    if (!(tm->config_json = dir_json(path, "config.json", &absent)))
+        return -1;
+    tm->tokenizer_json = dir_json(path, "tokenizer.json", &absent);
+    return !tm->tokenizer_json && !absent ? -1 : 0;
+}
+
+int tool_model_open_blocks(const char *path, const char *tokenizer, dq_context *ctx,
+                           tool_model *tm)
+{
+    if (!hf_is_model_dir(path))
+        return tool_model_load(path, tokenizer, ctx, tm);
+    memset(tm, 0, sizeof *tm);
+    int rc = -1;
+    if (tokenizer)
+        fprintf(stderr, "--tokenizer: a llama2.c tokenizer; %s is a Hugging Face folder\n",
+                path);
+    else
+        rc = open_hf_blocks(path, tm);
+    if (!rc && tm->tokenizer_json) {
+        char err[512];
+        if (hf_tokenizer_load_buffer(tm->tokenizer_json, strlen(tm->tokenizer_json),
+                                     "tokenizer.json", &tm->htk, err, sizeof err)) {
+            fprintf(stderr, "%s: %s\n", path, err);
+            rc = -1;
+        }
+    }
+    if (rc)
+        tool_model_free(tm);
+    return rc;
+}
+
+int tool_model_block(const tool_model *tm, int32_t l, tool_block *b)
+{
+    memset(b, 0, sizeof *b);
+    b->view = tm->m;
+    b->view.data = NULL;
+    b->view.c.n_layers = 1;
+    int64_t d = tm->m.c.dim, out_dim, in_dim;
+    if (!tm->hm) {
+        b->view.rms_att = tm->m.rms_att + l * d;
+        b->view.rms_ffn = tm->m.rms_ffn + l * d;
+        for (int32_t k = 0; k < L2C_N_LINEARS; k++)
+            b->view.w[k] = l2c_model_weight(&tm->m, l, k, &out_dim, &in_dim);
+        return 0;
+    }
+    int64_t n = 2 * d;
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+        hf_model_shape(&tm->hm->cfg, k, &out_dim, &in_dim);
+        n += out_dim * in_dim;
+    }
+    float *p = b->owned = malloc((size_t)n * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "block %d: out of memory for %lld floats\n", l, (long long)n);
+        return -1;
+    }
+    hf_layer dst;
+    dst.rms_att = p, p += d;
+    dst.rms_ffn = p, p += d;
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+        hf_model_shape(&tm->hm->cfg, k, &out_dim, &in_dim);
+        dst.w[k] = p, p += out_dim * in_dim;
+    }
+    char err[512];
+    if (hf_model_read_layer(tm->hm, l, &dst, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        tool_block_free(b);
+        return -1;
+    }
+    b->view.rms_att = dst.rms_att;
+    b->view.rms_ffn = dst.rms_ffn;
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++)
+        b->view.w[k] = dst.w[k];
+    return 0;
+}
+
+void tool_block_free(tool_block *b)
+{
+    free(b->owned);
+    memset(b, 0, sizeof *b);
 }

@@ -11,6 +11,7 @@
 #include "duquant.h"
 #include "forward.h"
 #include "hf_config.h"
+#include "hf_model.h"
 #include "hf_tokenizer.h"
 #include "model.h"
 #include "perplexity.h"
@@ -35,7 +36,15 @@ typedef struct tool_model {
     dq_linear *(*layers)[L2C_N_LINEARS];    /* quantized layers of a model file */
     dq_plan *(*plans)[L2C_N_INPUTS];
     char method[64];       /* the model file's method */
+    hf_model *hm;          /* a Hugging Face folder opened block by block */
 } tool_model;
+
+/* One transformer block as a model of one block (n_layers 1, the embeddings and head those of
+ * the whole model), for the block-by-block pipeline. */
+typedef struct tool_block {
+    l2c_model view;
+    float *owned; /* the block's weights read from a checkpoint, or NULL */
+} tool_block;
 
 /* Names of the seven linears in a model file: "wq" "wk" "wv" "wo" "w1" "w2" "w3". */
 const char *tool_linear_name(int32_t which);
@@ -44,6 +53,15 @@ const char *tool_linear_name(int32_t which);
  * or a quantized model file (by its content). Returns 0 or -1 with a message on stderr. */
 int tool_model_load(const char *path, const char *tokenizer, dq_context *ctx, tool_model *tm);
 void tool_model_free(tool_model *tm);
+
+/* As tool_model_load for a float model, but the blocks of a Hugging Face folder stay in the
+ * checkpoint (mapped): only the embeddings, the final norm and the head are read now, and
+ * tool_model_block reads one block at a time. tm->lin is NULL for such a folder. */
+int tool_model_open_blocks(const char *path, const char *tokenizer, dq_context *ctx,
+                           tool_model *tm);
+/* Block l of a float model (converted from the checkpoint, or pointing into the model). */
+int tool_model_block(const tool_model *tm, int32_t l, tool_block *b);
+void tool_block_free(tool_block *b);
 
 /* A net over the model's linears (float or quantized). */
 void tool_model_net(tool_model *tm, l2c_net *net);
