@@ -15,7 +15,7 @@
 typedef struct options {
     const char *model, *tokenizer, *eval, *format, *tokenize, *out, *prompt;
     int64_t window, steps;
-    int32_t threads;
+    int32_t threads, bench;
 } options;
 
 static void usage(FILE *f)
@@ -34,6 +34,8 @@ static void usage(FILE *f)
             "  --steps N            tokens generated (default 64)\n"
             "  --tokenize TEXT      write the ids of the stories of TEXT (int32 little-endian,\n"
             "  --out FILE           each story stripped and BOS first) to FILE\n"
+            "  --bench              prefill tokens/s of a 512-token prompt (or the model's\n"
+            "                       context), best of 3, with the CPU and the load average\n"
             "  --threads N          library threads (default 0: host decides)\n");
 }
 
@@ -54,6 +56,10 @@ static int parse_args(int argc, char **argv, options *o)
         if (strcmp(k, "--help") == 0 || strcmp(k, "-h") == 0) {
             usage(stdout);
             return 1;
+        }
+        if (strcmp(k, "--bench") == 0) {
+            o->bench = 1;
+            continue;
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "%s: missing value (or unknown option)\n", k);
@@ -99,8 +105,9 @@ static int parse_args(int argc, char **argv, options *o)
         fprintf(stderr, "--tokenize and --out go together\n");
         return -1;
     }
-    if (!o->eval && !o->prompt && !o->tokenize) {
-        fprintf(stderr, "nothing to do: give --eval, --prompt or --tokenize (see --help)\n");
+    if (!o->eval && !o->prompt && !o->tokenize && !o->bench) {
+        fprintf(stderr,
+                "nothing to do: give --eval, --prompt, --tokenize or --bench (see --help)\n");
         return -1;
     }
     return 0;
@@ -262,6 +269,67 @@ out:
     return rc;
 }
 
+/* The first line of /proc/cpuinfo starting with key, after ": " (or "?"). */
+static void cpu_field(const char *key, char *out, size_t cap)
+{
+    char line[512];
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    snprintf(out, cap, "?");
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, strlen(key)) == 0 && strchr(line, ':')) {
+            snprintf(out, cap, "%s", strchr(line, ':') + 2);
+            out[strcspn(out, "\n")] = '\0';
+            break;
+        }
+    if (f)
+        fclose(f);
+}
+
+static int bench(tool_model *tm, const options *o)
+{
+    int64_t n = tm->m.c.seq_len < 512 ? tm->m.c.seq_len : 512, vocab = tm->m.c.vocab_size;
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    float *logits = malloc((size_t)(n * vocab) * sizeof *logits);
+    int rc = -1;
+    if (!ids || !logits) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    for (int64_t i = 0; i < n; i++) /* BOS, then a fixed spread of ids */
+        ids[i] = i == 0 ? (tm->bos >= 0 ? tm->bos : 0) : (int32_t)((i * 7919) % vocab);
+    l2c_net net;
+    tool_model_net(tm, &net);
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        double t0 = tool_now_s();
+        if (l2c_forward(&net, ids, n, logits))
+            goto out;
+        double t = tool_now_s() - t0;
+        best = r == 0 || t < best ? t : best;
+    }
+    char model_name[256], family[32], model_no[32];
+    double load[3] = {0, 0, 0};
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f || fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
+        load[0] = -1;
+    if (f)
+        fclose(f);
+    cpu_field("model name", model_name, sizeof model_name);
+    cpu_field("cpu family", family, sizeof family);
+    cpu_field("model\t", model_no, sizeof model_no);
+    printf("bench %s (%s): prefill %lld tokens in %.3f s, %.1f tokens/s (best of 3, "
+           "threads %d)\n",
+           o->model, tm->quantized ? tm->method : "float", (long long)n, best,
+           (double)n / best, o->threads);
+    printf("cpu: %s (family %s, model %s), load average %.2f\n", model_name, family, model_no,
+           load[0]);
+    rc = 0;
+out:
+    free(ids);
+    free(logits);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -288,7 +356,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if ((!o.tokenize || tokenize(&tm, o.tokenize, o.out) == 0) &&
-        (!o.eval || evaluate(&tm, &o) == 0) && (!o.prompt || generate(&tm, &o) == 0))
+        (!o.eval || evaluate(&tm, &o) == 0) && (!o.prompt || generate(&tm, &o) == 0) && (!o.bench || bench(&tm, &o) == 0))
         rc = 0;
     tool_model_free(&tm);
     dq_context_free(ctx);

@@ -69,6 +69,17 @@ case "$out" in
 *) echo "FAILED: generation: '$out'"; fail=1 ;;
 esac
 
+# The tokenizer in the file: the stories of dev.txt as the Hugging Face tokenizer splits them.
+if [ "$mode" = hf ] && [ -r "$src/../data/dev.txt" ]; then
+    if "$run" --model "$tmp/rtn.dq" --tokenize "$src/../data/dev.txt" --out "$tmp/dev.tok" \
+        2>/dev/null && cmp -s "$tmp/dev.tok" "$eval"; then
+        echo "ok: --tokenize dev.txt gives dev.tok"
+    else
+        echo "FAILED: --tokenize dev.txt differs from $eval"
+        fail=1
+    fi
+fi
+
 # Bad inputs: non-zero exit, a message naming WORD, no output left, an existing one untouched.
 printf 'old' >"$tmp/keep.dq"
 : >"$tmp/empty.txt"
