@@ -69,6 +69,21 @@ case "$out" in
 *) echo "FAILED: generation: '$out'"; fail=1 ;;
 esac
 
+# numpy alone reads it (examples/python/model_file.py; Debian's python3 has numpy).
+py=/usr/bin/python3
+reader=$(dirname "$0")/../python/model_file.py
+if [ -x "$py" ] && "$py" -c 'import numpy' 2>/dev/null; then
+    for m in $methods; do
+        if "$py" "$reader" "$tmp/$m.dq" --check >"$tmp/py.out" 2>&1; then
+            echo "ok: numpy: $(tail -n 1 "$tmp/py.out")"
+        else
+            echo "FAILED: numpy reader on $m.dq:"
+            tail -n 5 "$tmp/py.out"
+            fail=1
+        fi
+    done
+fi
+
 # The tokenizer in the file: the stories of dev.txt as the Hugging Face tokenizer splits them.
 if [ "$mode" = hf ] && [ -r "$src/../data/dev.txt" ]; then
     if "$run" --model "$tmp/rtn.dq" --tokenize "$src/../data/dev.txt" --out "$tmp/dev.tok" \
