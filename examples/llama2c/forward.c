@@ -165,12 +165,12 @@ static int observe(const l2c_net *net, int32_t layer, int32_t input, const float
     return net->observe ? net->observe(net->observe_user, layer, input, x, n, cols) : 0;
 }
 
-int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *logits)
+/* Block `l` of the net on the hidden states x [n, dim], in place; cs: the rotary table. */
+static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float *cs)
 {
     const l2c_model *m = net->m;
     int64_t dim = m->c.dim, hid = m->c.hidden_dim, kv = m->kv_dim, qd = m->q_dim;
     int64_t wide = qd > dim ? qd : dim;
-    float *x = malloc((size_t)(n * dim) * sizeof *x);
     float *xb = malloc((size_t)(n * wide) * sizeof *xb);
     float *y = malloc((size_t)(n * dim) * sizeof *y);
     float *q = malloc((size_t)(n * qd) * sizeof *q);
@@ -179,55 +179,46 @@ int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *log
     float *h1 = malloc((size_t)(n * hid) * sizeof *h1);
     float *h3 = malloc((size_t)(n * hid) * sizeof *h3);
     float *att = malloc((size_t)n * sizeof *att);
-    float *cs = malloc((size_t)(n * m->head_size) * sizeof *cs);
     int rc = -1;
-    if (!x || !xb || !y || !q || !k || !v || !h1 || !h3 || !att || !cs) {
+    if (!xb || !y || !q || !k || !v || !h1 || !h3 || !att) {
         fprintf(stderr, "out of memory\n");
         goto out;
     }
-    rope_table(m, n, cs);
-    for (int64_t t = 0; t < n; t++)
-        memcpy(x + t * dim, m->tok_emb + (int64_t)tokens[t] * dim, (size_t)dim * sizeof *x);
-    for (int32_t l = 0; l < m->c.n_layers; l++) {
-        const l2c_linear *lin = net->lin[l];
-        rmsnorm(xb, x, m->rms_att + l * dim, n, dim, m->norm_eps);
-        if ((rc = observe(net, l, L2C_IN_QKV, xb, n, dim)) != 0)
-            goto out;
-        rc = -1;
-        if (linear(&lin[L2C_WQ], xb, n, q) || linear(&lin[L2C_WK], xb, n, k) ||
-            linear(&lin[L2C_WV], xb, n, v))
-            goto out;
-        rope(m, cs, q, n, qd);
-        rope(m, cs, k, n, kv);
-        attention(m, q, k, v, n, att, xb);
-        if ((rc = observe(net, l, L2C_IN_WO, xb, n, qd)) != 0)
-            goto out;
-        rc = -1;
-        if (linear(&lin[L2C_WO], xb, n, y))
-            goto out;
-        for (int64_t i = 0; i < n * dim; i++)
-            x[i] += y[i];
-        rmsnorm(xb, x, m->rms_ffn + l * dim, n, dim, m->norm_eps);
-        if ((rc = observe(net, l, L2C_IN_W13, xb, n, dim)) != 0)
-            goto out;
-        rc = -1;
-        if (linear(&lin[L2C_W1], xb, n, h1) || linear(&lin[L2C_W3], xb, n, h3))
-            goto out;
-        for (int64_t i = 0; i < n * hid; i++) /* SwiGLU: silu(w1 x) * (w3 x) */
-            h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
-        if ((rc = observe(net, l, L2C_IN_W2, h1, n, hid)) != 0)
-            goto out;
-        rc = -1;
-        if (linear(&lin[L2C_W2], h1, n, y))
-            goto out;
-        for (int64_t i = 0; i < n * dim; i++)
-            x[i] += y[i];
-    }
-    rmsnorm(xb, x, m->rms_final, n, dim, m->norm_eps);
-    matmul_wt(xb, n, dim, m->wcls, m->c.vocab_size, logits);
+    const l2c_linear *lin = net->lin[l];
+    rmsnorm(xb, x, m->rms_att + l * dim, n, dim, m->norm_eps);
+    if ((rc = observe(net, l, L2C_IN_QKV, xb, n, dim)) != 0)
+        goto out;
+    rc = -1;
+    if (linear(&lin[L2C_WQ], xb, n, q) || linear(&lin[L2C_WK], xb, n, k) ||
+        linear(&lin[L2C_WV], xb, n, v))
+        goto out;
+    rope(m, cs, q, n, qd);
+    rope(m, cs, k, n, kv);
+    attention(m, q, k, v, n, att, xb);
+    if ((rc = observe(net, l, L2C_IN_WO, xb, n, qd)) != 0)
+        goto out;
+    rc = -1;
+    if (linear(&lin[L2C_WO], xb, n, y))
+        goto out;
+    for (int64_t i = 0; i < n * dim; i++)
+        x[i] += y[i];
+    rmsnorm(xb, x, m->rms_ffn + l * dim, n, dim, m->norm_eps);
+    if ((rc = observe(net, l, L2C_IN_W13, xb, n, dim)) != 0)
+        goto out;
+    rc = -1;
+    if (linear(&lin[L2C_W1], xb, n, h1) || linear(&lin[L2C_W3], xb, n, h3))
+        goto out;
+    for (int64_t i = 0; i < n * hid; i++) /* SwiGLU: silu(w1 x) * (w3 x) */
+        h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
+    if ((rc = observe(net, l, L2C_IN_W2, h1, n, hid)) != 0)
+        goto out;
+    rc = -1;
+    if (linear(&lin[L2C_W2], h1, n, y))
+        goto out;
+    for (int64_t i = 0; i < n * dim; i++)
+        x[i] += y[i];
     rc = 0;
 out:
-    free(x);
     free(xb);
     free(y);
     free(q);
@@ -236,6 +227,52 @@ out:
     free(h1);
     free(h3);
     free(att);
+    return rc;
+}
+
+void l2c_embed(const l2c_model *m, const int32_t *tokens, int64_t n, float *x)
+{
+    int64_t dim = m->c.dim;
+    for (int64_t t = 0; t < n; t++)
+        memcpy(x + t * dim, m->tok_emb + (int64_t)tokens[t] * dim, (size_t)dim * sizeof *x);
+}
+
+int l2c_forward_block(const l2c_net *net, int32_t layer, float *x, int64_t n)
+{
+    float *cs = malloc((size_t)(n * net->m->head_size) * sizeof *cs);
+    if (!cs) {
+        fprintf(stderr, "out of memory\n");
+        return -1;
+    }
+    rope_table(net->m, n, cs);
+    int rc = block(net, layer, x, n, cs);
+    free(cs);
+    return rc;
+}
+
+int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *logits)
+{
+    const l2c_model *m = net->m;
+    int64_t dim = m->c.dim;
+    float *x = malloc((size_t)(n * dim) * sizeof *x);
+    float *xb = malloc((size_t)(n * dim) * sizeof *xb);
+    float *cs = malloc((size_t)(n * m->head_size) * sizeof *cs);
+    int rc = -1;
+    if (!x || !xb || !cs) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    rope_table(m, n, cs);
+    l2c_embed(m, tokens, n, x);
+    for (int32_t l = 0; l < m->c.n_layers; l++)
+        if ((rc = block(net, l, x, n, cs)) != 0)
+            goto out;
+    rmsnorm(xb, x, m->rms_final, n, dim, m->norm_eps);
+    matmul_wt(xb, n, dim, m->wcls, m->c.vocab_size, logits);
+    rc = 0;
+out:
+    free(x);
+    free(xb);
     free(cs);
     return rc;
 }

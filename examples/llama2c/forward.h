@@ -41,4 +41,12 @@ void l2c_net_init_fp32(l2c_net *net, const l2c_model *m, l2c_linear (*lin)[L2C_N
  * a failed quantized layer; a message is printed) or the observer's non-zero value. */
 int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *logits);
 
+/* The token embeddings of tokens[0..n) into x [n, dim]. */
+void l2c_embed(const l2c_model *m, const int32_t *tokens, int64_t n, float *x);
+
+/* Block `layer` of the net on the hidden states x [n, dim] of positions 0..n-1, in place
+ * (the observer sees its linear inputs). l2c_forward is l2c_embed, every block, then the final
+ * norm and the head, with the same arithmetic. Returns as l2c_forward. */
+int l2c_forward_block(const l2c_net *net, int32_t layer, float *x, int64_t n);
+
 #endif

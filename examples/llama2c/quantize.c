@@ -75,28 +75,23 @@ static int check(dq_status st, const char *what, int32_t layer, const char *name
 
 /* ---- calibration ---- */
 
-static int observe_calib(void *user, int32_t layer, int32_t input, const float *x, int64_t rows,
-                         int64_t cols)
+int l2c_calibration_observe(void *user, int32_t layer, int32_t input, const float *x,
+                            int64_t rows, int64_t cols)
 {
     l2c_calibration *c = user;
     return check(dq_calib_observe(c->calib[layer][input], x, rows, cols, cols),
                  "dq_calib_observe", layer, l2c_input_name(input));
 }
 
-int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int64_t max_tokens,
-                  int64_t sample_tokens, l2c_calibration *out)
+int l2c_calibration_init(const l2c_model *m, int64_t sample_tokens, l2c_calibration *out)
 {
     int32_t L = m->c.n_layers;
     memset(out, 0, sizeof *out);
     out->n_layers = L;
     out->calib = calloc((size_t)L, sizeof *out->calib);
     out->w_absmax = calloc((size_t)L, sizeof *out->w_absmax);
-    l2c_linear(*lin)[L2C_N_LINEARS] = calloc((size_t)L, sizeof *lin);
-    l2c_window *w = NULL;
-    float *logits = NULL;
-    int rc = -1;
-    if (!out->calib || !out->w_absmax || !lin)
-        goto out;
+    if (!out->calib || !out->w_absmax)
+        goto fail;
     dq_calib_params cp;
     dq_calib_params_init(&cp, sizeof cp);
     cp.sample_mode = DQ_CALIB_SAMPLE_FIRST;
@@ -111,7 +106,7 @@ int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int6
             if (check(dq_calib_create(NULL, &cp, cols, &out->calib[l][i]), "dq_calib_create", l,
                       l2c_input_name(i)) ||
                 !(out->w_absmax[l][i] = calloc((size_t)cols, sizeof(float))))
-                goto out;
+                goto fail;
         }
     /* Smoothing needs max |W| per input channel over every weight that reads the input. */
     for (int32_t l = 0; l < L; l++) {
@@ -123,12 +118,32 @@ int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int6
             if (check(dq_smooth_weight_absmax(wk, rows, cols, cols, seen[in]++ > 0,
                                               out->w_absmax[l][in]),
                       "dq_smooth_weight_absmax", l, l2c_input_name(in)))
-                goto out;
+                goto fail;
         }
     }
+    return 0;
+fail:
+    fprintf(stderr, "calibration failed\n");
+    l2c_calibration_free(out);
+    return -1;
+}
+
+int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int64_t max_tokens,
+                  int64_t sample_tokens, l2c_calibration *out)
+{
+    int32_t L = m->c.n_layers;
+    l2c_linear(*lin)[L2C_N_LINEARS] = NULL;
+    l2c_window *w = NULL;
+    float *logits = NULL;
+    int rc = -1;
+    if (l2c_calibration_init(m, sample_tokens, out))
+        return -1;
+    lin = calloc((size_t)L, sizeof *lin);
+    if (!lin)
+        goto out;
     l2c_net net;
     l2c_net_init_fp32(&net, m, lin);
-    net.observe = observe_calib;
+    net.observe = l2c_calibration_observe;
     net.observe_user = out;
     int64_t n_w = l2c_windows(text, window, 0, &w);
     logits = malloc((size_t)(window * m->c.vocab_size) * sizeof *logits);

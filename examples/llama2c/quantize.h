@@ -58,6 +58,14 @@ int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int6
                   int64_t sample_tokens, l2c_calibration *out);
 void l2c_calibration_free(l2c_calibration *c);
 
+/* The first half of l2c_calibrate: a calibrator per linear input of m and the weights' max |W|
+ * per input channel, nothing observed yet (tokens 0). A caller that runs the model itself
+ * (block by block) sets its net's observe to l2c_calibration_observe with the calibration as
+ * user, and counts the tokens. */
+int l2c_calibration_init(const l2c_model *m, int64_t sample_tokens, l2c_calibration *out);
+int l2c_calibration_observe(void *user, int32_t layer, int32_t input, const float *x,
+                            int64_t rows, int64_t cols);
+
 /* Writes each calibration sample as float32 .npy: DIR/layer<L>_<input>.npy with input one of
  * qkv (attention norm output: q/k/v input), wo (attention output: wo input), w13 (FFN norm
  * output: w1/w3 input), w2 (silu(w1 x) * w3 x: w2 input). */

@@ -1,0 +1,364 @@
+/* duquant-run: runs a quantized model file written by duquant-quantize (mapped, its layers
+ * reading their weights in place), a Hugging Face LLaMA-family folder or a llama2.c file:
+ * perplexity on a story file, greedy generation from a prompt, or tokenization of a story
+ * file. See --help. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "duquant.h"
+#include "tool_model.h"
+
+typedef struct options {
+    const char *model, *tokenizer, *eval, *format, *tokenize, *out, *prompt;
+    int64_t window, steps;
+    int32_t threads, bench;
+} options;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: duquant-run --model PATH [--eval FILE] [--prompt TEXT] [--tokenize TEXT --out FILE]\n"
+            "  --model PATH         quantized model file (duquant-quantize), Hugging Face\n"
+            "                       LLaMA-family folder, or llama2.c file (with --tokenizer)\n"
+            "  --tokenizer FILE     llama2.c tokenizer\n"
+            "  --eval FILE          perplexity on stories (text separated by lines\n"
+            "                       <|endoftext|>, or token ids FILE.tok): windows of --window\n"
+            "                       tokens from each story's start\n"
+            "  --format table|tsv   perplexity output (tsv header: file, ppl, predicted_tokens)\n"
+            "  --window N           evaluation window (default 256)\n"
+            "  --prompt TEXT        greedy continuation, printed as it goes\n"
+            "  --steps N            tokens generated (default 64)\n"
+            "  --tokenize TEXT      write the ids of the stories of TEXT (int32 little-endian,\n"
+            "  --out FILE           each story stripped and BOS first) to FILE\n"
+            "  --bench              prefill tokens/s of a 512-token prompt (or the model's\n"
+            "                       context), best of 3, with the CPU and the load average\n"
+            "  --threads N          library threads (default 0: host decides)\n");
+}
+
+static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        if (strcmp(k, "--help") == 0 || strcmp(k, "-h") == 0) {
+            usage(stdout);
+            return 1;
+        }
+        if (strcmp(k, "--bench") == 0) {
+            o->bench = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "%s: missing value (or unknown option)\n", k);
+            return -1;
+        }
+        const char *v = argv[++i];
+        int64_t n = 0;
+        int bad = 0;
+        if (strcmp(k, "--model") == 0)
+            o->model = v;
+        else if (strcmp(k, "--tokenizer") == 0)
+            o->tokenizer = v;
+        else if (strcmp(k, "--eval") == 0)
+            o->eval = v;
+        else if (strcmp(k, "--format") == 0)
+            bad = strcmp(v, "table") != 0 && strcmp(v, "tsv") != 0, o->format = v;
+        else if (strcmp(k, "--tokenize") == 0)
+            o->tokenize = v;
+        else if (strcmp(k, "--out") == 0)
+            o->out = v;
+        else if (strcmp(k, "--prompt") == 0)
+            o->prompt = v;
+        else if (strcmp(k, "--window") == 0)
+            bad = parse_int(v, 2, 1 << 20, &o->window);
+        else if (strcmp(k, "--steps") == 0)
+            bad = parse_int(v, 0, 1 << 20, &o->steps);
+        else if (strcmp(k, "--threads") == 0)
+            bad = parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
+        else {
+            fprintf(stderr, "unknown option %s (see --help)\n", k);
+            return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "%s: bad value '%s'\n", k, v);
+            return -1;
+        }
+    }
+    if (!o->model) {
+        fprintf(stderr, "--model is required (see --help)\n");
+        return -1;
+    }
+    if (!o->tokenize != !o->out) {
+        fprintf(stderr, "--tokenize and --out go together\n");
+        return -1;
+    }
+    if (!o->eval && !o->prompt && !o->tokenize && !o->bench) {
+        fprintf(stderr,
+                "nothing to do: give --eval, --prompt, --tokenize or --bench (see --help)\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Stories of text as ids, written to a temporary file renamed over out. */
+static int tokenize(const tool_model *tm, const char *path, const char *out)
+{
+    if (!tm->htk) {
+        fprintf(stderr, "--tokenize: the model has no tokenizer.json\n");
+        return -1;
+    }
+    size_t len = 0, n_ids = 0, n_stories = 0;
+    char *text = tool_read_file(path, &len), err[512], tmp[4200];
+    int32_t *ids = NULL;
+    if (!text)
+        return -1;
+    int e = hf_tokenizer_encode_stories(tm->htk, text, len, &ids, &n_ids, &n_stories, err,
+                                        sizeof err);
+    free(text);
+    if (e) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        return -1;
+    }
+    if (n_stories == 0) {
+        fprintf(stderr, "%s: no story to tokenize (empty text)\n", path);
+        free(ids);
+        return -1;
+    }
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", out, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    int ok = f != NULL;
+    for (size_t i = 0; ok && i < n_ids; i++) {
+        uint32_t u = (uint32_t)ids[i];
+        unsigned char b[4] = {(unsigned char)u, (unsigned char)(u >> 8),
+                              (unsigned char)(u >> 16), (unsigned char)(u >> 24)};
+        ok = fwrite(b, 1, 4, f) == 4;
+    }
+    if (f)
+        ok = fclose(f) == 0 && ok;
+    ok = ok && rename(tmp, out) == 0;
+    if (!ok) {
+        fprintf(stderr, "%s: cannot write the ids\n", out);
+        remove(tmp);
+    } else
+        fprintf(stderr, "%s: %zu stories, %zu tokens\n", out, n_stories, n_ids);
+    free(ids);
+    return ok ? 0 : -1;
+}
+
+static int evaluate(tool_model *tm, const options *o)
+{
+    l2c_text text;
+    l2c_window *w = NULL;
+    int rc = -1;
+    if (tool_text_load(tm, o->eval, &text))
+        return -1;
+    int64_t window = o->window < tm->m.c.seq_len ? o->window : tm->m.c.seq_len;
+    int64_t n_w = l2c_windows(&text, window, 0, &w);
+    if (n_w <= 0) {
+        fprintf(stderr, "%s: no window to evaluate\n", o->eval);
+        goto out;
+    }
+    l2c_net net;
+    tool_model_net(tm, &net);
+    double nll = 0, t0 = tool_now_s();
+    int64_t predicted = 0;
+    if (l2c_mean_nll(&net, &text, w, n_w, &nll, &predicted))
+        goto out;
+    if (strcmp(o->format, "tsv") == 0) {
+        printf("file\tppl\tpredicted_tokens\n");
+        printf("%s\t%.6f\t%lld\n", o->eval, exp(nll), (long long)predicted);
+    } else {
+        printf("model %s (%s)\n", o->model, tm->quantized ? tm->method : "float");
+        printf("perplexity on %s: %.4f (%lld windows of at most %lld tokens, %lld predicted "
+               "tokens, %.2f s)\n",
+               o->eval, exp(nll), (long long)n_w, (long long)window, (long long)predicted,
+               tool_now_s() - t0);
+    }
+    rc = 0;
+out:
+    free(w);
+    l2c_text_free(&text);
+    return rc;
+}
+
+/* Greedy continuation; each step reruns the sequence (the engine keeps no cache). */
+static int generate(tool_model *tm, const options *o)
+{
+    int64_t vocab = tm->m.c.vocab_size, max_len = tm->m.c.seq_len;
+    size_t plen = strlen(o->prompt), cap = plen + 3 + (size_t)o->steps, n = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    float *logits = malloc((size_t)((int64_t)cap * vocab) * sizeof *logits);
+    char err[512], *buf = NULL;
+    size_t shown = 0, buf_cap = 0;
+    int rc = -1;
+    if (!ids || !logits) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    if (tm->htk) {
+        if (hf_tokenizer_encode(tm->htk, o->prompt, plen, HF_ENCODE_BOS, ids, cap, &n, err,
+                                sizeof err)) {
+            fprintf(stderr, "--prompt: %s\n", err);
+            goto out;
+        }
+    } else if (tm->has_ltk) {
+        int64_t k = l2c_encode(&tm->ltk, o->prompt, 1, ids);
+        if (k < 0)
+            goto out;
+        n = (size_t)k;
+    } else {
+        fprintf(stderr, "--prompt: the model has no tokenizer (--tokenizer for llama2.c)\n");
+        goto out;
+    }
+    l2c_net net;
+    tool_model_net(tm, &net);
+    for (int64_t s = 0; s <= o->steps; s++) {
+        /* The text so far, printed from where the last step stopped. */
+        if (tm->htk) {
+            size_t len = 0;
+            if (hf_tokenizer_decode(tm->htk, ids, n, HF_DECODE_SKIP_SPECIAL, buf, buf_cap, &len,
+                                    err, sizeof err) == HF_ERR_RANGE) {
+                free(buf);
+                buf_cap = len + 64;
+                if (!(buf = malloc(buf_cap)) ||
+                    hf_tokenizer_decode(tm->htk, ids, n, HF_DECODE_SKIP_SPECIAL, buf, buf_cap,
+                                        &len, err, sizeof err))
+                    goto out;
+            }
+            if (len > shown)
+                fwrite(buf + shown, 1, len - shown, stdout), shown = len;
+        } else {
+            char piece[512] = "";
+            for (size_t i = shown ? n - 1 : 1; i < n; i++)
+                l2c_decode_append(&tm->ltk, ids[i - 1], ids[i], piece, sizeof piece);
+            fputs(piece, stdout);
+            shown = n;
+        }
+        fflush(stdout);
+        if (s == o->steps || (int64_t)n >= max_len)
+            break;
+        if (l2c_forward(&net, ids, (int64_t)n, logits))
+            goto out;
+        const float *z = logits + (int64_t)(n - 1) * vocab;
+        int32_t best = 0;
+        for (int32_t j = 1; j < vocab; j++)
+            best = z[j] > z[best] ? j : best;
+        if (best == tm->bos || best == tm->eos)
+            break;
+        ids[n++] = best;
+    }
+    printf("\n");
+    rc = 0;
+out:
+    free(buf);
+    free(ids);
+    free(logits);
+    return rc;
+}
+
+/* The first line of /proc/cpuinfo starting with key, after ": " (or "?"). */
+static void cpu_field(const char *key, char *out, size_t cap)
+{
+    char line[512];
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    snprintf(out, cap, "?");
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, strlen(key)) == 0 && strchr(line, ':')) {
+            snprintf(out, cap, "%s", strchr(line, ':') + 2);
+            out[strcspn(out, "\n")] = '\0';
+            break;
+        }
+    if (f)
+        fclose(f);
+}
+
+static int bench(tool_model *tm, const options *o)
+{
+    int64_t n = tm->m.c.seq_len < 512 ? tm->m.c.seq_len : 512, vocab = tm->m.c.vocab_size;
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    float *logits = malloc((size_t)(n * vocab) * sizeof *logits);
+    int rc = -1;
+    if (!ids || !logits) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    for (int64_t i = 0; i < n; i++) /* BOS, then a fixed spread of ids */
+        ids[i] = i == 0 ? (tm->bos >= 0 ? tm->bos : 0) : (int32_t)((i * 7919) % vocab);
+    l2c_net net;
+    tool_model_net(tm, &net);
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        double t0 = tool_now_s();
+        if (l2c_forward(&net, ids, n, logits))
+            goto out;
+        double t = tool_now_s() - t0;
+        best = r == 0 || t < best ? t : best;
+    }
+    char model_name[256], family[32], model_no[32];
+    double load[3] = {0, 0, 0};
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f || fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
+        load[0] = -1;
+    if (f)
+        fclose(f);
+    cpu_field("model name", model_name, sizeof model_name);
+    cpu_field("cpu family", family, sizeof family);
+    cpu_field("model\t", model_no, sizeof model_no);
+    printf("bench %s (%s): prefill %lld tokens in %.3f s, %.1f tokens/s (best of 3, "
+           "threads %d)\n",
+           o->model, tm->quantized ? tm->method : "float", (long long)n, best,
+           (double)n / best, o->threads);
+    printf("cpu: %s (family %s, model %s), load average %.2f\n", model_name, family, model_no,
+           load[0]);
+    rc = 0;
+out:
+    free(ids);
+    free(logits);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    memset(&o, 0, sizeof o);
+    o.format = "table";
+    o.window = 256;
+    o.steps = 64;
+    int pa = parse_args(argc, argv, &o);
+    if (pa)
+        return pa > 0 ? 0 : 2;
+    dq_context *ctx = NULL;
+    dq_context_params cp;
+    dq_context_params_init(&cp, sizeof cp);
+    cp.n_threads = o.threads;
+    dq_status st = dq_context_create(&cp, &ctx);
+    if (st) {
+        fprintf(stderr, "dq_context_create: %s\n", dq_status_name(st));
+        return 1;
+    }
+    tool_model tm;
+    int rc = 1;
+    if (tool_model_load(o.model, o.tokenizer, ctx, &tm)) {
+        dq_context_free(ctx);
+        return 1;
+    }
+    if ((!o.tokenize || tokenize(&tm, o.tokenize, o.out) == 0) &&
+        (!o.eval || evaluate(&tm, &o) == 0) && (!o.prompt || generate(&tm, &o) == 0) && (!o.bench || bench(&tm, &o) == 0))
+        rc = 0;
+    tool_model_free(&tm);
+    dq_context_free(ctx);
+    return rc;
+}

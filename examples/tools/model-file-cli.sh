@@ -1,0 +1,140 @@
+#!/bin/bash
+# duquant-quantize then duquant-run: the model file's perplexity equals the in-memory
+# evaluation's (duquant-eval's, same settings) to 4 decimals; bad inputs exit non-zero with a
+# message and leave no output file (an existing one untouched).
+# usage: model-file-cli.sh QUANTIZE RUN EVAL llama2c DATA_DIR | hf MODELS_DIR
+set -euo pipefail
+quantize=$1
+run=$2
+engine=$3
+mode=$4
+src=$5
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+if [ "$mode" = llama2c ]; then
+    model=(--model "$src/stories260K.bin" --tokenizer "$src/tok512.bin")
+    calib=$src/calib.txt
+    eval=$src/dev.txt
+    methods="rtn duquant"
+else
+    dir=$src/tinystories-656k
+    if [ ! -r "$dir/config.json" ] || [ ! -r "$dir/calib.tok" ] || [ ! -r "$dir/dev.tok" ]; then
+        echo "skipped: $dir is absent (see ../shared/models/README.md)"
+        exit 77
+    fi
+    model=(--model "$dir")
+    calib=$dir/calib.tok
+    eval=$dir/dev.tok
+    methods="rtn duquant"
+fi
+
+# Round trips.
+for m in $methods; do
+    if ! "$quantize" "${model[@]}" --calib "$calib" --method "$m" --out "$tmp/$m.dq" \
+        2>"$tmp/q.err"; then
+        echo "FAILED: duquant-quantize --method $m:"
+        cat "$tmp/q.err"
+        fail=1
+        continue
+    fi
+    grep -q "peak RSS" "$tmp/q.err" || { echo "FAILED: no stage times"; fail=1; }
+    run_model=(--model "$tmp/$m.dq")
+    [ "$mode" = llama2c ] && run_model+=(--tokenizer "$src/tok512.bin")
+    got=$("$run" "${run_model[@]}" --eval "$eval" --format tsv | tail -n 1 | cut -f 2)
+    want=$("$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods "$m" \
+        --format tsv --steps 0 2>/dev/null | tail -n 1 | cut -f 2)
+    if [ -n "$got" ] && [ "$(printf '%.4f' "$got")" = "$(printf '%.4f' "$want")" ]; then
+        echo "ok: $m: model file $got, in memory $want"
+    else
+        echo "FAILED: $m: model file '$got', in memory '$want'"
+        fail=1
+    fi
+done
+# --sequential: each block calibrated on the quantized blocks' output; a finite perplexity.
+if "$quantize" "${model[@]}" --calib "$calib" --method smoothquant --sequential \
+    --out "$tmp/seq.dq" \
+    2>"$tmp/q.err" && seq_model=("${run_model[@]}") && seq_model[1]=$tmp/seq.dq &&
+    got=$("$run" "${seq_model[@]}" --eval "$eval" --format tsv | tail -n 1 | cut -f 2) &&
+    awk -v p="$got" 'BEGIN { exit !(p > 1 && p < 1e6) }'; then
+    echo "ok: smoothquant --sequential: $got"
+else
+    echo "FAILED: smoothquant --sequential"
+    cat "$tmp/q.err"
+    fail=1
+fi
+out=$("$run" "${run_model[@]}" --prompt "Once upon a time" --steps 8)
+case "$out" in
+"Once upon a time"?*) echo "ok: generation: $out" ;;
+*) echo "FAILED: generation: '$out'"; fail=1 ;;
+esac
+
+# numpy alone reads it (examples/python/model_file.py; Debian's python3 has numpy).
+py=/usr/bin/python3
+reader=$(dirname "$0")/../python/model_file.py
+if [ -x "$py" ] && "$py" -c 'import numpy' 2>/dev/null; then
+    for m in $methods; do
+        if "$py" "$reader" "$tmp/$m.dq" --check >"$tmp/py.out" 2>&1; then
+            echo "ok: numpy: $(tail -n 1 "$tmp/py.out")"
+        else
+            echo "FAILED: numpy reader on $m.dq:"
+            tail -n 5 "$tmp/py.out"
+            fail=1
+        fi
+    done
+fi
+
+# The tokenizer in the file: the stories of dev.txt as the Hugging Face tokenizer splits them.
+if [ "$mode" = hf ] && [ -r "$src/../data/dev.txt" ]; then
+    if "$run" --model "$tmp/rtn.dq" --tokenize "$src/../data/dev.txt" --out "$tmp/dev.tok" \
+        2>/dev/null && cmp -s "$tmp/dev.tok" "$eval"; then
+        echo "ok: --tokenize dev.txt gives dev.tok"
+    else
+        echo "FAILED: --tokenize dev.txt differs from $eval"
+        fail=1
+    fi
+fi
+
+# Bad inputs: non-zero exit, a message naming WORD, no output left, an existing one untouched.
+printf 'old' >"$tmp/keep.dq"
+: >"$tmp/empty.txt"
+: >"$tmp/empty.tok"
+expect_fail() { # expect_fail WORD PROGRAM ARGS...
+    local word=$1
+    shift
+    rm -f "$tmp/new.dq"
+    if "$@" >"$tmp/out" 2>&1; then
+        echo "FAILED: accepted: $*"
+        fail=1
+        return
+    fi
+    if ! grep -qF -- "$word" "$tmp/out"; then
+        echo "FAILED: message does not name '$word': $(cat "$tmp/out")"
+        fail=1
+    elif [ -e "$tmp/new.dq" ] || [ "$(cat "$tmp/keep.dq")" != old ] ||
+        ls -A "$tmp" | grep -q '\.tmp$'; then
+        echo "FAILED: an output file was left or changed: $*"
+        fail=1
+    else
+        echo "ok: rejected: $(tail -n 1 "$tmp/out")"
+    fi
+}
+q_args=(--calib "$calib" --method rtn)
+expect_fail "$tmp/nope" "$quantize" --model "$tmp/nope" "${q_args[@]}" --out "$tmp/new.dq"
+expect_fail "$tmp/nope" "$quantize" --model "$tmp/nope" "${q_args[@]}" --out "$tmp/keep.dq"
+expect_fail "empty.txt" "$quantize" "${model[@]}" --calib "$tmp/empty.txt" --method rtn \
+    --out "$tmp/keep.dq"
+expect_fail "empty.tok" "$quantize" "${model[@]}" --calib "$tmp/empty.tok" --method rtn \
+    --out "$tmp/new.dq"
+expect_fail "nosuch" "$quantize" "${model[@]}" --calib "$calib" --method nosuch \
+    --out "$tmp/keep.dq"
+expect_fail "fp32" "$quantize" "${model[@]}" --calib "$calib" --method fp32 --out "$tmp/new.dq"
+expect_fail "$tmp/no/dir" "$quantize" "${model[@]}" "${q_args[@]}" --out "$tmp/no/dir/x.dq"
+expect_fail "--out" "$quantize" "${model[@]}" "${q_args[@]}"
+# duquant-run: a missing or truncated model file, an empty evaluation text.
+head -c 2000 "$tmp/rtn.dq" >"$tmp/cut.dq"
+expect_fail "$tmp/nope.dq" "$run" --model "$tmp/nope.dq" --eval "$eval"
+expect_fail "$tmp/cut.dq" "$run" --model "$tmp/cut.dq" --eval "$eval"
+expect_fail "empty.tok" "$run" "${run_model[@]}" --eval "$tmp/empty.tok"
+expect_fail "--eval" "$run" "${run_model[@]}"
+exit $fail
