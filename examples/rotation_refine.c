@@ -10,7 +10,7 @@
  * Layers come from
  *  - reference cases: folders holding manifest.json, X.f32 and W.f32 (the project's golden
  *    vectors); the plan is built and evaluated on the same tokens, as the reference does;
- *  - a calibration dump of the llama2.c engine (`duquant-llama2c --dump-calib DIR`:
+ *  - a calibration dump of the llama2.c engine (`duquant-eval --dump-calib DIR`:
  *    DIR/layer<L>_{qkv,wo,w13,w2}.npy) together with the model checkpoint the weights come
  *    from; the plan is built on the first half of each sample's tokens and evaluated on the
  *    second half (held out);

@@ -1,4 +1,4 @@
-/* duquant-llama2c: runs a llama2.c model (stories260K by default) in FP32 and quantized with
+/* duquant-eval: runs a llama2.c model (stories260K by default) in FP32 and quantized with
  * libduquant, and prints perplexity, ratio to FP32 and quantization time per method, plus one
  * greedy sample per method. See --help and doc/results.md. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
@@ -39,7 +39,7 @@ typedef struct result {
 static void usage(FILE *f, const options *o)
 {
     fprintf(f,
-            "usage: duquant-llama2c [options]\n"
+            "usage: duquant-eval [options]\n"
             "  --model FILE|DIR     llama2.c checkpoint, or a Hugging Face LLaMA-family folder\n"
             "                       (config.json, model.safetensors or shards; default %s)\n"
             "  --tokenizer FILE     llama2.c tokenizer (default %s; not used with a folder)\n"

@@ -458,7 +458,7 @@ def main(argv):
     ap.add_argument("--max-windows", type=int, default=0)
     ap.add_argument("--expect", default="",
                     help="NAME=PPL,... : fail unless each figure agrees to --tolerance")
-    ap.add_argument("--engine", help="also run this duquant-llama2c and fail unless it "
+    ap.add_argument("--engine", help="also run this duquant-eval and fail unless it "
                     "agrees with every figure to --tolerance")
     ap.add_argument("--tolerance", type=float, default=5e-5, help="absolute (default 5e-5)")
     a = ap.parse_args(argv)

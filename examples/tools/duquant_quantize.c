@@ -41,7 +41,7 @@ static void usage(FILE *f, const options *o)
             "  --sample-tokens N    rows kept for the rotation search and LWC (default %lld)\n"
             "  --block N, --hadamard-block N, --rot-steps N, --perm-times N, --dq-smooth 0|1,\n"
             "  --alpha A, --act-clip R, --w-clip R, --lwc-epochs N, --lwc-lr R, --lwc-batch N,\n"
-            "  --lwc-act 0|1, --seed N   as duquant-llama2c (defaults %d %d %d %d %d %.2f %.2f\n"
+            "  --lwc-act 0|1, --seed N   as duquant-eval (defaults %d %d %d %d %d %.2f %.2f\n"
             "                       %.2f %d %g %d %d %llu)\n",
             (long long)o->window, (long long)o->sample_tokens, o->q.block_size,
             o->q.hadamard_block, o->q.rot_steps, o->q.perm_times, o->q.dq_smooth,
