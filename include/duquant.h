@@ -908,10 +908,10 @@ DQ_API dq_status dq_linear_forward_group(const dq_linear *const *layers, int32_t
 /* ------------------------------------------------------------------------------------------ */
 
 /** Newest version of the file format this library reads and writes (metadata
- *  "format_version"). Writers write the lowest version that holds what was added: 1, or 2 once
- *  a layer was added with dq_file_writer_add_linear_layer (since 1.2; 1.0 and 1.1 wrote 1).
- *  @since 1.0 */
-#define DQ_FILE_FORMAT_VERSION 2
+ *  "format_version"). Since 1.2 writers write 3: every tensor and the header carry checksums
+ *  (doc/formats.md), verified by readers. 1.0 and 1.1 wrote 1; versions 1 and 2 (no
+ *  checksums) are still read. @since 1.0 */
+#define DQ_FILE_FORMAT_VERSION 3
 /** Most dimensions of a tensor in a file. */
 #define DQ_FILE_MAX_DIMS 8
 
@@ -922,6 +922,12 @@ typedef struct dq_file_reader dq_file_reader;
  *  instead of copying it; dq_file_reader_open maps the file (since 1.2). Layers created from
  *  such a reader may read their weights in place: the buffer or mapping must outlive them. */
 enum { DQ_FILE_F_BORROW = 1u };
+
+/** dq_file_params.flags, since 1.2. TRUSTED: the getters skip the checksums of tensor data
+ *  (for files the caller trusts, typically mapped with DQ_FILE_F_BORROW, where hashing every
+ *  byte at load would cost more than the load). The header checksum, the manifest of each
+ *  object and every range check still apply. */
+enum { DQ_FILE_F_TRUSTED = 2u };
 
 /** Element types reported by dq_file_reader_tensor_info. */
 enum {
