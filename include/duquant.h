@@ -975,7 +975,10 @@ DQ_API dq_status dq_file_writer_add_plan(dq_file_writer *w, const char *prefix,
                                          const dq_plan *pl);
 
 /** @brief Add a packed matrix under prefix (packed codes U8, scales and zero points F32, layout
- *  in metadata). All or nothing. Errors as dq_file_writer_add_plan. @since 1.0 */
+ *  in metadata). All or nothing. Errors as dq_file_writer_add_plan; since 1.2 also
+ *  DQ_ERR_OVERFLOW for a group whose codes dequantize beyond the float range (scale near
+ *  FLT_MAX, e.g. a constant group of 3e38), which no reader accepts; the same check applies
+ *  to dq_file_writer_add_linear and dq_file_writer_add_linear_layer. @since 1.0 */
 DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefix,
                                             const dq_qmatrix *q);
 
@@ -1035,8 +1038,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_reader_get_linear(const dq_file_reader *r,
 
 /** @brief Add a linear layer as it runs: its weights in the blocked layout the integer kernels
  *  read (format version 2, doc/formats.md), so that dq_file_reader_get_linear on a borrowing
- *  reader (a mapped file, DQ_FILE_F_BORROW) creates it without copying a weight. The file's
- *  format_version becomes 2 (readers before 1.2 refuse it). The layer's activation settings
+ *  reader (a mapped file, DQ_FILE_F_BORROW) creates it without copying a weight. The layout
+ *  is format version 2 (readers before 1.2 refuse it). The layer's activation settings
  *  and bias are stored as by dq_file_writer_add_linear; dq_file_reader_get_qmatrix on
  *  "<prefix>.weight" gives the packed matrix back exactly. plan_prefix as there.
  *  Ownership: lin is only read (any layer: created, or loaded from a file of any version).
@@ -1056,7 +1059,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_writer_add_linear_layer(dq_file_writer *w,
  *  @return DQ_OK, DQ_ERR_INVALID_ARG (path NULL, bad params), DQ_ERR_IO (the file cannot be
  *  opened, read or mapped: missing, no permission, a folder...; the log message names the path
  *  and the system's reason; before 1.2 these were DQ_ERR_INVALID_ARG), DQ_ERR_FORMAT
- *  (malformed container, format metadata not "duquant"), DQ_ERR_UNSUPPORTED (a newer
+ *  (malformed container, format metadata not "duquant", since 1.2 a header checksum that
+ *  does not match or a version-3 file without checksums), DQ_ERR_UNSUPPORTED (a newer
  *  format_version), DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE. @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *p,
                                                   const char *path, dq_file_reader **out);
@@ -1108,7 +1112,11 @@ DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const ch
                                                float *out, int64_t n);
 
 /** @brief Load the plan stored under prefix as a new plan (allocated with ctx, may be NULL).
- *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT (missing or inconsistent parts),
+ *  Since 1.2 the getters verify the checksum of every tensor they read (unless the reader
+ *  was opened with DQ_FILE_F_TRUSTED) and refuse names under prefix that are not parts of
+ *  the object's kind (doc/formats.md): both DQ_ERR_FORMAT.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT (missing, inconsistent, unknown or
+ *  changed parts),
  *  DQ_ERR_NONFINITE (non-finite scales or matrices), DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM.
  *  @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ctx,
