@@ -1227,9 +1227,31 @@ static bool in_nested_object(const dq_file_reader *r, const char *name, size_t l
     return false;
 }
 
-static bool under_prefix(const char *name, const char *prefix, size_t lp)
+/* <0, 0 or >0 as name sorts (strcmp) before, among or after the names "<prefix>.<rest>". */
+static int cmp_under(const char *name, const char *prefix, size_t lp)
 {
-    return strncmp(name, prefix, lp) == 0 && name[lp] == '.';
+    const int c = strncmp(name, prefix, lp);
+    return c ? c : (int)(unsigned char)name[lp] - (int)(unsigned char)'.';
+}
+
+/* Counts the names "<prefix>.<rest>" outside nested objects among n sorted names (each a
+ * char * at offset off of an element of stride bytes): a binary search, then the run. */
+static size_t count_under(const dq_file_reader *r, const void *base, size_t n, size_t stride,
+                          size_t off, const char *prefix, size_t lp, bool *nomem)
+{
+#define NAME_AT(i) (*(const char *const *)(const void *)((const char *)base + (i) * stride + off))
+    size_t lo = 0, hi = n, count = 0;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (cmp_under(NAME_AT(mid), prefix, lp) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (size_t i = lo; i < n && !*nomem && cmp_under(NAME_AT(i), prefix, lp) == 0; i++)
+        count += !in_nested_object(r, NAME_AT(i), lp, nomem);
+    return count;
+#undef NAME_AT
 }
 
 /* The manifest rule: the names under "<prefix>." (tensors and metadata keys, except those of
@@ -1239,14 +1261,12 @@ static dq_status check_parts(const dq_file_reader *r, const dq_context *c, const
                              const char *kind, size_t expect)
 {
     const size_t lp = strlen(prefix);
-    size_t n = 0;
     bool nomem = false;
-    for (size_t i = 0; i < r->f.n_tensors + r->f.n_meta && !nomem; i++) {
-        const char *name = i < r->f.n_tensors ? r->f.tensors[i].name
-                                              : r->f.meta[i - r->f.n_tensors].key;
-        if (under_prefix(name, prefix, lp) && !in_nested_object(r, name, lp, &nomem))
-            n++;
-    }
+    /* Tensors are sorted by name and metadata by key. */
+    size_t n = count_under(r, r->f.tensors, r->f.n_tensors, sizeof *r->f.tensors,
+                           offsetof(dq__st_tensor, name), prefix, lp, &nomem);
+    n += count_under(r, r->f.meta, r->f.n_meta, sizeof *r->f.meta, offsetof(dq__st_meta, key),
+                     prefix, lp, &nomem);
     if (nomem)
         return DQ_FAIL(c, DQ_ERR_NOMEM, "metadata keys under '%s'", prefix);
     if (n != expect)

@@ -54,6 +54,8 @@ void dq__hash_init(dq__hash *h, uint64_t seed)
 void dq__hash_update(dq__hash *h, const void *data, size_t len)
 {
     const uint8_t *p = data;
+    if (len == 0)
+        return;
     h->total += len;
     if (h->nbuf) {
         size_t take = 32 - h->nbuf < len ? 32 - h->nbuf : len;
