@@ -40,10 +40,6 @@ static const char *data_path_v(int version)
     return path;
 }
 
-static const char *data_path(void)
-{
-    return data_path_v(3);
-}
 
 /* ---- log capture ---- */
 
@@ -279,8 +275,8 @@ START_TEST(test_stored_file_is_current)
     unsigned char *want = malloc(size);
     ck_assert(want);
     ck_assert_int_eq(dq_file_writer_to_buffer(wr, want, size, &size), DQ_OK);
-    FILE *f = fopen(data_path(), "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", data_path());
+    FILE *f = fopen(data_path_v(3), "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", data_path_v(3));
     unsigned char *got = malloc(size + 1);
     ck_assert(got);
     size_t n = fread(got, 1, size + 1, f);
@@ -288,7 +284,7 @@ START_TEST(test_stored_file_is_current)
     ck_assert_msg(n == size && memcmp(got, want, size) == 0,
                   "%s is not what this build writes: regenerate it with "
                   "`test_inference_only --write %s` if the change is intended",
-                  data_path(), data_path());
+                  data_path_v(3), data_path_v(3));
     free(got);
     free(want);
     dq_file_writer_free(wr);
