@@ -923,10 +923,10 @@ DQ_API dq_status dq_linear_forward_group(const dq_linear *const *layers, int32_t
 /* ------------------------------------------------------------------------------------------ */
 
 /** Newest version of the file format this library reads and writes (metadata
- *  "format_version"). Writers write the lowest version that holds what was added: 1, or 2 once
- *  a layer was added with dq_file_writer_add_linear_layer (since 1.2; 1.0 and 1.1 wrote 1).
- *  @since 1.0 */
-#define DQ_FILE_FORMAT_VERSION 2
+ *  "format_version"). Since 1.2 writers write 3: every tensor and the header carry checksums
+ *  (doc/formats.md), verified by readers. 1.0 and 1.1 wrote 1; versions 1 and 2 (no
+ *  checksums) are still read. @since 1.0 */
+#define DQ_FILE_FORMAT_VERSION 3
 /** Most dimensions of a tensor in a file. */
 #define DQ_FILE_MAX_DIMS 8
 
@@ -937,6 +937,12 @@ typedef struct dq_file_reader dq_file_reader;
  *  instead of copying it; dq_file_reader_open maps the file (since 1.2). Layers created from
  *  such a reader may read their weights in place: the buffer or mapping must outlive them. */
 enum { DQ_FILE_F_BORROW = 1u };
+
+/** dq_file_params.flags, since 1.2. TRUSTED: the getters skip the checksums of tensor data
+ *  (for files the caller trusts, typically mapped with DQ_FILE_F_BORROW, where hashing every
+ *  byte at load would cost more than the load). The header checksum, the manifest of each
+ *  object and every range check still apply. */
+enum { DQ_FILE_F_TRUSTED = 2u };
 
 /** Element types reported by dq_file_reader_tensor_info. */
 enum {
@@ -993,7 +999,10 @@ DQ_API dq_status dq_file_writer_add_plan(dq_file_writer *w, const char *prefix,
                                          const dq_plan *pl);
 
 /** @brief Add a packed matrix under prefix (packed codes U8, scales and zero points F32, layout
- *  in metadata). All or nothing. Errors as dq_file_writer_add_plan. @since 1.0 */
+ *  in metadata). All or nothing. Errors as dq_file_writer_add_plan; since 1.2 also
+ *  DQ_ERR_OVERFLOW for a group whose codes dequantize beyond the float range (scale near
+ *  FLT_MAX, e.g. a constant group of 3e38), which no reader accepts; the same check applies
+ *  to dq_file_writer_add_linear and dq_file_writer_add_linear_layer. @since 1.0 */
 DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefix,
                                             const dq_qmatrix *q);
 
@@ -1053,8 +1062,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_reader_get_linear(const dq_file_reader *r,
 
 /** @brief Add a linear layer as it runs: its weights in the blocked layout the integer kernels
  *  read (format version 2, doc/formats.md), so that dq_file_reader_get_linear on a borrowing
- *  reader (a mapped file, DQ_FILE_F_BORROW) creates it without copying a weight. The file's
- *  format_version becomes 2 (readers before 1.2 refuse it). The layer's activation settings
+ *  reader (a mapped file, DQ_FILE_F_BORROW) creates it without copying a weight. The layout
+ *  is format version 2 (readers before 1.2 refuse it). The layer's activation settings
  *  and bias are stored as by dq_file_writer_add_linear; dq_file_reader_get_qmatrix on
  *  "<prefix>.weight" gives the packed matrix back exactly. plan_prefix as there.
  *  Ownership: lin is only read (any layer: created, or loaded from a file of any version).
@@ -1076,7 +1085,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_writer_add_linear_layer(dq_file_writer *w,
  *  @return DQ_OK, DQ_ERR_INVALID_ARG (path NULL, bad params), DQ_ERR_IO (the file cannot be
  *  opened, read or mapped: missing, no permission, a folder...; the log message names the path
  *  and the system's reason; before 1.2 these were DQ_ERR_INVALID_ARG), DQ_ERR_FORMAT
- *  (malformed container, format metadata not "duquant"), DQ_ERR_UNSUPPORTED (a newer
+ *  (malformed container, format metadata not "duquant", since 1.2 a header checksum that
+ *  does not match or a version-3 file without checksums), DQ_ERR_UNSUPPORTED (a newer
  *  format_version), DQ_ERR_NOMEM (also: beyond max_alloc_bytes), DQ_ERR_STRUCT_SIZE.
  *  @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_open(dq_context *ctx, const dq_file_params *p,
@@ -1130,10 +1140,13 @@ DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const ch
 
 /** @brief Load the plan stored under prefix as a new plan (allocated with ctx, may be NULL).
  *  Declared sizes are checked against the bytes present and the reader's max_alloc_bytes
- *  before anything is allocated (since 1.2).
- *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT (missing or inconsistent parts),
- *  DQ_ERR_NONFINITE (non-finite scales or matrices), DQ_ERR_UNSUPPORTED, DQ_ERR_NOMEM (also:
- *  beyond max_alloc_bytes). @since 1.0 */
+ *  before anything is allocated (since 1.2). Since 1.2 the getters verify the checksum of
+ *  every tensor they read (unless the reader was opened with DQ_FILE_F_TRUSTED) and refuse
+ *  names under prefix that are not parts of the object's kind (doc/formats.md): both
+ *  DQ_ERR_FORMAT.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_FORMAT (missing, inconsistent, unknown or
+ *  changed parts), DQ_ERR_NONFINITE (non-finite scales or matrices), DQ_ERR_UNSUPPORTED,
+ *  DQ_ERR_NOMEM (also: beyond max_alloc_bytes). @since 1.0 */
 DQ_API DQ_NODISCARD dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ctx,
                                                       const char *prefix, dq_plan **out);
 

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Reads the golden files with nothing but json and numpy, as any Python tool would."""
+"""Reads the golden files with nothing but json and numpy, as any Python tool would, and
+recomputes the checksums of the version-3 files from their definition in doc/formats.md."""
 import json
 import struct
 import sys
@@ -13,7 +14,7 @@ except ImportError:
 DTYPES = {"F32": "<f4", "I64": "<i8", "U8": "u1"}
 
 
-def read(path):
+def read(path, with_header=False):
     with open(path, "rb") as f:
         raw = f.read()
     (n,) = struct.unpack("<Q", raw[:8])
@@ -25,7 +26,75 @@ def read(path):
         b, e = info["data_offsets"]
         arr = np.frombuffer(data[b:e], dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
         tensors[name] = arr
+    if with_header:
+        return meta, tensors, header, data
     return meta, tensors
+
+
+# The checksums of format version 3, from their definition in doc/formats.md alone.
+MASK = (1 << 64) - 1
+M, A, B = 0x9c2b9d9f2ae75e2f, 0x82ff349d4f876aa3, 0xe06c85afbaec4ef7
+F0, F1 = 0xe7158a8021f64545, 0xbc95ad20819ed6b7
+LANES = (0xbc7ba9e38be9794d, 0xcd317c68022dd18d, 0x8eca73657965c0ff, 0x5a1f3c2b9d0e4871)
+
+
+def rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & MASK
+
+
+def fin(x):
+    x ^= x >> 31
+    x = x * F0 & MASK
+    x ^= x >> 29
+    x = x * F1 & MASK
+    return x ^ (x >> 32)
+
+
+def dq_hash(seed, b):
+    word = lambda o: int.from_bytes(b[o:o + 8], "little")
+    v = [(seed + l) & MASK for l in LANES]
+    full = len(b) // 32 * 32
+    for o in range(0, full, 32):
+        for i in range(4):
+            v[i] = rotl(v[i] ^ (word(o + 8 * i) * M & MASK), 29) * A & MASK
+    h = seed ^ (len(b) * B & MASK)
+    for i in range(4):
+        h = rotl(h ^ fin(v[i]), 27) * B & MASK
+    o = full
+    while len(b) - o >= 8:
+        h = rotl(h ^ (word(o) * M & MASK), 31) * A & MASK
+        o += 8
+    if o < len(b):
+        h = rotl(h ^ (word(o) * M & MASK), 23) * B & MASK
+    return fin(h)
+
+
+def s0(text):
+    return text.encode("utf-8") + b"\0"
+
+
+def u64(v):
+    return struct.pack("<Q", v)
+
+
+def tensor_head(name, info):
+    out = s0(name) + s0(info["dtype"]) + u64(len(info["shape"]))
+    return out + b"".join(u64(d) for d in info["shape"])
+
+
+def check_checksums(meta, header, data):
+    ok = True
+    for name, info in header.items():
+        b, e = info["data_offsets"]
+        got = dq_hash(0x4451544e53523031, tensor_head(name, info) + data[b:e])
+        ok &= got == int(meta["__hash__." + name], 16)
+    keys = sorted((k for k in meta if k != "__hash__"), key=lambda k: k.encode("utf-8"))
+    h = b"".join(s0(k) + s0(meta[k]) for k in keys) + u64(len(keys))
+    for name in sorted(header, key=lambda k: k.encode("utf-8")):
+        h += tensor_head(name, header[name]) + u64(header[name]["data_offsets"][0])
+        h += u64(header[name]["data_offsets"][1])
+    h += u64(len(header))
+    return ok and dq_hash(0x4451484541443031, h) == int(meta["__hash__"], 16)
 
 
 def check(cond, what):
@@ -59,6 +128,14 @@ def main(data_dir):
     deq = (codes - zeros[:, g]) * scales[:, g]
     ok &= check(np.array_equal(deq.astype(np.float32), t["check.l0.w.dequantized"]),
                 "numpy dequantization equals the library's")
+    for name in ("plan_v3.safetensors", "layer_v3.safetensors"):
+        meta, t, header, data = read(data_dir + "/" + name, with_header=True)
+        ok &= check(meta["format_version"] == "3" and check_checksums(meta, header, data),
+                    name + ": checksums recomputed from doc/formats.md")
+        changed = bytearray(data)
+        changed[len(changed) // 2] ^= 0x10
+        ok &= check(not check_checksums(meta, header, bytes(changed)),
+                    name + ": a flipped data bit fails them")
     print("all checks passed" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -1,7 +1,9 @@
 /* Golden files of the file format: the files in tests/data were written by this library.
  * The check regenerates each file from fixed parts and compares the bytes, loads the stored
  * objects, writes them again and compares the bytes, and compares the loaded objects with the
- * regenerated ones. Any change of the format makes it fail.
+ * regenerated ones. Any change of the format makes it fail. The files of format version 1
+ * (written by 1.0 and 1.1, without checksums) are kept: they must still load, give the same
+ * objects, and write back as the version-3 files.
  * Usage: golden_file DATA_DIR          check
  *        golden_file --write DATA_DIR  (re)write the files (only for a deliberate new version) */
 #include <math.h>
@@ -77,7 +79,9 @@ static void linear_params(dq_linear_params *p)
     p->act_clip_ratio = 0.75f;
 }
 
-static const char *const files[] = {"plan_v1.safetensors", "layer_v1.safetensors"};
+/* Version 3 (what this library writes) and version 1, the same objects. */
+static const char *const files[] = {"plan_v3.safetensors", "layer_v3.safetensors"};
+static const char *const files_v1[] = {"plan_v1.safetensors", "layer_v1.safetensors"};
 
 /* The writer for golden file k from the given objects (in this fixed order). */
 static dq_status fill(int k, dq_file_writer *w, const dq_plan *pl, const dq_qmatrix *q0,
@@ -189,12 +193,12 @@ static int same_linear(const dq_file_reader *r, const dq_plan *pl, const dq_plan
     return 0;
 }
 
-static int check_file(int k, const char *dir, const dq_plan *pl, const dq_qmatrix *q0,
+static int check_file(int k, int v1, const char *dir, const dq_plan *pl, const dq_qmatrix *q0,
                       const dq_qmatrix *q1, const dq_qmatrix *q2)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, files[k]);
-    printf("%s\n", files[k]);
+    snprintf(path, sizeof path, "%s/%s", dir, v1 ? files_v1[k] : files[k]);
+    printf("%s\n", v1 ? files_v1[k] : files[k]);
     size_t disk_size, gen_size, re_size;
     uint8_t *disk = read_all(path, &disk_size);
     if (!disk) {
@@ -206,10 +210,20 @@ static int check_file(int k, const char *dir, const dq_plan *pl, const dq_qmatri
     CHECK(fill(k, w, pl, q0, q1, q2) == DQ_OK);
     uint8_t *gen = serialise(w, &gen_size);
     CHECK(gen != NULL);
-    printf("    regenerated: %zu bytes, stored: %zu bytes, %s\n", gen_size, disk_size,
-           gen_size == disk_size && memcmp(gen, disk, disk_size) == 0 ? "identical"
-                                                                      : "DIFFERENT");
-    CHECK(gen_size == disk_size && memcmp(gen, disk, disk_size) == 0);
+    if (v1) {
+        /* Checked through its objects: they load, equal the regenerated ones, and write
+         * back as the version-3 bytes. */
+        printf("    format version 1: %zu bytes\n", disk_size);
+        free(disk);
+        disk = gen;
+        disk_size = gen_size;
+        gen = NULL;
+    } else {
+        printf("    regenerated: %zu bytes, stored: %zu bytes, %s\n", gen_size, disk_size,
+               gen_size == disk_size && memcmp(gen, disk, disk_size) == 0 ? "identical"
+                                                                          : "DIFFERENT");
+        CHECK(gen_size == disk_size && memcmp(gen, disk, disk_size) == 0);
+    }
 
     dq_file_reader *r = NULL;
     CHECK(dq_file_reader_open(NULL, NULL, path, &r) == DQ_OK);
@@ -278,7 +292,8 @@ int main(int argc, char **argv)
             dq_file_writer_free(w);
             printf("wrote %s\n", path);
         } else {
-            failed |= check_file(k, dir, pl, q0, q1, q2);
+            failed |= check_file(k, 0, dir, pl, q0, q1, q2);
+            failed |= check_file(k, 1, dir, pl, q0, q1, q2);
         }
     }
     dq_plan_free(pl);

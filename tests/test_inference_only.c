@@ -1,8 +1,9 @@
 /* The inference-only build (-Dcalibration=disabled) against the full one:
  *  - in the inference-only build, every offline function returns DQ_ERR_UNSUPPORTED, sets its
  *    output to NULL and logs one line through the context;
- *  - in both builds, the plan and layer of tests/data/inference_v1.safetensors, written by the
- *    full build, load and reproduce bit for bit the activations and outputs stored with them;
+ *  - in both builds, the plan and layer of tests/data/inference_v1.safetensors (format version
+ *    1) and inference_v3.safetensors (version 3, with checksums), written by the full build,
+ *    load and reproduce bit for bit the activations and outputs stored with them;
  *  - in both builds, a plan assembled from given parts (no calibration) and weights packed
  *    with it survive a file round trip and give the same outputs as before.
  * With calibration, the full build also rebuilds the stored layer from the stored input and
@@ -31,12 +32,14 @@
 #define TOKENS 16
 #define BLOCK 32
 
-static const char *data_path(void)
+/* The stored file of the given format version; version 3 is what this build writes. */
+static const char *data_path_v(int version)
 {
     static char path[4096];
-    snprintf(path, sizeof path, "%s/inference_v1.safetensors", DQ_TEST_DATA_DIR);
+    snprintf(path, sizeof path, "%s/inference_v%d.safetensors", DQ_TEST_DATA_DIR, version);
     return path;
 }
+
 
 /* ---- log capture ---- */
 
@@ -154,7 +157,7 @@ static void check_reader(const dq_file_reader *r, dq_context *ctx)
 START_TEST(test_file_from_full_build)
 {
     dq_file_reader *r = NULL;
-    ck_assert_int_eq(dq_file_reader_open(NULL, NULL, data_path(), &r), DQ_OK);
+    ck_assert_int_eq(dq_file_reader_open(NULL, NULL, data_path_v(_i == 0 ? 1 : 3), &r), DQ_OK);
     /* The plan is the full build's kind: smoothing, two greedy rotations and a permutation. */
     dq_plan *pl = NULL;
     ck_assert_int_eq(dq_file_reader_get_plan(r, NULL, "plan", &pl), DQ_OK);
@@ -272,8 +275,8 @@ START_TEST(test_stored_file_is_current)
     unsigned char *want = malloc(size);
     ck_assert(want);
     ck_assert_int_eq(dq_file_writer_to_buffer(wr, want, size, &size), DQ_OK);
-    FILE *f = fopen(data_path(), "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", data_path());
+    FILE *f = fopen(data_path_v(3), "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", data_path_v(3));
     unsigned char *got = malloc(size + 1);
     ck_assert(got);
     size_t n = fread(got, 1, size + 1, f);
@@ -281,7 +284,7 @@ START_TEST(test_stored_file_is_current)
     ck_assert_msg(n == size && memcmp(got, want, size) == 0,
                   "%s is not what this build writes: regenerate it with "
                   "`test_inference_only --write %s` if the change is intended",
-                  data_path(), data_path());
+                  data_path_v(3), data_path_v(3));
     free(got);
     free(want);
     dq_file_writer_free(wr);
@@ -407,7 +410,7 @@ static Suite *make_suite(bool write)
     (void)write;
     tcase_add_test(tc, test_offline_unsupported);
 #endif
-    tcase_add_test(tc, test_file_from_full_build);
+    tcase_add_loop_test(tc, test_file_from_full_build, 0, 2);
     tcase_add_test(tc, test_assembled_round_trip);
     suite_add_tcase(s, tc);
     return s;

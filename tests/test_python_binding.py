@@ -749,7 +749,7 @@ class TestRelease12(Fixture):
             path = os.path.join(d, "m.safetensors")
             fw.save(path)
             r = dq.FileReader(lib, path=path, borrow=True, ctx=self.ctx)
-            self.assertEqual(r.metadata("format_version"), "2")
+            self.assertEqual(r.metadata("format_version"), "3")
             pl2 = r.get_plan("l0.in")
             self.assertEqual(pl2.fingerprint(), pl.fingerprint())
             self.assertEqual(r.linear_plan_prefix("l0.q"), "l0.in")

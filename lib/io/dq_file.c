@@ -4,8 +4,10 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -13,6 +15,7 @@
 
 #include "dq_handle.h"
 #include "dq_gemm_simd.h"
+#include "dq_hash.h"
 #include "dq_internal.h"
 #include "dq_linear.h"
 #include "dq_plan_binding.h"
@@ -21,10 +24,10 @@
 #include "dq_rotation.h"
 #include "dq_safetensors.h"
 
-/* The version a writer starts with: objects of version 1 only. Adding a layer in the blocked
- * layout (dq_file_writer_add_linear_layer) raises it to 2. */
-#define FILE_VERSION_BASE 1
-#define FILE_VERSION_BLOCKED 2
+/* The version a writer writes: 3, with checksums (doc/formats.md, "Checksums"). Version 2
+ * added the blocked layer layout; files of versions 1 and 2 have no checksums. */
+#define FILE_VERSION_WRITTEN 3
+#define FILE_VERSION_CHECKSUMS 3
 
 /* Largest plan width a file may declare: plans whose parts are all identities carry no tensor
  * that would bound the width by the file size. */
@@ -54,6 +57,7 @@ DQ__HANDLE_LAYOUT(struct dq_file_writer);
 struct dq_file_reader {
     uint64_t tag; /* DQ__TAG_FILE_READER (dq_handle.h) */
     dq_context ctx;
+    uint32_t flags; /* DQ_FILE_F_* of the params it was created with */
     uint8_t *owned; /* the data section copied, or NULL */
     dq__st_file f;
     void *map;      /* the file mapped by dq_file_reader_open with DQ_FILE_F_BORROW, or NULL */
@@ -161,6 +165,101 @@ static bool parse_int(const char *s, int64_t max, int64_t *v)
     return true;
 }
 
+/* ---- checksums (doc/formats.md, "Checksums") ---- */
+
+#define HASH_KEY "__hash__"     /* metadata: the header's checksum */
+#define HASH_PREFIX "__hash__." /* metadata "__hash__.<name>": the checksum of tensor <name> */
+#define HASH_PREFIX_LEN 9
+#define HASH_SEED_TENSOR 0x4451544e53523031ULL /* "DQTNSR01" */
+#define HASH_SEED_HEADER 0x4451484541443031ULL /* "DQHEAD01" */
+
+/* "__hash__" and "__hash__.<anything>" are the checksums' names: no tensor, metadata key or
+ * object prefix may take them. */
+static bool reserved_name(const char *s)
+{
+    return strncmp(s, HASH_KEY, HASH_PREFIX_LEN - 1) == 0 &&
+           (s[HASH_PREFIX_LEN - 1] == '\0' || s[HASH_PREFIX_LEN - 1] == '.');
+}
+
+/* A tensor's name, dtype and shape as the checksums take them. */
+static void hash_tensor_head(dq__hash *h, const char *name, int32_t dtype, int32_t ndim,
+                             const int64_t *shape)
+{
+    dq__hash_str(h, name);
+    dq__hash_str(h, dq__st_dtype_name(dtype));
+    dq__hash_u64(h, (uint64_t)ndim);
+    for (int32_t d = 0; d < ndim; d++)
+        dq__hash_u64(h, (uint64_t)shape[d]);
+}
+
+/* The checksum of a tensor: its name, dtype and shape, then its bytes. */
+static uint64_t tensor_checksum(const char *name, int32_t dtype, int32_t ndim,
+                                const int64_t *shape, const uint8_t *bytes, size_t nbytes)
+{
+    dq__hash h;
+    dq__hash_init(&h, HASH_SEED_TENSOR);
+    hash_tensor_head(&h, name, dtype, ndim, shape);
+    dq__hash_update(&h, bytes, nbytes);
+    return dq__hash_final(&h);
+}
+
+/* Exactly 16 lowercase hex digits. */
+static bool parse_hex64(const char *v, uint64_t *out)
+{
+    uint64_t x = 0;
+    size_t n = 0;
+    for (; v[n] && n < 17; n++) {
+        const char ch = v[n];
+        const int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                                                                                 : -1;
+        if (d < 0)
+            return false;
+        x = x << 4 | (uint64_t)d;
+    }
+    if (n != 16)
+        return false;
+    *out = x;
+    return true;
+}
+
+/* The header checksum of a parsed file: every metadata pair but "__hash__" in key order, then
+ * every tensor's name, dtype, shape and data offsets in name order. */
+static uint64_t file_header_checksum(const dq__st_file *f)
+{
+    dq__hash h;
+    dq__hash_init(&h, HASH_SEED_HEADER);
+    uint64_t n = 0;
+    for (size_t i = 0; i < f->n_meta; i++) {
+        const char *key = f->strs + f->meta[i].key, *value = f->strs + f->meta[i].value;
+        if (strcmp(key, HASH_KEY) == 0)
+            continue;
+        dq__hash_str(&h, key);
+        dq__hash_str(&h, value);
+        n++;
+    }
+    dq__hash_u64(&h, n);
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const dq__st_tensor *t = &f->tensors[i];
+        hash_tensor_head(&h, t->name, t->dtype, t->ndim, t->shape);
+        dq__hash_u64(&h, (uint64_t)t->begin);
+        dq__hash_u64(&h, (uint64_t)t->end);
+    }
+    dq__hash_u64(&h, (uint64_t)f->n_tensors);
+    return dq__hash_final(&h);
+}
+
+/* True when every code of a group with this scale and zero point dequantizes to a finite
+ * float: scale * max|code - zero| <= FLT_MAX (codes 0..2^bits-1 for ASYM, -2^(bits-1)..
+ * 2^(bits-1)-1 for SYM). The quantization rule makes such groups from any finite weights of
+ * ordinary size; the writer refuses the others (a constant group of 3e38 in 4 bits), so a
+ * reader can refuse them too. */
+static bool dequant_finite(float scale, float zero, int32_t bits, int32_t scheme)
+{
+    const double top = (double)dq__qr_top(bits, scheme);
+    const double span = scheme == DQ_QUANT_ASYM ? top + fabs((double)zero) : top + 1.0;
+    return (double)scale * span <= (double)FLT_MAX;
+}
+
 /* ---- writer ---- */
 
 DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
@@ -178,7 +277,7 @@ DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
     w->cap_meta = 8;
     w->meta = dq__calloc(c, w->cap_meta, sizeof *w->meta);
     char version[16];
-    snprintf(version, sizeof version, "%d", FILE_VERSION_BASE);
+    snprintf(version, sizeof version, "%d", FILE_VERSION_WRITTEN);
     if (w->meta) {
         w->meta[0].key = dup_str(c, "format");
         w->meta[0].value = dup_str(c, "duquant");
@@ -240,7 +339,31 @@ static bool name_taken(const dq_file_writer *w, const char *name)
 
 static bool valid_name(const char *s)
 {
-    return s && *s && dq__st_text_ok(s, strlen(s)) && strcmp(s, "__metadata__") != 0;
+    return s && *s && dq__st_text_ok(s, strlen(s)) && strcmp(s, "__metadata__") != 0 &&
+           !reserved_name(s);
+}
+
+/* Records "__hash__.<name>" = the checksum of the tensor just added (names are valid, so the
+ * key is new). */
+static dq_status push_checksum(dq_file_writer *w, const char *name, uint64_t sum)
+{
+    const size_t ln = strlen(name);
+    char *key = dq__alloc(&w->ctx, HASH_PREFIX_LEN + ln + 1);
+    char *value = dq__alloc(&w->ctx, 17);
+    if (!key || !value ||
+        dq__st_grow(&w->ctx, (void **)&w->meta, &w->cap_meta, sizeof *w->meta,
+                    w->n_meta + 1) != DQ_OK) {
+        dq__free(&w->ctx, key);
+        dq__free(&w->ctx, value);
+        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "checksum of tensor '%s'", name);
+    }
+    memcpy(key, HASH_PREFIX, HASH_PREFIX_LEN);
+    memcpy(key + HASH_PREFIX_LEN, name, ln + 1);
+    snprintf(value, 17, "%016" PRIx64, sum);
+    w->meta[w->n_meta].key = key;
+    w->meta[w->n_meta].value = value;
+    w->n_meta++;
+    return DQ_OK;
 }
 
 /* Takes ownership of name and bytes (freed on failure too). */
@@ -269,6 +392,11 @@ static dq_status push_entry(dq_file_writer *w, char *name, int32_t dtype, int32_
         e->shape[d] = shape[d];
     e->bytes = bytes;
     e->nbytes = nbytes;
+    if ((st = push_checksum(w, name, tensor_checksum(name, dtype, ndim, shape, bytes, nbytes))) !=
+        DQ_OK) {
+        w->n--;
+        goto fail;
+    }
     return DQ_OK;
 fail:
     dq__free(&w->ctx, name);
@@ -334,7 +462,11 @@ static dq_status add_f32(dq_file_writer *w, char *name, const float *data, int32
                          const int64_t *shape)
 {
     size_t n = 1, bytes;
+    /* A 0 anywhere in the shape means no data, whatever the other dimensions. */
     for (int32_t d = 0; d < ndim; d++)
+        if (shape[d] == 0)
+            n = 0;
+    for (int32_t d = 0; d < ndim && n != 0; d++)
         if (!dq__mul_size(n, (size_t)shape[d], &n)) {
             dq_status st = DQ_FAIL(&w->ctx, DQ_ERR_OVERFLOW,
                                    "tensor '%s': element count overflows at dimension %d",
@@ -366,11 +498,14 @@ DQ_API dq_status dq_file_writer_add_tensor_f32(dq_file_writer *w, const char *na
         return DQ_FAIL(&w->ctx, DQ_ERR_SHAPE, "tensor '%s': ndim %d outside [0, %d]", name,
                        (int)ndim, DQ_FILE_MAX_DIMS);
     int64_t count = 1;
-    for (int32_t d = 0; d < ndim; d++) {
+    for (int32_t d = 0; d < ndim; d++)
         if (shape[d] < 0)
             return DQ_FAIL(&w->ctx, DQ_ERR_SHAPE, "tensor '%s': shape[%d] %lld < 0", name,
                            (int)d, (long long)shape[d]);
-        if (shape[d] > 0 && count > INT64_MAX / shape[d])
+        else if (shape[d] == 0)
+            count = 0; /* no data, whatever the other dimensions (doc/formats.md) */
+    for (int32_t d = 0; d < ndim && count != 0; d++) {
+        if (count > INT64_MAX / shape[d])
             return DQ_FAIL(&w->ctx, DQ_ERR_OVERFLOW,
                            "tensor '%s': element count overflows at shape[%d] %lld", name,
                            (int)d, (long long)shape[d]);
@@ -507,6 +642,12 @@ static dq_status add_qmatrix_parts(dq_file_writer *w, const char *prefix, const 
 {
     const dq_context *c = &w->ctx;
     dq_status st;
+    /* Only what a reader accepts (dequant_finite). */
+    for (size_t g = 0; g < (size_t)q->rows * (size_t)q->groups_per_row; g++)
+        if (!dequant_finite(q->scales[g], q->zeros ? q->zeros[g] : 0.0f, q->bits, q->scheme))
+            return DQ_FAIL(c, DQ_ERR_OVERFLOW, "'%s': group %zu (scale %g, zero point %g) "
+                           "dequantizes beyond the float range", prefix, g,
+                           (double)q->scales[g], q->zeros ? (double)q->zeros[g] : 0.0);
     if ((st = push_meta(w, join(c, prefix, "type"), "qmatrix")) != DQ_OK ||
         (st = push_meta_int(w, join(c, prefix, "cols"), q->cols)) != DQ_OK ||
         (st = push_meta_int(w, join(c, prefix, "bits"), q->bits)) != DQ_OK ||
@@ -550,22 +691,98 @@ DQ_API dq_status dq_file_writer_add_qmatrix(dq_file_writer *w, const char *prefi
     return st;
 }
 
+static int cmp_meta_ptr(const void *a, const void *b)
+{
+    return strcmp((*(const dq__st_meta *const *)a)->key, (*(const dq__st_meta *const *)b)->key);
+}
+
+typedef struct placed_entry {
+    const dq__st_entry *e;
+    uint64_t begin; /* data offset, as dq__st_write places it */
+} placed_entry;
+
+static int cmp_placed(const void *a, const void *b)
+{
+    return strcmp(((const placed_entry *)a)->e->name, ((const placed_entry *)b)->e->name);
+}
+
+/* The header checksum of the file the writer writes, as file_header_checksum computes it from
+ * the parsed file. */
+static dq_status writer_header_checksum(const dq_file_writer *w, uint64_t *sum)
+{
+    const dq_context *c = &w->ctx;
+    const dq__st_meta **m = dq__calloc(c, w->n_meta + 1, sizeof *m);
+    placed_entry *t = dq__calloc(c, w->n + 1, sizeof *t);
+    if (!m || !t) {
+        dq__free(c, m);
+        dq__free(c, t);
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu metadata pairs and %zu tensors to checksum",
+                       w->n_meta, w->n);
+    }
+    for (size_t i = 0; i < w->n_meta; i++)
+        m[i] = &w->meta[i];
+    /* dq__st_write's order: 8-byte elements first, then 4, 2 and 1, consecutive from 0. */
+    static const size_t sizes[4] = {8, 4, 2, 1};
+    uint64_t off = 0;
+    size_t k = 0;
+    for (int pass = 0; pass < 4; pass++)
+        for (size_t i = 0; i < w->n; i++)
+            if (dq__st_dtype_size(w->e[i].dtype) == sizes[pass]) {
+                t[k].e = &w->e[i];
+                t[k++].begin = off;
+                off += w->e[i].nbytes;
+            }
+    qsort(m, w->n_meta, sizeof *m, cmp_meta_ptr);
+    qsort(t, k, sizeof *t, cmp_placed);
+    dq__hash h;
+    dq__hash_init(&h, HASH_SEED_HEADER);
+    for (size_t i = 0; i < w->n_meta; i++) {
+        dq__hash_str(&h, m[i]->key);
+        dq__hash_str(&h, m[i]->value);
+    }
+    dq__hash_u64(&h, (uint64_t)w->n_meta);
+    for (size_t i = 0; i < k; i++) {
+        hash_tensor_head(&h, t[i].e->name, t[i].e->dtype, t[i].e->ndim, t[i].e->shape);
+        dq__hash_u64(&h, t[i].begin);
+        dq__hash_u64(&h, t[i].begin + t[i].e->nbytes);
+    }
+    dq__hash_u64(&h, (uint64_t)k);
+    *sum = dq__hash_final(&h);
+    dq__free(c, m);
+    dq__free(c, t);
+    return DQ_OK;
+}
+
 DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, size_t cap,
                                           size_t *size)
 {
     DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
     if (!w || !size)
         return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !w ? "w" : "size");
-    size_t need;
-    dq_status st = dq__st_write(&w->ctx, w->e, w->n, w->meta, w->n_meta, NULL, 0, &need);
+    /* The metadata as written: the pairs added, then "__hash__", the header's checksum. */
+    uint64_t sum = 0;
+    dq_status st = writer_header_checksum(w, &sum);
     if (st != DQ_OK)
         return st;
-    *size = need;
-    if (!buf)
-        return DQ_OK;
-    if (cap < need)
-        return DQ_FAIL(&w->ctx, DQ_ERR_BUFFER, "cap %zu < %zu bytes needed", cap, need);
-    return dq__st_write(&w->ctx, w->e, w->n, w->meta, w->n_meta, buf, cap, &need);
+    dq__st_meta *meta = dq__alloc(&w->ctx, (w->n_meta + 1) * sizeof *meta);
+    if (!meta)
+        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "%zu metadata pairs", w->n_meta + 1);
+    char key[] = HASH_KEY, value[17];
+    snprintf(value, sizeof value, "%016" PRIx64, sum);
+    memcpy(meta, w->meta, w->n_meta * sizeof *meta);
+    meta[w->n_meta].key = key;
+    meta[w->n_meta].value = value;
+    size_t need;
+    st = dq__st_write(&w->ctx, w->e, w->n, meta, w->n_meta + 1, NULL, 0, &need);
+    if (st == DQ_OK) {
+        *size = need;
+        if (buf && cap < need)
+            st = DQ_FAIL(&w->ctx, DQ_ERR_BUFFER, "cap %zu < %zu bytes needed", cap, need);
+        else if (buf)
+            st = dq__st_write(&w->ctx, w->e, w->n, meta, w->n_meta + 1, buf, cap, &need);
+    }
+    dq__free(&w->ctx, meta);
+    return st;
 }
 
 DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
@@ -610,7 +827,7 @@ static dq_status read_file_params(const dq_context *ctx, const char *func,
                                       user);
     if (st != DQ_OK)
         return st;
-    if ((p->flags & ~(uint32_t)DQ_FILE_F_BORROW) != 0)
+    if ((p->flags & ~(uint32_t)(DQ_FILE_F_BORROW | DQ_FILE_F_TRUSTED)) != 0)
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->flags 0x%x has unknown bits",
                         (unsigned)p->flags);
     if (p->max_header_bytes < 2 || p->max_header_bytes > DQ__ST_MAX_HEADER)
@@ -618,6 +835,77 @@ static dq_status read_file_params(const dq_context *ctx, const char *func,
                         "params->max_header_bytes %llu outside [2, %llu]",
                         (unsigned long long)p->max_header_bytes,
                         (unsigned long long)DQ__ST_MAX_HEADER);
+    return DQ_OK;
+}
+
+/* Files of version 3 carry checksums: the header's ("__hash__", checked here, when the file is
+ * opened, whatever the flags) and each tensor's ("__hash__.<name>", checked by verify_tensor
+ * when a getter reads the tensor). Files of versions 1 and 2 have none; a file that has
+ * "__hash__" is held to its checksums whatever its version. */
+static dq_status check_checksums(const dq_context *c, const dq__st_file *f, int64_t version)
+{
+    const char *v = dq__st_meta_find(f, HASH_KEY);
+    if (!v) {
+        if (version >= FILE_VERSION_CHECKSUMS)
+            return DQ_FAIL(c, DQ_ERR_FORMAT, "format_version %lld but no metadata '%s' (the "
+                           "header checksum)", (long long)version, HASH_KEY);
+        return DQ_OK;
+    }
+    uint64_t want, got = file_header_checksum(f);
+    if (!parse_hex64(v, &want))
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s' is '%.40s', expected 16 lowercase hex "
+                       "digits", HASH_KEY, v);
+    if (got != want)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "header checksum %016" PRIx64 " differs from the "
+                       "recorded %016" PRIx64 " (metadata '%s'): the header was changed", got,
+                       want, HASH_KEY);
+    /* Every tensor has its checksum and every checksum its tensor. */
+    size_t n_sums = 0;
+    for (size_t i = 0; i < f->n_meta; i++) {
+        const char *key = f->strs + f->meta[i].key, *value = f->strs + f->meta[i].value;
+        if (strncmp(key, HASH_PREFIX, HASH_PREFIX_LEN) != 0)
+            continue;
+        uint64_t x;
+        if (!parse_hex64(value, &x))
+            return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s' is '%.40s', expected 16 lowercase "
+                           "hex digits", key, value);
+        if (!dq__st_find(f, key + HASH_PREFIX_LEN))
+            return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s' is the checksum of a tensor the "
+                           "file does not hold", key);
+        n_sums++;
+    }
+    if (n_sums != f->n_tensors)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "%zu tensors but %zu checksums ('%s<name>'): a tensor "
+                       "has none", f->n_tensors, n_sums, HASH_PREFIX);
+    return DQ_OK;
+}
+
+/* The tensor's bytes against its checksum, unless the reader was told to trust its data
+ * (DQ_FILE_F_TRUSTED) or the file has no checksums (versions 1 and 2). Logs through the
+ * reader's context. */
+static dq_status verify_tensor(const dq_file_reader *r, const dq__st_tensor *t)
+{
+    const dq_context *c = &r->ctx;
+    if ((r->flags & DQ_FILE_F_TRUSTED) || !dq__st_meta_find(&r->f, HASH_KEY))
+        return DQ_OK;
+    char small[192], *key = small;
+    const size_t ln = strlen(t->name);
+    if (HASH_PREFIX_LEN + ln + 1 > sizeof small && !(key = dq__alloc(c, HASH_PREFIX_LEN + ln + 1)))
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "checksum key of tensor '%s'", t->name);
+    memcpy(key, HASH_PREFIX, HASH_PREFIX_LEN);
+    memcpy(key + HASH_PREFIX_LEN, t->name, ln + 1);
+    const char *v = dq__st_meta_find(&r->f, key);
+    if (key != small)
+        dq__free(c, key);
+    uint64_t want;
+    if (!v || !parse_hex64(v, &want)) /* checked when the file was opened */
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s' has no valid checksum", t->name);
+    const uint64_t got = tensor_checksum(t->name, t->dtype, t->ndim, t->shape,
+                                         r->f.data + t->begin, t->end - t->begin);
+    if (got != want)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s': checksum %016" PRIx64 " of its name, "
+                       "dtype, shape and bytes differs from the recorded %016" PRIx64 ": the "
+                       "file was changed", t->name, got, want);
     return DQ_OK;
 }
 
@@ -636,7 +924,7 @@ static dq_status check_format(const dq_context *c, const dq__st_file *f)
     if (v > DQ_FILE_FORMAT_VERSION)
         return DQ_FAIL(c, DQ_ERR_UNSUPPORTED, "format_version %lld is newer than %d, the newest "
                        "this library reads", (long long)v, DQ_FILE_FORMAT_VERSION);
-    return DQ_OK;
+    return check_checksums(c, f, v);
 }
 
 /* Bounded reading. Opening reads the 8-byte length and the header only, validates them (the
@@ -746,6 +1034,7 @@ static dq_status reader_create(const dq_context *c, const dq_file_params *p,
     }
     dq__context_keep(&r->ctx, c);
     r->tag = DQ__TAG_FILE_READER;
+    r->flags = p->flags;
     r->max_alloc = limit;
     r->file_size = src->size;
     r->borrowed = (p->flags & DQ_FILE_F_BORROW) != 0;
@@ -992,20 +1281,103 @@ DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const ch
     if (n < 0 || (uint64_t)n != n_elems(t))
         return DQ_FAIL(&r->ctx, DQ_ERR_SHAPE, "tensor '%s': n %lld, the tensor has %zu elements",
                        name, (long long)n, n_elems(t));
+    dq_status st = verify_tensor(r, t);
+    if (st != DQ_OK)
+        return st;
     decode_f32(out, tensor_bytes(r, t), (size_t)n);
     return DQ_OK;
 }
 
-/* The tensor "<prefix>.<part>" with the given dtype and 1-D or 2-D shape (dim1 < 0: 1-D);
- * NULL when absent or different. */
+/* The tensor "<prefix>.<part>" with the given dtype and 1-D or 2-D shape (dim1 < 0: 1-D),
+ * its checksum verified; NULL when absent, different or changed (a checksum mismatch is
+ * logged by verify_tensor). */
 static const dq__st_tensor *find_part(const dq_file_reader *r, const char *name, int32_t dtype,
                                       int64_t dim0, int64_t dim1)
 {
     const dq__st_tensor *t = name ? dq__st_find(&r->f, name) : NULL;
     if (!t || t->dtype != dtype || t->ndim != (dim1 < 0 ? 1 : 2) || t->shape[0] != dim0 ||
-        (dim1 >= 0 && t->shape[1] != dim1))
+        (dim1 >= 0 && t->shape[1] != dim1) || verify_tensor(r, t) != DQ_OK)
         return NULL;
     return t;
+}
+
+/* True when the name "<prefix>.<rest>" belongs to an object stored under a longer prefix
+ * "<prefix>.<head>" (a layer's weights "<prefix>.weight", or any object placed inside another
+ * one's prefix): metadata "<prefix>.<head>.type" names an object kind. */
+static bool in_nested_object(const dq_file_reader *r, const char *name, size_t lp, bool *nomem)
+{
+    for (const char *d = strchr(name + lp + 1, '.'); d; d = strchr(d + 1, '.')) {
+        const size_t hl = (size_t)(d - name);
+        char *key = dq__alloc(&r->ctx, hl + sizeof ".type");
+        if (!key) {
+            *nomem = true;
+            return false;
+        }
+        memcpy(key, name, hl);
+        memcpy(key + hl, ".type", sizeof ".type");
+        const char *v = dq__st_meta_find(&r->f, key);
+        dq__free(&r->ctx, key);
+        if (v && (strcmp(v, "plan") == 0 || strcmp(v, "qmatrix") == 0 ||
+                  strcmp(v, "linear") == 0))
+            return true;
+    }
+    return false;
+}
+
+/* <0, 0 or >0 as name sorts (strcmp) before, among or after the names "<prefix>.<rest>". */
+static int cmp_under(const char *name, const char *prefix, size_t lp)
+{
+    const int c = strncmp(name, prefix, lp);
+    return c ? c : (int)(unsigned char)name[lp] - (int)(unsigned char)'.';
+}
+
+static const char *tensor_name_at(const dq_file_reader *r, size_t i)
+{
+    return r->f.tensors[i].name;
+}
+
+static const char *meta_key_at(const dq_file_reader *r, size_t i)
+{
+    return dq__st_meta_key(&r->f, i);
+}
+
+/* Counts the names "<prefix>.<rest>" outside nested objects among n sorted names (name_at(r, i)
+ * is the i-th): a binary search, then the run. */
+static size_t count_under(const dq_file_reader *r, const char *(*name_at)(const dq_file_reader *,
+                                                                          size_t),
+                          size_t n, const char *prefix, size_t lp, bool *nomem)
+{
+    size_t lo = 0, hi = n, count = 0;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (cmp_under(name_at(r, mid), prefix, lp) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (size_t i = lo; i < n && !*nomem && cmp_under(name_at(r, i), prefix, lp) == 0; i++)
+        count += !in_nested_object(r, name_at(r, i), lp, nomem);
+    return count;
+}
+
+/* The manifest rule: the names under "<prefix>." (tensors and metadata keys, except those of
+ * nested objects) are exactly the expect parts the loader of the object's kind read. Any other
+ * name is a renamed, stray or unknown part: DQ_ERR_FORMAT, never ignored. */
+static dq_status check_parts(const dq_file_reader *r, const dq_context *c, const char *prefix,
+                             const char *kind, size_t expect)
+{
+    const size_t lp = strlen(prefix);
+    bool nomem = false;
+    /* Tensors are sorted by name and metadata by key. */
+    size_t n = count_under(r, tensor_name_at, r->f.n_tensors, prefix, lp, &nomem);
+    n += count_under(r, meta_key_at, r->f.n_meta, prefix, lp, &nomem);
+    if (nomem)
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "metadata keys under '%s'", prefix);
+    if (n != expect)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "%s '%s': %zu names under '%s.', but its parts are "
+                       "%zu: a part is renamed, or a name is not a part of a %s", kind, prefix,
+                       n, prefix, expect, kind);
+    return DQ_OK;
 }
 
 /* Metadata "<prefix>.<part>" as an integer in [0, max]; false when absent or malformed. */
@@ -1246,6 +1618,18 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
     for (int32_t i = 0; i + 1 < n_rot && st == DQ_OK; i++)
         st = load_permutation(r, c, prefix, i, cols, &used, &perms[i]);
     if (st == DQ_OK) {
+        /* type, cols, n_rotations, the smoothing scales, each stored slot's block_size,
+         * n_matrices and matrices, the permutations: nothing else. */
+        size_t parts = 3 + (smooth != NULL) + (n_rot > 0 ? (size_t)n_rot - 1 : 0);
+        for (int64_t i = 0; i < n_rot && st == DQ_OK; i++) {
+            int64_t nm = 0;
+            if (rots[i] && (st = dq_rotation_layout(rots[i], NULL, NULL, NULL, &nm)) == DQ_OK)
+                parts += 2 + (size_t)nm;
+        }
+        if (st == DQ_OK)
+            st = check_parts(r, c, prefix, "plan", parts);
+    }
+    if (st == DQ_OK) {
         st = dq_plan_assemble(ctx, cols, smooth, (int32_t)n_rot,
                               (const dq_rotation *const *)rots, (const int64_t *const *)perms,
                               out);
@@ -1372,6 +1756,13 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
                      (long long)rows, (long long)groups);
         goto out;
     }
+    /* type, cols, bits, scheme, group_size, packed, scales, zeros (ASYM), plan_fingerprint
+     * (when present): nothing else. */
+    st = DQ_OK;
+    const size_t has_fp = meta_has(r, prefix, "plan_fingerprint", &st);
+    if (st != DQ_OK || (st = check_parts(r, c, prefix, "packed matrix",
+                                         7 + (tz != NULL) + has_fp)) != DQ_OK)
+        goto out;
     size_t ng = n_elems(ts);
     uint64_t used = 0;
     if ((st = take_alloc(r, c, __func__, prefix, "packed matrix",
@@ -1419,6 +1810,11 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
             st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s'[%zu] = %g, expected an integer in "
                          "[-%g, %g]", zn, g, (double)q->zeros[g], (double)DQ_QR_ZERO_LIMIT,
                          (double)DQ_QR_ZERO_LIMIT);
+        else if (!dequant_finite(q->scales[g], q->zeros ? q->zeros[g] : 0.0f, q->bits,
+                                 q->scheme))
+            st = DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s'[%zu] = %g (zero point %g): its codes "
+                         "dequantize beyond the float range, no writer makes that", sn, g,
+                         (double)q->scales[g], q->zeros ? (double)q->zeros[g] : 0.0);
     }
     /* The unused high nibble after an odd row is zero: the encoding is canonical. */
     if (st == DQ_OK && bits == 4 && (cols & 1))
@@ -1614,12 +2010,25 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
     if (!ct || ct->dtype != DQ__ST_F32 || ct->ndim != 0)
         return DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s.act_clip_ratio' is %s", prefix,
                        !ct ? "absent" : "not an F32 scalar");
+    if ((st = verify_tensor(r, ct)) != DQ_OK)
+        return st;
     decode_f32(&p.act_clip_ratio, tensor_bytes(r, ct), 1);
     if (!isfinite(p.act_clip_ratio))
         return DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s.act_clip_ratio' is not finite", prefix);
     if (!(p.act_clip_ratio > 0.0f && p.act_clip_ratio <= 1.0f))
         return DQ_FAIL(c, DQ_ERR_FORMAT, "tensor '%s.act_clip_ratio' = %g, expected in (0, 1]",
                        prefix, (double)p.act_clip_ratio);
+    /* type, act_bits, act_scheme, act_clip_ratio, plan and bias (when present), and the
+     * weights (a nested object, checked when loaded): nothing else. */
+    char *bias_name = join(c, prefix, "bias");
+    if (!bias_name)
+        return DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.bias'", prefix);
+    const size_t has_bias = dq__st_find(&r->f, bias_name) != NULL;
+    dq__free(c, bias_name);
+    st = DQ_OK;
+    const size_t parts = 4 + has_bias + meta_has(r, prefix, "plan", &st);
+    if (st != DQ_OK || (st = check_parts(r, c, prefix, "linear layer", parts)) != DQ_OK)
+        return st;
 
     char *wp = join(c, prefix, "weight"), *bn = join(c, prefix, "bias");
     st = DQ_ERR_FORMAT;
@@ -1723,18 +2132,6 @@ static bool meta_is_native(void)
 #endif
 }
 
-static dq_status set_version(dq_file_writer *w, int32_t version)
-{
-    char buf[16];
-    snprintf(buf, sizeof buf, "%d", (int)version);
-    char *v = dup_str(&w->ctx, buf);
-    if (!v)
-        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "format_version");
-    dq__free(&w->ctx, w->meta[1].value);
-    w->meta[1].value = v;
-    return DQ_OK;
-}
-
 static dq_status add_linear_layer_parts(dq_file_writer *w, const char *prefix,
                                         const dq_linear *lin, const char *plan_prefix,
                                         uint64_t plan_fp)
@@ -1751,6 +2148,21 @@ static dq_status add_linear_layer_parts(dq_file_writer *w, const char *prefix,
     dq_status st;
     uint8_t *meta = NULL, *codes = NULL;
     const size_t meta_bytes = wp->meta_count * (size_t)META_RECORD_BYTES;
+    /* Only what a reader accepts (dequant_finite), as for a packed matrix. */
+    const int32_t zbias = wq->bits == 4 ? 8 : 0;
+    const int32_t shift = wq->scheme == DQ_QUANT_ASYM ? 1 << (wq->bits - 1) : 0;
+    for (size_t i = 0; i < wp->meta_count; i++)
+        for (int64_t o = 0; o < DQ_GEMM_BLOCK; o++) {
+            const dq__gemm_meta *m = &wp->meta[i];
+            const float zero = (float)(m->zero[o] - zbias + shift);
+            if ((int64_t)(i / (size_t)wp->groups) * DQ_GEMM_BLOCK + o < wq->rows &&
+                !dequant_finite(m->scale[o], zero, wq->bits, wq->scheme)) {
+                dq__free(c, wpre);
+                return DQ_FAIL(c, DQ_ERR_OVERFLOW, "'%s': a group (scale %g, zero point %g) "
+                               "dequantizes beyond the float range", prefix,
+                               (double)m->scale[o], (double)zero);
+            }
+        }
     if ((st = push_meta(w, join(c, wpre, "type"), "qmatrix")) != DQ_OK ||
         (st = push_meta(w, join(c, wpre, "layout"), "blocked16")) != DQ_OK ||
         (st = push_meta_int(w, join(c, wpre, "rows"), wq->rows)) != DQ_OK ||
@@ -1826,8 +2238,6 @@ DQ_API dq_status dq_file_writer_add_linear_layer(dq_file_writer *w, const char *
         return st;
     size_t n = w->n, n_meta = w->n_meta;
     st = add_linear_layer_parts(w, prefix, lin, plan_prefix, plan_fp);
-    if (st == DQ_OK)
-        st = set_version(w, FILE_VERSION_BLOCKED);
     if (st != DQ_OK) {
         truncate_writer(w, n, n_meta);
         return DQ_FAIL(&w->ctx, st, "layer %s", prefix);
@@ -1880,8 +2290,9 @@ static dq_status check_blocked(const dq_context *c, const char *prefix, const dq
                 if (!isfinite(sw))
                     return DQ_FAIL(c, DQ_ERR_NONFINITE, "%s.meta: scale of row %lld group %lld",
                                    prefix, (long long)(b * DQ_GEMM_BLOCK + o), (long long)g);
-                if (!(sw > 0.0f) || (w->scheme == DQ_QUANT_SYM && zw != 0) ||
-                    zw + shift < -10000 || zw + shift > 10000)
+                if (!(sw >= DQ_QR_SCALE_FLOOR) || (w->scheme == DQ_QUANT_SYM && zw != 0) ||
+                    zw + shift < -10000 || zw + shift > 10000 ||
+                    !dequant_finite(sw, (float)(zw + shift), w->bits, w->scheme))
                     return DQ_FAIL(c, DQ_ERR_FORMAT,
                                    "%s.meta: row %lld group %lld: scale %g, zero point %lld",
                                    prefix, (long long)(b * DQ_GEMM_BLOCK + o), (long long)g,
@@ -1946,6 +2357,12 @@ static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, cons
                      (long long)layout.block_bytes);
         goto out;
     }
+    /* type, layout, rows, cols, bits, scheme, group_size, meta, blocks, plan_fingerprint
+     * (when present): nothing else. */
+    st = DQ_OK;
+    const size_t parts = 9 + meta_has(r, prefix, "plan_fingerprint", &st);
+    if (st != DQ_OK || (st = check_parts(r, c, prefix, "blocked matrix", parts)) != DQ_OK)
+        goto out;
     /* The codes copied unless borrowed, the records copied unless used in place. */
     if ((st = take_alloc(r, c, "dq_file_reader_get_linear", prefix, "blocked weights",
                          sizeof(dq__wprep) + sizeof(dq__wpack) + (borrow ? 0 : layout.code_bytes) +
