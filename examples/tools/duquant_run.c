@@ -371,9 +371,9 @@ static int bench(tool_model *tm, const options *o, dq_context *ctx)
     cpu_field("model\t", model_no, sizeof model_no);
     printf("cpu: %s (family %s, model %s), threads %d (0: host decides), load average %.2f\n",
            model_name, family, model_no, o->threads, load[0]);
-    printf("prefill: a %lld-token prompt (%s); decode: %lld tokens after BOS with the "
+    printf("prefill: a %lld-token prompt%s; decode: %lld tokens after BOS with the "
            "key/value cache; best of 3 each\n",
-           (long long)n_pre, n_pre == 512 ? "512" : "the model's context length",
+           (long long)n_pre, n_pre == 512 ? "" : " (the model's context length, under 512)",
            (long long)n_dec);
     printf("%-10s %-14s %14s %14s\n", "model", "method", "prefill_tok_s", "decode_tok_s");
     double pre = 0, dec = 0;
