@@ -83,10 +83,10 @@ static void rmsnorm(float *o, const float *x, const float *w, int64_t rows, int6
     }
 }
 
-/* Rotary angles: cs[2 (t * half + i)] = cos, + 1 = sin of position t, pair i of a head, with
+/* Rotary angles: cs[2 (t * half + i)] = cos, + 1 = sin of position pos0 + t, pair i of a head, with
  * frequency theta^(-2i / head_size). llama2.c files keep run.c's float arithmetic; Hugging
  * Face models compute the angles in double. */
-static void rope_table(const l2c_model *m, int64_t rows, float *cs)
+static void rope_table(const l2c_model *m, int64_t pos0, int64_t rows, float *cs)
 {
     int32_t hs = m->head_size, half = hs / 2;
     for (int64_t t = 0; t < rows; t++)
@@ -94,10 +94,11 @@ static void rope_table(const l2c_model *m, int64_t rows, float *cs)
             float *p = cs + 2 * (t * half + i);
             if (m->rope_style == L2C_ROPE_INTERLEAVED) {
                 float freq = 1.0f / powf((float)m->rope_theta, (float)(2 * i) / (float)hs);
-                float angle = (float)t * freq;
+                float angle = (float)(pos0 + t) * freq;
                 p[0] = cosf(angle), p[1] = sinf(angle);
             } else {
-                double angle = (double)t * pow(m->rope_theta, -(double)(2 * i) / (double)hs);
+                double angle =
+                    (double)(pos0 + t) * pow(m->rope_theta, -(double)(2 * i) / (double)hs);
                 p[0] = (float)cos(angle), p[1] = (float)sin(angle);
             }
         }
@@ -121,10 +122,11 @@ static void rope(const l2c_model *m, const float *cs, float *v, int64_t rows, in
             }
 }
 
-/* Causal attention: out[t, head h] = softmax(q_t . k_s / sqrt(hs), s <= t) v_s with the key
- * and value head of h. att holds n scores. */
+/* Causal attention of the queries q [n] at positions pos0..pos0+n-1 over the keys and values
+ * k, v [pos0 + n] of positions 0..pos0+n-1: out[t, head h] = softmax(q_t . k_s / sqrt(hs),
+ * s <= pos0 + t) v_s with the key and value head of h. att holds pos0 + n scores. */
 static void attention(const l2c_model *m, const float *q, const float *k, const float *v,
-                      int64_t n, float *att, float *out)
+                      int64_t pos0, int64_t n, float *att, float *out)
 {
     int32_t hs = m->head_size, kv_dim = m->kv_dim, dim = m->q_dim;
     int32_t group = m->c.n_heads / m->c.n_kv_heads;
@@ -132,9 +134,9 @@ static void attention(const l2c_model *m, const float *q, const float *k, const 
     for (int64_t t = 0; t < n; t++)
         for (int32_t h = 0; h < m->c.n_heads; h++) {
             const float *qh = q + t * dim + h * hs;
-            int64_t kv_off = (int64_t)(h / group) * hs;
+            int64_t kv_off = (int64_t)(h / group) * hs, last = pos0 + t;
             float mx = -INFINITY;
-            for (int64_t s = 0; s <= t; s++) {
+            for (int64_t s = 0; s <= last; s++) {
                 const float *ks = k + s * kv_dim + kv_off;
                 float dot = 0;
                 for (int32_t i = 0; i < hs; i++)
@@ -143,14 +145,14 @@ static void attention(const l2c_model *m, const float *q, const float *k, const 
                 mx = att[s] > mx ? att[s] : mx;
             }
             float sum = 0;
-            for (int64_t s = 0; s <= t; s++) {
+            for (int64_t s = 0; s <= last; s++) {
                 att[s] = expf(att[s] - mx);
                 sum += att[s];
             }
             float *oh = out + t * dim + h * hs;
             for (int32_t i = 0; i < hs; i++)
                 oh[i] = 0;
-            for (int64_t s = 0; s <= t; s++) {
+            for (int64_t s = 0; s <= last; s++) {
                 const float *vs = v + s * kv_dim + kv_off;
                 float a = att[s] / sum;
                 for (int32_t i = 0; i < hs; i++)
@@ -165,8 +167,12 @@ static int observe(const l2c_net *net, int32_t layer, int32_t input, const float
     return net->observe ? net->observe(net->observe_user, layer, input, x, n, cols) : 0;
 }
 
-/* Block `l` of the net on the hidden states x [n, dim], in place; cs: the rotary table. */
-static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float *cs)
+/* Block `l` of the net on the hidden states x [n, dim] of positions pos0..pos0+n-1, in place;
+ * cs: the rotary table of those positions. Without a cache pos0 is 0 and the block attends
+ * over its own keys and values; with one, the keys and values of the n positions are stored
+ * in layer l's slots of the cache and the block attends over positions 0..pos0+n-1 there. */
+static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float *cs,
+                 int64_t pos0, l2c_kv_cache *cache)
 {
     const l2c_model *m = net->m;
     int64_t dim = m->c.dim, hid = m->c.hidden_dim, kv = m->kv_dim, qd = m->q_dim;
@@ -178,7 +184,7 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
     float *v = malloc((size_t)(n * kv) * sizeof *v);
     float *h1 = malloc((size_t)(n * hid) * sizeof *h1);
     float *h3 = malloc((size_t)(n * hid) * sizeof *h3);
-    float *att = malloc((size_t)n * sizeof *att);
+    float *att = malloc((size_t)(pos0 + n) * sizeof *att);
     int rc = -1;
     if (!xb || !y || !q || !k || !v || !h1 || !h3 || !att) {
         fprintf(stderr, "out of memory\n");
@@ -194,7 +200,14 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
         goto out;
     rope(m, cs, q, n, qd);
     rope(m, cs, k, n, kv);
-    attention(m, q, k, v, n, att, xb);
+    if (cache) {
+        int64_t slot = (int64_t)l * cache->cap * kv;
+        float *ck = cache->k + slot, *cv = cache->v + slot;
+        memcpy(ck + pos0 * kv, k, (size_t)(n * kv) * sizeof *k);
+        memcpy(cv + pos0 * kv, v, (size_t)(n * kv) * sizeof *v);
+        attention(m, q, ck, cv, pos0, n, att, xb);
+    } else
+        attention(m, q, k, v, 0, n, att, xb);
     if ((rc = observe(net, l, L2C_IN_WO, xb, n, qd)) != 0)
         goto out;
     rc = -1;
@@ -244,8 +257,8 @@ int l2c_forward_block(const l2c_net *net, int32_t layer, float *x, int64_t n)
         fprintf(stderr, "out of memory\n");
         return -1;
     }
-    rope_table(net->m, n, cs);
-    int rc = block(net, layer, x, n, cs);
+    rope_table(net->m, 0, n, cs);
+    int rc = block(net, layer, x, n, cs, 0, NULL);
     free(cs);
     return rc;
 }
@@ -262,13 +275,77 @@ int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *log
         fprintf(stderr, "out of memory\n");
         goto out;
     }
-    rope_table(m, n, cs);
+    rope_table(m, 0, n, cs);
     l2c_embed(m, tokens, n, x);
     for (int32_t l = 0; l < m->c.n_layers; l++)
-        if ((rc = block(net, l, x, n, cs)) != 0)
+        if ((rc = block(net, l, x, n, cs, 0, NULL)) != 0)
             goto out;
     rmsnorm(xb, x, m->rms_final, n, dim, m->norm_eps);
     matmul_wt(xb, n, dim, m->wcls, m->c.vocab_size, logits);
+    rc = 0;
+out:
+    free(x);
+    free(xb);
+    free(cs);
+    return rc;
+}
+
+int l2c_kv_cache_init(l2c_kv_cache *c, const l2c_model *m, int64_t cap)
+{
+    memset(c, 0, sizeof *c);
+    if (cap <= 0 || cap > m->c.seq_len)
+        cap = m->c.seq_len;
+    size_t count = (size_t)((int64_t)m->c.n_layers * cap * m->kv_dim);
+    c->k = malloc(count * sizeof *c->k);
+    c->v = malloc(count * sizeof *c->v);
+    if (!c->k || !c->v) {
+        fprintf(stderr, "out of memory (key/value cache of %lld positions)\n", (long long)cap);
+        l2c_kv_cache_free(c);
+        return -1;
+    }
+    c->cap = cap;
+    c->n_layers = m->c.n_layers;
+    c->kv_dim = m->kv_dim;
+    return 0;
+}
+
+void l2c_kv_cache_free(l2c_kv_cache *c)
+{
+    free(c->k);
+    free(c->v);
+    memset(c, 0, sizeof *c);
+}
+
+int l2c_forward_cached(const l2c_net *net, l2c_kv_cache *c, const int32_t *tokens, int64_t n,
+                       float *logits, int32_t last_only)
+{
+    const l2c_model *m = net->m;
+    int64_t dim = m->c.dim, pos0 = c->len;
+    if (n <= 0 || n > c->cap - pos0 || c->n_layers != m->c.n_layers || c->kv_dim != m->kv_dim) {
+        fprintf(stderr,
+                "l2c_forward_cached: %lld tokens at position %lld do not fit a cache of %lld "
+                "positions (%d layers, kv width %d) for this model\n",
+                (long long)n, (long long)pos0, (long long)c->cap, (int)c->n_layers,
+                (int)c->kv_dim);
+        return -1;
+    }
+    float *x = malloc((size_t)(n * dim) * sizeof *x);
+    float *xb = malloc((size_t)(n * dim) * sizeof *xb);
+    float *cs = malloc((size_t)(n * m->head_size) * sizeof *cs);
+    int rc = -1;
+    if (!x || !xb || !cs) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    rope_table(m, pos0, n, cs);
+    l2c_embed(m, tokens, n, x);
+    for (int32_t l = 0; l < m->c.n_layers; l++)
+        if ((rc = block(net, l, x, n, cs, pos0, c)) != 0)
+            goto out;
+    int64_t first = last_only ? n - 1 : 0;
+    rmsnorm(xb, x + first * dim, m->rms_final, n - first, dim, m->norm_eps);
+    matmul_wt(xb, n - first, dim, m->wcls, m->c.vocab_size, logits);
+    c->len = pos0 + n;
     rc = 0;
 out:
     free(x);

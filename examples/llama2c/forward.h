@@ -49,4 +49,26 @@ void l2c_embed(const l2c_model *m, const int32_t *tokens, int64_t n, float *x);
  * norm and the head, with the same arithmetic. Returns as l2c_forward. */
 int l2c_forward_block(const l2c_net *net, int32_t layer, float *x, int64_t n);
 
+/* Keys and values (after the rotary embedding) of every layer for positions 0..len-1, so that
+ * a generation step computes only its new tokens. */
+typedef struct l2c_kv_cache {
+    float *k, *v;       /* [n_layers, cap, kv_dim] each */
+    int64_t cap;        /* positions it holds */
+    int64_t len;        /* positions filled: the next token's position */
+    int32_t n_layers, kv_dim;
+} l2c_kv_cache;
+
+/* An empty cache of cap positions (cap <= 0 or beyond the context length: the context
+ * length) for model m. Returns 0 or -1 (out of memory, message printed). */
+int l2c_kv_cache_init(l2c_kv_cache *c, const l2c_model *m, int64_t cap);
+void l2c_kv_cache_free(l2c_kv_cache *c);
+
+/* Runs tokens[0..n) at positions c->len..c->len+n-1: appends their keys and values to the
+ * cache, attends over the cache, and writes the logits [n, vocab] (last_only: only the last
+ * token's [vocab]). The logits of each position are those l2c_forward computes for the whole
+ * sequence so far, with the same arithmetic. Returns as l2c_forward (-1 also when the tokens
+ * do not fit the cache); on failure c->len is unchanged. */
+int l2c_forward_cached(const l2c_net *net, l2c_kv_cache *c, const int32_t *tokens, int64_t n,
+                       float *logits, int32_t last_only);
+
 #endif

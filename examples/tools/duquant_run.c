@@ -13,7 +13,7 @@
 #include "tool_model.h"
 
 typedef struct options {
-    const char *model, *tokenizer, *eval, *format, *tokenize, *out, *prompt;
+    const char *model, *tokenizer, *eval, *format, *tokenize, *out, *prompt, *bench_float;
     int64_t window, steps;
     int32_t threads, bench;
 } options;
@@ -22,6 +22,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: duquant-run --model PATH [--eval FILE] [--prompt TEXT] [--tokenize TEXT --out FILE]\n"
+            "                   [--bench [--bench-float PATH]] [--threads N]\n"
             "  --model PATH         quantized model file (duquant-quantize), Hugging Face\n"
             "                       LLaMA-family folder, or llama2.c file (with --tokenizer)\n"
             "  --tokenizer FILE     llama2.c tokenizer\n"
@@ -35,7 +36,10 @@ static void usage(FILE *f)
             "  --tokenize TEXT      write the ids of the stories of TEXT (int32 little-endian,\n"
             "  --out FILE           each story stripped and BOS first) to FILE\n"
             "  --bench              prefill tokens/s of a 512-token prompt (or the model's\n"
-            "                       context), best of 3, with the CPU and the load average\n"
+            "                       context) and decode tokens/s of 128 tokens with the\n"
+            "                       key/value cache, best of 3, with the CPU and the load average\n"
+            "  --bench-float PATH   also bench this float model (Hugging Face folder or\n"
+            "                       llama2.c file), e.g. the quantized file's float original\n"
             "  --threads N          library threads (default 0: host decides)\n");
 }
 
@@ -82,6 +86,8 @@ static int parse_args(int argc, char **argv, options *o)
             o->out = v;
         else if (strcmp(k, "--prompt") == 0)
             o->prompt = v;
+        else if (strcmp(k, "--bench-float") == 0)
+            o->bench_float = v, o->bench = 1;
         else if (strcmp(k, "--window") == 0)
             bad = parse_int(v, 2, 1 << 20, &o->window);
         else if (strcmp(k, "--steps") == 0)
@@ -194,13 +200,16 @@ out:
     return rc;
 }
 
-/* Greedy continuation; each step reruns the sequence (the engine keeps no cache). */
+/* Greedy continuation: the prompt runs once into a key/value cache, then each step runs only
+ * the token it appended. */
 static int generate(tool_model *tm, const options *o)
 {
     int64_t vocab = tm->m.c.vocab_size, max_len = tm->m.c.seq_len;
     size_t plen = strlen(o->prompt), cap = plen + 3 + (size_t)o->steps, n = 0;
     int32_t *ids = malloc(cap * sizeof *ids);
-    float *logits = malloc((size_t)((int64_t)cap * vocab) * sizeof *logits);
+    float *logits = malloc((size_t)vocab * sizeof *logits);
+    l2c_kv_cache kv;
+    memset(&kv, 0, sizeof kv);
     char err[512], *buf = NULL;
     size_t shown = 0, buf_cap = 0;
     int rc = -1;
@@ -223,6 +232,13 @@ static int generate(tool_model *tm, const options *o)
         fprintf(stderr, "--prompt: the model has no tokenizer (--tokenizer for llama2.c)\n");
         goto out;
     }
+    if ((int64_t)n > max_len) {
+        fprintf(stderr, "--prompt: %zu tokens, beyond the model's context of %lld\n", n,
+                (long long)max_len);
+        goto out;
+    }
+    if (l2c_kv_cache_init(&kv, &tm->m, (int64_t)cap < max_len ? (int64_t)cap : max_len))
+        goto out;
     l2c_net net;
     tool_model_net(tm, &net);
     for (int64_t s = 0; s <= o->steps; s++) {
@@ -250,9 +266,9 @@ static int generate(tool_model *tm, const options *o)
         fflush(stdout);
         if (s == o->steps || (int64_t)n >= max_len)
             break;
-        if (l2c_forward(&net, ids, (int64_t)n, logits))
+        if (l2c_forward_cached(&net, &kv, ids + kv.len, (int64_t)n - kv.len, logits, 1))
             goto out;
-        const float *z = logits + (int64_t)(n - 1) * vocab;
+        const float *z = logits;
         int32_t best = 0;
         for (int32_t j = 1; j < vocab; j++)
             best = z[j] > z[best] ? j : best;
@@ -263,6 +279,7 @@ static int generate(tool_model *tm, const options *o)
     printf("\n");
     rc = 0;
 out:
+    l2c_kv_cache_free(&kv);
     free(buf);
     free(ids);
     free(logits);
@@ -285,28 +302,63 @@ static void cpu_field(const char *key, char *out, size_t cap)
         fclose(f);
 }
 
-static int bench(tool_model *tm, const options *o)
+/* Prefill: n_pre tokens from an empty cache (the last token's logits, as generation does).
+ * Decode: n_dec greedy steps of one token each after BOS. Best of 3 runs each; the seconds
+ * go to *pre_s and *dec_s. */
+static int bench_model(tool_model *tm, int64_t n_pre, int64_t n_dec, double *pre_s,
+                       double *dec_s)
 {
-    int64_t n = tm->m.c.seq_len < 512 ? tm->m.c.seq_len : 512, vocab = tm->m.c.vocab_size;
-    int32_t *ids = malloc((size_t)n * sizeof *ids);
-    float *logits = malloc((size_t)(n * vocab) * sizeof *logits);
+    int64_t vocab = tm->m.c.vocab_size;
+    int32_t *ids = malloc((size_t)n_pre * sizeof *ids);
+    float *logits = malloc((size_t)vocab * sizeof *logits);
+    l2c_kv_cache kv;
+    memset(&kv, 0, sizeof kv);
     int rc = -1;
-    if (!ids || !logits) {
+    if (!ids || !logits || l2c_kv_cache_init(&kv, &tm->m, n_pre > n_dec + 1 ? n_pre : n_dec + 1)) {
         fprintf(stderr, "out of memory\n");
         goto out;
     }
-    for (int64_t i = 0; i < n; i++) /* BOS, then a fixed spread of ids */
+    for (int64_t i = 0; i < n_pre; i++) /* BOS, then a fixed spread of ids */
         ids[i] = i == 0 ? (tm->bos >= 0 ? tm->bos : 0) : (int32_t)((i * 7919) % vocab);
     l2c_net net;
     tool_model_net(tm, &net);
-    double best = 0;
     for (int r = 0; r < 3; r++) {
+        kv.len = 0;
         double t0 = tool_now_s();
-        if (l2c_forward(&net, ids, n, logits))
+        if (l2c_forward_cached(&net, &kv, ids, n_pre, logits, 1))
             goto out;
         double t = tool_now_s() - t0;
-        best = r == 0 || t < best ? t : best;
+        *pre_s = r == 0 || t < *pre_s ? t : *pre_s;
     }
+    for (int r = 0; r < 3; r++) {
+        kv.len = 0;
+        int32_t tok = ids[0];
+        if (l2c_forward_cached(&net, &kv, &tok, 1, logits, 1))
+            goto out;
+        double t0 = tool_now_s();
+        for (int64_t s = 0; s < n_dec; s++) {
+            int32_t best = 0;
+            for (int32_t j = 1; j < vocab; j++)
+                best = logits[j] > logits[best] ? j : best;
+            tok = best;
+            if (l2c_forward_cached(&net, &kv, &tok, 1, logits, 1))
+                goto out;
+        }
+        double t = tool_now_s() - t0;
+        *dec_s = r == 0 || t < *dec_s ? t : *dec_s;
+    }
+    rc = 0;
+out:
+    l2c_kv_cache_free(&kv);
+    free(ids);
+    free(logits);
+    return rc;
+}
+
+static int bench(tool_model *tm, const options *o, dq_context *ctx)
+{
+    int64_t ctx_len = tm->m.c.seq_len;
+    int64_t n_pre = ctx_len < 512 ? ctx_len : 512, n_dec = ctx_len - 1 < 128 ? ctx_len - 1 : 128;
     char model_name[256], family[32], model_no[32];
     double load[3] = {0, 0, 0};
     FILE *f = fopen("/proc/loadavg", "r");
@@ -317,16 +369,40 @@ static int bench(tool_model *tm, const options *o)
     cpu_field("model name", model_name, sizeof model_name);
     cpu_field("cpu family", family, sizeof family);
     cpu_field("model\t", model_no, sizeof model_no);
-    printf("bench %s (%s): prefill %lld tokens in %.3f s, %.1f tokens/s (best of 3, "
-           "threads %d)\n",
-           o->model, tm->quantized ? tm->method : "float", (long long)n, best,
-           (double)n / best, o->threads);
-    printf("cpu: %s (family %s, model %s), load average %.2f\n", model_name, family, model_no,
-           load[0]);
-    rc = 0;
-out:
-    free(ids);
-    free(logits);
+    printf("cpu: %s (family %s, model %s), threads %d (0: host decides), load average %.2f\n",
+           model_name, family, model_no, o->threads, load[0]);
+    printf("prefill: a %lld-token prompt%s; decode: %lld tokens after BOS with the "
+           "key/value cache; best of 3 each\n",
+           (long long)n_pre, n_pre == 512 ? "" : " (the model's context length, under 512)",
+           (long long)n_dec);
+    printf("%-10s %-14s %14s %14s\n", "model", "method", "prefill_tok_s", "decode_tok_s");
+    double pre = 0, dec = 0;
+    if (bench_model(tm, n_pre, n_dec, &pre, &dec))
+        return -1;
+    printf("%-10s %-14s %14.1f %14.1f\n", tm->quantized ? "quantized" : "float",
+           tm->quantized ? tm->method : "fp32", (double)n_pre / pre, (double)n_dec / dec);
+    if (!o->bench_float) {
+        if (tm->quantized)
+            printf("float row skipped: the quantized file holds no float weights "
+                   "(--bench-float PATH names the float model)\n");
+        return 0;
+    }
+    tool_model fm;
+    if (tool_model_load(o->bench_float, NULL, ctx, &fm))
+        return -1;
+    int rc = -1;
+    if (fm.quantized)
+        fprintf(stderr, "--bench-float %s: a quantized model file, not a float model\n",
+                o->bench_float);
+    else if (fm.m.c.seq_len < n_pre || fm.m.c.seq_len < n_dec + 1)
+        fprintf(stderr, "--bench-float %s: context %d shorter than the benchmark's\n",
+                o->bench_float, (int)fm.m.c.seq_len);
+    else if (bench_model(&fm, n_pre, n_dec, &pre, &dec) == 0) {
+        printf("%-10s %-14s %14.1f %14.1f\n", "float", "fp32", (double)n_pre / pre,
+               (double)n_dec / dec);
+        rc = 0;
+    }
+    tool_model_free(&fm);
     return rc;
 }
 
@@ -356,7 +432,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if ((!o.tokenize || tokenize(&tm, o.tokenize, o.out) == 0) &&
-        (!o.eval || evaluate(&tm, &o) == 0) && (!o.prompt || generate(&tm, &o) == 0) && (!o.bench || bench(&tm, &o) == 0))
+        (!o.eval || evaluate(&tm, &o) == 0) && (!o.prompt || generate(&tm, &o) == 0) &&
+        (!o.bench || bench(&tm, &o, ctx) == 0))
         rc = 0;
     tool_model_free(&tm);
     dq_context_free(ctx);
