@@ -321,11 +321,104 @@ START_TEST(block_product_matches_portable)
                 dq__block_product(a, lda, m, k, b, ldb, n, c1, ldc);
                 dq__block_product_portable(a, lda, m, k, b, ldb, n, c2, ldc);
                 ck_assert(memcmp(c1, c2, (size_t)(m * ldc) * sizeof *c1) == 0);
+                dq__block_product_fused(a, lda, m, k, b, ldb, n, c1, ldc);
+                dq__block_product_fused_portable(a, lda, m, k, b, ldb, n, c2, ldc);
+                ck_assert(memcmp(c1, c2, (size_t)(m * ldc) * sizeof *c1) == 0);
                 free(a);
                 free(b);
                 free(c1);
                 free(c2);
             }
+}
+END_TEST
+
+/* Step 0 of either search records the extremes of the whole view: checked against a plain
+ * loop over the view in order (first index on ties), on tied, outlier-heavy and Gaussian data,
+ * with extremes in any block of the extremes scan. */
+START_TEST(first_extremes_match_plain_loop)
+{
+    const int32_t n = 64;
+    const int64_t tokens = 37, blocks = 3;
+    const int kinds[] = {DATA_TIES, DATA_OUTLIERS, DATA_GAUSSIAN, DATA_MASSIVE};
+    float *base = malloc((size_t)n * (size_t)n * sizeof *base);
+    ck_assert_int_eq(dq_rotation_base(n, NULL, base, n), DQ_OK);
+    for (size_t ki = 0; ki < sizeof kinds / sizeof *kinds; ki++)
+        for (uint64_t seed = 1; seed <= 6; seed++) {
+            float *x = new_data(seed * 97 + ki, tokens, blocks * n, kinds[ki]);
+            /* The plain loop, in view order: row r = t * blocks + b. */
+            float vmax = -INFINITY, vmin = INFINITY;
+            int64_t rmax = 0, rmin = 0, cmax = 0, cmin = 0;
+            for (int64_t t = 0; t < tokens; t++)
+                for (int64_t b = 0; b < blocks; b++)
+                    for (int32_t j = 0; j < n; j++) {
+                        float v = x[t * blocks * n + b * n + j];
+                        if (v > vmax) {
+                            vmax = v;
+                            rmax = t * blocks + b;
+                            cmax = j;
+                        }
+                        if (v < vmin) {
+                            vmin = v;
+                            rmin = t * blocks + b;
+                            cmin = j;
+                        }
+                    }
+            const bool take_max = fabsf(vmax) > fabsf(vmin);
+            const dq__search_view v = {x, blocks * n, tokens, blocks, n, n};
+            for (int32_t mode = 0; mode < 2; mode++)
+                for (int rule = 0; rule < 2; rule++) {
+                    outcome o;
+                    run_search(mode == 0 ? DQ__SEARCH_PLAIN : DQ__SEARCH_PRUNED, 1, &v, base, 1,
+                               rule == 1, &o);
+                    ck_assert(o.peaks[0] == vmax - vmin);
+                    ck_assert_int_eq(o.ids[0], rule == 1 ? (take_max ? rmax : rmin)
+                                                         : (take_max ? cmax : cmin));
+                    free(o.r);
+                }
+            free(x);
+        }
+    free(base);
+}
+END_TEST
+
+/* The fused product rounds each multiply-add once: with rows (1, 1 + 2^-12) and columns
+ * (-1, 1 + 2^-12), fma gives 2^-11 + 2^-24 exactly, where a rounded product then a sum gives
+ * 2^-11. Checked for the full register tile and the edges, on both entry points. */
+START_TEST(fused_product_is_fused)
+{
+    const float e = 1.0f + 0x1p-12f;
+    const int64_t rows[] = {1, 6, 7, 12};
+    const int32_t cols[] = {1, 17, 64, 65};
+    for (size_t ri = 0; ri < sizeof rows / sizeof *rows; ri++)
+        for (size_t ci = 0; ci < sizeof cols / sizeof *cols; ci++) {
+            const int64_t m = rows[ri];
+            const int32_t n = cols[ci];
+            float *a = malloc((size_t)(2 * m) * sizeof *a);
+            float *b = malloc((size_t)(2 * n) * sizeof *b);
+            float *c = malloc((size_t)(m * n) * sizeof *c);
+            for (int64_t i = 0; i < m; i++) {
+                a[2 * i] = 1.0f;
+                a[2 * i + 1] = e;
+            }
+            for (int32_t j = 0; j < n; j++) {
+                b[j] = -1.0f;
+                b[n + j] = e;
+            }
+            for (int variant = 0; variant < 3; variant++) {
+                if (variant == 0)
+                    dq__block_product_fused(a, 2, m, 2, b, n, n, c, n);
+                else if (variant == 1)
+                    dq__block_product_fused_portable(a, 2, m, 2, b, n, n, c, n);
+                else
+                    dq__block_product(a, 2, m, 2, b, n, n, c, n);
+                const float want = variant < 2 ? 0x1p-11f + 0x1p-24f : 0x1p-11f;
+                for (int64_t i = 0; i < m * n; i++)
+                    ck_assert_float_eq(c[i], want);
+            }
+            free(a);
+            free(b);
+            free(c);
+        }
 }
 END_TEST
 
@@ -374,6 +467,8 @@ int main(void)
     tcase_add_test(tc, rotation_chain_agrees);
     tcase_add_test(tc, golden_inputs_agree);
     tcase_add_test(tc, block_product_matches_portable);
+    tcase_add_test(tc, fused_product_is_fused);
+    tcase_add_test(tc, first_extremes_match_plain_loop);
     tcase_add_test(tc, allocation_failures_leak_nothing);
     suite_add_tcase(s, tc);
     return dq_check_run(s, 0);

@@ -5,7 +5,18 @@
  * every element is 0 + a_0 b_0 + a_1 b_1 + ... in index order, each product and sum rounded
  * separately (C11 mode keeps the compiler from contracting them), and vector lanes never mix.
  * The bits are therefore the same for any SIMD width, row blocking or row split between
- * threads. */
+ * threads.
+ *
+ * The fused product (dq__block_product_fused) is the same loops with each step one fused
+ * multiply-add, 0 + a_0 b_0 rounded once, then fma(a_1, b_1, that), ... in index order: again
+ * the same bits for any SIMD width, blocking or thread split, but not the separate product's
+ * bits. Used for every product of a search, it would keep the plain and the pruned search
+ * bit-identical to each other; the searches do not use it, because it gains too little here:
+ * on the CPU measured (doc/performance.md, bench_blockmul) the separate product already runs
+ * at about 90 % of the FMA peak, the adds going to pipes the multiplies do not use. */
+#include <math.h>
+#include <stdbool.h>
+
 #include "dq_blockmul.h"
 #include "dq_cpu.h"
 
@@ -30,8 +41,13 @@
 
 /* c[r][0..jn) = a[r][0..k) * b[0..k)[0..jn) for rows r < nr (nr <= TILE_ROWS,
  * jn <= TILE_COLS). */
+static DQ_INLINE float madd(float acc, float a, float b, bool fused)
+{
+    return fused ? fmaf(a, b, acc) : acc + a * b;
+}
+
 static DQ_INLINE void tile(const float *a, int64_t lda, int nr, int32_t k, const float *b,
-                           int64_t ldb, int jn, float *c, int64_t ldc)
+                           int64_t ldb, int jn, float *c, int64_t ldc, bool fused)
 {
     /* Plain loops (no memset/memcpy) let the compiler keep acc in registers. */
     float acc[TILE_ROWS][TILE_COLS];
@@ -44,7 +60,7 @@ static DQ_INLINE void tile(const float *a, int64_t lda, int nr, int32_t k, const
             for (int r = 0; r < TILE_ROWS; r++) {
                 const float av = a[(size_t)r * (size_t)lda + (size_t)kk];
                 for (int j = 0; j < TILE_COLS; j++)
-                    acc[r][j] += av * bk[j];
+                    acc[r][j] = madd(acc[r][j], av, bk[j], fused);
             }
         }
     } else {
@@ -53,7 +69,7 @@ static DQ_INLINE void tile(const float *a, int64_t lda, int nr, int32_t k, const
             for (int r = 0; r < nr; r++) {
                 const float av = a[(size_t)r * (size_t)lda + (size_t)kk];
                 for (int j = 0; j < jn; j++)
-                    acc[r][j] += av * bk[j];
+                    acc[r][j] = madd(acc[r][j], av, bk[j], fused);
             }
         }
     }
@@ -63,14 +79,15 @@ static DQ_INLINE void tile(const float *a, int64_t lda, int nr, int32_t k, const
 }
 
 static DQ_INLINE void product(const float *a, int64_t lda, int64_t m, int32_t k,
-                              const float *b, int64_t ldb, int32_t n, float *c, int64_t ldc)
+                              const float *b, int64_t ldb, int32_t n, float *c, int64_t ldc,
+                              bool fused)
 {
     for (int64_t i = 0; i < m; i += TILE_ROWS) {
         int nr = m - i < TILE_ROWS ? (int)(m - i) : TILE_ROWS;
         for (int32_t j = 0; j < n; j += TILE_COLS) {
             int jn = n - j < TILE_COLS ? n - j : TILE_COLS;
             tile(a + (size_t)i * (size_t)lda, lda, nr, k, b + j, ldb, jn,
-                 c + (size_t)i * (size_t)ldc + (size_t)j, ldc);
+                 c + (size_t)i * (size_t)ldc + (size_t)j, ldc, fused);
         }
     }
 }
@@ -88,16 +105,24 @@ static __mmask16 lane_mask(int32_t left)
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
 }
 
+/* One step of an accumulator: a rounded product then a rounded sum, or one fused
+ * multiply-add. */
+__attribute__((target("avx512f"))) static DQ_INLINE __m512 madd512(__m512 acc, __m512 a,
+                                                                   __m512 b, bool fused)
+{
+    return fused ? _mm512_fmadd_ps(a, b, acc) : _mm512_add_ps(acc, _mm512_mul_ps(a, b));
+}
+
 /* The hot case: AVX512_ROWS rows x 64 columns, every accumulator in a named register
  * variable (an array indexed in loops ends up on the stack at -O2). */
 #define ROW_DECL(r) __m512 c##r##0 = z, c##r##1 = z, c##r##2 = z, c##r##3 = z
 #define ROW_STEP(r)                                                                          \
     do {                                                                                     \
         __m512 av = _mm512_set1_ps(a[(size_t)(r) * (size_t)lda + (size_t)kk]);               \
-        c##r##0 = _mm512_add_ps(c##r##0, _mm512_mul_ps(av, b0));                             \
-        c##r##1 = _mm512_add_ps(c##r##1, _mm512_mul_ps(av, b1));                             \
-        c##r##2 = _mm512_add_ps(c##r##2, _mm512_mul_ps(av, b2));                             \
-        c##r##3 = _mm512_add_ps(c##r##3, _mm512_mul_ps(av, b3));                             \
+        c##r##0 = madd512(c##r##0, av, b0, fused);                                           \
+        c##r##1 = madd512(c##r##1, av, b1, fused);                                           \
+        c##r##2 = madd512(c##r##2, av, b2, fused);                                           \
+        c##r##3 = madd512(c##r##3, av, b3, fused);                                           \
     } while (0)
 #define ROW_STORE(r)                                                                         \
     do {                                                                                     \
@@ -108,9 +133,9 @@ static __mmask16 lane_mask(int32_t left)
         _mm512_storeu_ps(cr + 48, c##r##3);                                                  \
     } while (0)
 
-__attribute__((target("avx512f"))) static void tile512_full(const float *a, int64_t lda,
-                                                           int32_t k, const float *b,
-                                                           int64_t ldb, float *c, int64_t ldc)
+__attribute__((target("avx512f"))) static DQ_INLINE void
+tile512_full(const float *a, int64_t lda, int32_t k, const float *b, int64_t ldb, float *c,
+             int64_t ldc, bool fused)
 {
     const __m512 z = _mm512_setzero_ps();
     ROW_DECL(0);
@@ -142,10 +167,9 @@ __attribute__((target("avx512f"))) static void tile512_full(const float *a, int6
 #undef ROW_STORE
 
 /* Edges: fewer rows or columns, one row at a time, masked vectors. */
-__attribute__((target("avx512f"))) static void tile512_edge(const float *a, int64_t lda, int nr,
-                                                           int32_t k, const float *b,
-                                                           int64_t ldb, int32_t jn, float *c,
-                                                           int64_t ldc)
+__attribute__((target("avx512f"))) static DQ_INLINE void
+tile512_edge(const float *a, int64_t lda, int nr, int32_t k, const float *b, int64_t ldb,
+             int32_t jn, float *c, int64_t ldc, bool fused)
 {
     for (int r = 0; r < nr; r++) {
         const float *ar = a + (size_t)r * (size_t)lda;
@@ -153,51 +177,70 @@ __attribute__((target("avx512f"))) static void tile512_edge(const float *a, int6
             __mmask16 mk = lane_mask(jn - j);
             __m512 acc = _mm512_setzero_ps();
             for (int32_t kk = 0; kk < k; kk++)
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(ar[kk]),
-                                                       _mm512_maskz_loadu_ps(
-                                                           mk, b + (size_t)kk * (size_t)ldb + j)));
+                acc = madd512(acc, _mm512_set1_ps(ar[kk]),
+                              _mm512_maskz_loadu_ps(mk, b + (size_t)kk * (size_t)ldb + j), fused);
             _mm512_mask_storeu_ps(c + (size_t)r * (size_t)ldc + j, mk, acc);
         }
     }
 }
 
-__attribute__((target("avx512f"))) static inline void
-tile512(const float *a, int64_t lda, int nr, int32_t k, const float *b, int64_t ldb, int32_t jn,
-        float *c, int64_t ldc)
-{
-    if (nr == AVX512_ROWS && jn == 64)
-        tile512_full(a, lda, k, b, ldb, c, ldc);
-    else
-        tile512_edge(a, lda, nr, k, b, ldb, jn, c, ldc);
-}
-
-__attribute__((target("avx512f"))) static void product_avx512(const float *a, int64_t lda,
-                                                             int64_t m, int32_t k,
-                                                             const float *b, int64_t ldb,
-                                                             int32_t n, float *c, int64_t ldc)
+__attribute__((target("avx512f"))) static DQ_INLINE void
+product_avx512(const float *a, int64_t lda, int64_t m, int32_t k, const float *b, int64_t ldb,
+               int32_t n, float *c, int64_t ldc, bool fused)
 {
     for (int32_t j = 0; j < n; j += 64) {
         int32_t jn = n - j < 64 ? n - j : 64;
         for (int64_t i = 0; i < m; i += AVX512_ROWS) {
             int nr = m - i < AVX512_ROWS ? (int)(m - i) : AVX512_ROWS;
-            tile512(a + (size_t)i * (size_t)lda, lda, nr, k, b + j, ldb, jn,
-                    c + (size_t)i * (size_t)ldc + (size_t)j, ldc);
+            const float *ai = a + (size_t)i * (size_t)lda;
+            float *ci = c + (size_t)i * (size_t)ldc + (size_t)j;
+            if (nr == AVX512_ROWS && jn == 64)
+                tile512_full(ai, lda, k, b + j, ldb, ci, ldc, fused);
+            else
+                tile512_edge(ai, lda, nr, k, b + j, ldb, jn, ci, ldc, fused);
         }
     }
+}
+
+__attribute__((target("avx512f"))) static void product_avx512_sep(const float *a, int64_t lda,
+                                                                 int64_t m, int32_t k,
+                                                                 const float *b, int64_t ldb,
+                                                                 int32_t n, float *c,
+                                                                 int64_t ldc)
+{
+    product_avx512(a, lda, m, k, b, ldb, n, c, ldc, false);
+}
+
+__attribute__((target("avx512f"))) static void product_avx512_fused(const float *a, int64_t lda,
+                                                                   int64_t m, int32_t k,
+                                                                   const float *b, int64_t ldb,
+                                                                   int32_t n, float *c,
+                                                                   int64_t ldc)
+{
+    product_avx512(a, lda, m, k, b, ldb, n, c, ldc, true);
 }
 
 __attribute__((target("avx2"))) static void product_avx2(const float *a, int64_t lda, int64_t m,
                                                          int32_t k, const float *b, int64_t ldb,
                                                          int32_t n, float *c, int64_t ldc)
 {
-    product(a, lda, m, k, b, ldb, n, c, ldc);
+    product(a, lda, m, k, b, ldb, n, c, ldc, false);
+}
+
+__attribute__((target("avx2,fma"))) static void product_avx2_fused(const float *a, int64_t lda,
+                                                                  int64_t m, int32_t k,
+                                                                  const float *b, int64_t ldb,
+                                                                  int32_t n, float *c,
+                                                                  int64_t ldc)
+{
+    product(a, lda, m, k, b, ldb, n, c, ldc, true);
 }
 #endif
 
 void dq__block_product_portable(const float *a, int64_t lda, int64_t m, int32_t k,
                                 const float *b, int64_t ldb, int32_t n, float *c, int64_t ldc)
 {
-    product(a, lda, m, k, b, ldb, n, c, ldc);
+    product(a, lda, m, k, b, ldb, n, c, ldc, false);
 }
 
 void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const float *b,
@@ -206,7 +249,7 @@ void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const 
 #if DQ_X86_VARIANTS
     const uint32_t cpu = dq__cpu_features();
     if (cpu & DQ_CPU_AVX512F) {
-        product_avx512(a, lda, m, k, b, ldb, n, c, ldc);
+        product_avx512_sep(a, lda, m, k, b, ldb, n, c, ldc);
         return;
     }
     if (cpu & DQ_CPU_AVX2) {
@@ -214,5 +257,29 @@ void dq__block_product(const float *a, int64_t lda, int64_t m, int32_t k, const 
         return;
     }
 #endif
-    product(a, lda, m, k, b, ldb, n, c, ldc);
+    product(a, lda, m, k, b, ldb, n, c, ldc, false);
+}
+
+void dq__block_product_fused_portable(const float *a, int64_t lda, int64_t m, int32_t k,
+                                      const float *b, int64_t ldb, int32_t n, float *c,
+                                      int64_t ldc)
+{
+    product(a, lda, m, k, b, ldb, n, c, ldc, true);
+}
+
+void dq__block_product_fused(const float *a, int64_t lda, int64_t m, int32_t k, const float *b,
+                             int64_t ldb, int32_t n, float *c, int64_t ldc)
+{
+#if DQ_X86_VARIANTS
+    const uint32_t cpu = dq__cpu_features();
+    if (cpu & DQ_CPU_AVX512F) {
+        product_avx512_fused(a, lda, m, k, b, ldb, n, c, ldc);
+        return;
+    }
+    if ((cpu & DQ_CPU_AVX2) && (cpu & DQ_CPU_FMA)) {
+        product_avx2_fused(a, lda, m, k, b, ldb, n, c, ldc);
+        return;
+    }
+#endif
+    product(a, lda, m, k, b, ldb, n, c, ldc, true);
 }

@@ -69,6 +69,14 @@ static void extremes_scan(extremes *e, const float *x, size_t n, size_t base)
                 hi[l] = v > hi[l] ? v : hi[l];
                 lo[l] = v < lo[l] ? v : lo[l];
             }
+        /* Most blocks improve neither extreme: the block's maximum is one of the lanes, so
+         * when no lane passes, neither does the maximum (nor the minimum). */
+        const float cmax = e->vmax, cmin = e->vmin;
+        int pass = 0;
+        for (int l = 0; l < LANES; l++)
+            pass |= (hi[l] > cmax) | (lo[l] < cmin);
+        if (!pass)
+            continue;
         float bh = hi[0], bl = lo[0];
         for (int l = 1; l < LANES; l++) {
             bh = hi[l] > bh ? hi[l] : bh;
