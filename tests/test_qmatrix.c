@@ -1,5 +1,6 @@
 /* Packed quantized matrices: round-trip error bounds, groups, clipping, layout, bad input. */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -393,6 +394,51 @@ START_TEST(pack_clipped_checks_lengths)
 }
 END_TEST
 
+/* A constant group of subnormal values got the constant rule's scale |v| < FLT_MIN, which the
+ * file reader (rightly) refuses: a packed matrix did not load back (found by fuzz_numeric).
+ * Such groups now take scale FLT_MIN, come back within FLT_MIN / 2 and load. */
+START_TEST(subnormal_constant_groups_load_back)
+{
+    const float vals[] = {2.55737e-39f, -2.55737e-39f, 1e-45f, -1.1e-38f};
+    for (size_t v = 0; v < sizeof vals / sizeof vals[0]; v++)
+        for (int32_t bits = 4; bits <= 8; bits += 4) {
+            float w[2 * 6];
+            for (int j = 0; j < 12; j++)
+                w[j] = j < 6 ? vals[v] : (float)j; /* row 0 constant, row 1 ordinary */
+            dq_quant_params p;
+            ck_assert_int_eq(dq_quant_params_init(&p, sizeof p), DQ_OK);
+            p.bits = bits;
+            p.group_size = 3;
+            dq_qmatrix *q = NULL;
+            ck_assert_int_eq(dq_qmatrix_pack(NULL, &p, w, 2, 6, 6, NULL, NULL, &q), DQ_OK);
+            const float *scales = NULL;
+            ck_assert_int_eq(dq_qmatrix_view(q, NULL, NULL, &scales, NULL), DQ_OK);
+            for (int g = 0; g < 4; g++)
+                ck_assert(scales[g] >= FLT_MIN);
+            float d[12];
+            ck_assert_int_eq(dq_qmatrix_dequantize(q, d, 6), DQ_OK);
+            for (int j = 0; j < 6; j++)
+                ck_assert(fabsf(d[j] - vals[v]) <= FLT_MIN / 2);
+            dq_file_writer *fw = NULL;
+            ck_assert_int_eq(dq_file_writer_create(NULL, &fw), DQ_OK);
+            ck_assert_int_eq(dq_file_writer_add_qmatrix(fw, "q", q), DQ_OK);
+            size_t size = 0;
+            ck_assert_int_eq(dq_file_writer_to_buffer(fw, NULL, 0, &size), DQ_OK);
+            void *buf = malloc(size);
+            ck_assert_int_eq(dq_file_writer_to_buffer(fw, buf, size, &size), DQ_OK);
+            dq_file_reader *r = NULL;
+            ck_assert_int_eq(dq_file_reader_from_buffer(NULL, NULL, buf, size, &r), DQ_OK);
+            dq_qmatrix *q2 = NULL;
+            ck_assert_int_eq(dq_file_reader_get_qmatrix(r, NULL, "q", &q2), DQ_OK);
+            dq_qmatrix_free(q2);
+            dq_file_reader_free(r);
+            free(buf);
+            dq_file_writer_free(fw);
+            dq_qmatrix_free(q);
+        }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("qmatrix");
@@ -412,6 +458,7 @@ int main(void)
     tcase_add_test(bad, non_finite_data);
     tcase_add_test(bad, bad_params_values);
     tcase_add_test(bad, bad_struct_size);
+    tcase_add_test(bad, subnormal_constant_groups_load_back);
     suite_add_tcase(s, bad);
     return dq_check_run(s, 0);
 }

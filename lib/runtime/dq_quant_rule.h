@@ -58,8 +58,8 @@ static inline bool dq__qr_scale_free(float raw)
  *  - The reference's rule, when its clamps leave raw = (b - a) / top and -a / raw alone:
  *    scale = raw, zero = round(-a / raw).
  *  - All zero (a = b = 0): the reference's scale 1e-5 and zero 0 (0 stays exact).
- *  - ASYM constant a = b = v != 0: scale |v|, zero 0 (v > 0, code 1) or 1 (v < 0, code 0):
- *    v dequantizes to itself exactly.
+ *  - ASYM constant a = b = v with |v| >= FLT_MIN: scale |v|, zero 0 (v > 0, code 1) or 1
+ *    (v < 0, code 0): v dequantizes to itself exactly. (A subnormal v takes the next rule.)
  *  - Otherwise scale = max(raw, |a| / 1e4, FLT_MIN) (ASYM; the middle term keeps the zero
  *    point within +-1e4 without clipping) or max(raw, FLT_MIN) (SYM), zero as above.
  * Every x in the clipped range then comes back within scale / 2 (plus float rounding).
@@ -86,7 +86,8 @@ static inline bool dq__qr_params(int32_t bits, int32_t scheme, float mn, float m
         *zero = rintf(-a / raw);
         return true;
     }
-    if (a == b) {
+    if (a == b && (a == 0.0f || fabsf(a) >= DQ_QR_SCALE_FLOOR)) {
+        /* (a subnormal constant takes the rule below: a scale of FLT_MIN) */
         *scale = a == 0.0f ? DQ_QR_SCALE_MIN : fabsf(a);
         *zero = a < 0.0f ? 1.0f : 0.0f;
         return true;
