@@ -362,7 +362,9 @@ DQ_API dq_status dq_rotation_trace(const dq_rotation *r, int64_t m, int32_t *ste
 
 /** @brief In place x <- x * blockdiag(R_1, ..., R_K) for a rows x cols matrix (ldx).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE,
- *  DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+ *  DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0
+ *  Since 1.2 DQ_ERR_NONFINITE also when finite x overflows in the block sums; rows before the
+ *  first overflowing chunk of rows then hold their result, the others are untouched. */
 DQ_API dq_status dq_rotation_apply(const dq_rotation *r, float *x, int64_t rows, int64_t cols,
                                    int64_t ldx);
 

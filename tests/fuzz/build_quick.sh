@@ -17,20 +17,28 @@ inc="$inc -I$src/lib/offline -I$src/lib/io $(pkg-config --cflags openblas 2>/dev
 common="-std=c11 -g -O2 -fno-omit-frame-pointer -ffp-contract=off -fno-math-errno -pthread"
 common="$common -D_FILE_OFFSET_BITS=64 -DDQ_BUILDING_DLL -fsanitize=fuzzer-no-link"
 objs=""
+todo=""
 for f in "$src"/lib/runtime/*.c "$src"/lib/kernels/*.c "$src"/lib/layer/*.c \
          "$src"/lib/offline/*.c "$src"/lib/io/*.c; do
     case $f in
     */dq_offline_stubs.c) continue ;;
-    *_avx2.c | *_avx512.c) san="-fsanitize=undefined" ;;
-    *) san="-fsanitize=address,undefined" ;;
     esac
     o="$out/obj/$(basename "$(dirname "$f")")_$(basename "$f" .c).o"
     if [ ! -f "$o" ] || [ "$f" -nt "$o" ] || [ -n "$(find "$src/lib" "$src/include" -name '*.h' -newer "$o")" ]; then
-        echo "cc $f"
-        $CC $common $san -fno-sanitize-recover=undefined $inc -c "$f" -o "$o"
+        todo="$todo $f:$o"
     fi
     objs="$objs $o"
 done
+# ${JOBS:-2} compilers at a time.
+export CC common inc
+printf '%s\n' $todo | xargs -r -P "${JOBS:-2}" -I{} sh -c '
+    f=${1%%:*}; o=${1#*:}
+    case $f in
+    *_avx2.c | *_avx512.c) san="-fsanitize=undefined" ;;
+    *) san="-fsanitize=address,undefined" ;;
+    esac
+    echo "cc $f"
+    $CC $common $san -fno-sanitize-recover=undefined $inc -c "$f" -o "$o"' sh {}
 libs=$(pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 for t in fuzz_numeric fuzz_diff fuzz_reader; do
     $CC $common -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $inc \

@@ -392,9 +392,15 @@ static void check_quant_bound(const float *w, int64_t rows, int64_t cols, const 
                     CHECK(d[i * cols + j] == 0.0f);
                 continue;
             }
-            if (mn == mx && scheme == DQ_QUANT_ASYM) {
+            if (mn == mx && scheme == DQ_QUANT_ASYM && fabs(mn) >= FLT_MIN) {
                 for (int64_t j = j0; j < j1; j++)
-                    CHECK(d[i * cols + j] == w[i * cols + j]); /* constant groups are exact */
+                    if (d[i * cols + j] != w[i * cols + j]) {
+                        fprintf(stderr, "row %lld group %lld constant %.9g -> %.9g (scale %.9g, "
+                                        "zp %g)\n",
+                                (long long)i, (long long)g, mn, (double)d[i * cols + j], sc,
+                                (double)zeros[i * gpr + g]);
+                        CHECK(!"constant groups are exact");
+                    }
                 continue;
             }
             const double step = scheme == DQ_QUANT_ASYM ? (mx - mn) / L : amax / H;
@@ -606,17 +612,23 @@ static void fuzz_linear(state *s)
     s->lp.act_clip_ratio = clips[fz_u8(f) % 6];
     const uint8_t pb = fz_u8(f);
     const dq_plan *plan = (pb & 3) == 3 ? NULL : s->q_plan ? s->plan : (pb & 4) ? s->plan : NULL;
+    int bias_finite = 1;
     if (pb & 8) {
         s->bias = fz_alloc((size_t)s->outs * sizeof(float) + 1);
-        fz_fill(f, s->bias, 1, s->outs, s->outs, s->style, 1);
+        bias_finite = fz_fill(f, s->bias, 1, s->outs, s->outs, s->style, 1);
     }
+    const int32_t ab = s->lp.act_bits;
+    const int valid = (ab == 0 || ab == 4 || ab == 8) && s->lp.act_scheme >= 0 &&
+                      s->lp.act_scheme <= 1 && s->lp.act_clip_ratio > 0.0f &&
+                      s->lp.act_clip_ratio <= 1.0f && bias_finite;
     dq_linear *lin = (dq_linear *)&lin;
     dq_status st = dq_linear_create(NULL, &s->lp, plan, s->q, s->bias, &lin);
     CHECK_STATUS(st, S_LIN_CREATE);
+    /* Valid parameters fail only for weights bound to a plan the layer does not get. */
+    if (valid)
+        CHECK(st == ((s->q_plan && !plan) ? DQ_ERR_MISMATCH : DQ_OK));
     if (st != DQ_OK) {
         CHECK(lin == NULL);
-        if (s->q_plan && !plan)
-            CHECK(st == DQ_ERR_MISMATCH);
         return;
     }
     CHECK(plan == s->plan || !s->q_plan);
