@@ -181,9 +181,16 @@ static void fuzz_from_matrices(state *s)
     static const int64_t huge[] = {((int64_t)1 << 62) + 2, INT64_MAX, INT64_MAX - 1,
                                    (int64_t)1 << 40, -1, 0};
     const uint8_t b = fz_u8(f);
-    const int32_t bs = 1 + fz_u8(f) % 9;
-    const int32_t per_block = fz_u8(f) & 1;
+    int32_t bs = 1 + fz_u8(f) % 9;
+    int32_t per_block = fz_u8(f) & 1;
     int64_t cols = b < 32 ? huge[b % 6] : fz_dim(f, 64);
+    if (cols > 64 && !per_block) {
+        /* A shared matrix over 2^40 channels is valid: its block index (8 bytes a block)
+         * would be allocated. With blocks of 2 and 2^61 channels or more its size overflows
+         * at once (the D1 case); narrower hostile widths go per block. */
+        bs = 2;
+        per_block = cols < ((int64_t)1 << 61);
+    }
     float m[81 * 3];
     const int64_t n_floats = (int64_t)(fz_u8(f) % 4) * bs * bs;
     fz_fill(f, m, 1, (int64_t)(sizeof m / sizeof m[0]), 0, s->style, 1);
