@@ -559,7 +559,9 @@ DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm
  *  most the larger of the step ((max - min) / L or max|x| / H), |min| / 1e4 (ASYM) and FLT_MIN.
  *  Scales are finite and >= FLT_MIN, zero points integers within +-1e4: files holding others
  *  are DQ_ERR_FORMAT. A group or token whose max - min (or values, after a plan's transform)
- *  overflows float is DQ_ERR_NONFINITE. */
+ *  overflows float is DQ_ERR_NONFINITE, and so (since 1.2) is one whose extreme codes would
+ *  dequantize beyond FLT_MAX (ranges within a few percent of FLT_MAX; SYM's lowest code on a
+ *  clipped group of such values). */
 enum { DQ_QUANT_ASYM = 0, DQ_QUANT_SYM = 1 };
 
 typedef struct dq_quant_params {

@@ -439,6 +439,40 @@ START_TEST(subnormal_constant_groups_load_back)
 }
 END_TEST
 
+/* Finite groups near FLT_MAX: SYM's lowest code (-8 at 4 bits) on a clipped group whose values
+ * reach past the clip once dequantized to -inf after DQ_OK (found by fuzz_numeric). Such
+ * groups are DQ_ERR_NONFINITE now; whatever packs dequantizes to finite values. */
+START_TEST(groups_near_flt_max_dequantize_finite)
+{
+    const float w[4] = {-3.29365015e38f, 3.0e38f, 1.0f, -2.0f};
+    const float hi[1] = {0.92f};
+    dq_quant_params p;
+    ck_assert_int_eq(dq_quant_params_init(&p, sizeof p), DQ_OK);
+    p.scheme = DQ_QUANT_SYM;
+    dq_qmatrix *q = NULL;
+    ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, w, 1, 4, 4, hi, NULL, 1, &q),
+                     DQ_ERR_NONFINITE);
+    ck_assert_ptr_null(q);
+    /* Ranges up to FLT_MAX, both schemes, 4 and 8 bits: finite or refused. */
+    const float rows[][2] = {{0.0f, FLT_MAX}, {-FLT_MAX, 0.0f}, {-FLT_MAX / 2, FLT_MAX / 2},
+                             {-1e38f, 2.4e38f}, {FLT_MAX, FLT_MAX / 3}};
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++)
+        for (int32_t scheme = DQ_QUANT_ASYM; scheme <= DQ_QUANT_SYM; scheme++)
+            for (int32_t bits = 4; bits <= 8; bits += 4) {
+                p.scheme = scheme;
+                p.bits = bits;
+                const dq_status st = dq_qmatrix_pack(NULL, &p, rows[k], 1, 2, 2, NULL, NULL, &q);
+                ck_assert(st == DQ_OK || st == DQ_ERR_NONFINITE);
+                if (st == DQ_OK) {
+                    float d[2];
+                    ck_assert_int_eq(dq_qmatrix_dequantize(q, d, 2), DQ_OK);
+                    ck_assert(isfinite(d[0]) && isfinite(d[1]));
+                    dq_qmatrix_free(q);
+                }
+            }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("qmatrix");
@@ -459,6 +493,7 @@ int main(void)
     tcase_add_test(bad, bad_params_values);
     tcase_add_test(bad, bad_struct_size);
     tcase_add_test(bad, subnormal_constant_groups_load_back);
+    tcase_add_test(bad, groups_near_flt_max_dequantize_finite);
     suite_add_tcase(s, bad);
     return dq_check_run(s, 0);
 }

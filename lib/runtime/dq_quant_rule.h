@@ -65,8 +65,29 @@ static inline bool dq__qr_scale_free(float raw)
  * Every x in the clipped range then comes back within scale / 2 (plus float rounding).
  * Returns false, with scale +Inf and zero 0, when mn or mx is not finite (NaN included) or the
  * range overflows: the caller reports DQ_ERR_NONFINITE. */
+static bool dq__qr_params_rule(int32_t bits, int32_t scheme, float mn, float mx, float hi,
+                               float lo, float *scale, float *zero);
+
+/* The rule below, refusing (false, scale +Inf) groups whose extreme codes would dequantize
+ * beyond FLT_MAX: ranges within a few percent of FLT_MAX, or SYM's lowest code -top - 1 on a
+ * clipped group whose values reach past the clip. */
 static inline bool dq__qr_params(int32_t bits, int32_t scheme, float mn, float mx, float hi,
                                  float lo, float *scale, float *zero)
+{
+    if (!dq__qr_params_rule(bits, scheme, mn, mx, hi, lo, scale, zero))
+        return false;
+    const float top = dq__qr_top(bits, scheme);
+    const float lo_code = scheme == DQ_QUANT_ASYM ? 0.0f : -top - 1.0f;
+    if (!isfinite((lo_code - *zero) * *scale) || !isfinite((top - *zero) * *scale)) {
+        *scale = INFINITY;
+        *zero = 0.0f;
+        return false;
+    }
+    return true;
+}
+
+static inline bool dq__qr_params_rule(int32_t bits, int32_t scheme, float mn, float mx,
+                                      float hi, float lo, float *scale, float *zero)
 {
     const float raw = dq__qr_raw_scale(bits, scheme, mn, mx, hi, lo);
     *zero = 0.0f;

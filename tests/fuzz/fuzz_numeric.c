@@ -534,7 +534,20 @@ static void fuzz_pack(state *s)
     CHECK(r == s->outs && c == s->cols);
     float *d = fz_alloc((size_t)(r * c) * sizeof(float) + 1);
     CHECK(dq_qmatrix_dequantize(q, d, c) == DQ_OK);
-    CHECK(fz_all_finite(d, r, c, c));
+    for (int64_t k = 0; k < r * c; k++)
+        if (!isfinite(d[k])) {
+            int32_t qb = 0, scheme = 0, gsz = 0;
+            int64_t gpr2 = 0;
+            const float *sc = NULL, *zp = NULL;
+            CHECK(dq_qmatrix_layout(q, NULL, NULL, &qb, &scheme, &gsz, &gpr2, NULL) == DQ_OK);
+            CHECK(dq_qmatrix_view(q, NULL, NULL, &sc, &zp) == DQ_OK);
+            const int64_t gi = k / c * gpr2 + (k % c) / (gsz > 0 ? gsz : c);
+            fprintf(stderr, "w[%lld] = %.9g dequantizes to %g (%d-bit scheme %d, scale %.9g, "
+                            "zp %g, how %d, clip %g)\n",
+                    (long long)k, (double)s->w[k], (double)d[k], qb, scheme, (double)sc[gi],
+                    zp ? (double)zp[gi] : 0.0, how, (double)qp.clip_ratio);
+            CHECK(!"dequantized values finite");
+        }
     free(d);
     s->q = q;
 }
