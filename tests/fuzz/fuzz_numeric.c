@@ -722,20 +722,22 @@ static void fuzz_linear(state *s)
                                                           s->ldx, ys, lds, 3, gwork, gw);
             CHECK_STATUS(gst, S_GROUP);
             free(gwork);
+            float *y1s = fz_sentinel(s->rows * outs2);
+            const dq_status st1 =
+                dq_linear_forward(lin2, s->x, s->rows, s->cols, s->ldx, y1s, outs2, NULL, 0);
+            CHECK_STATUS(st1, S_FORWARD);
             if (gst != DQ_OK) {
                 CHECK(fz_untouched(y0, ny) && fz_untouched(y2, ny) &&
                       fz_untouched(y1, s->rows * outs2));
-                CHECK(gst0 != DQ_OK || st != DQ_OK);
+                /* A group fails only where a layer alone fails, or cannot be a group. */
+                CHECK(gst0 != DQ_OK || st != DQ_OK || st1 != DQ_OK);
             } else {
-                CHECK(gst0 == DQ_OK && st == DQ_OK);
+                CHECK(gst0 == DQ_OK && st == DQ_OK && st1 == DQ_OK);
                 CHECK(memcmp(y0, y, (size_t)ny * sizeof(float)) == 0);
                 CHECK(memcmp(y2, y, (size_t)ny * sizeof(float)) == 0);
-                float *y1s = fz_sentinel(s->rows * outs2);
-                CHECK(dq_linear_forward(lin2, s->x, s->rows, s->cols, s->ldx, y1s, outs2, NULL,
-                                        0) == DQ_OK);
                 CHECK(memcmp(y1s, y1, (size_t)(s->rows * outs2) * sizeof(float)) == 0);
-                free(y1s);
             }
+            free(y1s);
             free(y0);
             free(y1);
             free(y2);
