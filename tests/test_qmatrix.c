@@ -453,6 +453,16 @@ START_TEST(groups_near_flt_max_dequantize_finite)
     ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, w, 1, 4, 4, hi, NULL, 1, &q),
                      DQ_ERR_NONFINITE);
     ck_assert_ptr_null(q);
+    /* SYM groups of subnormal values: raw scale max|x| / 127 rounds to 0; the scale is FLT_MIN
+     * (the bound of duquant.h), not the all-zero group's 1e-5 (found by fuzz_numeric). */
+    const float tiny[2] = {0.0f, 2.24207754e-44f};
+    p.scheme = DQ_QUANT_SYM;
+    p.bits = 8;
+    ck_assert_int_eq(dq_qmatrix_pack(NULL, &p, tiny, 1, 2, 2, NULL, NULL, &q), DQ_OK);
+    const float *sc = NULL;
+    ck_assert_int_eq(dq_qmatrix_view(q, NULL, NULL, &sc, NULL), DQ_OK);
+    ck_assert(sc[0] == FLT_MIN);
+    dq_qmatrix_free(q);
     /* Ranges up to FLT_MAX, both schemes, 4 and 8 bits: finite or refused. */
     const float rows[][2] = {{0.0f, FLT_MAX}, {-FLT_MAX, 0.0f}, {-FLT_MAX / 2, FLT_MAX / 2},
                              {-1e38f, 2.4e38f}, {FLT_MAX, FLT_MAX / 3}};

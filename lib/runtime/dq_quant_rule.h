@@ -96,8 +96,9 @@ static inline bool dq__qr_params_rule(int32_t bits, int32_t scheme, float mn, fl
         return false;
     }
     if (scheme != DQ_QUANT_ASYM) {
-        /* Within the reference's clamps this is raw itself. */
-        *scale = raw == 0.0f ? DQ_QR_SCALE_MIN : fmaxf(raw, DQ_QR_SCALE_FLOOR);
+        /* Within the reference's clamps this is raw itself. 1e-5 only for an all-zero group:
+         * a subnormal raw (tiny values, or a tiny clip factor) rounds to 0 and is floored. */
+        *scale = mn == 0.0f && mx == 0.0f ? DQ_QR_SCALE_MIN : fmaxf(raw, DQ_QR_SCALE_FLOOR);
         return true;
     }
     const float a = mn * lo, b = mx * hi;
