@@ -362,7 +362,9 @@ DQ_API dq_status dq_rotation_trace(const dq_rotation *r, int64_t m, int32_t *ste
 
 /** @brief In place x <- x * blockdiag(R_1, ..., R_K) for a rows x cols matrix (ldx).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_OVERFLOW, DQ_ERR_NONFINITE,
- *  DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
+ *  DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0
+ *  Since 1.2 DQ_ERR_NONFINITE also when finite x overflows in the block sums; rows before the
+ *  first overflowing chunk of rows then hold their result, the others are untouched. */
 DQ_API dq_status dq_rotation_apply(const dq_rotation *r, float *x, int64_t rows, int64_t cols,
                                    int64_t ldx);
 
@@ -546,8 +548,8 @@ DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm
  *        q = clamp(round(x / scale) + zp, 0, L). Where (max - min) / L lies in [1e-5, 1e4] and
  *        |min| / ((max - min) / L) <= 1e4 (all ordinary data): scale = (max - min) / L,
  *        zp = round(-min / scale) (the reference's rule, whose clamps do not bite there).
- *        Since 1.2, elsewhere: all zero: scale 1e-5, zp 0; constant v != 0: scale |v|, zp 0
- *        (v > 0) or 1 (v < 0), so v comes back exactly; otherwise
+ *        Since 1.2, elsewhere: all zero: scale 1e-5, zp 0; constant v, |v| >= FLT_MIN: scale |v|,
+ *        zp 0 (v > 0) or 1 (v < 0), so v comes back exactly; otherwise
  *        scale = max((max - min) / L, |min| / 1e4, FLT_MIN), zp = round(-min / scale).
  *  SYM:  two's-complement codes -H-1..H, per-group scale, x ~ q * scale,
  *        q = clamp(round(x / scale), -H-1, H), scale = max(max|x| / H, FLT_MIN) (1e-5 when
@@ -557,7 +559,9 @@ DQ_API dq_status dq_plan_permutation(const dq_plan *pl, int32_t i, int64_t *perm
  *  most the larger of the step ((max - min) / L or max|x| / H), |min| / 1e4 (ASYM) and FLT_MIN.
  *  Scales are finite and >= FLT_MIN, zero points integers within +-1e4: files holding others
  *  are DQ_ERR_FORMAT. A group or token whose max - min (or values, after a plan's transform)
- *  overflows float is DQ_ERR_NONFINITE. */
+ *  overflows float is DQ_ERR_NONFINITE, and so (since 1.2) is one whose extreme codes would
+ *  dequantize beyond FLT_MAX (ranges within a few percent of FLT_MAX; SYM's lowest code on a
+ *  clipped group of such values). */
 enum { DQ_QUANT_ASYM = 0, DQ_QUANT_SYM = 1 };
 
 typedef struct dq_quant_params {
@@ -867,7 +871,10 @@ DQ_API dq_status dq_linear_workspace_size(const dq_linear *lin, int64_t rows, si
  *  allocator call at all (since 1.2). rows = 0 is a no-op returning DQ_OK (x and y may be NULL;
  *  since 1.2). On failure y is left untouched; an allocation that fails is DQ_ERR_NOMEM, never
  *  a slower path. DQ_ERR_NONFINITE also (since 1.2) when finite x overflows in the plan's
- *  transform or a token's range max - min overflows float.
+ *  transform or a token's range max - min overflows float, and, for weight-only layers
+ *  (act_bits 0), when max |x| (after the plan) times a weight group's length and largest
+ *  |code - zero point| reaches FLT_MAX / 2, where the float group sums could overflow (|x|
+ *  of about 1e30 and beyond).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NONFINITE, DQ_ERR_OVERFLOW,
  *  DQ_ERR_BUFFER, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.0 */
 DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t rows,

@@ -592,6 +592,38 @@ START_TEST(weight_only_keeps_activations)
 }
 END_TEST
 
+/* Weight-only layers sum x * (c - zw) over a group in float before the group's scale: huge
+ * finite activations on tiny weights once overflowed there and returned DQ_OK with y = inf
+ * (found by fuzz_numeric). Now DQ_ERR_NONFINITE with y untouched; ordinary values still run. */
+START_TEST(weight_only_huge_activations_are_nonfinite)
+{
+    enum { COLS = 64, OUTS = 2 };
+    float w[OUTS * COLS], x[COLS], y[OUTS];
+    for (int j = 0; j < OUTS * COLS; j++)
+        w[j] = j % COLS == 5 ? -1e-30f : 1e-30f;
+    for (int j = 0; j < COLS; j++)
+        x[j] = 1e37f;
+    dq_qmatrix *q = NULL;
+    ck_assert_int_eq(dq_qmatrix_pack(NULL, NULL, w, OUTS, COLS, COLS, NULL, NULL, &q), DQ_OK);
+    dq_linear_params p;
+    ck_assert_int_eq(dq_linear_params_init(&p, sizeof p), DQ_OK);
+    p.act_bits = 0;
+    dq_linear *lin = NULL;
+    ck_assert_int_eq(dq_linear_create(NULL, &p, NULL, q, NULL, &lin), DQ_OK);
+    y[0] = y[1] = 42.0f;
+    ck_assert_int_eq(dq_linear_forward(lin, x, 1, COLS, COLS, y, OUTS, NULL, 0),
+                     DQ_ERR_NONFINITE);
+    ck_assert(y[0] == 42.0f && y[1] == 42.0f);
+    for (int j = 0; j < COLS; j++)
+        x[j] = 1e20f; /* x * W ~ 6e-9: far from any overflow */
+    ck_assert_int_eq(dq_linear_forward(lin, x, 1, COLS, COLS, y, OUTS, NULL, 0), DQ_OK);
+    ck_assert(isfinite(y[0]) && fabsf(y[0] - 62e-10f) < 1e-9f);
+    dq_linear_free(lin);
+    dq_qmatrix_free(q);
+}
+END_TEST
+
+
 int main(void)
 {
     Suite *s = suite_create("linear");
@@ -610,6 +642,7 @@ int main(void)
     tcase_add_test(bad, bad_create_arguments);
     tcase_add_test(bad, bad_forward_arguments);
     tcase_add_test(bad, allocation_failures);
+    tcase_add_test(bad, weight_only_huge_activations_are_nonfinite);
     suite_add_tcase(s, bad);
     return dq_check_run(s, 0);
 }

@@ -797,6 +797,34 @@ START_TEST(allocation_failures_leak_nothing)
 }
 END_TEST
 
+/* A smoothing factor far below its channel's values overflowed the division of the sample,
+ * and the greedy search then read Inf and NaN: a NULL dereference in the pruned search
+ * (found by fuzz_numeric). Now DQ_ERR_NONFINITE. */
+START_TEST(smoothed_sample_overflow_is_nonfinite)
+{
+    enum { COLS = 16 };
+    float sample[COLS], act[COLS], wabs[COLS];
+    for (int j = 0; j < COLS; j++) {
+        sample[j] = j == 0 ? 3e38f : (float)(j % 5) - 2.0f;
+        act[j] = 1e-30f;
+        wabs[j] = 1.0f;
+    }
+    dq_plan_params p;
+    ck_assert_int_eq(dq_plan_params_init(&p, sizeof p), DQ_OK);
+    p.block_size = 16;
+    p.max_rotation_step = 2;
+    p.smooth_alpha = 0.5f;
+    dq_plan *pl = NULL;
+    ck_assert_int_eq(dq_plan_build_from_sample(NULL, &p, act, sample, 1, COLS, COLS, wabs, &pl),
+                     DQ_ERR_NONFINITE);
+    ck_assert_ptr_null(pl);
+    sample[0] = 1.0f; /* 1 / s fits */
+    ck_assert_int_eq(dq_plan_build_from_sample(NULL, &p, act, sample, 1, COLS, COLS, wabs, &pl),
+                     DQ_OK);
+    dq_plan_free(pl);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     self_path = argv[0];
@@ -825,6 +853,7 @@ int main(int argc, char **argv)
     tcase_add_test(bad, bad_params);
     tcase_add_test(bad, bad_apply_input);
     tcase_add_test(bad, allocation_failures_leak_nothing);
+    tcase_add_test(bad, smoothed_sample_overflow_is_nonfinite);
     suite_add_tcase(s, bad);
     return dq_check_run(s, 0);
 }

@@ -1,5 +1,6 @@
 /* Packed quantized matrices: round-trip error bounds, groups, clipping, layout, bad input. */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -393,6 +394,95 @@ START_TEST(pack_clipped_checks_lengths)
 }
 END_TEST
 
+/* A constant group of subnormal values got the constant rule's scale |v| < FLT_MIN, which the
+ * file reader (rightly) refuses: a packed matrix did not load back (found by fuzz_numeric).
+ * Such groups now take scale FLT_MIN, come back within FLT_MIN / 2 and load. */
+START_TEST(subnormal_constant_groups_load_back)
+{
+    const float vals[] = {2.55737e-39f, -2.55737e-39f, 1e-45f, -1.1e-38f};
+    for (size_t v = 0; v < sizeof vals / sizeof vals[0]; v++)
+        for (int32_t bits = 4; bits <= 8; bits += 4) {
+            float w[2 * 6];
+            for (int j = 0; j < 12; j++)
+                w[j] = j < 6 ? vals[v] : (float)j; /* row 0 constant, row 1 ordinary */
+            dq_quant_params p;
+            ck_assert_int_eq(dq_quant_params_init(&p, sizeof p), DQ_OK);
+            p.bits = bits;
+            p.group_size = 3;
+            dq_qmatrix *q = NULL;
+            ck_assert_int_eq(dq_qmatrix_pack(NULL, &p, w, 2, 6, 6, NULL, NULL, &q), DQ_OK);
+            const float *scales = NULL;
+            ck_assert_int_eq(dq_qmatrix_view(q, NULL, NULL, &scales, NULL), DQ_OK);
+            for (int g = 0; g < 4; g++)
+                ck_assert(scales[g] >= FLT_MIN);
+            float d[12];
+            ck_assert_int_eq(dq_qmatrix_dequantize(q, d, 6), DQ_OK);
+            for (int j = 0; j < 6; j++)
+                ck_assert(fabsf(d[j] - vals[v]) <= FLT_MIN / 2);
+            dq_file_writer *fw = NULL;
+            ck_assert_int_eq(dq_file_writer_create(NULL, &fw), DQ_OK);
+            ck_assert_int_eq(dq_file_writer_add_qmatrix(fw, "q", q), DQ_OK);
+            size_t size = 0;
+            ck_assert_int_eq(dq_file_writer_to_buffer(fw, NULL, 0, &size), DQ_OK);
+            void *buf = malloc(size);
+            ck_assert_int_eq(dq_file_writer_to_buffer(fw, buf, size, &size), DQ_OK);
+            dq_file_reader *r = NULL;
+            ck_assert_int_eq(dq_file_reader_from_buffer(NULL, NULL, buf, size, &r), DQ_OK);
+            dq_qmatrix *q2 = NULL;
+            ck_assert_int_eq(dq_file_reader_get_qmatrix(r, NULL, "q", &q2), DQ_OK);
+            dq_qmatrix_free(q2);
+            dq_file_reader_free(r);
+            free(buf);
+            dq_file_writer_free(fw);
+            dq_qmatrix_free(q);
+        }
+}
+END_TEST
+
+/* Finite groups near FLT_MAX: SYM's lowest code (-8 at 4 bits) on a clipped group whose values
+ * reach past the clip once dequantized to -inf after DQ_OK (found by fuzz_numeric). Such
+ * groups are DQ_ERR_NONFINITE now; whatever packs dequantizes to finite values. */
+START_TEST(groups_near_flt_max_dequantize_finite)
+{
+    const float w[4] = {-3.29365015e38f, 3.0e38f, 1.0f, -2.0f};
+    const float hi[1] = {0.92f};
+    dq_quant_params p;
+    ck_assert_int_eq(dq_quant_params_init(&p, sizeof p), DQ_OK);
+    p.scheme = DQ_QUANT_SYM;
+    dq_qmatrix *q = NULL;
+    ck_assert_int_eq(dq_qmatrix_pack_clipped(NULL, &p, w, 1, 4, 4, hi, NULL, 1, &q),
+                     DQ_ERR_NONFINITE);
+    ck_assert_ptr_null(q);
+    /* SYM groups of subnormal values: raw scale max|x| / 127 rounds to 0; the scale is FLT_MIN
+     * (the bound of duquant.h), not the all-zero group's 1e-5 (found by fuzz_numeric). */
+    const float tiny[2] = {0.0f, 2.24207754e-44f};
+    p.scheme = DQ_QUANT_SYM;
+    p.bits = 8;
+    ck_assert_int_eq(dq_qmatrix_pack(NULL, &p, tiny, 1, 2, 2, NULL, NULL, &q), DQ_OK);
+    const float *sc = NULL;
+    ck_assert_int_eq(dq_qmatrix_view(q, NULL, NULL, &sc, NULL), DQ_OK);
+    ck_assert(sc[0] == FLT_MIN);
+    dq_qmatrix_free(q);
+    /* Ranges up to FLT_MAX, both schemes, 4 and 8 bits: finite or refused. */
+    const float rows[][2] = {{0.0f, FLT_MAX}, {-FLT_MAX, 0.0f}, {-FLT_MAX / 2, FLT_MAX / 2},
+                             {-1e38f, 2.4e38f}, {FLT_MAX, FLT_MAX / 3}};
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++)
+        for (int32_t scheme = DQ_QUANT_ASYM; scheme <= DQ_QUANT_SYM; scheme++)
+            for (int32_t bits = 4; bits <= 8; bits += 4) {
+                p.scheme = scheme;
+                p.bits = bits;
+                const dq_status st = dq_qmatrix_pack(NULL, &p, rows[k], 1, 2, 2, NULL, NULL, &q);
+                ck_assert(st == DQ_OK || st == DQ_ERR_NONFINITE);
+                if (st == DQ_OK) {
+                    float d[2];
+                    ck_assert_int_eq(dq_qmatrix_dequantize(q, d, 2), DQ_OK);
+                    ck_assert(isfinite(d[0]) && isfinite(d[1]));
+                    dq_qmatrix_free(q);
+                }
+            }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("qmatrix");
@@ -412,6 +502,8 @@ int main(void)
     tcase_add_test(bad, non_finite_data);
     tcase_add_test(bad, bad_params_values);
     tcase_add_test(bad, bad_struct_size);
+    tcase_add_test(bad, subnormal_constant_groups_load_back);
+    tcase_add_test(bad, groups_near_flt_max_dequantize_finite);
     suite_add_tcase(s, bad);
     return dq_check_run(s, 0);
 }

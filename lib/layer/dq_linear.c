@@ -1,4 +1,5 @@
 /* Quantized linear layer: plan, per-token activation quantization, integer product. */
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -6,6 +7,7 @@
 
 #include "dq_handle.h"
 #include "dq_gemm.h"
+#include "dq_gemm_simd.h"
 #include "dq_internal.h"
 #include "dq_linear.h"
 #include "dq_online.h"
@@ -237,6 +239,17 @@ static bool fused(const dq_linear *lin, int32_t route)
 
 /* Errors are logged under the public function's name. */
 #define FAIL_IN(func, ctx, st, ...) dq__fail((ctx), (st), (func), __VA_ARGS__)
+
+/* The weight-only kernels sum x * (c - zw) over a group in float before scaling by the group's
+ * scale: activations so large that such a sum could overflow (max |x| * group length * largest
+ * |c - zw| beyond FLT_MAX / 2, i.e. |x| near 1e30 and more) would give an infinite y from
+ * finite data. True when every sum fits. */
+static bool w_f32_sums_fit(const dq__wprep *w, float amax)
+{
+    const dq__wpack *wp = w->kernel;
+    const double code = (double)(w->bits == 4 ? 8 : 128) + (double)(wp ? wp->max_abs_zero : 1e4);
+    return (double)amax * (double)w->group_len * code < (double)FLT_MAX / 2;
+}
 
 /* Layers that read one input run as a group when their activations come out the same: the
  * same plan (the same object), width and activation quantization. layers[0] decides. */
@@ -484,6 +497,19 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
         ldin = cols;
     }
     if (lin->act_bits == 0) {
+        float amax = 0.0f;
+        for (int64_t t = 0; t < rows; t++)
+            for (int64_t j = 0; j < cols; j++)
+                amax = fmaxf(amax, fabsf(xin[t * ldin + j]));
+        for (int32_t i = 0; i < n; i++)
+            if (!w_f32_sums_fit(layers[i]->w, amax)) {
+                st = FAIL_IN(func, ctx, DQ_ERR_NONFINITE,
+                             "layer %d: max |%s| %g times groups of %lld weight codes overflows "
+                             "float in the weight-only product",
+                             (int)i, on || lin->plan ? "x * G" : "x", (double)amax,
+                             (long long)layers[i]->w->group_len);
+                goto out;
+            }
         for (int32_t i = 0; i < n; i++)
             dq__gemm_w_f32(layers[i]->w, xin, rows, ldin, layers[i]->bias, y[i], ldy[i],
                            &layers[i]->ctx);

@@ -286,6 +286,11 @@ DQ_API dq_status dq_rotation_apply(const dq_rotation *r, float *x, int64_t rows,
         int64_t m = rows - r0 < chunk ? rows - r0 : chunk;
         float *xr = x + (size_t)r0 * (size_t)ldx;
         st = dq__rotation_rows(r, xr, ldx, tmp, cols, m);
+        /* Finite rows can overflow in the block sums: refused, not handed on as Inf. */
+        if (st == DQ_OK && !dq__all_finite(tmp, m, cols, cols))
+            st = DQ_FAIL(&r->ctx, DQ_ERR_NONFINITE,
+                         "rows %lld..%lld of x * R (%lld channels) overflow float",
+                         (long long)r0, (long long)(r0 + m - 1), (long long)cols);
         for (int64_t i = 0; i < m && st == DQ_OK; i++)
             memcpy(xr + (size_t)i * (size_t)ldx, tmp + (size_t)i * (size_t)cols,
                    (size_t)cols * sizeof(float));

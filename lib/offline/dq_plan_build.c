@@ -123,6 +123,14 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
             for (int64_t i = 0; i < rows; i++)
                 for (int64_t j = 0; j < cols; j++)
                     x[(size_t)i * (size_t)cols + (size_t)j] /= scale[j];
+        /* A factor far below its channel's values overflows the division: the searches
+         * would read Inf and NaN. */
+        if (x && !dq__all_finite(x, rows, cols, cols)) {
+            st = DQ_FAIL(ctx, DQ_ERR_NONFINITE,
+                         "the smoothed sample (%lld x %lld) overflows float (alpha %g)",
+                         (long long)rows, (long long)cols, (double)p->smooth_alpha);
+            goto out;
+        }
     }
     if (n_rot > 1) {
         scratch = dq__alloc(ctx, (size_t)rows * (size_t)cols * sizeof(float));
@@ -168,6 +176,12 @@ static dq_status build_core(const dq_context *ctx, const dq_plan_params *p,
             st = dq__rotation_rows_exact(rot[s], x, cols, y, cols, rows, ctx);
             if (st != DQ_OK)
                 goto out;
+            if (!dq__all_finite(y, rows, cols, cols)) {
+                st = DQ_FAIL(ctx, DQ_ERR_NONFINITE,
+                             "the sample (%lld x %lld) overflows float after rotation %d",
+                             (long long)rows, (long long)cols, (int)s);
+                goto out;
+            }
             t = x;
             x = y;
             y = t;

@@ -58,15 +58,36 @@ static inline bool dq__qr_scale_free(float raw)
  *  - The reference's rule, when its clamps leave raw = (b - a) / top and -a / raw alone:
  *    scale = raw, zero = round(-a / raw).
  *  - All zero (a = b = 0): the reference's scale 1e-5 and zero 0 (0 stays exact).
- *  - ASYM constant a = b = v != 0: scale |v|, zero 0 (v > 0, code 1) or 1 (v < 0, code 0):
- *    v dequantizes to itself exactly.
+ *  - ASYM constant a = b = v with |v| >= FLT_MIN: scale |v|, zero 0 (v > 0, code 1) or 1
+ *    (v < 0, code 0): v dequantizes to itself exactly. (A subnormal v takes the next rule.)
  *  - Otherwise scale = max(raw, |a| / 1e4, FLT_MIN) (ASYM; the middle term keeps the zero
  *    point within +-1e4 without clipping) or max(raw, FLT_MIN) (SYM), zero as above.
  * Every x in the clipped range then comes back within scale / 2 (plus float rounding).
  * Returns false, with scale +Inf and zero 0, when mn or mx is not finite (NaN included) or the
  * range overflows: the caller reports DQ_ERR_NONFINITE. */
+static bool dq__qr_params_rule(int32_t bits, int32_t scheme, float mn, float mx, float hi,
+                               float lo, float *scale, float *zero);
+
+/* The rule below, refusing (false, scale +Inf) groups whose extreme codes would dequantize
+ * beyond FLT_MAX: ranges within a few percent of FLT_MAX, or SYM's lowest code -top - 1 on a
+ * clipped group whose values reach past the clip. */
 static inline bool dq__qr_params(int32_t bits, int32_t scheme, float mn, float mx, float hi,
                                  float lo, float *scale, float *zero)
+{
+    if (!dq__qr_params_rule(bits, scheme, mn, mx, hi, lo, scale, zero))
+        return false;
+    const float top = dq__qr_top(bits, scheme);
+    const float lo_code = scheme == DQ_QUANT_ASYM ? 0.0f : -top - 1.0f;
+    if (!isfinite((lo_code - *zero) * *scale) || !isfinite((top - *zero) * *scale)) {
+        *scale = INFINITY;
+        *zero = 0.0f;
+        return false;
+    }
+    return true;
+}
+
+static inline bool dq__qr_params_rule(int32_t bits, int32_t scheme, float mn, float mx,
+                                      float hi, float lo, float *scale, float *zero)
 {
     const float raw = dq__qr_raw_scale(bits, scheme, mn, mx, hi, lo);
     *zero = 0.0f;
@@ -75,8 +96,9 @@ static inline bool dq__qr_params(int32_t bits, int32_t scheme, float mn, float m
         return false;
     }
     if (scheme != DQ_QUANT_ASYM) {
-        /* Within the reference's clamps this is raw itself. */
-        *scale = raw == 0.0f ? DQ_QR_SCALE_MIN : fmaxf(raw, DQ_QR_SCALE_FLOOR);
+        /* Within the reference's clamps this is raw itself. 1e-5 only for an all-zero group:
+         * a subnormal raw (tiny values, or a tiny clip factor) rounds to 0 and is floored. */
+        *scale = mn == 0.0f && mx == 0.0f ? DQ_QR_SCALE_MIN : fmaxf(raw, DQ_QR_SCALE_FLOOR);
         return true;
     }
     const float a = mn * lo, b = mx * hi;
@@ -86,7 +108,8 @@ static inline bool dq__qr_params(int32_t bits, int32_t scheme, float mn, float m
         *zero = rintf(-a / raw);
         return true;
     }
-    if (a == b) {
+    if (a == b && (a == 0.0f || fabsf(a) >= DQ_QR_SCALE_FLOOR)) {
+        /* (a subnormal constant takes the rule below: a scale of FLT_MIN) */
         *scale = a == 0.0f ? DQ_QR_SCALE_MIN : fabsf(a);
         *zero = a < 0.0f ? 1.0f : 0.0f;
         return true;

@@ -1,5 +1,6 @@
 /* Runs every file of the given corpus directories (or single files) through the fuzz entry,
- * so that any compiler, sanitizer or valgrind can replay what the fuzzer found. */
+ * so that any compiler, sanitizer or valgrind can replay what the fuzzer found. Linked with
+ * one target (fuzz_reader.c, fuzz_numeric.c or fuzz_diff.c) per program. */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <stdint.h>
@@ -43,9 +44,11 @@ static int run_file(const char *path)
     }
     memcpy(exact, buf, n);
     free(buf);
+    /* Named before it runs: a check that aborts leaves the file's name last. */
+    printf("%s (%zu bytes)\n", path, n);
+    fflush(stdout);
     LLVMFuzzerTestOneInput(exact, n);
     free(exact);
-    printf("ok %s (%zu bytes)\n", path, n);
     return 0;
 }
 
