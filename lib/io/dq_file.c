@@ -249,15 +249,11 @@ static uint64_t file_header_checksum(const dq__st_file *f)
 }
 
 /* True when every code of a group with this scale and zero point dequantizes to a finite
- * float: scale * max|code - zero| <= FLT_MAX (codes 0..2^bits-1 for ASYM, -2^(bits-1)..
- * 2^(bits-1)-1 for SYM). The quantization rule makes such groups from any finite weights of
- * ordinary size; the writer refuses the others (a constant group of 3e38 in 4 bits), so a
- * reader can refuse them too. */
+ * float (the quantization rule's own test: it makes no other groups, so the writer refuses
+ * the others and a reader can refuse them too). */
 static bool dequant_finite(float scale, float zero, int32_t bits, int32_t scheme)
 {
-    const double top = (double)dq__qr_top(bits, scheme);
-    const double span = scheme == DQ_QUANT_ASYM ? top + fabs((double)zero) : top + 1.0;
-    return (double)scale * span <= (double)FLT_MAX;
+    return dq__qr_dequant_finite(bits, scheme, scale, zero);
 }
 
 /* ---- writer ---- */

@@ -68,6 +68,17 @@ static inline bool dq__qr_scale_free(float raw)
 static bool dq__qr_params_rule(int32_t bits, int32_t scheme, float mn, float mx, float hi,
                                float lo, float *scale, float *zero);
 
+/* True when every code of a group with this scale and zero point dequantizes, (code - zero) *
+ * scale in float, to a finite value: what dq__qr_params produces, and what a file reader may
+ * accept. */
+static inline bool dq__qr_dequant_finite(int32_t bits, int32_t scheme, float scale, float zero)
+{
+    const float top = dq__qr_top(bits, scheme);
+    const float lo_code = scheme == DQ_QUANT_ASYM ? 0.0f : -top - 1.0f;
+    return isfinite(scale) && isfinite((lo_code - zero) * scale) &&
+           isfinite((top - zero) * scale);
+}
+
 /* The rule below, refusing (false, scale +Inf) groups whose extreme codes would dequantize
  * beyond FLT_MAX: ranges within a few percent of FLT_MAX, or SYM's lowest code -top - 1 on a
  * clipped group whose values reach past the clip. */
@@ -76,9 +87,7 @@ static inline bool dq__qr_params(int32_t bits, int32_t scheme, float mn, float m
 {
     if (!dq__qr_params_rule(bits, scheme, mn, mx, hi, lo, scale, zero))
         return false;
-    const float top = dq__qr_top(bits, scheme);
-    const float lo_code = scheme == DQ_QUANT_ASYM ? 0.0f : -top - 1.0f;
-    if (!isfinite((lo_code - *zero) * *scale) || !isfinite((top - *zero) * *scale)) {
+    if (!dq__qr_dequant_finite(bits, scheme, *scale, *zero)) {
         *scale = INFINITY;
         *zero = 0.0f;
         return false;
