@@ -65,6 +65,70 @@ void l2c_quant_options_default(l2c_quant_options *o)
     o->seed = 0;
 }
 
+int l2c_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int l2c_parse_float(const char *s, double lo, double hi, float *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
+        return -1;
+    *out = (float)v;
+    return 0;
+}
+
+static int int_option(const char *value, int64_t lo, int64_t hi, int32_t *dst)
+{
+    int64_t n;
+    if (l2c_parse_int(value, lo, hi, &n) != 0)
+        return -1;
+    *dst = (int32_t)n;
+    return 0;
+}
+
+int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, int *bad)
+{
+    int64_t n;
+    if (strcmp(key, "--block") == 0)
+        *bad = int_option(value, 2, 4096, &o->block_size);
+    else if (strcmp(key, "--hadamard-block") == 0)
+        *bad = int_option(value, 2, 4096, &o->hadamard_block);
+    else if (strcmp(key, "--rot-steps") == 0)
+        *bad = int_option(value, 0, 65536, &o->rot_steps);
+    else if (strcmp(key, "--perm-times") == 0)
+        *bad = int_option(value, 1, 64, &o->perm_times);
+    else if (strcmp(key, "--dq-smooth") == 0)
+        *bad = int_option(value, 0, 1, &o->dq_smooth);
+    else if (strcmp(key, "--lwc-epochs") == 0)
+        *bad = int_option(value, 0, 100000, &o->lwc_epochs);
+    else if (strcmp(key, "--lwc-batch") == 0)
+        *bad = int_option(value, 1, 1 << 24, &o->lwc_batch);
+    else if (strcmp(key, "--lwc-act") == 0)
+        *bad = int_option(value, 0, 1, &o->lwc_quant_act);
+    else if (strcmp(key, "--seed") == 0) {
+        if ((*bad = l2c_parse_int(value, 0, INT64_MAX, &n)) == 0)
+            o->seed = (uint64_t)n;
+    } else if (strcmp(key, "--alpha") == 0)
+        *bad = l2c_parse_float(value, 0, 1, &o->alpha);
+    else if (strcmp(key, "--act-clip") == 0)
+        *bad = l2c_parse_float(value, 1e-3, 1, &o->act_clip);
+    else if (strcmp(key, "--w-clip") == 0)
+        *bad = l2c_parse_float(value, 1e-3, 1, &o->w_clip);
+    else if (strcmp(key, "--lwc-lr") == 0)
+        *bad = l2c_parse_float(value, 1e-9, 10, &o->lwc_lr);
+    else
+        return 0;
+    return 1;
+}
+
 static int check(dq_status st, const char *what, int32_t layer, const char *name)
 {
     if (st == DQ_OK)

@@ -29,6 +29,15 @@ typedef struct l2c_quant_options {
 
 void l2c_quant_options_default(l2c_quant_options *o);
 
+/* Command-line values: 0 when s is a whole number (a float) within [lo, hi], else -1. */
+int l2c_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out);
+int l2c_parse_float(const char *s, double lo, double hi, float *out);
+/* The quantization settings every program takes (--block, --hadamard-block, --rot-steps,
+ * --perm-times, --dq-smooth, --lwc-epochs, --lwc-batch, --lwc-act, --seed, --alpha,
+ * --act-clip, --w-clip, --lwc-lr): returns 1 when key is one of them (*bad set to -1 when value
+ * is out of range, o unchanged then), 0 when it is not. */
+int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, int *bad);
+
 typedef struct l2c_method {
     const char *name;
     int32_t w_bits, a_bits; /* w_bits 0: fp32; a_bits 0: float activations */

@@ -50,26 +50,6 @@ static void usage(FILE *f, const options *o)
             (unsigned long long)o->q.seed);
 }
 
-static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, double lo, double hi, float *out)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi))
-        return -1;
-    *out = (float)v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, options *o)
 {
     for (int i = 1; i < argc; i++) {
@@ -89,7 +69,9 @@ static int parse_args(int argc, char **argv, options *o)
         const char *v = argv[++i];
         int64_t n = 0;
         int bad = 0;
-        if (strcmp(k, "--model") == 0)
+        if (l2c_quant_option(&o->q, k, v, &bad)) {
+            /* a quantization setting */
+        } else if (strcmp(k, "--model") == 0)
             o->model = v;
         else if (strcmp(k, "--tokenizer") == 0)
             o->tokenizer = v;
@@ -100,39 +82,13 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(k, "--out") == 0)
             o->out = v;
         else if (strcmp(k, "--tokens") == 0)
-            bad = parse_int(v, 0, INT64_MAX, &o->tokens);
+            bad = l2c_parse_int(v, 0, INT64_MAX, &o->tokens);
         else if (strcmp(k, "--window") == 0)
-            bad = parse_int(v, 2, 1 << 20, &o->window);
+            bad = l2c_parse_int(v, 2, 1 << 20, &o->window);
         else if (strcmp(k, "--sample-tokens") == 0)
-            bad = parse_int(v, 1, 1 << 24, &o->sample_tokens);
+            bad = l2c_parse_int(v, 1, 1 << 24, &o->sample_tokens);
         else if (strcmp(k, "--threads") == 0)
-            bad = parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
-        else if (strcmp(k, "--block") == 0)
-            bad = parse_int(v, 2, 4096, &n), o->q.block_size = (int32_t)n;
-        else if (strcmp(k, "--hadamard-block") == 0)
-            bad = parse_int(v, 2, 4096, &n), o->q.hadamard_block = (int32_t)n;
-        else if (strcmp(k, "--rot-steps") == 0)
-            bad = parse_int(v, 0, 65536, &n), o->q.rot_steps = (int32_t)n;
-        else if (strcmp(k, "--perm-times") == 0)
-            bad = parse_int(v, 1, 64, &n), o->q.perm_times = (int32_t)n;
-        else if (strcmp(k, "--dq-smooth") == 0)
-            bad = parse_int(v, 0, 1, &n), o->q.dq_smooth = (int32_t)n;
-        else if (strcmp(k, "--lwc-epochs") == 0)
-            bad = parse_int(v, 0, 100000, &n), o->q.lwc_epochs = (int32_t)n;
-        else if (strcmp(k, "--lwc-batch") == 0)
-            bad = parse_int(v, 1, 1 << 24, &n), o->q.lwc_batch = (int32_t)n;
-        else if (strcmp(k, "--lwc-act") == 0)
-            bad = parse_int(v, 0, 1, &n), o->q.lwc_quant_act = (int32_t)n;
-        else if (strcmp(k, "--seed") == 0)
-            bad = parse_int(v, 0, INT64_MAX, &n), o->q.seed = (uint64_t)n;
-        else if (strcmp(k, "--alpha") == 0)
-            bad = parse_float(v, 0, 1, &o->q.alpha);
-        else if (strcmp(k, "--act-clip") == 0)
-            bad = parse_float(v, 1e-3, 1, &o->q.act_clip);
-        else if (strcmp(k, "--w-clip") == 0)
-            bad = parse_float(v, 1e-3, 1, &o->q.w_clip);
-        else if (strcmp(k, "--lwc-lr") == 0)
-            bad = parse_float(v, 1e-9, 10, &o->q.lwc_lr);
+            bad = l2c_parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
         else {
             fprintf(stderr, "unknown option %s (see --help)\n", k);
             return -1;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "duquant.h"
+#include "quantize.h"
 #include "tool_model.h"
 
 typedef struct options {
@@ -41,16 +42,6 @@ static void usage(FILE *f)
             "  --bench-float PATH   also bench this float model (Hugging Face folder or\n"
             "                       llama2.c file), e.g. the quantized file's float original\n"
             "  --threads N          library threads (default 0: host decides)\n");
-}
-
-static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 static int parse_args(int argc, char **argv, options *o)
@@ -89,11 +80,11 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(k, "--bench-float") == 0)
             o->bench_float = v, o->bench = 1;
         else if (strcmp(k, "--window") == 0)
-            bad = parse_int(v, 2, 1 << 20, &o->window);
+            bad = l2c_parse_int(v, 2, 1 << 20, &o->window);
         else if (strcmp(k, "--steps") == 0)
-            bad = parse_int(v, 0, 1 << 20, &o->steps);
+            bad = l2c_parse_int(v, 0, 1 << 20, &o->steps);
         else if (strcmp(k, "--threads") == 0)
-            bad = parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
+            bad = l2c_parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
         else {
             fprintf(stderr, "unknown option %s (see --help)\n", k);
             return -1;
