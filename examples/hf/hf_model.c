@@ -154,13 +154,8 @@ int hf_model_read_layer(const hf_model *hm, int32_t layer, const hf_layer *dst, 
     return layer_tensors(&v, layer, dst);
 }
 
-int hf_model_load(const char *dir, l2c_model *m, hf_config *cfg, char *err, size_t err_len)
+void hf_model_set_shape(const hf_config *c, l2c_model *m)
 {
-    memset(m, 0, sizeof *m);
-    hf_model hm;
-    if (hf_model_open(dir, &hm, err, err_len))
-        return -1;
-    const hf_config *c = &hm.cfg;
     l2c_config *lc = &m->c;
     lc->dim = c->hidden_size, lc->hidden_dim = c->intermediate_size;
     lc->n_layers = c->num_hidden_layers, lc->n_heads = c->num_attention_heads;
@@ -172,6 +167,17 @@ int hf_model_load(const char *dir, l2c_model *m, hf_config *cfg, char *err, size
     m->rope_style = L2C_ROPE_HALF;
     m->rope_theta = c->rope_theta;
     m->norm_eps = (float)c->rms_norm_eps;
+}
+
+int hf_model_load(const char *dir, l2c_model *m, hf_config *cfg, char *err, size_t err_len)
+{
+    memset(m, 0, sizeof *m);
+    hf_model hm;
+    if (hf_model_open(dir, &hm, err, err_len))
+        return -1;
+    const hf_config *c = &hm.cfg;
+    const l2c_config *lc = &m->c;
+    hf_model_set_shape(c, m);
 
     /* The layout of a llama2.c file, so that l2c_model_weight and l2c_model_free apply. */
     int64_t d = lc->dim, h = lc->hidden_dim, L = lc->n_layers, v = lc->vocab_size;

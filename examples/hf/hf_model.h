@@ -41,6 +41,10 @@ void hf_model_shape(const hf_config *c, int32_t which, int64_t *out_dim, int64_t
 int hf_model_read_layer(const hf_model *hm, int32_t layer, const hf_layer *dst, char *err,
                         size_t err_len);
 
+/* The engine model's shape fields (config, head and kv widths, RoPE style, base and norm
+ * epsilon) from a Hugging Face config; weights are left alone. */
+void hf_model_set_shape(const hf_config *c, l2c_model *m);
+
 /* The whole model as floats in m (freed by l2c_model_free), converted one block at a time;
  * cfg (optional) receives the config. */
 int hf_model_load(const char *dir, l2c_model *m, hf_config *cfg, char *err, size_t err_len);

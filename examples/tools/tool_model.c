@@ -501,18 +501,9 @@ static int open_hf_blocks(const char *path, tool_model *tm)
         return -1;
     }
     const hf_config *c = &tm->hm->cfg;
+    hf_model_set_shape(c, &tm->m);
     l2c_model *m = &tm->m;
-    l2c_config *lc = &m->c;
-    lc->dim = c->hidden_size, lc->hidden_dim = c->intermediate_size;
-    lc->n_layers = c->num_hidden_layers, lc->n_heads = c->num_attention_heads;
-    lc->n_kv_heads = c->num_key_value_heads, lc->vocab_size = c->vocab_size;
-    lc->seq_len = c->max_position_embeddings;
-    m->head_size = c->head_dim;
-    m->kv_dim = c->num_key_value_heads * c->head_dim;
-    m->q_dim = c->num_attention_heads * c->head_dim;
-    m->rope_style = L2C_ROPE_HALF;
-    m->rope_theta = c->rope_theta;
-    m->norm_eps = (float)c->rms_norm_eps;
+    const l2c_config *lc = &m->c;
     tm->bos = c->bos_token_id;
     tm->eos = c->eos_token_id;
     tm->tied = c->tie_word_embeddings;
