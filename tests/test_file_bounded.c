@@ -309,6 +309,7 @@ START_TEST(table_sorts_and_rejects_duplicates)
         const int n = 1 + (int)(test_rng_u64(&rng) % 400), order = trial % 3;
         const int dup_kind = trial % 4; /* 0, 1: none; 2: a key; 3: a name */
         int *ids = malloc((size_t)n * sizeof *ids);
+        ck_assert_ptr_nonnull(ids);
         for (int i = 0; i < n; i++)
             ids[i] = order == 1 ? n - 1 - i : i;
         if (order == 2)
@@ -320,22 +321,25 @@ START_TEST(table_sorts_and_rejects_duplicates)
         const int dup_at = n > 1 ? 1 + (int)(test_rng_u64(&rng) % (uint64_t)(n - 1)) : -1;
         const int dup_of = dup_at > 0 ? (int)(test_rng_u64(&rng) % (uint64_t)dup_at) : -1;
         const bool dup = dup_kind >= 2 && dup_at > 0;
-        char *json = malloc((size_t)n * 160 + 256);
-        size_t pos = (size_t)sprintf(json, "{\"__metadata__\":{\"format\":\"duquant\","
-                                           "\"format_version\":\"1\"");
+        const size_t cap = (size_t)n * 160 + 256;
+        char *json = malloc(cap);
+        ck_assert_ptr_nonnull(json);
+        size_t pos = (size_t)snprintf(json, cap, "{\"__metadata__\":{\"format\":\"duquant\","
+                                                "\"format_version\":\"1\"");
         for (int i = 0; i < n; i++) {
             const int id = dup && dup_kind == 2 && i == dup_at ? ids[dup_of] : ids[i];
-            pos += (size_t)sprintf(json + pos, ",\"prefix.shared.by.all.%d\":\"%d\"", id, i);
+            pos += (size_t)snprintf(json + pos, cap - pos, ",\"prefix.shared.by.all.%d\":\"%d\"",
+                                    id, i);
         }
-        pos += (size_t)sprintf(json + pos, "}");
+        pos += (size_t)snprintf(json + pos, cap - pos, "}");
         for (int i = 0; i < n; i++) {
             const int id = dup && dup_kind == 3 && i == dup_at ? ids[dup_of] : ids[i];
-            pos += (size_t)sprintf(json + pos,
-                                   ",\"layers.%d.w\":{\"dtype\":\"U8\",\"shape\":[%d],"
-                                   "\"data_offsets\":[%d,%d]}",
-                                   id, i % 2, i / 2, i / 2 + i % 2);
+            pos += (size_t)snprintf(json + pos, cap - pos,
+                                    ",\"layers.%d.w\":{\"dtype\":\"U8\",\"shape\":[%d],"
+                                    "\"data_offsets\":[%d,%d]}",
+                                    id, i % 2, i / 2, i / 2 + i % 2);
         }
-        strcpy(json + pos, "}");
+        snprintf(json + pos, cap - pos, "}");
         size_t size;
         uint8_t data[256] = {0};
         uint8_t *b = container(json, data, (size_t)n / 2, &size);
