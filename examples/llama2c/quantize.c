@@ -362,8 +362,10 @@ static int learn_clip(dq_context *ctx, const l2c_calibration *cal, const dq_plan
     lp.epochs = o->lwc_epochs;
     lp.learning_rate = o->lwc_lr;
     lp.batch_tokens = o->lwc_batch;
+    /* w and x outlive the trainer: it reads them in place instead of copying them. */
+    lp.flags = DQ_LWC_F_BORROW;
     if (o->lwc_quant_act && a_bits > 0) {
-        lp.flags = DQ_LWC_F_QUANT_ACT;
+        lp.flags |= DQ_LWC_F_QUANT_ACT;
         lp.act_bits = a_bits;
         lp.act_scheme = DQ_QUANT_ASYM;
         lp.act_clip_ratio = o->act_clip;
