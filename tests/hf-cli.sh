@@ -1,9 +1,13 @@
 #!/bin/bash
-# The comparison program on a Hugging Face folder: --model DIR with token files, no tokenizer;
-# bad folders and misuse exit non-zero with a message naming the file and the field.
+# The comparison program on a Hugging Face folder: --model DIR with token files, no --tokenizer;
+# the FP32 greedy sample, encoded and decoded with the folder's tokenizer.json, begins as
+# MODELS/README.md says; bad folders and misuse exit non-zero with a message naming the file
+# and the field.
+# usage: hf-cli.sh ENGINE MODELS_DIR TOKENIZER_FIXTURES_DIR
 set -euo pipefail
 engine=$1
 models=$2
+fixtures=$3
 dir=$models/tinystories-656k
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -44,6 +48,43 @@ if [ "$(tail -n 1 <<<"$out" | cut -f 1,2)" = "$(printf 'fp32\t16.995805')" ]; th
     echo "ok: $(tail -n 1 <<<"$out")"
 else
     echo "FAILED: FP32 perplexity of $dir on dev.tok, expected 16.995805:"
+    echo "$out"
+    cat "$tmp/err"
+    fail=1
+fi
+
+# The samples need tokenizer.json: missing or of an unsupported kind, it is named; without
+# samples (--steps 0) perplexity on token files needs no tokenizer.
+for kind in missing unsupported; do
+    mkdir "$tmp/$kind"
+    ln -s "$dir/config.json" "$dir/model.safetensors" "$tmp/$kind/"
+done
+cp "$fixtures/unknown_model.json" "$tmp/unsupported/tokenizer.json"
+expect_fail "$tmp/missing/tokenizer.json" "--steps 0" -- --model "$tmp/missing" \
+    --eval "$dir/dev.tok" --methods fp32 --max-windows 1
+expect_fail "$tmp/unsupported/tokenizer.json" "model.type" -- --model "$tmp/unsupported" \
+    --eval "$dir/dev.tok" --methods fp32 --max-windows 1
+if "$engine" --model "$tmp/missing" --eval "$dir/dev.tok" --methods fp32 --max-windows 1 \
+    --steps 0 >"$tmp/out" 2>&1; then
+    echo "ok: no tokenizer.json needed with --steps 0"
+else
+    echo "FAILED: --steps 0 without tokenizer.json: $(tail -n 1 "$tmp/out")"
+    fail=1
+fi
+
+# The greedy continuation the models README gives: its prompt after BOS, its opening text.
+readme=$models/README.md
+para=$(awk '/^Greedy continuation/ { p = 1 } p && /^$/ { exit } p' "$readme" | tr '\n' ' ')
+prompt=$(sed -n 's/.*BOS + "\([^"]*\)".*/\1/p' <<<"$para")
+expected=$(sed -n 's/.*begins: "\([^"]*\)".*/\1/p' <<<"$para")
+if [ -z "$prompt" ] || [ -z "$expected" ]; then
+    echo "FAILED: no greedy continuation found in $readme"
+    fail=1
+elif out=$("$engine" --model "$dir" --eval "$dir/dev.tok" --methods fp32 --max-windows 1 \
+    --prompt "$prompt" 2>"$tmp/err") && grep -qF "[fp32] $expected" <<<"$out"; then
+    echo "ok: $(grep -F '[fp32]' <<<"$out")"
+else
+    echo "FAILED: the FP32 sample of \"$prompt\" does not begin with: $expected"
     echo "$out"
     cat "$tmp/err"
     fail=1

@@ -1,6 +1,6 @@
-/* duquant-eval: runs a llama2.c model (stories260K by default) in FP32 and quantized with
- * libduquant, and prints perplexity, ratio to FP32 and quantization time per method, plus one
- * greedy sample per method. See --help and doc/results.md. */
+/* duquant-eval: runs a llama2.c model (stories260K by default) or a Hugging Face folder in FP32
+ * and quantized with libduquant, and prints perplexity, ratio to FP32 and quantization time per
+ * method, plus one greedy sample per method. See --help and doc/results.md. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +17,7 @@
 #include "tokenizer.h"
 #ifdef L2C_WITH_HF
 #include "hf_model.h"
+#include "hf_tokenizer.h"
 #endif
 
 #ifndef L2C_DATA_DIR
@@ -30,6 +31,16 @@ typedef struct options {
     l2c_quant_options q;
 } options;
 
+/* What the samples are encoded and decoded with: a llama2.c tokenizer, or a folder's
+ * tokenizer.json (then generation also stops at eos). */
+typedef struct sampler {
+    const l2c_tokenizer *tk;
+#ifdef L2C_WITH_HF
+    const hf_tokenizer *htk;
+    int32_t eos;
+#endif
+} sampler;
+
 typedef struct result {
     const l2c_method *method;
     double ppl, quantize_s;
@@ -42,7 +53,8 @@ static void usage(FILE *f, const options *o)
             "usage: duquant-eval [options]\n"
             "  --model FILE|DIR     llama2.c checkpoint, or a Hugging Face LLaMA-family folder\n"
             "                       (config.json, model.safetensors or shards; default %s)\n"
-            "  --tokenizer FILE     llama2.c tokenizer (default %s; not used with a folder)\n"
+            "  --tokenizer FILE     llama2.c tokenizer (default %s; not used with a folder:\n"
+            "                       its tokenizer.json encodes and decodes the samples)\n"
             "  --calib TEXT         calibration stories (default %s)\n"
             "  --eval TEXT          evaluation stories (default %s)\n"
             "                       TEXT: plain text, stories separated by lines <|endoftext|>,\n"
@@ -213,7 +225,7 @@ static double now_s(void)
 }
 
 /* Perplexity and sample of one net. */
-static int evaluate(const l2c_net *net, const l2c_tokenizer *tk, const l2c_text *text,
+static int evaluate(const l2c_net *net, const sampler *sp, const l2c_text *text,
                     const l2c_window *w, int64_t n_w, const options *o, result *r)
 {
     double nll = 0;
@@ -222,9 +234,19 @@ static int evaluate(const l2c_net *net, const l2c_tokenizer *tk, const l2c_text 
         return -1;
     r->ppl = exp(nll);
     r->sample[0] = '\0';
-    if (o->steps > 0 && l2c_generate(net, tk, o->prompt, o->steps, r->sample, sizeof r->sample))
+    if (o->steps <= 0)
+        return 0;
+#ifdef L2C_WITH_HF
+    if (sp->htk) {
+        char err[512];
+        if (l2c_generate_hf(net, sp->htk, o->prompt, o->steps, sp->eos, r->sample,
+                            sizeof r->sample, err, sizeof err) == 0)
+            return 0;
+        fprintf(stderr, "--prompt: %s\n", err);
         return -1;
-    return 0;
+    }
+#endif
+    return l2c_generate(net, sp->tk, o->prompt, o->steps, r->sample, sizeof r->sample);
 }
 
 /* Newlines in samples are shown as spaces so each sample stays on one line. */
@@ -296,12 +318,16 @@ int main(int argc, char **argv)
     char err[512];
     l2c_model model;
     l2c_tokenizer tk;
+    sampler sp = {.tk = &tk};
     l2c_text eval, calib;
     l2c_calibration cal;
     l2c_window *w = NULL;
     dq_context *ctx = NULL;
     result *res = calloc((size_t)n_methods, sizeof *res);
     l2c_linear(*fp32_lin)[L2C_N_LINEARS] = NULL;
+#ifdef L2C_WITH_HF
+    hf_tokenizer *htk = NULL;
+#endif
     memset(&model, 0, sizeof model);
     memset(&tk, 0, sizeof tk);
     memset(&eval, 0, sizeof eval);
@@ -323,9 +349,19 @@ int main(int argc, char **argv)
             goto out;
         }
         bos = hcfg.bos_token_id;
-        if (o.steps > 0)
-            fprintf(stderr, "no greedy samples: the engine has no tokenizer for %s\n", o.model);
-        o.steps = 0;
+        sp.eos = hcfg.eos_token_id;
+        if (o.steps > 0) {
+            /* The llama2.c tokenizer does not apply: the folder brings its own. */
+            char path[4096];
+            snprintf(path, sizeof path, "%s/tokenizer.json", o.model);
+            int e = hf_tokenizer_load(path, &htk, err, sizeof err);
+            if (e) {
+                fprintf(stderr, "%s%s\n", err,
+                        e == HF_ERR_IO ? " (the greedy samples need it; --steps 0: none)" : "");
+                goto out;
+            }
+            sp.htk = htk;
+        }
     }
 #else
     (void)default_tokenizer;
@@ -390,7 +426,7 @@ int main(int argc, char **argv)
             goto out;
         res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
         l2c_net net = {&model, qm.lin, NULL, NULL};
-        int e = evaluate(&net, &tk, &eval, w, n_w, &o, &res[i]);
+        int e = evaluate(&net, &sp, &eval, w, n_w, &o, &res[i]);
         l2c_qmodel_free(&qm);
         if (e)
             goto out;
@@ -409,6 +445,9 @@ out:
     l2c_text_free(&eval);
     l2c_text_free(&calib);
     l2c_tokenizer_free(&tk);
+#ifdef L2C_WITH_HF
+    hf_tokenizer_free(htk);
+#endif
     l2c_model_free(&model);
     return rc;
 }

@@ -68,6 +68,20 @@ case "$out" in
 "Once upon a time"?*) echo "ok: generation: $out" ;;
 *) echo "FAILED: generation: '$out'"; fail=1 ;;
 esac
+# The float folder's greedy continuation is the one the models README gives.
+if [ "$mode" = hf ]; then
+    para=$(awk '/^Greedy continuation/ { p = 1 } p && /^$/ { exit } p' "$src/README.md" |
+        tr '\n' ' ')
+    prompt=$(sed -n 's/.*BOS + "\([^"]*\)".*/\1/p' <<<"$para")
+    expected=$(sed -n 's/.*begins: "\([^"]*\)".*/\1/p' <<<"$para")
+    out=$("$run" "${model[@]}" --prompt "${prompt:-?}" --steps 48 | tr '\n' ' ')
+    if [ -n "$expected" ] && [ "${out#"$expected"}" != "$out" ]; then
+        echo "ok: generation from the folder: $out"
+    else
+        echo "FAILED: generation from the folder: '$out', expected to begin with '$expected'"
+        fail=1
+    fi
+fi
 
 # numpy alone reads it (examples/python/model_file.py; Debian's python3 has numpy).
 py=/usr/bin/python3
