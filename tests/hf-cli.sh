@@ -1,8 +1,8 @@
 #!/bin/bash
-# The comparison program on a Hugging Face folder: --model DIR with token files, no --tokenizer;
-# the FP32 greedy sample, encoded and decoded with the folder's tokenizer.json, begins as
-# MODELS/README.md says; bad folders and misuse exit non-zero with a message naming the file
-# and the field.
+# The comparison program on a Hugging Face folder: --model DIR, no --tokenizer; text files
+# through the folder's tokenizer.json give the figures of the token files made from them; the
+# FP32 greedy sample, encoded and decoded with tokenizer.json, begins as MODELS/README.md says;
+# bad folders and misuse exit non-zero with a message naming the file and the field.
 # usage: hf-cli.sh ENGINE MODELS_DIR TOKENIZER_FIXTURES_DIR
 set -euo pipefail
 engine=$1
@@ -37,7 +37,6 @@ if [ ! -r "$dir/config.json" ] || [ ! -r "$dir/dev.tok" ]; then
     echo "skipped: $dir is absent"
     exit 77
 fi
-expect_fail "dev.txt" "FILE.tok" -- --model "$dir" --methods fp32 --max-windows 1
 expect_fail "--tokenizer" -- --model "$dir" --tokenizer "$dir/tokenizer.json" \
     --eval "$dir/dev.tok" --methods fp32
 printf 'abc' >"$tmp/odd.tok"
@@ -53,8 +52,29 @@ else
     fail=1
 fi
 
-# The samples need tokenizer.json: missing or of an unsupported kind, it is named; without
-# samples (--steps 0) perplexity on token files needs no tokenizer.
+# dev.tok and calib.tok are dev.txt and calib.txt as tokenizer.json encodes them (the models
+# README): the same perplexities from either, smoothing calibrated on each.
+texts=$models/../data
+if [ -r "$texts/dev.txt" ] && [ -r "$texts/calib.txt" ] && [ -r "$dir/calib.tok" ]; then
+    same=(--methods fp32,smoothquant --max-windows 8 --calib-tokens 2048 --format tsv --steps 0)
+    from_tok=$("$engine" --model "$dir" --eval "$dir/dev.tok" --calib "$dir/calib.tok" \
+        "${same[@]}" 2>"$tmp/err" | cut -f 1,2) || true
+    from_txt=$("$engine" --model "$dir" --eval "$texts/dev.txt" --calib "$texts/calib.txt" \
+        "${same[@]}" 2>>"$tmp/err" | cut -f 1,2) || true
+    if [ -n "$from_tok" ] && [ "$from_tok" = "$from_txt" ]; then
+        echo "ok: text files and token files agree: $(tr '\n\t' '  ' <<<"$from_txt")"
+    else
+        echo "FAILED: text files give '$from_txt', token files '$from_tok'"
+        cat "$tmp/err"
+        fail=1
+    fi
+else
+    echo "skipped: the texts of $texts are absent"
+fi
+
+# The samples and text files need tokenizer.json: missing or of an unsupported kind, it is
+# named; without samples (--steps 0) perplexity on token files needs no tokenizer.
+printf 'Once upon a time.\n' >"$tmp/story.txt"
 for kind in missing unsupported; do
     mkdir "$tmp/$kind"
     ln -s "$dir/config.json" "$dir/model.safetensors" "$tmp/$kind/"
@@ -62,6 +82,8 @@ done
 cp "$fixtures/unknown_model.json" "$tmp/unsupported/tokenizer.json"
 expect_fail "$tmp/missing/tokenizer.json" "--steps 0" -- --model "$tmp/missing" \
     --eval "$dir/dev.tok" --methods fp32 --max-windows 1
+expect_fail "$tmp/missing/tokenizer.json" -- --model "$tmp/missing" --eval "$tmp/story.txt" \
+    --methods fp32 --steps 0
 expect_fail "$tmp/unsupported/tokenizer.json" "model.type" -- --model "$tmp/unsupported" \
     --eval "$dir/dev.tok" --methods fp32 --max-windows 1
 if "$engine" --model "$tmp/missing" --eval "$dir/dev.tok" --methods fp32 --max-windows 1 \

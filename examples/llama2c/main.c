@@ -54,12 +54,12 @@ static void usage(FILE *f, const options *o)
             "  --model FILE|DIR     llama2.c checkpoint, or a Hugging Face LLaMA-family folder\n"
             "                       (config.json, model.safetensors or shards; default %s)\n"
             "  --tokenizer FILE     llama2.c tokenizer (default %s; not used with a folder:\n"
-            "                       its tokenizer.json encodes and decodes the samples)\n"
+            "                       its tokenizer.json encodes the texts and the samples)\n"
             "  --calib TEXT         calibration stories (default %s)\n"
             "  --eval TEXT          evaluation stories (default %s)\n"
             "                       TEXT: plain text, stories separated by lines <|endoftext|>,\n"
             "                       or token ids FILE.tok (int32 little-endian, each story\n"
-            "                       starting with BOS; needed with a folder)\n"
+            "                       starting with BOS)\n"
             "  --methods LIST       comma-separated (default all):",
             o->model, o->tokenizer, o->calib, o->eval);
     for (int32_t i = 0; i < l2c_n_methods; i++)
@@ -190,13 +190,67 @@ static int pick_methods(const char *list, const l2c_method **out, int32_t *n)
     return *n > 0 ? 0 : -1;
 }
 
-/* A story file: token ids when the name ends in .tok, else text through the tokenizer (tk
- * NULL: the model has none). */
-static int load_text(const char *path, const l2c_tokenizer *tk, int32_t bos, int32_t vocab,
-                     l2c_text *out)
+static int is_token_file(const char *path)
 {
     size_t n = strlen(path);
-    if (n > 4 && strcmp(path + n - 4, ".tok") == 0) {
+    return n > 4 && strcmp(path + n - 4, ".tok") == 0;
+}
+
+#ifdef L2C_WITH_HF
+/* Text through a folder's tokenizer.json, as the token files of a folder are made: each story
+ * stripped of surrounding white space and encoded with BOS first. */
+static int load_text_hf(const char *path, const hf_tokenizer *htk, int32_t vocab,
+                        l2c_text *out)
+{
+    char err[512];
+    size_t len = 0, n = 0, n_stories = 0;
+    int32_t *ids = NULL, bos = hf_tokenizer_bos(htk);
+    char *text = l2c_read_file(path, &len);
+    memset(out, 0, sizeof *out);
+    if (!text) {
+        fprintf(stderr, "%s: cannot read\n", path);
+        return -1;
+    }
+    int e = hf_tokenizer_encode_stories(htk, text, len, &ids, &n, &n_stories, err, sizeof err);
+    free(text);
+    if (e) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        return -1;
+    }
+    out->tokens = ids;
+    out->n_tokens = (int64_t)n;
+    out->story_start = malloc((n_stories + 1) * sizeof *out->story_start);
+    if (!out->story_start) {
+        fprintf(stderr, "%s: out of memory\n", path);
+        l2c_text_free(out);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] >= vocab) {
+            fprintf(stderr, "%s: token id %d beyond the model's vocabulary of %d: the "
+                    "tokenizer does not fit the model\n", path, ids[i], vocab);
+            l2c_text_free(out);
+            return -1;
+        }
+        if (ids[i] == bos && (size_t)out->n_stories < n_stories)
+            out->story_start[out->n_stories++] = (int64_t)i;
+    }
+    out->story_start[out->n_stories] = out->n_tokens;
+    if ((size_t)out->n_stories != n_stories || (n > 0 && out->story_start[0] != 0)) {
+        fprintf(stderr, "%s: the stories do not each start with BOS %d\n", path, bos);
+        l2c_text_free(out);
+        return -1;
+    }
+    return 0;
+}
+#endif
+
+/* A story file: token ids when the name ends in .tok, else text through the model's
+ * tokenizer (sp->tk NULL and no sp->htk: the model has none). */
+static int load_text(const char *path, const sampler *sp, int32_t bos, int32_t vocab,
+                     l2c_text *out)
+{
+    if (is_token_file(path)) {
 #ifdef L2C_WITH_HF
         char err[512];
         if (hf_tokens_load(path, bos, vocab, out, err, sizeof err) == 0)
@@ -209,12 +263,15 @@ static int load_text(const char *path, const l2c_tokenizer *tk, int32_t bos, int
 #endif
         return -1;
     }
-    if (!tk) {
-        fprintf(stderr, "%s: the model has no llama2.c tokenizer: give token ids (FILE.tok)\n",
-                path);
+#ifdef L2C_WITH_HF
+    if (sp->htk)
+        return load_text_hf(path, sp->htk, vocab, out);
+#endif
+    if (!sp->tk) {
+        fprintf(stderr, "%s: the model has no tokenizer: give token ids (FILE.tok)\n", path);
         return -1;
     }
-    return l2c_text_load(path, tk, out);
+    return l2c_text_load(path, sp->tk, out);
 }
 
 static double now_s(void)
@@ -350,14 +407,17 @@ int main(int argc, char **argv)
         }
         bos = hcfg.bos_token_id;
         sp.eos = hcfg.eos_token_id;
-        if (o.steps > 0) {
+        sp.tk = NULL;
+        if (o.steps > 0 || !is_token_file(o.eval) || (need_calib && !is_token_file(o.calib))) {
             /* The llama2.c tokenizer does not apply: the folder brings its own. */
             char path[4096];
             snprintf(path, sizeof path, "%s/tokenizer.json", o.model);
             int e = hf_tokenizer_load(path, &htk, err, sizeof err);
             if (e) {
                 fprintf(stderr, "%s%s\n", err,
-                        e == HF_ERR_IO ? " (the greedy samples need it; --steps 0: none)" : "");
+                        e == HF_ERR_IO ? " (it encodes the prompt and text files; with "
+                                         "--steps 0 and FILE.tok files none is needed)"
+                                       : "");
                 goto out;
             }
             sp.htk = htk;
@@ -375,9 +435,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "--window: at most the model's context, %d\n", model.c.seq_len);
         goto out;
     }
-    const l2c_tokenizer *text_tk = hf ? NULL : &tk;
-    if (load_text(o.eval, text_tk, bos, model.c.vocab_size, &eval) ||
-        (need_calib && load_text(o.calib, text_tk, bos, model.c.vocab_size, &calib)))
+    if (load_text(o.eval, &sp, bos, model.c.vocab_size, &eval) ||
+        (need_calib && load_text(o.calib, &sp, bos, model.c.vocab_size, &calib)))
         goto out;
     int64_t n_w = l2c_windows(&eval, o.window, o.max_windows, &w);
     if (n_w <= 0) {

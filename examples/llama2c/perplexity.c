@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *read_text(const char *path)
+char *l2c_read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -21,6 +21,8 @@ static char *read_text(const char *path)
             buf = NULL;
         } else {
             buf[n] = '\0';
+            if (len)
+                *len = (size_t)n;
         }
     }
     fclose(f);
@@ -42,7 +44,7 @@ int l2c_text_load(const char *path, const l2c_tokenizer *tk, l2c_text *out)
 {
     static const char sep[] = "<|endoftext|>";
     memset(out, 0, sizeof *out);
-    char *text = read_text(path);
+    char *text = l2c_read_file(path, NULL);
     if (!text) {
         fprintf(stderr, "%s: cannot read\n", path);
         return -1;

@@ -8,6 +8,7 @@
 #ifndef L2C_PERPLEXITY_H
 #define L2C_PERPLEXITY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "forward.h"
@@ -25,6 +26,9 @@ typedef struct l2c_window {
 } l2c_window;
 
 int l2c_text_load(const char *path, const l2c_tokenizer *tk, l2c_text *out);
+/* A whole file, NUL-terminated and malloc'ed (*len, when len is not NULL, without the NUL);
+ * NULL when it cannot be read. */
+char *l2c_read_file(const char *path, size_t *len);
 void l2c_text_free(l2c_text *t);
 
 /* The windows of the protocol, in file order; max_windows > 0 keeps only the first ones.
