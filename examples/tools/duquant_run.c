@@ -191,6 +191,39 @@ out:
     return rc;
 }
 
+/* A byte-fallback token (<0xNN>): it may be the first byte of a character that the next ones
+ * complete. */
+static int is_byte_token(const hf_tokenizer *t, int32_t id)
+{
+    const char *s = hf_tokenizer_token(t, id);
+    return s && strlen(s) == 6 && strncmp(s, "<0x", 3) == 0 && s[5] == '>';
+}
+
+/* Prints the decoded text of ids[0..n) past the *shown bytes already printed. */
+static int show_decoded(const hf_tokenizer *t, const int32_t *ids, size_t n, char **buf,
+                        size_t *buf_cap, size_t *shown)
+{
+    char err[512];
+    size_t len = 0;
+    int e = hf_tokenizer_decode(t, ids, n, HF_DECODE_SKIP_SPECIAL, *buf, *buf_cap, &len, err,
+                                sizeof err);
+    if (e == HF_ERR_RANGE) {
+        free(*buf);
+        *buf_cap = len + 64;
+        if (!(*buf = malloc(*buf_cap)))
+            return -1;
+        e = hf_tokenizer_decode(t, ids, n, HF_DECODE_SKIP_SPECIAL, *buf, *buf_cap, &len, err,
+                                sizeof err);
+    }
+    if (e) {
+        fprintf(stderr, "--prompt: %s\n", err);
+        return -1;
+    }
+    if (len > *shown)
+        fwrite(*buf + *shown, 1, len - *shown, stdout), *shown = len;
+    return 0;
+}
+
 /* Greedy continuation: the prompt runs once into a key/value cache, then each step runs only
  * the token it appended. */
 static int generate(tool_model *tm, const options *o)
@@ -233,20 +266,12 @@ static int generate(tool_model *tm, const options *o)
     l2c_net net;
     tool_model_net(tm, &net);
     for (int64_t s = 0; s <= o->steps; s++) {
-        /* The text so far, printed from where the last step stopped. */
+        /* The text so far, printed from where the last step stopped; after a byte token it
+         * waits, since a partial character decodes to U+FFFD that the next bytes replace. */
         if (tm->htk) {
-            size_t len = 0;
-            if (hf_tokenizer_decode(tm->htk, ids, n, HF_DECODE_SKIP_SPECIAL, buf, buf_cap, &len,
-                                    err, sizeof err) == HF_ERR_RANGE) {
-                free(buf);
-                buf_cap = len + 64;
-                if (!(buf = malloc(buf_cap)) ||
-                    hf_tokenizer_decode(tm->htk, ids, n, HF_DECODE_SKIP_SPECIAL, buf, buf_cap,
-                                        &len, err, sizeof err))
-                    goto out;
-            }
-            if (len > shown)
-                fwrite(buf + shown, 1, len - shown, stdout), shown = len;
+            if (!is_byte_token(tm->htk, ids[n - 1]) &&
+                show_decoded(tm->htk, ids, n, &buf, &buf_cap, &shown))
+                goto out;
         } else {
             char piece[512] = "";
             for (size_t i = shown ? n - 1 : 1; i < n; i++)
@@ -267,6 +292,9 @@ static int generate(tool_model *tm, const options *o)
             break;
         ids[n++] = best;
     }
+    /* The text that waited after a last byte token. */
+    if (tm->htk && show_decoded(tm->htk, ids, n, &buf, &buf_cap, &shown))
+        goto out;
     printf("\n");
     rc = 0;
 out:
