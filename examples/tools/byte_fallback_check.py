@@ -9,6 +9,9 @@ chain after the prompt "a" is <0xE2> <0x80> <0x99> (U+2019 in UTF-8), "b", then 
 is "a\u2019b". While the three bytes arrive, the text so far ends in an unfinished character
 (decoded as U+FFFD); a program that prints as it goes must wait for the character.
 
+The same folder with a model of fewer rows than the tokenizer has tokens: a prompt or a text
+whose ids fall beyond the embedding table must be refused with a message, not read past it.
+
 usage: byte_fallback_check.py DUQUANT_RUN DUQUANT_EVAL
 """
 import array
@@ -51,11 +54,11 @@ def write_tokenizer(path):
         json.dump(tok, f)
 
 
-def write_model(folder):
+def write_model(folder, vocab=VOCAB):
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
               "hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": 1,
               "num_attention_heads": 1, "num_key_value_heads": 1, "rms_norm_eps": 1e-6,
-              "rope_theta": 10000.0, "tie_word_embeddings": False, "vocab_size": VOCAB,
+              "rope_theta": 10000.0, "tie_word_embeddings": False, "vocab_size": vocab,
               "bos_token_id": 1, "eos_token_id": EOS, "max_position_embeddings": 64,
               "hidden_act": "silu"}
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -64,14 +67,15 @@ def write_model(folder):
     def zeros(n):
         return array.array("f", bytes(4 * n))
 
-    emb, head = zeros(VOCAB * HIDDEN), zeros(VOCAB * HIDDEN)
-    for t in range(VOCAB):
+    emb, head = zeros(vocab * HIDDEN), zeros(vocab * HIDDEN)
+    for t in range(vocab):
         emb[t * HIDDEN + t] = 1.0
-        head[CHAIN.get(t, EOS) * HIDDEN + t] = 1.0
+        nxt = CHAIN.get(t, EOS)
+        head[(nxt if nxt < vocab else EOS) * HIDDEN + t] = 1.0
     ones = array.array("f", [1.0] * HIDDEN)
     p = "model.layers.0."
-    tensors = {"model.embed_tokens.weight": ([VOCAB, HIDDEN], emb),
-               "lm_head.weight": ([VOCAB, HIDDEN], head), "model.norm.weight": ([HIDDEN], ones),
+    tensors = {"model.embed_tokens.weight": ([vocab, HIDDEN], emb),
+               "lm_head.weight": ([vocab, HIDDEN], head), "model.norm.weight": ([HIDDEN], ones),
                p + "input_layernorm.weight": ([HIDDEN], ones),
                p + "post_attention_layernorm.weight": ([HIDDEN], ones),
                p + "mlp.gate_proj.weight": ([INTER, HIDDEN], zeros(INTER * HIDDEN)),
@@ -122,6 +126,23 @@ def main():
                 print("FAILED: %s (exit %d) printed %s, expected a line %s%s" %
                       (name, out.returncode, ascii(text), prefix, ascii(EXPECTED)))
                 print(out.stderr.decode("utf-8", "replace"))
+                fail = 1
+    # A model whose table ends before "a" (id A): the prompt and the text are refused.
+    with tempfile.TemporaryDirectory() as folder:
+        write_model(folder, vocab=A)
+        write_tokenizer(os.path.join(folder, "tokenizer.json"))
+        story = os.path.join(folder, "story.txt")
+        with open(story, "w") as f:
+            f.write("a b a\n")
+        for what, args in (("--prompt", [run, "--model", folder, "--prompt", "a"]),
+                           ("--eval", [run, "--model", folder, "--eval", story])):
+            out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            err = out.stderr.decode("utf-8", "replace")
+            if out.returncode != 0 and "beyond the model's vocabulary of %d" % A in err:
+                print("ok: duquant-run %s refuses token ids beyond the table" % what)
+            else:
+                print("FAILED: duquant-run %s with ids beyond the table: exit %d, %s" %
+                      (what, out.returncode, ascii(err)))
                 fail = 1
     return fail
 

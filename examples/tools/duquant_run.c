@@ -247,6 +247,8 @@ static int generate(tool_model *tm, const options *o)
             fprintf(stderr, "--prompt: %s\n", err);
             goto out;
         }
+        if (tool_check_ids(tm, ids, n, "--prompt"))
+            goto out;
     } else if (tm->has_ltk) {
         int64_t k = l2c_encode(&tm->ltk, o->prompt, 1, ids);
         if (k < 0)

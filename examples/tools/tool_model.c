@@ -427,6 +427,18 @@ void tool_model_net(tool_model *tm, l2c_net *net)
     net->lin = tm->lin;
 }
 
+int tool_check_ids(const tool_model *tm, const int32_t *ids, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= tm->m.c.vocab_size) {
+            fprintf(stderr, "%s: token id %d (position %zu) is beyond the model's vocabulary of "
+                            "%d\n",
+                    what, (int)ids[i], i, (int)tm->m.c.vocab_size);
+            return -1;
+        }
+    return 0;
+}
+
 int tool_text_load(const tool_model *tm, const char *path, l2c_text *out)
 {
     size_t n = strlen(path);
@@ -448,6 +460,10 @@ int tool_text_load(const tool_model *tm, const char *path, l2c_text *out)
         free(text);
         if (e) {
             fprintf(stderr, "%s: %s\n", path, err);
+            return -1;
+        }
+        if (tool_check_ids(tm, ids, n_ids, path)) {
+            free(ids);
             return -1;
         }
         int32_t bos = hf_tokenizer_bos(tm->htk);

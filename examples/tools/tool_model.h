@@ -69,6 +69,9 @@ void tool_model_net(tool_model *tm, l2c_net *net);
 /* Stories for the perplexity protocol: token ids when the name ends in .tok, else text through
  * the model's tokenizer. An empty text is an error. Returns 0 or -1 (message printed). */
 int tool_text_load(const tool_model *tm, const char *path, l2c_text *out);
+/* 0 when every id indexes the model's embedding table, else -1 with a message naming what (a
+ * tokenizer may know more tokens than the model has rows). */
+int tool_check_ids(const tool_model *tm, const int32_t *ids, size_t n, const char *what);
 
 /* Reads a whole file (NUL-terminated, *len without it); NULL with a message on failure. */
 char *tool_read_file(const char *path, size_t *len);
