@@ -363,6 +363,7 @@ static const config configs[] = {
     {"g32 act-order", 4, DQ_QUANT_ASYM, 32, DQ_GPTQ_F_ACT_ORDER},
     {"g16 sym act-order", 4, DQ_QUANT_SYM, 16, DQ_GPTQ_F_ACT_ORDER},
     {"row clip-search", 4, DQ_QUANT_ASYM, 0, DQ_GPTQ_F_CLIP_SEARCH},
+    {"g32 clip-search", 4, DQ_QUANT_ASYM, 32, DQ_GPTQ_F_CLIP_SEARCH},
     {"g32 act-order clip", 4, DQ_QUANT_ASYM, 32, DQ_GPTQ_F_ACT_ORDER | DQ_GPTQ_F_CLIP_SEARCH},
 };
 #define N_CONFIGS (sizeof configs / sizeof configs[0])
@@ -474,7 +475,7 @@ START_TEST(golden_layers_beat_rtn)
         printf("golden vectors absent from %s: skipped\n", golden_dir());
         return;
     }
-    const config used[] = {configs[0], configs[9]};
+    const config used[] = {configs[0], configs[10]};
     for (int k = 0; k < n; k++)
         for (int space = 0; space < 2; space++) {
             const char *xn = space ? "Xt" : "X", *wn = space ? "Wt" : "W";
