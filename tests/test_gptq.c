@@ -1,7 +1,11 @@
 /* GPTQ: the Hessian accumulator (streaming, split and thread invariance, merge), the packed
- * result against a plain column-by-column oracle in this file, the layer-output error on the
- * calibration activations against RTN with the same quantization params (random outlier-heavy
- * layers and the golden layers), plans and clip factors, bad input, allocation failures. */
+ * result against a plain column-by-column oracle in this file (identical codes, scales and
+ * zero points: both apply each column's update to every later element in the same order, in
+ * double; only the factorizations are computed differently, so a code could differ only where
+ * a weight lies within ~1e-12 of a rounding midpoint, which none does here), the layer-output
+ * error on the calibration activations against RTN with the same quantization params (random
+ * outlier-heavy layers and the golden layers; printed), plans and clip factors, bad input,
+ * allocation failures. */
 #include <check.h>
 #include <float.h>
 #include <math.h>
@@ -752,6 +756,16 @@ START_TEST(bad_input)
     bg = gp;
     bg.struct_size = 4;
     ck_assert_int_eq(PACK(&bg, &qp, h, l.w, n, n, NULL, NULL, 0, &q), DQ_ERR_STRUCT_SIZE);
+    /* A newer caller's struct: accepted while its unknown tail is zero. */
+    struct {
+        dq_gptq_params known;
+        uint32_t future;
+    } fg;
+    ck_assert_int_eq(dq_gptq_params_init(&fg.known, sizeof fg), DQ_OK);
+    ck_assert_int_eq(PACK(&fg.known, &qp, h, l.w, n, n, NULL, NULL, 0, &q), DQ_OK);
+    dq_qmatrix_free(q);
+    fg.future = 1;
+    ck_assert_int_eq(PACK(&fg.known, &qp, h, l.w, n, n, NULL, NULL, 0, &q), DQ_ERR_UNSUPPORTED);
     /* Clip factors: out of range, wrong count, a count without arrays. */
     float clip[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     ck_assert_int_eq(PACK(&gp, &qp, h, l.w, n, n, clip, NULL, 7, &q), DQ_ERR_SHAPE);
