@@ -822,9 +822,10 @@ DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo,
 /* dq_qmatrix_pack produces (dq_linear_create and the file functions take it as is).          */
 /* THREAD SAFETY: dq_hessian_observe and dq_hessian_merge mutate their first argument: one    */
 /* thread per accumulator at a time (one accumulator per thread, then merge). Functions       */
-/* taking a const dq_hessian may run concurrently on one accumulator. dq_gptq_pack runs on    */
-/* the context's threads, split by output rows, whose results do not depend on each other:    */
-/* the same bits for every thread count (the library's own loops, no BLAS, no LAPACK).        */
+/* taking a const dq_hessian may run concurrently on one accumulator. dq_hessian_observe and  */
+/* dq_gptq_pack run on the context's threads, split so that every element is computed by one  */
+/* thread with the same operations in the same order: the same bits for every thread count    */
+/* (the library's own loops, no BLAS, no LAPACK).                                             */
 /* OWNERSHIP: observed activations are folded in during the call; an accumulator created     */
 /* with a plan keeps a reference to it (the caller may free the plan at any time).            */
 /* ------------------------------------------------------------------------------------------ */
@@ -905,13 +906,14 @@ DQ_API dq_status dq_gptq_params_init(dq_gptq_params *p, size_t struct_size);
  *  (H_jj = 0: its activations are all zero) gets H_jj = 1 and W[:, j] = 0; scales and zero
  *  points of per-row and static groups are computed (dq_quant_params rule, clip factors as
  *  dq_qmatrix_pack, CLIP_SEARCH); columns are permuted (ACT_ORDER); H += damp * mean(diag H) I;
- *  U = the upper Cholesky factor of H^-1 (Cholesky of H, its inverse, Cholesky of that, all
- *  in double); then for each column j in order: q_j = Q(w_j), err_j = (w_j - q_j) / U_jj,
- *  w_k -= err_j * U_jk for every later column k. Updates are applied lazily, block_size
- *  columns at a time, each element receiving the same subtractions in the same order as the
- *  column-by-column form: the result is the same bits for every block_size and thread count.
- *  Cost: O(cols^3) for the factorizations plus O(rows * cols^2) for the updates; memory 2 x
- *  cols^2 doubles plus a few rows x cols.
+ *  U = the upper Cholesky factor of H^-1 (in double, without forming H^-1: with J reversing
+ *  the columns, J H J = R^T R and U = J R^-T J); then for each column j in order:
+ *  q_j = Q(w_j), err_j = (w_j - q_j) / U_jj, w_k -= err_j * U_jk for every later column k.
+ *  Updates are applied lazily, block_size columns at a time, each element receiving the same
+ *  subtractions in the same order as the column-by-column form: the result is the same bits
+ *  for every block_size and thread count.
+ *  Cost: cols^3 / 3 multiply-adds for the factor plus rows * cols^2 for the updates, both
+ *  split over the context's threads; memory 2 x cols^2 doubles plus rows x cols floats.
  *  @param gp     GPTQ params or NULL (defaults).
  *  @param qp     quantization params (bits, scheme, group_size, clip_ratio, plan_fingerprint)
  *                or NULL (defaults). group_size must divide cols (0 = whole rows). With a plan

@@ -173,8 +173,8 @@ static oracle_out oracle(const dq_gptq_params *gp, const dq_quant_params *qp, co
         perm[j] = j;
     if (act) /* insertion sort: descending diagonal, ties by index */
         for (int64_t a = 1; a < n; a++)
-            for (int64_t b = a; b > 0 && h[perm[b] * n + perm[b]] > h[perm[b - 1] * n + perm[b - 1]];
-                 b--) {
+            for (int64_t b = a;
+                 b > 0 && h[perm[b] * n + perm[b]] > h[perm[b - 1] * n + perm[b - 1]]; b--) {
                 int64_t t = perm[b];
                 perm[b] = perm[b - 1];
                 perm[b - 1] = t;
@@ -426,6 +426,50 @@ START_TEST(matches_oracle)
 }
 END_TEST
 
+/* Wide enough for the factorization's steps to run in parallel parts: the same bits on one
+ * thread and on four. */
+START_TEST(thread_count_changes_no_bit)
+{
+    layer l = make_layer(3, 8, 384, 64);
+    const int64_t n = l.cols;
+    dq_quant_params qp = qparams(4, DQ_QUANT_ASYM, 32);
+    dq_gptq_params gp = gparams(DQ_GPTQ_F_ACT_ORDER, 128);
+    dq_qmatrix *q[2] = {NULL, NULL};
+    double *hm[2];
+    for (int k = 0; k < 2; k++) {
+        dq_context_params cp;
+        dq_context_params_init(&cp, sizeof cp);
+        cp.n_threads = k ? 4 : 1;
+        dq_context *ctx = NULL;
+        ck_assert_int_eq(dq_context_create(&cp, &ctx), DQ_OK);
+        dq_hessian *h = hessian_of(ctx, NULL, l.x, l.tokens, n);
+        hm[k] = malloc((size_t)(n * n) * sizeof(double));
+        ck_assert_int_eq(dq_hessian_matrix(h, hm[k], n), DQ_OK);
+        ck_assert_int_eq(dq_gptq_pack(ctx, &gp, &qp, h, l.w, l.rows, n, n, NULL, NULL, 0, &q[k]),
+                         DQ_OK);
+        dq_hessian_free(h);
+        dq_context_free(ctx);
+    }
+    ck_assert(memcmp(hm[0], hm[1], (size_t)(n * n) * sizeof(double)) == 0);
+    const uint8_t *p0, *p1;
+    const float *s0, *s1, *z0, *z1;
+    size_t nb;
+    ck_assert_int_eq(dq_qmatrix_view(q[0], &p0, &nb, &s0, &z0), DQ_OK);
+    ck_assert_int_eq(dq_qmatrix_view(q[1], &p1, NULL, &s1, &z1), DQ_OK);
+    ck_assert(memcmp(p0, p1, nb) == 0);
+    ck_assert(memcmp(s0, s1, (size_t)(l.rows * n / 32) * sizeof(float)) == 0);
+    ck_assert(memcmp(z0, z1, (size_t)(l.rows * n / 32) * sizeof(float)) == 0);
+    oracle_out o = oracle(&gp, &qp, hm[0], l.w, l.rows, n, NULL, NULL, 0);
+    ck_assert_int_eq(compare_oracle(q[0], &o, &qp, l.rows, n), 0);
+    oracle_free(&o);
+    for (int k = 0; k < 2; k++) {
+        dq_qmatrix_free(q[k]);
+        free(hm[k]);
+    }
+    free_layer(&l);
+}
+END_TEST
+
 /* ---- never worse than RTN ---- */
 
 /* GPTQ and RTN (dq_qmatrix_pack, same params) errors on the calibration activations x of the
@@ -536,7 +580,8 @@ START_TEST(plan_composes)
     ck_assert_int_eq(dq_plan_transform_weight(plan, wt, l.rows, n, n), DQ_OK);
     /* The Hessian is that of the transformed activations, bit for bit. */
     dq_hessian *ht = hessian_of(NULL, NULL, xt, l.tokens, n);
-    double *h1 = malloc((size_t)(n * n) * sizeof(double)), *h2 = malloc((size_t)(n * n) * sizeof(double));
+    double *h1 = malloc((size_t)(n * n) * sizeof(double));
+    double *h2 = malloc((size_t)(n * n) * sizeof(double));
     ck_assert_int_eq(dq_hessian_matrix(h, h1, n), DQ_OK);
     ck_assert_int_eq(dq_hessian_matrix(ht, h2, n), DQ_OK);
     ck_assert(memcmp(h1, h2, (size_t)(n * n) * sizeof(double)) == 0);
@@ -868,6 +913,7 @@ int main(void)
     tcase_add_test(tc, params_defaults);
     tcase_add_test(tc, hessian_is_split_and_thread_invariant);
     tcase_add_test(tc, matches_oracle);
+    tcase_add_test(tc, thread_count_changes_no_bit);
     tcase_add_test(tc, plan_composes);
     tcase_add_test(tc, clip_factors_compose);
     tcase_add_test(tc, singular_and_dead_columns);

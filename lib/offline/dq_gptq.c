@@ -256,71 +256,106 @@ static dq_status read_gptq_params(const dq_context *ctx, const dq_gptq_params *u
 
 /* ---- the inverse Hessian's factor ---- */
 
-/* In place lower Cholesky factor of the symmetric n x n matrix a (row-major, lower triangle
- * read). False when a pivot is not above n * DBL_EPSILON times its diagonal entry (not
- * numerically positive definite) or not finite; *bad receives the column. */
-static bool cholesky_lower(double *a, int64_t n, int64_t *bad)
+/* Factor steps split over the context's threads. Each element is computed by one part with
+ * the same operations in the same order whatever the split: the same bits for every thread
+ * count. Small steps run on the calling thread (a parallel call costs more than they do). */
+#define FACTOR_MIN_WORK 16384 /* multiply-adds of a step worth a parallel call */
+
+typedef struct factor_step {
+    double *p, *t;
+    int64_t n, j; /* the matrix order and the step (pivot row, or row being solved) */
+} factor_step;
+
+/* Cholesky step j: rows i > j of the trailing upper triangle (interleaved: rows shrink). */
+static void chol_update(void *arg, int32_t part, int32_t n_parts)
 {
-    for (int64_t j = 0; j < n; j++) {
-        double *aj = a + (size_t)j * (size_t)n;
-        const double diag = aj[j];
-        double d = diag;
-        for (int64_t k = 0; k < j; k++)
-            d -= aj[k] * aj[k];
-        if (!(d > (double)n * DBL_EPSILON * diag) || !isfinite(d)) {
-            *bad = j;
-            return false;
-        }
-        const double l = sqrt(d);
-        aj[j] = l;
-        for (int64_t i = j + 1; i < n; i++) {
-            double *ai = a + (size_t)i * (size_t)n;
-            double s = ai[j];
-            for (int64_t k = 0; k < j; k++)
-                s -= ai[k] * aj[k];
-            ai[j] = s / l;
-        }
+    const factor_step *s = arg;
+    const int64_t n = s->n;
+    const double *restrict pj = s->p + (size_t)s->j * (size_t)n;
+    for (int64_t i = s->j + 1 + part; i < n; i += n_parts) {
+        double *restrict pi = s->p + (size_t)i * (size_t)n;
+        const double f = pj[i];
+        for (int64_t c = i; c < n; c++)
+            pi[c] -= f * pj[c];
     }
-    return true;
 }
 
-/* u (upper triangle, row-major) = the upper Cholesky factor of H^-1, H given in a (n x n,
- * symmetric, damped); a and b are n x n scratch. H = L L^T; L^-1 in place (row by row, t a
- * row of scratch); H^-1 = L^-T L^-1 into b's lower triangle; its lower factor M; U = M^T. */
-static bool inverse_factor(double *a, double *b, double *t, int64_t n, int64_t *bad)
+/* First column of part w of n_parts over columns [lo, n) when column c costs c - lo + 1:
+ * equal shares of the triangle. */
+static int64_t triangle_split(int64_t lo, int64_t n, int32_t w, int32_t n_parts)
 {
-    if (!cholesky_lower(a, n, bad))
-        return false;
+    if (w >= n_parts)
+        return n;
+    return lo + (int64_t)((double)(n - lo) * sqrt((double)w / (double)n_parts));
+}
+
+/* Row i = s->j of X = R^-1: t[c] = sum over k in (i, c] of R_ik X_kc, for the part's columns
+ * (k increasing for every c). */
+static void solve_row(void *arg, int32_t part, int32_t n_parts)
+{
+    const factor_step *s = arg;
+    const int64_t n = s->n, i = s->j;
+    const int64_t c0 = triangle_split(i + 1, n, part, n_parts);
+    const int64_t c1 = triangle_split(i + 1, n, part + 1, n_parts);
+    const double *restrict pi = s->p + (size_t)i * (size_t)n;
+    double *restrict t = s->t;
+    for (int64_t c = c0; c < c1; c++)
+        t[c] = 0.0;
+    for (int64_t k = i + 1; k < c1; k++) {
+        const double f = pi[k];
+        const double *restrict pk = s->p + (size_t)k * (size_t)n;
+        for (int64_t c = k > c0 ? k : c0; c < c1; c++)
+            t[c] += f * pk[c];
+    }
+}
+
+/* The upper Cholesky factor U of H^-1 (H^-1 = U^T U), without forming H^-1. With J the
+ * reversal of the n positions, factor P = J H J = R^T R (R upper); then H = V V^T with
+ * V = J R^T J upper, so H^-1 = V^-T V^-1 and U = V^-1 = J R^-T J (the factor is unique).
+ * a: H (n x n, lower triangle read, damped) on entry, U (upper triangle, zeros below) on
+ * return; p: n x n scratch; t: n doubles. Every inner loop runs along a row (an axpy, no
+ * reduction), in a fixed order. False when a pivot of P is not above n * DBL_EPSILON times its
+ * diagonal entry (not numerically positive definite) or not finite; *bad receives that
+ * position of H. */
+static bool inverse_factor(const dq_context *ctx, double *a, double *p, double *t, int64_t n,
+                           int64_t *bad)
+{
+#define AT(m, i, j) ((m)[(size_t)(i) * (size_t)n + (size_t)(j)])
     for (int64_t i = 0; i < n; i++) {
-        double *ai = a + (size_t)i * (size_t)n;
-        memset(t, 0, (size_t)i * sizeof(double));
-        for (int64_t k = 0; k < i; k++) {
-            const double lik = ai[k];
-            const double *ak = a + (size_t)k * (size_t)n;
-            for (int64_t j = 0; j <= k; j++)
-                t[j] += lik * ak[j];
-        }
-        const double inv = 1.0 / ai[i];
-        for (int64_t j = 0; j < i; j++)
-            ai[j] = -t[j] * inv;
-        ai[i] = inv;
+        for (int64_t j = i; j < n; j++)
+            AT(p, i, j) = AT(a, n - 1 - i, n - 1 - j);
+        t[i] = AT(p, i, i);
     }
-    memset(b, 0, (size_t)n * (size_t)n * sizeof(double));
-    for (int64_t k = 0; k < n; k++) {
-        const double *ak = a + (size_t)k * (size_t)n;
-        for (int64_t i = 0; i <= k; i++) {
-            const double lki = ak[i];
-            double *bi = b + (size_t)i * (size_t)n;
-            for (int64_t j = 0; j <= i; j++)
-                bi[j] += lki * ak[j];
+    factor_step s = {p, t, n, 0};
+    for (int64_t j = 0; j < n; j++) { /* right-looking: P = R^T R, R in p's upper triangle */
+        double *restrict pj = p + (size_t)j * (size_t)n;
+        const double d = pj[j];
+        if (!(d > (double)n * DBL_EPSILON * t[j]) || !isfinite(d)) {
+            *bad = n - 1 - j;
+            return false;
         }
+        const double r = sqrt(d);
+        pj[j] = r;
+        for (int64_t c = j + 1; c < n; c++)
+            pj[c] /= r;
+        const int64_t rest = n - 1 - j;
+        s.j = j;
+        dq__parallel(ctx, dq__threads(ctx, rest * rest / 2 / FACTOR_MIN_WORK), chol_update, &s);
     }
-    if (!cholesky_lower(b, n, bad))
-        return false;
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t c = 0; c < n; c++)
-            a[(size_t)j * (size_t)n + (size_t)c] = c >= j ? b[(size_t)c * (size_t)n + (size_t)j]
-                                                          : 0.0;
+    for (int64_t i = n - 1; i >= 0; i--) { /* X = R^-1 in place, rows from the last */
+        const int64_t rest = n - 1 - i;
+        s.j = i;
+        dq__parallel(ctx, dq__threads(ctx, rest * rest / 2 / FACTOR_MIN_WORK), solve_row, &s);
+        double *restrict pi = p + (size_t)i * (size_t)n;
+        const double inv = 1.0 / pi[i];
+        for (int64_t c = i + 1; c < n; c++)
+            pi[c] = -t[c] * inv;
+        pi[i] = inv;
+    }
+    for (int64_t i = 0; i < n; i++) /* U = J X^T J */
+        for (int64_t j = 0; j < n; j++)
+            AT(a, i, j) = j >= i ? AT(p, n - 1 - j, n - 1 - i) : 0.0;
+#undef AT
     return true;
 }
 
@@ -669,7 +704,7 @@ DQ_API dq_status dq_gptq_pack(dq_context *ctx, const dq_gptq_params *gparams,
     for (int64_t j = 0; j < n; j++)
         a[(size_t)j * (size_t)n + (size_t)j] += (double)gp.damp * mean;
     int64_t bad = 0;
-    if (!inverse_factor(a, b, t, n, &bad)) {
+    if (!inverse_factor(c, a, b, t, n, &bad)) {
         st = DQ_FAIL(ctx, DQ_ERR_BAD_STATE, "h: not positive definite after dampening (damp "
                      "%g, %lld tokens, failed at position %lld): raise damp or observe more "
                      "tokens", (double)gp.damp, (long long)h->tokens, (long long)bad);
