@@ -825,7 +825,7 @@ DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo,
 /* taking a const dq_hessian may run concurrently on one accumulator. dq_hessian_observe and  */
 /* dq_gptq_pack run on the context's threads, split so that every element is computed by one  */
 /* thread with the same operations in the same order: the same bits for every thread count    */
-/* (the library's own loops, no BLAS, no LAPACK).                                             */
+/* (the library's own loops, no BLAS or LAPACK call of its own).                              */
 /* OWNERSHIP: observed activations are folded in during the call; an accumulator created     */
 /* with a plan keeps a reference to it (the caller may free the plan at any time).            */
 /* ------------------------------------------------------------------------------------------ */
@@ -850,7 +850,8 @@ DQ_API void dq_hessian_free(dq_hessian *h);
  *  token in stream order (each product is exact in double). Observing the same tokens in the
  *  same order gives the same bits however they are split into calls. All or nothing: on error
  *  H is unchanged. With a plan, the batch is transformed into a temporary of rows x cols
- *  floats first.
+ *  floats first (each token's transform is the same bits in any batch: the split guarantee
+ *  holds with a plan too).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (cols differs), DQ_ERR_NONFINITE (in x, or
  *  after the plan's transform), DQ_ERR_OVERFLOW, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.2 */
 DQ_API dq_status dq_hessian_observe(dq_hessian *h, const float *x, int64_t rows, int64_t cols,

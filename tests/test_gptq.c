@@ -585,6 +585,15 @@ START_TEST(plan_composes)
     ck_assert_int_eq(dq_hessian_matrix(h, h1, n), DQ_OK);
     ck_assert_int_eq(dq_hessian_matrix(ht, h2, n), DQ_OK);
     ck_assert(memcmp(h1, h2, (size_t)(n * n) * sizeof(double)) == 0);
+    /* Batches of 1, 7 and the rest give the same bits here too. */
+    dq_hessian *hb = NULL;
+    ck_assert_int_eq(dq_hessian_create(NULL, plan, n, &hb), DQ_OK);
+    ck_assert_int_eq(dq_hessian_observe(hb, l.x, 1, n, n), DQ_OK);
+    ck_assert_int_eq(dq_hessian_observe(hb, l.x + n, 7, n, n), DQ_OK);
+    ck_assert_int_eq(dq_hessian_observe(hb, l.x + 8 * n, l.tokens - 8, n, n), DQ_OK);
+    ck_assert_int_eq(dq_hessian_matrix(hb, h2, n), DQ_OK);
+    ck_assert(memcmp(h1, h2, (size_t)(n * n) * sizeof(double)) == 0);
+    dq_hessian_free(hb);
 
     dq_quant_params qp = qparams(4, DQ_QUANT_ASYM, 0);
     dq_gptq_params gp = gparams(DQ_GPTQ_F_ACT_ORDER, 128);
