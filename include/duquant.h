@@ -812,6 +812,134 @@ DQ_API dq_status dq_lwc_best(const dq_lwc *l, float *gamma, float *beta, int64_t
 DQ_API dq_status dq_lwc_factors(const dq_lwc *l, float *clip_hi, float *clip_lo, int64_t n);
 
 /* ------------------------------------------------------------------------------------------ */
+/* GPTQ (@since 1.2): weights quantized one input column at a time, the error of each column  */
+/* fed into the columns not yet quantized through the inverse Hessian of the layer's          */
+/* reconstruction loss ||x * W^T - x * Q(W)^T||^2 over calibration tokens (Frantar et al.,    */
+/* arXiv 2210.17323). The Hessian H = sum over tokens of x^T x is accumulated in double by a  */
+/* dq_hessian, from the activations as the layer sees them: after the plan's transform when   */
+/* the accumulator is created with a plan (x * G, dq_plan_apply_act_to), so that GPTQ         */
+/* quantizes the transformed weights the layer holds. The result is a dq_qmatrix in the form  */
+/* dq_qmatrix_pack produces (dq_linear_create and the file functions take it as is).          */
+/* THREAD SAFETY: dq_hessian_observe and dq_hessian_merge mutate their first argument: one    */
+/* thread per accumulator at a time (one accumulator per thread, then merge). Functions       */
+/* taking a const dq_hessian may run concurrently on one accumulator. dq_hessian_observe and  */
+/* dq_gptq_pack run on the context's threads, split so that every element is computed by one  */
+/* thread with the same operations in the same order: the same bits for every thread count    */
+/* (the library's own loops, no BLAS or LAPACK call of its own).                              */
+/* OWNERSHIP: observed activations are folded in during the call; an accumulator created     */
+/* with a plan keeps a reference to it (the caller may free the plan at any time).            */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct dq_hessian dq_hessian;
+
+/** @brief Create an empty Hessian accumulator for activations of cols channels (cols x cols
+ *  doubles of memory).
+ *  @param ctx  context or NULL.
+ *  @param plan NULL (activations are used as given) or the plan of the layer's input: every
+ *              observed batch is transformed by it first, and dq_gptq_pack transforms the
+ *              weights by it (W * G^-T) and records its fingerprint. Referenced, not copied.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (cols <= 0, or not the plan's width),
+ *  DQ_ERR_OVERFLOW, DQ_ERR_NOMEM. @since 1.2 */
+DQ_API DQ_NODISCARD dq_status dq_hessian_create(dq_context *ctx, const dq_plan *plan,
+                                                int64_t cols, dq_hessian **out);
+
+/** @brief Release an accumulator (and its reference to the plan); NULL is a no-op. @since 1.2 */
+DQ_API void dq_hessian_free(dq_hessian *h);
+
+/** @brief Add rows tokens (rows x cols, ldx) to H: H_ij += x_ti * x_tj in double, token after
+ *  token in stream order (each product is exact in double). Observing the same tokens in the
+ *  same order gives the same bits however they are split into calls. All or nothing: on error
+ *  H is unchanged. With a plan, the batch is transformed into a temporary of rows x cols
+ *  floats first (each token's transform is the same bits in any batch: the split guarantee
+ *  holds with a plan too).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (cols differs), DQ_ERR_NONFINITE (in x, or
+ *  after the plan's transform), DQ_ERR_OVERFLOW, DQ_ERR_NOMEM, DQ_ERR_BLAS. @since 1.2 */
+DQ_API dq_status dq_hessian_observe(dq_hessian *h, const float *x, int64_t rows, int64_t cols,
+                                    int64_t ldx);
+
+/** @brief dst += src, element by element (one double rounding each: the merged H equals the
+ *  one a single stream of dst's tokens then src's gives, up to that rounding; the same merges
+ *  in the same order give the same bits). src is unchanged.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL, dst == src), DQ_ERR_SHAPE (widths differ),
+ *  DQ_ERR_MISMATCH (created with different plans: fingerprints differ, or one has none),
+ *  DQ_ERR_OVERFLOW (token count). @since 1.2 */
+DQ_API dq_status dq_hessian_merge(dq_hessian *dst, const dq_hessian *src);
+
+/** @brief Number of tokens observed (merged ones included). @since 1.2 */
+DQ_API dq_status dq_hessian_tokens(const dq_hessian *h, int64_t *tokens);
+
+/** @brief The accumulated H = sum x^T x (symmetric, cols x cols doubles, ldo >= cols).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (ldo < cols). @since 1.2 */
+DQ_API dq_status dq_hessian_matrix(const dq_hessian *h, double *out, int64_t ldo);
+
+/** dq_gptq_params.flags.
+ *  ACT_ORDER: columns are quantized by descending H_jj (ties: lower index first). With groups,
+ *  act-order always uses static groups (the packed format keeps groups contiguous).
+ *  STATIC_GROUPS: every group's scale and zero point come from the weights before any update
+ *  (the paper code's static_groups); without it (and without ACT_ORDER) a group's come from
+ *  the updated weights when its first column is reached. Per-row params (group_size 0) are
+ *  always computed once, before any update.
+ *  CLIP_SEARCH: each row's (or group's) clip factor is chosen from p = 1 - k / clip_grid,
+ *  k = 0 .. max(1, floor(clip_max_shrink * clip_grid)) - 1, minimising
+ *  sum |Q(w) - w|^clip_norm over its weights (first minimum), p multiplying the given factors
+ *  (clip_hi / clip_lo, or the quant params' clip_ratio) on the max and the min. */
+enum { DQ_GPTQ_F_ACT_ORDER = 1u, DQ_GPTQ_F_STATIC_GROUPS = 2u, DQ_GPTQ_F_CLIP_SEARCH = 4u };
+
+typedef struct dq_gptq_params {
+    uint32_t struct_size;  /**< set by dq_gptq_params_init */
+    uint32_t flags;        /**< DQ_GPTQ_F_*, default 0 */
+    float damp;            /**< added to H's diagonal: damp * mean(diag H), [0, 1], default
+                                0.01 */
+    int32_t block_size;    /**< columns per lazy update block, 1..65536, default 128 (the
+                                result does not depend on it: see dq_gptq_pack) */
+    int32_t clip_grid;     /**< CLIP_SEARCH grid, 1..10000, default 100 */
+    float clip_max_shrink; /**< CLIP_SEARCH: smallest factor tried is about 1 - this,
+                                [0, 1), default 0.8 */
+    float clip_norm;       /**< CLIP_SEARCH error exponent, [1, 16], default 2.4 */
+} dq_gptq_params;
+
+/** @brief Fill p with defaults (damp 0.01, blocks of 128, natural order, no clip search).
+ *  @since 1.2 */
+DQ_API dq_status dq_gptq_params_init(dq_gptq_params *p, size_t struct_size);
+
+/** @brief Quantize and pack a weight with GPTQ.
+ *  Steps: W is copied (and transformed by h's plan when it has one: W * G^-T); a dead column
+ *  (H_jj = 0: its activations are all zero) gets H_jj = 1 and W[:, j] = 0; scales and zero
+ *  points of per-row and static groups are computed (dq_quant_params rule, clip factors as
+ *  dq_qmatrix_pack, CLIP_SEARCH); columns are permuted (ACT_ORDER); H += damp * mean(diag H) I;
+ *  U = the upper Cholesky factor of H^-1 (in double, without forming H^-1: with J reversing
+ *  the columns, J H J = R^T R and U = J R^-T J); then for each column j in order:
+ *  q_j = Q(w_j), err_j = (w_j - q_j) / U_jj, w_k -= err_j * U_jk for every later column k.
+ *  Updates are applied lazily, block_size columns at a time, each element receiving the same
+ *  subtractions in the same order as the column-by-column form: the result is the same bits
+ *  for every block_size and thread count.
+ *  Cost: cols^3 / 3 multiply-adds for the factor plus rows * cols^2 for the updates, both
+ *  split over the context's threads; memory 2 x cols^2 doubles plus rows x cols floats.
+ *  @param gp     GPTQ params or NULL (defaults).
+ *  @param qp     quantization params (bits, scheme, group_size, clip_ratio, plan_fingerprint)
+ *                or NULL (defaults). group_size must divide cols (0 = whole rows). With a plan
+ *                in h, plan_fingerprint must be 0 or the plan's.
+ *  @param h      the Hessian of the layer's input (cols wide, at least one token). With fewer
+ *                tokens than live columns H is singular: damp > 0 makes it positive definite.
+ *  @param w      rows x cols float weight (ldw), finite; untransformed when h has a plan.
+ *  @param clip_hi, clip_lo, n_clip  optional clip factors in (0, 1] (e.g. LWC's, learned on the
+ *                transformed weights) as dq_qmatrix_pack_clipped takes them: n_clip = rows *
+ *                groups_per_row, rows, or 0 when both are NULL.
+ *  @param out    receives the packed matrix, NULL on failure.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL, bad params, clip factors outside (0, 1]),
+ *  DQ_ERR_SHAPE (cols differs from h's, group_size does not divide cols or exceeds it, n_clip),
+ *  DQ_ERR_BAD_STATE (h has no token; H not positive definite after dampening: raise damp),
+ *  DQ_ERR_MISMATCH (qp names another plan than h's), DQ_ERR_NONFINITE (in w, or after the
+ *  plan's transform or the updates), DQ_ERR_OVERFLOW, DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE,
+ *  DQ_ERR_UNSUPPORTED, DQ_ERR_BLAS. @since 1.2 */
+DQ_API DQ_NODISCARD dq_status dq_gptq_pack(dq_context *ctx, const dq_gptq_params *gp,
+                                           const dq_quant_params *qp, const dq_hessian *h,
+                                           const float *w, int64_t rows, int64_t cols,
+                                           int64_t ldw, const float *clip_hi,
+                                           const float *clip_lo, int64_t n_clip,
+                                           dq_qmatrix **out);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Quantized linear layer: y = Q(x * G) * Q(W * G^-T)^T + bias                                */
 /* forward applies the plan, quantizes each token (row) of the activations, multiplies the     */
 /* integer codes with exact int32 accumulation and zero-point corrections, and rescales.       */

@@ -107,10 +107,10 @@ static dq_context *quarantine_context(int32_t n_threads)
 /* ---- one live object of every handle type ---- */
 
 enum { T_CONTEXT, T_CALIB, T_ROTATION, T_PLAN, T_QMATRIX, T_LWC, T_LINEAR, T_WRITER, T_READER,
-       N_TYPES };
+       T_HESSIAN, N_TYPES };
 static const char *const type_name[N_TYPES] = {
     "dq_context", "dq_calib",  "dq_rotation",    "dq_plan",       "dq_qmatrix",
-    "dq_lwc",     "dq_linear", "dq_file_writer", "dq_file_reader",
+    "dq_lwc",     "dq_linear", "dq_file_writer", "dq_file_reader", "dq_hessian",
 };
 
 #define COLS 16
@@ -209,6 +209,12 @@ static void *make_object(dq_context *ctx, int t, objects *o)
                          DQ_OK);
         return r;
     }
+    case T_HESSIAN: {
+        dq_hessian *hs = NULL;
+        ck_assert_int_eq(dq_hessian_create(ctx, NULL, COLS, &hs), DQ_OK);
+        ck_assert_int_eq(dq_hessian_observe(hs, acts, TOKENS, COLS, COLS), DQ_OK);
+        return hs;
+    }
     }
     return NULL;
 }
@@ -225,6 +231,7 @@ static void free_object(int t, void *h)
     case T_LINEAR: dq_linear_free(h); break;
     case T_WRITER: dq_file_writer_free(h); break;
     case T_READER: dq_file_reader_free(h); break;
+    case T_HESSIAN: dq_hessian_free(h); break;
     }
 }
 
@@ -239,6 +246,7 @@ typedef struct out_area {
     size_t sz[2];
     char str[64];
     const void *ptr[4];
+    double d[COLS * COLS];
     uint8_t work[4096];
 } out_area;
 

@@ -29,6 +29,14 @@ ENTRY(dq_qmatrix_pack_transformed, ctx, "ctx", T_CONTEXT, T_QMATRIX + 1,
       dq_qmatrix_pack_transformed(h, NULL, L(T_PLAN), weights, ROWS, COLS, COLS, NULL, NULL, OUT))
 ENTRY(dq_qmatrix_pack_transformed, plan, "plan", T_PLAN, T_QMATRIX + 1,
       dq_qmatrix_pack_transformed(CTX, NULL, h, weights, ROWS, COLS, COLS, NULL, NULL, OUT))
+ENTRY(dq_hessian_create, ctx, "ctx", T_CONTEXT, T_HESSIAN + 1,
+      dq_hessian_create(h, NULL, COLS, OUT))
+ENTRY(dq_hessian_create, plan, "plan", T_PLAN, T_HESSIAN + 1,
+      dq_hessian_create(CTX, h, COLS, OUT))
+ENTRY(dq_gptq_pack, ctx, "ctx", T_CONTEXT, T_QMATRIX + 1,
+      dq_gptq_pack(h, NULL, NULL, L(T_HESSIAN), weights, ROWS, COLS, COLS, NULL, NULL, 0, OUT))
+ENTRY(dq_gptq_pack, h, "h", T_HESSIAN, T_QMATRIX + 1,
+      dq_gptq_pack(CTX, NULL, NULL, h, weights, ROWS, COLS, COLS, NULL, NULL, 0, OUT))
 ENTRY(dq_lwc_create, ctx, "ctx", T_CONTEXT, T_LWC + 1,
       dq_lwc_create(h, NULL, NULL, weights, ROWS, COLS, COLS, acts, TOKENS, COLS, OUT))
 ENTRY(dq_linear_create, ctx, "ctx", T_CONTEXT, T_LINEAR + 1,
@@ -105,6 +113,12 @@ ENTRY(dq_file_writer_add_qmatrix, q, "q", T_QMATRIX, 0,
 ENTRY(dq_file_writer_add_linear, weights, "weights", T_QMATRIX, 0,
       dq_file_writer_add_linear(L(T_WRITER), "l", NULL, NULL, h, NULL))
 
+ENTRY(dq_hessian_observe, h, "h", T_HESSIAN, 0,
+      dq_hessian_observe(h, acts, TOKENS, COLS, COLS))
+ENTRY(dq_hessian_merge, dst, "dst", T_HESSIAN, 0, dq_hessian_merge(h, L(T_HESSIAN)))
+ENTRY(dq_hessian_merge, src, "src", T_HESSIAN, 0, dq_hessian_merge(L(T_HESSIAN), h))
+ENTRY(dq_hessian_tokens, h, "h", T_HESSIAN, 0, dq_hessian_tokens(h, area.i64))
+ENTRY(dq_hessian_matrix, h, "h", T_HESSIAN, 0, dq_hessian_matrix(h, area.d, COLS))
 ENTRY(dq_lwc_train, l, "l", T_LWC, 0, dq_lwc_train(h, area.f))
 ENTRY(dq_lwc_loss, l, "l", T_LWC, 0, dq_lwc_loss(h, area.f, NULL, NULL, 0))
 ENTRY(dq_lwc_layout, l, "l", T_LWC, 0, dq_lwc_layout(h, area.i64, area.i32))

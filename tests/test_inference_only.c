@@ -344,6 +344,12 @@ START_TEST(test_offline_unsupported)
     dq_lwc *l = (dq_lwc *)(void *)v;
     UNSUPPORTED(dq_lwc_create(ctx, NULL, NULL, v, 4, 16, 16, x, 4, 16, &l));
     ck_assert_ptr_null(l);
+    dq_hessian *hs = (dq_hessian *)(void *)v;
+    UNSUPPORTED(dq_hessian_create(ctx, NULL, 16, &hs));
+    ck_assert_ptr_null(hs);
+    dq_qmatrix *gq = (dq_qmatrix *)(void *)v;
+    UNSUPPORTED(dq_gptq_pack(ctx, NULL, NULL, NULL, v, 4, 16, 16, NULL, NULL, 0, &gq));
+    ck_assert_ptr_null(gq);
 
     /* A rotation from matrices (run time) exists; refining it is offline. */
     float h[16 * 16];
@@ -353,7 +359,7 @@ START_TEST(test_offline_unsupported)
     UNSUPPORTED(dq_rotation_refine(ctx, NULL, rot, x, 4, 16, 16, &better));
     ck_assert_ptr_null(better);
     dq_rotation_free(rot);
-    ck_assert_int_eq(log.count, 5 + 1);
+    ck_assert_int_eq(log.count, 7 + 1);
 
     /* The rest takes no context. */
     dq_calib_params cp;
@@ -361,6 +367,13 @@ START_TEST(test_offline_unsupported)
     dq_plan_params pp;
     dq_lwc_params lp;
     dq_refine_params fp;
+    dq_gptq_params gp;
+    double hm[16 * 16];
+    UNSUPPORTED_NOCTX(dq_gptq_params_init(&gp, sizeof gp));
+    UNSUPPORTED_NOCTX(dq_hessian_observe(NULL, x, 4, 16, 16));
+    UNSUPPORTED_NOCTX(dq_hessian_merge(NULL, NULL));
+    UNSUPPORTED_NOCTX(dq_hessian_tokens(NULL, &n64));
+    UNSUPPORTED_NOCTX(dq_hessian_matrix(NULL, hm, 16));
     UNSUPPORTED_NOCTX(dq_calib_params_init(&cp, sizeof cp));
     UNSUPPORTED_NOCTX(dq_rotation_params_init(&rp, sizeof rp));
     UNSUPPORTED_NOCTX(dq_plan_params_init(&pp, sizeof pp));
@@ -388,6 +401,7 @@ START_TEST(test_offline_unsupported)
     /* Free functions accept what the creators return. */
     dq_calib_free(NULL);
     dq_lwc_free(NULL);
+    dq_hessian_free(NULL);
     dq_context_free(ctx);
 }
 END_TEST

@@ -26,8 +26,8 @@ static bool valid_clip(float c)
     return c > 0.0f && c <= 1.0f; /* false for NaN too */
 }
 
-static dq_status read_quant_params(const dq_context *ctx, const char *func,
-                                   const dq_quant_params *user, dq_quant_params *p)
+dq_status dq__quant_params_read(const dq_context *ctx, const char *func,
+                                const dq_quant_params *user, dq_quant_params *p)
 {
     dq_quant_params_init(p, sizeof *p);
     dq_status st = dq__params_read_at(ctx, func, "params", p, sizeof *p, QUANT_PARAMS_MIN_SIZE,
@@ -97,7 +97,7 @@ static dq_status pack(const char *func, dq_context *ctx, const dq_quant_params *
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "out is NULL");
     *out = NULL;
     dq_quant_params p;
-    dq_status st = read_quant_params(ctx, func, params, &p);
+    dq_status st = dq__quant_params_read(ctx, func, params, &p);
     if (st != DQ_OK)
         return st;
     if ((st = dq__check_matrix_at(ctx, func, "w", w, rows, cols, ldw)) != DQ_OK)

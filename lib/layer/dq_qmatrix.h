@@ -25,6 +25,22 @@ DQ__HANDLE_LAYOUT(struct dq_qmatrix);
  * dq_qmatrix_free releases it on any later failure; NULL when out of memory. */
 struct dq_qmatrix *dq__qmatrix_new(const dq_context *ctx);
 
+/* The caller's quantization params (NULL: defaults) validated into p, failures logged for func
+ * (the public function). */
+dq_status dq__quant_params_read(const dq_context *ctx, const char *func,
+                                const dq_quant_params *user, dq_quant_params *p);
+
+/* Stores code q of element j of a packed row (ASYM 0..2^bits-1, SYM signed). */
+static inline void dq__qmatrix_store_code(uint8_t *row, int32_t bits, int64_t j, int32_t q)
+{
+    if (bits == 8)
+        row[j] = (uint8_t)(q & 0xFF);
+    else if (j & 1)
+        row[j / 2] = (uint8_t)((row[j / 2] & 0x0F) | ((q & 0xF) << 4));
+    else
+        row[j / 2] = (uint8_t)((row[j / 2] & 0xF0) | (q & 0xF));
+}
+
 /* Stored code of element j of a packed row: ASYM 0..2^bits-1, SYM signed. */
 static inline int32_t dq__qmatrix_code(const struct dq_qmatrix *q, const uint8_t *row, int64_t j)
 {

@@ -240,3 +240,62 @@ DQ_API dq_status dq_smooth_weight_absmax(const float *w, int64_t rows, int64_t c
     (void)w, (void)rows, (void)cols, (void)ldw, (void)accumulate, (void)absmax;
     return NO_CALIBRATION(NULL);
 }
+
+/* ---- dq_hessian, GPTQ ---- */
+
+DQ_API dq_status dq_hessian_create(dq_context *ctx, const dq_plan *plan, int64_t cols,
+                                   dq_hessian **out)
+{
+    if (out)
+        *out = NULL;
+    (void)plan, (void)cols;
+    return NO_CALIBRATION(ctx);
+}
+
+DQ_API void dq_hessian_free(dq_hessian *h)
+{
+    (void)h;
+}
+
+DQ_API dq_status dq_hessian_observe(dq_hessian *h, const float *x, int64_t rows, int64_t cols,
+                                    int64_t ldx)
+{
+    (void)h, (void)x, (void)rows, (void)cols, (void)ldx;
+    return NO_CALIBRATION(NULL);
+}
+
+DQ_API dq_status dq_hessian_merge(dq_hessian *dst, const dq_hessian *src)
+{
+    (void)dst, (void)src;
+    return NO_CALIBRATION(NULL);
+}
+
+DQ_API dq_status dq_hessian_tokens(const dq_hessian *h, int64_t *tokens)
+{
+    (void)h, (void)tokens;
+    return NO_CALIBRATION(NULL);
+}
+
+DQ_API dq_status dq_hessian_matrix(const dq_hessian *h, double *out, int64_t ldo)
+{
+    (void)h, (void)out, (void)ldo;
+    return NO_CALIBRATION(NULL);
+}
+
+DQ_API dq_status dq_gptq_params_init(dq_gptq_params *p, size_t struct_size)
+{
+    (void)p, (void)struct_size;
+    return NO_CALIBRATION(NULL);
+}
+
+DQ_API dq_status dq_gptq_pack(dq_context *ctx, const dq_gptq_params *gp,
+                              const dq_quant_params *qp, const dq_hessian *h, const float *w,
+                              int64_t rows, int64_t cols, int64_t ldw, const float *clip_hi,
+                              const float *clip_lo, int64_t n_clip, dq_qmatrix **out)
+{
+    if (out)
+        *out = NULL;
+    (void)gp, (void)qp, (void)h, (void)w, (void)rows, (void)cols, (void)ldw, (void)clip_hi,
+        (void)clip_lo, (void)n_clip;
+    return NO_CALIBRATION(ctx);
+}

@@ -188,7 +188,7 @@ static const char *const handle_type_names[DQ__H_COUNT] = {
     [DQ__H_ROTATION] = "dq_rotation",       [DQ__H_PLAN] = "dq_plan",
     [DQ__H_QMATRIX] = "dq_qmatrix",         [DQ__H_LWC] = "dq_lwc",
     [DQ__H_LINEAR] = "dq_linear",           [DQ__H_FILE_WRITER] = "dq_file_writer",
-    [DQ__H_FILE_READER] = "dq_file_reader",
+    [DQ__H_FILE_READER] = "dq_file_reader", [DQ__H_HESSIAN] = "dq_hessian",
 };
 
 dq_status dq__handle_fail(const dq_context *log_ctx, const void *h, int32_t expected,

@@ -46,6 +46,7 @@ enum {
     DQ__H_LINEAR,
     DQ__H_FILE_WRITER,
     DQ__H_FILE_READER,
+    DQ__H_HESSIAN,
     DQ__H_COUNT
 };
 
@@ -64,6 +65,7 @@ enum {
 #define DQ__TAG_LINEAR DQ__TAG(DQ__H_LINEAR)
 #define DQ__TAG_FILE_WRITER DQ__TAG(DQ__H_FILE_WRITER)
 #define DQ__TAG_FILE_READER DQ__TAG(DQ__H_FILE_READER)
+#define DQ__TAG_HESSIAN DQ__TAG(DQ__H_HESSIAN)
 
 /* Offset of the context copy in every handle but the context itself. */
 #define DQ__HANDLE_CTX_OFFSET 8
