@@ -58,17 +58,6 @@ static size_t packed_row_bytes(int32_t bits, int64_t cols)
     return bits == 4 ? dq_int4_packed_size(cols) : (size_t)cols;
 }
 
-static void store_code(uint8_t *row, int32_t bits, int64_t j, int32_t q)
-{
-    if (bits == 8) {
-        row[j] = (uint8_t)(q & 0xFF);
-    } else if (j & 1) {
-        row[j / 2] = (uint8_t)((row[j / 2] & 0x0F) | ((q & 0xF) << 4));
-    } else {
-        row[j / 2] = (uint8_t)((row[j / 2] & 0xF0) | (q & 0xF));
-    }
-}
-
 static int32_t load_code(const uint8_t *row, int32_t bits, int32_t scheme, int64_t j)
 {
     int32_t v = bits == 8 ? row[j] : (row[j / 2] >> (4 * (j & 1))) & 0xF;
@@ -170,7 +159,7 @@ static dq_status pack(const char *func, dq_context *ctx, const dq_quant_params *
             if (q->zeros)
                 q->zeros[gi] = zero;
             for (int64_t j = j0; j < j0 + n; j++)
-                store_code(dst, p.bits, j, dq__quant_code(spec, src[j], scale, zero));
+                dq__qmatrix_store_code(dst, p.bits, j, dq__quant_code(spec, src[j], scale, zero));
         }
     }
     *out = q;
