@@ -352,10 +352,11 @@ typedef struct att_job {
 
 /* Heads [h0, h1) of the job: scores of 16 keys at once (kt: the keys of one key/value head,
  * channel-major in blocks of 16 keys, zero past the last), the softmax one key at a time, the
- * weighted values 16 channels at once. Each score, weight and output element goes through the
- * scalar loop's operations in its order (see v16). att: pos0 + n scores. */
+ * weighted values 16 channels at once (vt: the values of that head, one contiguous row per
+ * position). Each score, weight and output element goes through the scalar loop's operations
+ * in its order (see v16). att: the scores of every key block. */
 ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, float *att,
-                                   float *kt)
+                                   float *kt, float *vt)
 {
     const l2c_model *m = j->m;
     const int32_t hs = m->head_size, kv_dim = m->kv_dim, dim = m->q_dim;
@@ -374,6 +375,8 @@ ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, flo
                         const int64_t s = b * LANES + l;
                         kt[(b * hs + i) * LANES + l] = s < len ? j->k[s * kv_dim + kv_off + i] : 0;
                     }
+            for (int64_t s = 0; s < len; s++)
+                memcpy(vt + s * hs, j->v + s * kv_dim + kv_off, (size_t)hs * sizeof *vt);
             kt_head = kvh;
         }
         for (int64_t t = 0; t < j->n; t++) {
@@ -388,15 +391,13 @@ ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, flo
                 for (int32_t i = 0; i < hs; i++)
                     for (int32_t u = 0; u < KEY_BLOCKS; u++)
                         d[u] += load16(kb + ((int64_t)u * hs + i) * LANES) * qh[i];
-                for (int32_t u = 0; u < KEY_BLOCKS; u++)
-                    for (int32_t l = 0; l < LANES; l++) {
-                        const int64_t s = (b + u) * LANES + l;
-                        if (s > last)
-                            break;
-                        att[s] = d[u][l] * scale;
-                        mx = att[s] > mx ? att[s] : mx;
-                    }
+                for (int32_t u = 0; u < KEY_BLOCKS; u++) {
+                    const v16 sc = d[u] * scale;
+                    memcpy(att + (b + u) * LANES, &sc, sizeof sc);
+                }
             }
+            for (int64_t s = 0; s <= last; s++)
+                mx = att[s] > mx ? att[s] : mx;
             float sum = 0;
             for (int64_t s = 0; s <= last; s++) {
                 att[s] = expf(att[s] - mx);
@@ -404,7 +405,7 @@ ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, flo
             }
             for (int64_t s = 0; s <= last; s++)
                 att[s] = att[s] / sum;
-            const float *vh = j->v + kv_off;
+            const float *vh = vt;
             float *oh = j->out + t * dim + (int64_t)h * hs;
             int32_t i = 0;
             for (; i + 8 * LANES <= hs; i += 8 * LANES) {
@@ -413,19 +414,19 @@ ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, flo
                     o[u] = (v16){0};
                 for (int64_t s = 0; s <= last; s++)
                     for (int32_t u = 0; u < 8; u++)
-                        o[u] += load16(vh + s * kv_dim + i + u * LANES) * att[s];
+                        o[u] += load16(vh + s * hs + i + u * LANES) * att[s];
                 memcpy(oh + i, o, sizeof o);
             }
             for (; i + LANES <= hs; i += LANES) {
                 v16 o = {0};
                 for (int64_t s = 0; s <= last; s++)
-                    o += load16(vh + s * kv_dim + i) * att[s];
+                    o += load16(vh + s * hs + i) * att[s];
                 memcpy(oh + i, &o, sizeof o);
             }
             for (; i < hs; i++) {
                 float o = 0;
                 for (int64_t s = 0; s <= last; s++)
-                    o += att[s] * vh[s * kv_dim + i];
+                    o += att[s] * vh[s * hs + i];
                 oh[i] = o;
             }
         }
@@ -435,9 +436,10 @@ ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, flo
 #if defined(__GNUC__) && defined(__x86_64__)
 __attribute__((target("avx512f"))) static void attention_heads_avx512(const att_job *j,
                                                                        int32_t h0, int32_t h1,
-                                                                       float *att, float *kt)
+                                                                       float *att, float *kt,
+                                                                       float *vt)
 {
-    attention_heads(j, h0, h1, att, kt);
+    attention_heads(j, h0, h1, att, kt, vt);
 }
 #endif
 
@@ -451,18 +453,20 @@ static void attention_part(void *arg, int32_t part, int32_t n)
         return;
     const int64_t len = j->pos0 + j->n;
     const int64_t blocks = (len + LANES * KEY_BLOCKS - 1) / (LANES * KEY_BLOCKS) * KEY_BLOCKS;
-    float *att = malloc((size_t)len * sizeof *att);
+    float *att = malloc((size_t)(blocks * LANES) * sizeof *att);
     float *kt = malloc((size_t)(blocks * LANES * m->head_size) * sizeof *kt);
-    if (!att || !kt)
+    float *vt = malloc((size_t)(len * m->head_size) * sizeof *vt);
+    if (!att || !kt || !vt)
         j->failed[part] = 1;
 #if defined(__GNUC__) && defined(__x86_64__)
     else if (__builtin_cpu_supports("avx512f"))
-        attention_heads_avx512(j, (int32_t)h0, (int32_t)h1, att, kt);
+        attention_heads_avx512(j, (int32_t)h0, (int32_t)h1, att, kt, vt);
 #endif
     else
-        attention_heads(j, (int32_t)h0, (int32_t)h1, att, kt);
+        attention_heads(j, (int32_t)h0, (int32_t)h1, att, kt, vt);
     free(att);
     free(kt);
+    free(vt);
 }
 
 /* Causal attention of the queries q [n] at positions pos0..pos0+n-1 over the keys and values
