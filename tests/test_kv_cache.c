@@ -2,7 +2,8 @@
  * the cache in chunks of varying sizes (prompt-like runs and single tokens), the logits of
  * every position equal those of l2c_forward on the whole sequence. Float model: within 1e-5
  * of the row's largest logit; quantized (rtn, duquant): the same bound, activations being
- * quantized per token. On stories260K (examples/data) always, and on tinystories-656k from
+ * quantized per token. The full forward gives the same bits on 1 and 3 engine threads
+ * (l2c_net.n_threads). On stories260K (examples/data) always, and on tinystories-656k from
  * the models folder when present (skipped, saying so, when not).
  * usage: test_kv_cache DATA_DIR MODELS_DIR */
 #include <math.h>
@@ -95,8 +96,41 @@ out:
     return worst;
 }
 
+/* The full forward over the whole context on 1 and on 3 engine threads (parts of uneven size;
+ * the context of tinystories-656k is long enough for its attention and float products to be
+ * split): the same bits. */
+static void check_threads(const l2c_net *net, const char *what)
+{
+    const l2c_model *m = net->m;
+    const int64_t len = m->c.seq_len, vocab = m->c.vocab_size;
+    int32_t *tok = malloc((size_t)len * sizeof *tok);
+    float *one = malloc((size_t)(len * vocab) * sizeof *one);
+    float *three = malloc((size_t)(len * vocab) * sizeof *three);
+    CHECK(tok && one && three, "%s: allocation", what);
+    if (tok && one && three) {
+        test_rng r = {5};
+        for (int64_t i = 0; i < len; i++)
+            tok[i] = i == 0 ? 1 : (int32_t)(test_rng_u64(&r) % (uint64_t)vocab);
+        l2c_net threaded = *net;
+        threaded.n_threads = 1;
+        CHECK(l2c_forward(&threaded, tok, len, one) == 0, "%s: forward on 1 thread", what);
+        threaded.n_threads = 3;
+        CHECK(l2c_forward(&threaded, tok, len, three) == 0, "%s: forward on 3 threads", what);
+        CHECK(memcmp(one, three, (size_t)(len * vocab) * sizeof *one) == 0,
+              "%s: logits of %lld positions differ between 1 and 3 engine threads", what,
+              (long long)len);
+        printf("%s: %lld positions on 1 and 3 engine threads: %s\n", what, (long long)len,
+               memcmp(one, three, (size_t)(len * vocab) * sizeof *one) == 0 ? "identical"
+                                                                            : "DIFFERENT");
+    }
+    free(tok);
+    free(one);
+    free(three);
+}
+
 static void check_net(const l2c_net *net, const char *what)
 {
+    check_threads(net, what);
     int64_t rows = 0, same = 0, ctx = net->m->c.seq_len;
     double worst = 0;
     const int64_t lens[3] = {37, 96, ctx < 200 ? ctx : 200};

@@ -2,6 +2,7 @@
 #include "forward.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,41 +32,255 @@ void l2c_net_init_fp32(l2c_net *net, const l2c_model *m, l2c_linear (*lin)[L2C_N
         }
 }
 
-/* y[t, o] = sum_i x[t, i] w[o, i]; four partial sums let the compiler keep several in flight. */
-static void matmul_wt(const float *x, int64_t rows, int64_t in, const float *w, int64_t out,
-                      float *y)
+/* ---- the engine's own parallel loops ---- */
+
+typedef void part_fn(void *arg, int32_t part, int32_t n_parts);
+
+typedef struct part_thread {
+    part_fn *fn;
+    void *arg;
+    int32_t part, n;
+} part_thread;
+
+static void *part_main(void *p)
 {
-    for (int64_t t = 0; t < rows; t++) {
-        const float *xt = x + t * in;
-        for (int64_t o = 0; o < out; o++) {
-            const float *wo = w + o * in;
-            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            int64_t i = 0;
-            for (; i + 4 <= in; i += 4) {
-                s0 += xt[i] * wo[i];
-                s1 += xt[i + 1] * wo[i + 1];
-                s2 += xt[i + 2] * wo[i + 2];
-                s3 += xt[i + 3] * wo[i + 3];
-            }
-            for (; i < in; i++)
-                s0 += xt[i] * wo[i];
-            y[t * out + o] = (s0 + s1) + (s2 + s3);
-        }
+    const part_thread *t = p;
+    t->fn(t->arg, t->part, t->n);
+    return NULL;
+}
+
+/* Multiply-adds a part must hold before a thread is started for it (a start costs 0.05-0.4 ms,
+ * the time of about 2^22 multiply-adds). */
+#define WORK_PER_PART ((int64_t)1 << 22)
+#define MAX_PARTS 64
+
+/* Parts a loop of `work` multiply-adds uses on the net's threads. */
+static int32_t parts_for(const l2c_net *net, int64_t work)
+{
+    int64_t n = net->n_threads < 1 ? 1 : net->n_threads;
+    int64_t useful = work / WORK_PER_PART;
+    n = n < useful ? n : useful;
+    n = n < MAX_PARTS ? n : MAX_PARTS;
+    return n < 1 ? 1 : (int32_t)n;
+}
+
+/* fn(arg, p, n) for p = 0..n-1: part 0 on the calling thread, the others on threads started
+ * for the call (a part whose thread cannot start runs here). Parts write disjoint outputs, so
+ * the result does not depend on n. */
+static void run_parts(int32_t n, part_fn *fn, void *arg)
+{
+    pthread_t th[MAX_PARTS];
+    part_thread pt[MAX_PARTS];
+    int started[MAX_PARTS];
+    for (int32_t p = 1; p < n; p++) {
+        pt[p] = (part_thread){fn, arg, p, n};
+        started[p] = pthread_create(&th[p], NULL, part_main, &pt[p]) == 0;
+    }
+    fn(arg, 0, n);
+    for (int32_t p = 1; p < n; p++) {
+        if (started[p])
+            pthread_join(th[p], NULL);
+        else
+            fn(arg, p, n);
     }
 }
 
-static int linear(const l2c_linear *lin, const float *x, int64_t rows, float *y)
+static void split(int64_t count, int32_t part, int32_t n, int64_t *begin, int64_t *end)
 {
-    if (!lin->q) {
-        matmul_wt(x, rows, lin->in_dim, lin->w, lin->out_dim, y);
-        return 0;
+    *begin = count * part / n;
+    *end = count * (part + 1) / n;
+}
+
+/* 16 floats. Each lane of the loops below (a token, a key, a channel) goes through the same
+ * roundings in the same order as the scalar loop it replaces (multiply, then add: the build
+ * has -ffp-contract=off), so the vector loops give the scalar loops' bits. */
+typedef float v16 __attribute__((vector_size(64)));
+#define LANES 16
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* 16 floats read from any float address. */
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+#define load16(p) (*(const v16u *)(const void *)(p))
+
+/* ---- float products: y[t, o] = sum_i x[t, i] w[o, i] ---- */
+
+/* One token's row: four partial sums (i mod 4) keep several additions in flight. */
+static float dot_row(const float *xt, const float *wo, int64_t in)
+{
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= in; i += 4) {
+        s0 += xt[i] * wo[i];
+        s1 += xt[i + 1] * wo[i + 1];
+        s2 += xt[i + 2] * wo[i + 2];
+        s3 += xt[i + 3] * wo[i + 3];
     }
+    for (; i < in; i++)
+        s0 += xt[i] * wo[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* dot_row for up to 16 tokens at once, one lane each: xs [in][16] holds the tokens' values
+ * channel by channel; outputs o0..o1, two at a time. */
+ALWAYS_INLINE void dot_lanes(const float *xs, int64_t rows, int64_t in, const float *w,
+                             int64_t o0, int64_t o1, int64_t out, float *y)
+{
+    int64_t o = o0;
+    for (; o + 2 <= o1; o += 2) {
+        const float *wa = w + o * in, *wb = wa + in;
+        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        int64_t i = 0;
+        for (; i + 4 <= in; i += 4) {
+            const v16 x0 = load16(xs + i * LANES), x1 = load16(xs + (i + 1) * LANES);
+            const v16 x2 = load16(xs + (i + 2) * LANES), x3 = load16(xs + (i + 3) * LANES);
+            a0 += x0 * wa[i], a1 += x1 * wa[i + 1], a2 += x2 * wa[i + 2], a3 += x3 * wa[i + 3];
+            b0 += x0 * wb[i], b1 += x1 * wb[i + 1], b2 += x2 * wb[i + 2], b3 += x3 * wb[i + 3];
+        }
+        for (; i < in; i++) {
+            const v16 xi = load16(xs + i * LANES);
+            a0 += xi * wa[i], b0 += xi * wb[i];
+        }
+        const v16 ya = (a0 + a1) + (a2 + a3), yb = (b0 + b1) + (b2 + b3);
+        for (int64_t t = 0; t < rows; t++)
+            y[t * out + o] = ya[t], y[t * out + o + 1] = yb[t];
+    }
+    for (; o < o1; o++) {
+        const float *wo = w + o * in;
+        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        int64_t i = 0;
+        for (; i + 4 <= in; i += 4) {
+            a0 += load16(xs + i * LANES) * wo[i];
+            a1 += load16(xs + (i + 1) * LANES) * wo[i + 1];
+            a2 += load16(xs + (i + 2) * LANES) * wo[i + 2];
+            a3 += load16(xs + (i + 3) * LANES) * wo[i + 3];
+        }
+        for (; i < in; i++)
+            a0 += load16(xs + i * LANES) * wo[i];
+        const v16 yo = (a0 + a1) + (a2 + a3);
+        for (int64_t t = 0; t < rows; t++)
+            y[t * out + o] = yo[t];
+    }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx512f"))) static void dot_lanes_avx512(const float *xs, int64_t rows,
+                                                                 int64_t in, const float *w,
+                                                                 int64_t o0, int64_t o1,
+                                                                 int64_t out, float *y)
+{
+    dot_lanes(xs, rows, in, w, o0, o1, out, y);
+}
+#endif
+
+static void dot_lanes_best(const float *xs, int64_t rows, int64_t in, const float *w, int64_t o0,
+                           int64_t o1, int64_t out, float *y)
+{
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f")) {
+        dot_lanes_avx512(xs, rows, in, w, o0, o1, out, y);
+        return;
+    }
+#endif
+    dot_lanes(xs, rows, in, w, o0, o1, out, y);
+}
+
+/* Tiles with fewer tokens run one token at a time (lanes would idle). */
+#define MIN_LANE_ROWS 4
+
+typedef struct matmul_job {
+    const float *x, *w;
+    int64_t rows, in, out;
+    float *y;
+    int failed[MAX_PARTS];
+} matmul_job;
+
+/* Outputs [o0, o1) of every token; each part works on its own outputs. */
+static void matmul_part(void *arg, int32_t part, int32_t n)
+{
+    matmul_job *j = arg;
+    int64_t o0, o1;
+    split(j->out, part, n, &o0, &o1);
+    if (o0 >= o1)
+        return;
+    float *xs = NULL;
+    if (j->rows >= MIN_LANE_ROWS && !(xs = malloc((size_t)(j->in * LANES) * sizeof *xs))) {
+        j->failed[part] = 1;
+        return;
+    }
+    int64_t t0 = 0;
+    for (; xs && t0 + MIN_LANE_ROWS <= j->rows; t0 += LANES) {
+        const int64_t rows = j->rows - t0 < LANES ? j->rows - t0 : LANES;
+        const float *xt = j->x + t0 * j->in;
+        for (int64_t i = 0; i < j->in; i++)
+            for (int64_t t = 0; t < LANES; t++)
+                xs[i * LANES + t] = t < rows ? xt[t * j->in + i] : 0.0f;
+        dot_lanes_best(xs, rows, j->in, j->w, o0, o1, j->out, j->y + t0 * j->out);
+    }
+    for (int64_t t = t0; t < j->rows; t++)
+        for (int64_t o = o0; o < o1; o++)
+            j->y[t * j->out + o] = dot_row(j->x + t * j->in, j->w + o * j->in, j->in);
+    free(xs);
+}
+
+/* y [rows, out] = x [rows, in] w^T (w [out, in]); every element as dot_row computes it, whatever
+ * the tile or the thread. Returns 0 or -1 (out of memory, message printed). */
+static int matmul_wt(const l2c_net *net, const float *x, int64_t rows, int64_t in,
+                     const float *w, int64_t out, float *y)
+{
+    matmul_job j = {x, w, rows, in, out, y, {0}};
+    const int32_t n = parts_for(net, rows * in * out);
+    run_parts(n, matmul_part, &j);
+    for (int32_t p = 0; p < n; p++)
+        if (j.failed[p]) {
+            fprintf(stderr, "out of memory\n");
+            return -1;
+        }
+    return 0;
+}
+
+static int linear(const l2c_net *net, const l2c_linear *lin, const float *x, int64_t rows,
+                  float *y)
+{
+    if (!lin->q)
+        return matmul_wt(net, x, rows, lin->in_dim, lin->w, lin->out_dim, y);
     dq_status st = dq_linear_forward(lin->q, x, rows, lin->in_dim, lin->in_dim, y, lin->out_dim,
                                      NULL, 0);
     if (st != DQ_OK) {
         fprintf(stderr, "dq_linear_forward: %s\n", dq_status_name(st));
         return -1;
     }
+    return 0;
+}
+
+/* The linears lin[0..n) that read the same input x: quantized layers that form a group
+ * (dq_linear_forward_group: the input is transformed and quantized once, the same bits as
+ * one call each), else one at a time. */
+static int linear_group(const l2c_net *net, const l2c_linear *const *lin, int32_t n,
+                        const float *x, int64_t rows, float *const *y)
+{
+    enum { MAX_GROUP = 3 };
+    const dq_linear *layers[MAX_GROUP];
+    int64_t ldy[MAX_GROUP];
+    int grouped = n <= MAX_GROUP;
+    for (int32_t i = 0; grouped && i < n; i++) {
+        layers[i] = lin[i]->q;
+        ldy[i] = lin[i]->out_dim;
+        grouped = lin[i]->q != NULL;
+    }
+    size_t bytes;
+    if (grouped && dq_linear_group_workspace_size(layers, n, rows, &bytes) == DQ_OK) {
+        dq_status st = dq_linear_forward_group(layers, n, x, rows, lin[0]->in_dim,
+                                               lin[0]->in_dim, y, ldy, n, NULL, 0);
+        if (st != DQ_OK) {
+            fprintf(stderr, "dq_linear_forward_group: %s\n", dq_status_name(st));
+            return -1;
+        }
+        return 0;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (linear(net, lin[i], x, rows, y[i]))
+            return -1;
     return 0;
 }
 
@@ -122,43 +337,157 @@ static void rope(const l2c_model *m, const float *cs, float *v, int64_t rows, in
             }
 }
 
-/* Causal attention of the queries q [n] at positions pos0..pos0+n-1 over the keys and values
- * k, v [pos0 + n] of positions 0..pos0+n-1: out[t, head h] = softmax(q_t . k_s / sqrt(hs),
- * s <= pos0 + t) v_s with the key and value head of h. att holds pos0 + n scores. */
-static void attention(const l2c_model *m, const float *q, const float *k, const float *v,
-                      int64_t pos0, int64_t n, float *att, float *out)
+/* ---- causal attention ---- */
+
+typedef struct att_job {
+    const l2c_model *m;
+    const float *q, *k, *v; /* q [n, q_dim]; k, v [pos0 + n, kv_dim] */
+    int64_t pos0, n;
+    float *out;
+    int failed[MAX_PARTS];
+} att_job;
+
+/* Key blocks whose scores are summed side by side (independent addition chains). */
+#define KEY_BLOCKS 4
+
+/* Heads [h0, h1) of the job: scores of 16 keys at once (kt: the keys of one key/value head,
+ * channel-major in blocks of 16 keys, zero past the last), the softmax one key at a time, the
+ * weighted values 16 channels at once (vt: the values of that head, one contiguous row per
+ * position). Each score, weight and output element goes through the scalar loop's operations
+ * in its order (see v16). att: the scores of every key block. */
+ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, float *att,
+                                   float *kt, float *vt)
 {
-    int32_t hs = m->head_size, kv_dim = m->kv_dim, dim = m->q_dim;
-    int32_t group = m->c.n_heads / m->c.n_kv_heads;
-    float scale = 1.0f / sqrtf((float)hs);
-    for (int64_t t = 0; t < n; t++)
-        for (int32_t h = 0; h < m->c.n_heads; h++) {
-            const float *qh = q + t * dim + h * hs;
-            int64_t kv_off = (int64_t)(h / group) * hs, last = pos0 + t;
-            float mx = -INFINITY;
-            for (int64_t s = 0; s <= last; s++) {
-                const float *ks = k + s * kv_dim + kv_off;
-                float dot = 0;
+    const l2c_model *m = j->m;
+    const int32_t hs = m->head_size, kv_dim = m->kv_dim, dim = m->q_dim;
+    const int32_t group = m->c.n_heads / m->c.n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const int64_t len = j->pos0 + j->n;
+    const int64_t blocks = (len + LANES * KEY_BLOCKS - 1) / (LANES * KEY_BLOCKS) * KEY_BLOCKS;
+    int32_t kt_head = -1;
+    for (int32_t h = h0; h < h1; h++) {
+        const int32_t kvh = h / group;
+        const int64_t kv_off = (int64_t)kvh * hs;
+        if (kvh != kt_head) {
+            for (int64_t b = 0; b < blocks; b++)
                 for (int32_t i = 0; i < hs; i++)
-                    dot += qh[i] * ks[i];
-                att[s] = dot * scale;
-                mx = att[s] > mx ? att[s] : mx;
+                    for (int32_t l = 0; l < LANES; l++) {
+                        const int64_t s = b * LANES + l;
+                        kt[(b * hs + i) * LANES + l] = s < len ? j->k[s * kv_dim + kv_off + i] : 0;
+                    }
+            for (int64_t s = 0; s < len; s++)
+                memcpy(vt + s * hs, j->v + s * kv_dim + kv_off, (size_t)hs * sizeof *vt);
+            kt_head = kvh;
+        }
+        for (int64_t t = 0; t < j->n; t++) {
+            const float *qh = j->q + t * dim + (int64_t)h * hs;
+            const int64_t last = j->pos0 + t;
+            float mx = -INFINITY;
+            for (int64_t b = 0; b * LANES <= last; b += KEY_BLOCKS) {
+                const float *kb = kt + b * hs * LANES;
+                v16 d[KEY_BLOCKS];
+                for (int32_t u = 0; u < KEY_BLOCKS; u++)
+                    d[u] = (v16){0};
+                for (int32_t i = 0; i < hs; i++)
+                    for (int32_t u = 0; u < KEY_BLOCKS; u++)
+                        d[u] += load16(kb + ((int64_t)u * hs + i) * LANES) * qh[i];
+                for (int32_t u = 0; u < KEY_BLOCKS; u++) {
+                    const v16 sc = d[u] * scale;
+                    memcpy(att + (b + u) * LANES, &sc, sizeof sc);
+                }
             }
+            for (int64_t s = 0; s <= last; s++)
+                mx = att[s] > mx ? att[s] : mx;
             float sum = 0;
             for (int64_t s = 0; s <= last; s++) {
                 att[s] = expf(att[s] - mx);
                 sum += att[s];
             }
-            float *oh = out + t * dim + h * hs;
-            for (int32_t i = 0; i < hs; i++)
-                oh[i] = 0;
-            for (int64_t s = 0; s <= last; s++) {
-                const float *vs = v + s * kv_dim + kv_off;
-                float a = att[s] / sum;
-                for (int32_t i = 0; i < hs; i++)
-                    oh[i] += a * vs[i];
+            for (int64_t s = 0; s <= last; s++)
+                att[s] = att[s] / sum;
+            const float *vh = vt;
+            float *oh = j->out + t * dim + (int64_t)h * hs;
+            int32_t i = 0;
+            for (; i + 8 * LANES <= hs; i += 8 * LANES) {
+                v16 o[8];
+                for (int32_t u = 0; u < 8; u++)
+                    o[u] = (v16){0};
+                for (int64_t s = 0; s <= last; s++)
+                    for (int32_t u = 0; u < 8; u++)
+                        o[u] += load16(vh + s * hs + i + u * LANES) * att[s];
+                memcpy(oh + i, o, sizeof o);
+            }
+            for (; i + LANES <= hs; i += LANES) {
+                v16 o = {0};
+                for (int64_t s = 0; s <= last; s++)
+                    o += load16(vh + s * hs + i) * att[s];
+                memcpy(oh + i, &o, sizeof o);
+            }
+            for (; i < hs; i++) {
+                float o = 0;
+                for (int64_t s = 0; s <= last; s++)
+                    o += att[s] * vh[s * hs + i];
+                oh[i] = o;
             }
         }
+    }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx512f"))) static void attention_heads_avx512(const att_job *j,
+                                                                       int32_t h0, int32_t h1,
+                                                                       float *att, float *kt,
+                                                                       float *vt)
+{
+    attention_heads(j, h0, h1, att, kt, vt);
+}
+#endif
+
+static void attention_part(void *arg, int32_t part, int32_t n)
+{
+    att_job *j = arg;
+    const l2c_model *m = j->m;
+    int64_t h0, h1;
+    split(m->c.n_heads, part, n, &h0, &h1);
+    if (h0 >= h1)
+        return;
+    const int64_t len = j->pos0 + j->n;
+    const int64_t blocks = (len + LANES * KEY_BLOCKS - 1) / (LANES * KEY_BLOCKS) * KEY_BLOCKS;
+    float *att = malloc((size_t)(blocks * LANES) * sizeof *att);
+    float *kt = malloc((size_t)(blocks * LANES * m->head_size) * sizeof *kt);
+    float *vt = malloc((size_t)(len * m->head_size) * sizeof *vt);
+    if (!att || !kt || !vt)
+        j->failed[part] = 1;
+#if defined(__GNUC__) && defined(__x86_64__)
+    else if (__builtin_cpu_supports("avx512f"))
+        attention_heads_avx512(j, (int32_t)h0, (int32_t)h1, att, kt, vt);
+#endif
+    else
+        attention_heads(j, (int32_t)h0, (int32_t)h1, att, kt, vt);
+    free(att);
+    free(kt);
+    free(vt);
+}
+
+/* Causal attention of the queries q [n] at positions pos0..pos0+n-1 over the keys and values
+ * k, v [pos0 + n] of positions 0..pos0+n-1: out[t, head h] = softmax(q_t . k_s / sqrt(hs),
+ * s <= pos0 + t) v_s with the key and value head of h. Heads are split over the net's threads.
+ * Returns 0 or -1 (out of memory, message printed). */
+static int attention(const l2c_net *net, const float *q, const float *k, const float *v,
+                     int64_t pos0, int64_t n, float *out)
+{
+    const l2c_model *m = net->m;
+    att_job j = {m, q, k, v, pos0, n, out, {0}};
+    const int64_t work = 2 * (int64_t)m->c.n_heads * m->head_size * n * (pos0 + (n + 1) / 2);
+    int32_t parts = parts_for(net, work);
+    parts = parts < m->c.n_heads ? parts : m->c.n_heads;
+    run_parts(parts, attention_part, &j);
+    for (int32_t p = 0; p < parts; p++)
+        if (j.failed[p]) {
+            fprintf(stderr, "out of memory\n");
+            return -1;
+        }
+    return 0;
 }
 
 static int observe(const l2c_net *net, int32_t layer, int32_t input, const float *x, int64_t n,
@@ -184,9 +513,8 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
     float *v = malloc((size_t)(n * kv) * sizeof *v);
     float *h1 = malloc((size_t)(n * hid) * sizeof *h1);
     float *h3 = malloc((size_t)(n * hid) * sizeof *h3);
-    float *att = malloc((size_t)(pos0 + n) * sizeof *att);
     int rc = -1;
-    if (!xb || !y || !q || !k || !v || !h1 || !h3 || !att) {
+    if (!xb || !y || !q || !k || !v || !h1 || !h3) {
         fprintf(stderr, "out of memory\n");
         goto out;
     }
@@ -195,8 +523,9 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
     if ((rc = observe(net, l, L2C_IN_QKV, xb, n, dim)) != 0)
         goto out;
     rc = -1;
-    if (linear(&lin[L2C_WQ], xb, n, q) || linear(&lin[L2C_WK], xb, n, k) ||
-        linear(&lin[L2C_WV], xb, n, v))
+    const l2c_linear *qkv[3] = {&lin[L2C_WQ], &lin[L2C_WK], &lin[L2C_WV]};
+    float *const qkv_out[3] = {q, k, v};
+    if (linear_group(net, qkv, 3, xb, n, qkv_out))
         goto out;
     rope(m, cs, q, n, qd);
     rope(m, cs, k, n, kv);
@@ -205,13 +534,14 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
         float *ck = cache->k + slot, *cv = cache->v + slot;
         memcpy(ck + pos0 * kv, k, (size_t)(n * kv) * sizeof *k);
         memcpy(cv + pos0 * kv, v, (size_t)(n * kv) * sizeof *v);
-        attention(m, q, ck, cv, pos0, n, att, xb);
-    } else
-        attention(m, q, k, v, 0, n, att, xb);
+        if (attention(net, q, ck, cv, pos0, n, xb))
+            goto out;
+    } else if (attention(net, q, k, v, 0, n, xb))
+        goto out;
     if ((rc = observe(net, l, L2C_IN_WO, xb, n, qd)) != 0)
         goto out;
     rc = -1;
-    if (linear(&lin[L2C_WO], xb, n, y))
+    if (linear(net, &lin[L2C_WO], xb, n, y))
         goto out;
     for (int64_t i = 0; i < n * dim; i++)
         x[i] += y[i];
@@ -219,14 +549,16 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
     if ((rc = observe(net, l, L2C_IN_W13, xb, n, dim)) != 0)
         goto out;
     rc = -1;
-    if (linear(&lin[L2C_W1], xb, n, h1) || linear(&lin[L2C_W3], xb, n, h3))
+    const l2c_linear *w13[2] = {&lin[L2C_W1], &lin[L2C_W3]};
+    float *const w13_out[2] = {h1, h3};
+    if (linear_group(net, w13, 2, xb, n, w13_out))
         goto out;
     for (int64_t i = 0; i < n * hid; i++) /* SwiGLU: silu(w1 x) * (w3 x) */
         h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
     if ((rc = observe(net, l, L2C_IN_W2, h1, n, hid)) != 0)
         goto out;
     rc = -1;
-    if (linear(&lin[L2C_W2], h1, n, y))
+    if (linear(net, &lin[L2C_W2], h1, n, y))
         goto out;
     for (int64_t i = 0; i < n * dim; i++)
         x[i] += y[i];
@@ -239,7 +571,6 @@ out:
     free(v);
     free(h1);
     free(h3);
-    free(att);
     return rc;
 }
 
@@ -281,8 +612,7 @@ int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *log
         if ((rc = block(net, l, x, n, cs, 0, NULL)) != 0)
             goto out;
     rmsnorm(xb, x, m->rms_final, n, dim, m->norm_eps);
-    matmul_wt(xb, n, dim, m->wcls, m->c.vocab_size, logits);
-    rc = 0;
+    rc = matmul_wt(net, xb, n, dim, m->wcls, m->c.vocab_size, logits);
 out:
     free(x);
     free(xb);
@@ -344,9 +674,9 @@ int l2c_forward_cached(const l2c_net *net, l2c_kv_cache *c, const int32_t *token
             goto out;
     int64_t first = last_only ? n - 1 : 0;
     rmsnorm(xb, x + first * dim, m->rms_final, n - first, dim, m->norm_eps);
-    matmul_wt(xb, n - first, dim, m->wcls, m->c.vocab_size, logits);
+    if ((rc = matmul_wt(net, xb, n - first, dim, m->wcls, m->c.vocab_size, logits)) != 0)
+        goto out;
     c->len = pos0 + n;
-    rc = 0;
 out:
     free(x);
     free(xb);

@@ -32,6 +32,8 @@ typedef struct l2c_net {
     l2c_linear (*lin)[L2C_N_LINEARS]; /* [n_layers] */
     l2c_observe_fn observe;           /* optional */
     void *observe_user;
+    int32_t n_threads; /* threads of the engine's own loops (attention, float products); 0 or 1:
+                          the calling thread only. The quantized layers use their context's. */
 } l2c_net;
 
 /* Fills net with the model's float weights (lin must hold n_layers entries). */

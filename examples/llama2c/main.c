@@ -484,7 +484,7 @@ int main(int argc, char **argv)
         if (l2c_quantize(ctx, &model, &cal, methods[i], &o.q, &qm))
             goto out;
         res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
-        l2c_net net = {&model, qm.lin, NULL, NULL};
+        l2c_net net = {&model, qm.lin, NULL, NULL, o.threads};
         int e = evaluate(&net, &sp, &eval, w, n_w, &o, &res[i]);
         l2c_qmodel_free(&qm);
         if (e)

@@ -282,11 +282,13 @@ static void write_block(writer *wr, const l2c_qmodel *qm, const l2c_model *blk, 
 /* Runs block 0 of the one-block model blk (float weights, or quantized when lin is given) on
  * every calibration window of h in place; with cal, its linear inputs are observed. */
 static int run_block(const l2c_model *blk, l2c_linear (*lin)[L2C_N_LINEARS],
-                     l2c_calibration *cal, float *h, const int64_t *len, int64_t n_w)
+                     l2c_calibration *cal, float *h, const int64_t *len, int64_t n_w,
+                     int32_t threads)
 {
     l2c_linear fp32[1][L2C_N_LINEARS];
     l2c_net net;
     l2c_net_init_fp32(&net, blk, fp32);
+    net.n_threads = threads;
     if (lin)
         net.lin = lin;
     if (cal) {
@@ -422,7 +424,8 @@ int main(int argc, char **argv)
         /* Without --sequential the float block's output, computed here, is the next input. */
         if (o.sequential)
             memcpy(h2, h, (size_t)(total * d) * sizeof *h);
-        if (run_block(&blk.view, NULL, &cal, o.sequential ? h2 : h, len, n_w))
+        if (run_block(&blk.view, NULL, &cal, o.sequential ? h2 : h, len, n_w,
+                      tool_threads(o.threads)))
             goto out;
         cal.tokens = total;
         t_calib += tool_now_s() - t0;
@@ -431,7 +434,8 @@ int main(int argc, char **argv)
             goto out;
         t_quant += tool_now_s() - t0;
         t0 = tool_now_s();
-        if (o.sequential && run_block(&blk.view, qm.lin, NULL, h, len, n_w))
+        if (o.sequential &&
+            run_block(&blk.view, qm.lin, NULL, h, len, n_w, tool_threads(o.threads)))
             goto out;
         t_next += tool_now_s() - t0;
         t0 = tool_now_s();

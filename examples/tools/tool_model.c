@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 
 const char *tool_linear_name(int32_t which)
@@ -425,6 +426,15 @@ void tool_model_net(tool_model *tm, l2c_net *net)
     memset(net, 0, sizeof *net);
     net->m = &tm->m;
     net->lin = tm->lin;
+    net->n_threads = tm->threads;
+}
+
+int32_t tool_threads(int32_t requested)
+{
+    if (requested > 0)
+        return requested;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online < 1 ? 1 : online > 64 ? 64 : (int32_t)online;
 }
 
 int tool_check_ids(const tool_model *tm, const int32_t *ids, size_t n, const char *what)

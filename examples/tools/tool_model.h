@@ -37,6 +37,7 @@ typedef struct tool_model {
     dq_plan *(*plans)[L2C_N_INPUTS];
     char method[64];       /* the model file's method */
     hf_model *hm;          /* a Hugging Face folder opened block by block */
+    int32_t threads;       /* the engine's own loops (l2c_net.n_threads); 0 after loading */
 } tool_model;
 
 /* One transformer block as a model of one block (n_layers 1, the embeddings and head those of
@@ -63,7 +64,11 @@ int tool_model_open_blocks(const char *path, const char *tokenizer, dq_context *
 int tool_model_block(const tool_model *tm, int32_t l, tool_block *b);
 void tool_block_free(tool_block *b);
 
-/* A net over the model's linears (float or quantized). */
+/* The thread count of a --threads value: n, or the online CPUs (at most 64) for 0, as the
+ * library resolves dq_context_params.n_threads. */
+int32_t tool_threads(int32_t requested);
+
+/* A net over the model's linears (float or quantized), on tm->threads threads. */
 void tool_model_net(tool_model *tm, l2c_net *net);
 
 /* Stories for the perplexity protocol: token ids when the name ends in .tok, else text through
