@@ -401,6 +401,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "dq_file_writer_create: %s\n", dq_status_name(st));
         goto out;
     }
+    /* Each block's layers go to disk as they are added: memory holds one block, not the
+     * whole quantized model. */
+    st = dq_file_writer_spool(fw, o.out);
+    if (st) {
+        fprintf(stderr, "%s: cannot create a spool file in its folder: %s\n", o.out,
+                dq_status_name(st));
+        goto out;
+    }
     writer wr = {fw, o.out, 0};
     write_header(&wr, &o, &tm, method, calib_hash, total);
     if (wr.failed)
