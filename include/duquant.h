@@ -1049,7 +1049,8 @@ DQ_API dq_status dq_linear_forward_group(const dq_linear *const *layers, int32_t
 /* THREAD SAFETY: a dq_file_writer must not be used by two threads at once. A dq_file_reader   */
 /* is immutable after opening: any number of threads may call its getters concurrently.       */
 /* OWNERSHIP: writers copy every tensor when it is added (the plan, matrix or array may be    */
-/* freed right after). Readers copy the file or buffer, unless DQ_FILE_F_BORROW is given to   */
+/* freed right after), in memory or, spooling (since 1.2), into a temporary file. Readers     */
+/* copy the file or buffer, unless DQ_FILE_F_BORROW is given to                               */
 /* dq_file_reader_from_buffer: then the buffer must stay unchanged until dq_file_reader_free. */
 /* Objects returned by getters are new and independent of the reader, except linear layers   */
 /* stored in the blocked layout and loaded through a borrowing reader (DQ_FILE_F_BORROW,      */
@@ -1165,6 +1166,32 @@ DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, si
  *  replace the file whole; the last rename wins.
  *  @since 1.0 */
 DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path);
+
+/** @brief Make the writer spool: from now on each tensor's bytes are written to a temporary
+ *  file at once, as the tensor is added, and the writer keeps only the header's table (names,
+ *  dtypes, shapes, offsets, checksums, metadata), so its memory no longer grows with the data
+ *  (a whole model's packed layers need not fit in memory). Call it right after
+ *  dq_file_writer_create, before any tensor is added; path is the file the writer will be
+ *  saved to, and the temporary file is created in its folder (".<name>.<random>.spool",
+ *  mode 0644 less the umask; the same file system, so no other disk or memory holds the data)
+ *  and removed from the folder at once: it lives as long as the writer and disappears with
+ *  it, even when the process is killed. dq_file_writer_save then writes the header and
+ *  copies the tensors from the spool file through a buffer of 1 MiB, to path or to any other
+ *  path, atomically as always; dq_file_writer_to_buffer reads them back into buf. The bytes
+ *  are exactly those a writer without spooling writes for the same calls. Needs as much free
+ *  disk as the tensors' data, twice while saving (spool file and new file).
+ *  Errors: the adding calls also return DQ_ERR_IO when the spool file refuses a write (disk
+ *  full, file size limit; the writer is left as it was, so the call may be retried), and
+ *  dq_file_writer_to_buffer and dq_file_writer_save return DQ_ERR_IO when it cannot be read
+ *  back; each log message gives the system's reason.
+ *  Ownership: the writer owns the spool file (dq_file_writer_free closes it).
+ *  Thread safety: as the other writer calls (one thread per writer).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (w or path NULL, path empty), DQ_ERR_BAD_STATE (the writer
+ *  already spools or holds a tensor; metadata may come before), DQ_ERR_IO (the folder of path
+ *  does not exist or is not writable; the log message names it and the system's reason),
+ *  DQ_ERR_NOMEM. On failure the writer is unchanged and keeps the data in memory.
+ *  @since 1.2 */
+DQ_API DQ_NODISCARD dq_status dq_file_writer_spool(dq_file_writer *w, const char *path);
 
 /** @brief Add a quantized linear layer under prefix: its packed weights (stored as the
  *  packed matrix "<prefix>.weight"), optional bias (out_features floats, "<prefix>.bias"), the

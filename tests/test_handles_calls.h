@@ -152,6 +152,8 @@ ENTRY(dq_file_writer_to_buffer, w, "w", T_WRITER, 0,
       dq_file_writer_to_buffer(h, area.work, sizeof area.work, area.sz))
 ENTRY(dq_file_writer_save, w, "w", T_WRITER, 0,
       dq_file_writer_save(h, "/nonexistent-folder/handles.dq"))
+ENTRY(dq_file_writer_spool, w, "w", T_WRITER, 0,
+      dq_file_writer_spool(h, "/nonexistent-folder/handles.dq"))
 ENTRY(dq_file_writer_add_linear, w, "w", T_WRITER, 0,
       dq_file_writer_add_linear(h, "l", NULL, NULL, L(T_QMATRIX), NULL))
 ENTRY(dq_file_writer_add_linear_layer, w, "w", T_WRITER, 0,

@@ -403,10 +403,26 @@ int main(int argc, char **argv)
         fprintf(stderr, "dq_file_writer_create: %s\n", dq_status_name(st));
         goto out;
     }
+    /* Each block's layers go to disk as they are added: memory holds one block, not the
+     * whole quantized model. */
+    st = dq_file_writer_spool(fw, o.out);
+    if (st) {
+        fprintf(stderr, "%s: cannot create a spool file in its folder: %s\n", o.out,
+                dq_status_name(st));
+        goto out;
+    }
     writer wr = {fw, o.out, 0};
     write_header(&wr, &o, &tm, method, calib_hash, total);
     if (wr.failed)
         goto out;
+    /* The float tables are in the spool file now, and a Hugging Face folder's blocks are read
+     * one at a time: nothing needs the embeddings and head any more (1 GiB of floats for
+     * LLaMA-2-7B's 32000-token tables). */
+    if (tm.hm) {
+        free(tm.m.data);
+        tm.m.data = NULL;
+        tm.m.tok_emb = tm.m.rms_final = tm.m.wcls = NULL;
+    }
     t_load = tool_now_s() - t0;
     fprintf(stderr, "calibrating and quantizing block by block with %s on %lld tokens of %s%s\n",
             method->name, (long long)total, o.calib,

@@ -51,6 +51,10 @@ struct dq_file_writer {
         uint64_t fingerprint;
     } *plans;
     size_t n_plans, cap_plans;
+    /* Spooling (dq_file_writer_spool): each tensor's bytes go at once to this unlinked file at
+     * spool_end, and its entry keeps only the offset. -1: the bytes stay in memory. */
+    int spool_fd;
+    uint64_t spool_end;
 };
 DQ__HANDLE_LAYOUT(struct dq_file_writer);
 
@@ -270,6 +274,7 @@ DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
         return DQ_FAIL(c, DQ_ERR_NOMEM, "%zu bytes for the writer", sizeof *w);
     dq__context_keep(&w->ctx, c);
     w->tag = DQ__TAG_FILE_WRITER;
+    w->spool_fd = -1;
     w->cap_meta = 8;
     w->meta = dq__calloc(c, w->cap_meta, sizeof *w->meta);
     char version[16];
@@ -290,13 +295,16 @@ DQ_API dq_status dq_file_writer_create(dq_context *ctx, dq_file_writer **out)
     return DQ_OK;
 }
 
-/* Drops everything added after the writer held n entries and n_meta pairs. */
+/* Drops everything added after the writer held n entries and n_meta pairs (their spooled
+ * bytes are overwritten by the next tensors). */
 static void truncate_writer(dq_file_writer *w, size_t n, size_t n_meta)
 {
     while (w->n > n) {
         w->n--;
         dq__free(&w->ctx, w->e[w->n].name);
         dq__free(&w->ctx, w->e[w->n].bytes);
+        if (w->spool_fd >= 0)
+            w->spool_end = w->e[w->n].spool_offset;
     }
     while (w->n_meta > n_meta) {
         w->n_meta--;
@@ -318,8 +326,26 @@ DQ_API void dq_file_writer_free(dq_file_writer *w)
     dq__free(&c, w->plans);
     dq__free(&c, w->e);
     dq__free(&c, w->meta);
+    if (w->spool_fd >= 0)
+        close(w->spool_fd); /* unlinked when created: closing removes it */
     dq__free(&c, w);
     dq__context_drop(&c);
+}
+
+DQ_API dq_status dq_file_writer_spool(dq_file_writer *w, const char *path)
+{
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
+    if (!w)
+        return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "w is NULL");
+    if (!path || !*path)
+        return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "path is %s", path ? "empty" : "NULL");
+    if (w->spool_fd >= 0 || w->n > 0)
+        return DQ_FAIL(&w->ctx, DQ_ERR_BAD_STATE, "%s",
+                       w->spool_fd >= 0 ? "the writer already spools"
+                                        : "tensors were added before spooling was asked for");
+    dq_status st = dq__spool_open(&w->ctx, __func__, path, &w->spool_fd);
+    w->spool_end = 0;
+    return st;
 }
 
 static bool name_taken(const dq_file_writer *w, const char *name)
@@ -392,6 +418,23 @@ static dq_status push_entry(dq_file_writer *w, char *name, int32_t dtype, int32_
         DQ_OK) {
         w->n--;
         goto fail;
+    }
+    if (w->spool_fd >= 0) {
+        char why[128];
+        e->spool_offset = w->spool_end;
+        if (dq__pwrite_all(w->spool_fd, bytes, nbytes, w->spool_end) != 0) {
+            st = DQ_FAIL(&w->ctx, DQ_ERR_IO, "tensor '%s': write %zu bytes to the spool file: %s",
+                         name, nbytes, dq__errno_text(errno, why, sizeof why));
+            /* Drop the entry and its checksum: the writer stays as it was. */
+            w->n--;
+            w->n_meta--;
+            dq__free(&w->ctx, w->meta[w->n_meta].key);
+            dq__free(&w->ctx, w->meta[w->n_meta].value);
+            goto fail;
+        }
+        w->spool_end += nbytes;
+        e->bytes = NULL;
+        dq__free(&w->ctx, bytes);
     }
     return DQ_OK;
 fail:
@@ -718,12 +761,11 @@ static dq_status writer_header_checksum(const dq_file_writer *w, uint64_t *sum)
     for (size_t i = 0; i < w->n_meta; i++)
         m[i] = &w->meta[i];
     /* dq__st_write's order: 8-byte elements first, then 4, 2 and 1, consecutive from 0. */
-    static const size_t sizes[4] = {8, 4, 2, 1};
     uint64_t off = 0;
     size_t k = 0;
-    for (int pass = 0; pass < 4; pass++)
+    for (int pass = 0; pass < DQ__ST_N_PASSES; pass++)
         for (size_t i = 0; i < w->n; i++)
-            if (dq__st_dtype_size(w->e[i].dtype) == sizes[pass]) {
+            if (dq__st_dtype_size(w->e[i].dtype) == dq__st_order_size(pass)) {
                 t[k].e = &w->e[i];
                 t[k++].begin = off;
                 off += w->e[i].nbytes;
@@ -749,13 +791,10 @@ static dq_status writer_header_checksum(const dq_file_writer *w, uint64_t *sum)
     return DQ_OK;
 }
 
-DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, size_t cap,
-                                          size_t *size)
+/* The metadata as written: the pairs added, then key ("__hash__") = the header's checksum,
+ * written into value (17 bytes). *out is freed by the caller. */
+static dq_status final_meta(const dq_file_writer *w, char *key, char *value, dq__st_meta **out)
 {
-    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
-    if (!w || !size)
-        return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !w ? "w" : "size");
-    /* The metadata as written: the pairs added, then "__hash__", the header's checksum. */
     uint64_t sum = 0;
     dq_status st = writer_header_checksum(w, &sum);
     if (st != DQ_OK)
@@ -763,22 +802,97 @@ DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, si
     dq__st_meta *meta = dq__alloc(&w->ctx, (w->n_meta + 1) * sizeof *meta);
     if (!meta)
         return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "%zu metadata pairs", w->n_meta + 1);
-    char key[] = HASH_KEY, value[17];
-    snprintf(value, sizeof value, "%016" PRIx64, sum);
+    snprintf(value, 17, "%016" PRIx64, sum);
     memcpy(meta, w->meta, w->n_meta * sizeof *meta);
     meta[w->n_meta].key = key;
     meta[w->n_meta].value = value;
-    size_t need;
-    st = dq__st_write(&w->ctx, w->e, w->n, meta, w->n_meta + 1, NULL, 0, &need);
+    *out = meta;
+    return DQ_OK;
+}
+
+/* Visits the tensors in the order of the data section (dq__st_write's). */
+#define FOR_EACH_IN_FILE_ORDER(w, e)                                                   \
+    for (int pass_ = 0; pass_ < DQ__ST_N_PASSES; pass_++)                              \
+        for (const dq__st_entry *e = (w)->e; e < (w)->e + (w)->n; e++)                 \
+            if (dq__st_dtype_size(e->dtype) == dq__st_order_size(pass_))
+
+DQ_API dq_status dq_file_writer_to_buffer(const dq_file_writer *w, void *buf, size_t cap,
+                                          size_t *size)
+{
+    DQ_CHECK_HANDLE(NULL, w, DQ__H_FILE_WRITER, "w");
+    if (!w || !size)
+        return DQ_FAIL(w ? &w->ctx : NULL, DQ_ERR_INVALID_ARG, "%s is NULL", !w ? "w" : "size");
+    char key[] = HASH_KEY, value[17];
+    dq__st_meta *meta = NULL;
+    dq_status st = final_meta(w, key, value, &meta);
+    if (st != DQ_OK)
+        return st;
+    size_t head = 0, need = 0;
+    st = dq__st_write_head(&w->ctx, w->e, w->n, meta, w->n_meta + 1, NULL, 0, &head, &need);
     if (st == DQ_OK) {
         *size = need;
         if (buf && cap < need)
             st = DQ_FAIL(&w->ctx, DQ_ERR_BUFFER, "cap %zu < %zu bytes needed", cap, need);
-        else if (buf)
+        else if (buf && w->spool_fd < 0)
             st = dq__st_write(&w->ctx, w->e, w->n, meta, w->n_meta + 1, buf, cap, &need);
+        else if (buf)
+            st = dq__st_write_head(&w->ctx, w->e, w->n, meta, w->n_meta + 1, buf, cap, &head,
+                                   &need);
     }
     dq__free(&w->ctx, meta);
-    return st;
+    if (st != DQ_OK || !buf || w->spool_fd < 0)
+        return st;
+    /* Spooled: the data section read back from the spool file. */
+    uint8_t *o = (uint8_t *)buf + head;
+    FOR_EACH_IN_FILE_ORDER(w, e) {
+        char why[128];
+        if (dq__pread_all(w->spool_fd, o, e->nbytes, e->spool_offset) != 0)
+            return DQ_FAIL(&w->ctx, DQ_ERR_IO, "tensor '%s': read %zu bytes of the spool file: %s",
+                           e->name, e->nbytes, dq__errno_text(errno, why, sizeof why));
+        o += e->nbytes;
+    }
+    return DQ_OK;
+}
+
+/* dq_file_writer_save's data: the header, then each tensor from memory or, through a buffer of
+ * SPOOL_CHUNK bytes, from the spool file. */
+#define SPOOL_CHUNK ((size_t)1 << 20)
+
+typedef struct save_job {
+    const dq_file_writer *w;
+    const uint8_t *head;
+    size_t head_size;
+    uint8_t *chunk; /* SPOOL_CHUNK bytes, spooling writers only */
+} save_job;
+
+static dq_status fill_file(void *user, int fd, const char *tmp)
+{
+    const save_job *j = user;
+    const dq_file_writer *w = j->w;
+    char why[128];
+    if (dq__write_all(fd, j->head, j->head_size) != 0)
+        goto write_failed;
+    FOR_EACH_IN_FILE_ORDER(w, e) {
+        if (w->spool_fd < 0) {
+            if (dq__write_all(fd, e->bytes, e->nbytes) != 0)
+                goto write_failed;
+            continue;
+        }
+        for (size_t done = 0; done < e->nbytes;) {
+            size_t k = e->nbytes - done < SPOOL_CHUNK ? e->nbytes - done : SPOOL_CHUNK;
+            if (dq__pread_all(w->spool_fd, j->chunk, k, e->spool_offset + done) != 0)
+                return dq__fail(&w->ctx, DQ_ERR_IO, "dq_file_writer_save",
+                                "tensor '%s': read %zu bytes of the spool file: %s", e->name, k,
+                                dq__errno_text(errno, why, sizeof why));
+            if (dq__write_all(fd, j->chunk, k) != 0)
+                goto write_failed;
+            done += k;
+        }
+    }
+    return DQ_OK;
+write_failed:
+    return dq__fail(&w->ctx, DQ_ERR_IO, "dq_file_writer_save", "write '%s': %s", tmp,
+                    dq__errno_text(errno, why, sizeof why));
 }
 
 DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
@@ -788,19 +902,34 @@ DQ_API dq_status dq_file_writer_save(const dq_file_writer *w, const char *path)
         return DQ_FAIL(NULL, DQ_ERR_INVALID_ARG, "w is NULL");
     if (!path || !*path)
         return DQ_FAIL(&w->ctx, DQ_ERR_INVALID_ARG, "path is %s", path ? "empty" : "NULL");
-    size_t size;
-    dq_status st = dq_file_writer_to_buffer(w, NULL, 0, &size);
+    char key[] = HASH_KEY, value[17];
+    dq__st_meta *meta = NULL;
+    dq_status st = final_meta(w, key, value, &meta);
     if (st != DQ_OK)
         return st;
-    uint8_t *buf = dq__alloc(&w->ctx, size);
-    if (!buf)
-        return DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "%zu bytes for the file '%s'", size, path);
-    st = dq_file_writer_to_buffer(w, buf, size, &size);
+    save_job j = {w, NULL, 0, NULL};
+    uint8_t *head = NULL;
+    size_t total = 0;
+    st = dq__st_write_head(&w->ctx, w->e, w->n, meta, w->n_meta + 1, NULL, 0, &j.head_size,
+                           &total);
+    if (st == DQ_OK) {
+        head = dq__alloc(&w->ctx, j.head_size);
+        j.chunk = w->spool_fd >= 0 ? dq__alloc(&w->ctx, SPOOL_CHUNK) : NULL;
+        if (!head || (w->spool_fd >= 0 && !j.chunk))
+            st = DQ_FAIL(&w->ctx, DQ_ERR_NOMEM, "%zu bytes for the header of '%s'%s",
+                         j.head_size, path, w->spool_fd >= 0 ? " and a copy buffer" : "");
+    }
+    if (st == DQ_OK)
+        st = dq__st_write_head(&w->ctx, w->e, w->n, meta, w->n_meta + 1, head, j.head_size,
+                               &j.head_size, &total);
+    j.head = head;
     /* Temporary file, fsync, rename, fsync of the folder: the old file stays whole until the
      * new one is complete. */
     if (st == DQ_OK)
-        st = dq__save_atomic(&w->ctx, __func__, path, buf, size);
-    dq__free(&w->ctx, buf);
+        st = dq__save_atomic_fill(&w->ctx, __func__, path, fill_file, &j);
+    dq__free(&w->ctx, head);
+    dq__free(&w->ctx, j.chunk);
+    dq__free(&w->ctx, meta);
     return st;
 }
 

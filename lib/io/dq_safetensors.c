@@ -851,12 +851,11 @@ static void put_u64(sink *s, uint64_t v)
         put(s, &tmp[--n], 1);
 }
 
-/* Writing order: 8-byte elements first, then 4, 2, 1, so that every tensor starts at a
- * multiple of its element size (the header is padded to a multiple of 8). */
+/* Writing order (dq__st_order_size): 8-byte elements first, then 4, 2, 1, so that every tensor
+ * starts at a multiple of its element size (the header is padded to a multiple of 8). */
 static void emit(const dq__st_entry *e, size_t n, const dq__st_meta *meta, size_t n_meta,
                  sink *s, size_t header_len, bool data)
 {
-    static const size_t sizes[4] = {8, 4, 2, 1};
     if (!data) {
         put(s, "{", 1);
         put_json_string(s, "__metadata__");
@@ -871,9 +870,9 @@ static void emit(const dq__st_entry *e, size_t n, const dq__st_meta *meta, size_
         put(s, "}", 1);
     }
     size_t off = 0;
-    for (int pass = 0; pass < 4; pass++)
+    for (int pass = 0; pass < DQ__ST_N_PASSES; pass++)
         for (size_t i = 0; i < n; i++) {
-            if (dq__st_dtype_size(e[i].dtype) != sizes[pass])
+            if (dq__st_dtype_size(e[i].dtype) != dq__st_order_size(pass))
                 continue;
             if (data) {
                 put(s, e[i].bytes, e[i].nbytes);
@@ -903,26 +902,47 @@ static void emit(const dq__st_entry *e, size_t n, const dq__st_meta *meta, size_
     }
 }
 
+dq_status dq__st_write_head(const dq_context *ctx, const dq__st_entry *entries, size_t n,
+                            const dq__st_meta *meta, size_t n_meta, uint8_t *buf, size_t cap,
+                            size_t *head, size_t *total)
+{
+    sink count = {NULL, 0};
+    emit(entries, n, meta, n_meta, &count, 0, false);
+    size_t header = (count.pos + 7) / 8 * 8, sum = 8 + header;
+    for (size_t i = 0; i < n; i++)
+        if (!dq__add_size(sum, entries[i].nbytes, &sum))
+            return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "file size overflows size_t at tensor '%s'",
+                           entries[i].name);
+    *head = 8 + header;
+    *total = sum;
+    if (!buf)
+        return DQ_OK;
+    if (cap < 8 + header)
+        return DQ_FAIL(ctx, DQ_ERR_BUFFER, "cap %zu < %zu bytes needed", cap, 8 + header);
+    for (int k = 0; k < 8; k++)
+        buf[k] = (uint8_t)((uint64_t)header >> (8 * k));
+    sink s = {buf + 8, 0};
+    emit(entries, n, meta, n_meta, &s, header, false);
+    return DQ_OK;
+}
+
 dq_status dq__st_write(const dq_context *ctx, const dq__st_entry *entries, size_t n,
                        const dq__st_meta *meta, size_t n_meta, uint8_t *buf, size_t cap,
                        size_t *needed)
 {
-    sink count = {NULL, 0};
-    emit(entries, n, meta, n_meta, &count, 0, false);
-    size_t header = (count.pos + 7) / 8 * 8, total = 8 + header;
-    for (size_t i = 0; i < n; i++)
-        if (!dq__add_size(total, entries[i].nbytes, &total))
-            return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "file size overflows size_t at tensor '%s'",
-                           entries[i].name);
+    size_t head = 0, total = 0;
+    dq_status st = dq__st_write_head(ctx, entries, n, meta, n_meta, NULL, 0, &head, &total);
+    if (st != DQ_OK)
+        return st;
     *needed = total;
     if (!buf)
         return DQ_OK;
     if (cap < total)
         return DQ_FAIL(ctx, DQ_ERR_BUFFER, "cap %zu < %zu bytes needed", cap, total);
-    for (int k = 0; k < 8; k++)
-        buf[k] = (uint8_t)((uint64_t)header >> (8 * k));
-    sink s = {buf + 8, 0};
-    emit(entries, n, meta, n_meta, &s, header, false);
-    emit(entries, n, meta, n_meta, &s, header, true);
+    st = dq__st_write_head(ctx, entries, n, meta, n_meta, buf, cap, &head, &total);
+    if (st != DQ_OK)
+        return st;
+    sink s = {buf + head, 0};
+    emit(entries, n, meta, n_meta, &s, 0, true);
     return DQ_OK;
 }

@@ -103,7 +103,18 @@ typedef struct dq__st_entry {
     int64_t shape[DQ__ST_MAX_DIMS];
     uint8_t *bytes;
     size_t nbytes;
+    /* A spooling file writer's entries have no bytes: they lie at this offset of its spool
+     * file. Only dq__st_write_head accepts them. */
+    uint64_t spool_offset;
 } dq__st_entry;
+
+/* The order of the data section: entries whose element size is dq__st_order_size(0), in the
+ * given order, then those of dq__st_order_size(1), ... (8, 4, 2, 1 bytes). */
+#define DQ__ST_N_PASSES 4
+static inline size_t dq__st_order_size(int pass)
+{
+    return (size_t)8 >> pass;
+}
 
 /* Serialises entries (written in order of decreasing element size, stable) and metadata (in the
  * given order) into buf. buf NULL or cap too small: only *needed is set and DQ_ERR_BUFFER is
@@ -111,6 +122,12 @@ typedef struct dq__st_entry {
 dq_status dq__st_write(const dq_context *ctx, const dq__st_entry *entries, size_t n,
                        const dq__st_meta *meta, size_t n_meta, uint8_t *buf, size_t cap,
                        size_t *needed);
+/* As dq__st_write, only the first *head bytes (length and JSON header, the data section
+ * follows in the order above) into buf; *total is the whole file's size. buf NULL: sizes only;
+ * cap < *head: DQ_ERR_BUFFER. The entries' bytes are not read. */
+dq_status dq__st_write_head(const dq_context *ctx, const dq__st_entry *entries, size_t n,
+                            const dq__st_meta *meta, size_t n_meta, uint8_t *buf, size_t cap,
+                            size_t *head, size_t *total);
 
 /* True when s (len bytes) is well-formed UTF-8 without control characters below 0x20. */
 bool dq__st_text_ok(const char *s, size_t len);

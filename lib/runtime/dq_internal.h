@@ -109,6 +109,19 @@ dq_status dq__params_read_at(const dq_context *ctx, const char *func, const char
 const char *dq__errno_text(int err, char *buf, size_t cap);
 dq_status dq__save_atomic(const dq_context *ctx, const char *func, const char *path,
                           const void *data, size_t size);
+/* As dq__save_atomic, the bytes written by fill into the temporary file tmp (descriptor fd);
+ * fill logs its own failure and returns its status, which is returned. */
+typedef dq_status (*dq__fill_fn)(void *user, int fd, const char *tmp);
+dq_status dq__save_atomic_fill(const dq_context *ctx, const char *func, const char *path,
+                               dq__fill_fn fill, void *user);
+/* A new file in the folder of path, open for reading and writing and already unlinked, so it
+ * vanishes with its descriptor; DQ_ERR_IO (logged) when it cannot be created. */
+dq_status dq__spool_open(const dq_context *ctx, const char *func, const char *path, int *fd);
+/* All n bytes written (at the file position, or at off) or read (at off), across short
+ * transfers and EINTR: 0, or -1 with errno set (EIO for a read past the end of the file). */
+int dq__write_all(int fd, const void *p, size_t n);
+int dq__pwrite_all(int fd, const void *p, size_t n, uint64_t off);
+int dq__pread_all(int fd, void *buf, size_t n, uint64_t off);
 
 /* Extensible params structs (see duquant.h). Copies min(struct_size, known) bytes of user into
  * dst (which already holds the defaults) after validating size and tail. user NULL keeps the
