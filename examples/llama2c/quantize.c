@@ -10,32 +10,38 @@
 #define DQ_SMOOTH_ROT (DQ_PLAN_F_SMOOTH | DQ_PLAN_F_ROTATE | DQ_PLAN_F_PERMUTE)
 
 const l2c_method l2c_methods[] = {
-    {"fp32", 0, 0, 0, 0, 0, "float32 weights and activations", 0},
-    {"w8a8_rtn", 8, 8, 0, 0, 0, "8-bit round-to-nearest (sanity check)", 0},
-    {"rtn", 4, 4, 0, 0, 0, "4-bit round-to-nearest, no transform", 0},
-    {"smoothquant", 4, 4, DQ_PLAN_F_SMOOTH, 0, 0, "smoothing scales only", 0},
+    {"fp32", 0, 0, 0, 0, 0, "float32 weights and activations", 0, 0},
+    {"w8a8_rtn", 8, 8, 0, 0, 0, "8-bit round-to-nearest (sanity check)", 0, 0},
+    {"rtn", 4, 4, 0, 0, 0, "4-bit round-to-nearest, no transform", 0, 0},
+    {"smoothquant", 4, 4, DQ_PLAN_F_SMOOTH, 0, 0, "smoothing scales only", 0, 0},
     {"hadamard", 4, 4, DQ_PLAN_F_ROTATE, DQ_ROT_METHOD_HADAMARD, 0,
-     "block Walsh-Hadamard rotation (QuaRot-RTN style)", 0},
+     "block Walsh-Hadamard rotation (QuaRot-RTN style)", 0, 0},
     {"duquant_ref", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_ROW_RULE, DQ_ROT_METHOD_GREEDY, 0,
-     "DuQuant, reference mode: row rule, one R shared by the blocks", 0},
+     "DuQuant, reference mode: row rule, one R shared by the blocks", 0, 0},
     {"duquant", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 0,
-     "DuQuant, column rule, one R per block", 0},
+     "DuQuant, column rule, one R per block", 0, 0},
     {"duquant_lwc", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 1,
-     "DuQuant (column rule, per-block R) + learnable weight clipping", 0},
+     "DuQuant (column rule, per-block R) + learnable weight clipping", 0, 0},
     {"duquant_hb", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R | DQ_PLAN_F_HADAMARD_BASE,
      DQ_ROT_METHOD_GREEDY, 0,
-     "DuQuant, per-block R, Hadamard base where power-of-two blocks fit", 0},
+     "DuQuant, per-block R, Hadamard base where power-of-two blocks fit", 0, 0},
     {"duquant_hb_lwc", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R | DQ_PLAN_F_HADAMARD_BASE,
-     DQ_ROT_METHOD_GREEDY, 1, "duquant_hb + learnable weight clipping", 0},
-    {"w4a16_rtn", 4, 0, 0, 0, 0, "4-bit weights, float activations (reference point)", 0},
+     DQ_ROT_METHOD_GREEDY, 1, "duquant_hb + learnable weight clipping", 0, 0},
+    {"w4a16_rtn", 4, 0, 0, 0, 0, "4-bit weights, float activations (reference point)", 0, 0},
     {"w4a16_duquant_lwc", 4, 0, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 1,
-     "duquant_lwc with float activations (reference point)", 0},
+     "duquant_lwc with float activations (reference point)", 0, 0},
     {"duquant_dfrot", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 0,
-     "DuQuant (column rule, per-block R), each R refined by DFRot", DQ_REFINE_DFROT},
+     "DuQuant (column rule, per-block R), each R refined by DFRot", DQ_REFINE_DFROT, 0},
     {"duquant_dartquant", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY,
-     0, "DuQuant (column rule, per-block R), each R refined by DartQuant", DQ_REFINE_DARTQUANT},
+     0, "DuQuant (column rule, per-block R), each R refined by DartQuant", DQ_REFINE_DARTQUANT, 0},
     {"hadamard_dartquant", 4, 4, DQ_PLAN_F_ROTATE, DQ_ROT_METHOD_HADAMARD, 0,
-     "block Hadamard rotation refined by DartQuant", DQ_REFINE_DARTQUANT},
+     "block Hadamard rotation refined by DartQuant", DQ_REFINE_DARTQUANT, 0},
+    {"gptq", 4, 4, 0, 0, 0, "4-bit GPTQ weights, no transform", 0, 1},
+    {"hadamard_gptq", 4, 4, DQ_PLAN_F_ROTATE, DQ_ROT_METHOD_HADAMARD, 0,
+     "block Walsh-Hadamard rotation, GPTQ weights", 0, 1},
+    {"duquant_gptq", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 0,
+     "DuQuant (column rule, per-block R), GPTQ weights", 0, 1},
+    {"w4a16_gptq", 4, 0, 0, 0, 0, "GPTQ 4-bit weights, float activations", 0, 1},
 };
 const int32_t l2c_n_methods = (int32_t)(sizeof l2c_methods / sizeof l2c_methods[0]);
 
@@ -382,10 +388,41 @@ out:
     return rc;
 }
 
-/* Transforms, packs and wraps weight k of layer l. */
+void l2c_gptq_params(dq_gptq_params *gp)
+{
+    dq_gptq_params_init(gp, sizeof *gp);
+    gp->flags = DQ_GPTQ_F_ACT_ORDER | DQ_GPTQ_F_CLIP_SEARCH;
+}
+
+/* The Hessian of input in of layer l for GPTQ, from the same calibration sample the plan's
+ * rotation search and LWC read, taken through the plan as the layer sees it. */
+static int build_hessian(dq_context *ctx, const l2c_calibration *cal, const dq_plan *plan,
+                         int32_t l, int32_t in, dq_hessian **out)
+{
+    int64_t tokens = 0, cols = cal->width[in];
+    float *x = calib_sample(cal->calib[l][in], cols, &tokens);
+    *out = NULL;
+    if (!x) {
+        fprintf(stderr, "layer %d, %s: no calibration sample\n", l, l2c_input_name(in));
+        return -1;
+    }
+    int rc = check(dq_hessian_create(ctx, plan, cols, out), "dq_hessian_create", l,
+                   l2c_input_name(in)) ||
+             check(dq_hessian_observe(*out, x, tokens, cols, cols), "dq_hessian_observe", l,
+                   l2c_input_name(in));
+    free(x);
+    if (rc) {
+        dq_hessian_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* Transforms, packs (round-to-nearest, or GPTQ with hs) and wraps weight k of layer l. */
 static int quantize_linear(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
-                           const dq_plan *plan, int32_t l, int32_t k, const l2c_method *method,
-                           const l2c_quant_options *o, dq_linear **out)
+                           const dq_plan *plan, const dq_hessian *hs, int32_t l, int32_t k,
+                           const l2c_method *method, const l2c_quant_options *o,
+                           dq_linear **out)
 {
     int64_t rows, cols;
     const float *w0 = l2c_model_weight(m, l, k, &rows, &cols);
@@ -399,7 +436,8 @@ static int quantize_linear(dq_context *ctx, const l2c_model *m, const l2c_calibr
         goto out;
     }
     memcpy(w, w0, (size_t)(rows * cols) * sizeof *w);
-    if (plan && check(dq_plan_transform_weight(plan, w, rows, cols, cols),
+    /* GPTQ transforms the original weights itself (the Hessian holds the plan). */
+    if (plan && !hs && check(dq_plan_transform_weight(plan, w, rows, cols, cols),
                       "dq_plan_transform_weight", l, l2c_input_name(in)))
         goto out;
     dq_quant_params wq;
@@ -415,9 +453,15 @@ static int quantize_linear(dq_context *ctx, const l2c_model *m, const l2c_calibr
     if (learned && learn_clip(ctx, cal, plan, l, in, &wq, w, rows, cols, o, hi, lo,
                               method->a_bits))
         goto out;
-    if (check(dq_qmatrix_pack(ctx, &wq, w, rows, cols, cols, learned ? hi : NULL,
-                              learned ? lo : NULL, &qm),
-              "dq_qmatrix_pack", l, l2c_input_name(in)))
+    if (hs) {
+        dq_gptq_params gp;
+        l2c_gptq_params(&gp);
+        if (check(dq_gptq_pack(ctx, &gp, &wq, hs, w, rows, cols, cols, NULL, NULL, 0, &qm),
+                  "dq_gptq_pack", l, l2c_input_name(in)))
+            goto out;
+    } else if (check(dq_qmatrix_pack(ctx, &wq, w, rows, cols, cols, learned ? hi : NULL,
+                                     learned ? lo : NULL, &qm),
+                     "dq_qmatrix_pack", l, l2c_input_name(in)))
         goto out;
     dq_linear_params lp;
     dq_linear_params_init(&lp, sizeof lp);
@@ -452,21 +496,33 @@ int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal
     }
     l2c_net fp32;
     l2c_net_init_fp32(&fp32, m, out->lin);
+    dq_hessian *hs = NULL;
     if (method->w_bits == 0)
         return 0;
     for (int32_t l = 0; l < L; l++) {
         for (int32_t in = 0; in < L2C_N_INPUTS; in++)
             if (build_plan(ctx, cal, l, in, method, o, &out->plans[l][in]))
                 goto fail;
-        for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
-            if (quantize_linear(ctx, m, cal, out->plans[l][l2c_input_of(k)], l, k, method, o,
-                                &out->layers[l][k]))
+        /* Input by input, so that at most one Hessian (width^2 doubles) is alive. */
+        for (int32_t in = 0; in < L2C_N_INPUTS; in++) {
+            const dq_plan *plan = out->plans[l][in];
+            if (method->gptq && build_hessian(ctx, cal, plan, l, in, &hs))
                 goto fail;
-            out->lin[l][k].q = out->layers[l][k];
+            for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+                if (l2c_input_of(k) != in)
+                    continue;
+                if (quantize_linear(ctx, m, cal, plan, hs, l, k, method, o,
+                                    &out->layers[l][k]))
+                    goto fail;
+                out->lin[l][k].q = out->layers[l][k];
+            }
+            dq_hessian_free(hs);
+            hs = NULL;
         }
     }
     return 0;
 fail:
+    dq_hessian_free(hs);
     l2c_qmodel_free(out);
     return -1;
 }

@@ -46,7 +46,13 @@ typedef struct l2c_method {
     int32_t lwc;            /* learnable weight clipping */
     const char *what;       /* one line for the docs and --help */
     int32_t refine;         /* DQ_REFINE_* applied to every rotation of the plan */
+    int32_t gptq;           /* weights packed by GPTQ (l2c_gptq_params) instead of
+                               round-to-nearest */
 } l2c_method;
+
+/* The GPTQ settings of the gptq methods: act-order and the per-row clip search on, the
+ * library's default dampening; each input's Hessian comes from its calibration sample. */
+void l2c_gptq_params(dq_gptq_params *gp);
 
 extern const l2c_method l2c_methods[];
 extern const int32_t l2c_n_methods;

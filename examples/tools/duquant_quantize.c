@@ -220,6 +220,17 @@ static void write_header(writer *wr, const options *o, const tool_model *tm,
     put(wr, "quant.rot_method", "%d", method->rot_method);
     put(wr, "quant.lwc", "%d", method->lwc);
     put(wr, "quant.refine", "%d", method->refine);
+    put(wr, "quant.gptq", "%d", method->gptq);
+    if (method->gptq) {
+        dq_gptq_params gp;
+        l2c_gptq_params(&gp);
+        put(wr, "quant.gptq_flags", "%u", gp.flags);
+        put(wr, "quant.gptq_damp", "%.9g", (double)gp.damp);
+        put(wr, "quant.gptq_clip_grid", "%d", gp.clip_grid);
+        put(wr, "quant.gptq_clip_max_shrink", "%.9g", (double)gp.clip_max_shrink);
+        put(wr, "quant.gptq_clip_norm", "%.9g", (double)gp.clip_norm);
+        put_str(wr, "quant.gptq_hessian", "calibration sample");
+    }
     put(wr, "quant.block_size", "%d", q->block_size);
     put(wr, "quant.hadamard_block", "%d", q->hadamard_block);
     put(wr, "quant.rot_steps", "%d", q->rot_steps);

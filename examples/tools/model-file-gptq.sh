@@ -1,0 +1,89 @@
+#!/bin/bash
+# The GPTQ methods on stories260K: GPTQ packing beats round-to-nearest with the same plan
+# (duquant_gptq below duquant, gptq below rtn, perplexities computed by duquant-eval here), a
+# duquant_gptq model file gives duquant-eval's in-memory perplexity to 4 decimals, --sequential
+# works with it, and an unknown method name is still refused.
+# usage: model-file-gptq.sh QUANTIZE RUN EVAL DATA_DIR
+set -euo pipefail
+quantize=$1
+run=$2
+engine=$3
+src=$4
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+model=(--model "$src/stories260K.bin" --tokenizer "$src/tok512.bin")
+calib=$src/calib.txt
+eval=$src/dev.txt
+
+"$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods rtn,duquant,gptq,duquant_gptq \
+    --format tsv --steps 0 >"$tmp/eval.tsv" 2>/dev/null
+ppl() { awk -F '\t' -v m="$1" '$1 == m { print $2 }' "$tmp/eval.tsv"; }
+below() { # below A B: method A's perplexity is below method B's
+    local a b
+    a=$(ppl "$1")
+    b=$(ppl "$2")
+    if [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" 'BEGIN { exit !(a < b) }'; then
+        echo "ok: $1 $a < $2 $b"
+    else
+        echo "FAILED: $1 '$a' not below $2 '$b'"
+        fail=1
+    fi
+}
+below duquant_gptq duquant
+below gptq rtn
+
+# Round trip: the model file's perplexity is the in-memory one; GPTQ's settings are recorded.
+if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --out "$tmp/dg.dq" \
+    2>"$tmp/q.err"; then
+    got=$("$run" --model "$tmp/dg.dq" --tokenizer "$src/tok512.bin" --eval "$eval" \
+        --format tsv | tail -n 1 | cut -f 2)
+    want=$(ppl duquant_gptq)
+    if [ -n "$got" ] && [ "$(printf '%.4f' "$got")" = "$(printf '%.4f' "$want")" ]; then
+        echo "ok: duquant_gptq: model file $got, in memory $want"
+    else
+        echo "FAILED: duquant_gptq: model file '$got', in memory '$want'"
+        fail=1
+    fi
+    if grep -aq '"quant.gptq":"1"' "$tmp/dg.dq" && grep -aq '"quant.gptq_damp":' "$tmp/dg.dq"
+    then
+        echo "ok: GPTQ settings in the metadata"
+    else
+        echo "FAILED: no GPTQ settings in the metadata"
+        fail=1
+    fi
+else
+    echo "FAILED: duquant-quantize --method duquant_gptq:"
+    cat "$tmp/q.err"
+    fail=1
+fi
+
+# --sequential: Hessians (and plans) from the quantized blocks' output; a finite perplexity.
+if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --sequential \
+    --out "$tmp/seq.dq" 2>"$tmp/q.err" &&
+    got=$("$run" --model "$tmp/seq.dq" --tokenizer "$src/tok512.bin" --eval "$eval" \
+        --format tsv | tail -n 1 | cut -f 2) &&
+    awk -v p="$got" 'BEGIN { exit !(p > 1 && p < 1e6) }'; then
+    echo "ok: duquant_gptq --sequential: $got"
+else
+    echo "FAILED: duquant_gptq --sequential"
+    cat "$tmp/q.err"
+    fail=1
+fi
+
+# An unknown method: non-zero exit, a message naming it, no output file.
+if ! "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptqq --out "$tmp/bad.dq" \
+    >"$tmp/out" 2>&1 && [ ! -e "$tmp/bad.dq" ] && grep -q duquant_gptqq "$tmp/out"; then
+    echo "ok: duquant-quantize refuses an unknown method"
+else
+    echo "FAILED: duquant-quantize --method duquant_gptqq: $(cat "$tmp/out")"
+    fail=1
+fi
+if ! "$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods gptq,gptqq --steps 0 \
+    >"$tmp/out" 2>&1 && grep -q gptqq "$tmp/out"; then
+    echo "ok: duquant-eval refuses an unknown method"
+else
+    echo "FAILED: duquant-eval --methods gptq,gptqq: $(cat "$tmp/out")"
+    fail=1
+fi
+exit $fail
