@@ -375,7 +375,7 @@ static int get_replace(const loader *L, json_t *obj, const char *path, char **fr
     if (json_string_length(str) == 0)
         return fail(L->err, L->err_len, HF_ERR_FORMAT, "%s: %s.pattern.String: empty", L->name,
                     path);
-    const char *content;
+    const char *content = NULL;
     int rc = get_string(L, obj, path, "content", &content);
     if (rc)
         return rc;
@@ -397,14 +397,14 @@ static int get_type(const loader *L, json_t *obj, const char *path, const char *
 static int parse_normalizer_step(const loader *L, hf_tokenizer *t, json_t *obj,
                                  const char *path)
 {
-    const char *type;
+    const char *type = NULL;
     int rc = get_type(L, obj, path, &type);
     if (rc)
         return rc;
     norm_step *s = &t->norm[t->n_norm];
     memset(s, 0, sizeof *s);
     if (strcmp(type, "Prepend") == 0) {
-        const char *p;
+        const char *p = NULL;
         if ((rc = get_string(L, obj, path, "prepend", &p)))
             return rc;
         s->kind = NORM_PREPEND;
@@ -461,7 +461,7 @@ static int parse_normalizer(const loader *L, hf_tokenizer *t, json_t *root)
 static int parse_metaspace(const loader *L, json_t *obj, const char *path, char **replacement,
                            prepend_scheme *scheme, int *split)
 {
-    const char *r;
+    const char *r = NULL;
     int rc = get_string(L, obj, path, "replacement", &r);
     if (rc)
         return rc;
@@ -535,7 +535,7 @@ static int parse_pre_tokenizer(const loader *L, hf_tokenizer *t, json_t *root)
 
 static int parse_decoder_step(const loader *L, hf_tokenizer *t, json_t *obj, const char *path)
 {
-    const char *type;
+    const char *type = NULL;
     int rc = get_type(L, obj, path, &type);
     if (rc)
         return rc;
@@ -557,7 +557,7 @@ static int parse_decoder_step(const loader *L, hf_tokenizer *t, json_t *obj, con
         return HF_OK;
     }
     if (strcmp(type, "Strip") == 0) {
-        const char *c;
+        const char *c = NULL;
         if ((rc = get_string(L, obj, path, "content", &c)))
             return rc;
         if (strlen(c) == 0 || utf8_len((const unsigned char *)c, strlen(c)) != strlen(c))
@@ -678,8 +678,8 @@ static int parse_added(const loader *L, hf_tokenizer *t, json_t *root)
         if (!json_is_object(a))
             return fail(L->err, L->err_len, HF_ERR_FORMAT, "%s: %s: expected an object",
                         L->name, path);
-        int32_t id;
-        const char *content;
+        int32_t id = 0;
+        const char *content = NULL;
         int rc = check_id(L, json_object_get(a, "id"), path, ".id", &id);
         if (rc || (rc = get_string(L, a, path, "content", &content)))
             return rc;
@@ -690,7 +690,7 @@ static int parse_added(const loader *L, hf_tokenizer *t, json_t *root)
                         HF_TOKENIZER_MAX_TOKEN_BYTES);
         static const char *const flags[] = {"lstrip", "rstrip", "single_word"};
         for (int f = 0; f < 3; f++) {
-            int v;
+            int v = 0;
             if ((rc = get_bool(L, a, path, flags[f], 0, &v)))
                 return rc;
             if (v)
@@ -698,7 +698,7 @@ static int parse_added(const loader *L, hf_tokenizer *t, json_t *root)
                             "%s: %s.%s: true is not supported (token \"%s\")", L->name, path,
                             flags[f], content);
         }
-        int special, normalized;
+        int special = 0, normalized = 0;
         if ((rc = get_bool(L, a, path, "special", 0, &special)) ||
             (rc = get_bool(L, a, path, "normalized", !special, &normalized)))
             return rc;
@@ -879,7 +879,7 @@ static int parse_model(const loader *L, hf_tokenizer *t, json_t *root)
     json_t *v;
     json_object_foreach(vocab, key, v)
     {
-        int32_t id;
+        int32_t id = 0;
         char path[80];
         snprintf(path, sizeof path, "model.vocab[\"%.40s\"]", key);
         if ((rc = check_id(L, v, path, "", &id)))
