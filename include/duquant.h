@@ -282,8 +282,26 @@ typedef struct dq_rotation dq_rotation;
 /** How the block matrices are found (dq_rotation_params.method, dq_plan_params.method).
  *  GREEDY: DuQuant's greedy search on a calibration sample. HADAMARD: normalised Sylvester
  *  Hadamard blocks (every block length must be a power of two). RANDOM: seeded random
- *  orthogonal blocks (Haar). */
-enum { DQ_ROT_METHOD_GREEDY = 0, DQ_ROT_METHOD_HADAMARD = 1, DQ_ROT_METHOD_RANDOM = 2 };
+ *  orthogonal blocks (Haar). RANDOM_HADAMARD (@since 1.2): seeded randomised Hadamard blocks
+ *  of any length (dq_rotation_random_hadamard), e.g. one block of the full width (QuaRot). */
+enum {
+    DQ_ROT_METHOD_GREEDY = 0,
+    DQ_ROT_METHOD_HADAMARD = 1,
+    DQ_ROT_METHOD_RANDOM = 2,
+    DQ_ROT_METHOD_RANDOM_HADAMARD = 3
+};
+
+/** Constructions of dq_rotation_random_hadamard (dq_rotation_hadamard_kind). SYLVESTER: n a
+ *  power of two. PALEY1: H_{n/m} (Sylvester) (x) Paley I of order m (m - 1 a prime = 3 mod 4).
+ *  PALEY2: likewise with Paley II of order m (m/2 - 1 a prime = 1 mod 4). RANDOM_ORTHOGONAL:
+ *  no Hadamard matrix from these for n; a seeded Haar-random orthogonal matrix instead.
+ *  @since 1.2 */
+enum {
+    DQ_HADAMARD_SYLVESTER = 0,
+    DQ_HADAMARD_PALEY1 = 1,
+    DQ_HADAMARD_PALEY2 = 2,
+    DQ_HADAMARD_RANDOM_ORTHOGONAL = 3
+};
 
 /** dq_rotation_params.flags. ROW_RULE: pick the channel as the extreme entry's row index
  *  modulo the block length, as the reference does (default: its column). PER_BLOCK: one matrix
@@ -386,6 +404,21 @@ DQ_API dq_status dq_rotation_hadamard(int32_t n, float *out, int64_t ldo);
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_NOMEM. @since 1.0 */
 DQ_API dq_status dq_rotation_random_orthogonal(int32_t n, uint64_t seed, float *out,
                                                int64_t ldo);
+
+/** @brief Which construction dq_rotation_random_hadamard uses for width n: *kind a
+ *  DQ_HADAMARD_* value, *order the order m of the Paley factor (1 for SYLVESTER, n for
+ *  RANDOM_ORTHOGONAL); either pointer may be NULL, not both. The smallest Paley order is taken.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (n outside 1..65536). @since 1.2 */
+DQ_API dq_status dq_rotation_hadamard_kind(int64_t n, int32_t *kind, int64_t *order);
+
+/** @brief Seeded randomised Hadamard matrix D * H_n / sqrt(n) (n 1..65536), D a diagonal of
+ *  random signs, H_n as dq_rotation_hadamard_kind says: an orthonormal matrix with entries
+ *  +-1/sqrt(n), or for widths without a construction (and n <= 4096) a seeded random
+ *  orthogonal matrix. Same seed, same matrix. *kind (may be NULL) receives the construction.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE (n outside 1..65536, ldo < n),
+ *  DQ_ERR_UNSUPPORTED (no construction and n > 4096), DQ_ERR_NOMEM. @since 1.2 */
+DQ_API dq_status dq_rotation_random_hadamard(int32_t n, uint64_t seed, float *out, int64_t ldo,
+                                             int32_t *kind);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Permutation                                                                                 */

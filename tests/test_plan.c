@@ -629,8 +629,9 @@ START_TEST(bad_params)
     struct {
         int field;
         double value;
-    } bad[] = {{0, 0x400}, {1, 3}, {1, -1}, {2, 1}, {2, 4097}, {3, -1}, {3, 65537},
-               {4, 0}, {4, 65}, {5, -0.1}, {5, 1.5}, {5, NAN}};
+    } bad[] = {{0, 0x400}, {1, DQ_ROT_METHOD_RANDOM_HADAMARD + 1}, {1, -1}, {2, 1},
+               {2, 4097}, {3, -1}, {3, 65537}, {4, 0}, {4, 65}, {5, -0.1}, {5, 1.5},
+               {5, NAN}};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         dq_plan_params_init(&p, sizeof p);
         p.block_size = 32;

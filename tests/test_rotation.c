@@ -582,7 +582,7 @@ START_TEST(bad_create_input)
     }
     p = rot_params(DQ_ROT_METHOD_GREEDY, 0, 32, -1);
     ck_assert_int_eq(dq_rotation_create(NULL, &p, x, 4, 64, 64, &r), DQ_ERR_INVALID_ARG);
-    p = rot_params(3, 0, 32, 4);
+    p = rot_params(DQ_ROT_METHOD_RANDOM_HADAMARD + 1, 0, 32, 4);
     ck_assert_int_eq(dq_rotation_create(NULL, &p, x, 4, 64, 64, &r), DQ_ERR_INVALID_ARG);
     p = rot_params(DQ_ROT_METHOD_GREEDY, 0x100, 32, 4);
     ck_assert_int_eq(dq_rotation_create(NULL, &p, x, 4, 64, 64, &r), DQ_ERR_INVALID_ARG);

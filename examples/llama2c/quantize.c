@@ -16,6 +16,8 @@ const l2c_method l2c_methods[] = {
     {"smoothquant", 4, 4, DQ_PLAN_F_SMOOTH, 0, 0, "smoothing scales only", 0, 0},
     {"hadamard", 4, 4, DQ_PLAN_F_ROTATE, DQ_ROT_METHOD_HADAMARD, 0,
      "block Walsh-Hadamard rotation (QuaRot-RTN style)", 0, 0},
+    {"hadamard_full", 4, 4, DQ_PLAN_F_ROTATE, DQ_ROT_METHOD_RANDOM_HADAMARD, 0,
+     "full-width randomised Hadamard rotation of every input (QuaRot style)", 0, 0},
     {"duquant_ref", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_ROW_RULE, DQ_ROT_METHOD_GREEDY, 0,
      "DuQuant, reference mode: row rule, one R shared by the blocks", 0, 0},
     {"duquant", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 0,
@@ -39,6 +41,8 @@ const l2c_method l2c_methods[] = {
     {"gptq", 4, 4, 0, 0, 0, "4-bit GPTQ weights, no transform", 0, 1},
     {"hadamard_gptq", 4, 4, DQ_PLAN_F_ROTATE, DQ_ROT_METHOD_HADAMARD, 0,
      "block Walsh-Hadamard rotation, GPTQ weights", 0, 1},
+    {"hadamard_full_gptq", 4, 4, DQ_PLAN_F_ROTATE, DQ_ROT_METHOD_RANDOM_HADAMARD, 0,
+     "full-width randomised Hadamard rotation, GPTQ weights", 0, 1},
     {"duquant_gptq", 4, 4, DQ_SMOOTH_ROT | DQ_PLAN_F_PER_BLOCK_R, DQ_ROT_METHOD_GREEDY, 0,
      "DuQuant (column rule, per-block R), GPTQ weights", 0, 1},
     {"w4a16_gptq", 4, 0, 0, 0, 0, "GPTQ 4-bit weights, float activations", 0, 1},
@@ -316,6 +320,8 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
     pp.permutation_times = o->perm_times;
     if (method->rot_method == DQ_ROT_METHOD_HADAMARD)
         pp.block_size = hadamard_block(cal->width[in], o->hadamard_block);
+    else if (method->rot_method == DQ_ROT_METHOD_RANDOM_HADAMARD)
+        pp.block_size = (int32_t)cal->width[in]; /* one block: the whole input */
     else
         pp.block_size = o->block_size;
     /* DFRot keeps its default 20 iterations; DartQuant's small Adam steps need more. */
@@ -332,6 +338,15 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
         fprintf(stderr, "layer %d, %s: no Hadamard block size fits width %lld\n", l,
                 l2c_input_name(in), (long long)cal->width[in]);
         return -1;
+    }
+    if (method->rot_method == DQ_ROT_METHOD_RANDOM_HADAMARD && l == 0) {
+        int32_t kind = -1;
+        int64_t order = 0;
+        static const char *const kinds[] = {"Sylvester", "Sylvester x Paley I",
+                                            "Sylvester x Paley II", "random orthogonal"};
+        if (dq_rotation_hadamard_kind(cal->width[in], &kind, &order) == DQ_OK)
+            fprintf(stderr, "%s: width %lld, %s (Paley order %lld)\n", l2c_input_name(in),
+                    (long long)cal->width[in], kinds[kind], (long long)order);
     }
     dq_status st = dq_plan_build(ctx, &pp, cal->calib[l][in], cal->w_absmax[l][in],
                                  cal->width[in], out);

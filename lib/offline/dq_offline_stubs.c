@@ -210,6 +210,19 @@ DQ_API dq_status dq_rotation_random_orthogonal(int32_t n, uint64_t seed, float *
     return NO_CALIBRATION(NULL);
 }
 
+DQ_API dq_status dq_rotation_hadamard_kind(int64_t n, int32_t *kind, int64_t *order)
+{
+    (void)n, (void)kind, (void)order;
+    return NO_CALIBRATION(NULL);
+}
+
+DQ_API dq_status dq_rotation_random_hadamard(int32_t n, uint64_t seed, float *out, int64_t ldo,
+                                             int32_t *kind)
+{
+    (void)n, (void)seed, (void)out, (void)ldo, (void)kind;
+    return NO_CALIBRATION(NULL);
+}
+
 DQ_API dq_status dq_rotation_params_init(dq_rotation_params *p, size_t struct_size)
 {
     (void)p, (void)struct_size;

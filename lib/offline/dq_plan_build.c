@@ -40,7 +40,7 @@ static dq_status read_plan_params(const dq_context *ctx, const char *func,
     if ((p->flags & ~(uint32_t)PLAN_KNOWN_FLAGS) != 0)
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->flags 0x%x has unknown bits 0x%x",
                         p->flags, p->flags & ~(uint32_t)PLAN_KNOWN_FLAGS);
-    if (p->method < DQ_ROT_METHOD_GREEDY || p->method > DQ_ROT_METHOD_RANDOM)
+    if (p->method < DQ_ROT_METHOD_GREEDY || p->method > DQ_ROT_METHOD_RANDOM_HADAMARD)
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->method %d is not a DQ_ROT_METHOD",
                         (int)p->method);
     if (p->block_size < 2 || p->block_size > DQ_MAX_BLOCK)

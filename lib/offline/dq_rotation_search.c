@@ -117,8 +117,8 @@ out:
 
 /* Haar-distributed orthogonal matrix: modified Gram-Schmidt (in double) of a Gaussian matrix,
  * i.e. the Q of its QR factorisation with a positive diagonal. */
-static dq_status random_orthogonal(const dq_context *ctx, int32_t n, uint64_t seed, float *out,
-                                   int64_t ldo)
+dq_status dq__random_orthogonal(const dq_context *ctx, int32_t n, uint64_t seed, float *out,
+                               int64_t ldo)
 {
     double *q = dq__alloc(ctx, (size_t)n * (size_t)n * sizeof(double)); /* column j at q+j*n */
     if (!q)
@@ -187,7 +187,7 @@ DQ_API dq_status dq_rotation_random_orthogonal(int32_t n, uint64_t seed, float *
     if (n < 1 || n > DQ_MAX_BLOCK || ldo < n)
         return DQ_FAIL(NULL, DQ_ERR_SHAPE, "n %d outside [1, %d] or ldo %lld < n", (int)n,
                        DQ_MAX_BLOCK, (long long)ldo);
-    return random_orthogonal(NULL, n, seed, out, ldo);
+    return dq__random_orthogonal(NULL, n, seed, out, ldo);
 }
 
 /* First block using matrix m and how many consecutive blocks use it. */
@@ -233,7 +233,7 @@ static dq_status build_greedy(dq_rotation *r, const dq__rot_opts *o, const float
         if (o->qprime && n == bs) {
             qprime = o->qprime;
         } else if (o->random_qprime) {
-            st = random_orthogonal(ctx, n - 1, dq__seed_mix(o->seed, (uint64_t)m), qp, n - 1);
+            st = dq__random_orthogonal(ctx, n - 1, dq__seed_mix(o->seed, (uint64_t)m), qp, n - 1);
             if (st != DQ_OK)
                 goto out;
             qprime = qp;
@@ -280,8 +280,11 @@ dq_status dq__rotation_build(const dq_context *ctx, const dq__rot_opts *o, const
             float *dst = r->data + r->mat_offset[m];
             if (o->method == DQ_ROT_METHOD_HADAMARD)
                 hadamard(r->mat_size[m], dst, r->mat_size[m]);
+            else if (o->method == DQ_ROT_METHOD_RANDOM_HADAMARD)
+                st = dq__random_hadamard(ctx, r->mat_size[m], dq__seed_mix(o->seed, (uint64_t)m),
+                                         dst, r->mat_size[m], NULL);
             else
-                st = random_orthogonal(ctx, r->mat_size[m], dq__seed_mix(o->seed, (uint64_t)m),
+                st = dq__random_orthogonal(ctx, r->mat_size[m], dq__seed_mix(o->seed, (uint64_t)m),
                                        dst, r->mat_size[m]);
         }
     }
@@ -321,7 +324,7 @@ static dq_status read_rotation_params(const dq_context *ctx, const dq_rotation_p
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_rotation_create",
                         "p->flags 0x%x has unknown bits 0x%x", p.flags,
                         p.flags & ~(uint32_t)ROTATION_KNOWN_FLAGS);
-    if (p.method < DQ_ROT_METHOD_GREEDY || p.method > DQ_ROT_METHOD_RANDOM)
+    if (p.method < DQ_ROT_METHOD_GREEDY || p.method > DQ_ROT_METHOD_RANDOM_HADAMARD)
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, "dq_rotation_create",
                         "p->method %d is not a DQ_ROT_METHOD", (int)p.method);
     if (p.block_size < 2 || p.block_size > DQ_MAX_BLOCK)

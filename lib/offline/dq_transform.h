@@ -36,6 +36,16 @@ typedef struct dq__rot_opts {
 dq_status dq__rotation_build(const dq_context *ctx, const dq__rot_opts *o, const float *x,
                              int64_t rows, int64_t cols, int64_t ldx, dq_rotation **out);
 
+/* Seeded Haar-random orthogonal n x n matrix into out (ldo). */
+dq_status dq__random_orthogonal(const dq_context *ctx, int32_t n, uint64_t seed, float *out,
+                                int64_t ldo);
+
+/* The randomised Hadamard construction for width n (dq_rotation_hadamard_kind) and the matrix
+ * itself into out (n x n, ldo); *kind (may be NULL) receives the construction used. */
+void dq__hadamard_plan(int64_t n, int32_t *kind, int64_t *m);
+dq_status dq__random_hadamard(const dq_context *ctx, int64_t n, uint64_t seed, float *out,
+                              int64_t ldo, int32_t *kind);
+
 /* Mixes a seed with a stream number so that each random draw has its own stream. */
 uint64_t dq__seed_mix(uint64_t seed, uint64_t stream);
 
