@@ -13,9 +13,11 @@
 #define DQ_GEMM_X86 0
 #endif
 
-/* Below this many multiply-adds per thread, starting a thread (60-400 us measured on a busy
- * 2-core VM) costs more than it saves. */
-#define MACS_PER_THREAD ((int64_t)1 << 26)
+/* Below this many multiply-adds per thread, handing work to a pool thread costs more than it
+ * saves. Low enough that a one-token product of a 4096-wide layer (2 MiB of 4-bit weights a
+ * thread) is split: a GEMV is bound by memory, and a second core adds its bandwidth (a
+ * 7B-shaped decode step went from 3.8 to 6.0 tokens/s on 2 idle cores, doc/performance.md). */
+#define MACS_PER_THREAD ((int64_t)1 << 22)
 
 bool dq__gemm_isa_supported(int32_t isa)
 {
