@@ -27,7 +27,7 @@
 typedef struct options {
     const char *model, *tokenizer, *calib, *eval, *methods, *format, *prompt, *dump_calib;
     int64_t window, max_windows, calib_tokens, sample_tokens;
-    int32_t steps, threads;
+    int32_t steps, threads, settings;
     l2c_quant_options q;
 } options;
 
@@ -71,16 +71,26 @@ static void usage(FILE *f, const options *o)
             "  --window N           evaluation window in tokens (default %lld)\n"
             "  --max-windows N      evaluate the first N windows only (default 0 = all)\n"
             "  --calib-tokens N     calibration tokens run through the model (default 0 = all)\n"
-            "  --sample-tokens N    calibration sample rows for the rotation search and LWC\n"
-            "                       (default %lld)\n"
-            "  --block N            DuQuant rotation block (default %d)\n"
-            "  --hadamard-block N   largest Hadamard block (default %d; per input the largest\n"
-            "                       power of two <= N dividing the width)\n"
+            "  --sample-tokens N    calibration sample rows for the rotation search, LWC,\n"
+            "                       GPTQ and the clip choice (default %lld); the next N\n"
+            "                       calibration tokens are held out to judge block sizes\n"
+            "  --block auto|N       DuQuant rotation block (default auto: per linear input the\n"
+            "                       --block-grid entry with the lowest layer-output error on\n"
+            "                       held-out calibration tokens)\n"
+            "  --hadamard-block auto|N  largest Hadamard block (per input the largest power of\n"
+            "                       two <= N dividing the width; default auto: as --block)\n"
+            "  --block-grid LIST    block candidates (default 16,32,64,128; those wider than\n"
+            "                       an input are skipped)\n"
             "  --rot-steps N        greedy rotation steps (default %d)\n"
             "  --perm-times N       zigzag passes (default %d)\n"
             "  --dq-smooth 0|1      DuQuant methods smooth before rotating (default %d)\n"
             "  --alpha A            smoothing strength (default %.2f)\n"
-            "  --act-clip R         W4A4 per-token activation clip ratio (default %.2f)\n"
+            "  --act-clip auto|R    W4A4 per-token activation clip ratio (default auto: per\n"
+            "                       linear input the --act-clip-grid entry with the lowest\n"
+            "                       layer-output error on the calibration sample)\n"
+            "  --act-clip-grid LIST clip candidates in (0, 1] (default 1,0.95,0.9,0.85)\n"
+            "  --settings 0|1       print the chosen block and clip of every linear input\n"
+            "                       (tab-separated lines \"settings\", on stderr; default 0)\n"
             "  --w-clip R           W4A4 fixed weight clip ratio without LWC (default %.2f)\n"
             "  --lwc-epochs N       LWC epochs per layer (default %d)\n"
             "  --lwc-lr R           LWC learning rate (default %g)\n"
@@ -92,9 +102,9 @@ static void usage(FILE *f, const options *o)
             "  --steps N            tokens generated per sample (default %d; 0 = none)\n"
             "  --dump-calib DIR     write each linear input's calibration sample as float32\n"
             "                       DIR/layer<L>_<qkv|wo|w13|w2>.npy and continue\n",
-            (long long)o->window, (long long)o->sample_tokens, o->q.block_size,
-            o->q.hadamard_block, o->q.rot_steps, o->q.perm_times, o->q.dq_smooth,
-            (double)o->q.alpha, (double)o->q.act_clip, (double)o->q.w_clip, o->q.lwc_epochs,
+            (long long)o->window, (long long)o->sample_tokens, o->q.rot_steps,
+            o->q.perm_times, o->q.dq_smooth, (double)o->q.alpha, (double)o->q.w_clip,
+            o->q.lwc_epochs,
             (double)o->q.lwc_lr, o->q.lwc_batch, o->q.lwc_quant_act,
             (unsigned long long)o->q.seed, o->prompt, o->steps);
 }
@@ -145,6 +155,8 @@ static int parse_args(int argc, char **argv, options *o)
             bad = l2c_parse_int(v, 0, 1 << 20, &n), o->steps = (int32_t)n;
         else if (strcmp(k, "--threads") == 0)
             bad = l2c_parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
+        else if (strcmp(k, "--settings") == 0)
+            bad = l2c_parse_int(v, 0, 1, &n), o->settings = (int32_t)n;
         else {
             fprintf(stderr, "unknown option %s (see --help)\n", k);
             return -1;
@@ -484,6 +496,8 @@ int main(int argc, char **argv)
         if (l2c_quantize(ctx, &model, &cal, methods[i], &o.q, &qm))
             goto out;
         res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
+        if (o.settings)
+            l2c_qmodel_report(stderr, &qm, methods[i], 0);
         l2c_net net = {&model, qm.lin, NULL, NULL, o.threads};
         int e = evaluate(&net, &sp, &eval, w, n_w, &o, &res[i]);
         l2c_qmodel_free(&qm);

@@ -60,13 +60,19 @@ const l2c_method *l2c_method_find(const char *name)
 void l2c_quant_options_default(l2c_quant_options *o)
 {
     memset(o, 0, sizeof *o);
-    o->block_size = 32;
-    o->hadamard_block = 64;
+    static const float clips[] = {1.0f, 0.95f, 0.9f, 0.85f};
+    static const int32_t blocks[] = {16, 32, 64, 128};
+    o->block_size = 0;     /* auto */
+    o->hadamard_block = 0; /* auto */
     o->rot_steps = 256;
     o->perm_times = 1;
     o->dq_smooth = 1;
     o->alpha = 0.5f;
-    o->act_clip = 0.9f;
+    o->act_clip = 0; /* auto */
+    o->n_act_clip_grid = (int32_t)(sizeof clips / sizeof clips[0]);
+    memcpy(o->act_clip_grid, clips, sizeof clips);
+    o->n_block_grid = (int32_t)(sizeof blocks / sizeof blocks[0]);
+    memcpy(o->block_grid, blocks, sizeof blocks);
     o->w_clip = 1.0f;
     o->lwc_epochs = 20;
     o->lwc_lr = 1e-2f;
@@ -104,13 +110,75 @@ static int int_option(const char *value, int64_t lo, int64_t hi, int32_t *dst)
     return 0;
 }
 
+/* "auto" (0) or a whole number in [lo, hi]. */
+static int auto_int_option(const char *value, int64_t lo, int64_t hi, int32_t *dst)
+{
+    if (strcmp(value, "auto") == 0) {
+        *dst = 0;
+        return 0;
+    }
+    return int_option(value, lo, hi, dst);
+}
+
+/* A comma-separated list of 1..L2C_MAX_GRID entries, each parsed by item (0 or -1) into
+ * out[i]; repeated entries are refused (they would only cost time). */
+static int parse_list(const char *s, void *out, size_t size, int32_t *n,
+                      int (*item)(const char *, void *))
+{
+    unsigned char buf[L2C_MAX_GRID * 8];
+    int32_t k = 0;
+    for (const char *p = s;; k++) {
+        size_t len = strcspn(p, ",");
+        char one[64];
+        if (len == 0 || len >= sizeof one || k == L2C_MAX_GRID)
+            return -1;
+        memcpy(one, p, len);
+        one[len] = '\0';
+        if (item(one, buf + (size_t)k * size))
+            return -1;
+        for (int32_t j = 0; j < k; j++)
+            if (memcmp(buf + (size_t)j * size, buf + (size_t)k * size, size) == 0)
+                return -1;
+        if (p[len] == '\0')
+            break;
+        p += len + 1;
+    }
+    memcpy(out, buf, (size_t)(k + 1) * size);
+    *n = k + 1;
+    return 0;
+}
+
+static int clip_item(const char *s, void *out)
+{
+    float v;
+    if (l2c_parse_float(s, 0, 1, &v) || !(v > 0))
+        return -1;
+    memcpy(out, &v, sizeof v);
+    return 0;
+}
+
+static int block_item(const char *s, void *out)
+{
+    int32_t v;
+    if (int_option(s, 2, 4096, &v))
+        return -1;
+    memcpy(out, &v, sizeof v);
+    return 0;
+}
+
 int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, int *bad)
 {
     int64_t n;
     if (strcmp(key, "--block") == 0)
-        *bad = int_option(value, 2, 4096, &o->block_size);
+        *bad = auto_int_option(value, 2, 4096, &o->block_size);
     else if (strcmp(key, "--hadamard-block") == 0)
-        *bad = int_option(value, 2, 4096, &o->hadamard_block);
+        *bad = auto_int_option(value, 2, 4096, &o->hadamard_block);
+    else if (strcmp(key, "--act-clip-grid") == 0)
+        *bad = parse_list(value, o->act_clip_grid, sizeof(float), &o->n_act_clip_grid,
+                          clip_item);
+    else if (strcmp(key, "--block-grid") == 0)
+        *bad = parse_list(value, o->block_grid, sizeof(int32_t), &o->n_block_grid,
+                          block_item);
     else if (strcmp(key, "--rot-steps") == 0)
         *bad = int_option(value, 0, 65536, &o->rot_steps);
     else if (strcmp(key, "--perm-times") == 0)
@@ -128,8 +196,12 @@ int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, i
             o->seed = (uint64_t)n;
     } else if (strcmp(key, "--alpha") == 0)
         *bad = l2c_parse_float(value, 0, 1, &o->alpha);
-    else if (strcmp(key, "--act-clip") == 0)
-        *bad = l2c_parse_float(value, 1e-3, 1, &o->act_clip);
+    else if (strcmp(key, "--act-clip") == 0) {
+        if (strcmp(value, "auto") == 0)
+            o->act_clip = 0, *bad = 0;
+        else
+            *bad = l2c_parse_float(value, 1e-3, 1, &o->act_clip);
+    }
     else if (strcmp(key, "--w-clip") == 0)
         *bad = l2c_parse_float(value, 1e-3, 1, &o->w_clip);
     else if (strcmp(key, "--lwc-lr") == 0)
@@ -149,11 +221,28 @@ static int check(dq_status st, const char *what, int32_t layer, const char *name
 
 /* ---- calibration ---- */
 
+/* Tokens [sample_tokens, sample_tokens + held_tokens) of each input are copied to the held-out
+ * rows instead of being observed: nothing fitted sees them. */
 int l2c_calibration_observe(void *user, int32_t layer, int32_t input, const float *x,
                             int64_t rows, int64_t cols)
 {
     l2c_calibration *c = user;
-    return check(dq_calib_observe(c->calib[layer][input], x, rows, cols, cols),
+    int64_t seen = c->seen[layer][input], lo = c->sample_tokens, hi = lo + c->held_tokens;
+    int64_t from = seen > lo ? seen : lo, to = seen + rows < hi ? seen + rows : hi;
+    c->seen[layer][input] = seen + rows;
+    if (to <= from)
+        return check(dq_calib_observe(c->calib[layer][input], x, rows, cols, cols),
+                     "dq_calib_observe", layer, l2c_input_name(input));
+    memcpy(c->held[layer][input] + (from - lo) * cols, x + (from - seen) * cols,
+           (size_t)((to - from) * cols) * sizeof *x);
+    c->held_rows[layer][input] = to - lo;
+    int64_t before = from - seen, after = seen + rows - to;
+    return check(before > 0 ? dq_calib_observe(c->calib[layer][input], x, before, cols, cols)
+                            : DQ_OK,
+                 "dq_calib_observe", layer, l2c_input_name(input)) ||
+           check(after > 0 ? dq_calib_observe(c->calib[layer][input], x + (to - seen) * cols,
+                                              after, cols, cols)
+                           : DQ_OK,
                  "dq_calib_observe", layer, l2c_input_name(input));
 }
 
@@ -164,7 +253,12 @@ int l2c_calibration_init(const l2c_model *m, int64_t sample_tokens, l2c_calibrat
     out->n_layers = L;
     out->calib = calloc((size_t)L, sizeof *out->calib);
     out->w_absmax = calloc((size_t)L, sizeof *out->w_absmax);
-    if (!out->calib || !out->w_absmax)
+    out->held = calloc((size_t)L, sizeof *out->held);
+    out->held_rows = calloc((size_t)L, sizeof *out->held_rows);
+    out->seen = calloc((size_t)L, sizeof *out->seen);
+    out->sample_tokens = sample_tokens;
+    out->held_tokens = sample_tokens;
+    if (!out->calib || !out->w_absmax || !out->held || !out->held_rows || !out->seen)
         goto fail;
     dq_calib_params cp;
     dq_calib_params_init(&cp, sizeof cp);
@@ -179,7 +273,8 @@ int l2c_calibration_init(const l2c_model *m, int64_t sample_tokens, l2c_calibrat
             int64_t cols = out->width[i];
             if (check(dq_calib_create(NULL, &cp, cols, &out->calib[l][i]), "dq_calib_create", l,
                       l2c_input_name(i)) ||
-                !(out->w_absmax[l][i] = calloc((size_t)cols, sizeof(float))))
+                !(out->w_absmax[l][i] = calloc((size_t)cols, sizeof(float))) ||
+                !(out->held[l][i] = malloc((size_t)(out->held_tokens * cols) * sizeof(float))))
                 goto fail;
         }
     /* Smoothing needs max |W| per input channel over every weight that reads the input. */
@@ -251,9 +346,14 @@ void l2c_calibration_free(l2c_calibration *c)
                 dq_calib_free(c->calib[l][i]);
             if (c->w_absmax)
                 free(c->w_absmax[l][i]);
+            if (c->held)
+                free(c->held[l][i]);
         }
     free(c->calib);
     free(c->w_absmax);
+    free(c->held);
+    free(c->held_rows);
+    free(c->seen);
     memset(c, 0, sizeof *c);
 }
 
@@ -301,8 +401,40 @@ static int32_t hadamard_block(int64_t width, int32_t limit)
     return b;
 }
 
+/* The plan blocks to try on an input of width: the fixed setting (one), or each grid entry
+ * that gives a new block no wider than the input. 0: the plan has no block (no rotation).
+ * Returns the count (0: no grid entry fits). */
+static int32_t block_candidates(const l2c_method *method, const l2c_quant_options *o,
+                                int64_t width, int32_t *out)
+{
+    if (!(method->plan_flags & DQ_PLAN_F_ROTATE)) {
+        out[0] = 0;
+        return 1;
+    }
+    if (method->rot_method == DQ_ROT_METHOD_RANDOM_HADAMARD) {
+        out[0] = (int32_t)width; /* one block: the whole input */
+        return 1;
+    }
+    int had = method->rot_method == DQ_ROT_METHOD_HADAMARD;
+    int32_t fixed = had ? o->hadamard_block : o->block_size, n = 0;
+    if (fixed > 0) {
+        out[0] = had ? hadamard_block(width, fixed) : fixed;
+        return 1;
+    }
+    for (int32_t i = 0; i < o->n_block_grid; i++) {
+        int32_t b = had ? hadamard_block(width, o->block_grid[i]) : o->block_grid[i];
+        int fresh = b >= 2 && b <= width;
+        for (int32_t j = 0; fresh && j < n; j++)
+            fresh = out[j] != b;
+        if (fresh)
+            out[n++] = b;
+    }
+    return n;
+}
+
 static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, int32_t in,
-                      const l2c_method *method, const l2c_quant_options *o, dq_plan **out)
+                      const l2c_method *method, const l2c_quant_options *o, int32_t block,
+                      dq_plan **out)
 {
     *out = NULL;
     if (method->plan_flags == 0)
@@ -318,12 +450,8 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
     pp.smooth_alpha = o->alpha;
     pp.max_rotation_step = o->rot_steps;
     pp.permutation_times = o->perm_times;
-    if (method->rot_method == DQ_ROT_METHOD_HADAMARD)
-        pp.block_size = hadamard_block(cal->width[in], o->hadamard_block);
-    else if (method->rot_method == DQ_ROT_METHOD_RANDOM_HADAMARD)
-        pp.block_size = (int32_t)cal->width[in]; /* one block: the whole input */
-    else
-        pp.block_size = o->block_size;
+    if (block > 0)
+        pp.block_size = block;
     /* DFRot keeps its default 20 iterations; DartQuant's small Adam steps need more. */
     dq_refine_params rp;
     dq_refine_params_init(&rp, sizeof rp);
@@ -334,7 +462,7 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
             rp.iterations = 100;
         pp.refine = &rp;
     }
-    if (pp.block_size < 2) {
+    if (block > 0 && pp.block_size < 2) {
         fprintf(stderr, "layer %d, %s: no Hadamard block size fits width %lld\n", l,
                 l2c_input_name(in), (long long)cal->width[in]);
         return -1;
@@ -389,7 +517,7 @@ static int learn_clip(dq_context *ctx, const l2c_calibration *cal, const dq_plan
         lp.flags |= DQ_LWC_F_QUANT_ACT;
         lp.act_bits = a_bits;
         lp.act_scheme = DQ_QUANT_ASYM;
-        lp.act_clip_ratio = o->act_clip;
+        lp.act_clip_ratio = o->act_clip > 0 ? o->act_clip : 1.0f; /* auto: chosen later */
     }
     if (check(dq_lwc_create(ctx, &lp, wq, w, rows, cols, cols, x, tokens, cols, &lwc),
               "dq_lwc_create", l, l2c_input_name(in)) ||
@@ -433,19 +561,18 @@ static int build_hessian(dq_context *ctx, const l2c_calibration *cal, const dq_p
     return rc;
 }
 
-/* Transforms, packs (round-to-nearest, or GPTQ with hs) and wraps weight k of layer l. */
-static int quantize_linear(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
-                           const dq_plan *plan, const dq_hessian *hs, int32_t l, int32_t k,
-                           const l2c_method *method, const l2c_quant_options *o,
-                           dq_linear **out)
+/* Transforms and packs (round-to-nearest, or GPTQ with hs) weight k of layer l. */
+static int pack_weight(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
+                       const dq_plan *plan, const dq_hessian *hs, int32_t l, int32_t k,
+                       const l2c_method *method, const l2c_quant_options *o, dq_qmatrix **qm)
 {
     int64_t rows, cols;
     const float *w0 = l2c_model_weight(m, l, k, &rows, &cols);
     int32_t in = l2c_input_of(k);
     float *w = malloc((size_t)(rows * cols) * sizeof *w);
     float *hi = malloc((size_t)rows * sizeof *hi), *lo = malloc((size_t)rows * sizeof *lo);
-    dq_qmatrix *qm = NULL;
     int rc = -1;
+    *qm = NULL;
     if (!w || !hi || !lo) {
         fprintf(stderr, "out of memory\n");
         goto out;
@@ -471,27 +598,244 @@ static int quantize_linear(dq_context *ctx, const l2c_model *m, const l2c_calibr
     if (hs) {
         dq_gptq_params gp;
         l2c_gptq_params(&gp);
-        if (check(dq_gptq_pack(ctx, &gp, &wq, hs, w, rows, cols, cols, NULL, NULL, 0, &qm),
+        if (check(dq_gptq_pack(ctx, &gp, &wq, hs, w, rows, cols, cols, NULL, NULL, 0, qm),
                   "dq_gptq_pack", l, l2c_input_name(in)))
             goto out;
     } else if (check(dq_qmatrix_pack(ctx, &wq, w, rows, cols, cols, learned ? hi : NULL,
-                                     learned ? lo : NULL, &qm),
+                                     learned ? lo : NULL, qm),
                      "dq_qmatrix_pack", l, l2c_input_name(in)))
         goto out;
+    rc = 0;
+out:
+    free(w);
+    free(hi);
+    free(lo);
+    return rc;
+}
+
+static int make_linear(dq_context *ctx, const dq_plan *plan, const dq_qmatrix *qm,
+                       const l2c_method *method, float clip, int32_t l, int32_t in,
+                       dq_linear **out)
+{
     dq_linear_params lp;
     dq_linear_params_init(&lp, sizeof lp);
     lp.act_bits = method->a_bits;
     lp.act_scheme = DQ_QUANT_ASYM;
-    lp.act_clip_ratio = method->a_bits == 4 ? o->act_clip : 1.0f;
-    if (check(dq_linear_create(ctx, &lp, plan, qm, NULL, out), "dq_linear_create", l,
-              l2c_input_name(in)))
-        goto out;
+    lp.act_clip_ratio = method->a_bits == 4 ? clip : 1.0f;
+    return check(dq_linear_create(ctx, &lp, plan, qm, NULL, out), "dq_linear_create", l,
+                 l2c_input_name(in));
+}
+
+/* One candidate for an input: its plan and the packed weights of the layers reading it. */
+typedef struct candidate {
+    dq_plan *plan;
+    dq_qmatrix *qm[L2C_N_LINEARS];
+} candidate;
+
+static void candidate_free(candidate *c)
+{
+    dq_plan_free(c->plan);
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++)
+        dq_qmatrix_free(c->qm[k]);
+    memset(c, 0, sizeof *c);
+}
+
+/* Rows of input data and the float layers' outputs on them (the reference of the error). */
+typedef struct probe {
+    const float *x;
+    int64_t rows;
+    float *y[L2C_N_LINEARS]; /* rows x out of layer k, or NULL */
+} probe;
+
+static void probe_free(probe *p)
+{
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++)
+        free(p->y[k]);
+}
+
+static int probe_init(const l2c_model *m, int32_t l, int32_t in, const float *x, int64_t rows,
+                      probe *p)
+{
+    memset(p, 0, sizeof *p);
+    p->x = x;
+    p->rows = rows;
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+        if (l2c_input_of(k) != in)
+            continue;
+        int64_t out_dim, cols;
+        const float *w = l2c_model_weight(m, l, k, &out_dim, &cols);
+        if (!(p->y[k] = malloc((size_t)(rows * out_dim) * sizeof(float)))) {
+            fprintf(stderr, "out of memory\n");
+            probe_free(p);
+            return -1;
+        }
+        for (int64_t t = 0; t < rows; t++)
+            for (int64_t r = 0; r < out_dim; r++) {
+                double acc = 0;
+                for (int64_t c = 0; c < cols; c++)
+                    acc += (double)x[t * cols + c] * w[r * cols + c];
+                p->y[k][t * out_dim + r] = (float)acc;
+            }
+    }
+    return 0;
+}
+
+/* The layer-output error of candidate c at activation clip on the probe's rows. */
+static int output_error(dq_context *ctx, const l2c_model *m, const candidate *c,
+                        const l2c_method *method, float clip, int32_t l, int32_t in,
+                        const probe *p, double *err)
+{
+    double num = 0, den = 0;
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+        if (!p->y[k])
+            continue;
+        int64_t out_dim, cols;
+        l2c_model_weight(m, l, k, &out_dim, &cols);
+        dq_linear *lin = NULL;
+        float *y = malloc((size_t)(p->rows * out_dim) * sizeof *y);
+        int rc = !y || make_linear(ctx, c->plan, c->qm[k], method, clip, l, in, &lin) ||
+                 check(dq_linear_forward(lin, p->x, p->rows, cols, cols, y, out_dim, NULL, 0),
+                       "dq_linear_forward", l, l2c_input_name(in));
+        for (int64_t i = 0; !rc && i < p->rows * out_dim; i++) {
+            double d = (double)y[i] - p->y[k][i];
+            num += d * d;
+            den += (double)p->y[k][i] * p->y[k][i];
+        }
+        dq_linear_free(lin);
+        free(y);
+        if (rc)
+            return -1;
+    }
+    *err = den > 0 ? num / den : num;
+    return 0;
+}
+
+/* Plan and weights of input in for one block size. */
+static int build_candidate(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
+                           int32_t l, int32_t in, const l2c_method *method,
+                           const l2c_quant_options *o, int32_t block, candidate *c)
+{
+    dq_hessian *hs = NULL;
+    memset(c, 0, sizeof *c);
+    if (build_plan(ctx, cal, l, in, method, o, block, &c->plan) ||
+        (method->gptq && build_hessian(ctx, cal, c->plan, l, in, &hs)))
+        goto fail;
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++)
+        if (l2c_input_of(k) == in &&
+            pack_weight(ctx, m, cal, c->plan, hs, l, k, method, o, &c->qm[k]))
+            goto fail;
+    dq_hessian_free(hs);
+    return 0;
+fail:
+    dq_hessian_free(hs);
+    candidate_free(c);
+    return -1;
+}
+
+/* The clip of candidate c: fixed, or the grid's entry with the lowest layer-output error on
+ * the sample (the first on ties, so the grid's order decides). */
+static int choose_clip(dq_context *ctx, const l2c_model *m, const candidate *c,
+                       const l2c_method *method, const l2c_quant_options *o, int32_t l,
+                       int32_t in, const probe *sample, l2c_choice *ch)
+{
+    ch->act_clip = method->a_bits == 4 && o->act_clip > 0 ? o->act_clip : 1.0f;
+    ch->n_clips = 0;
+    ch->err = ch->err_clip1 = -1;
+    if (!sample)
+        return 0;
+    if (method->a_bits == 4 && o->act_clip <= 0) {
+        for (int32_t i = 0; i < o->n_act_clip_grid; i++) {
+            double e;
+            if (output_error(ctx, m, c, method, o->act_clip_grid[i], l, in, sample, &e))
+                return -1;
+            if (i == 0 || e < ch->err)
+                ch->err = e, ch->act_clip = o->act_clip_grid[i];
+        }
+        ch->n_clips = o->n_act_clip_grid;
+    } else if (output_error(ctx, m, c, method, ch->act_clip, l, in, sample, &ch->err))
+        return -1;
+    return output_error(ctx, m, c, method, 1.0f, l, in, sample, &ch->err_clip1);
+}
+
+/* Quantizes the layers reading input in of layer l: per block candidate, plan and weights,
+ * then the clip on the calibration sample; the block with the lowest error on the held-out
+ * rows wins (the first on ties). */
+static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
+                          int32_t l, int32_t in, const l2c_method *method,
+                          const l2c_quant_options *o, l2c_qmodel *out)
+{
+    int32_t blocks[L2C_MAX_GRID];
+    int32_t n_b = block_candidates(method, o, cal->width[in], blocks);
+    int64_t cols = cal->width[in], s_rows = 0;
+    l2c_choice *ch = &out->choice[l][in];
+    candidate best, cur;
+    probe sample, held;
+    float *xs = NULL;
+    int rc = -1, have_sample = 0, have_held = 0;
+    memset(&best, 0, sizeof best);
+    memset(&sample, 0, sizeof sample);
+    memset(&held, 0, sizeof held);
+    if (n_b == 0) {
+        fprintf(stderr, "layer %d, %s: no --block-grid entry fits width %lld\n", l,
+                l2c_input_name(in), (long long)cols);
+        return -1;
+    }
+    /* Errors only where something is chosen, plus the clip-1.0 reference for the report. */
+    int choose = (method->a_bits == 4 && o->act_clip <= 0) || n_b > 1;
+    if (choose) {
+        if (!(xs = calib_sample(cal->calib[l][in], cols, &s_rows))) {
+            fprintf(stderr, "layer %d, %s: no calibration sample\n", l, l2c_input_name(in));
+            goto out;
+        }
+        if (probe_init(m, l, in, xs, s_rows, &sample))
+            goto out;
+        have_sample = 1;
+    }
+    ch->held_on_sample = n_b > 1 && cal->held_rows[l][in] == 0;
+    if (n_b > 1 && !ch->held_on_sample) {
+        if (probe_init(m, l, in, cal->held[l][in], cal->held_rows[l][in], &held))
+            goto out;
+        have_held = 1;
+    }
+    if (ch->held_on_sample && l == 0 && in == 0)
+        fprintf(stderr, "no held-out calibration tokens (fewer than twice --sample-tokens): "
+                        "block sizes judged on the calibration sample\n");
+    ch->n_blocks = n_b;
+    for (int32_t i = 0; i < n_b; i++) {
+        l2c_choice c_ch = *ch;
+        c_ch.block = blocks[i];
+        c_ch.held_err = -1;
+        if (build_candidate(ctx, m, cal, l, in, method, o, blocks[i], &cur))
+            goto out;
+        if (choose_clip(ctx, m, &cur, method, o, l, in, have_sample ? &sample : NULL, &c_ch) ||
+            (n_b > 1 && output_error(ctx, m, &cur, method, c_ch.act_clip, l, in,
+                                     have_held ? &held : &sample, &c_ch.held_err))) {
+            candidate_free(&cur);
+            goto out;
+        }
+        if (i == 0 || c_ch.held_err < ch->held_err) {
+            candidate_free(&best);
+            best = cur;
+            *ch = c_ch;
+        } else
+            candidate_free(&cur);
+    }
+    out->plans[l][in] = best.plan;
+    best.plan = NULL;
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+        if (l2c_input_of(k) != in)
+            continue;
+        if (make_linear(ctx, out->plans[l][in], best.qm[k], method, ch->act_clip, l, in,
+                        &out->layers[l][k]))
+            goto out;
+        out->lin[l][k].q = out->layers[l][k];
+    }
     rc = 0;
 out:
-    dq_qmatrix_free(qm);
-    free(w);
-    free(hi);
-    free(lo);
+    candidate_free(&best);
+    probe_free(&sample);
+    probe_free(&held);
+    free(xs);
     return rc;
 }
 
@@ -504,42 +848,43 @@ int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal
     out->lin = calloc((size_t)L, sizeof *out->lin);
     out->layers = calloc((size_t)L, sizeof *out->layers);
     out->plans = calloc((size_t)L, sizeof *out->plans);
-    if (!out->lin || !out->layers || !out->plans) {
+    out->choice = calloc((size_t)L, sizeof *out->choice);
+    if (!out->lin || !out->layers || !out->plans || !out->choice) {
         fprintf(stderr, "out of memory\n");
         l2c_qmodel_free(out);
         return -1;
     }
     l2c_net fp32;
     l2c_net_init_fp32(&fp32, m, out->lin);
-    dq_hessian *hs = NULL;
     if (method->w_bits == 0)
         return 0;
-    for (int32_t l = 0; l < L; l++) {
+    /* Input by input, so that at most one Hessian (width^2 doubles) is alive. */
+    for (int32_t l = 0; l < L; l++)
         for (int32_t in = 0; in < L2C_N_INPUTS; in++)
-            if (build_plan(ctx, cal, l, in, method, o, &out->plans[l][in]))
-                goto fail;
-        /* Input by input, so that at most one Hessian (width^2 doubles) is alive. */
-        for (int32_t in = 0; in < L2C_N_INPUTS; in++) {
-            const dq_plan *plan = out->plans[l][in];
-            if (method->gptq && build_hessian(ctx, cal, plan, l, in, &hs))
-                goto fail;
-            for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
-                if (l2c_input_of(k) != in)
-                    continue;
-                if (quantize_linear(ctx, m, cal, plan, hs, l, k, method, o,
-                                    &out->layers[l][k]))
-                    goto fail;
-                out->lin[l][k].q = out->layers[l][k];
+            if (quantize_input(ctx, m, cal, l, in, method, o, out)) {
+                l2c_qmodel_free(out);
+                return -1;
             }
-            dq_hessian_free(hs);
-            hs = NULL;
-        }
-    }
     return 0;
-fail:
-    dq_hessian_free(hs);
-    l2c_qmodel_free(out);
-    return -1;
+}
+
+void l2c_qmodel_report(FILE *f, const l2c_qmodel *q, const l2c_method *method, int32_t first)
+{
+    for (int32_t l = 0; q->choice && method->w_bits && l < q->n_layers; l++)
+        for (int32_t in = 0; in < L2C_N_INPUTS; in++) {
+            const l2c_choice *c = &q->choice[l][in];
+            fprintf(f, "settings\t%s\t%d\t%s\t%d\t%.4g\t", method->name, first + l,
+                    l2c_input_name(in), c->block, (double)c->act_clip);
+            if (c->err >= 0)
+                fprintf(f, "%.6g\t%.6g\t", c->err, c->err_clip1);
+            else
+                fprintf(f, "-\t-\t");
+            if (c->n_blocks > 1)
+                fprintf(f, "%.6g%s\t", c->held_err, c->held_on_sample ? " (sample)" : "");
+            else
+                fprintf(f, "-\t");
+            fprintf(f, "%d blocks, %d clips\n", c->n_blocks, c->n_clips);
+        }
 }
 
 void l2c_qmodel_free(l2c_qmodel *q)
@@ -553,5 +898,6 @@ void l2c_qmodel_free(l2c_qmodel *q)
     free(q->lin);
     free(q->layers);
     free(q->plans);
+    free(q->choice);
     memset(q, 0, sizeof *q);
 }

@@ -5,20 +5,30 @@
 #define L2C_QUANTIZE_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "duquant.h"
 #include "forward.h"
 #include "perplexity.h"
 
+/* Most values a settings grid (--act-clip-grid, --block-grid) holds. */
+#define L2C_MAX_GRID 16
+
 typedef struct l2c_quant_options {
-    int32_t block_size;     /* DuQuant rotation block */
+    int32_t block_size;     /* DuQuant rotation block; 0 = chosen per input from block_grid */
     int32_t hadamard_block; /* largest Hadamard block; per input the largest power of two
-                               <= this that divides the width */
+                               <= this that divides the width; 0 = chosen per input from
+                               block_grid */
     int32_t rot_steps;      /* greedy steps per search */
     int32_t perm_times;     /* zigzag passes */
     int32_t dq_smooth;      /* DuQuant methods smooth first (non-zero) */
     float alpha;            /* smoothing strength */
-    float act_clip;         /* per-token activation clip ratio of the W4A4 methods */
+    float act_clip;         /* per-token activation clip ratio of the W4A4 methods; 0 = chosen
+                               per input from act_clip_grid */
+    float act_clip_grid[L2C_MAX_GRID];
+    int32_t n_act_clip_grid;
+    int32_t block_grid[L2C_MAX_GRID];
+    int32_t n_block_grid;
     float w_clip;           /* fixed weight clip ratio of the W4A4 methods without LWC */
     int32_t lwc_epochs;
     float lwc_lr;
@@ -34,7 +44,8 @@ int l2c_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out);
 int l2c_parse_float(const char *s, double lo, double hi, float *out);
 /* The quantization settings every program takes (--block, --hadamard-block, --rot-steps,
  * --perm-times, --dq-smooth, --lwc-epochs, --lwc-batch, --lwc-act, --seed, --alpha,
- * --act-clip, --w-clip, --lwc-lr): returns 1 when key is one of them (*bad set to -1 when value
+ * --act-clip, --w-clip, --lwc-lr, --act-clip-grid, --block-grid; --block, --hadamard-block
+ * and --act-clip also take "auto"): returns 1 when key is one of them (*bad set to -1 when value
  * is out of range, o unchanged then), 0 when it is not. */
 int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, int *bad);
 
@@ -64,11 +75,18 @@ typedef struct l2c_calibration {
     float *(*w_absmax)[L2C_N_INPUTS]; /* per-input-channel max |W| over the weights reading it */
     int64_t width[L2C_N_INPUTS]; /* channels of each input */
     int64_t tokens;
+    /* The held-out rows: the held_tokens tokens right after the sample, kept apart from
+     * everything fitted (statistics, rotation search, LWC, GPTQ, clip) to judge block sizes. */
+    int64_t sample_tokens, held_tokens;
+    float *(*held)[L2C_N_INPUTS];
+    int64_t (*held_rows)[L2C_N_INPUTS];
+    int64_t (*seen)[L2C_N_INPUTS]; /* tokens observed so far */
 } l2c_calibration;
 
 /* Runs the windows of text (up to max_tokens tokens, 0 = all) through the FP32 model and
  * observes every linear input; the first sample_tokens tokens are kept as the sample for the
- * rotation search and LWC. */
+ * rotation search, LWC, GPTQ and the clip choice, the next sample_tokens are held out (not
+ * observed by the calibrators) to judge block sizes. */
 int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int64_t max_tokens,
                   int64_t sample_tokens, l2c_calibration *out);
 void l2c_calibration_free(l2c_calibration *c);
@@ -86,16 +104,36 @@ int l2c_calibration_observe(void *user, int32_t layer, int32_t input, const floa
  * output: w1/w3 input), w2 (silu(w1 x) * w3 x: w2 input). */
 int l2c_calibration_dump(const l2c_calibration *c, const char *dir);
 
+/* The settings chosen for one linear input and the layer-output errors they were chosen by:
+ * sum over the layers reading the input of |y - y_fp32|^2 / sum |y_fp32|^2. */
+typedef struct l2c_choice {
+    int32_t block;      /* the plan's block (0: none), chosen from the grid when n_blocks > 1 */
+    int32_t n_blocks;   /* candidates tried */
+    float act_clip;     /* the layers' activation clip */
+    int32_t n_clips;    /* clips tried (0: the clip was fixed) */
+    double err;         /* on the calibration sample at act_clip */
+    double err_clip1;   /* on the calibration sample at clip 1.0 (same plan and weights) */
+    double held_err;    /* on the held-out rows (when n_blocks > 1) */
+    int32_t held_on_sample; /* no held-out rows: the blocks were judged on the sample */
+} l2c_choice;
+
 typedef struct l2c_qmodel {
     int32_t n_layers;
     l2c_linear (*lin)[L2C_N_LINEARS];
     dq_linear *(*layers)[L2C_N_LINEARS];
     dq_plan *(*plans)[L2C_N_INPUTS];
+    l2c_choice (*choice)[L2C_N_INPUTS];
 } l2c_qmodel;
 
-/* Quantizes every linear layer of m with method. Returns 0 or -1 (message printed). */
+/* Quantizes every linear layer of m with method; a setting left to "auto" (0 in o) is chosen
+ * per linear input on calibration data only (l2c_choice). Returns 0 or -1 (message
+ * printed). */
 int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
                  const l2c_method *method, const l2c_quant_options *o, l2c_qmodel *out);
 void l2c_qmodel_free(l2c_qmodel *q);
+
+/* One tab-separated line per quantized linear input: "settings", method, layer (first + l),
+ * input, block, clip, err, err_clip1, held_err (or "-"), candidates tried. */
+void l2c_qmodel_report(FILE *f, const l2c_qmodel *q, const l2c_method *method, int32_t first);
 
 #endif

@@ -38,15 +38,20 @@ static void usage(FILE *f, const options *o)
             "  --tokens N           calibration tokens (default 0 = the whole text)\n"
             "  --threads N          library threads (default 0: host decides)\n"
             "  --window N           calibration window in tokens (default %lld)\n"
-            "  --sample-tokens N    rows kept for the rotation search and LWC (default %lld)\n"
-            "  --block N, --hadamard-block N, --rot-steps N, --perm-times N, --dq-smooth 0|1,\n"
-            "  --alpha A, --act-clip R, --w-clip R, --lwc-epochs N, --lwc-lr R, --lwc-batch N,\n"
-            "  --lwc-act 0|1, --seed N   as duquant-eval (defaults %d %d %d %d %d %.2f %.2f\n"
+            "  --sample-tokens N    rows kept for the rotation search, LWC, GPTQ and the clip\n"
+            "                       choice (default %lld); the next N are held out to judge\n"
+            "                       block sizes\n"
+            "  --block auto|N, --hadamard-block auto|N, --block-grid LIST, --act-clip auto|R,\n"
+            "  --act-clip-grid LIST  chosen per linear input on calibration data (default\n"
+            "                       auto, grids 16,32,64,128 and 1,0.95,0.9,0.85; see\n"
+            "                       duquant-eval --help); the choices go to the metadata\n"
+            "  --rot-steps N, --perm-times N, --dq-smooth 0|1,\n"
+            "  --alpha A, --w-clip R, --lwc-epochs N, --lwc-lr R, --lwc-batch N,\n"
+            "  --lwc-act 0|1, --seed N   as duquant-eval (defaults %d %d %d %.2f\n"
             "                       %.2f %d %g %d %d %llu)\n",
-            (long long)o->window, (long long)o->sample_tokens, o->q.block_size,
-            o->q.hadamard_block, o->q.rot_steps, o->q.perm_times, o->q.dq_smooth,
-            (double)o->q.alpha, (double)o->q.act_clip, (double)o->q.w_clip, o->q.lwc_epochs,
-            (double)o->q.lwc_lr, o->q.lwc_batch, o->q.lwc_quant_act,
+            (long long)o->window, (long long)o->sample_tokens, o->q.rot_steps,
+            o->q.perm_times, o->q.dq_smooth, (double)o->q.alpha, (double)o->q.w_clip,
+            o->q.lwc_epochs, (double)o->q.lwc_lr, o->q.lwc_batch, o->q.lwc_quant_act,
             (unsigned long long)o->q.seed);
 }
 
@@ -177,6 +182,15 @@ static void put_tensor(writer *wr, const char *name, const float *x, int32_t ndi
     }
 }
 
+/* A block setting: "auto" (0) or the number. */
+static void put_setting(writer *wr, const char *key, int32_t v)
+{
+    if (v > 0)
+        put(wr, key, "%d", v);
+    else
+        put_str(wr, key, "auto");
+}
+
 static const char *base_name(const char *p)
 {
     const char *s = strrchr(p, '/');
@@ -231,13 +245,27 @@ static void write_header(writer *wr, const options *o, const tool_model *tm,
         put(wr, "quant.gptq_clip_norm", "%.9g", (double)gp.clip_norm);
         put_str(wr, "quant.gptq_hessian", "calibration sample");
     }
-    put(wr, "quant.block_size", "%d", q->block_size);
-    put(wr, "quant.hadamard_block", "%d", q->hadamard_block);
+    char grid[L2C_MAX_GRID * 16];
+    size_t at = 0;
+    for (int32_t i = 0; i < q->n_block_grid; i++)
+        at += (size_t)snprintf(grid + at, sizeof grid - at, "%s%d", i ? "," : "",
+                               q->block_grid[i]);
+    put_setting(wr, "quant.block_size", q->block_size);
+    put_setting(wr, "quant.hadamard_block", q->hadamard_block);
+    put_str(wr, "quant.block_grid", grid);
+    at = 0;
+    for (int32_t i = 0; i < q->n_act_clip_grid; i++)
+        at += (size_t)snprintf(grid + at, sizeof grid - at, "%s%.9g", i ? "," : "",
+                               (double)q->act_clip_grid[i]);
+    put_str(wr, "quant.act_clip_grid", grid);
     put(wr, "quant.rot_steps", "%d", q->rot_steps);
     put(wr, "quant.perm_times", "%d", q->perm_times);
     put(wr, "quant.dq_smooth", "%d", q->dq_smooth);
     put(wr, "quant.alpha", "%.9g", (double)q->alpha);
-    put(wr, "quant.act_clip", "%.9g", (double)q->act_clip);
+    if (q->act_clip > 0)
+        put(wr, "quant.act_clip", "%.9g", (double)q->act_clip);
+    else
+        put_str(wr, "quant.act_clip", "auto");
     put(wr, "quant.w_clip", "%.9g", (double)q->w_clip);
     put(wr, "quant.lwc_epochs", "%d", q->lwc_epochs);
     put(wr, "quant.lwc_lr", "%.9g", (double)q->lwc_lr);
@@ -250,6 +278,7 @@ static void write_header(writer *wr, const options *o, const tool_model *tm,
     put(wr, "calib.tokens", "%lld", (long long)calib_tokens);
     put(wr, "calib.window", "%lld", (long long)o->window);
     put(wr, "calib.sample_tokens", "%lld", (long long)o->sample_tokens);
+    put(wr, "calib.heldout_tokens", "%lld", (long long)o->sample_tokens);
 
     int64_t d = c->dim, v = c->vocab_size;
     put_tensor(wr, "tok_embeddings.weight", m->tok_emb, 2, v, d);
@@ -258,10 +287,18 @@ static void write_header(writer *wr, const options *o, const tool_model *tm,
         put_tensor(wr, "output.weight", m->wcls, 2, v, d);
 }
 
-/* The norms, plans and layers of block l (qm and blk: that block alone). */
+/* The norms, plans and layers of block l (qm and blk: that block alone), and the settings
+ * chosen for its inputs (quant.layers.L.INPUT.block, .act_clip). */
 static void write_block(writer *wr, const l2c_qmodel *qm, const l2c_model *blk, int32_t l)
 {
     char plan_names[L2C_N_INPUTS][64], name[128];
+    for (int32_t in = 0; in < L2C_N_INPUTS; in++) {
+        const l2c_choice *ch = &qm->choice[0][in];
+        snprintf(name, sizeof name, "quant.layers.%d.%s.block", l, l2c_input_name(in));
+        put(wr, name, "%d", ch->block);
+        snprintf(name, sizeof name, "quant.layers.%d.%s.act_clip", l, l2c_input_name(in));
+        put(wr, name, "%.9g", (double)ch->act_clip);
+    }
     snprintf(name, sizeof name, "layers.%d.attention_norm.weight", l);
     put_tensor(wr, name, blk->rms_att, 1, 0, blk->c.dim);
     snprintf(name, sizeof name, "layers.%d.ffn_norm.weight", l);
@@ -460,6 +497,8 @@ int main(int argc, char **argv)
         if (l2c_quantize(ctx, &blk.view, &cal, method, &o.q, &qm))
             goto out;
         t_quant += tool_now_s() - t0;
+        if (!tty)
+            l2c_qmodel_report(stderr, &qm, method, l);
         t0 = tool_now_s();
         if (o.sequential &&
             run_block(&blk.view, qm.lin, NULL, h, len, n_w, tool_threads(o.threads)))
