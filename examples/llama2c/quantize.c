@@ -798,8 +798,8 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
         have_held = 1;
     }
     if (ch->held_on_sample && l == 0 && in == 0)
-        fprintf(stderr, "no held-out calibration tokens (fewer than twice --sample-tokens): "
-                        "block sizes judged on the calibration sample\n");
+        fprintf(stderr, "no held-out calibration tokens (the calibration text ends within "
+                        "the sample): block sizes judged on the calibration sample\n");
     ch->n_blocks = n_b;
     for (int32_t i = 0; i < n_b; i++) {
         l2c_choice c_ch = *ch;

@@ -17,7 +17,7 @@ calib=$src/calib.txt
 eval=$src/dev.txt
 
 "$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods rtn,duquant,gptq,duquant_gptq \
-    --format tsv --steps 0 >"$tmp/eval.tsv" 2>/dev/null
+    --format tsv --steps 0 --settings 1 >"$tmp/eval.tsv" 2>"$tmp/eval.err"
 ppl() { awk -F '\t' -v m="$1" '$1 == m { print $2 }' "$tmp/eval.tsv"; }
 below() { # below A B: method A's perplexity is below method B's
     local a b
@@ -50,6 +50,22 @@ if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --out "$tmp/
         echo "ok: GPTQ settings in the metadata"
     else
         echo "FAILED: no GPTQ settings in the metadata"
+        fail=1
+    fi
+    # The block and clip chosen per input: in the metadata, and the ones duquant-eval chose.
+    grep -ao '"quant\.layers\.[0-9]*\.[a-z0-9]*\.[a-z_]*":"[^"]*"' "$tmp/dg.dq" |
+        tr -d '"' | sed 's/^quant\.layers\.\([0-9]*\)\.\([a-z0-9]*\)\.\([a-z_]*\):/\1 \2 \3 /' \
+        >"$tmp/file.set"
+    awk -F '\t' '$1 == "settings" && $2 == "duquant_gptq" {
+        print $3, $4, "block", $5; print $3, $4, "act_clip", $6 }' "$tmp/eval.err" >"$tmp/eval.set"
+    if [ "$(wc -l <"$tmp/file.set")" -eq 40 ] &&
+        awk 'FNR == NR { v[$1 " " $2 " " $3] = $4; n++; next }
+             { k = $1 " " $2 " " $3; d = v[k] - $4; if (!(k in v) || d > 1e-6 || d < -1e-6)
+               exit 1 } END { exit n != 40 }' "$tmp/eval.set" "$tmp/file.set"; then
+        echo "ok: per-input block and clip in the metadata, as duquant-eval chose them"
+    else
+        echo "FAILED: per-input settings in the metadata:"
+        cat "$tmp/file.set"
         fail=1
     fi
 else
