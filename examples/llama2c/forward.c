@@ -577,7 +577,8 @@ static int kv_store(const l2c_net *net, int32_t l, const float *k, const float *
 {
     const int64_t kv = net->m->kv_dim;
     if (kv_format(net) == 16) {
-        uint16_t *kh = (uint16_t *)(void *)kb + first * kv, *vh = (uint16_t *)(void *)vb + first * kv;
+        uint16_t *kh = (uint16_t *)(void *)kb + first * kv;
+        uint16_t *vh = (uint16_t *)(void *)vb + first * kv;
         for (int64_t i = 0; i < n * kv; i++) {
             kh[i] = l2c_half_from_float(k[i]);
             vh[i] = l2c_half_from_float(v[i]);
