@@ -1074,6 +1074,76 @@ DQ_API dq_status dq_linear_forward_group(const dq_linear *const *layers, int32_t
                                          void *work, size_t work_size);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Key/value cache in 4 or 8 bits (@since 1.2)                                                 */
+/* An engine keeps the keys and values of attention per token and per head. Each head of each  */
+/* token is quantized on its own: asymmetric, the dq_quant_params rule with clip factors       */
+/* clip_ratio on its max and min, optionally after the head's orthonormal Walsh-Hadamard       */
+/* transform x <- x * H / sqrt(head_size) (H the Sylvester matrix, as dq_rotation_hadamard;    */
+/* symmetric, so the transform is its own inverse). Rotating keys and queries alike keeps      */
+/* every product q . k. Layout of a cache buffer, in memory only (native byte order, no        */
+/* alignment, never serialised): token t at byte t * token bytes; a token holds n_heads head   */
+/* records in head order; a record is the float scale, the float zero point, then head_size    */
+/* codes (8 bits: one byte each; 4 bits: two a byte, element 2i in the low nibble).            */
+/* A value comes back as (code - zero) * scale, in the rotated domain when it was rotated.     */
+/* THREAD SAFETY: pure functions on caller buffers; calls writing disjoint tokens of one cache */
+/* may run concurrently. OWNERSHIP: the caller allocates every buffer (dq_kv_size).           */
+/* ------------------------------------------------------------------------------------------ */
+
+/** dq_kv_params.flags. ROTATE: dq_kv_quantize applies the per-head Walsh-Hadamard transform
+ *  before quantizing (head_size must be a power of two). @since 1.2 */
+enum { DQ_KV_F_ROTATE = 1u };
+
+typedef struct dq_kv_params {
+    uint32_t struct_size; /**< set by dq_kv_params_init */
+    uint32_t flags;       /**< DQ_KV_F_*, default 0 */
+    int32_t bits;         /**< 4 or 8, default 4 */
+    int32_t head_size;    /**< channels per head, 1..1024, default 128 */
+    int32_t n_heads;      /**< heads per token, 1..65536, default 1 */
+    float clip_ratio;     /**< (0, 1], default 1: multiplies each head's max and min */
+} dq_kv_params;
+
+/** @brief Fill p with defaults (4 bits, one head of 128, no rotation, clip 1). @since 1.2 */
+DQ_API dq_status dq_kv_params_init(dq_kv_params *p, size_t struct_size);
+
+/** @brief Bytes of a cache of tokens tokens (tokens 0: 0; tokens 1: one token's stride).
+ *  @param p  params or NULL (defaults).
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL bytes, bits not 4 or 8, clip_ratio, flags),
+ *  DQ_ERR_SHAPE (tokens < 0, head_size or n_heads out of range), DQ_ERR_OVERFLOW,
+ *  DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.2 */
+DQ_API dq_status dq_kv_size(const dq_kv_params *p, int64_t tokens, size_t *bytes);
+
+/** @brief In place, every head of tokens rows of x (n_heads * head_size floats each, ldx):
+ *  x_head <- x_head * H / sqrt(head_size) (computed in double, rounded once), whatever p's
+ *  bits and flags; for the queries that meet rotated keys. tokens 0: no-op (x may be NULL).
+ *  All or nothing: on error x is unchanged.
+ *  @return DQ_OK, the errors of dq_kv_size, DQ_ERR_INVALID_ARG (NULL x), DQ_ERR_SHAPE (ldx <
+ *  n_heads * head_size), DQ_ERR_UNSUPPORTED (head_size not a power of two), DQ_ERR_NONFINITE
+ *  (a value before or after the transform). @since 1.2 */
+DQ_API dq_status dq_kv_rotate(const dq_kv_params *p, float *x, int64_t tokens, int64_t ldx);
+
+/** @brief Quantize tokens rows of x (n_heads * head_size floats each, ldx) into tokens first ..
+ *  first + tokens - 1 of cache (cache_size bytes), rotating each head first under ROTATE. x is
+ *  not modified; other tokens of the cache are untouched. tokens 0: no-op (x and cache may be
+ *  NULL). All or nothing: on error the cache is unchanged.
+ *  @return DQ_OK, the errors of dq_kv_size, DQ_ERR_INVALID_ARG (NULL x or cache), DQ_ERR_SHAPE
+ *  (ldx, first < 0), DQ_ERR_UNSUPPORTED (ROTATE with head_size not a power of two),
+ *  DQ_ERR_BUFFER (cache_size < dq_kv_size(first + tokens)), DQ_ERR_NONFINITE (a value, before
+ *  or after the transform, or a range the rule refuses), DQ_ERR_OVERFLOW. @since 1.2 */
+DQ_API dq_status dq_kv_quantize(const dq_kv_params *p, const float *x, int64_t tokens,
+                                int64_t ldx, void *cache, size_t cache_size, int64_t first);
+
+/** @brief Dequantize head head of tokens first .. first + tokens - 1 of cache into out (tokens
+ *  rows of head_size floats, ldo), as they were stored (rotated under ROTATE: dq_kv_rotate
+ *  takes them back). The tokens must have been written by dq_kv_quantize with the same params.
+ *  tokens 0: no-op (cache and out may be NULL).
+ *  @return DQ_OK, the errors of dq_kv_size, DQ_ERR_INVALID_ARG (NULL, head outside
+ *  [0, n_heads)), DQ_ERR_SHAPE (tokens or first < 0, ldo < head_size), DQ_ERR_BUFFER,
+ *  DQ_ERR_OVERFLOW. @since 1.2 */
+DQ_API dq_status dq_kv_dequantize(const dq_kv_params *p, const void *cache, size_t cache_size,
+                                  int32_t head, int64_t first, int64_t tokens, float *out,
+                                  int64_t ldo);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Files: plans, packed matrices and float tensors in one safetensors-compatible file         */
 /* (doc/formats.md): an 8-byte little-endian header length, a JSON header, little-endian      */
 /* tensor data. Engines collect many layers in one writer under distinct name prefixes and    */

@@ -3,7 +3,9 @@
  * every position equal those of l2c_forward on the whole sequence. Float model: within 1e-5
  * of the row's largest logit; quantized (rtn, duquant): the same bound, activations being
  * quantized per token. The full forward gives the same bits on 1 and 3 engine threads
- * (l2c_net.n_threads). On stories260K (examples/data) always, and on tinystories-656k from
+ * (l2c_net.n_threads). Attention in fewer bits (a half-precision, 8-bit or 4-bit key/value
+ * cache, 4-bit queries) keeps both properties: each token's heads are stored on their own.
+ * The half-precision conversion against the compiler's _Float16 where it has one. On stories260K (examples/data) always, and on tinystories-656k from
  * the models folder when present (skipped, saying so, when not).
  * usage: test_kv_cache DATA_DIR MODELS_DIR */
 #include <math.h>
@@ -45,8 +47,9 @@ static double compare(const l2c_net *net, const char *what, int64_t len, uint64_
     l2c_kv_cache kv;
     double worst = 0;
     test_rng r = {seed};
-    CHECK(tok && full && step && l2c_kv_cache_init(&kv, m, len) == 0, "%s: allocation", what);
-    if (!tok || !full || !step || !kv.k)
+    CHECK(tok && full && step && l2c_kv_cache_init_net(&kv, net, len) == 0, "%s: allocation",
+          what);
+    if (!tok || !full || !step || (!kv.k && !kv.kq))
         goto out;
     tok[0] = 1; /* BOS */
     for (int64_t i = 1; i < len; i++)
@@ -144,6 +147,75 @@ static void check_net(const l2c_net *net, const char *what)
            what, (long long)rows, (long long)same, worst);
 }
 
+/* The attention settings checked besides float32: half-precision cache; 8-bit cache with
+ * clip ratios below 1; 4-bit cache and 4-bit queries. A float32 cache is refused by a net
+ * that stores another format. */
+static void check_attn(const l2c_net *net, const char *what)
+{
+    const int32_t L = net->m->c.n_layers;
+    float *kc = malloc((size_t)L * sizeof *kc), *vc = malloc((size_t)L * sizeof *vc);
+    CHECK(kc && vc, "allocation");
+    for (int32_t l = 0; kc && vc && l < L; l++)
+        kc[l] = 1.0f - 0.05f * (float)(l % 3), vc[l] = 0.9f;
+    const l2c_attn_quant settings[3] = {{16, 0, NULL, NULL}, {8, 0, kc, vc}, {4, 4, kc, vc}};
+    for (int i = 0; kc && vc && i < 3; i++) {
+        l2c_net q = *net;
+        q.attn = &settings[i];
+        char name[160];
+        snprintf(name, sizeof name, "%s kv%d qk%d", what, (int)settings[i].kv_bits,
+                 (int)settings[i].qk_bits);
+        check_net(&q, name);
+        l2c_kv_cache kv;
+        int32_t tok = 1;
+        float *logits = malloc((size_t)net->m->c.vocab_size * sizeof *logits);
+        if (logits && l2c_kv_cache_init(&kv, net->m, 4) == 0) {
+            CHECK(l2c_forward_cached(&q, &kv, &tok, 1, logits, 1) != 0,
+                  "%s: a float32 cache is refused", name);
+            l2c_kv_cache_free(&kv);
+        }
+        free(logits);
+    }
+    free(kc);
+    free(vc);
+}
+
+/* Every half-precision value converts to float and back to itself; floats round to the
+ * nearest half (ties to even), as the compiler's _Float16 conversion does. */
+static void check_half(void)
+{
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = l2c_half_to_float((uint16_t)h);
+        const int nan = (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu);
+        bad += nan ? !isnan(f) : l2c_half_from_float(f) != h;
+    }
+    CHECK(bad == 0, "%d half values do not round-trip", bad);
+#ifdef __FLT16_MAX__
+    test_rng r = {77};
+    int differ = 0;
+    for (int i = 0; i < 1000000; i++) {
+        uint32_t x = (uint32_t)test_rng_u64(&r);
+        if (i < 1000) /* around the subnormal, normal and overflow boundaries */
+            x = (x & 0x80000000u) | ((i % 3 == 0 ? 0x33000000u : i % 3 == 1 ? 0x38800000u
+                                                                           : 0x477fe000u) +
+                                     (x & 0x3fffu) - 0x2000u);
+        float f;
+        memcpy(&f, &x, sizeof f);
+        if (isnan(f))
+            continue;
+        __extension__ typedef _Float16 f16;
+        const f16 want = (f16)f;
+        uint16_t wb;
+        memcpy(&wb, &want, sizeof wb);
+        differ += l2c_half_from_float(f) != wb;
+    }
+    CHECK(differ == 0, "%d floats round to another half than _Float16's", differ);
+    printf("half precision: 65536 values round-trip; 1e6 floats as _Float16 rounds them\n");
+#else
+    printf("half precision: 65536 values round-trip (no _Float16 to compare with)\n");
+#endif
+}
+
 static void quantized(const l2c_model *m, const l2c_text *calib, const char *what)
 {
     dq_context *ctx = NULL;
@@ -176,6 +248,8 @@ static void quantized(const l2c_model *m, const l2c_text *calib, const char *wha
         char name[128];
         snprintf(name, sizeof name, "%s %s", what, methods[i]);
         check_net(&net, name);
+        if (i == 0)
+            check_attn(&net, name);
         l2c_qmodel_free(&qm);
     }
     l2c_calibration_free(&cal);
@@ -191,6 +265,7 @@ static void float_net(const l2c_model *m, const char *what)
     l2c_net net;
     l2c_net_init_fp32(&net, m, lin);
     check_net(&net, what);
+    check_attn(&net, what);
     free(lin);
 }
 
@@ -210,6 +285,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %s\n", path, err);
         return 1;
     }
+    check_half();
     float_net(&m, "stories260K fp32");
     snprintf(path, sizeof path, "%s/calib.txt", argv[1]);
     int tk_ok = l2c_tokenizer_load(tkp, m.c.vocab_size, &tk, err, sizeof err) == 0;

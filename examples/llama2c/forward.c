@@ -490,6 +490,181 @@ static int attention(const l2c_net *net, const float *q, const float *k, const f
     return 0;
 }
 
+/* ---- keys, values and queries in fewer bits ---- */
+
+int l2c_attn_rotates(const l2c_attn_quant *a)
+{
+    return a && (a->kv_bits == 4 || a->kv_bits == 8 || a->qk_bits == 4);
+}
+
+static int kv_format(const l2c_net *net)
+{
+    return net->attn ? net->attn->kv_bits : 0;
+}
+
+uint16_t l2c_half_from_float(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) /* NaN: quiet, keeping the top payload bits */
+        return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
+    if (ax >= 0x477ff000u) /* 65520 and beyond (infinity included) round to infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (ax < 0x38800000u) { /* below 2^-14: a subnormal half, round(|f| * 2^24) (exact product) */
+        float a;
+        memcpy(&a, &ax, sizeof a);
+        return (uint16_t)(sign | (uint16_t)rintf(a * 16777216.0f));
+    }
+    /* Rebias the exponent (127 -> 15), round the mantissa to 10 bits, ties to even; a carry
+     * moves into the exponent as it should. */
+    const uint32_t r = ax - 0x38000000u;
+    return (uint16_t)(sign | ((r + 0x0fffu + ((r >> 13) & 1u)) >> 13));
+}
+
+float l2c_half_to_float(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    uint32_t x;
+    if (e == 0) {
+        const float f = (float)mant * 5.9604644775390625e-8f; /* 2^-24 */
+        return sign ? -f : f;
+    }
+    x = sign | (e == 31 ? 0x7f800000u | (mant << 13) : ((e + 112u) << 23) | (mant << 13));
+    float f;
+    memcpy(&f, &x, sizeof f);
+    return f;
+}
+
+/* libduquant's layout of layer l's keys (rotated when the net rotates) or values. */
+static dq_kv_params kv_params(const l2c_net *net, int32_t l, int values)
+{
+    const l2c_attn_quant *a = net->attn;
+    const float *clip = values ? a->v_clip : a->k_clip;
+    dq_kv_params p;
+    dq_kv_params_init(&p, sizeof p);
+    p.bits = a->kv_bits;
+    p.head_size = net->m->head_size;
+    p.n_heads = net->m->c.n_kv_heads;
+    p.flags = !values && l2c_attn_rotates(a) ? DQ_KV_F_ROTATE : 0;
+    p.clip_ratio = clip ? clip[l] : 1.0f;
+    return p;
+}
+
+static int kv_fail(dq_status st, const char *what, int32_t l)
+{
+    fprintf(stderr, "%s (layer %d): %s\n", what, (int)l, dq_status_name(st));
+    return -1;
+}
+
+/* Bytes of one token's keys (or values) in the net's cache format (not float32). */
+static int kv_token_bytes(const l2c_net *net, size_t *bytes)
+{
+    if (kv_format(net) == 16) {
+        *bytes = (size_t)net->m->kv_dim * sizeof(uint16_t);
+        return 0;
+    }
+    dq_kv_params p = kv_params(net, 0, 0);
+    dq_status st = dq_kv_size(&p, 1, bytes);
+    return st ? kv_fail(st, "dq_kv_size", 0) : 0;
+}
+
+/* Keys and values [n, kv_dim] of layer l (keys already rotated when the net rotates and the
+ * format is half precision) into tokens first..first+n-1 of kb and vb (cap tokens). */
+static int kv_store(const l2c_net *net, int32_t l, const float *k, const float *v, int64_t n,
+                    uint8_t *kb, uint8_t *vb, size_t token_bytes, int64_t cap, int64_t first)
+{
+    const int64_t kv = net->m->kv_dim;
+    if (kv_format(net) == 16) {
+        uint16_t *kh = (uint16_t *)(void *)kb + first * kv;
+        uint16_t *vh = (uint16_t *)(void *)vb + first * kv;
+        for (int64_t i = 0; i < n * kv; i++) {
+            kh[i] = l2c_half_from_float(k[i]);
+            vh[i] = l2c_half_from_float(v[i]);
+        }
+        return 0;
+    }
+    const size_t bytes = (size_t)cap * token_bytes;
+    dq_kv_params pk = kv_params(net, l, 0), pv = kv_params(net, l, 1);
+    dq_status st = dq_kv_quantize(&pk, k, n, kv, kb, bytes, first);
+    if (st == DQ_OK)
+        st = dq_kv_quantize(&pv, v, n, kv, vb, bytes, first);
+    return st ? kv_fail(st, "dq_kv_quantize", l) : 0;
+}
+
+/* Tokens 0..len-1 of kb and vb back to float keys and values [len, kv_dim]. */
+static int kv_load(const l2c_net *net, int32_t l, const uint8_t *kb, const uint8_t *vb,
+                   size_t token_bytes, int64_t cap, int64_t len, float *k, float *v)
+{
+    const int64_t kv = net->m->kv_dim;
+    if (kv_format(net) == 16) {
+        const uint16_t *kh = (const uint16_t *)(const void *)kb;
+        const uint16_t *vh = (const uint16_t *)(const void *)vb;
+        for (int64_t i = 0; i < len * kv; i++) {
+            k[i] = l2c_half_to_float(kh[i]);
+            v[i] = l2c_half_to_float(vh[i]);
+        }
+        return 0;
+    }
+    const size_t bytes = (size_t)cap * token_bytes;
+    dq_kv_params pk = kv_params(net, l, 0), pv = kv_params(net, l, 1);
+    const int32_t hs = net->m->head_size;
+    for (int32_t h = 0; h < pk.n_heads; h++) {
+        dq_status st = dq_kv_dequantize(&pk, kb, bytes, h, 0, len, k + (int64_t)h * hs, kv);
+        if (st == DQ_OK)
+            st = dq_kv_dequantize(&pv, vb, bytes, h, 0, len, v + (int64_t)h * hs, kv);
+        if (st)
+            return kv_fail(st, "dq_kv_dequantize", l);
+    }
+    return 0;
+}
+
+/* Queries [n, q_dim] and keys [n, kv_dim] as attention sees them: rotated per head when the
+ * net rotates (keys of the 4/8-bit formats are rotated as they are quantized), queries then
+ * quantized per head to qk_bits. */
+static int attn_inputs(const l2c_net *net, int32_t l, float *q, float *k, int64_t n)
+{
+    const l2c_attn_quant *a = net->attn;
+    if (!l2c_attn_rotates(a))
+        return 0;
+    const l2c_model *m = net->m;
+    dq_kv_params p;
+    dq_kv_params_init(&p, sizeof p);
+    p.head_size = m->head_size;
+    p.n_heads = m->c.n_heads;
+    dq_status st = dq_kv_rotate(&p, q, n, m->q_dim);
+    if (st)
+        return kv_fail(st, "dq_kv_rotate (queries)", l);
+    if (a->kv_bits != 4 && a->kv_bits != 8) {
+        p.n_heads = m->c.n_kv_heads;
+        if ((st = dq_kv_rotate(&p, k, n, m->kv_dim)) != DQ_OK)
+            return kv_fail(st, "dq_kv_rotate (keys)", l);
+    }
+    if (a->qk_bits != 4)
+        return 0;
+    p.bits = 4;
+    p.n_heads = m->c.n_heads;
+    size_t token, bytes;
+    if ((st = dq_kv_size(&p, 1, &token)) != DQ_OK)
+        return kv_fail(st, "dq_kv_size", l);
+    uint8_t *buf = malloc(token);
+    if (!buf) {
+        fprintf(stderr, "out of memory\n");
+        return -1;
+    }
+    bytes = token;
+    for (int64_t t = 0; t < n && st == DQ_OK; t++) {
+        float *qt = q + t * m->q_dim;
+        st = dq_kv_quantize(&p, qt, 1, m->q_dim, buf, bytes, 0);
+        for (int32_t h = 0; h < p.n_heads && st == DQ_OK; h++)
+            st = dq_kv_dequantize(&p, buf, bytes, h, 0, 1, qt + (int64_t)h * p.head_size,
+                                  p.head_size);
+    }
+    free(buf);
+    return st ? kv_fail(st, "4-bit queries", l) : 0;
+}
+
 static int observe(const l2c_net *net, int32_t layer, int32_t input, const float *x, int64_t n,
                    int64_t cols)
 {
@@ -529,7 +704,45 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
         goto out;
     rope(m, cs, q, n, qd);
     rope(m, cs, k, n, kv);
-    if (cache) {
+    if (net->kv_observe && (rc = net->kv_observe(net->kv_observe_user, l, k, v, n, kv)) != 0)
+        goto out;
+    rc = -1;
+    if (attn_inputs(net, l, q, k, n))
+        goto out;
+    if (kv_format(net) != 0) {
+        /* Keys and values go through the cache format: stored, then read back as floats (the
+         * same values with or without a cache: each token's heads are stored on their own). */
+        const int64_t len = pos0 + n;
+        uint8_t *kb = NULL, *vb = NULL;
+        int64_t cap = n, first = 0;
+        size_t tb = 0;
+        if (cache) {
+            tb = cache->token_bytes;
+            kb = cache->kq + (size_t)l * (size_t)cache->cap * tb;
+            vb = cache->vq + (size_t)l * (size_t)cache->cap * tb;
+            cap = cache->cap, first = pos0;
+        } else if (kv_token_bytes(net, &tb) == 0) {
+            kb = malloc((size_t)n * tb);
+            vb = malloc((size_t)n * tb);
+        }
+        float *kf = cache ? malloc((size_t)(len * kv) * sizeof *kf) : k;
+        float *vf = cache ? malloc((size_t)(len * kv) * sizeof *vf) : v;
+        int e = !kb || !vb || !kf || !vf;
+        if (e)
+            fprintf(stderr, "out of memory\n");
+        e = e || kv_store(net, l, k, v, n, kb, vb, tb, cap, first) ||
+            kv_load(net, l, kb, vb, tb, cap, len, kf, vf) ||
+            attention(net, q, kf, vf, pos0, n, xb);
+        if (!cache) {
+            free(kb);
+            free(vb);
+        } else {
+            free(kf);
+            free(vf);
+        }
+        if (e)
+            goto out;
+    } else if (cache) {
         int64_t slot = (int64_t)l * cache->cap * kv;
         float *ck = cache->k + slot, *cv = cache->v + slot;
         memcpy(ck + pos0 * kv, k, (size_t)(n * kv) * sizeof *k);
@@ -622,13 +835,31 @@ out:
 
 int l2c_kv_cache_init(l2c_kv_cache *c, const l2c_model *m, int64_t cap)
 {
+    l2c_net net;
+    memset(&net, 0, sizeof net);
+    net.m = m;
+    return l2c_kv_cache_init_net(c, &net, cap);
+}
+
+int l2c_kv_cache_init_net(l2c_kv_cache *c, const l2c_net *net, int64_t cap)
+{
+    const l2c_model *m = net->m;
     memset(c, 0, sizeof *c);
     if (cap <= 0 || cap > m->c.seq_len)
         cap = m->c.seq_len;
-    size_t count = (size_t)((int64_t)m->c.n_layers * cap * m->kv_dim);
-    c->k = malloc(count * sizeof *c->k);
-    c->v = malloc(count * sizeof *c->v);
-    if (!c->k || !c->v) {
+    c->kv_bits = kv_format(net);
+    if (c->kv_bits != 0) {
+        if (kv_token_bytes(net, &c->token_bytes))
+            return -1;
+        size_t bytes = (size_t)((int64_t)m->c.n_layers * cap) * c->token_bytes;
+        c->kq = malloc(bytes);
+        c->vq = malloc(bytes);
+    } else {
+        size_t count = (size_t)((int64_t)m->c.n_layers * cap * m->kv_dim);
+        c->k = malloc(count * sizeof *c->k);
+        c->v = malloc(count * sizeof *c->v);
+    }
+    if (c->kv_bits != 0 ? !c->kq || !c->vq : !c->k || !c->v) {
         fprintf(stderr, "out of memory (key/value cache of %lld positions)\n", (long long)cap);
         l2c_kv_cache_free(c);
         return -1;
@@ -643,6 +874,8 @@ void l2c_kv_cache_free(l2c_kv_cache *c)
 {
     free(c->k);
     free(c->v);
+    free(c->kq);
+    free(c->vq);
     memset(c, 0, sizeof *c);
 }
 
@@ -651,12 +884,13 @@ int l2c_forward_cached(const l2c_net *net, l2c_kv_cache *c, const int32_t *token
 {
     const l2c_model *m = net->m;
     int64_t dim = m->c.dim, pos0 = c->len;
-    if (n <= 0 || n > c->cap - pos0 || c->n_layers != m->c.n_layers || c->kv_dim != m->kv_dim) {
+    if (n <= 0 || n > c->cap - pos0 || c->n_layers != m->c.n_layers || c->kv_dim != m->kv_dim ||
+        c->kv_bits != kv_format(net)) {
         fprintf(stderr,
                 "l2c_forward_cached: %lld tokens at position %lld do not fit a cache of %lld "
-                "positions (%d layers, kv width %d) for this model\n",
+                "positions (%d layers, kv width %d, kv bits %d) for this model and net\n",
                 (long long)n, (long long)pos0, (long long)c->cap, (int)c->n_layers,
-                (int)c->kv_dim);
+                (int)c->kv_dim, (int)c->kv_bits);
         return -1;
     }
     float *x = malloc((size_t)(n * dim) * sizeof *x);

@@ -27,6 +27,33 @@ typedef struct l2c_linear {
 typedef int (*l2c_observe_fn)(void *user, int32_t layer, int32_t input, const float *x,
                               int64_t rows, int64_t cols);
 
+/* Called with the keys (after the rotary embedding) and values [rows, kv_dim] of every block
+ * before they are stored or attended to; a non-zero return stops the forward pass with that
+ * value. */
+typedef int (*l2c_kv_observe_fn)(void *user, int32_t layer, const float *k, const float *v,
+                                 int64_t rows, int64_t kv_dim);
+
+/* How attention keeps its keys, values and queries. The default (no l2c_attn_quant, or
+ * kv_bits 0) is float32 throughout. */
+typedef struct l2c_attn_quant {
+    int32_t kv_bits;             /* 0: float32 cache; 16: half precision (round to nearest
+                                    even); 4, 8: libduquant's packed layout (dq_kv_quantize),
+                                    each head of each token asymmetric, keys after the per-head
+                                    Walsh-Hadamard transform */
+    int32_t qk_bits;             /* 0 or 16: float queries; 4: each head of each query token
+                                    quantized to 4 bits (asymmetric, no clip) after the
+                                    Hadamard transform (keys are rotated then too) */
+    const float *k_clip, *v_clip; /* [n_layers] clip ratios of the 4/8-bit keys and values;
+                                    NULL: 1 */
+} l2c_attn_quant;
+
+/* True when keys and queries go through the per-head Hadamard transform. */
+int l2c_attn_rotates(const l2c_attn_quant *a);
+
+/* Half precision: the nearest binary16 value (ties to even; beyond 65504 infinite), and back. */
+uint16_t l2c_half_from_float(float f);
+float l2c_half_to_float(uint16_t h);
+
 typedef struct l2c_net {
     const l2c_model *m;
     l2c_linear (*lin)[L2C_N_LINEARS]; /* [n_layers] */
@@ -34,6 +61,9 @@ typedef struct l2c_net {
     void *observe_user;
     int32_t n_threads; /* threads of the engine's own loops (attention, float products); 0 or 1:
                           the calling thread only. The quantized layers use their context's. */
+    const l2c_attn_quant *attn; /* NULL: float32 attention */
+    l2c_kv_observe_fn kv_observe; /* optional */
+    void *kv_observe_user;
 } l2c_net;
 
 /* Fills net with the model's float weights (lin must hold n_layers entries). */
@@ -54,15 +84,21 @@ int l2c_forward_block(const l2c_net *net, int32_t layer, float *x, int64_t n);
 /* Keys and values (after the rotary embedding) of every layer for positions 0..len-1, so that
  * a generation step computes only its new tokens. */
 typedef struct l2c_kv_cache {
-    float *k, *v;       /* [n_layers, cap, kv_dim] each */
+    float *k, *v;       /* float32: [n_layers, cap, kv_dim] each */
+    uint8_t *kq, *vq;   /* other formats: [n_layers, cap] tokens of token_bytes each */
+    size_t token_bytes;
     int64_t cap;        /* positions it holds */
     int64_t len;        /* positions filled: the next token's position */
     int32_t n_layers, kv_dim;
+    int32_t kv_bits;    /* the format, as l2c_attn_quant.kv_bits */
 } l2c_kv_cache;
 
-/* An empty cache of cap positions (cap <= 0 or beyond the context length: the context
+/* An empty float32 cache of cap positions (cap <= 0 or beyond the context length: the context
  * length) for model m. Returns 0 or -1 (out of memory, message printed). */
 int l2c_kv_cache_init(l2c_kv_cache *c, const l2c_model *m, int64_t cap);
+/* The same in the format of net's attention settings (the cache of l2c_forward_cached with
+ * that net). */
+int l2c_kv_cache_init_net(l2c_kv_cache *c, const l2c_net *net, int64_t cap);
 void l2c_kv_cache_free(l2c_kv_cache *c);
 
 /* Runs tokens[0..n) at positions c->len..c->len+n-1: appends their keys and values to the

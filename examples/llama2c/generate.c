@@ -16,7 +16,7 @@ int64_t l2c_greedy(const l2c_net *net, int32_t *tokens, int64_t n, int64_t room,
     float *logits = malloc((size_t)vocab * sizeof *logits);
     l2c_kv_cache kv;
     memset(&kv, 0, sizeof kv);
-    if (!logits || n < 1 || n > max_len || l2c_kv_cache_init(&kv, net->m, end > n ? end : n))
+    if (!logits || n < 1 || n > max_len || l2c_kv_cache_init_net(&kv, net, end > n ? end : n))
         n = -1;
     while (n > 0 && n < end) {
         /* The tokens the cache does not hold yet: the prompt, then the last one appended. */

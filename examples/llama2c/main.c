@@ -29,6 +29,7 @@ typedef struct options {
     int64_t window, max_windows, calib_tokens, sample_tokens;
     int32_t steps, threads, settings;
     l2c_quant_options q;
+    l2c_attn_quant attn;
 } options;
 
 /* What the samples are encoded and decoded with: a llama2.c tokenizer, or a folder's
@@ -101,7 +102,13 @@ static void usage(FILE *f, const options *o)
             "  --prompt TEXT        prompt of the greedy samples (default \"%s\")\n"
             "  --steps N            tokens generated per sample (default %d; 0 = none)\n"
             "  --dump-calib DIR     write each linear input's calibration sample as float32\n"
-            "                       DIR/layer<L>_<qkv|wo|w13|w2>.npy and continue\n",
+            "                       DIR/layer<L>_<qkv|wo|w13|w2>.npy and continue\n"
+            "  --kv-bits 4|8|16     keys and values in 4 or 8 bits (per head per token, keys\n"
+            "                       after a per-head Hadamard transform, clip ratios per layer\n"
+            "                       chosen on the calibration text) or half precision\n"
+            "                       (absent: float32)\n"
+            "  --qk-bits 4|16       queries in 4 bits per head after the Hadamard transform\n"
+            "                       (16: float; absent: float)\n",
             (long long)o->window, (long long)o->sample_tokens, o->q.rot_steps,
             o->q.perm_times, o->q.dq_smooth, (double)o->q.alpha, (double)o->q.w_clip,
             o->q.lwc_epochs,
@@ -125,7 +132,7 @@ static int parse_args(int argc, char **argv, options *o)
         const char *v = argv[++i];
         int64_t n = 0;
         int bad = 0;
-        if (l2c_quant_option(&o->q, k, v, &bad)) {
+        if (l2c_quant_option(&o->q, k, v, &bad) || l2c_attn_option(&o->attn, k, v, &bad)) {
             /* a quantization setting */
         } else if (strcmp(k, "--model") == 0)
             o->model = v;
@@ -344,6 +351,17 @@ static void print_results(const options *o, const result *res, int32_t n, double
         if (cal)
             printf("calibration: %lld tokens of %s in %.2f s (shared by all methods)\n",
                    (long long)cal->tokens, o->calib, calib_s);
+        if (o->attn.kv_bits || o->attn.qk_bits)
+            printf("attention: keys and values %s%s, queries %s\n",
+                   o->attn.kv_bits == 16 ? "half precision"
+                   : o->attn.kv_bits      ? (o->attn.kv_bits == 4 ? "4-bit" : "8-bit")
+                                          : "float32",
+                   o->attn.kv_bits == 4 || o->attn.kv_bits == 8
+                       ? " (per head per token, clip per layer on the calibration text, in "
+                         "quantize_s)"
+                       : "",
+                   o->attn.qk_bits == 4 ? "4-bit (per head per token, Hadamard-rotated)"
+                                        : "float");
         printf("\n%-18s %10s %8s %11s  %s\n", "method", "perplexity", "ratio", "quantize_s",
                "what");
         for (int32_t i = 0; i < n; i++)
@@ -402,6 +420,9 @@ int main(int argc, char **argv)
     memset(&eval, 0, sizeof eval);
     memset(&calib, 0, sizeof calib);
     memset(&cal, 0, sizeof cal);
+    const int kv_calib = o.attn.kv_bits == 4 || o.attn.kv_bits == 8;
+    float *k_clip = NULL, *v_clip = NULL;
+    need_calib |= kv_calib;
     for (int32_t i = 0; i < n_methods; i++)
         need_calib |= methods[i]->w_bits != 0;
 #ifdef L2C_WITH_HF
@@ -469,7 +490,9 @@ int main(int argc, char **argv)
 
     /* FP32 first: every ratio is against it, listed or not. */
     fp32_lin = calloc((size_t)model.c.n_layers, sizeof *fp32_lin);
-    if (!fp32_lin)
+    k_clip = calloc((size_t)model.c.n_layers, sizeof *k_clip);
+    v_clip = calloc((size_t)model.c.n_layers, sizeof *v_clip);
+    if (!fp32_lin || !k_clip || !v_clip)
         goto out;
     l2c_net fp32;
     l2c_net_init_fp32(&fp32, &model, fp32_lin);
@@ -498,7 +521,27 @@ int main(int argc, char **argv)
         res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
         if (o.settings)
             l2c_qmodel_report(stderr, &qm, methods[i], 0);
-        l2c_net net = {&model, qm.lin, NULL, NULL, o.threads};
+        l2c_net net = {&model, qm.lin, NULL, NULL, o.threads, NULL, NULL, NULL};
+        l2c_attn_quant attn = o.attn;
+        int64_t kv_tokens = 0;
+        if (kv_calib) {
+            /* The clip ratios of this method's keys and values, from its own (float
+             * attention) pass over the calibration text. */
+            t0 = now_s();
+            if (l2c_kv_calibrate(&net, &calib, o.window, o.calib_tokens, o.attn.kv_bits,
+                                 l2c_attn_rotates(&o.attn), k_clip, v_clip, &kv_tokens)) {
+                l2c_qmodel_free(&qm);
+                goto out;
+            }
+            res[i].quantize_s += now_s() - t0;
+            attn.k_clip = k_clip, attn.v_clip = v_clip;
+            fprintf(stderr, "%-18s key/value clip ratios on %lld tokens:", methods[i]->name,
+                    (long long)kv_tokens);
+            for (int32_t l = 0; l < model.c.n_layers; l++)
+                fprintf(stderr, " %.2f/%.2f", (double)k_clip[l], (double)v_clip[l]);
+            fprintf(stderr, "\n");
+        }
+        net.attn = o.attn.kv_bits || o.attn.qk_bits ? &attn : NULL;
         int e = evaluate(&net, &sp, &eval, w, n_w, &o, &res[i]);
         l2c_qmodel_free(&qm);
         if (e)
@@ -515,6 +558,8 @@ out:
     free(w);
     free(res);
     free(fp32_lin);
+    free(k_clip);
+    free(v_clip);
     l2c_text_free(&eval);
     l2c_text_free(&calib);
     l2c_tokenizer_free(&tk);

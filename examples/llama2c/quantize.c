@@ -211,6 +211,143 @@ int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, i
     return 1;
 }
 
+int l2c_attn_option(l2c_attn_quant *a, const char *key, const char *value, int *bad)
+{
+    int64_t n = 0;
+    if (strcmp(key, "--kv-bits") == 0) {
+        *bad = l2c_parse_int(value, 4, 16, &n) || (n != 4 && n != 8 && n != 16) ? -1 : 0;
+        if (!*bad)
+            a->kv_bits = (int32_t)n;
+    } else if (strcmp(key, "--qk-bits") == 0) {
+        *bad = l2c_parse_int(value, 4, 16, &n) || (n != 4 && n != 16) ? -1 : 0;
+        if (!*bad)
+            a->qk_bits = (int32_t)n;
+    } else
+        return 0;
+    return 1;
+}
+
+/* ---- key and value clip ratios ---- */
+
+const float l2c_kv_clip_grid[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f};
+const int32_t l2c_kv_clip_grid_n = (int32_t)(sizeof l2c_kv_clip_grid / sizeof l2c_kv_clip_grid[0]);
+
+typedef struct kv_calib {
+    const l2c_model *m;
+    int32_t bits, rotate;
+    double *err; /* [n_layers][2 (keys, values)][grid] */
+} kv_calib;
+
+/* Squared error of x [rows, kv_dim] through the layout at every clip of the grid. */
+static int kv_errors(const kv_calib *c, const float *x, int64_t rows, double *err)
+{
+    const l2c_model *m = c->m;
+    const int64_t kv = m->kv_dim;
+    dq_kv_params p;
+    dq_kv_params_init(&p, sizeof p);
+    p.bits = c->bits;
+    p.head_size = m->head_size;
+    p.n_heads = m->c.n_kv_heads;
+    size_t bytes = 0;
+    dq_status st = dq_kv_size(&p, rows, &bytes);
+    uint8_t *buf = st ? NULL : malloc(bytes);
+    float *y = malloc((size_t)(rows * kv) * sizeof *y);
+    if (!buf || !y) {
+        fprintf(stderr, "key/value calibration: %s\n", st ? dq_status_name(st) : "out of memory");
+        free(buf);
+        free(y);
+        return -1;
+    }
+    for (int32_t g = 0; g < l2c_kv_clip_grid_n && st == DQ_OK; g++) {
+        p.clip_ratio = l2c_kv_clip_grid[g];
+        st = dq_kv_quantize(&p, x, rows, kv, buf, bytes, 0);
+        for (int32_t h = 0; h < p.n_heads && st == DQ_OK; h++)
+            st = dq_kv_dequantize(&p, buf, bytes, h, 0, rows, y + (int64_t)h * p.head_size, kv);
+        double e = 0;
+        for (int64_t i = 0; i < rows * kv; i++)
+            e += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
+        err[g] += e;
+    }
+    free(buf);
+    free(y);
+    if (st)
+        fprintf(stderr, "key/value calibration: %s\n", dq_status_name(st));
+    return st ? -1 : 0;
+}
+
+static int kv_calib_observe(void *user, int32_t layer, const float *k, const float *v,
+                            int64_t rows, int64_t kv_dim)
+{
+    kv_calib *c = user;
+    double *err = c->err + (int64_t)layer * 2 * l2c_kv_clip_grid_n;
+    float *kr = malloc((size_t)(rows * kv_dim) * sizeof *kr);
+    if (!kr) {
+        fprintf(stderr, "out of memory\n");
+        return -1;
+    }
+    memcpy(kr, k, (size_t)(rows * kv_dim) * sizeof *kr);
+    dq_kv_params p;
+    dq_kv_params_init(&p, sizeof p);
+    p.head_size = c->m->head_size;
+    p.n_heads = c->m->c.n_kv_heads;
+    dq_status st = c->rotate ? dq_kv_rotate(&p, kr, rows, kv_dim) : DQ_OK;
+    int rc = st ? -1 : kv_errors(c, kr, rows, err);
+    if (st)
+        fprintf(stderr, "dq_kv_rotate: %s\n", dq_status_name(st));
+    free(kr);
+    return rc ? rc : kv_errors(c, v, rows, err + l2c_kv_clip_grid_n);
+}
+
+int l2c_kv_calibrate(const l2c_net *net, const l2c_text *text, int64_t window,
+                     int64_t max_tokens, int32_t kv_bits, int32_t rotate, float *k_clip,
+                     float *v_clip, int64_t *tokens)
+{
+    const l2c_model *m = net->m;
+    const int32_t L = m->c.n_layers;
+    kv_calib c = {m, kv_bits, rotate,
+                  calloc((size_t)L * 2 * (size_t)l2c_kv_clip_grid_n, sizeof(double))};
+    l2c_window *w = NULL;
+    int64_t n_w = l2c_windows(text, window, 0, &w);
+    float *logits = malloc((size_t)(window * m->c.vocab_size) * sizeof *logits);
+    int rc = -1;
+    *tokens = 0;
+    if (!c.err || n_w < 0 || !logits) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    l2c_net run = *net;
+    run.attn = NULL;
+    run.observe = NULL;
+    run.kv_observe = kv_calib_observe;
+    run.kv_observe_user = &c;
+    for (int64_t i = 0; i < n_w && (max_tokens <= 0 || *tokens < max_tokens); i++) {
+        int64_t len = w[i].len;
+        if (max_tokens > 0 && len > max_tokens - *tokens)
+            len = max_tokens - *tokens;
+        if (l2c_forward(&run, text->tokens + w[i].start, len, logits))
+            goto out;
+        *tokens += len;
+    }
+    if (*tokens == 0) {
+        fprintf(stderr, "key/value calibration: no calibration token\n");
+        goto out;
+    }
+    for (int32_t l = 0; l < L; l++)
+        for (int32_t kvi = 0; kvi < 2; kvi++) {
+            const double *e = c.err + ((int64_t)l * 2 + kvi) * l2c_kv_clip_grid_n;
+            int32_t best = 0;
+            for (int32_t g = 1; g < l2c_kv_clip_grid_n; g++)
+                best = e[g] < e[best] ? g : best;
+            (kvi ? v_clip : k_clip)[l] = l2c_kv_clip_grid[best];
+        }
+    rc = 0;
+out:
+    free(c.err);
+    free(w);
+    free(logits);
+    return rc;
+}
+
 static int check(dq_status st, const char *what, int32_t layer, const char *name)
 {
     if (st == DQ_OK)

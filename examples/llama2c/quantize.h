@@ -49,6 +49,24 @@ int l2c_parse_float(const char *s, double lo, double hi, float *out);
  * is out of range, o unchanged then), 0 when it is not. */
 int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, int *bad);
 
+/* --kv-bits 4|8|16 and --qk-bits 4|16 (absent: float32 attention): returns 1 when key is one
+ * of them (*bad set to -1 for any other value, a unchanged then), 0 when it is not. */
+int l2c_attn_option(l2c_attn_quant *a, const char *key, const char *value, int *bad);
+
+/* The clip ratios tried for the 4/8-bit keys and values, and how many. */
+extern const float l2c_kv_clip_grid[];
+extern const int32_t l2c_kv_clip_grid_n;
+
+/* Chooses each layer's key and value clip ratios (k_clip, v_clip: n_layers each) for a
+ * kv_bits cache (4 or 8; keys rotated as rotate says) on calibration text: net (its own
+ * attention settings are ignored: float32 during the pass) runs the windows of text, up to
+ * max_tokens tokens (0 = all); for every layer the ratio of l2c_kv_clip_grid with the least
+ * squared reconstruction error of its keys (in the rotated domain) or values over those
+ * tokens is kept (first minimum). Returns 0 or -1 (message printed); *tokens gets the count. */
+int l2c_kv_calibrate(const l2c_net *net, const l2c_text *text, int64_t window,
+                     int64_t max_tokens, int32_t kv_bits, int32_t rotate, float *k_clip,
+                     float *v_clip, int64_t *tokens);
+
 typedef struct l2c_method {
     const char *name;
     int32_t w_bits, a_bits; /* w_bits 0: fp32; a_bits 0: float activations */

@@ -16,8 +16,10 @@
 
 typedef struct options {
     const char *model, *tokenizer, *eval, *format, *tokenize, *out, *prompt, *bench_float;
+    const char *calib;
     int64_t window, steps;
     int32_t threads, bench;
+    l2c_attn_quant attn;
 } options;
 
 static void usage(FILE *f)
@@ -25,6 +27,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: duquant-run --model PATH [--eval FILE] [--prompt TEXT] [--tokenize TEXT --out FILE]\n"
             "                   [--bench [--bench-float PATH]] [--threads N]\n"
+            "                   [--kv-bits 4|8|16 [--calib TEXT]] [--qk-bits 4|16]\n"
             "  --model PATH         quantized model file (duquant-quantize), Hugging Face\n"
             "                       LLaMA-family folder, or llama2.c file (with --tokenizer)\n"
             "  --tokenizer FILE     llama2.c tokenizer\n"
@@ -42,7 +45,14 @@ static void usage(FILE *f)
             "                       key/value cache, best of 3, with the CPU and the load average\n"
             "  --bench-float PATH   also bench this float model (Hugging Face folder or\n"
             "                       llama2.c file), e.g. the quantized file's float original\n"
-            "  --threads N          library threads (default 0: host decides)\n");
+            "  --threads N          library threads (default 0: host decides)\n"
+            "  --kv-bits 4|8|16     keys and values in 4 or 8 bits (per head per token, keys\n"
+            "                       after a per-head Hadamard transform) or half precision\n"
+            "                       (absent: float32)\n"
+            "  --calib TEXT         with --kv-bits 4|8: each layer's key and value clip ratio\n"
+            "                       is chosen on these stories (without: ratio 1)\n"
+            "  --qk-bits 4|16       queries in 4 bits per head after the Hadamard transform\n"
+            "                       (16: float; absent: float)\n");
 }
 
 static int parse_args(int argc, char **argv, options *o)
@@ -64,8 +74,12 @@ static int parse_args(int argc, char **argv, options *o)
         const char *v = argv[++i];
         int64_t n = 0;
         int bad = 0;
-        if (strcmp(k, "--model") == 0)
+        if (l2c_attn_option(&o->attn, k, v, &bad)) {
+            /* attention settings */
+        } else if (strcmp(k, "--model") == 0)
             o->model = v;
+        else if (strcmp(k, "--calib") == 0)
+            o->calib = v;
         else if (strcmp(k, "--tokenizer") == 0)
             o->tokenizer = v;
         else if (strcmp(k, "--eval") == 0)
@@ -101,6 +115,10 @@ static int parse_args(int argc, char **argv, options *o)
     }
     if (!o->tokenize != !o->out) {
         fprintf(stderr, "--tokenize and --out go together\n");
+        return -1;
+    }
+    if (o->calib && o->attn.kv_bits != 4 && o->attn.kv_bits != 8) {
+        fprintf(stderr, "--calib chooses the clip ratios of --kv-bits 4 or 8 only\n");
         return -1;
     }
     if (!o->eval && !o->prompt && !o->tokenize && !o->bench) {
@@ -264,10 +282,10 @@ static int generate(tool_model *tm, const options *o)
                 (long long)max_len);
         goto out;
     }
-    if (l2c_kv_cache_init(&kv, &tm->m, (int64_t)cap < max_len ? (int64_t)cap : max_len))
-        goto out;
     l2c_net net;
     tool_model_net(tm, &net);
+    if (l2c_kv_cache_init_net(&kv, &net, (int64_t)cap < max_len ? (int64_t)cap : max_len))
+        goto out;
     for (int64_t s = 0; s <= o->steps; s++) {
         /* The text so far, printed from where the last step stopped; after a byte token it
          * waits, since a partial character decodes to U+FFFD that the next bytes replace. */
@@ -355,14 +373,14 @@ static int bench_model(tool_model *tm, int64_t n_pre, int64_t n_dec, bench_time 
     l2c_kv_cache kv;
     memset(&kv, 0, sizeof kv);
     int rc = -1;
-    if (!ids || !logits || l2c_kv_cache_init(&kv, &tm->m, n_pre > n_dec + 1 ? n_pre : n_dec + 1)) {
+    l2c_net net;
+    tool_model_net(tm, &net);
+    if (!ids || !logits || l2c_kv_cache_init_net(&kv, &net, n_pre > n_dec + 1 ? n_pre : n_dec + 1)) {
         fprintf(stderr, "out of memory\n");
         goto out;
     }
     for (int64_t i = 0; i < n_pre; i++) /* BOS, then a fixed spread of ids */
         ids[i] = i == 0 ? (tm->bos >= 0 ? tm->bos : 0) : (int32_t)((i * 7919) % vocab);
-    l2c_net net;
-    tool_model_net(tm, &net);
     for (int r = 0; r < 3; r++) {
         kv.len = 0;
         double t0 = tool_now_s(), c0 = cpu_now_s();
@@ -449,6 +467,50 @@ static int bench(tool_model *tm, const options *o, dq_context *ctx)
     return rc;
 }
 
+/* The attention settings of the model's nets; for a 4/8-bit cache the clip ratios of every
+ * layer, chosen on --calib (float attention over its windows) or 1. */
+static int attn_setup(tool_model *tm, const options *o, l2c_attn_quant *attn, float **k_clip,
+                      float **v_clip)
+{
+    if (!attn->kv_bits && !attn->qk_bits)
+        return 0;
+    tm->attn = attn;
+    if (attn->kv_bits != 4 && attn->kv_bits != 8)
+        return 0;
+    const int32_t L = tm->m.c.n_layers;
+    *k_clip = malloc((size_t)L * sizeof **k_clip);
+    *v_clip = malloc((size_t)L * sizeof **v_clip);
+    if (!*k_clip || !*v_clip) {
+        fprintf(stderr, "out of memory\n");
+        return -1;
+    }
+    for (int32_t l = 0; l < L; l++)
+        (*k_clip)[l] = (*v_clip)[l] = 1.0f;
+    attn->k_clip = *k_clip, attn->v_clip = *v_clip;
+    if (!o->calib) {
+        fprintf(stderr, "key/value clip ratios 1 (no --calib)\n");
+        return 0;
+    }
+    l2c_text text;
+    if (tool_text_load(tm, o->calib, &text))
+        return -1;
+    l2c_net net;
+    tool_model_net(tm, &net);
+    int64_t window = o->window < tm->m.c.seq_len ? o->window : tm->m.c.seq_len, tokens = 0;
+    double t0 = tool_now_s();
+    int rc = l2c_kv_calibrate(&net, &text, window, 0, attn->kv_bits, l2c_attn_rotates(attn),
+                              *k_clip, *v_clip, &tokens);
+    l2c_text_free(&text);
+    if (rc)
+        return -1;
+    fprintf(stderr, "key/value clip ratios (keys/values per layer) on %lld tokens of %s in "
+            "%.2f s:", (long long)tokens, o->calib, tool_now_s() - t0);
+    for (int32_t l = 0; l < L; l++)
+        fprintf(stderr, " %.2f/%.2f", (double)(*k_clip)[l], (double)(*v_clip)[l]);
+    fprintf(stderr, "\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -475,10 +537,17 @@ int main(int argc, char **argv)
         return 1;
     }
     tm.threads = tool_threads(o.threads);
+    l2c_attn_quant attn = o.attn;
+    float *k_clip = NULL, *v_clip = NULL;
+    if (attn_setup(&tm, &o, &attn, &k_clip, &v_clip))
+        goto out;
     if ((!o.tokenize || tokenize(&tm, o.tokenize, o.out) == 0) &&
         (!o.eval || evaluate(&tm, &o) == 0) && (!o.prompt || generate(&tm, &o) == 0) &&
         (!o.bench || bench(&tm, &o, ctx) == 0))
         rc = 0;
+out:
+    free(k_clip);
+    free(v_clip);
     tool_model_free(&tm);
     dq_context_free(ctx);
     return rc;

@@ -1,7 +1,8 @@
 #!/bin/bash
 # duquant-quantize then duquant-run: the model file's perplexity equals the in-memory
-# evaluation's (duquant-eval's, same settings) to 4 decimals; bad inputs exit non-zero with a
-# message and leave no output file (an existing one untouched).
+# evaluation's (duquant-eval's, same settings) to 4 decimals, with a float32 key/value cache
+# and (rtn) with a 4-bit one whose clip ratios both choose on the calibration text; bad inputs
+# exit non-zero with a message and leave no output file (an existing one untouched).
 # usage: model-file-cli.sh QUANTIZE RUN EVAL llama2c DATA_DIR | hf MODELS_DIR
 set -euo pipefail
 quantize=$1
@@ -48,6 +49,15 @@ for m in $methods; do
         echo "ok: $m: model file $got, in memory $want"
     else
         echo "FAILED: $m: model file '$got', in memory '$want'"
+        fail=1
+    fi
+    [ "$m" = rtn ] || continue
+    got=$("$run" "${run_model[@]}" --eval "$eval" --format tsv --kv-bits 4 --calib "$calib"         2>/dev/null | tail -n 1 | cut -f 2)
+    want=$("$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods "$m"         --format tsv --steps 0 --kv-bits 4 2>/dev/null | tail -n 1 | cut -f 2)
+    if [ -n "$got" ] && [ "$(printf '%.4f' "$got")" = "$(printf '%.4f' "$want")" ]; then
+        echo "ok: $m --kv-bits 4: model file $got, in memory $want"
+    else
+        echo "FAILED: $m --kv-bits 4: model file '$got', in memory '$want'"
         fail=1
     fi
 done
@@ -151,4 +161,9 @@ expect_fail "$tmp/nope.dq" "$run" --model "$tmp/nope.dq" --eval "$eval"
 expect_fail "$tmp/cut.dq" "$run" --model "$tmp/cut.dq" --eval "$eval"
 expect_fail "empty.tok" "$run" "${run_model[@]}" --eval "$tmp/empty.tok"
 expect_fail "--eval" "$run" "${run_model[@]}"
+expect_fail "--kv-bits: bad value '3'" "$run" "${run_model[@]}" --eval "$eval" --kv-bits 3
+expect_fail "--kv-bits: bad value '32'" "$run" "${run_model[@]}" --eval "$eval" --kv-bits 32
+expect_fail "--kv-bits: bad value 'four'" "$run" "${run_model[@]}" --eval "$eval" --kv-bits four
+expect_fail "--qk-bits: bad value '8'" "$run" "${run_model[@]}" --eval "$eval" --qk-bits 8
+expect_fail "--calib" "$run" "${run_model[@]}" --eval "$eval" --calib "$calib" --kv-bits 16
 exit $fail

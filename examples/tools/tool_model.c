@@ -427,6 +427,7 @@ void tool_model_net(tool_model *tm, l2c_net *net)
     net->m = &tm->m;
     net->lin = tm->lin;
     net->n_threads = tm->threads;
+    net->attn = tm->attn;
 }
 
 int32_t tool_threads(int32_t requested)

@@ -38,6 +38,8 @@ typedef struct tool_model {
     char method[64];       /* the model file's method */
     hf_model *hm;          /* a Hugging Face folder opened block by block */
     int32_t threads;       /* the engine's own loops (l2c_net.n_threads); 0 after loading */
+    const l2c_attn_quant *attn; /* attention settings of its nets (l2c_net.attn); NULL after
+                                   loading */
 } tool_model;
 
 /* One transformer block as a model of one block (n_layers 1, the embeddings and head those of
