@@ -225,15 +225,15 @@ enum { CASE_OPEN, CASE_OPEN_MAPPED, CASE_PLAN, CASE_LAYERS, CASE_LAYERS_MAPPED, 
        CASE_COPY_MAPPED };
 
 /* Opens the file of copy_file and copies its tensor and plan out; prints the status, RssAnon
- * and RssFile (KiB) after opening and after the copies. */
+ * and RssFile (KiB) before opening and after the copies. */
 static int copy_child(int what, const char *path)
 {
     dq_file_params fp;
     dq_file_params_init(&fp, sizeof fp);
     fp.flags = what == CASE_COPY_MAPPED ? DQ_FILE_F_BORROW : 0;
+    const long anon0 = bench_status_kb("RssAnon"), file0 = bench_status_kb("RssFile");
     dq_file_reader *r = NULL;
     dq_status st = dq_file_reader_open(NULL, &fp, path, &r);
-    const long anon0 = bench_status_kb("RssAnon"), file0 = bench_status_kb("RssFile");
     int32_t ndim = 0;
     int64_t shape[DQ_FILE_MAX_DIMS] = {0};
     if (st == DQ_OK)
@@ -282,8 +282,8 @@ static void run_copy_case(const char *self, int what, const char *path, const ch
         return;
     }
     const double mib = 1024.0, grown = (double)(a1 - a0 + f1 - f0) * 1024.0;
-    printf("%-34s %-15s copied %7.1f MiB; RssAnon %+8.1f MiB, RssFile %+8.1f MiB after the "
-           "open: %+8.1f MiB = %5.2fx the bytes copied\n",
+    printf("%-34s %-15s copied %7.1f MiB; from before the open RssAnon %+7.1f MiB, RssFile "
+           "%+7.1f MiB: %+7.1f MiB = %5.2fx the bytes copied\n",
            name, dq_status_name(st), (double)copied / (mib * mib), (double)(a1 - a0) / mib,
            (double)(f1 - f0) / mib, grown / (mib * mib), grown / (double)copied);
     fflush(stdout);
