@@ -3,6 +3,7 @@
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <check.h>
 #include <limits.h>
+#include <stdint.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,6 +191,44 @@ START_TEST(copies_read_the_same_twice)
 }
 END_TEST
 
+/* A reader that borrows the caller's buffer gives nothing back: the buffer (page-aligned, so
+ * that whole pages lie inside its tensors) keeps every byte through the copies. */
+START_TEST(borrowed_buffer_is_left_alone)
+{
+    model m;
+    model_write(&m, "buffer");
+    FILE *f = fopen(m.path, "rb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
+    const size_t size = (size_t)ftell(f);
+    rewind(f);
+    uint8_t *buf = aligned_alloc(4096, (size + 4095) / 4096 * 4096);
+    uint8_t *copy = malloc(size);
+    ck_assert(buf && copy);
+    ck_assert_uint_eq(fread(buf, 1, size, f), size);
+    fclose(f);
+    memcpy(copy, buf, size);
+    dq_file_params fp;
+    dq_file_params_init(&fp, sizeof fp);
+    fp.flags = DQ_FILE_F_BORROW;
+    dq_file_reader *r = NULL;
+    ck_assert_int_eq(dq_file_reader_from_buffer(NULL, &fp, buf, size, &r), DQ_OK);
+    const size_t n_emb = (size_t)EMB_ROWS * COLS;
+    float *emb = malloc(n_emb * sizeof *emb);
+    ck_assert_int_eq(dq_file_reader_get_tensor_f32(r, "emb", emb, (int64_t)n_emb), DQ_OK);
+    same_floats(emb, m.emb, n_emb, "emb");
+    dq_plan *pl = NULL;
+    ck_assert_int_eq(dq_file_reader_get_plan(r, NULL, "P", &pl), DQ_OK);
+    ck_assert_msg(memcmp(buf, copy, size) == 0, "the caller's buffer changed");
+    dq_plan_free(pl);
+    dq_file_reader_free(r);
+    free(emb);
+    free(buf);
+    free(copy);
+    model_free(&m);
+}
+END_TEST
+
 /* Bytes of the process's memory that map path (the Rss lines of its /proc/self/smaps
  * entries); -1 when smaps cannot be read. */
 static long long mapped_rss(const char *path)
@@ -263,6 +302,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, copies_read_the_same_twice);
     tcase_add_test(tc, copied_pages_leave_the_process);
+    tcase_add_test(tc, borrowed_buffer_is_left_alone);
     suite_add_tcase(s, tc);
     return dq_check_run(s, 0);
 }
