@@ -1,7 +1,8 @@
 /* Bounded reading: the peak resident memory and the time of opening hostile and normal files.
  *
  *   bench_reader_memory [dir [size]]   dir for the temporary files (default "."), layer size
- *                                      (default 4096: a size x size W4 layer, groups of 128)
+ *                                      (default 4096: a size x size W4 layer, groups of 128;
+ *                                      a multiple of 32)
  *
  * Each case runs in a fresh process (this program run again), which reports its peak resident
  * memory (VmHWM) before and after the case, the peak of the bytes the library allocated (a
@@ -12,10 +13,17 @@
  *    shuffled: the table it makes, against the header's size;
  *  - a 176-byte plan file declaring 8388608 rotation matrices: dq_file_reader_get_plan;
  *  - a file holding a size x size layer in both layouts, opened copying and mapped, each layer
- *    created with dq_file_reader_get_linear. */
+ *    created with dq_file_reader_get_linear;
+ *  - a file holding a size x size F32 tensor and a plan of width size (smoothing, two
+ *    rotations of 32 x 32 matrices, a permutation), opened copying and mapped, both copied out
+ *    (dq_file_reader_get_tensor_f32, dq_file_reader_get_plan): the growth of the process's
+ *    memory (RssAnon + RssFile) against the bytes copied. The mapped reader gives back the
+ *    pages it copied from (1.0x: the copies only); the copying reader's data section stays
+ *    (about 2.0x). */
 #define _POSIX_C_SOURCE 200809L
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,9 +160,134 @@ static void layer_file(const char *path, int64_t size)
     dq_qmatrix_free(q);
 }
 
+/* A rotation of cols channels (cols a multiple of 32), one 32 x 32 matrix per block of 2 x 2
+ * turns. */
+static dq_rotation *turns(int64_t cols)
+{
+    const int64_t bs = 32;
+    float *m = calloc((size_t)(cols * bs), sizeof *m);
+    if (!m)
+        die("memory");
+    for (int64_t b = 0; b < cols / bs; b++)
+        for (int64_t k = 0; k < bs; k += 2) {
+            float *blk = m + b * bs * bs;
+            const double a = 6.283185307179586 * bench_uniform();
+            blk[k * bs + k] = blk[(k + 1) * bs + k + 1] = (float)cos(a);
+            blk[k * bs + k + 1] = (float)sin(a);
+            blk[(k + 1) * bs + k] = (float)-sin(a);
+        }
+    dq_rotation *r = NULL;
+    check(dq_rotation_from_matrices(NULL, cols, (int32_t)bs, 1, m, cols * bs, &r), "rotation");
+    free(m);
+    return r;
+}
+
+/* "t": a size x size F32 tensor; "p": a plan of width size. Returns the bytes a reader copies
+ * out of them (the tensor's floats, the plan's factors, matrices and permutation). */
+static uint64_t copy_file(const char *path, int64_t size)
+{
+    float *t = malloc((size_t)(size * size) * sizeof *t);
+    float *smooth = malloc((size_t)size * sizeof *smooth);
+    int64_t *perm = malloc((size_t)size * sizeof *perm);
+    if (!t || !smooth || !perm)
+        die("memory");
+    bench_seed(13);
+    for (int64_t i = 0; i < size * size; i++)
+        t[i] = (float)(bench_uniform() - 0.5);
+    for (int64_t j = 0; j < size; j++) {
+        smooth[j] = (float)(0.5 + bench_uniform());
+        perm[j] = (j * 7 + 3) % size;
+    }
+    dq_rotation *rots[2] = {turns(size), turns(size)};
+    const int64_t *perms[1] = {perm};
+    dq_plan *pl = NULL;
+    check(dq_plan_assemble(NULL, size, smooth, 2, (const dq_rotation *const *)rots, perms, &pl),
+          "plan");
+    dq_file_writer *fw = NULL;
+    const int64_t shape[2] = {size, size};
+    check(dq_file_writer_create(NULL, &fw), "writer");
+    check(dq_file_writer_add_tensor_f32(fw, "t", t, 2, shape), "add_tensor_f32");
+    check(dq_file_writer_add_plan(fw, "p", pl), "add_plan");
+    check(dq_file_writer_save(fw, path), "save");
+    dq_file_writer_free(fw);
+    dq_plan_free(pl);
+    dq_rotation_free(rots[0]);
+    dq_rotation_free(rots[1]);
+    free(t);
+    free(smooth);
+    free(perm);
+    return (uint64_t)(size * size) * 4 + (uint64_t)size * (4 + 2 * 32 * 4 + 8);
+}
+
 /* ---- one case, in a fresh process ---- */
 
-enum { CASE_OPEN, CASE_OPEN_MAPPED, CASE_PLAN, CASE_LAYERS, CASE_LAYERS_MAPPED };
+enum { CASE_OPEN, CASE_OPEN_MAPPED, CASE_PLAN, CASE_LAYERS, CASE_LAYERS_MAPPED, CASE_COPY,
+       CASE_COPY_MAPPED };
+
+/* Opens the file of copy_file and copies its tensor and plan out; prints the status, RssAnon
+ * and RssFile (KiB) before opening and after the copies. */
+static int copy_child(int what, const char *path)
+{
+    dq_file_params fp;
+    dq_file_params_init(&fp, sizeof fp);
+    fp.flags = what == CASE_COPY_MAPPED ? DQ_FILE_F_BORROW : 0;
+    const long anon0 = bench_status_kb("RssAnon"), file0 = bench_status_kb("RssFile");
+    dq_file_reader *r = NULL;
+    dq_status st = dq_file_reader_open(NULL, &fp, path, &r);
+    int32_t ndim = 0;
+    int64_t shape[DQ_FILE_MAX_DIMS] = {0};
+    if (st == DQ_OK)
+        st = dq_file_reader_tensor_info(r, "t", NULL, &ndim, shape);
+    float *t = st == DQ_OK ? malloc((size_t)(shape[0] * shape[1]) * sizeof *t) : NULL;
+    if (st == DQ_OK && t)
+        st = dq_file_reader_get_tensor_f32(r, "t", t, shape[0] * shape[1]);
+    dq_plan *pl = NULL;
+    if (st == DQ_OK)
+        st = dq_file_reader_get_plan(r, NULL, "p", &pl);
+    printf("%d %ld %ld %ld %ld\n", (int)st, anon0, file0, bench_status_kb("RssAnon"),
+           bench_status_kb("RssFile"));
+    dq_plan_free(pl);
+    free(t);
+    dq_file_reader_free(r);
+    return 0;
+}
+
+/* Runs a copy case in a new process; prints one line: name, status, figures. */
+static void run_copy_case(const char *self, int what, const char *path, const char *name,
+                          uint64_t copied)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        die("pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        char w[8];
+        snprintf(w, sizeof w, "%d", what);
+        execl(self, self, "--child", w, path, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    FILE *f = fdopen(fds[0], "r");
+    int st = 0;
+    long a0 = 0, f0 = 0, a1 = 0, f1 = 0;
+    int got = f ? fscanf(f, "%d %ld %ld %ld %ld", &st, &a0, &f0, &a1, &f1) : 0;
+    if (f)
+        fclose(f);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (got != 5) {
+        printf("%-34s failed to run\n", name);
+        return;
+    }
+    const double mib = 1024.0, grown = (double)(a1 - a0 + f1 - f0) * 1024.0;
+    printf("%-34s %-15s copied %7.1f MiB; from before the open RssAnon %+7.1f MiB, RssFile "
+           "%+7.1f MiB: %+7.1f MiB = %5.2fx the bytes copied\n",
+           name, dq_status_name(st), (double)copied / (mib * mib), (double)(a1 - a0) / mib,
+           (double)(f1 - f0) / mib, grown / (mib * mib), grown / (double)copied);
+    fflush(stdout);
+}
 
 static int child(int what, const char *path)
 {
@@ -242,11 +375,12 @@ static void run_case(const char *self, int what, const char *path, const char *n
 int main(int argc, char **argv)
 {
     if (argc == 4 && !strcmp(argv[1], "--child"))
-        return child(atoi(argv[2]), argv[3]);
+        return atoi(argv[2]) >= CASE_COPY ? copy_child(atoi(argv[2]), argv[3])
+                                           : child(atoi(argv[2]), argv[3]);
     const char *dir = argc > 1 ? argv[1] : ".";
     const int64_t size = argc > 2 ? atoll(argv[2]) : 4096;
-    if (size < 128) {
-        fprintf(stderr, "usage: bench_reader_memory [dir [size >= 128]]\n");
+    if (size < 128 || size % 32 != 0) {
+        fprintf(stderr, "usage: bench_reader_memory [dir [size >= 128, a multiple of 32]]\n");
         return 2;
     }
     bench_print_cpu();
@@ -289,6 +423,17 @@ int main(int argc, char **argv)
     snprintf(name, sizeof name, "%lldx%lld layers, mapped", (long long)size, (long long)size);
     run_case(argv[0], CASE_LAYERS_MAPPED, layers, name, file_bytes, "file");
     remove(layers);
+
+    char copy[4096];
+    snprintf(copy, sizeof copy, "%s/bench_reader_copy.safetensors", dir);
+    const uint64_t copied = copy_file(copy, size);
+    snprintf(name, sizeof name, "%lldx%lld tensor + plan, copying", (long long)size,
+             (long long)size);
+    run_copy_case(argv[0], CASE_COPY, copy, name, copied);
+    snprintf(name, sizeof name, "%lldx%lld tensor + plan, mapped", (long long)size,
+             (long long)size);
+    run_copy_case(argv[0], CASE_COPY_MAPPED, copy, name, copied);
+    remove(copy);
     bench_print_load(" after");
     return 0;
 }

@@ -1174,7 +1174,13 @@ typedef struct dq_file_reader dq_file_reader;
 
 /** dq_file_params.flags. BORROW: dq_file_reader_from_buffer reads the caller's buffer in place
  *  instead of copying it; dq_file_reader_open maps the file (since 1.2). Layers created from
- *  such a reader may read their weights in place: the buffer or mapping must outlive them. */
+ *  such a reader may read their weights in place: the buffer or mapping must outlive them.
+ *  A mapping reader gives back, after each getter call, the pages of the tensors it copied
+ *  out (dq_file_reader_get_tensor_f32, plans, packed matrices stored unblocked, biases; on
+ *  Linux, madvise MADV_DONTNEED on the whole pages inside them), so that they are not held
+ *  twice, in the copy and in the mapping. The mapping is private and read-only: a later read
+ *  faults the pages in again from the file, same bytes. Blocked weights, which layers read in
+ *  place, are never given back, nor is a caller's buffer touched. (Since 1.2.) */
 enum { DQ_FILE_F_BORROW = 1u };
 
 /** dq_file_params.flags, since 1.2. TRUSTED: the getters skip the checksums of tensor data

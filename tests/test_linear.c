@@ -11,6 +11,7 @@
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_alloc.h"
+#include "test_count_alloc.h"
 #include "dq_check_run.h"
 
 typedef struct config {
@@ -31,7 +32,8 @@ typedef struct fixture {
     dq_linear *lin;
 } fixture;
 
-static dq_plan *make_plan(test_rng *r, int64_t cols, const float *w, int64_t rows)
+static dq_plan *make_plan_in(dq_context *ctx, test_rng *r, int64_t cols, const float *w,
+                             int64_t rows)
 {
     float *sample = malloc((size_t)(32 * cols) * sizeof(float));
     test_fill_activations(r, sample, 32, cols, cols, 1);
@@ -43,11 +45,16 @@ static dq_plan *make_plan(test_rng *r, int64_t cols, const float *w, int64_t row
     pp.max_rotation_step = 8;
     dq_plan *plan = NULL;
     ck_assert_int_eq(
-        dq_plan_build_from_sample(NULL, &pp, NULL, sample, 32, cols, cols, w_absmax, &plan),
+        dq_plan_build_from_sample(ctx, &pp, NULL, sample, 32, cols, cols, w_absmax, &plan),
         DQ_OK);
     free(sample);
     free(w_absmax);
     return plan;
+}
+
+static dq_plan *make_plan(test_rng *r, int64_t cols, const float *w, int64_t rows)
+{
+    return make_plan_in(NULL, r, cols, w, rows);
 }
 
 static void fixture_init(fixture *f, config c, uint64_t seed)
@@ -506,6 +513,74 @@ START_TEST(allocation_failures)
 }
 END_TEST
 
+/* Layers on one plan share the form it is compiled to for the fused route: a second layer on
+ * the plan holds less than a layer on an equal plan of its own, by at least the compiled
+ * form's one permutation index, and all three give the same bits. */
+START_TEST(layers_on_one_plan_share_its_compiled_form)
+{
+    const int64_t cols = 1024, rows = 16, tokens = 3;
+    test_rng r = {21};
+    float *w = malloc((size_t)(rows * cols) * sizeof(float));
+    for (int64_t i = 0; i < rows * cols; i++)
+        w[i] = (float)(0.05 * test_rng_normal(&r));
+    counter cnt = {0, 0, 0, 0};
+    dq_context_params cp;
+    dq_context_params_init(&cp, sizeof cp);
+    cp.alloc = count_alloc;
+    cp.free = count_free;
+    cp.alloc_user = &cnt;
+    dq_context *ctx = NULL;
+    ck_assert_int_eq(dq_context_create(&cp, &ctx), DQ_OK);
+    test_rng r1 = {22}, r2 = {22};
+    dq_plan *plan = make_plan_in(ctx, &r1, cols, w, rows);
+    dq_plan *twin = make_plan_in(ctx, &r2, cols, w, rows);
+    uint64_t fa, fb;
+    ck_assert_int_eq(dq_plan_fingerprint(plan, &fa), DQ_OK);
+    ck_assert_int_eq(dq_plan_fingerprint(twin, &fb), DQ_OK);
+    ck_assert(fa == fb);
+    dq_quant_params qp;
+    dq_quant_params_init(&qp, sizeof qp);
+    dq_qmatrix *q = NULL;
+    ck_assert_int_eq(
+        dq_qmatrix_pack_transformed(NULL, &qp, plan, w, rows, cols, cols, NULL, NULL, &q),
+        DQ_OK);
+    dq_linear *lin[3] = {NULL, NULL, NULL};
+    size_t held[3];
+    for (int k = 0; k < 3; k++) {
+        const size_t before = cnt.live;
+        ck_assert_int_eq(dq_linear_create(ctx, NULL, k < 2 ? plan : twin, q, NULL, &lin[k]),
+                         DQ_OK);
+        held[k] = cnt.live - before;
+    }
+    ck_assert_msg(held[1] + (size_t)cols * sizeof(int32_t) <= held[2],
+                  "first %zu, second on the same plan %zu, on an equal plan %zu bytes", held[0],
+                  held[1], held[2]);
+    float *x = malloc((size_t)(tokens * cols) * sizeof(float));
+    float *y = malloc((size_t)(3 * tokens * rows) * sizeof(float));
+    test_fill_activations(&r, x, tokens, cols, cols, 1);
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(dq_linear_forward(lin[k], x, tokens, cols, cols, y + k * tokens * rows,
+                                           rows, NULL, 0),
+                         DQ_OK);
+    const size_t out_bytes = (size_t)(tokens * rows) * sizeof(float);
+    ck_assert(memcmp(y, y + tokens * rows, out_bytes) == 0);
+    ck_assert(memcmp(y, y + 2 * tokens * rows, out_bytes) == 0);
+    /* The plans go first; the layers keep them, and their compiled form, alive. */
+    dq_plan_free(plan);
+    dq_plan_free(twin);
+    ck_assert_int_eq(dq_linear_forward(lin[1], x, tokens, cols, cols, y, rows, NULL, 0), DQ_OK);
+    ck_assert(memcmp(y, y + tokens * rows, out_bytes) == 0);
+    for (int k = 0; k < 3; k++)
+        dq_linear_free(lin[k]);
+    dq_context_free(ctx);
+    ck_assert_uint_eq(cnt.live, 0);
+    dq_qmatrix_free(q);
+    free(x);
+    free(y);
+    free(w);
+}
+END_TEST
+
 typedef struct thread_job {
     const fixture *f;
     float *y;
@@ -636,6 +711,7 @@ int main(void)
     tcase_add_test(tc, params_defaults);
     tcase_add_test(tc, weight_only_keeps_activations);
     tcase_add_test(tc, concurrent_forwards_match_serial);
+    tcase_add_test(tc, layers_on_one_plan_share_its_compiled_form);
     suite_add_tcase(s, tc);
     TCase *bad = tcase_create("bad_input");
     tcase_set_timeout(bad, 60);

@@ -1,6 +1,7 @@
 /* Plan and packed-matrix files: the public writer and reader on top of the safetensors
  * container (dq_safetensors.c). Names and metadata keys are specified in doc/formats.md. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* madvise */
 #include <fcntl.h>
 #include <inttypes.h>
 #include <errno.h>
@@ -18,6 +19,7 @@
 #include "dq_hash.h"
 #include "dq_internal.h"
 #include "dq_linear.h"
+#include "dq_plan.h"
 #include "dq_plan_binding.h"
 #include "dq_qmatrix.h"
 #include "dq_quant_rule.h"
@@ -66,6 +68,7 @@ struct dq_file_reader {
     dq__st_file f;
     void *map;      /* the file mapped by dq_file_reader_open with DQ_FILE_F_BORROW, or NULL */
     size_t map_size;
+    size_t page;    /* the page size, with map */
     /* Bounded reading: the most one call may allocate for the file (max_alloc_bytes, resolved)
      * and the file's size, for messages; borrowed: the data are read in place (the caller's
      * buffer or the mapping). */
@@ -1190,8 +1193,10 @@ static dq_status reader_create(const dq_context *c, const dq_file_params *p,
                           "mmap '%s' (%llu bytes): %s", what, (unsigned long long)src->size,
                           dq__errno_text(e, why, sizeof why));
         } else {
+            const long page = sysconf(_SC_PAGESIZE);
             r->map = map;
             r->map_size = (size_t)src->size;
+            r->page = page > 0 ? (size_t)page : 4096;
             r->f.data = (const uint8_t *)map + 8 + n;
         }
     } else if (st == DQ_OK) {
@@ -1369,6 +1374,50 @@ static const uint8_t *tensor_bytes(const dq_file_reader *r, const dq__st_tensor 
     return r->f.data + t->begin;
 }
 
+/* Gives back the pages of the mapping wholly inside bytes [begin, end) of the data section. */
+static void drop_pages(const dq_file_reader *r, size_t begin, size_t end)
+{
+#if defined(__linux__) && defined(MADV_DONTNEED)
+    const uintptr_t base = (uintptr_t)r->f.data, page = r->page;
+    const uintptr_t a = (base + begin + page - 1) / page * page, b = (base + end) / page * page;
+    if (b > a)
+        (void)madvise((void *)a, b - a, MADV_DONTNEED); /* a hint: a failure changes nothing */
+#else
+    (void)r, (void)begin, (void)end;
+#endif
+}
+
+/* After a getter copied tensors t[0..n) (NULL entries skipped) out of a mapped file, the pages
+ * they were read from are given back: else every copied byte stays in memory twice, in the
+ * copy and in the file's page (a 7B-shaped model's plans and embeddings: about 260 MB). The
+ * mapping is private and read-only, so none of its pages was ever written: MADV_DONTNEED only
+ * drops the process's reference, and a later read faults the page in again from the file,
+ * same bytes. Pages that hold bytes of other tensors (which layers may read in place) stay;
+ * tensors that lie next to each other count as one range, so a plan's many small matrices
+ * give back all but their two edge pages. A caller's buffer is never touched. */
+static void give_back(const dq_file_reader *r, const dq__st_tensor *const *t, size_t n)
+{
+    if (!r->map)
+        return;
+    size_t lo = SIZE_MAX, hi = 0, sum = 0;
+    for (size_t i = 0; i < n; i++)
+        if (t[i]) {
+            lo = t[i]->begin < lo ? t[i]->begin : lo;
+            hi = t[i]->end > hi ? t[i]->end : hi;
+            sum += t[i]->end - t[i]->begin;
+        }
+    if (sum == 0)
+        return;
+    /* Tensors never overlap (dq__st_parse_header): equal sizes mean no gap between them. */
+    if (sum == hi - lo) {
+        drop_pages(r, lo, hi);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (t[i])
+            drop_pages(r, t[i]->begin, t[i]->end);
+}
+
 /* Adds bytes, what a getter is about to allocate for the object under prefix (from declared
  * sizes), to the call's running total *used and checks it against the reader's limit:
  * DQ_ERR_NOMEM beyond it, both figures logged for func. */
@@ -1410,6 +1459,7 @@ DQ_API dq_status dq_file_reader_get_tensor_f32(const dq_file_reader *r, const ch
     if (st != DQ_OK)
         return st;
     decode_f32(out, tensor_bytes(r, t), (size_t)n);
+    give_back(r, &t, 1);
     return DQ_OK;
 }
 
@@ -1624,13 +1674,16 @@ static dq_status load_rotation(const dq_file_reader *r, dq_context *ctx, const c
             decode_f32(data + off, tensor_bytes(r, parts[m]), n_elems(parts[m]));
             off += n_elems(parts[m]);
         }
+        give_back(r, parts, (size_t)nm);
         char what[96];
         snprintf(what, sizeof what, "rotation '%s.rot%d'", prefix, (int)i);
-        st = dq__rotation_from_matrices_at(c, "dq_file_reader_get_plan", what, DQ_ERR_FORMAT,
-                                           cols, (int32_t)bs, per_block, data, (int64_t)total,
-                                           out);
+        /* The rotation keeps the floats just decoded: no second copy. */
+        st = dq__rotation_take_matrices(c, "dq_file_reader_get_plan", what, DQ_ERR_FORMAT,
+                                        cols, (int32_t)bs, per_block, data, (int64_t)total,
+                                        out);
     }
-    dq__free(c, data);
+    if (st != DQ_OK)
+        dq__free(c, data);
     dq__free(c, parts);
     return st;
 }
@@ -1670,6 +1723,7 @@ static dq_status load_permutation(const dq_file_reader *r, const dq_context *c,
             seen[v] = 1;
         perm[j] = (int64_t)v;
     }
+    give_back(r, &t, 1);
     dq__free(c, seen);
     if (st != DQ_OK) {
         dq__free(c, perm);
@@ -1701,6 +1755,9 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
         return st;
     if (cols < 1)
         return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.cols' is 0", prefix);
+    if (n_rot > DQ_MAX_PERMUTATION_TIMES + 1)
+        return DQ_FAIL(c, DQ_ERR_FORMAT, "metadata '%s.n_rotations' is %lld, a plan holds at most "
+                       "%d", prefix, (long long)n_rot, DQ_MAX_PERMUTATION_TIMES + 1);
 
     float *smooth = NULL;
     uint64_t used = 0; /* bytes this call allocates for the file, from the declared sizes */
@@ -1728,6 +1785,7 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
                        : DQ_OK;
         if (st == DQ_OK) {
             decode_f32(smooth, tensor_bytes(r, t), (size_t)cols);
+            give_back(r, &t, 1);
             for (int64_t j = 0; j < cols && st == DQ_OK; j++)
                 st = !isfinite(smooth[j])  ? DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s'[%lld] is "
                                                      "not finite", name, (long long)j)
@@ -1754,13 +1812,21 @@ DQ_API dq_status dq_file_reader_get_plan(const dq_file_reader *r, dq_context *ct
         if (st == DQ_OK)
             st = check_parts(r, c, prefix, "plan", parts);
     }
-    if (st == DQ_OK) {
-        st = dq_plan_assemble(ctx, cols, smooth, (int32_t)n_rot,
-                              (const dq_rotation *const *)rots, (const int64_t *const *)perms,
-                              out);
-        /* The parts were checked as they were read; dq_plan_assemble has said why if not. */
-        if (st == DQ_ERR_INVALID_ARG || st == DQ_ERR_SHAPE)
-            st = DQ_ERR_FORMAT;
+    /* The parts were checked as they were read (what dq_plan_assemble checks): the plan takes
+     * them over instead of copying them, one copy of every rotation less at the peak. */
+    dq_plan *pl = NULL;
+    if (st == DQ_OK && (st = dq__plan_alloc(c, cols, (int32_t)n_rot, smooth != NULL, &pl)) ==
+                           DQ_OK) {
+        if (smooth)
+            memcpy(dq__plan_smooth(pl), smooth, (size_t)cols * sizeof(float));
+        dq_rotation **pr = dq__plan_rotations(pl);
+        int64_t **pp = dq__plan_permutations(pl);
+        for (int64_t i = 0; i < n_rot; i++) {
+            pr[i] = rots[i], rots[i] = NULL;
+            if (i + 1 < n_rot)
+                pp[i] = perms[i], perms[i] = NULL;
+        }
+        *out = pl;
     }
     for (int64_t i = 0; rots && perms && i < n_rot; i++) {
         dq_rotation_free(rots[i]);
@@ -1921,6 +1987,8 @@ DQ_API dq_status dq_file_reader_get_qmatrix(const dq_file_reader *r, dq_context 
     decode_f32(q->scales, tensor_bytes(r, ts), ng);
     if (tz)
         decode_f32(q->zeros, tensor_bytes(r, tz), ng);
+    const dq__st_tensor *copied[3] = {tp, ts, tz};
+    give_back(r, copied, 3);
     st = DQ_OK;
     /* Scales are positive and finite, zero points finite integers, as the packer makes them. */
     for (size_t g = 0; g < ng && st == DQ_OK; g++) {
@@ -2198,6 +2266,7 @@ DQ_API dq_status dq_file_reader_get_linear(const dq_file_reader *r, dq_context *
                      : DQ_OK;
         if (st == DQ_OK) {
             decode_f32(bias, tensor_bytes(r, t), (size_t)rows);
+            give_back(r, &t, 1);
             if (!dq__all_finite(bias, 1, rows, rows))
                 st = DQ_FAIL(c, DQ_ERR_NONFINITE, "tensor '%s' is not finite", bn);
         }
@@ -2519,6 +2588,8 @@ static dq_status load_blocked(const dq_file_reader *r, const dq_context *c, cons
         memcpy(wp->codes, codes, wp->code_bytes);
     if (!meta_in_place)
         decode_meta(wp->meta, meta, wp->meta_count);
+    const dq__st_tensor *copied[2] = {meta_in_place ? NULL : tm, borrow ? NULL : tb};
+    give_back(r, copied, 2);
     if ((st = check_blocked(c, prefix, w, wp)) != DQ_OK)
         goto out;
     dq__wpack_attach(w, wp);
@@ -2650,6 +2721,7 @@ static dq_status get_linear_blocked(const dq_file_reader *r, const dq_context *c
                      : DQ_OK;
         if (st == DQ_OK) {
             decode_f32(bias, tensor_bytes(r, t), (size_t)w->rows);
+            give_back(r, &t, 1);
             if (!dq__all_finite(bias, 1, w->rows, w->rows))
                 st = DQ_FAIL(c, DQ_ERR_NONFINITE, "%s: not finite", bn);
         }

@@ -23,7 +23,7 @@ struct dq_linear {
     uint64_t tag; /* DQ__TAG_LINEAR (dq_handle.h) */
     dq_context ctx;
     const dq_plan *plan; /* a reference of the layer's own; NULL = identity */
-    dq__online *online;  /* the plan compiled for the fused route; NULL: unfused */
+    const dq__online *online; /* the plan's compiled form (the plan keeps it); NULL: unfused */
     dq__wprep *w;
     float *bias;         /* NULL when none */
     int64_t in_features, out_features;
@@ -151,9 +151,9 @@ dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_para
         memcpy(lin->bias, bias, (size_t)rows * sizeof(float));
     }
     lin->plan = dq__plan_retain(plan);
-    /* Compiled once here: forward calls share it and the plan stays untouched. A width the
+    /* Compiled once per plan: the layers on it and their forward calls share it. A width the
      * fused route cannot index keeps the unfused one. */
-    if (plan && (st = dq__online_create(c, plan, &lin->online)) != DQ_OK &&
+    if (plan && (st = dq__plan_online(plan, &lin->online)) != DQ_OK &&
         st != DQ_ERR_UNSUPPORTED)
         goto fail;
     lin->in_features = cols;
@@ -199,7 +199,6 @@ DQ_API void dq_linear_free(dq_linear *lin)
     DQ_HANDLE_RETIRE(lin, DQ__H_LINEAR);
     dq_context c = lin->ctx;
     dq__wprep_free(lin->w);
-    dq__online_free(lin->online);
     dq__plan_release(lin->plan); /* the layer's reference */
     dq__free(&c, lin->bias);
     dq__free(&c, lin);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "dq_handle.h"
+#include "dq_online.h"
 #include "dq_plan.h"
 #include "dq_plan_binding.h"
 
@@ -27,6 +28,9 @@ struct dq_plan {
      * -1 after the last release. */
     atomic_int extra_refs;
     atomic_bool creator_released; /* dq_plan_free was called (a second call is misuse) */
+    /* Compiled for the fused route by the first layer on the plan (dq__plan_online), NULL
+     * before: a cache, like the count not part of what the plan is. */
+    _Atomic(dq__online *) online;
 };
 DQ__HANDLE_LAYOUT(struct dq_plan);
 
@@ -66,6 +70,7 @@ void dq__plan_release(const dq_plan *cpl)
         return;
     DQ_HANDLE_RETIRE(pl, DQ__H_PLAN);
     dq_context c = pl->ctx;
+    dq__online_free(atomic_load_explicit(&pl->online, memory_order_relaxed));
     for (int32_t i = 0; i < pl->n_rot; i++) {
         if (pl->rot)
             dq_rotation_free(pl->rot[i]);
@@ -77,6 +82,27 @@ void dq__plan_release(const dq_plan *cpl)
     dq__free(&c, pl->smooth);
     dq__free(&c, pl);
     dq__context_drop(&c);
+}
+
+dq_status dq__plan_online(const dq_plan *cpl, const dq__online **out)
+{
+    dq_plan *pl = (dq_plan *)(uintptr_t)cpl;
+    dq__online *on = atomic_load_explicit(&pl->online, memory_order_acquire);
+    if (!on) {
+        dq_status st = dq__online_create(&pl->ctx, pl, &on);
+        if (st != DQ_OK)
+            return st;
+        /* Two layers created at once on one plan: the first compiled form stays. */
+        dq__online *none = NULL;
+        if (!atomic_compare_exchange_strong_explicit(&pl->online, &none, on,
+                                                     memory_order_acq_rel,
+                                                     memory_order_acquire)) {
+            dq__online_free(on);
+            on = none;
+        }
+    }
+    *out = on;
+    return DQ_OK;
 }
 
 dq_status dq__plan_alloc(const dq_context *ctx, int64_t cols, int32_t n_rot, bool smooth,

@@ -11,6 +11,13 @@
 dq_plan *dq__plan_retain(const dq_plan *pl);
 void dq__plan_release(const dq_plan *pl);
 
+/* The plan compiled for the fused route (dq_online.h), made on the first call, with the
+ * plan's own context, and kept by the plan until its last reference goes: every layer on one
+ * plan (the three attention projections, say) shares one. Safe to call from any number of
+ * threads. The codes of dq__online_create on failure (nothing kept). */
+struct dq__online;
+dq_status dq__plan_online(const dq_plan *pl, const struct dq__online **out);
+
 /* Fingerprint of a valid plan (never 0); scratch comes from ctx (NULL = defaults):
  * DQ_ERR_NOMEM when it cannot be allocated. */
 dq_status dq__plan_fingerprint(const dq_context *ctx, const dq_plan *pl, uint64_t *out);

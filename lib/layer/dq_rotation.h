@@ -58,6 +58,12 @@ dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
                                         const char *what, dq_status bad, int64_t cols,
                                         int32_t block_size, int32_t per_block, const float *data,
                                         int64_t n_floats, dq_rotation **out);
+/* The same keeping data itself (allocated with ctx, as large as the matrices) instead of a
+ * copy: on DQ_OK the rotation owns it, on failure it is still the caller's. */
+dq_status dq__rotation_take_matrices(const dq_context *ctx, const char *func, const char *what,
+                                     dq_status bad, int64_t cols, int32_t block_size,
+                                     int32_t per_block, float *data, int64_t n_floats,
+                                     dq_rotation **out);
 /* out = in * blockdiag(R) for rows rows through the reproducible product, on ctx's threads
  * (plan building); in and out must not overlap. */
 dq_status dq__rotation_rows_exact(const dq_rotation *r, const float *in, int64_t ldi, float *out,

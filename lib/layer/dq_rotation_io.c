@@ -27,10 +27,12 @@ DQ_API dq_status dq_rotation_from_matrices(dq_context *ctx, int64_t cols, int32_
                                          per_block, data, n_floats, out);
 }
 
-dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
-                                        const char *what, dq_status bad, int64_t cols,
-                                        int32_t block_size, int32_t per_block, const float *data,
-                                        int64_t n_floats, dq_rotation **out)
+/* dq__rotation_from_matrices_at; owned, when not NULL, is data itself, which the rotation then
+ * keeps instead of a copy. */
+static dq_status from_matrices(const dq_context *ctx, const char *func, const char *what,
+                               dq_status bad, int64_t cols, int32_t block_size,
+                               int32_t per_block, const float *data, float *owned,
+                               int64_t n_floats, dq_rotation **out)
 {
     /* Logged once, for func; bad (when not DQ_OK) replaces the shape and value statuses. */
 #define FAIL(st_, ...) \
@@ -108,8 +110,10 @@ dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
     r->mat_size = dq__alloc(c, (size_t)n_mats * sizeof(int32_t));
     r->mat_offset = dq__alloc(c, mats_bytes);
     r->selected = dq__alloc(c, (size_t)n_mats * sizeof(int32_t));
-    r->data = dq__alloc(c, bytes);
+    r->data = owned ? owned : dq__alloc(c, bytes);
     if (!r->mat_of_block || !r->mat_size || !r->mat_offset || !r->selected || !r->data) {
+        if (owned)
+            r->data = NULL; /* still the caller's */
         dq_rotation_free(r);
         return FAIL(DQ_ERR_NOMEM, "%zu bytes of matrices for %lld channels", bytes,
                     (long long)cols);
@@ -124,8 +128,27 @@ dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
     }
     for (int64_t b = 0; b < n_blocks; b++)
         r->mat_of_block[b] = pb ? b : (b < full ? 0 : (full > 0 ? 1 : 0));
-    memcpy(r->data, data, bytes);
+    if (!owned)
+        memcpy(r->data, data, bytes);
     *out = r;
     return DQ_OK;
 #undef FAIL
+}
+
+dq_status dq__rotation_from_matrices_at(const dq_context *ctx, const char *func,
+                                        const char *what, dq_status bad, int64_t cols,
+                                        int32_t block_size, int32_t per_block, const float *data,
+                                        int64_t n_floats, dq_rotation **out)
+{
+    return from_matrices(ctx, func, what, bad, cols, block_size, per_block, data, NULL,
+                         n_floats, out);
+}
+
+dq_status dq__rotation_take_matrices(const dq_context *ctx, const char *func, const char *what,
+                                     dq_status bad, int64_t cols, int32_t block_size,
+                                     int32_t per_block, float *data, int64_t n_floats,
+                                     dq_rotation **out)
+{
+    return from_matrices(ctx, func, what, bad, cols, block_size, per_block, data, data,
+                         n_floats, out);
 }
