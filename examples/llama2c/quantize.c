@@ -546,10 +546,9 @@ static int32_t hadamard_block(int64_t width, int32_t limit)
     return b;
 }
 
-/* The plan blocks to try on input in of width: the input's fixed block, the fixed setting
- * (one), or each grid entry
- * that gives a new block no wider than the input. 0: the plan has no block (no rotation).
- * Returns the count (0: no grid entry fits). */
+/* The plan blocks to try on input in of width: the input's fixed block (input_block), the
+ * fixed setting (one), or each grid entry that gives a new block no wider than the input.
+ * 0: the plan has no block (no rotation). Returns the count (0: no grid entry fits). */
 static int32_t block_candidates(const l2c_method *method, const l2c_quant_options *o,
                                 int32_t in, int64_t width, int32_t *out)
 {
