@@ -61,7 +61,8 @@ fi
 # duquant-eval with the same choice: the blocks the model file records, later layers with one
 # candidate each.
 "$engine" "${model[@]}" --calib "$calib" --eval "$src/dev.txt" --methods duquant --steps 0 \
-    --max-windows 1 --format tsv --settings 1 --block-choice first >/dev/null 2>"$tmp/eval.err"
+    --max-windows 1 --format tsv --settings 1 --block-choice first >/dev/null 2>"$tmp/eval.err" ||
+    true
 awk -F '\t' '$1 == "settings" { print $3, $4, $5 }' "$tmp/eval.err" |
     sort -n -k1,1 -k2 >"$tmp/eval.blocks"
 if cmp -s "$tmp/eval.blocks" "$tmp/default.blocks" &&
