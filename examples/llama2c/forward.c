@@ -239,6 +239,15 @@ static int matmul_wt(const l2c_net *net, const float *x, int64_t rows, int64_t i
     return 0;
 }
 
+int l2c_matmul(int32_t n_threads, const float *x, int64_t rows, int64_t in, const float *w,
+               int64_t out, float *y)
+{
+    l2c_net net;
+    memset(&net, 0, sizeof net);
+    net.n_threads = n_threads;
+    return matmul_wt(&net, x, rows, in, w, out, y);
+}
+
 static int linear(const l2c_net *net, const l2c_linear *lin, const float *x, int64_t rows,
                   float *y)
 {

@@ -69,6 +69,12 @@ typedef struct l2c_net {
 /* Fills net with the model's float weights (lin must hold n_layers entries). */
 void l2c_net_init_fp32(l2c_net *net, const l2c_model *m, l2c_linear (*lin)[L2C_N_LINEARS]);
 
+/* y [rows, out] = x [rows, in] w^T (w [out, in]) with the engine's float product (float sums,
+ * the same bits for any n_threads; 0 or 1: the calling thread only). Returns 0 or -1 (out of
+ * memory, message printed). */
+int l2c_matmul(int32_t n_threads, const float *x, int64_t rows, int64_t in, const float *w,
+               int64_t out, float *y);
+
 /* Logits [n, vocab] for tokens[0..n) at positions 0..n-1. Returns 0, -1 (out of memory or
  * a failed quantized layer; a message is printed) or the observer's non-zero value. */
 int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *logits);

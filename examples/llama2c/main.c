@@ -82,6 +82,9 @@ static void usage(FILE *f, const options *o)
             "                       two <= N dividing the width; default auto: as --block)\n"
             "  --block-grid LIST    block candidates (default 16,32,64,128; those wider than\n"
             "                       an input are skipped)\n"
+            "  --block-choice each|first  blocks chosen in every layer, or in layer 0 and\n"
+            "                       reused by the later layers (clips stay per layer;\n"
+            "                       default each)\n"
             "  --rot-steps N        greedy rotation steps (default %d)\n"
             "  --perm-times N       zigzag passes (default %d)\n"
             "  --dq-smooth 0|1      DuQuant methods smooth before rotating (default %d)\n"
@@ -512,6 +515,7 @@ int main(int argc, char **argv)
         if (o.dump_calib && l2c_calibration_dump(&cal, o.dump_calib))
             goto out;
     }
+    o.q.threads = o.threads;
     for (int32_t i = 0; i < n_methods; i++) {
         l2c_qmodel qm;
         double t0 = now_s();

@@ -206,7 +206,15 @@ int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, i
         *bad = l2c_parse_float(value, 1e-3, 1, &o->w_clip);
     else if (strcmp(key, "--lwc-lr") == 0)
         *bad = l2c_parse_float(value, 1e-9, 10, &o->lwc_lr);
-    else
+    else if (strcmp(key, "--block-choice") == 0) {
+        *bad = 0;
+        if (strcmp(value, "each") == 0)
+            o->block_choice = L2C_BLOCK_EACH;
+        else if (strcmp(value, "first") == 0)
+            o->block_choice = L2C_BLOCK_FIRST;
+        else
+            *bad = -1;
+    } else
         return 0;
     return 1;
 }
@@ -538,11 +546,11 @@ static int32_t hadamard_block(int64_t width, int32_t limit)
     return b;
 }
 
-/* The plan blocks to try on an input of width: the fixed setting (one), or each grid entry
- * that gives a new block no wider than the input. 0: the plan has no block (no rotation).
- * Returns the count (0: no grid entry fits). */
+/* The plan blocks to try on input in of width: the input's fixed block (input_block), the
+ * fixed setting (one), or each grid entry that gives a new block no wider than the input.
+ * 0: the plan has no block (no rotation). Returns the count (0: no grid entry fits). */
 static int32_t block_candidates(const l2c_method *method, const l2c_quant_options *o,
-                                int64_t width, int32_t *out)
+                                int32_t in, int64_t width, int32_t *out)
 {
     if (!(method->plan_flags & DQ_PLAN_F_ROTATE)) {
         out[0] = 0;
@@ -553,6 +561,10 @@ static int32_t block_candidates(const l2c_method *method, const l2c_quant_option
         return 1;
     }
     int had = method->rot_method == DQ_ROT_METHOD_HADAMARD;
+    if (o->input_block[in] > 0) {
+        out[0] = o->input_block[in];
+        return 1;
+    }
     int32_t fixed = had ? o->hadamard_block : o->block_size, n = 0;
     if (fixed > 0) {
         out[0] = had ? hadamard_block(width, fixed) : fixed;
@@ -791,7 +803,7 @@ static void probe_free(probe *p)
 }
 
 static int probe_init(const l2c_model *m, int32_t l, int32_t in, const float *x, int64_t rows,
-                      probe *p)
+                      int32_t threads, probe *p)
 {
     memset(p, 0, sizeof *p);
     p->x = x;
@@ -806,13 +818,12 @@ static int probe_init(const l2c_model *m, int32_t l, int32_t in, const float *x,
             probe_free(p);
             return -1;
         }
-        for (int64_t t = 0; t < rows; t++)
-            for (int64_t r = 0; r < out_dim; r++) {
-                double acc = 0;
-                for (int64_t c = 0; c < cols; c++)
-                    acc += (double)x[t * cols + c] * w[r * cols + c];
-                p->y[k][t * out_dim + r] = (float)acc;
-            }
+        /* The float net's own product: fast on 7B-sized layers, and the reference is then
+         * what the float model computes. */
+        if (l2c_matmul(threads, x, rows, cols, w, out_dim, p->y[k])) {
+            probe_free(p);
+            return -1;
+        }
     }
     return 0;
 }
@@ -902,7 +913,7 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
                           const l2c_quant_options *o, l2c_qmodel *out)
 {
     int32_t blocks[L2C_MAX_GRID];
-    int32_t n_b = block_candidates(method, o, cal->width[in], blocks);
+    int32_t n_b = block_candidates(method, o, in, cal->width[in], blocks);
     int64_t cols = cal->width[in], s_rows = 0;
     l2c_choice *ch = &out->choice[l][in];
     candidate best, cur;
@@ -924,13 +935,14 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
             fprintf(stderr, "layer %d, %s: no calibration sample\n", l, l2c_input_name(in));
             goto out;
         }
-        if (probe_init(m, l, in, xs, s_rows, &sample))
+        if (probe_init(m, l, in, xs, s_rows, o->threads, &sample))
             goto out;
         have_sample = 1;
     }
     ch->held_on_sample = n_b > 1 && cal->held_rows[l][in] == 0;
     if (n_b > 1 && !ch->held_on_sample) {
-        if (probe_init(m, l, in, cal->held[l][in], cal->held_rows[l][in], &held))
+        if (probe_init(m, l, in, cal->held[l][in], cal->held_rows[l][in], o->threads,
+                       &held))
             goto out;
         have_held = 1;
     }
@@ -976,6 +988,13 @@ out:
     return rc;
 }
 
+void l2c_keep_blocks(l2c_quant_options *o, const l2c_qmodel *q, int32_t l)
+{
+    for (int32_t in = 0; in < L2C_N_INPUTS; in++)
+        if (o->input_block[in] <= 0)
+            o->input_block[in] = q->choice[l][in].block;
+}
+
 int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
                  const l2c_method *method, const l2c_quant_options *o, l2c_qmodel *out)
 {
@@ -996,12 +1015,16 @@ int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal
     if (method->w_bits == 0)
         return 0;
     /* Input by input, so that at most one Hessian (width^2 doubles) is alive. */
-    for (int32_t l = 0; l < L; l++)
+    l2c_quant_options lo = *o;
+    for (int32_t l = 0; l < L; l++) {
         for (int32_t in = 0; in < L2C_N_INPUTS; in++)
-            if (quantize_input(ctx, m, cal, l, in, method, o, out)) {
+            if (quantize_input(ctx, m, cal, l, in, method, &lo, out)) {
                 l2c_qmodel_free(out);
                 return -1;
             }
+        if (l == 0 && o->block_choice == L2C_BLOCK_FIRST)
+            l2c_keep_blocks(&lo, out, 0);
+    }
     return 0;
 }
 

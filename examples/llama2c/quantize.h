@@ -35,7 +35,14 @@ typedef struct l2c_quant_options {
     int32_t lwc_batch;
     int32_t lwc_quant_act;  /* LWC loss with quantized activations (W4A4), else W4A16 */
     uint64_t seed;
+    int32_t block_choice;   /* L2C_BLOCK_EACH: blocks chosen in every layer; L2C_BLOCK_FIRST:
+                               each input's block chosen in layer 0, reused by later layers */
+    int32_t input_block[L2C_N_INPUTS]; /* > 0: that input's plan block, fixed (set by
+                               l2c_quantize or a block-by-block caller for L2C_BLOCK_FIRST) */
+    int32_t threads;        /* threads of the float reference products (0 or 1: one) */
 } l2c_quant_options;
+
+enum { L2C_BLOCK_EACH, L2C_BLOCK_FIRST };
 
 void l2c_quant_options_default(l2c_quant_options *o);
 
@@ -44,7 +51,8 @@ int l2c_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out);
 int l2c_parse_float(const char *s, double lo, double hi, float *out);
 /* The quantization settings every program takes (--block, --hadamard-block, --rot-steps,
  * --perm-times, --dq-smooth, --lwc-epochs, --lwc-batch, --lwc-act, --seed, --alpha,
- * --act-clip, --w-clip, --lwc-lr, --act-clip-grid, --block-grid; --block, --hadamard-block
+ * --act-clip, --w-clip, --lwc-lr, --act-clip-grid, --block-grid, --block-choice each|first;
+ * --block, --hadamard-block
  * and --act-clip also take "auto"): returns 1 when key is one of them (*bad set to -1 when value
  * is out of range, o unchanged then), 0 when it is not. */
 int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, int *bad);
@@ -144,11 +152,16 @@ typedef struct l2c_qmodel {
 } l2c_qmodel;
 
 /* Quantizes every linear layer of m with method; a setting left to "auto" (0 in o) is chosen
- * per linear input on calibration data only (l2c_choice). Returns 0 or -1 (message
+ * per linear input on calibration data only (l2c_choice; blocks in layer 0 only with
+ * L2C_BLOCK_FIRST). Returns 0 or -1 (message
  * printed). */
 int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
                  const l2c_method *method, const l2c_quant_options *o, l2c_qmodel *out);
 void l2c_qmodel_free(l2c_qmodel *q);
+
+/* Fixes each input's block in o (where not fixed yet) to the one layer l of q has: how
+ * L2C_BLOCK_FIRST carries layer 0's blocks on. */
+void l2c_keep_blocks(l2c_quant_options *o, const l2c_qmodel *q, int32_t l);
 
 /* One tab-separated line per quantized linear input: "settings", method, layer (first + l),
  * input, block, clip, err, err_clip1, held_err (or "-"), candidates tried. */

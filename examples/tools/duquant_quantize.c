@@ -45,6 +45,9 @@ static void usage(FILE *f, const options *o)
             "  --act-clip-grid LIST  chosen per linear input on calibration data (default\n"
             "                       auto, grids 16,32,64,128 and 1,0.95,0.9,0.85; see\n"
             "                       duquant-eval --help); the choices go to the metadata\n"
+            "  --block-choice first|each  blocks chosen on block 0's calibration data and\n"
+            "                       reused by every later block (default first), or chosen\n"
+            "                       in every block; clips are chosen in every block either way\n"
             "  --rot-steps N, --perm-times N, --dq-smooth 0|1,\n"
             "  --alpha A, --w-clip R, --lwc-epochs N, --lwc-lr R, --lwc-batch N,\n"
             "  --lwc-act 0|1, --seed N   as duquant-eval (defaults %d %d %d %.2f\n"
@@ -253,6 +256,7 @@ static void write_header(writer *wr, const options *o, const tool_model *tm,
     put_setting(wr, "quant.block_size", q->block_size);
     put_setting(wr, "quant.hadamard_block", q->hadamard_block);
     put_str(wr, "quant.block_grid", grid);
+    put_str(wr, "quant.block_choice", q->block_choice == L2C_BLOCK_FIRST ? "first" : "each");
     at = 0;
     for (int32_t i = 0; i < q->n_act_clip_grid; i++)
         at += (size_t)snprintf(grid + at, sizeof grid - at, "%s%.9g", i ? "," : "",
@@ -358,6 +362,7 @@ int main(int argc, char **argv)
     o.window = 256;
     o.sample_tokens = 512;
     l2c_quant_options_default(&o.q);
+    o.q.block_choice = L2C_BLOCK_FIRST;
     int pa = parse_args(argc, argv, &o);
     if (pa)
         return pa > 0 ? 0 : 2;
@@ -391,6 +396,7 @@ int main(int argc, char **argv)
     dq_context_params cp;
     dq_context_params_init(&cp, sizeof cp);
     cp.n_threads = o.threads;
+    o.q.threads = tool_threads(o.threads);
     dq_status st = dq_context_create(&cp, &ctx);
     if (st) {
         fprintf(stderr, "dq_context_create: %s\n", dq_status_name(st));
@@ -496,6 +502,9 @@ int main(int argc, char **argv)
         t0 = tool_now_s();
         if (l2c_quantize(ctx, &blk.view, &cal, method, &o.q, &qm))
             goto out;
+        /* The one-block view is layer 0 of qm: its blocks stay for the later blocks. */
+        if (l == 0 && o.q.block_choice == L2C_BLOCK_FIRST)
+            l2c_keep_blocks(&o.q, &qm, 0);
         t_quant += tool_now_s() - t0;
         if (!tty)
             l2c_qmodel_report(stderr, &qm, method, l);

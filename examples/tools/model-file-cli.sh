@@ -32,8 +32,9 @@ fi
 
 # Round trips.
 for m in $methods; do
+    # Blocks chosen in every block, as duquant-eval chooses them.
     if ! "$quantize" "${model[@]}" --calib "$calib" --method "$m" --out "$tmp/$m.dq" \
-        2>"$tmp/q.err"; then
+        --block-choice each 2>"$tmp/q.err"; then
         echo "FAILED: duquant-quantize --method $m:"
         cat "$tmp/q.err"
         fail=1

@@ -35,7 +35,7 @@ below gptq rtn
 
 # Round trip: the model file's perplexity is the in-memory one; GPTQ's settings are recorded.
 if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --out "$tmp/dg.dq" \
-    2>"$tmp/q.err"; then
+    --block-choice each 2>"$tmp/q.err"; then
     got=$("$run" --model "$tmp/dg.dq" --tokenizer "$src/tok512.bin" --eval "$eval" \
         --format tsv | tail -n 1 | cut -f 2)
     want=$(ppl duquant_gptq)
