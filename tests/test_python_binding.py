@@ -782,6 +782,107 @@ class TestRelease12(Fixture):
         np.testing.assert_array_equal(lb.forward(self.x), y)
 
 
+class TestGptqAndKv(Fixture):
+    """Hessians, GPTQ packing and the key/value cache (since 1.2)."""
+
+    def rtn_and_gptq_errors(self, plan=None):
+        h = dq.Hessian(lib, self.C, plan=plan, ctx=self.ctx)
+        h.observe(self.x)
+        g = dq.QMatrix.gptq(lib, h, self.w, gptq={"flags": dq.DQ_GPTQ_F_ACT_ORDER}, ctx=self.ctx)
+        xt = plan.apply_act(self.x) if plan is not None else self.x
+        wt = plan.transform_weight(self.w) if plan is not None else self.w
+        r = dq.QMatrix.pack(lib, wt)
+        ref = self.x.astype(np.float64) @ self.w.T.astype(np.float64)
+        return (rel(xt.astype(np.float64) @ r.dequantize().T.astype(np.float64), ref),
+                rel(xt.astype(np.float64) @ g.dequantize().T.astype(np.float64), ref))
+
+    def test_hessian(self):
+        h = dq.Hessian(lib, self.C, ctx=self.ctx)
+        h.observe(self.x[:7])
+        h.observe(self.x[7:])
+        self.assertEqual(h.tokens(), self.T)
+        whole = dq.Hessian(lib, self.C, ctx=self.ctx)
+        whole.observe(self.x)
+        np.testing.assert_array_equal(h.matrix(), whole.matrix())  # any split: the same bits
+        x64 = self.x.astype(np.float64)
+        np.testing.assert_allclose(h.matrix(), x64.T @ x64, rtol=1e-12, atol=1e-9)
+        other = dq.Hessian(lib, self.C, ctx=self.ctx)
+        other.observe(self.x[:5])
+        h.merge(other)
+        self.assertEqual(h.tokens(), self.T + 5)
+        self.assertRaisesStatus("DQ_ERR_SHAPE", h.observe, self.x[:, :-1])
+        self.assertRaisesStatus("DQ_ERR_SHAPE", h.merge, dq.Hessian(lib, self.C - 1))
+        self.assertRaisesStatus("DQ_ERR_SHAPE", dq.Hessian, lib, 0, ctx=self.ctx)
+
+    def test_gptq_beats_rtn(self):
+        for plan in (None, self.plan()):
+            rtn, gptq = self.rtn_and_gptq_errors(plan)
+            self.assertLess(gptq, rtn, "with plan" if plan is not None else "without plan")
+
+    def test_gptq_layer_and_errors(self):
+        pl = self.plan()
+        h = dq.Hessian(lib, self.C, plan=pl, ctx=self.ctx)
+        h.observe(self.x)
+        q = dq.QMatrix.gptq(lib, h, self.w, group_size=16, ctx=self.ctx,
+                            gptq=lib.params(dq.GptqParams, flags=dq.DQ_GPTQ_F_CLIP_SEARCH))
+        self.assertEqual(q.layout().group_size, 16)
+        lin = dq.Linear(lib, q, plan=pl, act_bits=8, ctx=self.ctx)
+        y = lin.forward(self.x)
+        self.assertLess(rel(y, self.x @ self.w.T), 0.1)
+        empty = dq.Hessian(lib, self.C, ctx=self.ctx)
+        self.assertRaisesStatus("DQ_ERR_BAD_STATE", dq.QMatrix.gptq, lib, empty, self.w)
+        self.assertRaisesStatus("DQ_ERR_SHAPE", dq.QMatrix.gptq, lib, h, self.w[:, :-1])
+        self.assertRaisesStatus("DQ_ERR_SHAPE", dq.QMatrix.gptq, lib, h, self.w, group_size=7)
+        self.assertRaisesStatus("DQ_ERR_INVALID_ARG", dq.QMatrix.gptq, lib, h, self.w,
+                                gptq={"damp": 2.0})
+
+    def test_kv_cache_round_trip(self):
+        heads, size, tokens = 3, 16, 5
+        x = activations(self.rng, tokens, heads * size, (1, 20))
+        for bits in (4, 8):
+            kv = dq.KvCache(lib, 8, heads, size, bits=bits)
+            self.assertEqual(kv.buffer.size, kv.size(8))
+            self.assertEqual(kv.size(8), 8 * kv.size(1))
+            kv.store(x, first=2)
+            for hd in range(heads):
+                xh = x[:, hd * size:(hd + 1) * size]
+                codes, scales, zeros = np_quant(xh, bits=bits)
+                np.testing.assert_array_equal(kv.load(hd, 2, tokens),
+                                              np_dequant(codes, scales, zeros))
+            self.assertFalse(kv.buffer[:2 * kv.size(1)].any())  # tokens 0 and 1 untouched
+
+    def test_kv_rotation_keeps_products(self):
+        heads, size = 2, 32
+        k = activations(self.rng, 6, heads * size, (4,))
+        q = activations(self.rng, 3, heads * size, (4,))
+        kv = dq.KvCache(lib, 6, heads, size, bits=8, rotate=True)
+        kv.store(k, first=0)
+        qr = kv.rotate_queries(q)
+        for hd in range(heads):
+            sl = slice(hd * size, (hd + 1) * size)
+            exact = q[:, sl].astype(np.float64) @ k[:, sl].T.astype(np.float64)
+            got = qr[:, sl].astype(np.float64) @ kv.load(hd, 0, 6).T.astype(np.float64)
+            self.assertLess(rel(got, exact), 0.02)
+            h = lib.hadamard(size).astype(np.float64)  # already orthonormal
+            np.testing.assert_allclose(qr[:, sl], q[:, sl] @ h, rtol=1e-5, atol=1e-4)
+
+    def test_kv_errors(self):
+        kv = dq.KvCache(lib, 2, 2, 16)
+        x = np.ones((3, 32), np.float32)
+        self.assertRaisesStatus("DQ_ERR_BUFFER", kv.store, x, 0)
+        self.assertRaisesStatus("DQ_ERR_SHAPE", kv.store, x[:1], -1)
+        self.assertRaisesStatus("DQ_ERR_INVALID_ARG", kv.load, 2, 0, 1)
+        bad = x[:1].copy()
+        bad[0, 3] = np.nan
+        before = kv.buffer.copy()
+        self.assertRaisesStatus("DQ_ERR_NONFINITE", kv.store, bad, 0)
+        np.testing.assert_array_equal(kv.buffer, before)  # all or nothing
+        self.assertRaisesStatus("DQ_ERR_INVALID_ARG", dq.KvCache, lib, 2, 2, 16, bits=3)
+        self.assertRaisesStatus("DQ_ERR_UNSUPPORTED", dq.KvCache(lib, 2, 1, 12,
+                                                               rotate=True).store,
+                                np.ones((1, 12), np.float32), 0)
+
+
 class TestParallelFor(unittest.TestCase):
     """The engine's parallel loop (dq_context_params.parallel_for): same bits, really used."""
     T, C, O = 512, 256, 192

@@ -53,6 +53,8 @@ DQ_QUANT_ASYM, DQ_QUANT_SYM = 0, 1
 DQ_LWC_F_QUANT_ACT = 1
 DQ_REFINE_NONE, DQ_REFINE_DFROT, DQ_REFINE_DARTQUANT = 0, 1, 2
 DQ_FILE_F_BORROW = 1
+DQ_GPTQ_F_ACT_ORDER, DQ_GPTQ_F_STATIC_GROUPS, DQ_GPTQ_F_CLIP_SEARCH = 1, 2, 4  # since 1.2
+DQ_KV_F_ROTATE = 1  # since 1.2
 DQ_FILE_F_TRUSTED = 2
 DQ_FILE_MAX_DIMS = 8
 DQ_DTYPE_F32, DQ_DTYPE_U8, DQ_DTYPE_I64 = 9, 1, 11
@@ -139,8 +141,20 @@ class FileParams(_Params):
                 ("max_alloc_bytes", _u64)]
 
 
+class GptqParams(_Params):  # since 1.2
+    _init = "dq_gptq_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("damp", _f32), ("block_size", _i32),
+                ("clip_grid", _i32), ("clip_max_shrink", _f32), ("clip_norm", _f32)]
+
+
+class KvParams(_Params):  # since 1.2
+    _init = "dq_kv_params_init"
+    _fields_ = [("struct_size", _u32), ("flags", _u32), ("bits", _i32), ("head_size", _i32),
+                ("n_heads", _i32), ("clip_ratio", _f32)]
+
+
 _PARAMS = (ContextParams, CalibParams, RotationParams, RefineParams, PlanParams, QuantParams,
-           LwcParams, LinearParams, FileParams)
+           LwcParams, LinearParams, FileParams, GptqParams, KvParams)
 
 # ---------------------------------------------------------------------------------------------
 # Signatures: one line per C function, name: (result type, argument types)
@@ -248,6 +262,18 @@ _SIGNATURES = {
     "dq_linear_forward_group": (_st, [C.POINTER(_vp), _i32, _fp, _i64, _i64, _i64,
                                       C.POINTER(_fp), _lp, _i32, _vp, _sz]),
     "dq_file_writer_add_linear_layer": (_st, [_vp, _cp, _vp, _cp]),
+    "dq_hessian_create": (_st, [_vp, _vp, _i64, C.POINTER(_vp)]),
+    "dq_hessian_free": (None, [_vp]),
+    "dq_hessian_observe": (_st, [_vp, _fp, _i64, _i64, _i64]),
+    "dq_hessian_merge": (_st, [_vp, _vp]),
+    "dq_hessian_tokens": (_st, [_vp, _lp]),
+    "dq_hessian_matrix": (_st, [_vp, C.POINTER(C.c_double), _i64]),
+    "dq_gptq_pack": (_st, [_vp, _vp, _vp, _vp, _fp, _i64, _i64, _i64, _fp, _fp, _i64,
+                           C.POINTER(_vp)]),
+    "dq_kv_size": (_st, [_vp, _i64, C.POINTER(_sz)]),
+    "dq_kv_rotate": (_st, [_vp, _fp, _i64, _i64]),
+    "dq_kv_quantize": (_st, [_vp, _fp, _i64, _i64, _vp, _sz, _i64]),
+    "dq_kv_dequantize": (_st, [_vp, _vp, _sz, _i32, _i64, _i64, _fp, _i64]),
 }
 _SIGNATURES.update({cls._init: (_st, [_vp, _sz]) for cls in _PARAMS})
 
@@ -861,6 +887,25 @@ class QMatrix(_Handle):
                                       sizes.pop() if sizes else 0, ctx=ctx), ctx)
 
     @classmethod
+    def gptq(cls, lib, hessian, w, params=None, gptq=None, clip_hi=None, clip_lo=None,
+             ctx=None, **kw):
+        """dq_gptq_pack (since 1.2): w untransformed when the Hessian has a plan. params: a
+        QuantParams (or keyword members); gptq: a GptqParams or a dict of its members.
+        clip_hi/clip_lo: one factor per group or per row, both of one length."""
+        p, pp = lib._params_arg(QuantParams, params, kw)
+        if isinstance(gptq, dict):
+            gptq = lib.params(GptqParams, **gptq)
+        g, gpp = lib._params_arg(GptqParams, gptq, {})
+        a, rows, cols, ld = _matrix(w, "w")
+        hi, lo = _vector(clip_hi, name="clip_hi"), _vector(clip_lo, name="clip_lo")
+        sizes = {v.size for v in (hi, lo) if v is not None}
+        if len(sizes) > 1:
+            raise ValueError("clip_hi and clip_lo differ in length: %d, %d" % (hi.size, lo.size))
+        return cls._wrap(lib, _create(lib, "dq_gptq_pack", ctx, gpp, pp, hessian, _fptr(a),
+                                      rows, cols, ld, _fptr(hi), _fptr(lo),
+                                      sizes.pop() if sizes else 0, ctx=ctx), ctx)
+
+    @classmethod
     def pack_transformed(cls, lib, plan, w, params=None, clip_hi=None, clip_lo=None, ctx=None,
                          **kw):
         """Transform a copy of the untransformed w by plan and pack it, recording the plan's
@@ -991,6 +1036,34 @@ class Lwc(_Handle):
         hi, lo = np.empty(self.n_groups, np.float32), np.empty(self.n_groups, np.float32)
         self._call("dq_lwc_factors", self, _fptr(hi), _fptr(lo), self.n_groups)
         return hi, lo
+
+
+class Hessian(_Handle):
+    """GPTQ's H = sum x^T x of one layer input, in double (since 1.2). With a plan, observed
+    batches are transformed by it first and QMatrix.gptq transforms the weights by it."""
+    _free = "dq_hessian_free"
+
+    def __init__(self, lib, cols, plan=None, ctx=None):
+        self.cols, self.plan = cols, plan  # the plan is referenced by the C object too
+        super().__init__(lib, _create(lib, "dq_hessian_create", ctx, plan, cols, ctx=ctx), ctx)
+
+    def observe(self, x):
+        a, rows, cols, ld = _matrix(x, "x")
+        self._call("dq_hessian_observe", self, _fptr(a), rows, cols, ld)
+
+    def merge(self, other):
+        self._call("dq_hessian_merge", self, other)
+
+    def tokens(self):
+        n = _i64()
+        self._call("dq_hessian_tokens", self, C.byref(n))
+        return n.value
+
+    def matrix(self):
+        out = np.empty((self.cols, self.cols), np.float64)
+        self._call("dq_hessian_matrix", self, out.ctypes.data_as(C.POINTER(C.c_double)),
+                   self.cols)
+        return out
 
 
 class Linear(_Handle):
@@ -1235,3 +1308,48 @@ class FileReader(_Handle):
             if e.status == DQ_ERR_FORMAT:
                 return None
             raise
+
+
+class KvCache:
+    """A key or value cache of tokens tokens in the library's packed layout (dq_kv_*, since
+    1.2): n_heads heads of head_size channels, 4 or 8 bits per head per token; rotate=True
+    applies the per-head Walsh-Hadamard transform before quantizing (keys; queries then go
+    through rotate_queries). The buffer is a numpy uint8 array owned by this object."""
+
+    def __init__(self, lib, tokens, n_heads, head_size, bits=4, rotate=False, clip_ratio=1.0):
+        self.L = lib
+        self.p = lib.params(KvParams, bits=bits, n_heads=n_heads, head_size=head_size,
+                            clip_ratio=clip_ratio, flags=DQ_KV_F_ROTATE if rotate else 0)
+        self.tokens, self.n_heads, self.head_size = tokens, n_heads, head_size
+        self.buffer = np.zeros(self.size(tokens), np.uint8)
+
+    def size(self, tokens):
+        n = _sz()
+        self.L.call("dq_kv_size", C.byref(self.p), tokens, C.byref(n))
+        return n.value
+
+    def _buf(self):
+        return self.buffer.ctypes.data_as(_vp)
+
+    def store(self, x, first):
+        """Quantize the rows of x (tokens x n_heads * head_size) into tokens first.."""
+        a, rows, cols, ld = _matrix(x, "x", self.n_heads * self.head_size)
+        self.L.call("dq_kv_quantize", C.byref(self.p), _fptr(a), rows, ld, self._buf(),
+                    self.buffer.size, first)
+
+    def load(self, head, first, tokens):
+        """Head head of tokens first .. first + tokens - 1, dequantized (rotated domain when
+        stored with rotate=True)."""
+        out = np.empty((tokens, self.head_size), np.float32)
+        self.L.call("dq_kv_dequantize", C.byref(self.p), self._buf(), self.buffer.size, head,
+                    first, tokens, _fptr(out), self.head_size)
+        return out
+
+    def rotate_queries(self, q):
+        """A rotated copy of q (rows x n_heads * head_size), for the product with rotated keys."""
+        out = np.array(q, dtype=np.float32, order="C", copy=True)
+        if out.ndim != 2:
+            raise ValueError("q: expected a 2-D matrix, got shape %s" % (out.shape,))
+        rows, _, ld = _inplace(out, "q")
+        self.L.call("dq_kv_rotate", C.byref(self.p), _fptr(out), rows, ld)
+        return out
