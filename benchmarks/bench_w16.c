@@ -83,7 +83,9 @@ int main(int argc, char **argv)
     }
     bench_fill_bytes(stream, (wbytes / 8 + 8) * 8);
 
-    const int32_t best = dq__gemm_isa_best();
+    /* The weight-only product has no AMX kernel: AVX-512 is its best. */
+    const int32_t best = dq__gemm_isa_best() < DQ_GEMM_ISA_AVX512 ? dq__gemm_isa_best()
+                                                                   : DQ_GEMM_ISA_AVX512;
     const char *names[] = {"portable", "avx2", "avx512"};
     printf("W4A16 %lld x %lld, group %lld, best kernel %s, median of %d\n", (long long)rows,
            (long long)cols, (long long)w->group_len, names[best], reps);

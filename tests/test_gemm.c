@@ -13,8 +13,9 @@
 #include "test_wprep.h"
 #include "dq_check_run.h"
 
-static const int32_t isas[] = {DQ_GEMM_ISA_PORTABLE, DQ_GEMM_ISA_AVX2, DQ_GEMM_ISA_AVX512};
-static const char *const isa_names[] = {"portable", "avx2", "avx512"};
+static const int32_t isas[] = {DQ_GEMM_ISA_PORTABLE, DQ_GEMM_ISA_AVX2, DQ_GEMM_ISA_AVX512,
+                               DQ_GEMM_ISA_AMX};
+static const char *const isa_names[] = {"portable", "avx2", "avx512", "amx"};
 
 enum { PLAIN = WPREP_PLAIN, EXTREME = WPREP_EXTREME };
 
@@ -183,6 +184,27 @@ START_TEST(threads_bit_exact)
     check_case(&r, 64, 250, 520, 8, 8, 0, EXTREME, 0, 4);
     check_case(&r, 2048, 40, 300, 4, 4, 100, EXTREME, 1, 4);
     check_case(&r, 1, 1024, 2048, 4, 4, 0, PLAIN, 1, 4);
+}
+END_TEST
+
+/* Shapes the AMX tiles take (widths and groups of whole 64-k chunks, 16 tokens and more) with
+ * the edges they leave to the AVX-512 kernel: token counts off a multiple of 16 or 32, odd and
+ * partial output blocks, tile ranges of threads starting on an odd tile, 4- and 8-bit codes,
+ * several groups. */
+START_TEST(amx_shapes_bit_exact)
+{
+    test_rng r = {909};
+    const int64_t tokens[] = {16, 24, 33, 64, 100};
+    const int64_t rows[] = {16, 17, 48, 65};
+    const int64_t shapes[][2] = {{64, 0}, {192, 64}, {256, 128}, {320, 0}};
+    for (size_t t = 0; t < 5; t++)
+        for (size_t n = 0; n < 4; n++)
+            for (size_t k = 0; k < 4; k++) {
+                const int32_t wb = (t + k) % 2 ? 8 : 4, ab = (n + k) % 3 == 2 ? 8 : 4;
+                const int style = (int)((t + n + k) % 2);
+                check_case(&r, tokens[t], rows[n], shapes[k][0], wb, ab, shapes[k][1], style,
+                           (int)(n & 1), 3);
+            }
 }
 END_TEST
 
@@ -405,6 +427,7 @@ static Suite *gemm_suite(void)
     tcase_add_test(tc, groups_and_bits_bit_exact);
     tcase_add_test(tc, token_counts_bit_exact);
     tcase_add_test(tc, threads_bit_exact);
+    tcase_add_test(tc, amx_shapes_bit_exact);
     tcase_add_test(tc, weight_only_threads_bit_exact);
     tcase_add_test(tc, quantize_bit_exact);
     tcase_add_test(tc, packed_matrices_bit_exact);

@@ -14,8 +14,8 @@
  * (up to +-1e4, dq__quant_params' clamp); then the true sum may exceed int32. The portable
  * kernel sums in 64 bits, so it stays exact and equals every int32 kernel wherever the true
  * sum fits (int32 kernels wrap modulo 2^32 beyond that).
- * Unsigned-by-signed byte products are what AVX-512 VNNI (vpdpbusd) and AVX2 (vpmaddubsw)
- * multiply, so every kernel reads the same operands.
+ * Unsigned-by-signed byte products are what AVX-512 VNNI (vpdpbusd), AMX-INT8 (tdpbusd) and
+ * AVX2 (vpmaddubsw) multiply, so every kernel reads the same operands.
  *
  * The portable kernels (dq_gemm_ref.c) are the oracle every SIMD variant is tested against:
  * results must be bit-identical, because the integer sums are exact and the float epilogue

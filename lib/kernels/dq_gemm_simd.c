@@ -31,6 +31,8 @@ bool dq__gemm_isa_supported(int32_t isa)
     case DQ_GEMM_ISA_AVX512:
         return dq__cpu_has(DQ_CPU_AVX2 | DQ_CPU_FMA | DQ_CPU_AVX512F | DQ_CPU_AVX512BW |
                            DQ_CPU_AVX512VL | DQ_CPU_AVX512VNNI);
+    case DQ_GEMM_ISA_AMX:
+        return dq__gemm_isa_supported(DQ_GEMM_ISA_AVX512) && dq__cpu_has(DQ_CPU_AMX_INT8);
 #endif
     default:
         return false;
@@ -39,6 +41,8 @@ bool dq__gemm_isa_supported(int32_t isa)
 
 int32_t dq__gemm_isa_best(void)
 {
+    if (dq__gemm_isa_supported(DQ_GEMM_ISA_AMX))
+        return DQ_GEMM_ISA_AMX;
     if (dq__gemm_isa_supported(DQ_GEMM_ISA_AVX512))
         return DQ_GEMM_ISA_AVX512;
     if (dq__gemm_isa_supported(DQ_GEMM_ISA_AVX2))
@@ -350,7 +354,7 @@ void dq__gemm_w_f32_isa(int32_t isa, const dq__wprep *w, const float *x, int64_t
     dq__gemm_f32_fn *fn = NULL;
     if (wp && rows > 0 && dq__gemm_isa_supported(isa)) {
 #if DQ_GEMM_X86
-        if (isa == DQ_GEMM_ISA_AVX512)
+        if (isa >= DQ_GEMM_ISA_AVX512)
             fn = dq__gemm_w16_avx512;
         else if (isa == DQ_GEMM_ISA_AVX2)
             fn = dq__gemm_w16_avx2;
@@ -443,7 +447,9 @@ void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, con
     const dq__wpack *wp = w->kernel;
     dq__gemm_tiles_fn *tiles = NULL;
     if (wp && dq__gemm_isa_supported(isa)) {
-        if (isa == DQ_GEMM_ISA_AVX512)
+        if (isa == DQ_GEMM_ISA_AMX)
+            tiles = dq__gemm_tiles_amx;
+        else if (isa == DQ_GEMM_ISA_AVX512)
             tiles = dq__gemm_tiles_avx512;
         /* vpmaddubsw saturates its int16 pair sums: exact only while u * c pairs stay below
          * 2^15, which 8-bit codes on both sides can exceed. */
@@ -536,7 +542,7 @@ void dq__quantize_tokens_isa(int32_t isa, const float *x, int64_t rows, int64_t 
 {
     quant_job q = {dq__quantize_tokens_ref, x,    rows,    cols,   ldx,  bits,
                    scheme,                  clip, codes,   code_ld, scales, zeros};
-    if (isa == DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
+    if (isa >= DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
         q.fn = dq__quantize_tokens_avx512;
     else if (isa == DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(isa))
         q.fn = dq__quantize_tokens_avx2;

@@ -111,8 +111,10 @@ typedef struct dq__apack {
 } dq__apack;
 
 /* The instruction sets a kernel may be asked for; dq__gemm_isa_best() is the fastest this CPU
- * runs. */
-enum { DQ_GEMM_ISA_PORTABLE = 0, DQ_GEMM_ISA_AVX2 = 1, DQ_GEMM_ISA_AVX512 = 2 };
+ * runs. AMX is AVX-512 whose integer product runs on AMX-INT8 tiles where the shape allows
+ * (every other kernel, and the rest of that product, is AVX-512's): kernels compare isa >=
+ * DQ_GEMM_ISA_AVX512 for AVX-512. */
+enum { DQ_GEMM_ISA_PORTABLE = 0, DQ_GEMM_ISA_AVX2 = 1, DQ_GEMM_ISA_AVX512 = 2, DQ_GEMM_ISA_AMX = 3 };
 int32_t dq__gemm_isa_best(void);
 /* True when the CPU can run kernels of that instruction set. */
 bool dq__gemm_isa_supported(int32_t isa);
@@ -147,6 +149,7 @@ typedef void dq__gemm_tiles_fn(const dq__wprep *w, const dq__apack *ap, const dq
                                int64_t tile_end, int64_t block_begin, int64_t block_end);
 dq__gemm_tiles_fn dq__gemm_tiles_avx2;
 dq__gemm_tiles_fn dq__gemm_tiles_avx512;
+dq__gemm_tiles_fn dq__gemm_tiles_amx;
 
 /* Weight-only kernels (float activations, the repacked weights above; 4 and 8 bits).
  * Result, defined for every SIMD variant: each code is decoded to the float c - zw (exact, the

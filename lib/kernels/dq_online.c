@@ -345,7 +345,7 @@ typedef struct kernels {
 static kernels kernels_for(int32_t isa)
 {
     kernels k = {dq__online_block_portable, dq__online_divide_portable, dq__quantize_tokens_ref};
-    if (isa == DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa)) {
+    if (isa >= DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa)) {
         k.block = dq__online_block_avx512;
         k.divide = dq__online_divide_avx512;
         k.quant = dq__quantize_tokens_avx512;

@@ -1,9 +1,42 @@
 /* CPU feature probe (see dq_cpu.h). __builtin_cpu_supports reads a table the compiler's
  * runtime fills before constructors run (no IFUNC: resolvers run before sanitizer runtimes
  * start); the mask is computed once and published with one atomic store. */
+#define _DEFAULT_SOURCE /* syscall */
 #include <stdatomic.h>
 
 #include "dq_cpu.h"
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* AMX-TILE and AMX-INT8 (CPUID 7.0 EDX bits 24, 25), their state enabled by the OS (XCR0 bits
+ * 17, 18), and Linux's per-process permission for the tile data (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, granted once for every thread). */
+static int amx_int8_usable(void)
+{
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!((d >> 24) & 1u) || !((d >> 25) & 1u))
+        return 0;
+    __cpuid(1, a, b, c, d);
+    if (!((c >> 27) & 1u)) /* OSXSAVE: xgetbv is available */
+        return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17))
+        return 0;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+}
+#else
+static int amx_int8_usable(void)
+{
+    return 0;
+}
+#endif
 
 /* Bit 31 marks the mask as computed. */
 #define PROBED (1u << 31)
@@ -28,6 +61,8 @@ static uint32_t probe(void)
     if (__builtin_cpu_supports("avx512vnni"))
         f |= DQ_CPU_AVX512VNNI;
 #endif
+    if (amx_int8_usable())
+        f |= DQ_CPU_AMX_INT8;
     return f;
 }
 

@@ -31,7 +31,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const int32_t isas[] = {DQ_GEMM_ISA_PORTABLE, DQ_GEMM_ISA_AVX2, DQ_GEMM_ISA_AVX512};
+static const int32_t isas[] = {DQ_GEMM_ISA_PORTABLE, DQ_GEMM_ISA_AVX2, DQ_GEMM_ISA_AVX512,
+                               DQ_GEMM_ISA_AMX};
 
 /* Contexts of 1 and 2 threads (their own pools), kept for the life of the process. */
 static const dq_context *threads_ctx(int n)
