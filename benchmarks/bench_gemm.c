@@ -110,7 +110,7 @@ int main(int argc, char **argv)
            t_mem * 1e6);
 
     for (int cold = 0; cold <= 1; cold++) {
-        setup s = {w, {1, cols, cols, codes, sx, zx}, y, reps};
+        setup s = {w, {1, cols, cols, codes, sx, zx, 0}, y, reps};
         printf("\nGEMV (T=1), %s caches, weights %.2f MiB:\n", cold ? "cold" : "warm",
                (double)wbytes / 1048576.0);
         for (int32_t th = 1; th <= 2; th++) {
@@ -135,11 +135,11 @@ int main(int argc, char **argv)
            "GOPS", "vs portable", "vs sgemm", "%peak", "cpu ms", "%pk/cpu");
     for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++) {
         const int64_t t = tokens[ti];
-        setup s = {w, {t, cols, cols, codes, sx, zx}, y, reps};
+        setup s = {w, {t, cols, cols, codes, sx, zx, 0}, y, reps};
         const double ops = 2.0 * (double)t * (double)rows * (double)cols;
         /* The portable kernel is slow: timed on at most 32 tokens and scaled per token. */
         const int64_t tref = t < 32 ? t : 32;
-        setup sr = {w, {tref, cols, cols, codes, sx, zx}, y, reps};
+        setup sr = {w, {tref, cols, cols, codes, sx, zx, 0}, y, reps};
         const double t_ref = bench_time(run_ref, &sr, reps < 3 ? reps : 3, 0) * (double)t /
                              (double)tref;
         double tb[64];
