@@ -1058,7 +1058,8 @@ DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t
  * layers created with the same plan object (or all with none), the same in_features and the
  * same act_bits, act_scheme, act_clip_ratio and act_group_size; the layers' weights, groups,
  * bias and out_features may differ (weight groups only as far as act_group_size allows: with
- * activation groups every layer's weights have those groups). THREAD SAFETY as dq_linear_forward: the layers are only read. */
+ * activation groups every layer's weights have those groups). THREAD SAFETY as
+ * dq_linear_forward: the layers are only read. */
 
 /** @brief Bytes of workspace dq_linear_forward_group needs for rows tokens (0 for rows = 0).
  *  Any alignment of the buffer is fine; a workspace sized for rows serves fewer rows.
@@ -1323,7 +1324,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_writer_spool(dq_file_writer *w, const char
  *  too: plan_prefix must name a plan added to this writer before, the one the weights were
  *  transformed by (same fingerprint), and weights that record a plan need a plan_prefix;
  *  otherwise DQ_ERR_MISMATCH. Weights packed without a fingerprint are added with a
- *  DQ_LOG_WARN line.
+ *  DQ_LOG_WARN line. p->act_group_size other than 0 is DQ_ERR_UNSUPPORTED: the format has
+ *  no field for activation groups yet.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_MISMATCH, DQ_ERR_NONFINITE,
  *  DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
 DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix,
@@ -1352,7 +1354,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_reader_get_linear(const dq_file_reader *r,
  *  Ownership: lin is only read (any layer: created, or loaded from a file of any version).
  *  Thread safety: as the other writer calls (one thread per writer).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL, invalid or taken name), DQ_ERR_NOMEM,
- *  DQ_ERR_OVERFLOW. @since 1.2 */
+ *  DQ_ERR_OVERFLOW, DQ_ERR_UNSUPPORTED (a layer with activation groups, see
+ *  dq_file_writer_add_linear). @since 1.2 */
 DQ_API DQ_NODISCARD dq_status dq_file_writer_add_linear_layer(dq_file_writer *w,
                                                               const char *prefix,
                                                               const dq_linear *lin,
