@@ -14,7 +14,8 @@
  * activations per group of 32, 64 and 128 against whole rows (per-token activations), the
  * fastest kernel, 1 and 2 threads, at 1, 32 and 512 tokens: the product alone and the
  * activation quantization plus the product (what a layer runs after its transform), each
- * with its ratio to whole rows measured in the same run. */
+ * with its ratio to whole rows measured in the same run; also grouped weights with per-token
+ * activations (acts "token"), which isolates what the activation groups add. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
@@ -129,14 +130,17 @@ static int grouped_main(int64_t rows, int64_t cols, int reps)
            "activations), kernel %s, median of %d\n",
            (long long)rows, (long long)cols, names[isa], reps);
     bench_print_cpu();
-    printf("\n%6s %3s %6s %11s %9s %13s %9s\n", "T", "thr", "group", "product ms",
+    printf("\n%6s %3s %6s %6s %11s %9s %13s %9s\n", "T", "thr", "group", "acts", "product ms",
            "vs rows", "quant+prod ms", "vs rows");
     for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++)
         for (int32_t th = 1; th <= 2; th++) {
             double base_p = 0.0, base_qp = 0.0;
-            for (int64_t g = 0; g < n_groups; g++) {
+            for (int64_t k = 0; k < 2 * n_groups - 1; k++) {
                 const int64_t t = tokens[ti];
-                const int64_t ag = groups[g] ? w[g]->groups : 0;
+                /* k: whole rows, then per group size: activations per group, per token. */
+                const int64_t g = (k + 1) / 2;
+                const int per_group = g > 0 && k % 2 == 1;
+                const int64_t ag = per_group ? w[g]->groups : 0;
                 grouped_setup s = {w[g], {t, cols, cols, codes, sx, zx, ag}, x, codes, sx, zx,
                                    y, isa, th};
                 run_quantize(&s); /* codes for the product */
@@ -148,9 +152,9 @@ static int grouped_main(int64_t rows, int64_t cols, int reps)
                 }
                 char name[16];
                 snprintf(name, sizeof name, "%lld", (long long)groups[g]);
-                printf("%6lld %3d %6s %11.3f %8.2fx %13.3f %8.2fx\n", (long long)t, th,
-                       g == 0 ? "row" : name, tp * 1e3, tp / base_p, (tq + tp) * 1e3,
-                       (tq + tp) / base_qp);
+                printf("%6lld %3d %6s %6s %11.3f %8.2fx %13.3f %8.2fx\n", (long long)t, th,
+                       g == 0 ? "row" : name, per_group ? "group" : "token", tp * 1e3,
+                       tp / base_p, (tq + tp) * 1e3, (tq + tp) / base_qp);
             }
         }
     bench_print_load(" at end");
