@@ -321,6 +321,31 @@ START_TEST(bad_values_refused)
 }
 END_TEST
 
+/* A group whose range max - min overflows float (only the last token's second group here) is
+ * DQ_ERR_NONFINITE with y untouched, as a token's is without groups. */
+START_TEST(overflowing_group_refused)
+{
+    test_rng r = {13};
+    dq_qmatrix *q = make_weights(&r, NULL, 16, 96, 32, DQ_QUANT_ASYM, NULL);
+    dq_linear *lin = make_layer(NULL, NULL, q, 32, DQ_QUANT_ASYM, 1.0f);
+    float x[3 * 96], y[3 * 16];
+    test_fill_activations(&r, x, 3, 96, 96, 0);
+    x[2 * 96 + 40] = 3e38f;
+    x[2 * 96 + 41] = -3e38f;
+    memset(y, 0x5A, sizeof y);
+    ck_assert_int_eq(dq_linear_forward(lin, x, 3, 96, 96, y, 16, NULL, 0), DQ_ERR_NONFINITE);
+    for (size_t i = 0; i < sizeof y / sizeof y[0]; i++) {
+        uint32_t bits;
+        memcpy(&bits, &y[i], sizeof bits);
+        ck_assert_uint_eq(bits, 0x5A5A5A5Au);
+    }
+    x[2 * 96 + 41] = 3e38f; /* the same group, now of one sign: finite */
+    ck_assert_int_eq(dq_linear_forward(lin, x, 3, 96, 96, y, 16, NULL, 0), DQ_OK);
+    dq_linear_free(lin);
+    dq_qmatrix_free(q);
+}
+END_TEST
+
 /* The 1.0 layout (ending at act_clip_ratio) is still accepted and means per-token
  * activations, whatever lies beyond it in the caller's memory. */
 START_TEST(older_struct_size)
@@ -362,6 +387,7 @@ static Suite *act_groups_suite(void)
     tcase_add_test(tc, matches_float_simulation);
     tcase_add_test(tc, routes_threads_and_shared_input);
     tcase_add_test(tc, bad_values_refused);
+    tcase_add_test(tc, overflowing_group_refused);
     tcase_add_test(tc, older_struct_size);
     suite_add_tcase(s, tc);
     return s;
