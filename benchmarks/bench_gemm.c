@@ -10,7 +10,14 @@
  * its share above 100 % is its gain over any VNNI kernel), and sgemm its share of the FMA peak
  * of all online cores.
  *
- * usage: bench_gemm [outputs [inputs [group [repeats]]]]   defaults 4096 4096 0 (whole rows) 7 */
+ * usage: bench_gemm [outputs [inputs [group [repeats]]]]   defaults 4096 4096 0 (whole rows) 7
+ *
+ * bench_gemm --groups [outputs [inputs [repeats]]] compares grouped W4A4 instead: weights and
+ * activations per group of 32, 64 and 128 against whole rows (per-token activations), the
+ * fastest kernel, 1 and 2 threads, at 1, 32 and 512 tokens: the product alone and the
+ * activation quantization plus the product (what a layer runs after its transform), each
+ * with its ratio to whole rows measured in the same run; also grouped weights with per-token
+ * activations (acts "token"), which isolates what the activation groups add. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
@@ -49,6 +56,120 @@ static void run_read(void *arg)
     bench_sink += bench_stream_read(r->buf, r->bytes, r->threads);
 }
 
+/* ---- grouped against whole rows ---- */
+
+typedef struct grouped_setup {
+    const dq__wprep *w;
+    dq__aq a;
+    const float *x;
+    uint8_t *codes;
+    float *sx;
+    int32_t *zx;
+    float *y;
+    int32_t isa, threads;
+} grouped_setup;
+
+static void run_quantize(void *arg)
+{
+    const grouped_setup *s = arg;
+    const dq_context *ctx = bench_threads(s->threads);
+    if (s->a.groups > 0)
+        dq__quantize_groups_isa(s->isa, s->x, s->a.rows, s->a.cols, s->a.cols, s->w->group_len,
+                                4, DQ_QUANT_ASYM, 1.0f, s->codes, s->a.code_ld, s->sx, s->zx,
+                                ctx);
+    else
+        dq__quantize_tokens_isa(s->isa, s->x, s->a.rows, s->a.cols, s->a.cols, 4, DQ_QUANT_ASYM,
+                                1.0f, s->codes, s->a.code_ld, s->sx, s->zx, ctx);
+}
+
+static void run_product(void *arg)
+{
+    const grouped_setup *s = arg;
+    dq__gemm_w_a_isa(s->isa, s->w, &s->a, NULL, s->y, s->w->rows, bench_threads(s->threads));
+}
+
+static void free_weights(dq__wprep *w)
+{
+    w->kernel_free(&w->ctx, w->kernel);
+    free(w->codes);
+    free(w->scales);
+    free(w->zeros);
+    free(w->code_sums);
+    free(w);
+}
+
+static int grouped_main(int64_t rows, int64_t cols, int reps)
+{
+    const int64_t groups[] = {0, 32, 64, 128};
+    const int64_t tokens[] = {1, 32, 512};
+    const int64_t max_t = 512, n_groups = (int64_t)(sizeof groups / sizeof groups[0]);
+    dq__wprep *w[4];
+    for (int64_t g = 0; g < n_groups; g++)
+        w[g] = bench_random_weights(rows, cols, groups[g]);
+    if (!w[0]->kernel) {
+        fprintf(stderr, "no SIMD kernel on this CPU: nothing to compare\n");
+        return 77;
+    }
+    float *x = malloc((size_t)(max_t * cols) * sizeof *x);
+    uint8_t *codes = malloc((size_t)(max_t * cols));
+    /* Enough scales for groups of 32 (the most per token). */
+    const int64_t per_token = (cols + 31) / 32;
+    float *sx = malloc((size_t)(max_t * per_token) * sizeof *sx);
+    int32_t *zx = malloc((size_t)(max_t * per_token) * sizeof *zx);
+    float *y = malloc((size_t)(max_t * rows) * sizeof *y);
+    if (!x || !codes || !sx || !zx || !y) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    /* Activations with a few large channels, as real layer inputs have. */
+    for (int64_t i = 0; i < max_t * cols; i++) {
+        const double u = (double)(bench_rand64() % 2000001) / 1e6 - 1.0;
+        x[i] = (float)(i % cols % 97 == 0 ? 20.0 * u : u);
+    }
+    const int32_t isa = dq__gemm_isa_best();
+    const char *names[] = {"portable", "avx2", "avx512"};
+    printf("W4A4 %lld x %lld, grouped (weights and activations) against whole rows (per-token "
+           "activations), kernel %s, median of %d\n",
+           (long long)rows, (long long)cols, names[isa], reps);
+    bench_print_cpu();
+    printf("\n%6s %3s %6s %6s %11s %9s %13s %9s\n", "T", "thr", "group", "acts", "product ms",
+           "vs rows", "quant+prod ms", "vs rows");
+    for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++)
+        for (int32_t th = 1; th <= 2; th++) {
+            double base_p = 0.0, base_qp = 0.0;
+            for (int64_t k = 0; k < 2 * n_groups - 1; k++) {
+                const int64_t t = tokens[ti];
+                /* k: whole rows, then per group size: activations per group, per token. */
+                const int64_t g = (k + 1) / 2;
+                const int per_group = g > 0 && k % 2 == 1;
+                const int64_t ag = per_group ? w[g]->groups : 0;
+                grouped_setup s = {w[g], {t, cols, cols, codes, sx, zx, ag}, x, codes, sx, zx,
+                                   y, isa, th};
+                run_quantize(&s); /* codes for the product */
+                const double tq = bench_time(run_quantize, &s, reps, 0);
+                const double tp = bench_time(run_product, &s, reps, 0);
+                if (g == 0) {
+                    base_p = tp;
+                    base_qp = tq + tp;
+                }
+                char name[16];
+                snprintf(name, sizeof name, "%lld", (long long)groups[g]);
+                printf("%6lld %3d %6s %6s %11.3f %8.2fx %13.3f %8.2fx\n", (long long)t, th,
+                       g == 0 ? "row" : name, per_group ? "group" : "token", tp * 1e3,
+                       tp / base_p, (tq + tp) * 1e3, (tq + tp) / base_qp);
+            }
+        }
+    bench_print_load(" at end");
+    for (int64_t g = 0; g < n_groups; g++)
+        free_weights(w[g]);
+    free(x);
+    free(codes);
+    free(sx);
+    free(zx);
+    free(y);
+    return 0;
+}
+
 static void run_ref(void *arg)
 {
     const setup *s = arg;
@@ -57,6 +178,16 @@ static void run_ref(void *arg)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "--groups") == 0) {
+        int64_t r = argc > 2 ? atoll(argv[2]) : 4096, c = argc > 3 ? atoll(argv[3]) : 4096;
+        int n = argc > 4 ? atoi(argv[4]) : 7;
+        if (r <= 0 || c < 128 || n < 1 || n > 64) {
+            fprintf(stderr, "usage: %s --groups [outputs [inputs >= 128 [repeats]]]\n",
+                    argv[0]);
+            return 2;
+        }
+        return grouped_main(r, c, n);
+    }
     int64_t rows = argc > 1 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
     int64_t group = argc > 3 ? atoll(argv[3]) : 0;
     int reps = argc > 4 ? atoi(argv[4]) : 7;
@@ -112,7 +243,7 @@ int main(int argc, char **argv)
            t_mem * 1e6);
 
     for (int cold = 0; cold <= 1; cold++) {
-        setup s = {w, {1, cols, cols, codes, sx, zx}, y, reps};
+        setup s = {w, {1, cols, cols, codes, sx, zx, 0}, y, reps};
         printf("\nGEMV (T=1), %s caches, weights %.2f MiB:\n", cold ? "cold" : "warm",
                (double)wbytes / 1048576.0);
         for (int32_t th = 1; th <= 2; th++) {
@@ -137,11 +268,11 @@ int main(int argc, char **argv)
            "GOPS", "vs portable", "vs sgemm", "%peak", "cpu ms", "%pk/cpu");
     for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++) {
         const int64_t t = tokens[ti];
-        setup s = {w, {t, cols, cols, codes, sx, zx}, y, reps};
+        setup s = {w, {t, cols, cols, codes, sx, zx, 0}, y, reps};
         const double ops = 2.0 * (double)t * (double)rows * (double)cols;
         /* The portable kernel is slow: timed on at most 32 tokens and scaled per token. */
         const int64_t tref = t < 32 ? t : 32;
-        setup sr = {w, {tref, cols, cols, codes, sx, zx}, y, reps};
+        setup sr = {w, {tref, cols, cols, codes, sx, zx, 0}, y, reps};
         const double t_ref = bench_time(run_ref, &sr, reps < 3 ? reps : 3, 0) * (double)t /
                              (double)tref;
         double tb[64];

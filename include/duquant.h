@@ -992,9 +992,20 @@ typedef struct dq_linear_params {
     int32_t act_bits;     /**< 4 (default) or 8; 0 = weight-only (float activations, W4A16) */
     int32_t act_scheme;   /**< DQ_QUANT_ASYM (default) or DQ_QUANT_SYM, per token */
     float act_clip_ratio; /**< (0, 1], default 1: clip factor on each token's min and max */
+    /** Activation groups: 0 (default) quantizes each token as a whole; > 0 gives each token
+     *  a scale (and zero point) per group of that many input features, the last group
+     *  shorter when it does not divide in_features (as for weights), with the clip applied
+     *  to each group's min and max. The weights must be packed with the same
+     *  dq_quant_params.group_size (the product then sums, per group, the integer dot product
+     *  times both group scales), else dq_linear_create returns DQ_ERR_SHAPE, as it does for a
+     *  size above in_features; a negative size, or a size with act_bits 0, is
+     *  DQ_ERR_INVALID_ARG. Layers with activation groups are not stored in files yet
+     *  (dq_file_writer_add_linear: DQ_ERR_UNSUPPORTED). @since 1.2 */
+    int32_t act_group_size;
 } dq_linear_params;
 
-/** @brief Fill p with defaults (W4A4, asymmetric per-token activations, no clip). @since 1.0 */
+/** @brief Fill p with defaults (W4A4, asymmetric per-token activations, no clip, no activation
+ *  groups). @since 1.0 */
 DQ_API dq_status dq_linear_params_init(dq_linear_params *p, size_t struct_size);
 
 /** @brief Create a layer.
@@ -1045,8 +1056,10 @@ DQ_API dq_status dq_linear_forward(const dq_linear *lin, const float *x, int64_t
 /* Shared-input groups (1.2): layers that read the same input (q, k, v; gate, up) transform and
  * quantize it once and run their products on the shared activations. A group is an array of
  * layers created with the same plan object (or all with none), the same in_features and the
- * same act_bits, act_scheme and act_clip_ratio; the layers' weights, groups, bias and
- * out_features may differ. THREAD SAFETY as dq_linear_forward: the layers are only read. */
+ * same act_bits, act_scheme, act_clip_ratio and act_group_size; the layers' weights, groups,
+ * bias and out_features may differ (weight groups only as far as act_group_size allows: with
+ * activation groups every layer's weights have those groups). THREAD SAFETY as
+ * dq_linear_forward: the layers are only read. */
 
 /** @brief Bytes of workspace dq_linear_forward_group needs for rows tokens (0 for rows = 0).
  *  Any alignment of the buffer is fine; a workspace sized for rows serves fewer rows.
@@ -1311,7 +1324,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_writer_spool(dq_file_writer *w, const char
  *  too: plan_prefix must name a plan added to this writer before, the one the weights were
  *  transformed by (same fingerprint), and weights that record a plan need a plan_prefix;
  *  otherwise DQ_ERR_MISMATCH. Weights packed without a fingerprint are added with a
- *  DQ_LOG_WARN line.
+ *  DQ_LOG_WARN line. p->act_group_size other than 0 is DQ_ERR_UNSUPPORTED: the format has
+ *  no field for activation groups yet.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG, DQ_ERR_SHAPE, DQ_ERR_MISMATCH, DQ_ERR_NONFINITE,
  *  DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED. @since 1.0 */
 DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix,
@@ -1340,7 +1354,8 @@ DQ_API DQ_NODISCARD dq_status dq_file_reader_get_linear(const dq_file_reader *r,
  *  Ownership: lin is only read (any layer: created, or loaded from a file of any version).
  *  Thread safety: as the other writer calls (one thread per writer).
  *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL, invalid or taken name), DQ_ERR_NOMEM,
- *  DQ_ERR_OVERFLOW. @since 1.2 */
+ *  DQ_ERR_OVERFLOW, DQ_ERR_UNSUPPORTED (a layer with activation groups, see
+ *  dq_file_writer_add_linear). @since 1.2 */
 DQ_API DQ_NODISCARD dq_status dq_file_writer_add_linear_layer(dq_file_writer *w,
                                                               const char *prefix,
                                                               const dq_linear *lin,

@@ -24,6 +24,21 @@ expect_fail --model "$tmp/missing.bin"
 expect_fail --eval "$tmp/missing.txt"
 printf 'not a model' >"$tmp/bad.bin"
 expect_fail --model "$tmp/bad.bin"
+expect_fail --groups -1
+expect_fail --groups x
+expect_fail --methods duquant_lwc --groups 32 --max-windows 1 --steps 0
+
+# --groups: weights and activations per group (w2's 172-wide input ends in a group of 12).
+rows=$("$engine" --methods rtn --format tsv --max-windows 2 --steps 0 | tail -n 1)
+grouped=$("$engine" --methods rtn,gptq --groups 32 --format tsv --max-windows 2 --steps 0)
+if [ "$(wc -l <<<"$grouped")" -eq 3 ] && grep -q '^gptq	' <<<"$grouped" &&
+   [ "$(cut -f2 <<<"$rows")" != "$(sed -n 2p <<<"$grouped" | cut -f2)" ]; then
+    echo "ok: --groups 32: $(sed -n 2p <<<"$grouped" | cut -f1,2), whole rows $(cut -f2 <<<"$rows")"
+else
+    echo "FAILED: --groups 32:"
+    echo "$grouped"
+    fail=1
+fi
 
 out=$("$engine" --methods fp32 --format tsv --max-windows 2 --steps 0 --sample-tokens 40 \
       --calib-tokens 100 --dump-calib "$tmp")

@@ -1,6 +1,7 @@
 /* Integer products: every SIMD kernel this CPU runs against the portable oracle, bit for bit,
  * on random and extreme operands, odd sizes, unaligned rows, 4 and 8 bits, groups that divide
- * the width and groups that do not, 1 to 2048 tokens and 1 to 4 threads. */
+ * the width and groups that do not, activations per token or per group, 1 to 2048 tokens and
+ * 1 to 4 threads. */
 #include <check.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,6 +54,23 @@ static acts make_acts(test_rng *r, int64_t rows, int64_t cols, int32_t bits, int
     return a;
 }
 
+/* Scales and zero points per token and group instead (groups of the weights). */
+static void group_acts(test_rng *r, acts *a, int64_t groups, int32_t bits, int style)
+{
+    const int64_t n = a->aq.rows * groups;
+    a->scales = realloc(a->scales, (size_t)n * sizeof(float));
+    a->zeros = realloc(a->zeros, (size_t)n * sizeof(int32_t));
+    const int32_t top = (1 << bits) - 1;
+    for (int64_t i = 0; i < n; i++) {
+        a->scales[i] = test_rand_scale(r, style);
+        a->zeros[i] = style == EXTREME && (i % 3 == 1) ? test_rand_int(r, -1000, 1000)
+                                                       : test_rand_int(r, 0, top);
+    }
+    a->aq.scales = a->scales;
+    a->aq.zeros = a->zeros;
+    a->aq.groups = groups;
+}
+
 static void free_acts(acts *a)
 {
     free(a->buf);
@@ -71,10 +89,12 @@ static void naive_gemm(const dq__wprep *w, const dq__aq *a, const float *bias, f
                 int64_t s = 0;
                 for (int64_t j = g * w->group_len; j < w->cols && j < (g + 1) * w->group_len;
                      j++)
-                    s += ((int64_t)a->codes[t * a->code_ld + j] - a->zeros[t]) *
+                    s += ((int64_t)a->codes[t * a->code_ld + j] -
+                          a->zeros[a->groups ? t * a->groups + g : t]) *
                          ((int64_t)w->codes[o * w->code_ld + j] - w->zeros[o * w->groups + g]);
                 ck_assert(s >= INT32_MIN && s <= INT32_MAX);
-                float scale = a->scales[t] * w->scales[o * w->groups + g];
+                const int64_t ai = a->groups ? t * a->groups + g : t;
+                float scale = a->scales[ai] * w->scales[o * w->groups + g];
                 acc += scale * (float)(int32_t)s;
             }
             y[t * ldy + o] = acc;
@@ -83,13 +103,16 @@ static void naive_gemm(const dq__wprep *w, const dq__aq *a, const float *bias, f
 
 static int64_t compared;
 
-/* Every supported kernel, on 1..max_threads threads, equals the oracle bit for bit. */
-static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, int32_t wbits,
-                       int32_t abits, int64_t group_len, int style, int with_bias,
-                       int max_threads)
+/* Every supported kernel, on 1..max_threads threads, equals the oracle bit for bit;
+ * act_groups: activations per group of the weights (else per token). */
+static void check_case_acts(test_rng *r, int64_t tokens, int64_t rows, int64_t cols,
+                            int32_t wbits, int32_t abits, int64_t group_len, int style,
+                            int with_bias, int max_threads, int act_groups, int sym)
 {
-    dq__wprep *w = test_random_wprep(r, rows, cols, wbits, group_len, style, 0);
+    dq__wprep *w = test_random_wprep(r, rows, cols, wbits, group_len, style, sym);
     acts a = make_acts(r, tokens, cols, abits, (tokens + cols) % 5, style);
+    if (act_groups)
+        group_acts(r, &a, w->groups, abits, style);
     float *bias = NULL;
     if (with_bias) {
         bias = malloc((size_t)rows * sizeof *bias);
@@ -129,6 +152,37 @@ static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, 
     free_acts(&a);
     test_free_wprep(w);
 }
+
+static void check_case(test_rng *r, int64_t tokens, int64_t rows, int64_t cols, int32_t wbits,
+                       int32_t abits, int64_t group_len, int style, int with_bias,
+                       int max_threads)
+{
+    check_case_acts(r, tokens, rows, cols, wbits, abits, group_len, style, with_bias,
+                    max_threads, 0, 0);
+}
+
+/* Activations per group (a scale and zero point per token and weight group): groups of 32, 64
+ * and 128, a short last group (200 = 64 + 64 + 64 + 8; 100 = 32 x 3 + 4), groups of odd
+ * length (the packed copy), odd token counts, ASYM and SYM weights, 1 to 4 threads. */
+START_TEST(grouped_acts_bit_exact)
+{
+    test_rng r = {909};
+    const int64_t shapes[][2] = {{256, 32}, {256, 64}, {384, 128}, {200, 64},
+                                 {100, 32}, {172, 32}, {90, 15},   {64, 64}};
+    const int64_t tokens[] = {1, 3, 7, 13, 33};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+        for (size_t t = 0; t < sizeof tokens / sizeof tokens[0]; t++)
+            for (int sym = 0; sym <= 1; sym++) {
+                const int style = (int)((k + t) & 1);
+                check_case_acts(&r, tokens[t], 37, shapes[k][0], 4, 4, shapes[k][1], style,
+                                sym, t == 4 ? 4 : 1, 1, sym);
+            }
+    /* 8 bits, and enough work to split over threads by blocks and by token tiles. */
+    check_case_acts(&r, 9, 40, 256, 8, 8, 64, EXTREME, 1, 2, 1, 0);
+    check_case_acts(&r, 64, 256, 512, 4, 4, 128, PLAIN, 1, 4, 1, 0);
+    check_case_acts(&r, 515, 40, 320, 4, 4, 32, EXTREME, 0, 4, 1, 1);
+}
+END_TEST
 
 /* Odd sizes: remainders in tokens (tiles of 8), outputs (blocks of 16) and k (steps of 8). */
 START_TEST(odd_sizes_bit_exact)
@@ -315,6 +369,70 @@ START_TEST(quantize_bit_exact)
 END_TEST
 
 
+/* Per-group quantization on every instruction set: each group equals the per-token reference
+ * run on that group alone (codes, scales, zero points), and the row padding is cleared. */
+static void check_quantize_groups(test_rng *r, int64_t rows, int64_t cols, int64_t gl,
+                                  int32_t bits, int32_t scheme, float clip, int kind)
+{
+    const int64_t ldx = cols + 3, code_ld = cols + 5, groups = (cols + gl - 1) / gl;
+    const size_t ng = (size_t)(rows * groups);
+    float *x = malloc((size_t)(rows * ldx) * sizeof *x);
+    fill_rows(r, x, rows, cols, ldx, kind);
+    uint8_t *want = malloc((size_t)(rows * code_ld)), *got = malloc((size_t)(rows * code_ld));
+    float *ws = malloc(ng * sizeof *ws), *gs = malloc(ng * sizeof *gs);
+    int32_t *wz = malloc(ng * sizeof *wz), *gz = malloc(ng * sizeof *gz);
+    memset(want, 0, (size_t)(rows * code_ld));
+    for (int64_t t = 0; t < rows; t++)
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t j0 = g * gl, len = j0 + gl < cols ? gl : cols - j0;
+            dq__quantize_tokens_ref(x + t * ldx + j0, 1, len, len, bits, scheme, clip,
+                                    want + t * code_ld + j0, len, ws + t * groups + g,
+                                    wz + t * groups + g);
+        }
+    memset(got, 0xA5, (size_t)(rows * code_ld));
+    dq__quantize_groups_ref(x, rows, cols, ldx, gl, bits, scheme, clip, got, code_ld, gs, gz);
+    ck_assert(memcmp(want, got, (size_t)(rows * code_ld)) == 0);
+    ck_assert(memcmp(ws, gs, ng * sizeof *ws) == 0 && memcmp(wz, gz, ng * sizeof *wz) == 0);
+    for (size_t v = 0; v < sizeof isas / sizeof isas[0]; v++) {
+        if (!dq__gemm_isa_supported(isas[v]))
+            continue;
+        for (int th = 1; th <= 4; th++) {
+            memset(got, 0xA5, (size_t)(rows * code_ld));
+            dq__quantize_groups_isa(isas[v], x, rows, cols, ldx, gl, bits, scheme, clip, got,
+                                    code_ld, gs, gz, test_threads(th));
+            ck_assert_msg(memcmp(want, got, (size_t)(rows * code_ld)) == 0,
+                          "%s codes differ: %lld x %lld groups of %lld bits %d scheme %d",
+                          isa_names[v], (long long)rows, (long long)cols, (long long)gl, bits,
+                          scheme);
+            ck_assert(memcmp(ws, gs, ng * sizeof *ws) == 0);
+            ck_assert(memcmp(wz, gz, ng * sizeof *wz) == 0);
+            compared++;
+        }
+    }
+    free(x);
+    free(want);
+    free(got);
+    free(ws);
+    free(gs);
+    free(wz);
+    free(gz);
+}
+
+START_TEST(quantize_groups_bit_exact)
+{
+    test_rng r = {1010};
+    const int64_t shapes[][2] = {{256, 32}, {256, 64}, {256, 128}, {172, 32}, {100, 64},
+                                 {33, 32},  {7, 4}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+        for (int32_t scheme = DQ_QUANT_ASYM; scheme <= DQ_QUANT_SYM; scheme++)
+            for (int kind = RANDOM_ROWS; kind <= FLAT_ROWS; kind++) {
+                check_quantize_groups(&r, 5, shapes[k][0], shapes[k][1], 4, scheme, 1.0f, kind);
+                check_quantize_groups(&r, 3, shapes[k][0], shapes[k][1], 8, scheme, 0.9f, kind);
+            }
+    check_quantize_groups(&r, 999, 512, 32, 4, DQ_QUANT_ASYM, 0.95f, RANDOM_ROWS);
+}
+END_TEST
+
 /* From float weights and activations, as dq_linear runs: packed matrices of every format
  * through dq__wprep_create (which repacks for the kernels), tokens through the quantizer. */
 START_TEST(packed_matrices_bit_exact)
@@ -346,7 +464,7 @@ START_TEST(packed_matrices_bit_exact)
                 int32_t *zx = malloc((size_t)tokens * sizeof *zx);
                 dq__quantize_tokens_ref(x, tokens, cols, cols, bits, scheme, 0.9f, codes, code_ld,
                                         sx, zx);
-                const dq__aq a = {tokens, cols, code_ld, codes, sx, zx};
+                const dq__aq a = {tokens, cols, code_ld, codes, sx, zx, 0};
                 float *want = test_new_output(tokens, rows), *y = test_new_output(tokens, rows);
                 dq__gemm_w_a_ref(w, &a, NULL, want, rows);
                 for (size_t v = 0; v < sizeof isas / sizeof isas[0]; v++) {
@@ -430,6 +548,8 @@ static Suite *gemm_suite(void)
     tcase_add_test(tc, amx_shapes_bit_exact);
     tcase_add_test(tc, weight_only_threads_bit_exact);
     tcase_add_test(tc, quantize_bit_exact);
+    tcase_add_test(tc, grouped_acts_bit_exact);
+    tcase_add_test(tc, quantize_groups_bit_exact);
     tcase_add_test(tc, packed_matrices_bit_exact);
     tcase_add_test(tc, overflowing_sums_fall_back);
     suite_add_tcase(s, tc);

@@ -196,7 +196,7 @@ START_TEST(product_follows_identity_and_epilogue)
                 int32_t zx[5];
                 dq__quantize_tokens_ref(x, tokens, cols, cols, bits, scheme, 1.0f, codes,
                                         code_ld, sx, zx);
-                const dq__aq a = {tokens, cols, code_ld, codes, sx, zx};
+                const dq__aq a = {tokens, cols, code_ld, codes, sx, zx, 0};
                 float y[5 * 9], y_nobias[5 * 9];
                 dq__gemm_w_a_ref(wp, &a, bias, y, 9);
                 dq__gemm_w_a_ref(wp, &a, NULL, y_nobias, 9);

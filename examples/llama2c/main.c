@@ -93,6 +93,8 @@ static void usage(FILE *f, const options *o)
             "                       linear input the --act-clip-grid entry with the lowest\n"
             "                       layer-output error on the calibration sample)\n"
             "  --act-clip-grid LIST clip candidates in (0, 1] (default 1,0.95,0.9,0.85)\n"
+            "  --groups N           weights and activations per group of N input channels\n"
+            "                       (default 0: per row and per token)\n"
             "  --settings 0|1       print the chosen block and clip of every linear input\n"
             "                       (tab-separated lines \"settings\", on stderr; default 0)\n"
             "  --w-clip R           W4A4 fixed weight clip ratio without LWC (default %.2f)\n"

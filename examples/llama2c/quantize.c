@@ -204,6 +204,8 @@ int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, i
     }
     else if (strcmp(key, "--w-clip") == 0)
         *bad = l2c_parse_float(value, 1e-3, 1, &o->w_clip);
+    else if (strcmp(key, "--groups") == 0)
+        *bad = int_option(value, 0, 1 << 20, &o->groups);
     else if (strcmp(key, "--lwc-lr") == 0)
         *bad = l2c_parse_float(value, 1e-9, 10, &o->lwc_lr);
     else if (strcmp(key, "--block-choice") == 0) {
@@ -727,8 +729,19 @@ static int pack_weight(dq_context *ctx, const l2c_model *m, const l2c_calibratio
         goto out;
     }
     memcpy(w, w0, (size_t)(rows * cols) * sizeof *w);
+    /* Groups wider than the input are whole rows. GPTQ takes only groups that divide the
+     * width: other inputs (a 172-wide w2 in groups of 32) are rounded to nearest, per group. */
+    const int32_t group = o->groups > 0 && o->groups < cols ? o->groups : 0;
+    const int use_gptq = hs && (group == 0 || cols % group == 0);
+    if (hs && !use_gptq && l == 0)
+        fprintf(stderr, "%s: width %lld not a multiple of groups of %d: rounded to nearest\n",
+                l2c_input_name(in), (long long)cols, (int)group);
+    if (method->lwc && group > 0) {
+        fprintf(stderr, "--groups: learned clipping is per row only\n");
+        goto out;
+    }
     /* GPTQ transforms the original weights itself (the Hessian holds the plan). */
-    if (plan && !hs && check(dq_plan_transform_weight(plan, w, rows, cols, cols),
+    if (plan && !use_gptq && check(dq_plan_transform_weight(plan, w, rows, cols, cols),
                       "dq_plan_transform_weight", l, l2c_input_name(in)))
         goto out;
     dq_quant_params wq;
@@ -736,6 +749,7 @@ static int pack_weight(dq_context *ctx, const l2c_model *m, const l2c_calibratio
     wq.bits = method->w_bits;
     wq.scheme = DQ_QUANT_ASYM;
     wq.clip_ratio = method->w_bits == 4 ? o->w_clip : 1.0f;
+    wq.group_size = group;
     /* Bound to the plan that transformed them: the layer refuses any other. */
     if (plan && check(dq_plan_fingerprint(plan, &wq.plan_fingerprint), "dq_plan_fingerprint", l,
                       l2c_input_name(in)))
@@ -744,7 +758,7 @@ static int pack_weight(dq_context *ctx, const l2c_model *m, const l2c_calibratio
     if (learned && learn_clip(ctx, cal, plan, l, in, &wq, w, rows, cols, o, hi, lo,
                               method->a_bits))
         goto out;
-    if (hs) {
+    if (use_gptq) {
         dq_gptq_params gp;
         l2c_gptq_params(&gp);
         if (check(dq_gptq_pack(ctx, &gp, &wq, hs, w, rows, cols, cols, NULL, NULL, 0, qm),
@@ -771,6 +785,11 @@ static int make_linear(dq_context *ctx, const dq_plan *plan, const dq_qmatrix *q
     lp.act_bits = method->a_bits;
     lp.act_scheme = DQ_QUANT_ASYM;
     lp.act_clip_ratio = method->a_bits == 4 ? clip : 1.0f;
+    /* Grouped weights (--groups): the activations take the same groups. */
+    int32_t group = 0;
+    if (method->a_bits > 0 && dq_qmatrix_layout(qm, NULL, NULL, NULL, NULL, &group, NULL,
+                                                NULL) == DQ_OK)
+        lp.act_group_size = group;
     return check(dq_linear_create(ctx, &lp, plan, qm, NULL, out), "dq_linear_create", l,
                  l2c_input_name(in));
 }

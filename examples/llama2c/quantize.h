@@ -40,6 +40,8 @@ typedef struct l2c_quant_options {
     int32_t input_block[L2C_N_INPUTS]; /* > 0: that input's plan block, fixed (set by
                                l2c_quantize or a block-by-block caller for L2C_BLOCK_FIRST) */
     int32_t threads;        /* threads of the float reference products (0 or 1: one) */
+    int32_t groups;         /* > 0: weights and (W4A4) activations quantized per group of this
+                               many input channels (0: per row and per token) */
 } l2c_quant_options;
 
 enum { L2C_BLOCK_EACH, L2C_BLOCK_FIRST };
@@ -51,7 +53,8 @@ int l2c_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out);
 int l2c_parse_float(const char *s, double lo, double hi, float *out);
 /* The quantization settings every program takes (--block, --hadamard-block, --rot-steps,
  * --perm-times, --dq-smooth, --lwc-epochs, --lwc-batch, --lwc-act, --seed, --alpha,
- * --act-clip, --w-clip, --lwc-lr, --act-clip-grid, --block-grid, --block-choice each|first;
+ * --act-clip, --w-clip, --lwc-lr, --act-clip-grid, --block-grid, --block-choice each|first,
+ * --groups N;
  * --block, --hadamard-block
  * and --act-clip also take "auto"): returns 1 when key is one of them (*bad set to -1 when value
  * is out of range, o unchanged then), 0 when it is not. */

@@ -132,7 +132,7 @@ class LwcParams(_Params):
 class LinearParams(_Params):
     _init = "dq_linear_params_init"
     _fields_ = [("struct_size", _u32), ("flags", _u32), ("act_bits", _i32),
-                ("act_scheme", _i32), ("act_clip_ratio", _f32)]
+                ("act_scheme", _i32), ("act_clip_ratio", _f32), ("act_group_size", _i32)]
 
 
 class FileParams(_Params):

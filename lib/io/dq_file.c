@@ -2109,6 +2109,11 @@ DQ_API dq_status dq_file_writer_add_linear(dq_file_writer *w, const char *prefix
     dq_status st = dq__linear_check(&w->ctx, __func__, p, weights, bias, &checked);
     if (st != DQ_OK)
         return st;
+    /* The format has no field for them: a reader would quantize per token. */
+    if (checked.act_group_size != 0)
+        return DQ_FAIL(&w->ctx, DQ_ERR_UNSUPPORTED,
+                       "layer '%s': act_group_size %d (activation groups are not stored in "
+                       "files)", prefix, (int)checked.act_group_size);
     if ((st = check_linear_plan(w, prefix, plan_prefix, weights->plan_fingerprint)) != DQ_OK)
         return st;
     dq_linear_params lp;
@@ -2333,9 +2338,9 @@ static dq_status add_linear_layer_parts(dq_file_writer *w, const char *prefix,
     const dq_context *c = &w->ctx;
     const dq__wprep *wq = dq__linear_weights(lin);
     const dq__wpack *wp = wq->kernel;
-    int32_t act_bits, act_scheme;
+    int32_t act_bits, act_scheme, act_group;
     float act_clip;
-    dq__linear_act(lin, &act_bits, &act_scheme, &act_clip);
+    dq__linear_act(lin, &act_bits, &act_scheme, &act_clip, &act_group);
     char *wpre = join(c, prefix, "weight");
     if (!wpre)
         return DQ_FAIL(c, DQ_ERR_NOMEM, "tensor name '%s.weight'", prefix);
@@ -2430,6 +2435,14 @@ DQ_API dq_status dq_file_writer_add_linear_layer(dq_file_writer *w, const char *
         return DQ_FAIL(&w->ctx, st, "layer '%s': no scratch to fingerprint its plan", prefix);
     if ((st = check_linear_plan(w, prefix, plan_prefix, plan_fp)) != DQ_OK)
         return st;
+    int32_t act_bits, act_scheme, act_group;
+    float act_clip;
+    dq__linear_act(lin, &act_bits, &act_scheme, &act_clip, &act_group);
+    /* The format has no field for them: a reader would quantize per token. */
+    if (act_group != 0)
+        return DQ_FAIL(&w->ctx, DQ_ERR_UNSUPPORTED,
+                       "layer '%s': act_group_size %d (activation groups are not stored in "
+                       "files)", prefix, (int)act_group);
     size_t n = w->n, n_meta = w->n_meta;
     st = add_linear_layer_parts(w, prefix, lin, plan_prefix, plan_fp);
     if (st != DQ_OK) {

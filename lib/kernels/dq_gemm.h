@@ -54,13 +54,18 @@ typedef struct dq__wprep {
     void (*kernel_free)(const dq_context *ctx, void *kernel);
 } dq__wprep;
 
-/* Quantized activations: rows tokens of cols unsigned codes (code_ld >= cols), per-token scale
- * and integer zero point. */
+/* Quantized activations: rows tokens of cols unsigned codes (code_ld >= cols), with a scale
+ * and an integer zero point per token (groups 0), or per token and group: groups > 0 must equal
+ * the weights' groups (same group length, the last one possibly shorter), and scales, zeros
+ * hold rows x groups entries, token-major. Then sx and zx above are the group's own, so
+ *     y = bias + sum over g of (sx_g * sw_g) * (float)acc_g
+ * with the same order and roundings as per token. */
 typedef struct dq__aq {
     int64_t rows, cols, code_ld;
     const uint8_t *codes;
     const float *scales;
     const int32_t *zeros;
+    int64_t groups; /* 0: per token */
 } dq__aq;
 
 /* Build the prepared form of a packed matrix (any bits / scheme / group size it supports). */
@@ -73,6 +78,13 @@ void dq__wprep_free(dq__wprep *w);
 void dq__quantize_tokens_ref(const float *x, int64_t rows, int64_t cols, int64_t ldx,
                              int32_t bits, int32_t scheme, float clip, uint8_t *codes,
                              int64_t code_ld, float *scales, int32_t *zeros);
+
+/* Per-group quantization: each token's groups of group_len elements (the last one shorter when
+ * group_len does not divide cols) quantized as dq__quantize_tokens_ref quantizes a token, into
+ * scales and zeros of rows x ceil(cols / group_len) entries, token-major. */
+void dq__quantize_groups_ref(const float *x, int64_t rows, int64_t cols, int64_t ldx,
+                             int64_t group_len, int32_t bits, int32_t scheme, float clip,
+                             uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros);
 
 /* y (a->rows x w->rows, ldy) = dequantized product, plus bias (w->rows floats) when not NULL.
  * The portable oracle (reads the repacked form, which w must have). */
@@ -101,6 +113,10 @@ void dq__wprep_unpack_row(const dq__wprep *w, int64_t r, int8_t *codes, float *s
 void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx, int32_t bits,
                          int32_t scheme, float clip, uint8_t *codes, int64_t code_ld,
                          float *scales, int32_t *zeros, const dq_context *ctx);
+void dq__quantize_groups(const float *x, int64_t rows, int64_t cols, int64_t ldx,
+                         int64_t group_len, int32_t bits, int32_t scheme, float clip,
+                         uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros,
+                         const dq_context *ctx);
 dq_status dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
                        int64_t ldy, const dq_context *ctx);
 void dq__gemm_w_f32(const dq__wprep *w, const float *x, int64_t rows, int64_t ldx,

@@ -119,8 +119,9 @@ static DQ_GEMM_INLINE void micro(const int MR, const int NB, const dq__wpack *wp
             if (i >= mvalid)
                 continue;
             const __m256i su = _mm256_set1_epi32(sums[g * DQ_GEMM_TILE + i0 + i]);
-            const __m256i zi = _mm256_set1_epi32(zx[i]);
-            const __m256 si = _mm256_set1_ps(sx[i]);
+            const int64_t ai = i * ap->act_token + g * ap->act_group;
+            const __m256i zi = _mm256_set1_epi32(zx[ai]);
+            const __m256 si = _mm256_set1_ps(sx[ai]);
             float *yi = y + (size_t)i * (size_t)ldy;
             DQ_GEMM_UNROLL
             for (int j = 0; j < NB; j++)
@@ -180,8 +181,8 @@ void dq__gemm_tiles_avx2(const dq__wprep *w, const dq__apack *ap, const dq__aq *
                 const int64_t left = ap->rows - t0;
                 const int mvalid = left < 4 ? (int)left : 4;
                 float *yt = y + (size_t)t0 * (size_t)ldy + o0;
-                const float *sx = a->scales + t0;
-                const int32_t *zx = a->zeros + t0;
+                const float *sx = a->scales + t0 * ap->act_token;
+                const int32_t *zx = a->zeros + t0 * ap->act_token;
                 if (nb == 4)
                     micro_1_4(wp, b, ap, t, i0, sx, zx, mvalid, last_valid, bb, yt, ldy);
                 else if (nb == 3)

@@ -117,8 +117,9 @@ static DQ_GEMM_INLINE void micro(const int MR, const int NB, const int bits8, co
             if (i >= mvalid)
                 continue;
             const __m512i su = _mm512_set1_epi32(sums[g * DQ_GEMM_TILE + i]);
-            const __m512i zi = _mm512_set1_epi32(zx[i]);
-            const __m512 si = _mm512_set1_ps(sx[i]);
+            const int64_t ai = i * ap->act_token + g * ap->act_group;
+            const __m512i zi = _mm512_set1_epi32(zx[ai]);
+            const __m512 si = _mm512_set1_ps(sx[ai]);
             float *yi = y + (size_t)i * (size_t)ldy;
             DQ_GEMM_UNROLL
             for (int j = 0; j < NB; j++) {
@@ -198,7 +199,8 @@ void dq__gemm_tiles_avx512(const dq__wprep *w, const dq__apack *ap, const dq__aq
             const int64_t t0 = t * DQ_GEMM_TILE;
             const int64_t left = ap->rows - t0;
             const int mvalid = left < DQ_GEMM_TILE ? (int)left : DQ_GEMM_TILE;
-            micros[token_class(mvalid)][nb - 1][b8](wp, b, ap, t, a->scales + t0, a->zeros + t0,
+            const int64_t ai = t0 * ap->act_token;
+            micros[token_class(mvalid)][nb - 1][b8](wp, b, ap, t, a->scales + ai, a->zeros + ai,
                                                     mvalid, last_mask, bias ? bias + o0 : NULL,
                                                     y + (size_t)t0 * (size_t)ldy + o0, ldy);
         }

@@ -14,6 +14,15 @@ void dq__quantize_tokens(const float *x, int64_t rows, int64_t cols, int64_t ldx
                             code_ld, scales, zeros, ctx);
 }
 
+void dq__quantize_groups(const float *x, int64_t rows, int64_t cols, int64_t ldx,
+                         int64_t group_len, int32_t bits, int32_t scheme, float clip,
+                         uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros,
+                         const dq_context *ctx)
+{
+    dq__quantize_groups_isa(dq__gemm_isa_best(), x, rows, cols, ldx, group_len, bits, scheme,
+                            clip, codes, code_ld, scales, zeros, ctx);
+}
+
 dq_status dq__gemm_w_a(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
                        int64_t ldy, const dq_context *ctx)
 {

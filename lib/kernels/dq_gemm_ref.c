@@ -142,14 +142,35 @@ void dq__quantize_tokens_ref(const float *x, int64_t rows, int64_t cols, int64_t
     }
 }
 
+void dq__quantize_groups_ref(const float *x, int64_t rows, int64_t cols, int64_t ldx,
+                             int64_t group_len, int32_t bits, int32_t scheme, float clip,
+                             uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros)
+{
+    const int64_t groups = (cols + group_len - 1) / group_len;
+    for (int64_t t = 0; t < rows; t++) {
+        const float *src = x + (size_t)t * (size_t)ldx;
+        uint8_t *dst = codes + (size_t)t * (size_t)code_ld;
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t j0 = g * group_len;
+            const int64_t len = j0 + group_len < cols ? group_len : cols - j0;
+            const size_t i = (size_t)t * (size_t)groups + (size_t)g;
+            dq__quantize_tokens_ref(src + j0, 1, len, len, bits, scheme, clip, dst + j0, len,
+                                    scales + i, zeros + i);
+        }
+        if (code_ld > cols)
+            memset(dst + cols, 0, (size_t)(code_ld - cols));
+    }
+}
+
 void dq__gemm_w_a_ref_rows(const dq__wprep *w, const dq__aq *a, const float *bias, float *y,
                            int64_t ldy, int64_t o_begin, int64_t o_end)
 {
     const dq__wpack *wp = w->kernel;
     for (int64_t t = 0; t < a->rows; t++) {
         const uint8_t *u = a->codes + (size_t)t * (size_t)a->code_ld;
-        const int32_t zx = a->zeros[t];
-        const float sx = a->scales[t];
+        /* Per token: one scale and zero point for every group; grouped: one per group. */
+        const size_t ai = a->groups ? (size_t)t * (size_t)a->groups : (size_t)t;
+        const size_t ag = a->groups ? 1 : 0;
         for (int64_t r = o_begin; r < o_end; r++) {
             const int64_t o = r % DQ_GEMM_BLOCK;
             const size_t b = (size_t)(r / DQ_GEMM_BLOCK);
@@ -162,6 +183,8 @@ void dq__gemm_w_a_ref_rows(const dq__wprep *w, const dq__aq *a, const float *bia
                 const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
                 /* zw plus the code bias: stored code minus it is c - zw. */
                 const int32_t zw = meta[g].zero[o];
+                const int32_t zx = a->zeros[ai + ag * (size_t)g];
+                const float sx = a->scales[ai + ag * (size_t)g];
                 /* The direct form in 64 bits: the exact value the int32 identity in
                  * dq_gemm.h produces whenever it does not overflow. */
                 int64_t sum = 0;

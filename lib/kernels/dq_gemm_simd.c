@@ -385,7 +385,8 @@ static bool sums_fit_int32(const dq__wprep *w, const dq__aq *a)
 {
     const dq__wpack *wp = w->kernel;
     int64_t max_zx = 0;
-    for (int64_t t = 0; t < a->rows; t++) {
+    const int64_t n = a->groups ? a->rows * a->groups : a->rows;
+    for (int64_t t = 0; t < n; t++) {
         const int64_t z = a->zeros[t] < 0 ? -(int64_t)a->zeros[t] : a->zeros[t];
         max_zx = z > max_zx ? z : max_zx;
     }
@@ -458,6 +459,8 @@ void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, con
     }
     if (a->rows <= 0)
         return;
+    /* Grouped activations come in the weights' groups (dq__aq). */
+    DQ_ASSERT(a->groups == 0 || a->groups == w->groups);
     gemm_work_layout l;
     /* The layout fits and work holds it: the caller sized work with dq__gemm_w_a_workspace
      * (the portable kernel below is for operands, never for a missing buffer). */
@@ -473,13 +476,15 @@ void dq__gemm_w_a_isa_work(int32_t isa, const dq__wprep *w, const dq__aq *a, con
     job.sums = (int32_t *)(void *)((uint8_t *)work + l.sums);
     if (l.direct) {
         *ap = (dq__apack){a->rows, n_tiles, a->codes, DQ_GEMM_TILE * a->code_ld, a->code_ld,
-                          DQ_GEMM_STEP, 4, NULL};
+                          DQ_GEMM_STEP, 4, NULL, 1, 0};
     } else {
         const int64_t tile_bytes = wp->steps * DQ_GEMM_STEP * DQ_GEMM_TILE;
         job.packed = (uint8_t *)work + l.packed;
-        *ap = (dq__apack){a->rows, n_tiles, job.packed, tile_bytes, 4, 64, 32, NULL};
+        *ap = (dq__apack){a->rows, n_tiles, job.packed, tile_bytes, 4, 64, 32, NULL, 1, 0};
     }
     ap->sums = job.sums;
+    ap->act_token = a->groups ? a->groups : 1;
+    ap->act_group = a->groups ? 1 : 0;
     int64_t macs;
     if (__builtin_mul_overflow(a->rows, w->rows, &macs) ||
         __builtin_mul_overflow(macs, w->cols, &macs))
@@ -552,4 +557,61 @@ void dq__quantize_tokens_isa(int32_t isa, const float *x, int64_t rows, int64_t 
     const int64_t useful = elems / QUANT_PER_THREAD;
     dq__parallel(ctx, dq__threads(ctx, useful < rows ? useful : rows), quant_part,
                      &q);
+}
+
+/* ---- per-group quantization ---- */
+
+typedef struct group_quant_job {
+    dq__quantize_fn *fn;
+    const float *x;
+    int64_t rows, cols, ldx, group_len;
+    int32_t bits, scheme;
+    float clip;
+    uint8_t *codes;
+    int64_t code_ld;
+    float *scales;
+    int32_t *zeros;
+} group_quant_job;
+
+/* A token's groups are quantized as rows of group_len elements (the per-token kernels' own
+ * arithmetic), the shorter last group as one more row: the codes land in place, the scales
+ * and zero points token-major. */
+static void group_quant_part(void *arg, int32_t part, int32_t n)
+{
+    const group_quant_job *q = arg;
+    int64_t b, e;
+    dq__split(q->rows, part, n, &b, &e);
+    const int64_t gl = q->group_len, full = q->cols / gl, rest = q->cols - full * gl;
+    const int64_t groups = full + (rest > 0);
+    for (int64_t t = b; t < e; t++) {
+        const float *src = q->x + (size_t)t * (size_t)q->ldx;
+        uint8_t *dst = q->codes + (size_t)t * (size_t)q->code_ld;
+        const size_t i = (size_t)t * (size_t)groups;
+        if (full > 0)
+            q->fn(src, full, gl, gl, q->bits, q->scheme, q->clip, dst, gl, q->scales + i,
+                  q->zeros + i);
+        if (rest > 0)
+            q->fn(src + full * gl, 1, rest, rest, q->bits, q->scheme, q->clip, dst + full * gl,
+                  rest, q->scales + i + (size_t)full, q->zeros + i + (size_t)full);
+        if (q->code_ld > q->cols)
+            memset(dst + q->cols, 0, (size_t)(q->code_ld - q->cols));
+    }
+}
+
+void dq__quantize_groups_isa(int32_t isa, const float *x, int64_t rows, int64_t cols,
+                             int64_t ldx, int64_t group_len, int32_t bits, int32_t scheme,
+                             float clip, uint8_t *codes, int64_t code_ld, float *scales,
+                             int32_t *zeros, const dq_context *ctx)
+{
+    group_quant_job q = {dq__quantize_tokens_ref, x, rows, cols, ldx, group_len, bits, scheme,
+                         clip, codes, code_ld, scales, zeros};
+    if (isa == DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
+        q.fn = dq__quantize_tokens_avx512;
+    else if (isa == DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(isa))
+        q.fn = dq__quantize_tokens_avx2;
+    int64_t elems;
+    if (__builtin_mul_overflow(rows, cols, &elems))
+        elems = INT64_MAX;
+    const int64_t useful = elems / QUANT_PER_THREAD;
+    dq__parallel(ctx, dq__threads(ctx, useful < rows ? useful : rows), group_quant_part, &q);
 }

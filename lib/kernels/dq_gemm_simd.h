@@ -108,6 +108,9 @@ typedef struct dq__apack {
     const uint8_t *codes;
     int64_t tile_stride, token_stride, step_stride, half_stride;
     const int32_t *sums; /* tiles * groups * 8 */
+    /* Strides of the activation scales and zero points (dq__aq): the entry of token t0 + i,
+     * group g is at t0 * act_token + i * act_token + g * act_group (per token: 1, 0). */
+    int64_t act_token, act_group;
 } dq__apack;
 
 /* The instruction sets a kernel may be asked for; dq__gemm_isa_best() is the fastest this CPU
@@ -185,6 +188,12 @@ typedef void dq__quantize_fn(const float *x, int64_t rows, int64_t cols, int64_t
                              int32_t bits, int32_t scheme, float clip, uint8_t *codes,
                              int64_t code_ld, float *scales, int32_t *zeros);
 dq__quantize_fn dq__quantize_tokens_avx2;
+/* Per-group quantization on one instruction set (dq__quantize_groups_ref's results), split
+ * over ctx's threads by tokens. */
+void dq__quantize_groups_isa(int32_t isa, const float *x, int64_t rows, int64_t cols,
+                             int64_t ldx, int64_t group_len, int32_t bits, int32_t scheme,
+                             float clip, uint8_t *codes, int64_t code_ld, float *scales,
+                             int32_t *zeros, const dq_context *ctx);
 dq__quantize_fn dq__quantize_tokens_avx512;
 
 #endif

@@ -1,4 +1,5 @@
-/* Quantized linear layer: plan, per-token activation quantization, integer product. */
+/* Quantized linear layer: plan, per-token or per-group activation quantization, integer
+ * product. */
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -30,12 +31,15 @@ struct dq_linear {
     int32_t act_bits;    /* 0 = weight-only */
     int32_t act_scheme;
     float act_clip;
+    int32_t act_group;   /* act_group_size: 0 = per token */
+    int64_t act_groups;  /* groups per token when act_group > 0, else 0 */
 };
 DQ__HANDLE_LAYOUT(struct dq_linear);
 
 /* Byte offsets of the workspace parts, each DQ_ALIGN-aligned from an aligned base. */
 typedef struct workspace_layout {
     size_t xt, plan_work, codes, scales, zeros, gemm, total;
+    int64_t act_per_token; /* activation scales (and zero points) per token */
     size_t plan_bytes; /* unfused: the plan's workspace; fused: the tile buffers */
     int64_t code_ld;
 } workspace_layout;
@@ -72,6 +76,13 @@ static dq_status read_linear_params(const dq_context *ctx, const char *func,
     if (!(p->act_clip_ratio > 0.0f && p->act_clip_ratio <= 1.0f))
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
                         "params->act_clip_ratio %g, expected (0, 1]", (double)p->act_clip_ratio);
+    if (p->act_group_size < 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "params->act_group_size %d, expected >= 0",
+                        (int)p->act_group_size);
+    if (p->act_group_size > 0 && p->act_bits == 0)
+        return dq__fail(ctx, DQ_ERR_INVALID_ARG, func,
+                        "params->act_group_size %d with act_bits 0 (float activations have no "
+                        "groups)", (int)p->act_group_size);
     return DQ_OK;
 }
 
@@ -84,6 +95,16 @@ dq_status dq__linear_check(const dq_context *ctx, const char *func,
     dq_status st = read_linear_params(ctx, func, params, p);
     if (st != DQ_OK)
         return st;
+    /* The kernels pair each activation group with the weight group of the same columns. */
+    if (p->act_group_size > weights->cols)
+        return dq__fail(ctx, DQ_ERR_SHAPE, func,
+                        "params->act_group_size %d > in_features %lld", (int)p->act_group_size,
+                        (long long)weights->cols);
+    if (p->act_group_size > 0 && p->act_group_size != weights->group_size)
+        return dq__fail(ctx, DQ_ERR_SHAPE, func,
+                        "params->act_group_size %d != the weights' group_size %d (activation "
+                        "groups must be the weights' groups)",
+                        (int)p->act_group_size, (int)weights->group_size);
     if (bias && !dq__all_finite(bias, 1, weights->rows, weights->rows))
         return dq__fail(ctx, DQ_ERR_NONFINITE, func, "bias (%lld floats) holds NaN or Inf",
                         (long long)weights->rows);
@@ -161,6 +182,14 @@ dq_status dq__linear_create_prepared(const dq_context *ctx, const dq_linear_para
     lin->act_bits = p->act_bits;
     lin->act_scheme = p->act_scheme;
     lin->act_clip = p->act_clip_ratio;
+    lin->act_group = p->act_group_size;
+    lin->act_groups = p->act_group_size > 0 ? w->groups : 0;
+    /* dq__linear_check compared the sizes; the prepared weights must agree. */
+    if (p->act_group_size > 0 && w->group_len != p->act_group_size) {
+        st = DQ_FAIL(ctx, DQ_ERR_SHAPE, "act_group_size %d != weight groups of %lld",
+                     (int)p->act_group_size, (long long)w->group_len);
+        goto fail;
+    }
     *out = lin;
     return DQ_OK;
 fail:
@@ -179,11 +208,12 @@ const dq_plan *dq__linear_plan(const dq_linear *lin)
 }
 
 void dq__linear_act(const dq_linear *lin, int32_t *act_bits, int32_t *act_scheme,
-                    float *act_clip)
+                    float *act_clip, int32_t *act_group)
 {
     *act_bits = lin->act_bits;
     *act_scheme = lin->act_scheme;
     *act_clip = lin->act_clip;
+    *act_group = lin->act_group;
 }
 
 const float *dq__linear_bias(const dq_linear *lin)
@@ -292,6 +322,10 @@ static dq_status check_group(const char *func, const dq_linear *const *layers, i
             return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
                            "layers[%d]: act_clip_ratio %.9g, layers[0] has %.9g", (int)i,
                            (double)li->act_clip, (double)l0->act_clip);
+        if (li->act_group != l0->act_group)
+            return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
+                           "layers[%d]: act_group_size %d, layers[0] has %d", (int)i,
+                           (int)li->act_group, (int)l0->act_group);
         /* One plan compiles the same way for every layer; checked all the same. */
         if ((li->online != NULL) != (l0->online != NULL))
             return FAIL_IN(func, ctx, DQ_ERR_MISMATCH,
@@ -320,7 +354,8 @@ static dq_status workspace_layout_of(const char *func, const dq_linear *const *l
         goto overflow;
     if (fused(lin, route)) {
         if (!dq__online_workspace(lin->online, rows, &lin->ctx, &l->plan_bytes) ||
-            (lin->act_bits == 0 && !add_part(&cursor, elems, sizeof(float), &l->xt)) ||
+            ((lin->act_bits == 0 || lin->act_group > 0) &&
+             !add_part(&cursor, elems, sizeof(float), &l->xt)) ||
             !add_part(&cursor, l->plan_bytes, 1, &l->plan_work))
             goto overflow;
     } else if (lin->plan) {
@@ -333,11 +368,13 @@ static dq_status workspace_layout_of(const char *func, const dq_linear *const *l
     }
     if (lin->act_bits != 0) {
         l->code_ld = (cols + CODE_ROW_ALIGN - 1) / CODE_ROW_ALIGN * CODE_ROW_ALIGN;
-        size_t ncodes, gemm = 0;
+        size_t ncodes, nscales, gemm = 0;
+        l->act_per_token = lin->act_groups > 0 ? lin->act_groups : 1;
         if (l->code_ld < cols || !dq__mul_size((size_t)rows, (size_t)l->code_ld, &ncodes) ||
+            !dq__mul_size((size_t)rows, (size_t)l->act_per_token, &nscales) ||
             !add_part(&cursor, ncodes, 1, &l->codes) ||
-            !add_part(&cursor, (size_t)rows, sizeof(float), &l->scales) ||
-            !add_part(&cursor, (size_t)rows, sizeof(int32_t), &l->zeros))
+            !add_part(&cursor, nscales, sizeof(float), &l->scales) ||
+            !add_part(&cursor, nscales, sizeof(int32_t), &l->zeros))
             goto overflow;
         for (int32_t i = 0; i < n; i++) {
             size_t b;
@@ -473,7 +510,8 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
     int64_t ldin = ldx;
     const dq_context *threads = &lin->ctx; /* whose threads run the kernels */
     void *tiles = on && l.plan_bytes > 0 ? base + l.plan_work : NULL;
-    if (on && lin->act_bits == 0) {
+    /* Grouped activations: the fused route transforms, then quantizes per group below. */
+    if (on && (lin->act_bits == 0 || lin->act_group > 0)) {
         float *xt = (float *)(void *)(base + l.xt);
         dq__online_transform(lin->online, x, rows, ldx, xt, cols, tiles, threads);
         if (!dq__all_finite(xt, rows, cols, cols)) {
@@ -516,22 +554,27 @@ static dq_status forward_group(const char *func, const dq_linear *const *layers,
         uint8_t *codes = base + l.codes;
         float *scales = (float *)(void *)(base + l.scales);
         int32_t *zeros = (int32_t *)(void *)(base + l.zeros);
-        if (on)
+        if (lin->act_group > 0)
+            dq__quantize_groups(xin, rows, cols, ldin, lin->act_group, lin->act_bits,
+                                lin->act_scheme, lin->act_clip, codes, l.code_ld, scales, zeros,
+                                threads);
+        else if (on)
             dq__online_quantize(lin->online, x, rows, ldx, lin->act_bits, lin->act_scheme,
                                 lin->act_clip, codes, l.code_ld, scales, zeros, tiles, threads);
         else
             dq__quantize_tokens(xin, rows, cols, ldin, lin->act_bits, lin->act_scheme,
                                 lin->act_clip, codes, l.code_ld, scales, zeros, threads);
-        /* The quantizer marks a token whose (transformed) values overflow, or whose range
-         * max - min does, with a non-finite scale: checked on the per-token scales. */
-        for (int64_t t = 0; t < rows; t++)
-            if (!isfinite(scales[t])) {
+        /* The quantizer marks a token (or group) whose (transformed) values overflow, or whose
+         * range max - min does, with a non-finite scale: checked on the scales. */
+        for (int64_t i = 0; i < rows * l.act_per_token; i++)
+            if (!isfinite(scales[i])) {
                 st = FAIL_IN(func, ctx, DQ_ERR_NONFINITE,
                              "token %lld: %s overflows float (range max - min or values)",
-                             (long long)t, on ? "the plan's transform of x" : "x");
+                             (long long)(i / l.act_per_token),
+                             on ? "the plan's transform of x" : "x");
                 goto out;
             }
-        const dq__aq a = {rows, cols, l.code_ld, codes, scales, zeros};
+        const dq__aq a = {rows, cols, l.code_ld, codes, scales, zeros, lin->act_groups};
         for (int32_t i = 0; i < n; i++)
             dq__gemm_w_a_work(layers[i]->w, &a, layers[i]->bias, y[i], ldy[i],
                               &layers[i]->ctx, base + l.gemm);

@@ -21,7 +21,7 @@ dq_status dq__linear_check(const dq_context *ctx, const char *func,
 /* The layer's prepared weights, its activation settings and its bias (NULL when none). */
 const dq__wprep *dq__linear_weights(const dq_linear *lin);
 void dq__linear_act(const dq_linear *lin, int32_t *act_bits, int32_t *act_scheme,
-                    float *act_clip);
+                    float *act_clip, int32_t *act_group);
 const float *dq__linear_bias(const dq_linear *lin);
 /* The plan the layer holds a reference to (NULL = identity). */
 const dq_plan *dq__linear_plan(const dq_linear *lin);

@@ -164,7 +164,7 @@ static void fuzz_products(fz *f, int style)
         CHECK(wp->kernel != NULL);
 
         /* Integer product. */
-        const dq__aq a = {tokens, cols, code_ld, ref.codes, ref.scales, ref.zeros};
+        const dq__aq a = {tokens, cols, code_ld, ref.codes, ref.scales, ref.zeros, 0};
         float *want = fz_sentinel(tokens * ldy);
         dq__gemm_w_a_ref(wp, &a, bias, want, ldy);
         for (size_t v = 0; v < 3; v++) {
