@@ -244,7 +244,7 @@ END_TEST
 /* Shapes the AMX tiles take (widths and groups of whole 64-k chunks, 16 tokens and more) with
  * the edges they leave to the AVX-512 kernel: token counts off a multiple of 16 or 32, odd and
  * partial output blocks, tile ranges of threads starting on an odd tile, 4- and 8-bit codes,
- * several groups. */
+ * several groups, activations per token or per group. */
 START_TEST(amx_shapes_bit_exact)
 {
     test_rng r = {909};
@@ -256,8 +256,8 @@ START_TEST(amx_shapes_bit_exact)
             for (size_t k = 0; k < 4; k++) {
                 const int32_t wb = (t + k) % 2 ? 8 : 4, ab = (n + k) % 3 == 2 ? 8 : 4;
                 const int style = (int)((t + n + k) % 2);
-                check_case(&r, tokens[t], rows[n], shapes[k][0], wb, ab, shapes[k][1], style,
-                           (int)(n & 1), 3);
+                check_case_acts(&r, tokens[t], rows[n], shapes[k][0], wb, ab, shapes[k][1],
+                                style, (int)(n & 1), 3, shapes[k][1] > 0 && t % 2 == 0, 0);
             }
 }
 END_TEST

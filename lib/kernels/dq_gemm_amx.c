@@ -91,10 +91,11 @@ static void epilogue(const dq__wpack *wp, const dq__apack *ap, const dq__aq *a, 
                 const int64_t t = t0 + set * UNIT + i;
                 const int32_t su = ap->sums[(t / DQ_GEMM_TILE * wp->groups + g) * DQ_GEMM_TILE +
                                             t % DQ_GEMM_TILE];
+                const int64_t ai = t * ap->act_token + g * ap->act_group; /* token's or group's */
                 __m512i s = _mm512_loadu_si512(acc[set][j][i]);
                 s = _mm512_sub_epi32(s, _mm512_mullo_epi32(zw, _mm512_set1_epi32(su)));
-                s = _mm512_sub_epi32(s, _mm512_mullo_epi32(_mm512_set1_epi32(a->zeros[t]), corr));
-                const __m512 term = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(a->scales[t]), sw),
+                s = _mm512_sub_epi32(s, _mm512_mullo_epi32(_mm512_set1_epi32(a->zeros[ai]), corr));
+                const __m512 term = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(a->scales[ai]), sw),
                                                   _mm512_cvtepi32_ps(s));
                 float *yp = y + (size_t)t * (size_t)ldy + o0;
                 const __m512 prev = g == 0 ? init : _mm512_maskz_loadu_ps(mask, yp);

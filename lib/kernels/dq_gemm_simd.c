@@ -605,7 +605,7 @@ void dq__quantize_groups_isa(int32_t isa, const float *x, int64_t rows, int64_t 
 {
     group_quant_job q = {dq__quantize_tokens_ref, x, rows, cols, ldx, group_len, bits, scheme,
                          clip, codes, code_ld, scales, zeros};
-    if (isa == DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
+    if (isa >= DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
         q.fn = dq__quantize_tokens_avx512;
     else if (isa == DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(isa))
         q.fn = dq__quantize_tokens_avx2;
