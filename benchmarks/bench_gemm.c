@@ -37,6 +37,7 @@ typedef struct setup {
     int reps;
 } setup;
 
+static const char *const names[] = {"portable", "avx2", "avx512", "amx"}; /* DQ_GEMM_ISA_* */
 static int32_t isa_arg;
 static int32_t threads_arg;
 static void run_kernel(void *arg)
@@ -127,7 +128,6 @@ static int grouped_main(int64_t rows, int64_t cols, int reps)
         x[i] = (float)(i % cols % 97 == 0 ? 20.0 * u : u);
     }
     const int32_t isa = dq__gemm_isa_best();
-    const char *names[] = {"portable", "avx2", "avx512"};
     printf("W4A4 %lld x %lld, grouped (weights and activations) against whole rows (per-token "
            "activations), kernel %s, median of %d\n",
            (long long)rows, (long long)cols, names[isa], reps);
@@ -231,7 +231,6 @@ int main(int argc, char **argv)
     bench_fill_bytes(stream, (wbytes / 8 + 8) * 8);
 
     const int32_t best = dq__gemm_isa_best();
-    const char *names[] = {"portable", "avx2", "avx512", "amx"};
     printf("W4A4 %lld x %lld, group %lld, best kernel %s, median of %d\n", (long long)rows,
            (long long)cols, (long long)w->group_len, names[best], reps);
     bench_print_cpu();
