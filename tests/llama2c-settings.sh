@@ -106,6 +106,20 @@ END {
     exit bad
 }' "$tmp/d" "$tmp/c" || fail=1
 
+# DuQuant's smoothing: fixed with --dq-smooth 1 (one setting tried, on), chosen per input
+# by default (both tried on every input).
+if awk -F'\t' '$2 == "duquant" && $10 !~ /, smoothing on of 1$/ { exit 1 }' "$tmp/c" &&
+    awk -F'\t' '$2 == "duquant" { n++; if ($10 !~ /, smoothing (on|off) of 2$/) exit 1 }
+                 $2 == "hadamard" && $10 ~ /smoothing/ { exit 1 } END { exit n != 20 }' \
+        "$tmp/a"; then
+    echo "ok: smoothing fixed with --dq-smooth 1, chosen per input by default (off on" \
+         "$(grep -c 'smoothing off' "$tmp/a") of 20 duquant inputs)"
+else
+    echo "FAILED: smoothing settings:"
+    cat "$tmp/a" "$tmp/c"
+    fail=1
+fi
+
 # A grid without 1.0: only its values are chosen; blocks only from the block grid, and for
 # duquant the full width (-64, -172) as the one other candidate; none with --full-width 0.
 settings "$data/dev.txt" "$tmp/e" --act-clip-grid 0.8,0.7 --block-grid 16,64
