@@ -34,6 +34,16 @@ for v in 0 1 auto1 ''; do
     expect_fail --hadamard-block "$v" --methods fp32 --max-windows 1
 done
 expect_fail --settings 2 --methods fp32 --max-windows 1
+for v in 2 -1 on ''; do
+    expect_fail --full-width "$v" --methods fp32 --max-windows 1
+    expect_fail --sequential "$v" --methods fp32 --max-windows 1
+done
+for v in 2 -1 Auto ''; do
+    expect_fail --dq-smooth "$v" --methods fp32 --max-windows 1
+done
+for v in -1 x 1.5 ALL ''; do
+    expect_fail --hessian-tokens "$v" --methods fp32 --max-windows 1
+done
 # A grid whose every entry is wider than every input (64 and 172 wide) fits no input.
 expect_fail --block-grid 256,512 --methods duquant "${quick[@]}"
 if grep -q 'no --block-grid entry fits width' "$tmp/out"; then
@@ -69,9 +79,9 @@ else
 fi
 
 # Chosen clip against clip 1.0, and clip 1.0's error against a run fixed at clip 1.0 (same
-# blocks: fixed at 32 and 64 so both runs build the same plans).
-settings "$data/dev.txt" "$tmp/c" --block 32 --hadamard-block 64
-settings "$data/dev.txt" "$tmp/d" --block 32 --hadamard-block 64 --act-clip-grid 1
+# blocks and smoothing: fixed at 32 and 64, smoothing on, so both runs build the same plans).
+settings "$data/dev.txt" "$tmp/c" --block 32 --hadamard-block 64 --dq-smooth 1
+settings "$data/dev.txt" "$tmp/d" --block 32 --hadamard-block 64 --dq-smooth 1 --act-clip-grid 1
 awk -F'\t' '
 FNR == NR { one[$2 " " $3 " " $4] = $7; next }
 {
@@ -96,14 +106,35 @@ END {
     exit bad
 }' "$tmp/d" "$tmp/c" || fail=1
 
-# A grid without 1.0: only its values are chosen; blocks only from the block grid.
+# DuQuant's smoothing: fixed with --dq-smooth 1 (one setting tried, on), chosen per input
+# by default (both tried on every input).
+if awk -F'\t' '$2 == "duquant" && $10 !~ /, smoothing on of 1$/ { exit 1 }' "$tmp/c" &&
+    awk -F'\t' '$2 == "duquant" { n++; if ($10 !~ /, smoothing (on|off) of 2$/) exit 1 }
+                 $2 == "hadamard" && $10 ~ /smoothing/ { exit 1 } END { exit n != 20 }' \
+        "$tmp/a"; then
+    echo "ok: smoothing fixed with --dq-smooth 1, chosen per input by default (off on" \
+         "$(grep -c 'smoothing off' "$tmp/a") of 20 duquant inputs)"
+else
+    echo "FAILED: smoothing settings:"
+    cat "$tmp/a" "$tmp/c"
+    fail=1
+fi
+
+# A grid without 1.0: only its values are chosen; blocks only from the block grid, and for
+# duquant the full width (-64, -172) as the one other candidate; none with --full-width 0.
 settings "$data/dev.txt" "$tmp/e" --act-clip-grid 0.8,0.7 --block-grid 16,64
-if awk -F'\t' '($6 != 0.8 && $6 != 0.7) || ($5 != 16 && $5 != 64 && $5 != 4) { exit 1 }
-               END { exit NR != 40 }' "$tmp/e"; then
-    echo "ok: clips only from 0.8,0.7 and blocks only from 16,64"
+settings "$data/dev.txt" "$tmp/e0" --act-clip-grid 0.8,0.7 --block-grid 16,64 --full-width 0
+if awk -F'\t' '($6 != 0.8 && $6 != 0.7) || ($5 != 16 && $5 != 64 && $5 != 4 &&
+                !($2 == "duquant" && ($5 == -64 && $4 != "w2" || $5 == -172 && $4 == "w2"))) ||
+                ($2 == "duquant" && $10 !~ /^3 blocks/) { exit 1 }
+               END { exit NR != 40 }' "$tmp/e" &&
+    awk -F'\t' '$5 < 0 || ($2 == "duquant" && $10 !~ /^2 blocks/) { exit 1 }
+                 END { exit NR != 40 }' "$tmp/e0"; then
+    echo "ok: clips only from 0.8,0.7 and blocks only from 16,64 (duquant also the full" \
+         "width: $(awk -F'\t' '$5 < 0' "$tmp/e" | wc -l) inputs; none with --full-width 0)"
 else
     echo "FAILED: choices outside the grids:"
-    cat "$tmp/e"
+    cat "$tmp/e" "$tmp/e0"
     fail=1
 fi
 

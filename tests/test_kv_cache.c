@@ -224,7 +224,7 @@ static void quantized(const l2c_model *m, const l2c_text *calib, const char *wha
     cp.n_threads = 1;
     CHECK(dq_context_create(&cp, &ctx) == DQ_OK, "context");
     l2c_calibration cal;
-    if (!ctx || l2c_calibrate(m, calib, 128, 1024, 256, &cal) != 0) {
+    if (!ctx || l2c_calibrate(m, calib, 128, 1024, 256, 0, &cal) != 0) {
         CHECK(0, "%s: calibration", what);
         dq_context_free(ctx);
         return;

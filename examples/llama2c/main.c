@@ -26,8 +26,8 @@
 
 typedef struct options {
     const char *model, *tokenizer, *calib, *eval, *methods, *format, *prompt, *dump_calib;
-    int64_t window, max_windows, calib_tokens, sample_tokens;
-    int32_t steps, threads, settings;
+    int64_t window, max_windows, calib_tokens, sample_tokens, hess_tokens;
+    int32_t steps, threads, settings, sequential;
     l2c_quant_options q;
     l2c_attn_quant attn;
 } options;
@@ -75,6 +75,10 @@ static void usage(FILE *f, const options *o)
             "  --sample-tokens N    calibration sample rows for the rotation search, LWC,\n"
             "                       GPTQ and the clip choice (default %lld); the next N\n"
             "                       calibration tokens are held out to judge block sizes\n"
+            "  --sequential gptq|0|1  each layer calibrated on the model quantized up to the\n"
+            "                       layer before (default gptq: for the GPTQ methods)\n"
+            "  --hessian-tokens all|N  calibration tokens of GPTQ's Hessians (default all: every\n"
+            "                       calibration token but the held-out ones; 0: the sample)\n"
             "  --block auto|N       DuQuant rotation block (default auto: per linear input the\n"
             "                       --block-grid entry with the lowest layer-output error on\n"
             "                       held-out calibration tokens)\n"
@@ -87,7 +91,10 @@ static void usage(FILE *f, const options *o)
             "                       default each)\n"
             "  --rot-steps N        greedy rotation steps (default %d)\n"
             "  --perm-times N       zigzag passes (default %d)\n"
-            "  --dq-smooth 0|1      DuQuant methods smooth before rotating (default %d)\n"
+            "  --dq-smooth 0|1|auto DuQuant methods smooth before rotating (default auto: per\n"
+            "                       linear input with and without, judged as the blocks)\n"
+            "  --full-width 0|1     DuQuant methods choosing blocks also try one full-width\n"
+            "                       randomised Hadamard rotation (default %d)\n"
             "  --alpha A            smoothing strength (default %.2f)\n"
             "  --act-clip auto|R    W4A4 per-token activation clip ratio (default auto: per\n"
             "                       linear input the --act-clip-grid entry with the lowest\n"
@@ -115,7 +122,7 @@ static void usage(FILE *f, const options *o)
             "  --qk-bits 4|16       queries in 4 bits per head after the Hadamard transform\n"
             "                       (16: float; absent: float)\n",
             (long long)o->window, (long long)o->sample_tokens, o->q.rot_steps,
-            o->q.perm_times, o->q.dq_smooth, (double)o->q.alpha, (double)o->q.w_clip,
+            o->q.perm_times, o->q.full_width, (double)o->q.alpha, (double)o->q.w_clip,
             o->q.lwc_epochs,
             (double)o->q.lwc_lr, o->q.lwc_batch, o->q.lwc_quant_act,
             (unsigned long long)o->q.seed, o->prompt, o->steps);
@@ -163,7 +170,17 @@ static int parse_args(int argc, char **argv, options *o)
             bad = l2c_parse_int(v, 0, INT64_MAX, &o->calib_tokens);
         else if (strcmp(k, "--sample-tokens") == 0)
             bad = l2c_parse_int(v, 1, 1 << 24, &o->sample_tokens);
-        else if (strcmp(k, "--steps") == 0)
+        else if (strcmp(k, "--sequential") == 0) {
+            if (strcmp(v, "gptq") == 0)
+                o->sequential = -1;
+            else
+                bad = l2c_parse_int(v, 0, 1, &n), o->sequential = (int32_t)n;
+        } else if (strcmp(k, "--hessian-tokens") == 0) {
+            if (strcmp(v, "all") == 0)
+                o->hess_tokens = -1;
+            else
+                bad = l2c_parse_int(v, 0, INT64_MAX, &o->hess_tokens);
+        } else if (strcmp(k, "--steps") == 0)
             bad = l2c_parse_int(v, 0, 1 << 20, &n), o->steps = (int32_t)n;
         else if (strcmp(k, "--threads") == 0)
             bad = l2c_parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
@@ -394,6 +411,8 @@ int main(int argc, char **argv)
     o.prompt = "Once upon a time";
     o.window = 256;
     o.sample_tokens = 512;
+    o.hess_tokens = -1;
+    o.sequential = -1;
     o.steps = 48;
     l2c_quant_options_default(&o.q);
     const char *default_tokenizer = o.tokenizer;
@@ -510,7 +529,11 @@ int main(int argc, char **argv)
             (long long)predicted);
     if (need_calib) {
         double t0 = now_s();
-        if (l2c_calibrate(&model, &calib, o.window, o.calib_tokens, o.sample_tokens, &cal))
+        int gptq = 0;
+        for (int32_t i = 0; i < n_methods; i++)
+            gptq |= methods[i]->gptq;
+        if (l2c_calibrate(&model, &calib, o.window, o.calib_tokens, o.sample_tokens,
+                          gptq ? o.hess_tokens : 0, &cal))
             goto out;
         calib_s = now_s() - t0;
         fprintf(stderr, "calibrated on %lld tokens in %.2f s\n", (long long)cal.tokens, calib_s);
@@ -522,7 +545,11 @@ int main(int argc, char **argv)
         l2c_qmodel qm;
         double t0 = now_s();
         res[i].method = methods[i];
-        if (l2c_quantize(ctx, &model, &cal, methods[i], &o.q, &qm))
+        int seq = o.sequential < 0 ? methods[i]->gptq : o.sequential;
+        if (seq ? l2c_quantize_sequential(ctx, &model, &calib, o.window, o.calib_tokens,
+                                          o.sample_tokens, methods[i]->gptq ? o.hess_tokens : 0,
+                                          methods[i], &o.q, &qm)
+                : l2c_quantize(ctx, &model, &cal, methods[i], &o.q, &qm))
             goto out;
         res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
         if (o.settings)

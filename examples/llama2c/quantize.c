@@ -66,7 +66,7 @@ void l2c_quant_options_default(l2c_quant_options *o)
     o->hadamard_block = 0; /* auto */
     o->rot_steps = 256;
     o->perm_times = 1;
-    o->dq_smooth = 1;
+    o->dq_smooth = L2C_SMOOTH_AUTO;
     o->alpha = 0.5f;
     o->act_clip = 0; /* auto */
     o->n_act_clip_grid = (int32_t)(sizeof clips / sizeof clips[0]);
@@ -79,6 +79,7 @@ void l2c_quant_options_default(l2c_quant_options *o)
     o->lwc_batch = 128;
     o->lwc_quant_act = 0;
     o->seed = 0;
+    o->full_width = 1;
 }
 
 int l2c_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
@@ -184,11 +185,14 @@ int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, i
     else if (strcmp(key, "--perm-times") == 0)
         *bad = int_option(value, 1, 64, &o->perm_times);
     else if (strcmp(key, "--dq-smooth") == 0)
-        *bad = int_option(value, 0, 1, &o->dq_smooth);
+        *bad = strcmp(value, "auto") == 0 ? (o->dq_smooth = L2C_SMOOTH_AUTO, 0)
+                                          : int_option(value, 0, 1, &o->dq_smooth);
     else if (strcmp(key, "--lwc-epochs") == 0)
         *bad = int_option(value, 0, 100000, &o->lwc_epochs);
     else if (strcmp(key, "--lwc-batch") == 0)
         *bad = int_option(value, 1, 1 << 24, &o->lwc_batch);
+    else if (strcmp(key, "--full-width") == 0)
+        *bad = int_option(value, 0, 1, &o->full_width);
     else if (strcmp(key, "--lwc-act") == 0)
         *bad = int_option(value, 0, 1, &o->lwc_quant_act);
     else if (strcmp(key, "--seed") == 0) {
@@ -368,6 +372,33 @@ static int check(dq_status st, const char *what, int32_t layer, const char *name
 
 /* ---- calibration ---- */
 
+/* Appends the rows of x outside [h0, h1) (the held-out ones) to the input's Hessian rows,
+ * up to hess_tokens in all. */
+static int keep_hessian_rows(l2c_calibration *c, int32_t layer, int32_t input, const float *x,
+                             int64_t rows, int64_t cols, int64_t h0, int64_t h1)
+{
+    if (c->hess_tokens == 0)
+        return 0;
+    for (int64_t i = 0; i < rows; i++) {
+        int64_t *n = &c->hess_rows[layer][input], *cap = &c->hess_cap[layer][input];
+        if ((i >= h0 && i < h1) || (c->hess_tokens > 0 && *n >= c->hess_tokens))
+            continue;
+        if (*n == *cap) {
+            int64_t more = *cap ? 2 * *cap : 1024;
+            float *p = realloc(c->hess[layer][input], (size_t)(more * cols) * sizeof *p);
+            if (!p) {
+                fprintf(stderr, "out of memory for the Hessian rows\n");
+                return -1;
+            }
+            c->hess[layer][input] = p;
+            *cap = more;
+        }
+        memcpy(c->hess[layer][input] + *n * cols, x + i * cols, (size_t)cols * sizeof *x);
+        (*n)++;
+    }
+    return 0;
+}
+
 /* Tokens [sample_tokens, sample_tokens + held_tokens) of each input are copied to the held-out
  * rows instead of being observed: nothing fitted sees them. */
 int l2c_calibration_observe(void *user, int32_t layer, int32_t input, const float *x,
@@ -377,6 +408,8 @@ int l2c_calibration_observe(void *user, int32_t layer, int32_t input, const floa
     int64_t seen = c->seen[layer][input], lo = c->sample_tokens, hi = lo + c->held_tokens;
     int64_t from = seen > lo ? seen : lo, to = seen + rows < hi ? seen + rows : hi;
     c->seen[layer][input] = seen + rows;
+    if (keep_hessian_rows(c, layer, input, x, rows, cols, from - seen, to - seen))
+        return -1;
     if (to <= from)
         return check(dq_calib_observe(c->calib[layer][input], x, rows, cols, cols),
                      "dq_calib_observe", layer, l2c_input_name(input));
@@ -403,9 +436,13 @@ int l2c_calibration_init(const l2c_model *m, int64_t sample_tokens, l2c_calibrat
     out->held = calloc((size_t)L, sizeof *out->held);
     out->held_rows = calloc((size_t)L, sizeof *out->held_rows);
     out->seen = calloc((size_t)L, sizeof *out->seen);
+    out->hess = calloc((size_t)L, sizeof *out->hess);
+    out->hess_rows = calloc((size_t)L, sizeof *out->hess_rows);
+    out->hess_cap = calloc((size_t)L, sizeof *out->hess_cap);
     out->sample_tokens = sample_tokens;
     out->held_tokens = sample_tokens;
-    if (!out->calib || !out->w_absmax || !out->held || !out->held_rows || !out->seen)
+    if (!out->calib || !out->w_absmax || !out->held || !out->held_rows || !out->seen ||
+        !out->hess || !out->hess_rows || !out->hess_cap)
         goto fail;
     dq_calib_params cp;
     dq_calib_params_init(&cp, sizeof cp);
@@ -445,7 +482,7 @@ fail:
 }
 
 int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int64_t max_tokens,
-                  int64_t sample_tokens, l2c_calibration *out)
+                  int64_t sample_tokens, int64_t hess_tokens, l2c_calibration *out)
 {
     int32_t L = m->c.n_layers;
     l2c_linear(*lin)[L2C_N_LINEARS] = NULL;
@@ -454,6 +491,7 @@ int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int6
     int rc = -1;
     if (l2c_calibration_init(m, sample_tokens, out))
         return -1;
+    out->hess_tokens = hess_tokens;
     lin = calloc((size_t)L, sizeof *lin);
     if (!lin)
         goto out;
@@ -495,12 +533,17 @@ void l2c_calibration_free(l2c_calibration *c)
                 free(c->w_absmax[l][i]);
             if (c->held)
                 free(c->held[l][i]);
+            if (c->hess)
+                free(c->hess[l][i]);
         }
     free(c->calib);
     free(c->w_absmax);
     free(c->held);
     free(c->held_rows);
     free(c->seen);
+    free(c->hess);
+    free(c->hess_rows);
+    free(c->hess_cap);
     memset(c, 0, sizeof *c);
 }
 
@@ -563,7 +606,7 @@ static int32_t block_candidates(const l2c_method *method, const l2c_quant_option
         return 1;
     }
     int had = method->rot_method == DQ_ROT_METHOD_HADAMARD;
-    if (o->input_block[in] > 0) {
+    if (o->input_block[in] != 0) {
         out[0] = o->input_block[in];
         return 1;
     }
@@ -580,12 +623,36 @@ static int32_t block_candidates(const l2c_method *method, const l2c_quant_option
         if (fresh)
             out[n++] = b;
     }
+    /* DuQuant's smoothing before one full-width randomised Hadamard rotation is a candidate
+     * too (-width): on some inputs it beats every block of greedy rotations. */
+    if (o->full_width && method->rot_method == DQ_ROT_METHOD_GREEDY && n > 0 &&
+        width <= 4096)
+        out[n++] = -(int32_t)width;
     return n;
+}
+
+/* The smoothing settings to try on an input: DuQuant's with and without smoothing (auto) or
+ * the one fixed; -1 (the method's own flags) for the others. Returns the count. */
+static int32_t smooth_candidates(const l2c_method *method, const l2c_quant_options *o,
+                                 int32_t *out)
+{
+    if (method->rot_method != DQ_ROT_METHOD_GREEDY || !(method->plan_flags & DQ_PLAN_F_ROTATE) ||
+        !(method->plan_flags & DQ_PLAN_F_SMOOTH)) {
+        out[0] = -1;
+        return 1;
+    }
+    if (o->dq_smooth != L2C_SMOOTH_AUTO) {
+        out[0] = o->dq_smooth != 0;
+        return 1;
+    }
+    out[0] = 1; /* first: ties keep DuQuant's smoothing */
+    out[1] = 0;
+    return 2;
 }
 
 static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, int32_t in,
                       const l2c_method *method, const l2c_quant_options *o, int32_t block,
-                      dq_plan **out)
+                      int32_t smooth, dq_plan **out)
 {
     *out = NULL;
     if (method->plan_flags == 0)
@@ -593,10 +660,14 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
     dq_plan_params pp;
     dq_plan_params_init(&pp, sizeof pp);
     pp.flags = method->plan_flags;
-    if (method->rot_method == DQ_ROT_METHOD_GREEDY && (pp.flags & DQ_PLAN_F_ROTATE) &&
-        !o->dq_smooth)
+    if (smooth == 0)
         pp.flags &= ~(uint32_t)DQ_PLAN_F_SMOOTH;
     pp.method = method->rot_method;
+    if (block < 0) { /* the full-width candidate: smoothing (as the method), one rotation */
+        pp.flags &= DQ_PLAN_F_SMOOTH | DQ_PLAN_F_ROTATE;
+        pp.method = DQ_ROT_METHOD_RANDOM_HADAMARD;
+        block = -block;
+    }
     pp.seed = o->seed;
     pp.smooth_alpha = o->alpha;
     pp.max_rotation_step = o->rot_steps;
@@ -606,7 +677,7 @@ static int build_plan(dq_context *ctx, const l2c_calibration *cal, int32_t l, in
     /* DFRot keeps its default 20 iterations; DartQuant's small Adam steps need more. */
     dq_refine_params rp;
     dq_refine_params_init(&rp, sizeof rp);
-    if (method->refine != DQ_REFINE_NONE) {
+    if (method->refine != DQ_REFINE_NONE && pp.method == DQ_ROT_METHOD_GREEDY) {
         rp.method = method->refine;
         rp.seed = o->seed;
         if (method->refine == DQ_REFINE_DARTQUANT)
@@ -688,13 +759,14 @@ void l2c_gptq_params(dq_gptq_params *gp)
     gp->flags = DQ_GPTQ_F_ACT_ORDER | DQ_GPTQ_F_CLIP_SEARCH;
 }
 
-/* The Hessian of input in of layer l for GPTQ, from the same calibration sample the plan's
- * rotation search and LWC read, taken through the plan as the layer sees it. */
+/* The Hessian of input in of layer l for GPTQ, taken through the plan as the layer sees it:
+ * from the kept Hessian rows (every calibration token but the held-out ones), or without
+ * them from the calibration sample the plan's rotation search and LWC read. */
 static int build_hessian(dq_context *ctx, const l2c_calibration *cal, const dq_plan *plan,
                          int32_t l, int32_t in, dq_hessian **out)
 {
-    int64_t tokens = 0, cols = cal->width[in];
-    float *x = calib_sample(cal->calib[l][in], cols, &tokens);
+    int64_t tokens = cal->hess_rows[l][in], cols = cal->width[in];
+    float *x = tokens > 0 ? cal->hess[l][in] : calib_sample(cal->calib[l][in], cols, &tokens);
     *out = NULL;
     if (!x) {
         fprintf(stderr, "layer %d, %s: no calibration sample\n", l, l2c_input_name(in));
@@ -704,7 +776,8 @@ static int build_hessian(dq_context *ctx, const l2c_calibration *cal, const dq_p
                    l2c_input_name(in)) ||
              check(dq_hessian_observe(*out, x, tokens, cols, cols), "dq_hessian_observe", l,
                    l2c_input_name(in));
-    free(x);
+    if (x != cal->hess[l][in])
+        free(x);
     if (rc) {
         dq_hessian_free(*out);
         *out = NULL;
@@ -880,11 +953,12 @@ static int output_error(dq_context *ctx, const l2c_model *m, const candidate *c,
 /* Plan and weights of input in for one block size. */
 static int build_candidate(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
                            int32_t l, int32_t in, const l2c_method *method,
-                           const l2c_quant_options *o, int32_t block, candidate *c)
+                           const l2c_quant_options *o, int32_t block, int32_t smooth,
+                           candidate *c)
 {
     dq_hessian *hs = NULL;
     memset(c, 0, sizeof *c);
-    if (build_plan(ctx, cal, l, in, method, o, block, &c->plan) ||
+    if (build_plan(ctx, cal, l, in, method, o, block, smooth, &c->plan) ||
         (method->gptq && build_hessian(ctx, cal, c->plan, l, in, &hs)))
         goto fail;
     for (int32_t k = 0; k < L2C_N_LINEARS; k++)
@@ -933,6 +1007,7 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
 {
     int32_t blocks[L2C_MAX_GRID];
     int32_t n_b = block_candidates(method, o, in, cal->width[in], blocks);
+    int32_t smooths[2], n_s = smooth_candidates(method, o, smooths), n_c = n_b * n_s;
     int64_t cols = cal->width[in], s_rows = 0;
     l2c_choice *ch = &out->choice[l][in];
     candidate best, cur;
@@ -948,7 +1023,7 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
         return -1;
     }
     /* Errors only where something is chosen, plus the clip-1.0 reference for the report. */
-    int choose = (method->a_bits == 4 && o->act_clip <= 0) || n_b > 1;
+    int choose = (method->a_bits == 4 && o->act_clip <= 0) || n_c > 1;
     if (choose) {
         if (!(xs = calib_sample(cal->calib[l][in], cols, &s_rows))) {
             fprintf(stderr, "layer %d, %s: no calibration sample\n", l, l2c_input_name(in));
@@ -958,8 +1033,8 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
             goto out;
         have_sample = 1;
     }
-    ch->held_on_sample = n_b > 1 && cal->held_rows[l][in] == 0;
-    if (n_b > 1 && !ch->held_on_sample) {
+    ch->held_on_sample = n_c > 1 && cal->held_rows[l][in] == 0;
+    if (n_c > 1 && !ch->held_on_sample) {
         if (probe_init(m, l, in, cal->held[l][in], cal->held_rows[l][in], o->threads,
                        &held))
             goto out;
@@ -969,14 +1044,16 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
         fprintf(stderr, "no held-out calibration tokens (the calibration text ends within "
                         "the sample): block sizes judged on the calibration sample\n");
     ch->n_blocks = n_b;
-    for (int32_t i = 0; i < n_b; i++) {
+    ch->n_smooth = n_s;
+    for (int32_t i = 0; i < n_c; i++) {
         l2c_choice c_ch = *ch;
-        c_ch.block = blocks[i];
+        c_ch.block = blocks[i / n_s];
+        c_ch.smooth = smooths[i % n_s];
         c_ch.held_err = -1;
-        if (build_candidate(ctx, m, cal, l, in, method, o, blocks[i], &cur))
+        if (build_candidate(ctx, m, cal, l, in, method, o, c_ch.block, c_ch.smooth, &cur))
             goto out;
         if (choose_clip(ctx, m, &cur, method, o, l, in, have_sample ? &sample : NULL, &c_ch) ||
-            (n_b > 1 && output_error(ctx, m, &cur, method, c_ch.act_clip, l, in,
+            (n_c > 1 && output_error(ctx, m, &cur, method, c_ch.act_clip, l, in,
                                      have_held ? &held : &sample, &c_ch.held_err))) {
             candidate_free(&cur);
             goto out;
@@ -1014,8 +1091,7 @@ void l2c_keep_blocks(l2c_quant_options *o, const l2c_qmodel *q, int32_t l)
             o->input_block[in] = q->choice[l][in].block;
 }
 
-int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
-                 const l2c_method *method, const l2c_quant_options *o, l2c_qmodel *out)
+static int qmodel_alloc(const l2c_model *m, l2c_qmodel *out)
 {
     int32_t L = m->c.n_layers;
     memset(out, 0, sizeof *out);
@@ -1031,6 +1107,15 @@ int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal
     }
     l2c_net fp32;
     l2c_net_init_fp32(&fp32, m, out->lin);
+    return 0;
+}
+
+int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
+                 const l2c_method *method, const l2c_quant_options *o, l2c_qmodel *out)
+{
+    int32_t L = m->c.n_layers;
+    if (qmodel_alloc(m, out))
+        return -1;
     if (method->w_bits == 0)
         return 0;
     /* Input by input, so that at most one Hessian (width^2 doubles) is alive. */
@@ -1058,11 +1143,14 @@ void l2c_qmodel_report(FILE *f, const l2c_qmodel *q, const l2c_method *method, i
                 fprintf(f, "%.6g\t%.6g\t", c->err, c->err_clip1);
             else
                 fprintf(f, "-\t-\t");
-            if (c->n_blocks > 1)
+            if (c->n_blocks * c->n_smooth > 1)
                 fprintf(f, "%.6g%s\t", c->held_err, c->held_on_sample ? " (sample)" : "");
             else
                 fprintf(f, "-\t");
-            fprintf(f, "%d blocks, %d clips\n", c->n_blocks, c->n_clips);
+            fprintf(f, "%d blocks, %d clips", c->n_blocks, c->n_clips);
+            if (c->smooth >= 0)
+                fprintf(f, ", smoothing %s of %d", c->smooth ? "on" : "off", c->n_smooth);
+            fputc('\n', f);
         }
 }
 
@@ -1079,4 +1167,68 @@ void l2c_qmodel_free(l2c_qmodel *q)
     free(q->plans);
     free(q->choice);
     memset(q, 0, sizeof *q);
+}
+
+/* Passes layer `layer`'s inputs on to the calibration, nothing else. */
+typedef struct one_layer {
+    l2c_calibration *cal;
+    int32_t layer;
+} one_layer;
+
+static int observe_one_layer(void *user, int32_t layer, int32_t input, const float *x,
+                             int64_t rows, int64_t cols)
+{
+    const one_layer *u = user;
+    return layer == u->layer ? l2c_calibration_observe(u->cal, layer, input, x, rows, cols) : 0;
+}
+
+int l2c_quantize_sequential(dq_context *ctx, const l2c_model *m, const l2c_text *text,
+                            int64_t window, int64_t max_tokens, int64_t sample_tokens,
+                            int64_t hess_tokens, const l2c_method *method,
+                            const l2c_quant_options *o, l2c_qmodel *out)
+{
+    int32_t L = m->c.n_layers;
+    l2c_window *w = NULL;
+    float *logits = malloc((size_t)(window * m->c.vocab_size) * sizeof *logits);
+    int64_t n_w = l2c_windows(text, window, 0, &w);
+    l2c_quant_options lo = *o;
+    l2c_calibration cal;
+    memset(&cal, 0, sizeof cal);
+    int rc = -1;
+    if (qmodel_alloc(m, out))
+        goto out;
+    if (!logits || n_w < 0) {
+        fprintf(stderr, "out of memory\n");
+        goto out;
+    }
+    for (int32_t l = 0; method->w_bits && l < L; l++) {
+        /* Layer l's inputs as the model quantized up to layer l - 1 computes them. */
+        if (l2c_calibration_init(m, sample_tokens, &cal))
+            goto out;
+        cal.hess_tokens = hess_tokens;
+        one_layer u = {&cal, l};
+        l2c_net net = {m, out->lin, observe_one_layer, &u, o->threads, NULL, NULL, NULL};
+        for (int64_t i = 0; i < n_w && (max_tokens <= 0 || cal.tokens < max_tokens); i++) {
+            int64_t len = w[i].len;
+            if (max_tokens > 0 && len > max_tokens - cal.tokens)
+                len = max_tokens - cal.tokens;
+            if (l2c_forward(&net, text->tokens + w[i].start, len, logits))
+                goto out;
+            cal.tokens += len;
+        }
+        for (int32_t in = 0; in < L2C_N_INPUTS; in++)
+            if (quantize_input(ctx, m, &cal, l, in, method, &lo, out))
+                goto out;
+        if (l == 0 && o->block_choice == L2C_BLOCK_FIRST)
+            l2c_keep_blocks(&lo, out, 0);
+        l2c_calibration_free(&cal);
+    }
+    rc = 0;
+out:
+    l2c_calibration_free(&cal);
+    if (rc)
+        l2c_qmodel_free(out);
+    free(w);
+    free(logits);
+    return rc;
 }

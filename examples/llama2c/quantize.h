@@ -21,7 +21,8 @@ typedef struct l2c_quant_options {
                                block_grid */
     int32_t rot_steps;      /* greedy steps per search */
     int32_t perm_times;     /* zigzag passes */
-    int32_t dq_smooth;      /* DuQuant methods smooth first (non-zero) */
+    int32_t dq_smooth;      /* DuQuant methods smooth first: 1, 0, or L2C_SMOOTH_AUTO (with
+                               and without tried per input, judged as the blocks are) */
     float alpha;            /* smoothing strength */
     float act_clip;         /* per-token activation clip ratio of the W4A4 methods; 0 = chosen
                                per input from act_clip_grid */
@@ -42,9 +43,12 @@ typedef struct l2c_quant_options {
     int32_t threads;        /* threads of the float reference products (0 or 1: one) */
     int32_t groups;         /* > 0: weights and (W4A4) activations quantized per group of this
                                many input channels (0: per row and per token) */
+    int32_t full_width;     /* DuQuant methods choosing blocks also try smoothing with one
+                               full-width randomised Hadamard rotation (block -width) */
 } l2c_quant_options;
 
 enum { L2C_BLOCK_EACH, L2C_BLOCK_FIRST };
+enum { L2C_SMOOTH_AUTO = 2 };
 
 void l2c_quant_options_default(l2c_quant_options *o);
 
@@ -110,14 +114,21 @@ typedef struct l2c_calibration {
     float *(*held)[L2C_N_INPUTS];
     int64_t (*held_rows)[L2C_N_INPUTS];
     int64_t (*seen)[L2C_N_INPUTS]; /* tokens observed so far */
+    /* GPTQ's Hessian rows: up to hess_tokens (-1: all) observed tokens of each input, the
+     * held-out ones excepted, in stream order; 0 (the default of l2c_calibration_init):
+     * none kept, the Hessian comes from the sample. Set before observing. */
+    int64_t hess_tokens;
+    float *(*hess)[L2C_N_INPUTS];
+    int64_t (*hess_rows)[L2C_N_INPUTS], (*hess_cap)[L2C_N_INPUTS];
 } l2c_calibration;
 
 /* Runs the windows of text (up to max_tokens tokens, 0 = all) through the FP32 model and
  * observes every linear input; the first sample_tokens tokens are kept as the sample for the
  * rotation search, LWC, GPTQ and the clip choice, the next sample_tokens are held out (not
- * observed by the calibrators) to judge block sizes. */
+ * observed by the calibrators) to judge block sizes; up to hess_tokens (-1: all, 0: none)
+ * of the others are kept for GPTQ's Hessians. */
 int l2c_calibrate(const l2c_model *m, const l2c_text *text, int64_t window, int64_t max_tokens,
-                  int64_t sample_tokens, l2c_calibration *out);
+                  int64_t sample_tokens, int64_t hess_tokens, l2c_calibration *out);
 void l2c_calibration_free(l2c_calibration *c);
 
 /* The first half of l2c_calibrate: a calibrator per linear input of m and the weights' max |W|
@@ -144,6 +155,8 @@ typedef struct l2c_choice {
     double err_clip1;   /* on the calibration sample at clip 1.0 (same plan and weights) */
     double held_err;    /* on the held-out rows (when n_blocks > 1) */
     int32_t held_on_sample; /* no held-out rows: the blocks were judged on the sample */
+    int32_t smooth;     /* DuQuant's smoothing on (1) or off (0); -1: not a DuQuant plan */
+    int32_t n_smooth;   /* smoothing settings tried (each with every block) */
 } l2c_choice;
 
 typedef struct l2c_qmodel {
@@ -162,12 +175,21 @@ int l2c_quantize(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal
                  const l2c_method *method, const l2c_quant_options *o, l2c_qmodel *out);
 void l2c_qmodel_free(l2c_qmodel *q);
 
+/* l2c_quantize with every layer's calibration taken from the model quantized up to the layer
+ * before (one pass over text per layer, as l2c_calibrate runs it: windows of window tokens,
+ * up to max_tokens, sample_tokens sampled and held out, hess_tokens kept for GPTQ). */
+int l2c_quantize_sequential(dq_context *ctx, const l2c_model *m, const l2c_text *text,
+                            int64_t window, int64_t max_tokens, int64_t sample_tokens,
+                            int64_t hess_tokens, const l2c_method *method,
+                            const l2c_quant_options *o, l2c_qmodel *out);
+
 /* Fixes each input's block in o (where not fixed yet) to the one layer l of q has: how
  * L2C_BLOCK_FIRST carries layer 0's blocks on. */
 void l2c_keep_blocks(l2c_quant_options *o, const l2c_qmodel *q, int32_t l);
 
 /* One tab-separated line per quantized linear input: "settings", method, layer (first + l),
- * input, block, clip, err, err_clip1, held_err (or "-"), candidates tried. */
+ * input, block (-width: one full-width randomised Hadamard rotation), clip, err, err_clip1,
+ * held_err (or "-"), candidates tried (and the smoothing chosen for DuQuant plans). */
 void l2c_qmodel_report(FILE *f, const l2c_qmodel *q, const l2c_method *method, int32_t first);
 
 #endif

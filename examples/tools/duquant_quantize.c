@@ -48,12 +48,12 @@ static void usage(FILE *f, const options *o)
             "  --block-choice first|each  blocks chosen on block 0's calibration data and\n"
             "                       reused by every later block (default first), or chosen\n"
             "                       in every block; clips are chosen in every block either way\n"
-            "  --rot-steps N, --perm-times N, --dq-smooth 0|1,\n"
+            "  --rot-steps N, --perm-times N, --full-width 0|1, --dq-smooth 0|1|auto,\n"
             "  --alpha A, --w-clip R, --lwc-epochs N, --lwc-lr R, --lwc-batch N,\n"
-            "  --lwc-act 0|1, --seed N   as duquant-eval (defaults %d %d %d %.2f\n"
+            "  --lwc-act 0|1, --seed N   as duquant-eval (defaults %d %d %d auto %.2f\n"
             "                       %.2f %d %g %d %d %llu)\n",
             (long long)o->window, (long long)o->sample_tokens, o->q.rot_steps,
-            o->q.perm_times, o->q.dq_smooth, (double)o->q.alpha, (double)o->q.w_clip,
+            o->q.perm_times, o->q.full_width, (double)o->q.alpha, (double)o->q.w_clip,
             o->q.lwc_epochs, (double)o->q.lwc_lr, o->q.lwc_batch, o->q.lwc_quant_act,
             (unsigned long long)o->q.seed);
 }
@@ -246,7 +246,7 @@ static void write_header(writer *wr, const options *o, const tool_model *tm,
         put(wr, "quant.gptq_clip_grid", "%d", gp.clip_grid);
         put(wr, "quant.gptq_clip_max_shrink", "%.9g", (double)gp.clip_max_shrink);
         put(wr, "quant.gptq_clip_norm", "%.9g", (double)gp.clip_norm);
-        put_str(wr, "quant.gptq_hessian", "calibration sample");
+        put_str(wr, "quant.gptq_hessian", "calibration tokens");
     }
     char grid[L2C_MAX_GRID * 16];
     size_t at = 0;
@@ -264,7 +264,11 @@ static void write_header(writer *wr, const options *o, const tool_model *tm,
     put_str(wr, "quant.act_clip_grid", grid);
     put(wr, "quant.rot_steps", "%d", q->rot_steps);
     put(wr, "quant.perm_times", "%d", q->perm_times);
-    put(wr, "quant.dq_smooth", "%d", q->dq_smooth);
+    if (q->dq_smooth == L2C_SMOOTH_AUTO)
+        put_str(wr, "quant.dq_smooth", "auto");
+    else
+        put(wr, "quant.dq_smooth", "%d", q->dq_smooth);
+    put(wr, "quant.full_width", "%d", q->full_width);
     put(wr, "quant.alpha", "%.9g", (double)q->alpha);
     if (q->act_clip > 0)
         put(wr, "quant.act_clip", "%.9g", (double)q->act_clip);
@@ -491,6 +495,7 @@ int main(int argc, char **argv)
         t0 = tool_now_s();
         if (l2c_calibration_init(&blk.view, o.sample_tokens, &cal))
             goto out;
+        cal.hess_tokens = method->gptq ? -1 : 0; /* every token but the held-out ones */
         /* Without --sequential the float block's output, computed here, is the next input. */
         if (o.sequential)
             memcpy(h2, h, (size_t)(total * d) * sizeof *h);

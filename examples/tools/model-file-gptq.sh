@@ -1,8 +1,9 @@
 #!/bin/bash
 # The GPTQ methods on stories260K: GPTQ packing beats round-to-nearest with the same plan
 # (duquant_gptq below duquant, gptq below rtn, perplexities computed by duquant-eval here), a
-# duquant_gptq model file gives duquant-eval's in-memory perplexity to 4 decimals, --sequential
-# works with it, and an unknown method name is still refused.
+# duquant_gptq model file written with --sequential gives duquant-eval's in-memory perplexity
+# (sequential by default for the GPTQ methods) to 4 decimals, one written without it gives
+# duquant-eval --sequential 0's, and an unknown method name is still refused.
 # usage: model-file-gptq.sh QUANTIZE RUN EVAL DATA_DIR
 set -euo pipefail
 quantize=$1
@@ -35,7 +36,7 @@ below gptq rtn
 
 # Round trip: the model file's perplexity is the in-memory one; GPTQ's settings are recorded.
 if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --out "$tmp/dg.dq" \
-    --block-choice each 2>"$tmp/q.err"; then
+    --block-choice each --sequential 2>"$tmp/q.err"; then
     got=$("$run" --model "$tmp/dg.dq" --tokenizer "$src/tok512.bin" --eval "$eval" \
         --format tsv | tail -n 1 | cut -f 2)
     want=$(ppl duquant_gptq)
@@ -45,8 +46,8 @@ if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --out "$tmp/
         echo "FAILED: duquant_gptq: model file '$got', in memory '$want'"
         fail=1
     fi
-    if grep -aq '"quant.gptq":"1"' "$tmp/dg.dq" && grep -aq '"quant.gptq_damp":' "$tmp/dg.dq"
-    then
+    if grep -aq '"quant.gptq":"1"' "$tmp/dg.dq" && grep -aq '"quant.gptq_damp":' "$tmp/dg.dq" &&
+        grep -aq '"quant.gptq_hessian":"calibration tokens"' "$tmp/dg.dq"; then
         echo "ok: GPTQ settings in the metadata"
     else
         echo "FAILED: no GPTQ settings in the metadata"
@@ -74,15 +75,21 @@ else
     fail=1
 fi
 
-# --sequential: Hessians (and plans) from the quantized blocks' output; a finite perplexity.
-if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --sequential \
-    --out "$tmp/seq.dq" 2>"$tmp/q.err" &&
-    got=$("$run" --model "$tmp/seq.dq" --tokenizer "$src/tok512.bin" --eval "$eval" \
-        --format tsv | tail -n 1 | cut -f 2) &&
-    awk -v p="$got" 'BEGIN { exit !(p > 1 && p < 1e6) }'; then
-    echo "ok: duquant_gptq --sequential: $got"
+# Without --sequential: Hessians (and plans) from the float blocks' output, as duquant-eval
+# --sequential 0 takes them.
+want=$("$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods duquant_gptq \
+    --format tsv --steps 0 --sequential 0 2>/dev/null | tail -n 1 | cut -f 2) || want=
+if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --block-choice each \
+    --out "$tmp/flt.dq" 2>"$tmp/q.err" &&
+    got=$("$run" --model "$tmp/flt.dq" --tokenizer "$src/tok512.bin" --eval "$eval" \
+        --format tsv | tail -n 1 | cut -f 2) && [ -n "$want" ] &&
+    [ "$(printf '%.4f' "$got")" = "$(printf '%.4f' "$want")" ] &&
+    [ "$(printf '%.4f' "$got")" != "$(printf '%.4f' "$(ppl duquant_gptq)")" ]; then
+    echo "ok: duquant_gptq without --sequential: model file $got, duquant-eval --sequential 0" \
+         "$want"
 else
-    echo "FAILED: duquant_gptq --sequential"
+    echo "FAILED: duquant_gptq without --sequential: model file '${got:-}'," \
+         "duquant-eval --sequential 0 '$want'"
     cat "$tmp/q.err"
     fail=1
 fi
