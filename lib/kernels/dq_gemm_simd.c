@@ -537,6 +537,16 @@ static void quant_part(void *arg, int32_t part, int32_t n)
               q->zeros + b);
 }
 
+/* The per-token quantizer of an instruction set (the portable one when the CPU lacks it). */
+static dq__quantize_fn *quantize_fn_for(int32_t isa)
+{
+    if (isa >= DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
+        return dq__quantize_tokens_avx512;
+    if (isa == DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(isa))
+        return dq__quantize_tokens_avx2;
+    return dq__quantize_tokens_ref;
+}
+
 /* Elements per thread below which quantizing on one more thread does not pay. */
 #define QUANT_PER_THREAD ((int64_t)1 << 22)
 
@@ -545,12 +555,8 @@ void dq__quantize_tokens_isa(int32_t isa, const float *x, int64_t rows, int64_t 
                              uint8_t *codes, int64_t code_ld, float *scales, int32_t *zeros,
                              const dq_context *ctx)
 {
-    quant_job q = {dq__quantize_tokens_ref, x,    rows,    cols,   ldx,  bits,
-                   scheme,                  clip, codes,   code_ld, scales, zeros};
-    if (isa >= DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
-        q.fn = dq__quantize_tokens_avx512;
-    else if (isa == DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(isa))
-        q.fn = dq__quantize_tokens_avx2;
+    quant_job q = {quantize_fn_for(isa), x,    rows,    cols,   ldx,  bits,
+                   scheme,               clip, codes,   code_ld, scales, zeros};
     int64_t elems;
     if (__builtin_mul_overflow(rows, cols, &elems))
         elems = INT64_MAX;
@@ -603,12 +609,8 @@ void dq__quantize_groups_isa(int32_t isa, const float *x, int64_t rows, int64_t 
                              float clip, uint8_t *codes, int64_t code_ld, float *scales,
                              int32_t *zeros, const dq_context *ctx)
 {
-    group_quant_job q = {dq__quantize_tokens_ref, x, rows, cols, ldx, group_len, bits, scheme,
+    group_quant_job q = {quantize_fn_for(isa), x, rows, cols, ldx, group_len, bits, scheme,
                          clip, codes, code_ld, scales, zeros};
-    if (isa >= DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa))
-        q.fn = dq__quantize_tokens_avx512;
-    else if (isa == DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(isa))
-        q.fn = dq__quantize_tokens_avx2;
     int64_t elems;
     if (__builtin_mul_overflow(rows, cols, &elems))
         elems = INT64_MAX;
