@@ -460,13 +460,16 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
     }
     const qt_times *t = &r->t;
     int boundaries = sent > 0 ? 1 : 0;
+    char owned[64] = "no block";
+    if (lo < hi)
+        snprintf(owned, sizeof owned, "blocks %d..%d", lo, hi - 1);
     fprintf(stderr,
-            "rank %d of %d: blocks %d..%d; sent %lld bytes of hidden states (%d block "
+            "rank %d of %d: %s; sent %lld bytes of hidden states (%d block "
             "boundary x %lld tokens x %d x 4 = %lld) and %lld bytes of block choices; mapped "
             "%.1f MiB of its blocks' float tensors; peak RSS %.1f MiB; stages: load %.2f s, "
             "read blocks %.2f s, calibrate %.2f s, quantize %.2f s, forward %.2f s, write "
             "%.2f s; shard written %.2f s after the start\n",
-            rank, size, lo, hi - 1, (long long)sent, boundaries, (long long)r->total,
+            rank, size, owned, (long long)sent, boundaries, (long long)r->total,
             r->tm.m.c.dim, (long long)(boundaries * n * (int64_t)sizeof(float)),
             (long long)sent_choice, (double)mapped / 1048576.0, tool_peak_rss_mib(), t->load,
             t->read, t->calib, t->quant, t->next, t->write, me.t_written);
