@@ -75,7 +75,7 @@ synth)
         --kv-heads 2 --vocab 2048 --shard-size 200KB --tokenizer-dir "$m656" >/dev/null
     compare synth-duquant "$tmp/synth" duquant
     compare synth-duquant-seq "$tmp/synth" duquant --sequential
-    compare synth-each "$tmp/synth" rtn --block-choice each
+    compare synth-each "$tmp/synth" hadamard --block-choice each
     ;;
 fail)
     for how in error kill; do

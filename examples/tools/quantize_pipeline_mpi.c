@@ -88,14 +88,20 @@ static void recv_floats(float *x, int64_t n, int from, int tag)
     }
 }
 
-/* The relative cost of block l: under --block-choice first with a block to choose, block 0
- * tries every candidate of the grid, the later ones one. */
-static double block_cost(const qt_run *r, int32_t l)
+/* Block 0 chooses the blocks every later block reuses (--block-choice first with a block to
+ * choose): the other ranks wait for its choice. */
+static int choose_first(const qt_run *r)
 {
     const l2c_quant_options *q = &r->o.q;
-    int choose = q->block_choice == L2C_BLOCK_FIRST && r->method->plan_flags &&
-                 (q->block_size == 0 || q->hadamard_block == 0) && q->n_block_grid > 1;
-    return l == 0 && choose ? (double)q->n_block_grid : 1.0;
+    return q->block_choice == L2C_BLOCK_FIRST && r->method->plan_flags &&
+           (q->block_size == 0 || q->hadamard_block == 0);
+}
+
+/* The relative cost of block l. Block 0's choice of blocks delays every rank alike (each waits
+ * for it before its first block), so it counts for nothing in the balance. */
+static double block_cost(const qt_run *r, int32_t l)
+{
+    return l == 0 && choose_first(r) ? 0.0 : 1.0;
 }
 
 /* first[k], k = 0..size: rank k owns blocks [first[k], first[k + 1]), contiguous, each range
@@ -116,7 +122,7 @@ static void partition(const qt_run *r, int32_t n_layers, int size, int32_t *firs
             end = l + 1; /* at least one block while there are blocks */
         double at = acc + (end > l ? block_cost(r, l) : 0);
         while (end < n_layers && n_layers - end > left &&
-               at + 0.5 * block_cost(r, end) <= target) {
+               at + 0.5 * block_cost(r, end) < target) {
             at += block_cost(r, end);
             end++;
         }
@@ -307,7 +313,7 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
         active++;
     int prev = rank - 1, next = rank + 1 < active ? rank + 1 : -1;
     int64_t n = r->total * r->tm.m.c.dim;
-    int first_choice = o->q.block_choice == L2C_BLOCK_FIRST;
+    int first_choice = choose_first(r);
     int64_t sent = 0, sent_choice = 0, mapped = 0;
     for (int32_t l = lo; l < hi; l++)
         mapped += block_bytes(r, l);
@@ -365,15 +371,6 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
             if (!snap)
                 fail("out of memory");
             for (int32_t l = lo; l < hi; l++) {
-                if (l == 0 && first_choice) {
-                    if (qt_block(r, 0, r->h, NULL))
-                        fail("quantizing a block");
-                    for (int k = 1; k < active; k++, sent_choice += sizeof o->q.input_block)
-                        MPI_Send(blocks, L2C_N_INPUTS, MPI_INT32_T, k, TAG_CHOICE,
-                                 MPI_COMM_WORLD);
-                    fprintf(stderr, "rank %d: block %d done\n", rank, l);
-                    continue;
-                }
                 if (!(snap[l - lo] = malloc((size_t)n * sizeof **snap)))
                     fail("out of memory for a block's inputs");
                 memcpy(snap[l - lo], r->h, (size_t)n * sizeof *r->h);
@@ -387,12 +384,14 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
                 MPI_Recv(blocks, L2C_N_INPUTS, MPI_INT32_T, 0, TAG_CHOICE, MPI_COMM_WORLD,
                          MPI_STATUS_IGNORE);
             for (int32_t l = lo; l < hi; l++) {
-                if (!snap[l - lo])
-                    continue;
                 if (qt_block(r, l, snap[l - lo], NULL))
                     fail("quantizing a block");
                 free(snap[l - lo]);
                 snap[l - lo] = NULL;
+                if (l == 0 && first_choice)
+                    for (int k = 1; k < active; k++, sent_choice += sizeof o->q.input_block)
+                        MPI_Send(blocks, L2C_N_INPUTS, MPI_INT32_T, k, TAG_CHOICE,
+                                 MPI_COMM_WORLD);
                 fprintf(stderr, "rank %d: block %d done\n", rank, l);
             }
             free(snap);
