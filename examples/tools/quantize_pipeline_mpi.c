@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -88,6 +89,16 @@ static void inject_failure(void)
     }
     fprintf(stderr, "rank %d: failure injected by %s\n", g_rank, QT_FAIL_ENV);
     fail("injected failure");
+}
+
+/* Block 0's chosen blocks from rank 0; returns the seconds waited. */
+static double recv_choice(int32_t *blocks)
+{
+    double t0 = MPI_Wtime();
+    if (MPI_Recv(blocks, L2C_N_INPUTS, MPI_INT32_T, 0, TAG_CHOICE, MPI_COMM_WORLD,
+                 MPI_STATUS_IGNORE) != MPI_SUCCESS)
+        fail("receiving block 0's choice");
+    return MPI_Wtime() - t0;
 }
 
 static void send_floats(const float *x, int64_t n, int to, int tag)
@@ -280,6 +291,16 @@ static int64_t block_bytes(const qt_run *r, int32_t l)
     return (n + 2 * r->tm.m.c.dim) * (int64_t)sizeof(float);
 }
 
+/* Processor seconds of this process (user + system, all threads). */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 typedef struct report {
     int32_t ok, names_len;
     int64_t shard_bytes;
@@ -336,6 +357,7 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
     int64_t n = r->total * r->tm.m.c.dim;
     int first_choice = choose_first(r);
     int64_t sent = 0, sent_choice = 0, mapped = 0;
+    double wait_states = 0, wait_choice = 0;
     for (int32_t l = lo; l < hi; l++)
         mapped += block_bytes(r, l);
     if (rank == 0)
@@ -363,16 +385,17 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
         qt_put_str(r, "shard.last_layer", v);
         if (r->failed)
             fail("writing its shard's metadata");
+        double t0 = MPI_Wtime();
         if (prev >= 0)
             recv_floats(r->h, n, prev, TAG_STATES);
+        wait_states = MPI_Wtime() - t0;
         /* Block 0's choice must be known before any later block is quantized. */
         int32_t *blocks = o->q.input_block;
         int need_choice = first_choice && lo > 0;
         float **snap = NULL;
         if (o->sequential) {
             if (need_choice)
-                MPI_Recv(blocks, L2C_N_INPUTS, MPI_INT32_T, 0, TAG_CHOICE, MPI_COMM_WORLD,
-                         MPI_STATUS_IGNORE);
+                wait_choice = recv_choice(blocks);
             for (int32_t l = lo; l < hi; l++) {
                 memcpy(r->h2, r->h, (size_t)n * sizeof *r->h);
                 if (qt_block(r, l, r->h2, r->h))
@@ -401,9 +424,11 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
             }
             if (next >= 0)
                 send_floats(r->h, n, next, TAG_STATES), sent += n * (int64_t)sizeof(float);
+            /* Only the kept inputs are needed from here. */
+            free(r->h);
+            r->h = NULL;
             if (need_choice)
-                MPI_Recv(blocks, L2C_N_INPUTS, MPI_INT32_T, 0, TAG_CHOICE, MPI_COMM_WORLD,
-                         MPI_STATUS_IGNORE);
+                wait_choice = recv_choice(blocks);
             for (int32_t l = lo; l < hi; l++) {
                 if (qt_block(r, l, snap[l - lo], NULL))
                     fail("quantizing a block");
@@ -488,11 +513,13 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
             "boundary x %lld tokens x %d x 4 = %lld) and %lld bytes of block choices; mapped "
             "%.1f MiB of its blocks' float tensors; peak RSS %.1f MiB; stages: load %.2f s, "
             "read blocks %.2f s, calibrate %.2f s, quantize %.2f s, forward %.2f s, write "
-            "%.2f s; shard written %.2f s after the start\n",
+            "%.2f s; waited %.2f s for the hidden states, %.2f s for block 0's choice; shard "
+            "written %.2f s after the start; %.2f processor s\n",
             rank, size, owned, (long long)sent, boundaries, (long long)r->total,
             r->tm.m.c.dim, (long long)(boundaries * n * (int64_t)sizeof(float)),
             (long long)sent_choice, (double)mapped / 1048576.0, tool_peak_rss_mib(), t->load,
-            t->read, t->calib, t->quant, t->next, t->write, me.t_written);
+            t->read, t->calib, t->quant, t->next, t->write, wait_states, wait_choice,
+            me.t_written, cpu_s());
     json_decref(meta0);
     free(names);
     free(blob);
