@@ -16,6 +16,13 @@ static int quantize_single(qt_run *r)
 {
     double t_start = tool_now_s();
     const qt_options *o = &r->o;
+    size_t n_out = strlen(o->out);
+    if (n_out > 0 && o->out[n_out - 1] == '/') {
+        fprintf(stderr, "--out %s: a folder receives the shards of a run over MPI ranks "
+                        "(mpirun -np N, N > 1); one process writes one file\n",
+                o->out);
+        return -1;
+    }
     if (qt_check_out(o->out) || qt_open(r, 1) || qt_writer_open(r, o->out, 1))
         return -1;
     int32_t n_layers = r->tm.m.c.n_layers;
