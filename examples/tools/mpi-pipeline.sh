@@ -2,7 +2,8 @@
 # duquant-quantize over MPI ranks against the single process: the shards of 2 and 3 ranks hold
 # the single file's tensors byte for byte (compare_shards.py), and duquant-run reads the same
 # perplexity from the folder as from the file; or (fail) a rank that fails or is killed ends
-# the job non-zero, naming the rank, with no index left in the folder.
+# the job non-zero, naming the rank, with no index left in the folder, and duquant-run refuses a
+# folder whose index names a missing shard.
 # usage: mpi-pipeline.sh QUANTIZE RUN MPIRUN PYTHON SHARED_DIR SYNTH_SCRIPT 656k|synth|fail
 set -euo pipefail
 quantize=$1
@@ -108,6 +109,18 @@ fail)
         echo "ok: missing calibration file: rank 0 named, no shard"
     else
         echo "FAILED: missing calibration file:"; cat "$tmp/fail.out"; fail=1
+    fi
+    # A folder whose index names a shard that is gone is not a model for duquant-run.
+    mkdir -p "$tmp/gone"
+    "${mpi[@]}" -np 2 "$quantize" --model "$m656" "${calib[@]}" --method rtn --out "$tmp/gone/" \
+        2>/dev/null
+    rm "$tmp/gone/model-00002-of-00002.dq.safetensors"
+    if "$run" --model "$tmp/gone" --eval "$m656/dev.tok" >"$tmp/fail.out" 2>&1; then
+        echo "FAILED: duquant-run read a folder with a shard missing"; fail=1
+    elif grep -q "model-00002-of-00002.dq.safetensors" "$tmp/fail.out"; then
+        echo "ok: a missing shard: duquant-run names it and exits non-zero"
+    else
+        echo "FAILED: a missing shard: no message naming it:"; cat "$tmp/fail.out"; fail=1
     fi
     ;;
 *)
