@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { TAG_STATES = 1, TAG_CHOICE = 2 };
@@ -91,12 +92,30 @@ static void inject_failure(void)
     fail("injected failure");
 }
 
+/* Completes req, sleeping between tests: a blocking MPI_Recv polls the network on a full core
+ * (Open MPI), which a rank waiting minutes for block 0's choice takes from the ranks still
+ * working when they share cores. 0, or -1 when the request failed. */
+static int wait_idle(MPI_Request *req)
+{
+    struct timespec nap = {0, 2000000}; /* 2 ms */
+    for (;;) {
+        int done = 0;
+        if (MPI_Test(req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return -1;
+        if (done)
+            return 0;
+        nanosleep(&nap, NULL);
+    }
+}
+
 /* Block 0's chosen blocks from rank 0; returns the seconds waited. */
 static double recv_choice(int32_t *blocks)
 {
     double t0 = MPI_Wtime();
-    if (MPI_Recv(blocks, L2C_N_INPUTS, MPI_INT32_T, 0, TAG_CHOICE, MPI_COMM_WORLD,
-                 MPI_STATUS_IGNORE) != MPI_SUCCESS)
+    MPI_Request req;
+    if (MPI_Irecv(blocks, L2C_N_INPUTS, MPI_INT32_T, 0, TAG_CHOICE, MPI_COMM_WORLD, &req) !=
+            MPI_SUCCESS ||
+        wait_idle(&req))
         fail("receiving block 0's choice");
     return MPI_Wtime() - t0;
 }
@@ -114,8 +133,10 @@ static void recv_floats(float *x, int64_t n, int from, int tag)
 {
     for (int64_t at = 0; at < n; at += CHUNK) {
         int64_t k = n - at < CHUNK ? n - at : CHUNK;
-        if (MPI_Recv(x + at, (int)k, MPI_FLOAT, from, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE) !=
-            MPI_SUCCESS)
+        MPI_Request req;
+        if (MPI_Irecv(x + at, (int)k, MPI_FLOAT, from, tag, MPI_COMM_WORLD, &req) !=
+                MPI_SUCCESS ||
+            wait_idle(&req))
             fail("receiving the hidden states");
     }
 }
@@ -467,6 +488,10 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
     int *offs = rank == 0 ? calloc((size_t)size, sizeof *offs) : NULL;
     if (rank == 0 && (!all || !lens || !offs))
         fail("out of memory");
+    /* The ranks finish at different times: wait for all without spinning. */
+    MPI_Request all_in;
+    if (MPI_Ibarrier(MPI_COMM_WORLD, &all_in) != MPI_SUCCESS || wait_idle(&all_in))
+        fail("waiting for the other ranks");
     MPI_Gather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, 0, MPI_COMM_WORLD);
     char *blob = NULL;
     int64_t blob_len = 0;
