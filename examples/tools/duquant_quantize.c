@@ -1,569 +1,89 @@
 /* duquant-quantize: calibrates a Hugging Face LLaMA-family folder or a llama2.c file on a story
  * text, quantizes every linear layer with one of the example engine's methods
  * (examples/llama2c/quantize.c) and writes one self-contained model file (doc/formats.md,
- * "Quantized model files") for duquant-run or another engine. See --help. */
-#define _POSIX_C_SOURCE 200809L
-#include <stdarg.h>
+ * "Quantized model files") for duquant-run or another engine. Built with MPI and started by
+ * mpirun on more than one rank, it runs the blocks as a pipeline over the ranks and writes a
+ * sharded model (quantize_pipeline.h). See --help. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include "duquant.h"
-#include "quantize.h"
-#include "tool_model.h"
+#include "quantize_pipeline.h"
+#include "quantize_tool.h"
 
-typedef struct options {
-    const char *model, *tokenizer, *calib, *method, *out;
-    int64_t tokens, window, sample_tokens;
-    int32_t threads, sequential;
-    l2c_quant_options q;
-} options;
-
-static void usage(FILE *f, const options *o)
+/* Every block in turn on one process, into one file. */
+static int quantize_single(qt_run *r)
 {
-    fprintf(f,
-            "usage: duquant-quantize --model PATH --calib TEXT|FILE.tok --method M --out FILE\n"
-            "  --model PATH         Hugging Face LLaMA-family folder or llama2.c file\n"
-            "  --tokenizer FILE     llama2.c tokenizer (llama2.c model with a text --calib)\n"
-            "  --calib TEXT         calibration stories (separated by lines <|endoftext|>), or\n"
-            "                       token ids FILE.tok (int32 little-endian, BOS first)\n"
-            "  --method M           one of:");
-    for (int32_t i = 0; i < l2c_n_methods; i++)
-        if (l2c_methods[i].w_bits)
-            fprintf(f, " %s", l2c_methods[i].name);
-    fprintf(f,
-            "\n"
-            "  --out FILE           the model file (written atomically)\n"
-            "  --tokens N           calibration tokens (default 0 = the whole text)\n"
-            "  --threads N          library threads (default 0: host decides)\n"
-            "  --window N           calibration window in tokens (default %lld)\n"
-            "  --sample-tokens N    rows kept for the rotation search, LWC, GPTQ and the clip\n"
-            "                       choice (default %lld); the next N are held out to judge\n"
-            "                       block sizes\n"
-            "  --block auto|N, --hadamard-block auto|N, --block-grid LIST, --act-clip auto|R,\n"
-            "  --act-clip-grid LIST  chosen per linear input on calibration data (default\n"
-            "                       auto, grids 16,32,64,128 and 1,0.95,0.9,0.85; see\n"
-            "                       duquant-eval --help); the choices go to the metadata\n"
-            "  --block-choice first|each  blocks chosen on block 0's calibration data and\n"
-            "                       reused by every later block (default first), or chosen\n"
-            "                       in every block; clips are chosen in every block either way\n"
-            "  --rot-steps N, --perm-times N, --full-width 0|1, --dq-smooth 0|1|auto,\n"
-            "  --alpha A, --w-clip R, --lwc-epochs N, --lwc-lr R, --lwc-batch N,\n"
-            "  --lwc-act 0|1, --seed N   as duquant-eval (defaults %d %d %d auto %.2f\n"
-            "                       %.2f %d %g %d %d %llu)\n",
-            (long long)o->window, (long long)o->sample_tokens, o->q.rot_steps,
-            o->q.perm_times, o->q.full_width, (double)o->q.alpha, (double)o->q.w_clip,
-            o->q.lwc_epochs, (double)o->q.lwc_lr, o->q.lwc_batch, o->q.lwc_quant_act,
-            (unsigned long long)o->q.seed);
-}
-
-static int parse_args(int argc, char **argv, options *o)
-{
-    for (int i = 1; i < argc; i++) {
-        const char *k = argv[i];
-        if (strcmp(k, "--help") == 0 || strcmp(k, "-h") == 0) {
-            usage(stdout, o);
-            return 1;
-        }
-        if (strcmp(k, "--sequential") == 0) {
-            o->sequential = 1;
-            continue;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "%s: missing value (or unknown option)\n", k);
-            return -1;
-        }
-        const char *v = argv[++i];
-        int64_t n = 0;
-        int bad = 0;
-        if (l2c_quant_option(&o->q, k, v, &bad)) {
-            /* a quantization setting */
-        } else if (strcmp(k, "--model") == 0)
-            o->model = v;
-        else if (strcmp(k, "--tokenizer") == 0)
-            o->tokenizer = v;
-        else if (strcmp(k, "--calib") == 0)
-            o->calib = v;
-        else if (strcmp(k, "--method") == 0)
-            o->method = v;
-        else if (strcmp(k, "--out") == 0)
-            o->out = v;
-        else if (strcmp(k, "--tokens") == 0)
-            bad = l2c_parse_int(v, 0, INT64_MAX, &o->tokens);
-        else if (strcmp(k, "--window") == 0)
-            bad = l2c_parse_int(v, 2, 1 << 20, &o->window);
-        else if (strcmp(k, "--sample-tokens") == 0)
-            bad = l2c_parse_int(v, 1, 1 << 24, &o->sample_tokens);
-        else if (strcmp(k, "--threads") == 0)
-            bad = l2c_parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
-        else {
-            fprintf(stderr, "unknown option %s (see --help)\n", k);
-            return -1;
-        }
-        if (bad) {
-            fprintf(stderr, "%s: bad value '%s'\n", k, v);
-            return -1;
-        }
-    }
-    const char *missing = !o->model ? "--model" : !o->calib ? "--calib"
-                          : !o->method ? "--method" : !o->out ? "--out" : NULL;
-    if (missing) {
-        fprintf(stderr, "%s is required (see --help)\n", missing);
+    double t_start = tool_now_s();
+    const qt_options *o = &r->o;
+    size_t n_out = strlen(o->out);
+    if (n_out > 0 && o->out[n_out - 1] == '/') {
+        fprintf(stderr, "--out %s: a folder receives the shards of a run over MPI ranks "
+                        "(mpirun -np N, N > 1); one process writes one file\n",
+                o->out);
         return -1;
     }
-    return 0;
-}
-
-/* The output's folder must exist and be writable: checked before any work. */
-static int check_out(const char *path)
-{
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
-    if (path[0] == '\0' || path[strlen(path) - 1] == '/' || access(dir, W_OK | X_OK) != 0) {
-        fprintf(stderr, "--out %s: cannot write in folder %s\n", path, dir);
+    if (qt_check_out(o->out) || qt_open(r, 1) || qt_writer_open(r, o->out, 1))
         return -1;
-    }
-    return 0;
-}
-
-typedef struct writer {
-    dq_file_writer *w;
-    const char *out;
-    int failed;
-} writer;
-
-static void put(writer *wr, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void put(writer *wr, const char *key, const char *fmt, ...)
-{
-    char v[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(v, sizeof v, fmt, ap);
-    va_end(ap);
-    if (wr->failed)
-        return;
-    dq_status st = dq_file_writer_add_metadata(wr->w, key, v);
-    if (st != DQ_OK) {
-        fprintf(stderr, "%s: metadata %s: %s\n", wr->out, key, dq_status_name(st));
-        wr->failed = 1;
-    }
-}
-
-static void put_str(writer *wr, const char *key, const char *v)
-{
-    if (wr->failed)
-        return;
-    dq_status st = dq_file_writer_add_metadata(wr->w, key, v);
-    if (st != DQ_OK) {
-        fprintf(stderr, "%s: metadata %s: %s\n", wr->out, key, dq_status_name(st));
-        wr->failed = 1;
-    }
-}
-
-static void put_tensor(writer *wr, const char *name, const float *x, int32_t ndim, int64_t d0,
-                       int64_t d1)
-{
-    int64_t shape[2] = {d0, d1};
-    if (ndim == 1)
-        shape[0] = d1;
-    if (wr->failed)
-        return;
-    dq_status st = dq_file_writer_add_tensor_f32(wr->w, name, x, ndim, shape);
-    if (st != DQ_OK) {
-        fprintf(stderr, "%s: tensor %s: %s\n", wr->out, name, dq_status_name(st));
-        wr->failed = 1;
-    }
-}
-
-/* A block setting: "auto" (0) or the number. */
-static void put_setting(writer *wr, const char *key, int32_t v)
-{
-    if (v > 0)
-        put(wr, key, "%d", v);
-    else
-        put_str(wr, key, "auto");
-}
-
-static const char *base_name(const char *p)
-{
-    const char *s = strrchr(p, '/');
-    return s ? s + 1 : p;
-}
-
-/* Everything of the model file but the layers. */
-static void write_header(writer *wr, const options *o, const tool_model *tm,
-                         const l2c_method *method, uint64_t calib_hash, int64_t calib_tokens)
-{
-    const l2c_model *m = &tm->m;
-    const l2c_config *c = &m->c;
-    const l2c_quant_options *q = &o->q;
-    put_str(wr, "duquant.model", TOOL_MODEL_KIND);
-    put_str(wr, "duquant.version", dq_version_string());
-    put_str(wr, "model.architecture", "llama");
-    put_str(wr, "model.source", tm->hf ? "huggingface" : "llama2c");
-    put(wr, "model.dim", "%d", c->dim);
-    put(wr, "model.hidden_dim", "%d", c->hidden_dim);
-    put(wr, "model.n_layers", "%d", c->n_layers);
-    put(wr, "model.n_heads", "%d", c->n_heads);
-    put(wr, "model.n_kv_heads", "%d", c->n_kv_heads);
-    put(wr, "model.head_size", "%d", m->head_size);
-    put(wr, "model.vocab_size", "%d", c->vocab_size);
-    put(wr, "model.seq_len", "%d", c->seq_len);
-    put_str(wr, "model.rope_style",
-            m->rope_style == L2C_ROPE_HALF ? "rotate_half" : "interleaved");
-    put(wr, "model.rope_theta", "%.17g", m->rope_theta);
-    put(wr, "model.norm_eps", "%.9g", (double)m->norm_eps);
-    put(wr, "model.tie_word_embeddings", "%d", tm->tied);
-    put(wr, "model.bos_token_id", "%d", tm->bos);
-    put(wr, "model.eos_token_id", "%d", tm->eos);
-    if (tm->config_json)
-        put_str(wr, "model.config_json", tm->config_json);
-    if (tm->tokenizer_json)
-        put_str(wr, "tokenizer.json", tm->tokenizer_json);
-    put_str(wr, "quant.method", method->name);
-    put(wr, "quant.w_bits", "%d", method->w_bits);
-    put(wr, "quant.a_bits", "%d", method->a_bits);
-    put(wr, "quant.plan_flags", "%u", method->plan_flags);
-    put(wr, "quant.rot_method", "%d", method->rot_method);
-    put(wr, "quant.lwc", "%d", method->lwc);
-    put(wr, "quant.refine", "%d", method->refine);
-    put(wr, "quant.gptq", "%d", method->gptq);
-    if (method->gptq) {
-        dq_gptq_params gp;
-        l2c_gptq_params(&gp);
-        put(wr, "quant.gptq_flags", "%u", gp.flags);
-        put(wr, "quant.gptq_damp", "%.9g", (double)gp.damp);
-        put(wr, "quant.gptq_clip_grid", "%d", gp.clip_grid);
-        put(wr, "quant.gptq_clip_max_shrink", "%.9g", (double)gp.clip_max_shrink);
-        put(wr, "quant.gptq_clip_norm", "%.9g", (double)gp.clip_norm);
-        put_str(wr, "quant.gptq_hessian", "calibration tokens");
-    }
-    char grid[L2C_MAX_GRID * 16];
-    size_t at = 0;
-    for (int32_t i = 0; i < q->n_block_grid; i++)
-        at += (size_t)snprintf(grid + at, sizeof grid - at, "%s%d", i ? "," : "",
-                               q->block_grid[i]);
-    put_setting(wr, "quant.block_size", q->block_size);
-    put_setting(wr, "quant.hadamard_block", q->hadamard_block);
-    put_str(wr, "quant.block_grid", grid);
-    put_str(wr, "quant.block_choice", q->block_choice == L2C_BLOCK_FIRST ? "first" : "each");
-    at = 0;
-    for (int32_t i = 0; i < q->n_act_clip_grid; i++)
-        at += (size_t)snprintf(grid + at, sizeof grid - at, "%s%.9g", i ? "," : "",
-                               (double)q->act_clip_grid[i]);
-    put_str(wr, "quant.act_clip_grid", grid);
-    put(wr, "quant.rot_steps", "%d", q->rot_steps);
-    put(wr, "quant.perm_times", "%d", q->perm_times);
-    if (q->dq_smooth == L2C_SMOOTH_AUTO)
-        put_str(wr, "quant.dq_smooth", "auto");
-    else
-        put(wr, "quant.dq_smooth", "%d", q->dq_smooth);
-    put(wr, "quant.full_width", "%d", q->full_width);
-    put(wr, "quant.alpha", "%.9g", (double)q->alpha);
-    if (q->act_clip > 0)
-        put(wr, "quant.act_clip", "%.9g", (double)q->act_clip);
-    else
-        put_str(wr, "quant.act_clip", "auto");
-    put(wr, "quant.w_clip", "%.9g", (double)q->w_clip);
-    put(wr, "quant.lwc_epochs", "%d", q->lwc_epochs);
-    put(wr, "quant.lwc_lr", "%.9g", (double)q->lwc_lr);
-    put(wr, "quant.lwc_batch", "%d", q->lwc_batch);
-    put(wr, "quant.lwc_act", "%d", q->lwc_quant_act);
-    put(wr, "quant.seed", "%llu", (unsigned long long)q->seed);
-    put(wr, "quant.sequential", "%d", o->sequential);
-    put(wr, "calib.file", "%s", base_name(o->calib));
-    put(wr, "calib.fnv1a64", "%016llx", (unsigned long long)calib_hash);
-    put(wr, "calib.tokens", "%lld", (long long)calib_tokens);
-    put(wr, "calib.window", "%lld", (long long)o->window);
-    put(wr, "calib.sample_tokens", "%lld", (long long)o->sample_tokens);
-    put(wr, "calib.heldout_tokens", "%lld", (long long)o->sample_tokens);
-
-    int64_t d = c->dim, v = c->vocab_size;
-    put_tensor(wr, "tok_embeddings.weight", m->tok_emb, 2, v, d);
-    put_tensor(wr, "norm.weight", m->rms_final, 1, 0, d);
-    if (!tm->tied)
-        put_tensor(wr, "output.weight", m->wcls, 2, v, d);
-}
-
-/* The norms, plans and layers of block l (qm and blk: that block alone), and the settings
- * chosen for its inputs (quant.layers.L.INPUT.block, .act_clip). */
-static void write_block(writer *wr, const l2c_qmodel *qm, const l2c_model *blk, int32_t l)
-{
-    char plan_names[L2C_N_INPUTS][64], name[128];
-    for (int32_t in = 0; in < L2C_N_INPUTS; in++) {
-        const l2c_choice *ch = &qm->choice[0][in];
-        snprintf(name, sizeof name, "quant.layers.%d.%s.block", l, l2c_input_name(in));
-        put(wr, name, "%d", ch->block);
-        snprintf(name, sizeof name, "quant.layers.%d.%s.act_clip", l, l2c_input_name(in));
-        put(wr, name, "%.9g", (double)ch->act_clip);
-    }
-    snprintf(name, sizeof name, "layers.%d.attention_norm.weight", l);
-    put_tensor(wr, name, blk->rms_att, 1, 0, blk->c.dim);
-    snprintf(name, sizeof name, "layers.%d.ffn_norm.weight", l);
-    put_tensor(wr, name, blk->rms_ffn, 1, 0, blk->c.dim);
-    for (int32_t in = 0; in < L2C_N_INPUTS; in++) {
-        snprintf(plan_names[in], sizeof plan_names[in], "layers.%d.plan_%s", l,
-                 l2c_input_name(in));
-        if (!wr->failed && qm->plans[0][in]) {
-            dq_status st = dq_file_writer_add_plan(wr->w, plan_names[in], qm->plans[0][in]);
-            if (st != DQ_OK) {
-                fprintf(stderr, "%s: plan %s: %s\n", wr->out, plan_names[in], dq_status_name(st));
-                wr->failed = 1;
-            }
-        }
-    }
-    for (int32_t k = 0; k < L2C_N_LINEARS && !wr->failed; k++) {
-        char prefix[64];
-        int32_t in = l2c_input_of(k);
-        snprintf(prefix, sizeof prefix, "layers.%d.%s", l, tool_linear_name(k));
-        dq_status st = dq_file_writer_add_linear_layer(wr->w, prefix, qm->layers[0][k],
-                                                       qm->plans[0][in] ? plan_names[in] : NULL);
-        if (st != DQ_OK) {
-            fprintf(stderr, "%s: linear layer %s: %s\n", wr->out, prefix, dq_status_name(st));
-            wr->failed = 1;
-        }
-    }
-}
-
-/* Runs block 0 of the one-block model blk (float weights, or quantized when lin is given) on
- * every calibration window of h in place; with cal, its linear inputs are observed. */
-static int run_block(const l2c_model *blk, l2c_linear (*lin)[L2C_N_LINEARS],
-                     l2c_calibration *cal, float *h, const int64_t *len, int64_t n_w,
-                     int32_t threads)
-{
-    l2c_linear fp32[1][L2C_N_LINEARS];
-    l2c_net net;
-    l2c_net_init_fp32(&net, blk, fp32);
-    net.n_threads = threads;
-    if (lin)
-        net.lin = lin;
-    if (cal) {
-        net.observe = l2c_calibration_observe;
-        net.observe_user = cal;
-    }
-    for (int64_t i = 0; i < n_w; i++) {
-        if (l2c_forward_block(&net, 0, h, len[i]))
+    int32_t n_layers = r->tm.m.c.n_layers;
+    int64_t n = r->total * r->tm.m.c.dim;
+    fprintf(stderr, "calibrating and quantizing block by block with %s on %lld tokens of %s%s\n",
+            r->method->name, (long long)r->total, o->calib,
+            o->sequential ? " (each block's input from the quantized blocks)" : "");
+    for (int32_t l = 0; l < n_layers; l++) {
+        double tb = tool_now_s();
+        /* Without --sequential the float block's output, computed in qt_block, is the next
+         * input; with it, the quantized block's. */
+        if (o->sequential)
+            memcpy(r->h2, r->h, (size_t)n * sizeof *r->h);
+        if (qt_block(r, l, o->sequential ? r->h2 : r->h, o->sequential ? r->h : NULL))
             return -1;
-        h += len[i] * blk->c.dim;
+        double done = tool_now_s() - t_start - r->t.load, per = done / (l + 1);
+        double eta = per * (n_layers - l - 1);
+        if (r->tty) {
+            int bar = 30 * (l + 1) / n_layers;
+            fprintf(stderr, "\r[%.*s%*s] block %d/%d  %.1f s  ETA %.0f s ", bar,
+                    "##############################", 30 - bar, "", l + 1, n_layers,
+                    tool_now_s() - tb, eta);
+            if (l + 1 == n_layers)
+                fputc('\n', stderr);
+        } else
+            fprintf(stderr, "block %d/%d done in %.2f s, ETA %.0f s\n", l + 1, n_layers,
+                    tool_now_s() - tb, eta);
     }
+    if (qt_save(r, o->out))
+        return -1;
+    fprintf(stderr, "wrote %s\n", o->out);
+    const qt_times *t = &r->t;
+    fprintf(stderr,
+            "stages: load %.2f s, read blocks %.2f s, calibrate %.2f s, quantize %.2f s, "
+            "next inputs %.2f s, write %.2f s; total %.2f s; peak RSS %.1f MiB\n",
+            t->load, t->read, t->calib, t->quant, t->next, t->write, tool_now_s() - t_start,
+            tool_peak_rss_mib());
     return 0;
 }
 
 int main(int argc, char **argv)
 {
-    options o;
-    memset(&o, 0, sizeof o);
-    o.window = 256;
-    o.sample_tokens = 512;
-    l2c_quant_options_default(&o.q);
-    o.q.block_choice = L2C_BLOCK_FIRST;
-    int pa = parse_args(argc, argv, &o);
-    if (pa)
+    int rank = 0, size = 1;
+    if (qt_pipeline_init(&argc, &argv, &rank, &size))
+        return 1;
+    qt_run r;
+    memset(&r, 0, sizeof r);
+    int pa = qt_parse_args(argc, argv, &r.o);
+    if (pa) {
+        qt_pipeline_finish();
         return pa > 0 ? 0 : 2;
-    const l2c_method *method = l2c_method_find(o.method);
+    }
+    const l2c_method *method = l2c_method_find(r.o.method);
     if (!method || method->w_bits == 0) {
         fprintf(stderr, "--method: unknown or not a quantization method '%s' (see --help)\n",
-                o.method);
+                r.o.method);
+        qt_pipeline_finish();
         return 2;
     }
-    if (check_out(o.out))
-        return 1;
-
-    int rc = 1, tty = isatty(2);
-    double t_start = tool_now_s(), t_load = 0, t_read = 0, t_calib = 0, t_quant = 0,
-           t_next = 0, t_write = 0;
-    dq_context *ctx = NULL;
-    dq_file_writer *fw = NULL;
-    tool_model tm;
-    tool_block blk;
-    l2c_text text;
-    l2c_calibration cal;
-    l2c_qmodel qm;
-    l2c_window *w = NULL;
-    int64_t *len = NULL, n_w = 0, total = 0;
-    float *h = NULL, *h2 = NULL;
-    memset(&tm, 0, sizeof tm);
-    memset(&blk, 0, sizeof blk);
-    memset(&text, 0, sizeof text);
-    memset(&cal, 0, sizeof cal);
-    memset(&qm, 0, sizeof qm);
-    dq_context_params cp;
-    dq_context_params_init(&cp, sizeof cp);
-    cp.n_threads = o.threads;
-    o.q.threads = tool_threads(o.threads);
-    dq_status st = dq_context_create(&cp, &ctx);
-    if (st) {
-        fprintf(stderr, "dq_context_create: %s\n", dq_status_name(st));
-        return 1;
-    }
-    double t0 = tool_now_s();
-    fprintf(stderr, "loading %s\n", o.model);
-    if (tool_model_open_blocks(o.model, o.tokenizer, ctx, &tm))
-        goto out;
-    if (tm.quantized) {
-        fprintf(stderr, "%s: already a quantized model file; give a float model\n", o.model);
-        goto out;
-    }
-    const l2c_config *c = &tm.m.c;
-    int64_t d = c->dim;
-    fprintf(stderr, "model %s: dim %d, hidden %d, %d layers, %d heads, %d kv heads, vocab %d\n",
-            o.model, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
-            c->vocab_size);
-    if (o.window > c->seq_len)
-        o.window = c->seq_len;
-    size_t calib_len = 0;
-    char *calib_bytes = tool_read_file(o.calib, &calib_len);
-    if (!calib_bytes)
-        goto out;
-    uint64_t calib_hash = tool_fnv1a64(calib_bytes, calib_len);
-    free(calib_bytes);
-    if (tool_text_load(&tm, o.calib, &text))
-        goto out;
-    /* The calibration windows (as l2c_calibrate cuts them) and their hidden states. */
-    n_w = l2c_windows(&text, o.window, 0, &w);
-    len = n_w > 0 ? malloc((size_t)n_w * sizeof *len) : NULL;
-    if (!len) {
-        fprintf(stderr, "%s: no calibration window\n", o.calib);
-        goto out;
-    }
-    int64_t used = 0;
-    for (int64_t i = 0; i < n_w; i++) {
-        len[i] = w[i].len;
-        if (o.tokens > 0 && len[i] > o.tokens - total)
-            len[i] = o.tokens - total;
-        if (len[i] <= 0)
-            break;
-        total += len[i];
-        used = i + 1;
-    }
-    n_w = used;
-    h = malloc((size_t)(total * d) * sizeof *h);
-    h2 = o.sequential ? malloc((size_t)(total * d) * sizeof *h2) : NULL;
-    if (!h || (o.sequential && !h2)) {
-        fprintf(stderr, "out of memory for the hidden states of %lld tokens\n",
-                (long long)total);
-        goto out;
-    }
-    for (int64_t i = 0, off = 0; i < n_w; off += len[i], i++)
-        l2c_embed(&tm.m, text.tokens + w[i].start, len[i], h + off * d);
-    st = dq_file_writer_create(ctx, &fw);
-    if (st) {
-        fprintf(stderr, "dq_file_writer_create: %s\n", dq_status_name(st));
-        goto out;
-    }
-    /* Each block's layers go to disk as they are added: memory holds one block, not the
-     * whole quantized model. */
-    st = dq_file_writer_spool(fw, o.out);
-    if (st) {
-        fprintf(stderr, "%s: cannot create a spool file in its folder: %s\n", o.out,
-                dq_status_name(st));
-        goto out;
-    }
-    writer wr = {fw, o.out, 0};
-    write_header(&wr, &o, &tm, method, calib_hash, total);
-    if (wr.failed)
-        goto out;
-    /* The float tables are in the spool file now, and a Hugging Face folder's blocks are read
-     * one at a time: nothing needs the embeddings and head any more (1 GiB of floats for
-     * LLaMA-2-7B's 32000-token tables). */
-    if (tm.hm) {
-        free(tm.m.data);
-        tm.m.data = NULL;
-        tm.m.tok_emb = tm.m.rms_final = tm.m.wcls = NULL;
-    }
-    t_load = tool_now_s() - t0;
-    fprintf(stderr, "calibrating and quantizing block by block with %s on %lld tokens of %s%s\n",
-            method->name, (long long)total, o.calib,
-            o.sequential ? " (each block's input from the quantized blocks)" : "");
-
-    for (int32_t l = 0; l < c->n_layers; l++) {
-        double tb = tool_now_s();
-        t0 = tb;
-        if (tool_model_block(&tm, l, &blk))
-            goto out;
-        t_read += tool_now_s() - t0;
-        t0 = tool_now_s();
-        if (l2c_calibration_init(&blk.view, o.sample_tokens, &cal))
-            goto out;
-        cal.hess_tokens = method->gptq ? -1 : 0; /* every token but the held-out ones */
-        /* Without --sequential the float block's output, computed here, is the next input. */
-        if (o.sequential)
-            memcpy(h2, h, (size_t)(total * d) * sizeof *h);
-        if (run_block(&blk.view, NULL, &cal, o.sequential ? h2 : h, len, n_w,
-                      tool_threads(o.threads)))
-            goto out;
-        cal.tokens = total;
-        t_calib += tool_now_s() - t0;
-        t0 = tool_now_s();
-        if (l2c_quantize(ctx, &blk.view, &cal, method, &o.q, &qm))
-            goto out;
-        /* The one-block view is layer 0 of qm: its blocks stay for the later blocks. */
-        if (l == 0 && o.q.block_choice == L2C_BLOCK_FIRST)
-            l2c_keep_blocks(&o.q, &qm, 0);
-        t_quant += tool_now_s() - t0;
-        if (!tty)
-            l2c_qmodel_report(stderr, &qm, method, l);
-        t0 = tool_now_s();
-        if (o.sequential &&
-            run_block(&blk.view, qm.lin, NULL, h, len, n_w, tool_threads(o.threads)))
-            goto out;
-        t_next += tool_now_s() - t0;
-        t0 = tool_now_s();
-        write_block(&wr, &qm, &blk.view, l);
-        t_write += tool_now_s() - t0;
-        l2c_qmodel_free(&qm);
-        l2c_calibration_free(&cal);
-        tool_block_free(&blk);
-        if (wr.failed)
-            goto out;
-        double done = tool_now_s() - t_start - t_load, per = done / (l + 1);
-        double eta = per * (c->n_layers - l - 1);
-        if (tty) {
-            int bar = 30 * (l + 1) / c->n_layers;
-            fprintf(stderr, "\r[%.*s%*s] block %d/%d  %.1f s  ETA %.0f s ", bar,
-                    "##############################", 30 - bar, "", l + 1, c->n_layers,
-                    tool_now_s() - tb, eta);
-            if (l + 1 == c->n_layers)
-                fputc('\n', stderr);
-        } else
-            fprintf(stderr, "block %d/%d done in %.2f s, ETA %.0f s\n", l + 1, c->n_layers,
-                    tool_now_s() - tb, eta);
-    }
-    t0 = tool_now_s();
-    st = dq_file_writer_save(fw, o.out);
-    if (st) {
-        fprintf(stderr, "%s: cannot save the model file: %s\n", o.out, dq_status_name(st));
-        goto out;
-    }
-    t_write += tool_now_s() - t0;
-    fprintf(stderr, "wrote %s\n", o.out);
-    fprintf(stderr,
-            "stages: load %.2f s, read blocks %.2f s, calibrate %.2f s, quantize %.2f s, "
-            "next inputs %.2f s, write %.2f s; total %.2f s; peak RSS %.1f MiB\n",
-            t_load, t_read, t_calib, t_quant, t_next, t_write, tool_now_s() - t_start,
-            tool_peak_rss_mib());
-    rc = 0;
-out:
-    dq_file_writer_free(fw);
-    l2c_qmodel_free(&qm);
-    l2c_calibration_free(&cal);
-    tool_block_free(&blk);
-    free(h);
-    free(h2);
-    free(len);
-    free(w);
-    l2c_text_free(&text);
-    tool_model_free(&tm);
-    dq_context_free(ctx);
-    return rc;
+    int rc = size > 1 ? qt_pipeline_run(&r, rank, size) : quantize_single(&r);
+    qt_free(&r);
+    qt_pipeline_finish();
+    return rc ? 1 : 0;
 }

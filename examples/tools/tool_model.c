@@ -201,16 +201,62 @@ static int get_f32(const dq_file_reader *r, const char *path, const char *name, 
     return st == DQ_OK ? 0 : -1;
 }
 
-static int load_quantized(const char *path, dq_context *ctx, tool_model *tm)
+static int open_reader(const char *path, dq_context *ctx, dq_file_reader **out)
 {
     dq_file_params fp;
     dq_file_params_init(&fp, sizeof fp);
     fp.flags = DQ_FILE_F_BORROW;
-    dq_status st = dq_file_reader_open(ctx, &fp, path, &tm->reader);
-    if (st != DQ_OK) {
+    dq_status st = dq_file_reader_open(ctx, &fp, path, out);
+    if (st != DQ_OK)
         fprintf(stderr, "%s: cannot open the model file: %s\n", path, dq_status_name(st));
+    return st == DQ_OK ? 0 : -1;
+}
+
+/* The reader holding block l's tensors: the file's, or its shard's (layer_shard, set by
+ * load_sharded once the layer count is known). */
+static const dq_file_reader *layer_reader(const tool_model *tm, int32_t l)
+{
+    return tm->shards ? tm->shards[tm->layer_shard[l]] : tm->reader;
+}
+
+/* layer_shard[l]: the shard (index into shard_files) that the index names for block l. */
+static int find_layer_shards(tool_model *tm, const char *path, json_t *map, int32_t L)
+{
+    if (L < 1 || L > 4096 || !(tm->layer_shard = calloc((size_t)L, sizeof *tm->layer_shard))) {
+        fprintf(stderr, "%s: out of memory\n", path);
         return -1;
     }
+    for (int32_t l = 0; l < L; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "layers.%d.attention_norm.weight", l);
+        const char *file = json_string_value(json_object_get(map, name));
+        int32_t k = 0;
+        while (file && k < tm->n_shards && strcmp(tm->shard_files[k], file) != 0)
+            k++;
+        if (!file || k == tm->n_shards) {
+            fprintf(stderr, "%s/" TOOL_INDEX_NAME ": no shard for block %d (%s)\n", path, l,
+                    name);
+            return -1;
+        }
+        tm->layer_shard[l] = k;
+    }
+    return 0;
+}
+
+/* The model from tm->reader (the file, or the shard holding the float tables); with map (a
+ * sharded model's weight_map), each block from its shard. */
+static int load_layers(const char *path, dq_context *ctx, tool_model *tm, json_t *map);
+
+static int load_quantized(const char *path, dq_context *ctx, tool_model *tm)
+{
+    if (open_reader(path, ctx, &tm->reader))
+        return -1;
+    return load_layers(path, ctx, tm, NULL);
+}
+
+static int load_layers(const char *path, dq_context *ctx, tool_model *tm, json_t *map)
+{
+    dq_status st;
     const dq_file_reader *r = tm->reader;
     tm->quantized = 1;
     char *kind = meta(r, path, "duquant.model", 1);
@@ -283,12 +329,15 @@ static int load_quantized(const char *path, dq_context *ctx, tool_model *tm)
         get_f32(r, path, "norm.weight", rms_final, d) ||
         (!tm->tied && get_f32(r, path, "output.weight", cls, v * d)))
         return -1;
+    if (map && find_layer_shards(tm, path, map, L))
+        return -1;
     for (int32_t l = 0; l < L; l++) {
+        const dq_file_reader *lr = layer_reader(tm, l);
         snprintf(name, sizeof name, "layers.%d.attention_norm.weight", l);
-        if (get_f32(r, path, name, rms_att + l * d, d))
+        if (get_f32(lr, path, name, rms_att + l * d, d))
             return -1;
         snprintf(name, sizeof name, "layers.%d.ffn_norm.weight", l);
-        if (get_f32(r, path, name, rms_ffn + l * d, d))
+        if (get_f32(lr, path, name, rms_ffn + l * d, d))
             return -1;
     }
     m->tok_emb = emb, m->rms_att = rms_att, m->rms_ffn = rms_ffn, m->rms_final = rms_final;
@@ -305,13 +354,14 @@ static int load_quantized(const char *path, dq_context *ctx, tool_model *tm)
     }
     for (int32_t l = 0; l < L; l++)
         for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+            const dq_file_reader *lr = layer_reader(tm, l);
             int32_t in = l2c_input_of(k);
             char prefix[128], key[160];
             snprintf(prefix, sizeof prefix, "layers.%d.%s", l, tool_linear_name(k));
             snprintf(key, sizeof key, "%s.plan", prefix);
-            char *plan_prefix = meta(r, path, key, 0);
+            char *plan_prefix = meta(lr, path, key, 0);
             if (plan_prefix && !tm->plans[l][in]) {
-                st = dq_file_reader_get_plan(r, ctx, plan_prefix, &tm->plans[l][in]);
+                st = dq_file_reader_get_plan(lr, ctx, plan_prefix, &tm->plans[l][in]);
                 if (st != DQ_OK) {
                     fprintf(stderr, "%s: plan %s: %s\n", path, plan_prefix, dq_status_name(st));
                     free(plan_prefix);
@@ -319,7 +369,7 @@ static int load_quantized(const char *path, dq_context *ctx, tool_model *tm)
                 }
             }
             free(plan_prefix);
-            st = dq_file_reader_get_linear(r, ctx, prefix, tm->plans[l][in], &tm->layers[l][k]);
+            st = dq_file_reader_get_linear(lr, ctx, prefix, tm->plans[l][in], &tm->layers[l][k]);
             if (st != DQ_OK) {
                 fprintf(stderr, "%s: linear layer %s: %s\n", path, prefix, dq_status_name(st));
                 return -1;
@@ -344,6 +394,74 @@ static int load_quantized(const char *path, dq_context *ctx, tool_model *tm)
     return 0;
 }
 
+/* A sharded model: the folder's index names each tensor's shard file (in the folder). */
+static int load_sharded(const char *dir, dq_context *ctx, tool_model *tm)
+{
+    char path[4200];
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/" TOOL_INDEX_NAME, dir);
+    char *text = tool_read_file(path, &len);
+    if (!text)
+        return -1;
+    json_error_t je;
+    json_t *root = json_loadb(text, len, 0, &je), *map = json_object_get(root, "weight_map");
+    free(text);
+    int rc = -1;
+    if (!json_is_object(map) || json_object_size(map) == 0) {
+        fprintf(stderr, "%s: not an index (%s)\n", path,
+                root ? "no weight_map object" : je.text);
+        goto out;
+    }
+    size_t n = json_object_size(map);
+    tm->shard_files = calloc(n, sizeof *tm->shard_files);
+    tm->shards = calloc(n, sizeof *tm->shards);
+    if (!tm->shard_files || !tm->shards) {
+        fprintf(stderr, "%s: out of memory\n", path);
+        goto out;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(map, key, v)
+    {
+        const char *file = json_string_value(v);
+        if (!file || !*file || strchr(file, '/') || file[0] == '.') {
+            fprintf(stderr, "%s: tensor %s: not a file name of the folder\n", path, key);
+            goto out;
+        }
+        int32_t k = 0;
+        while (k < tm->n_shards && strcmp(tm->shard_files[k], file) != 0)
+            k++;
+        if (k < tm->n_shards)
+            continue;
+        char shard[8400];
+        snprintf(shard, sizeof shard, "%s/%s", dir, file);
+        if (!(tm->shard_files[k] = strdup(file)) ||
+            open_reader(shard, ctx, &tm->shards[k]))
+            goto out;
+        tm->n_shards++;
+    }
+    const char *tables = json_string_value(json_object_get(map, "tok_embeddings.weight"));
+    for (int32_t k = 0; tables && k < tm->n_shards; k++)
+        if (strcmp(tm->shard_files[k], tables) == 0)
+            tm->reader = tm->shards[k];
+    if (!tm->reader) {
+        fprintf(stderr, "%s: no shard holds tok_embeddings.weight\n", path);
+        goto out;
+    }
+    rc = load_layers(dir, ctx, tm, map);
+out:
+    json_decref(root);
+    return rc;
+}
+
+static int is_sharded_dir(const char *path)
+{
+    char index[4200];
+    struct stat st;
+    snprintf(index, sizeof index, "%s/" TOOL_INDEX_NAME, path);
+    return stat(index, &st) == 0 && S_ISREG(st.st_mode);
+}
+
 static int is_model_file(const char *path)
 {
     unsigned char head[9];
@@ -359,8 +477,9 @@ int tool_model_load(const char *path, const char *tokenizer, dq_context *ctx, to
 {
     memset(tm, 0, sizeof *tm);
     int rc = -1;
-    if (!hf_is_model_dir(path) && is_model_file(path)) {
-        rc = load_quantized(path, ctx, tm);
+    int sharded = !hf_is_model_dir(path) && is_sharded_dir(path);
+    if (sharded || (!hf_is_model_dir(path) && is_model_file(path))) {
+        rc = sharded ? load_sharded(path, ctx, tm) : load_quantized(path, ctx, tm);
         if (!rc && tokenizer) {
             char err[512];
             if (l2c_tokenizer_load(tokenizer, tm->m.c.vocab_size, &tm->ltk, err, sizeof err)) {
@@ -411,6 +530,16 @@ void tool_model_free(tool_model *tm)
         free(tm->hm);
     }
     free(tm->lin);
+    if (tm->shards) {
+        for (int32_t k = 0; k < tm->n_shards; k++) {
+            dq_file_reader_free(tm->shards[k]);
+            free(tm->shard_files[k]);
+        }
+        tm->reader = NULL; /* one of the shards */
+    }
+    free(tm->shards);
+    free(tm->shard_files);
+    free(tm->layer_shard);
     dq_file_reader_free(tm->reader);
     hf_tokenizer_free(tm->htk);
     if (tm->has_ltk)
@@ -511,8 +640,9 @@ int tool_text_load(const tool_model *tm, const char *path, l2c_text *out)
     return 0;
 }
 
-/* The folder's config, tokenizer, embeddings, final norm and head; the blocks stay mapped. */
-static int open_hf_blocks(const char *path, tool_model *tm)
+/* The folder's config, tokenizer and, with tables, embeddings, final norm and head; the blocks
+ * stay mapped. */
+static int open_hf_blocks(const char *path, tool_model *tm, int tables)
 {
     char err[512];
     int absent = 0;
@@ -534,6 +664,12 @@ static int open_hf_blocks(const char *path, tool_model *tm)
     tm->bos = c->bos_token_id;
     tm->eos = c->eos_token_id;
     tm->tied = c->tie_word_embeddings;
+    if (!tables) {
+        if (!(tm->config_json = dir_json(path, "config.json", &absent)))
+            return -1;
+        tm->tokenizer_json = dir_json(path, "tokenizer.json", &absent);
+        return !tm->tokenizer_json && !absent ? -1 : 0;
+    }
     int64_t d = lc->dim, v = lc->vocab_size, shape[2] = {v, d};
     float *p = malloc((size_t)(v * d * (tm->tied ? 1 : 2) + d) * sizeof *p);
     if (!p) {
@@ -562,8 +698,8 @@ static int open_hf_blocks(const char *path, tool_model *tm)
     return !tm->tokenizer_json && !absent ? -1 : 0;
 }
 
-int tool_model_open_blocks(const char *path, const char *tokenizer, dq_context *ctx,
-                           tool_model *tm)
+static int open_blocks(const char *path, const char *tokenizer, dq_context *ctx, tool_model *tm,
+                       int tables)
 {
     if (!hf_is_model_dir(path))
         return tool_model_load(path, tokenizer, ctx, tm);
@@ -573,7 +709,7 @@ int tool_model_open_blocks(const char *path, const char *tokenizer, dq_context *
         fprintf(stderr, "--tokenizer: a llama2.c tokenizer; %s is a Hugging Face folder\n",
                 path);
     else
-        rc = open_hf_blocks(path, tm);
+        rc = open_hf_blocks(path, tm, tables);
     if (!rc && tm->tokenizer_json) {
         char err[512];
         if (hf_tokenizer_load_buffer(tm->tokenizer_json, strlen(tm->tokenizer_json),
@@ -635,4 +771,16 @@ void tool_block_free(tool_block *b)
 {
     free(b->owned);
     memset(b, 0, sizeof *b);
+}
+
+int tool_model_open_blocks(const char *path, const char *tokenizer, dq_context *ctx,
+                           tool_model *tm)
+{
+    return open_blocks(path, tokenizer, ctx, tm, 1);
+}
+
+int tool_model_open_layers(const char *path, const char *tokenizer, dq_context *ctx,
+                           tool_model *tm)
+{
+    return open_blocks(path, tokenizer, ctx, tm, 0);
 }

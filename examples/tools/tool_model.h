@@ -17,6 +17,9 @@
 #include "perplexity.h"
 #include "tokenizer.h"
 
+/* The index of a sharded model folder (duquant-quantize over MPI ranks, doc/formats.md). */
+#define TOOL_INDEX_NAME "model.dq.index.json"
+
 /* The metadata value of "duquant.model" in a quantized model file. */
 #define TOOL_MODEL_KIND "llama-w4a4"
 
@@ -31,7 +34,11 @@ typedef struct tool_model {
     l2c_tokenizer ltk;     /* llama2.c tokenizer (--tokenizer) */
     int has_ltk;
     char *config_json;     /* config.json (compact), or NULL */
-    dq_file_reader *reader;
+    dq_file_reader *reader; /* the model file, or the shard holding the float tables */
+    dq_file_reader **shards; /* a sharded model's shards (n_shards), reader among them */
+    char **shard_files;
+    int32_t n_shards;
+    int32_t *layer_shard;    /* [n_layers]: the shard of each block */
     l2c_linear (*lin)[L2C_N_LINEARS];       /* [n_layers]: the net's linears */
     dq_linear *(*layers)[L2C_N_LINEARS];    /* quantized layers of a model file */
     dq_plan *(*plans)[L2C_N_INPUTS];
@@ -52,8 +59,9 @@ typedef struct tool_block {
 /* Names of the seven linears in a model file: "wq" "wk" "wv" "wo" "w1" "w2" "w3". */
 const char *tool_linear_name(int32_t which);
 
-/* Opens a Hugging Face folder, a llama2.c file (tokenizer: a llama2.c tokenizer file or NULL)
- * or a quantized model file (by its content). Returns 0 or -1 with a message on stderr. */
+/* Opens a Hugging Face folder, a llama2.c file (tokenizer: a llama2.c tokenizer file or NULL),
+ * a quantized model file (by its content) or a folder of its shards (TOOL_INDEX_NAME).
+ * Returns 0 or -1 with a message on stderr. */
 int tool_model_load(const char *path, const char *tokenizer, dq_context *ctx, tool_model *tm);
 void tool_model_free(tool_model *tm);
 
@@ -61,6 +69,10 @@ void tool_model_free(tool_model *tm);
  * checkpoint (mapped): only the embeddings, the final norm and the head are read now, and
  * tool_model_block reads one block at a time. tm->lin is NULL for such a folder. */
 int tool_model_open_blocks(const char *path, const char *tokenizer, dq_context *ctx,
+                           tool_model *tm);
+/* As tool_model_open_blocks without reading a Hugging Face folder's embeddings, final norm
+ * and head (NULL): for a process that handles blocks only. */
+int tool_model_open_layers(const char *path, const char *tokenizer, dq_context *ctx,
                            tool_model *tm);
 /* Block l of a float model (converted from the checkpoint, or pointing into the model). */
 int tool_model_block(const tool_model *tm, int32_t l, tool_block *b);
