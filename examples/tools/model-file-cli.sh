@@ -154,6 +154,8 @@ expect_fail "empty.tok" "$quantize" "${model[@]}" --calib "$tmp/empty.tok" --met
 expect_fail "nosuch" "$quantize" "${model[@]}" --calib "$calib" --method nosuch \
     --out "$tmp/keep.dq"
 expect_fail "fp32" "$quantize" "${model[@]}" --calib "$calib" --method fp32 --out "$tmp/new.dq"
+expect_fail "--groups 32" "$quantize" "${model[@]}" --calib "$calib" --method rtn --groups 32 \
+    --out "$tmp/new.dq"
 expect_fail "$tmp/no/dir" "$quantize" "${model[@]}" "${q_args[@]}" --out "$tmp/no/dir/x.dq"
 expect_fail "--out" "$quantize" "${model[@]}" "${q_args[@]}"
 # duquant-run: a missing or truncated model file, an empty evaluation text.

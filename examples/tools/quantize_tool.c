@@ -360,6 +360,12 @@ int qt_open(qt_run *r, int text)
                 o->method);
         return -1;
     }
+    /* The model file keeps no activation groups: refused before any work, not at the write. */
+    if (o->q.groups > 0 && r->method->a_bits > 0) {
+        fprintf(stderr, "--groups %d: model files hold no per-group activations; only weight-only "
+                "methods (w4a16_*) take --groups here\n", o->q.groups);
+        return -1;
+    }
     dq_context_params cp;
     dq_context_params_init(&cp, sizeof cp);
     cp.n_threads = o->threads;
