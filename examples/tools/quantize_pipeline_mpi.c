@@ -413,7 +413,6 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
         /* Block 0's choice must be known before any later block is quantized. */
         int32_t *blocks = o->q.input_block;
         int need_choice = first_choice && lo > 0;
-        float **snap = NULL;
         if (o->sequential) {
             if (need_choice)
                 wait_choice = recv_choice(blocks);
@@ -430,38 +429,34 @@ int qt_pipeline_run(qt_run *r, int rank, int size)
             if (next >= 0)
                 send_floats(r->h, n, next, TAG_STATES), sent += n * (int64_t)sizeof(float);
         } else {
-            /* Forward first, keeping each block's input, so the next rank starts early; then
-             * calibrate and quantize each block on its kept input. */
-            snap = calloc((size_t)(hi - lo), sizeof *snap);
-            if (!snap)
-                fail("out of memory");
-            for (int32_t l = lo; l < hi; l++) {
-                if (!(snap[l - lo] = malloc((size_t)n * sizeof **snap)))
-                    fail("out of memory for a block's inputs");
-                memcpy(snap[l - lo], r->h, (size_t)n * sizeof *r->h);
-                /* The last block's output goes nowhere. */
-                if (l + 1 < n_layers && qt_forward(r, l, r->h))
+            /* Forward first, keeping only the first block's input, so the next rank starts
+             * early; then calibrate and quantize block by block from that input again: each
+             * block's calibration pass computes the next block's input, as in one process,
+             * so that one buffer of hidden states is held while quantizing, as there. */
+            float *x = malloc((size_t)n * sizeof *x);
+            if (!x)
+                fail("out of memory for its first block's input");
+            memcpy(x, r->h, (size_t)n * sizeof *r->h);
+            /* The last rank passes nothing on: its blocks run once, while quantizing. */
+            for (int32_t l = lo; next >= 0 && l < hi; l++)
+                if (qt_forward(r, l, r->h))
                     fail("running a block");
-            }
             if (next >= 0)
                 send_floats(r->h, n, next, TAG_STATES), sent += n * (int64_t)sizeof(float);
-            /* Only the kept inputs are needed from here. */
             free(r->h);
             r->h = NULL;
             if (need_choice)
                 wait_choice = recv_choice(blocks);
             for (int32_t l = lo; l < hi; l++) {
-                if (qt_block(r, l, snap[l - lo], NULL))
+                if (qt_block(r, l, x, NULL))
                     fail("quantizing a block");
-                free(snap[l - lo]);
-                snap[l - lo] = NULL;
                 if (l == 0 && first_choice)
                     for (int k = 1; k < active; k++, sent_choice += sizeof o->q.input_block)
                         MPI_Send(blocks, L2C_N_INPUTS, MPI_INT32_T, k, TAG_CHOICE,
                                  MPI_COMM_WORLD);
                 fprintf(stderr, "rank %d: block %d done\n", rank, l);
             }
-            free(snap);
+            free(x);
         }
         if (qt_save(r, path))
             fail("saving its shard");
