@@ -20,6 +20,9 @@
 
 #define MAX_MR 8
 #define MAX_NB 8
+/* GEMV streams the weights from memory: bytes of each block's stream fetched ahead (about
+ * 4-7 % more decode speed on a 7B-shaped model here, crossing 4 KiB pages early). */
+#define PREFETCH_BYTES 1024
 
 static DQ_GEMM_INLINE __m512i bcast4(const uint8_t *p)
 {
@@ -75,6 +78,10 @@ static DQ_GEMM_INLINE void micro(const int MR, const int NB, const int bits8, co
                 acc[i][j] = _mm512_setzero_si512();
         for (int64_t s = 0; s < steps; s++) {
             __m512i wv[MAX_NB];
+            if (MR == 1)
+                DQ_GEMM_UNROLL
+                for (int j = 0; j < NB; j++) /* an address that may lie past the codes */
+                    _mm_prefetch((const char *)((uintptr_t)wb[j] + PREFETCH_BYTES), _MM_HINT_T0);
             DQ_GEMM_UNROLL
             for (int j = 0; j < NB; j++)
                 wv[j] = bits8 ? _mm512_loadu_si512(wb[j])
