@@ -178,7 +178,7 @@ static json_t *small_config(void)
                      "max_position_embeddings", 64);
 }
 
-static float small_values[1024];
+static float small_values[2048];
 
 /* The tensors of the small model with heads of hd channels; the tensor called bad_name gets
  * bad_rows rows. */
@@ -262,7 +262,7 @@ static double ref_compare(const l2c_model *m, const int32_t *tok, int64_t T)
 {
     int64_t d = m->c.dim, hd = m->head_size, H = m->c.n_heads, KV = m->c.n_kv_heads;
     int64_t hid = m->c.hidden_dim, V = m->c.vocab_size, qd = H * hd, kd = KV * hd;
-    enum { MAXT = 8, MAXW = 64 };
+    enum { MAXT = 8, MAXW = 192 };
     static double x[MAXT][MAXW], q[MAXT][MAXW], k[MAXT][MAXW], v[MAXT][MAXW];
     double xn[MAXW], att[MAXW], o[MAXW], g[MAXW], u[MAXW];
     static float logits[MAXT * MAXW];
@@ -477,6 +477,22 @@ static int test_errors(void)
         double e = ref_compare(&m, tok, 7);
         printf("head_dim 6 forward pass against the float64 reference: largest error %.2g\n", e);
         CHECK(e < 1e-5, "head_dim 6 forward against the float64 reference: %g", e);
+        l2c_model_free(&m);
+    }
+    /* Heads of 88 = 64 + 16 + 8 channels: the engine's attention takes its widest value
+     * chunks, a 16-channel vector and single channels, over 4 queries and then 3. */
+    nh = small_tensors_hd(th, "F32", NULL, 0, 88);
+    c = small_config();
+    json_object_set_new(c, "head_dim", json_integer(88));
+    make_small(fmt("%s/head_dim88", tmp), c, th, nh);
+    rc = hf_model_load(fmt("%s/head_dim88", tmp), &m, NULL, err, sizeof err);
+    CHECK(rc == 0, "head_dim 88: %s", err);
+    if (rc == 0) {
+        const int32_t tok[7] = {1, 4, 4, 2, 11, 7, 3};
+        double e = ref_compare(&m, tok, 7);
+        printf("head_dim 88 forward pass against the float64 reference: largest error %.2g\n",
+               e);
+        CHECK(e < 1e-5, "head_dim 88 forward against the float64 reference: %g", e);
         l2c_model_free(&m);
     }
     /* Token ids as lists or null, num_key_value_heads null (= heads). */

@@ -248,13 +248,69 @@ int l2c_matmul(int32_t n_threads, const float *x, int64_t rows, int64_t in, cons
     return matmul_wt(&net, x, rows, in, w, out, y);
 }
 
-static int linear(const l2c_net *net, const l2c_linear *lin, const float *x, int64_t rows,
-                  float *y)
+/* Buffers of one forward call, reused by every block: a 512-token prompt would otherwise map
+ * and fault in about 100 MB of fresh pages per block (the linears' workspace included). */
+typedef struct fwd_scratch {
+    float *xb, *y, *q, *k, *v, *h1, *h3;
+    void *work; /* the quantized linears' workspace, grown on demand */
+    size_t work_bytes;
+} fwd_scratch;
+
+static int scratch_init(fwd_scratch *s, const l2c_model *m, int64_t n)
+{
+    const int64_t dim = m->c.dim, hid = m->c.hidden_dim, kv = m->kv_dim, qd = m->q_dim;
+    const int64_t wide = qd > dim ? qd : dim;
+    memset(s, 0, sizeof *s);
+    s->xb = malloc((size_t)(n * wide) * sizeof *s->xb);
+    s->y = malloc((size_t)(n * dim) * sizeof *s->y);
+    s->q = malloc((size_t)(n * qd) * sizeof *s->q);
+    s->k = malloc((size_t)(n * kv) * sizeof *s->k);
+    s->v = malloc((size_t)(n * kv) * sizeof *s->v);
+    s->h1 = malloc((size_t)(n * hid) * sizeof *s->h1);
+    s->h3 = malloc((size_t)(n * hid) * sizeof *s->h3);
+    if (!s->xb || !s->y || !s->q || !s->k || !s->v || !s->h1 || !s->h3) {
+        fprintf(stderr, "out of memory\n");
+        return -1;
+    }
+    return 0;
+}
+
+static void scratch_free(fwd_scratch *s)
+{
+    free(s->xb);
+    free(s->y);
+    free(s->q);
+    free(s->k);
+    free(s->v);
+    free(s->h1);
+    free(s->h3);
+    free(s->work);
+    memset(s, 0, sizeof *s);
+}
+
+/* A workspace of at least `bytes`, or NULL when it cannot grow (the library then allocates
+ * its own for the call, as without one). */
+static void *scratch_work(fwd_scratch *s, size_t bytes)
+{
+    if (bytes > s->work_bytes) {
+        free(s->work);
+        s->work = malloc(bytes);
+        s->work_bytes = s->work ? bytes : 0;
+    }
+    return s->work;
+}
+
+static int linear(const l2c_net *net, fwd_scratch *s, const l2c_linear *lin, const float *x,
+                  int64_t rows, float *y)
 {
     if (!lin->q)
         return matmul_wt(net, x, rows, lin->in_dim, lin->w, lin->out_dim, y);
+    size_t bytes = 0;
+    void *work = dq_linear_workspace_size(lin->q, rows, &bytes) == DQ_OK && bytes > 0
+                     ? scratch_work(s, bytes)
+                     : NULL;
     dq_status st = dq_linear_forward(lin->q, x, rows, lin->in_dim, lin->in_dim, y, lin->out_dim,
-                                     NULL, 0);
+                                     work, work ? bytes : 0);
     if (st != DQ_OK) {
         fprintf(stderr, "dq_linear_forward: %s\n", dq_status_name(st));
         return -1;
@@ -265,8 +321,8 @@ static int linear(const l2c_net *net, const l2c_linear *lin, const float *x, int
 /* The linears lin[0..n) that read the same input x: quantized layers that form a group
  * (dq_linear_forward_group: the input is transformed and quantized once, the same bits as
  * one call each), else one at a time. */
-static int linear_group(const l2c_net *net, const l2c_linear *const *lin, int32_t n,
-                        const float *x, int64_t rows, float *const *y)
+static int linear_group(const l2c_net *net, fwd_scratch *s, const l2c_linear *const *lin,
+                        int32_t n, const float *x, int64_t rows, float *const *y)
 {
     enum { MAX_GROUP = 3 };
     const dq_linear *layers[MAX_GROUP];
@@ -279,8 +335,10 @@ static int linear_group(const l2c_net *net, const l2c_linear *const *lin, int32_
     }
     size_t bytes;
     if (grouped && dq_linear_group_workspace_size(layers, n, rows, &bytes) == DQ_OK) {
+        void *work = bytes > 0 ? scratch_work(s, bytes) : NULL;
         dq_status st = dq_linear_forward_group(layers, n, x, rows, lin[0]->in_dim,
-                                               lin[0]->in_dim, y, ldy, n, NULL, 0);
+                                               lin[0]->in_dim, y, ldy, n, work,
+                                               work ? bytes : 0);
         if (st != DQ_OK) {
             fprintf(stderr, "dq_linear_forward_group: %s\n", dq_status_name(st));
             return -1;
@@ -288,7 +346,7 @@ static int linear_group(const l2c_net *net, const l2c_linear *const *lin, int32_
         return 0;
     }
     for (int32_t i = 0; i < n; i++)
-        if (linear(net, lin[i], x, rows, y[i]))
+        if (linear(net, s, lin[i], x, rows, y[i]))
             return -1;
     return 0;
 }
@@ -358,12 +416,15 @@ typedef struct att_job {
 
 /* Key blocks whose scores are summed side by side (independent addition chains). */
 #define KEY_BLOCKS 4
+#define QUERIES 4 /* queries of one head at a time */
+#define V_CHUNK 4 /* 16-channel vectors of the output per pass over the values */
 
-/* Heads [h0, h1) of the job: scores of 16 keys at once (kt: the keys of one key/value head,
- * channel-major in blocks of 16 keys, zero past the last), the softmax one key at a time, the
- * weighted values 16 channels at once (vt: the values of that head, one contiguous row per
- * position). Each score, weight and output element goes through the scalar loop's operations
- * in its order (see v16). att: the scores of every key block. */
+/* Heads [h0, h1) of the job, QUERIES queries at a time: scores of 16 keys at once (kt: the
+ * keys of one key/value head, channel-major in blocks of 16 keys, zero past the last), the
+ * softmax one key at a time, the weighted values 16 channels at once (vt: the values of that
+ * head, one contiguous row per position). Each score, weight and output element goes through
+ * the scalar loop's operations in its order (see v16), whatever the number of queries taken
+ * together. att: QUERIES rows (att_ld apart) of the scores of every key block. */
 ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, float *att,
                                    float *kt, float *vt)
 {
@@ -373,6 +434,7 @@ ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, flo
     const float scale = 1.0f / sqrtf((float)hs);
     const int64_t len = j->pos0 + j->n;
     const int64_t blocks = (len + LANES * KEY_BLOCKS - 1) / (LANES * KEY_BLOCKS) * KEY_BLOCKS;
+    const int64_t att_ld = blocks * LANES;
     int32_t kt_head = -1;
     for (int32_t h = h0; h < h1; h++) {
         const int32_t kvh = h / group;
@@ -388,55 +450,81 @@ ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, flo
                 memcpy(vt + s * hs, j->v + s * kv_dim + kv_off, (size_t)hs * sizeof *vt);
             kt_head = kvh;
         }
-        for (int64_t t = 0; t < j->n; t++) {
-            const float *qh = j->q + t * dim + (int64_t)h * hs;
-            const int64_t last = j->pos0 + t;
-            float mx = -INFINITY;
-            for (int64_t b = 0; b * LANES <= last; b += KEY_BLOCKS) {
+        for (int64_t t0 = 0; t0 < j->n; t0 += QUERIES) {
+            /* QUERIES queries share every key and value load; the later ones see more keys. */
+            const int64_t nq = j->n - t0 < QUERIES ? j->n - t0 : QUERIES;
+            const int64_t last0 = j->pos0 + t0, last_n = last0 + nq - 1;
+            const float *qh[QUERIES];
+            for (int64_t q = 0; q < QUERIES; q++)
+                qh[q] = j->q + (t0 + (q < nq ? q : 0)) * dim + (int64_t)h * hs;
+            for (int64_t b = 0; b * LANES <= last_n; b += KEY_BLOCKS) {
                 const float *kb = kt + b * hs * LANES;
-                v16 d[KEY_BLOCKS];
-                for (int32_t u = 0; u < KEY_BLOCKS; u++)
-                    d[u] = (v16){0};
-                for (int32_t i = 0; i < hs; i++)
+                v16 d[QUERIES][KEY_BLOCKS];
+                for (int32_t q = 0; q < QUERIES; q++)
                     for (int32_t u = 0; u < KEY_BLOCKS; u++)
-                        d[u] += load16(kb + ((int64_t)u * hs + i) * LANES) * qh[i];
-                for (int32_t u = 0; u < KEY_BLOCKS; u++) {
-                    const v16 sc = d[u] * scale;
-                    memcpy(att + (b + u) * LANES, &sc, sizeof sc);
+                        d[q][u] = (v16){0};
+                for (int32_t i = 0; i < hs; i++)
+                    for (int32_t u = 0; u < KEY_BLOCKS; u++) {
+                        const v16 kv16 = load16(kb + ((int64_t)u * hs + i) * LANES);
+                        for (int32_t q = 0; q < QUERIES; q++)
+                            d[q][u] += kv16 * qh[q][i];
+                    }
+                for (int32_t q = 0; q < QUERIES; q++)
+                    for (int32_t u = 0; u < KEY_BLOCKS; u++) {
+                        const v16 sc = d[q][u] * scale;
+                        memcpy(att + q * att_ld + (b + u) * LANES, &sc, sizeof sc);
+                    }
+            }
+            for (int64_t q = 0; q < nq; q++) {
+                float *aq = att + q * att_ld;
+                const int64_t last = last0 + q;
+                float mx = -INFINITY;
+                for (int64_t s = 0; s <= last; s++)
+                    mx = aq[s] > mx ? aq[s] : mx;
+                float sum = 0;
+                for (int64_t s = 0; s <= last; s++) {
+                    aq[s] = expf(aq[s] - mx);
+                    sum += aq[s];
                 }
+                for (int64_t s = 0; s <= last; s++)
+                    aq[s] = aq[s] / sum;
             }
-            for (int64_t s = 0; s <= last; s++)
-                mx = att[s] > mx ? att[s] : mx;
-            float sum = 0;
-            for (int64_t s = 0; s <= last; s++) {
-                att[s] = expf(att[s] - mx);
-                sum += att[s];
-            }
-            for (int64_t s = 0; s <= last; s++)
-                att[s] = att[s] / sum;
-            const float *vh = vt;
-            float *oh = j->out + t * dim + (int64_t)h * hs;
+            /* Outputs: every query sums its keys 0..last in order; keys 0..last0 together. */
             int32_t i = 0;
-            for (; i + 8 * LANES <= hs; i += 8 * LANES) {
-                v16 o[8];
-                for (int32_t u = 0; u < 8; u++)
-                    o[u] = (v16){0};
-                for (int64_t s = 0; s <= last; s++)
-                    for (int32_t u = 0; u < 8; u++)
-                        o[u] += load16(vh + s * hs + i + u * LANES) * att[s];
-                memcpy(oh + i, o, sizeof o);
+            for (; i + V_CHUNK * LANES <= hs; i += V_CHUNK * LANES) {
+                v16 o[QUERIES][V_CHUNK];
+                for (int32_t q = 0; q < QUERIES; q++)
+                    for (int32_t u = 0; u < V_CHUNK; u++)
+                        o[q][u] = (v16){0};
+                for (int64_t s = 0; s <= last0; s++)
+                    for (int32_t u = 0; u < V_CHUNK; u++) {
+                        const v16 vv = load16(vt + s * hs + i + u * LANES);
+                        for (int32_t q = 0; q < QUERIES; q++)
+                            o[q][u] += vv * att[q * att_ld + s];
+                    }
+                for (int64_t q = 1; q < nq; q++)
+                    for (int64_t s = last0 + 1; s <= last0 + q; s++)
+                        for (int32_t u = 0; u < V_CHUNK; u++)
+                            o[q][u] += load16(vt + s * hs + i + u * LANES) * att[q * att_ld + s];
+                for (int64_t q = 0; q < nq; q++)
+                    memcpy(j->out + (t0 + q) * dim + (int64_t)h * hs + i, o[q], sizeof o[q]);
             }
-            for (; i + LANES <= hs; i += LANES) {
-                v16 o = {0};
-                for (int64_t s = 0; s <= last; s++)
-                    o += load16(vh + s * hs + i) * att[s];
-                memcpy(oh + i, &o, sizeof o);
-            }
-            for (; i < hs; i++) {
-                float o = 0;
-                for (int64_t s = 0; s <= last; s++)
-                    o += att[s] * vh[s * hs + i];
-                oh[i] = o;
+            for (int64_t q = 0; q < nq; q++) { /* narrow heads: one query at a time */
+                const float *aq = att + q * att_ld;
+                float *oh = j->out + (t0 + q) * dim + (int64_t)h * hs;
+                int32_t c = i;
+                for (; c + LANES <= hs; c += LANES) {
+                    v16 o = {0};
+                    for (int64_t s = 0; s <= last0 + q; s++)
+                        o += load16(vt + s * hs + c) * aq[s];
+                    memcpy(oh + c, &o, sizeof o);
+                }
+                for (; c < hs; c++) {
+                    float o = 0;
+                    for (int64_t s = 0; s <= last0 + q; s++)
+                        o += aq[s] * vt[s * hs + c];
+                    oh[c] = o;
+                }
             }
         }
     }
@@ -462,7 +550,7 @@ static void attention_part(void *arg, int32_t part, int32_t n)
         return;
     const int64_t len = j->pos0 + j->n;
     const int64_t blocks = (len + LANES * KEY_BLOCKS - 1) / (LANES * KEY_BLOCKS) * KEY_BLOCKS;
-    float *att = malloc((size_t)(blocks * LANES) * sizeof *att);
+    float *att = malloc((size_t)(QUERIES * blocks * LANES) * sizeof *att);
     float *kt = malloc((size_t)(blocks * LANES * m->head_size) * sizeof *kt);
     float *vt = malloc((size_t)(len * m->head_size) * sizeof *vt);
     if (!att || !kt || !vt)
@@ -680,28 +768,40 @@ static int observe(const l2c_net *net, int32_t layer, int32_t input, const float
     return net->observe ? net->observe(net->observe_user, layer, input, x, n, cols) : 0;
 }
 
+typedef struct swiglu_job {
+    float *h1;
+    const float *h3;
+    int64_t count;
+} swiglu_job;
+
+static void swiglu_part(void *arg, int32_t part, int32_t n)
+{
+    swiglu_job *j = arg;
+    int64_t i0, i1;
+    split(j->count, part, n, &i0, &i1);
+    for (int64_t i = i0; i < i1; i++) /* SwiGLU: silu(w1 x) * (w3 x) */
+        j->h1[i] = j->h1[i] / (1.0f + expf(-j->h1[i])) * j->h3[i];
+}
+
+/* h1 = silu(h1) * h3 elementwise, split over the net's threads for a prompt (an exp costs
+ * about as much as 16 multiply-adds). */
+static void swiglu(const l2c_net *net, float *h1, const float *h3, int64_t count)
+{
+    swiglu_job j = {h1, h3, count};
+    run_parts(parts_for(net, 16 * count), swiglu_part, &j);
+}
+
 /* Block `l` of the net on the hidden states x [n, dim] of positions pos0..pos0+n-1, in place;
  * cs: the rotary table of those positions. Without a cache pos0 is 0 and the block attends
  * over its own keys and values; with one, the keys and values of the n positions are stored
  * in layer l's slots of the cache and the block attends over positions 0..pos0+n-1 there. */
-static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float *cs,
-                 int64_t pos0, l2c_kv_cache *cache)
+static int block(const l2c_net *net, fwd_scratch *s, int32_t l, float *x, int64_t n,
+                 const float *cs, int64_t pos0, l2c_kv_cache *cache)
 {
     const l2c_model *m = net->m;
     int64_t dim = m->c.dim, hid = m->c.hidden_dim, kv = m->kv_dim, qd = m->q_dim;
-    int64_t wide = qd > dim ? qd : dim;
-    float *xb = malloc((size_t)(n * wide) * sizeof *xb);
-    float *y = malloc((size_t)(n * dim) * sizeof *y);
-    float *q = malloc((size_t)(n * qd) * sizeof *q);
-    float *k = malloc((size_t)(n * kv) * sizeof *k);
-    float *v = malloc((size_t)(n * kv) * sizeof *v);
-    float *h1 = malloc((size_t)(n * hid) * sizeof *h1);
-    float *h3 = malloc((size_t)(n * hid) * sizeof *h3);
+    float *xb = s->xb, *y = s->y, *q = s->q, *k = s->k, *v = s->v, *h1 = s->h1, *h3 = s->h3;
     int rc = -1;
-    if (!xb || !y || !q || !k || !v || !h1 || !h3) {
-        fprintf(stderr, "out of memory\n");
-        goto out;
-    }
     const l2c_linear *lin = net->lin[l];
     rmsnorm(xb, x, m->rms_att + l * dim, n, dim, m->norm_eps);
     if ((rc = observe(net, l, L2C_IN_QKV, xb, n, dim)) != 0)
@@ -709,7 +809,7 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
     rc = -1;
     const l2c_linear *qkv[3] = {&lin[L2C_WQ], &lin[L2C_WK], &lin[L2C_WV]};
     float *const qkv_out[3] = {q, k, v};
-    if (linear_group(net, qkv, 3, xb, n, qkv_out))
+    if (linear_group(net, s, qkv, 3, xb, n, qkv_out))
         goto out;
     rope(m, cs, q, n, qd);
     rope(m, cs, k, n, kv);
@@ -763,7 +863,7 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
     if ((rc = observe(net, l, L2C_IN_WO, xb, n, qd)) != 0)
         goto out;
     rc = -1;
-    if (linear(net, &lin[L2C_WO], xb, n, y))
+    if (linear(net, s, &lin[L2C_WO], xb, n, y))
         goto out;
     for (int64_t i = 0; i < n * dim; i++)
         x[i] += y[i];
@@ -773,26 +873,18 @@ static int block(const l2c_net *net, int32_t l, float *x, int64_t n, const float
     rc = -1;
     const l2c_linear *w13[2] = {&lin[L2C_W1], &lin[L2C_W3]};
     float *const w13_out[2] = {h1, h3};
-    if (linear_group(net, w13, 2, xb, n, w13_out))
+    if (linear_group(net, s, w13, 2, xb, n, w13_out))
         goto out;
-    for (int64_t i = 0; i < n * hid; i++) /* SwiGLU: silu(w1 x) * (w3 x) */
-        h1[i] = h1[i] / (1.0f + expf(-h1[i])) * h3[i];
+    swiglu(net, h1, h3, n * hid);
     if ((rc = observe(net, l, L2C_IN_W2, h1, n, hid)) != 0)
         goto out;
     rc = -1;
-    if (linear(net, &lin[L2C_W2], h1, n, y))
+    if (linear(net, s, &lin[L2C_W2], h1, n, y))
         goto out;
     for (int64_t i = 0; i < n * dim; i++)
         x[i] += y[i];
     rc = 0;
 out:
-    free(xb);
-    free(y);
-    free(q);
-    free(k);
-    free(v);
-    free(h1);
-    free(h3);
     return rc;
 }
 
@@ -811,7 +903,9 @@ int l2c_forward_block(const l2c_net *net, int32_t layer, float *x, int64_t n)
         return -1;
     }
     rope_table(net->m, 0, n, cs);
-    int rc = block(net, layer, x, n, cs, 0, NULL);
+    fwd_scratch s;
+    int rc = scratch_init(&s, net->m, n) ? -1 : block(net, &s, layer, x, n, cs, 0, NULL);
+    scratch_free(&s);
     free(cs);
     return rc;
 }
@@ -823,7 +917,10 @@ int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *log
     float *x = malloc((size_t)(n * dim) * sizeof *x);
     float *xb = malloc((size_t)(n * dim) * sizeof *xb);
     float *cs = malloc((size_t)(n * m->head_size) * sizeof *cs);
+    fwd_scratch s;
     int rc = -1;
+    if (scratch_init(&s, m, n))
+        goto out;
     if (!x || !xb || !cs) {
         fprintf(stderr, "out of memory\n");
         goto out;
@@ -831,11 +928,12 @@ int l2c_forward(const l2c_net *net, const int32_t *tokens, int64_t n, float *log
     rope_table(m, 0, n, cs);
     l2c_embed(m, tokens, n, x);
     for (int32_t l = 0; l < m->c.n_layers; l++)
-        if ((rc = block(net, l, x, n, cs, 0, NULL)) != 0)
+        if ((rc = block(net, &s, l, x, n, cs, 0, NULL)) != 0)
             goto out;
     rmsnorm(xb, x, m->rms_final, n, dim, m->norm_eps);
     rc = matmul_wt(net, xb, n, dim, m->wcls, m->c.vocab_size, logits);
 out:
+    scratch_free(&s);
     free(x);
     free(xb);
     free(cs);
@@ -905,7 +1003,10 @@ int l2c_forward_cached(const l2c_net *net, l2c_kv_cache *c, const int32_t *token
     float *x = malloc((size_t)(n * dim) * sizeof *x);
     float *xb = malloc((size_t)(n * dim) * sizeof *xb);
     float *cs = malloc((size_t)(n * m->head_size) * sizeof *cs);
+    fwd_scratch s;
     int rc = -1;
+    if (scratch_init(&s, m, n))
+        goto out;
     if (!x || !xb || !cs) {
         fprintf(stderr, "out of memory\n");
         goto out;
@@ -913,7 +1014,7 @@ int l2c_forward_cached(const l2c_net *net, l2c_kv_cache *c, const int32_t *token
     rope_table(m, pos0, n, cs);
     l2c_embed(m, tokens, n, x);
     for (int32_t l = 0; l < m->c.n_layers; l++)
-        if ((rc = block(net, l, x, n, cs, pos0, c)) != 0)
+        if ((rc = block(net, &s, l, x, n, cs, pos0, c)) != 0)
             goto out;
     int64_t first = last_only ? n - 1 : 0;
     rmsnorm(xb, x + first * dim, m->rms_final, n - first, dim, m->norm_eps);
@@ -921,6 +1022,7 @@ int l2c_forward_cached(const l2c_net *net, l2c_kv_cache *c, const int32_t *token
         goto out;
     c->len = pos0 + n;
 out:
+    scratch_free(&s);
     free(x);
     free(xb);
     free(cs);
