@@ -2,7 +2,7 @@
 # The GPTQ methods on stories260K: GPTQ packing beats round-to-nearest with the same plan
 # (duquant_gptq below duquant, gptq below rtn, perplexities computed by duquant-eval here), a
 # duquant_gptq model file written with --sequential gives duquant-eval's in-memory perplexity
-# (sequential by default for the GPTQ methods) to 4 decimals, one written without it gives
+# (--sequential gptq: per layer for the GPTQ methods) to 4 decimals, one written without it gives
 # duquant-eval --sequential 0's, and an unknown method name is still refused.
 # usage: model-file-gptq.sh QUANTIZE RUN EVAL DATA_DIR
 set -euo pipefail
@@ -18,6 +18,7 @@ calib=$src/calib.txt
 eval=$src/dev.txt
 
 "$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods rtn,duquant,gptq,duquant_gptq \
+    --sequential gptq \
     --format tsv --steps 0 --settings 1 >"$tmp/eval.tsv" 2>"$tmp/eval.err"
 ppl() { awk -F '\t' -v m="$1" '$1 == m { print $2 }' "$tmp/eval.tsv"; }
 below() { # below A B: method A's perplexity is below method B's
