@@ -59,12 +59,16 @@ if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --out "$tmp/
         tr -d '"' | sed 's/^quant\.layers\.\([0-9]*\)\.\([a-z0-9]*\)\.\([a-z_]*\):/\1 \2 \3 /' \
         >"$tmp/file.set"
     awk -F '\t' '$1 == "settings" && $2 == "duquant_gptq" {
-        print $3, $4, "block", $5; print $3, $4, "act_clip", $6 }' "$tmp/eval.err" >"$tmp/eval.set"
-    if [ "$(wc -l <"$tmp/file.set")" -eq 40 ] &&
+        print $3, $4, "block", $5; print $3, $4, "act_clip", $6
+        if (match($10, /damp [0-9.e-]+ of/))
+            print $3, $4, "gptq_damp", substr($10, RSTART + 5, RLENGTH - 8) }' \
+        "$tmp/eval.err" >"$tmp/eval.set"
+    if [ "$(wc -l <"$tmp/file.set")" -eq 60 ] &&
         awk 'FNR == NR { v[$1 " " $2 " " $3] = $4; n++; next }
              { k = $1 " " $2 " " $3; d = v[k] - $4; if (!(k in v) || d > 1e-6 || d < -1e-6)
-               exit 1 } END { exit n != 40 }' "$tmp/eval.set" "$tmp/file.set"; then
-        echo "ok: per-input block and clip in the metadata, as duquant-eval chose them"
+               exit 1 } END { exit n != 60 }' "$tmp/eval.set" "$tmp/file.set"; then
+        echo "ok: per-input block, clip and GPTQ dampening in the metadata, as duquant-eval" \
+             "chose them"
     else
         echo "FAILED: per-input settings in the metadata:"
         cat "$tmp/file.set"
