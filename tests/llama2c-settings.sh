@@ -182,10 +182,13 @@ else
     fail=1
 fi
 
-# Fewer calibration tokens than sample + held-out: blocks are judged on the sample, said so.
-"$engine" --methods duquant --steps 0 --max-windows 1 --calib-tokens 200 --sample-tokens 256 \
-    >/dev/null 2>"$tmp/f.err" || { echo "FAILED: short calibration"; fail=1; }
-if grep -q 'no held-out calibration tokens' "$tmp/f.err"; then
+# Fewer calibration tokens than sample + held-out: blocks are judged on the sample, and the
+# GPTQ method kept sequential per layer, each said so.
+"$engine" --methods duquant,w4a16_gptq --steps 0 --max-windows 1 --calib-tokens 200 \
+    --sample-tokens 256 >/dev/null 2>"$tmp/f.err" || { echo "FAILED: short calibration"; fail=1; }
+if grep -q 'no held-out calibration tokens.*: block sizes judged on the calibration sample' \
+        "$tmp/f.err" &&
+    grep -q '^w4a16_gptq *no held-out calibration tokens.*: per layer$' "$tmp/f.err"; then
     echo "ok: without held-out tokens the program says so"
 else
     echo "FAILED: no message about missing held-out tokens"
