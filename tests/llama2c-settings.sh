@@ -36,10 +36,15 @@ done
 expect_fail --settings 2 --methods fp32 --max-windows 1
 for v in 2 -1 on ''; do
     expect_fail --full-width "$v" --methods fp32 --max-windows 1
-    expect_fail --sequential "$v" --methods fp32 --max-windows 1
 done
 for v in 2 -1 Auto ''; do
     expect_fail --dq-smooth "$v" --methods fp32 --max-windows 1
+done
+for v in 3 -1 on '' AUTO auto1 gptq0; do
+    expect_fail --sequential "$v" --methods fp32 --max-windows 1
+done
+for v in '' 0 -0.01 1.5 x 0.01,,0.1 0.01,0.01 nan 0.1,; do
+    expect_fail --gptq-damp-grid "$v" --methods fp32 --max-windows 1
 done
 for v in -1 x 1.5 ALL ''; do
     expect_fail --hessian-tokens "$v" --methods fp32 --max-windows 1
@@ -138,10 +143,52 @@ else
     fail=1
 fi
 
-# Fewer calibration tokens than sample + held-out: blocks are judged on the sample, said so.
-"$engine" --methods duquant --steps 0 --max-windows 1 --calib-tokens 200 --sample-tokens 256 \
-    >/dev/null 2>"$tmp/f.err" || { echo "FAILED: short calibration"; fail=1; }
-if grep -q 'no held-out calibration tokens' "$tmp/f.err"; then
+# Sequential calibration per layer or none (--sequential auto, the default) and GPTQ's
+# dampening
+# (--gptq-damp-grid) chosen on the held-out calibration tokens: the same choices and
+# held-out figures with both evaluation texts, the lower held-out perplexity kept, the
+# dampening from the grid and the first one where only it is given.
+seqchoice() { # seqchoice EVAL OUT [options]
+    local ev=$1 out=$2
+    shift 2
+    "$engine" --methods w4a16_gptq,hadamard_gptq "${quick[@]}" --settings 1 --eval "$ev" \
+        "$@" >"$out.tsv" 2>"$out.err"
+    grep '^settings\|held-out calibration perplexity' "$out.err" >"$out" || true
+}
+seqchoice "$data/dev.txt" "$tmp/s1" --gptq-damp-grid 0.01,0.1
+seqchoice "$tmp/rev.txt" "$tmp/s2" --gptq-damp-grid 0.01,0.1
+seqchoice "$data/dev.txt" "$tmp/s3" --gptq-damp-grid 0.03
+if [ "$(grep -c 'held-out calibration perplexity' "$tmp/s1")" -eq 2 ] &&
+    cmp -s "$tmp/s1" "$tmp/s2" && ! cmp -s "$tmp/s1.tsv" "$tmp/s2.tsv" &&
+    awk '/held-out calibration perplexity/ {
+             if (!match($0, /: per layer [0-9.]+, not sequential [0-9.]+: /)) exit 1
+             split(substr($0, RSTART, RLENGTH), f, " ")
+             s = f[4] + 0; ns = f[7] + 0
+             want = ns < s ? "not sequential" : "per layer"
+             if (!(s > 1 && ns > 1) || substr($0, RSTART + RLENGTH) != want) exit 1
+             n++ }
+         END { exit n != 2 }' "$tmp/s1" &&
+    awk -F'\t' '/^settings/ { n++; if ($10 !~ /, damp (0.01|0.1) of 2/) exit 1 }
+                END { exit n != 40 }' "$tmp/s1" &&
+    awk -F'\t' '/^settings/ { n++; if ($10 !~ /, damp 0.03 of 1/) exit 1 }
+                END { exit n != 40 }' "$tmp/s3"; then
+    echo "ok: sequential or not and the dampenings chosen alike with both evaluation texts:" \
+         "$(grep -h 'held-out' "$tmp/s1" | sed 's/ *held-out calibration perplexity//' |
+            paste -sd ';'); damp 0.1 on $(grep -c 'damp 0.1 of' "$tmp/s1") of 40 inputs"
+else
+    echo "FAILED: sequential or dampening choice:"
+    diff "$tmp/s1" "$tmp/s2" || true
+    cat "$tmp/s1" "$tmp/s3"
+    fail=1
+fi
+
+# Fewer calibration tokens than sample + held-out: blocks are judged on the sample, and the
+# GPTQ method kept sequential per layer, each said so.
+"$engine" --methods duquant,w4a16_gptq --steps 0 --max-windows 1 --calib-tokens 200 \
+    --sample-tokens 256 >/dev/null 2>"$tmp/f.err" || { echo "FAILED: short calibration"; fail=1; }
+if grep -q 'no held-out calibration tokens.*: block sizes judged on the calibration sample' \
+        "$tmp/f.err" &&
+    grep -q '^w4a16_gptq *no held-out calibration tokens.*: per layer$' "$tmp/f.err"; then
     echo "ok: without held-out tokens the program says so"
 else
     echo "FAILED: no message about missing held-out tokens"

@@ -24,6 +24,10 @@
 #define L2C_DATA_DIR "examples/data"
 #endif
 
+/* options.sequential besides 0 and 1: the GPTQ methods only; or those chosen on held-out
+ * calibration text. */
+enum { SEQ_GPTQ = -1, SEQ_AUTO = -2 };
+
 typedef struct options {
     const char *model, *tokenizer, *calib, *eval, *methods, *format, *prompt, *dump_calib;
     int64_t window, max_windows, calib_tokens, sample_tokens, hess_tokens;
@@ -75,8 +79,12 @@ static void usage(FILE *f, const options *o)
             "  --sample-tokens N    calibration sample rows for the rotation search, LWC,\n"
             "                       GPTQ and the clip choice (default %lld); the next N\n"
             "                       calibration tokens are held out to judge block sizes\n"
-            "  --sequential gptq|0|1  each layer calibrated on the model quantized up to the\n"
-            "                       layer before (default gptq: for the GPTQ methods)\n"
+            "  --sequential auto|gptq|0|1|2  each layer (1) or each linear input (2) calibrated\n"
+            "                       on the model quantized up to the one before, for every\n"
+            "                       method; none (0); per layer for the GPTQ methods (gptq); or\n"
+            "                       (default auto) the GPTQ methods quantized in the modes 1\n"
+            "                       and 0, the one with the lower perplexity on the held-out\n"
+            "                       calibration tokens kept (both printed on stderr)\n"
             "  --hessian-tokens all|N  calibration tokens of GPTQ's Hessians (default all: every\n"
             "                       calibration token but the held-out ones; 0: the sample)\n"
             "  --block auto|N       DuQuant rotation block (default auto: per linear input the\n"
@@ -99,7 +107,14 @@ static void usage(FILE *f, const options *o)
             "  --act-clip auto|R    W4A4 per-token activation clip ratio (default auto: per\n"
             "                       linear input the --act-clip-grid entry with the lowest\n"
             "                       layer-output error on the calibration sample)\n"
-            "  --act-clip-grid LIST clip candidates in (0, 1] (default 1,0.95,0.9,0.85)\n"
+            "  --act-clip-grid LIST clip candidates in (0, 1] (default 1,0.95,0.9,0.85)\n",
+            (long long)o->window, (long long)o->sample_tokens, o->q.rot_steps,
+            o->q.perm_times, o->q.full_width, (double)o->q.alpha);
+    fprintf(f,
+            "  --gptq-damp-grid LIST  GPTQ dampenings in (0, 1] (default 0.01): the first packs\n"
+            "                       every candidate; with more, each linear input keeps the one\n"
+            "                       with the lowest layer-output error on held-out calibration\n"
+            "                       tokens\n"
             "  --groups N           weights and activations per group of N input channels\n"
             "                       (default 0: per row and per token)\n"
             "  --settings 0|1       print the chosen block and clip of every linear input\n"
@@ -121,9 +136,7 @@ static void usage(FILE *f, const options *o)
             "                       (absent: float32)\n"
             "  --qk-bits 4|16       queries in 4 bits per head after the Hadamard transform\n"
             "                       (16: float; absent: float)\n",
-            (long long)o->window, (long long)o->sample_tokens, o->q.rot_steps,
-            o->q.perm_times, o->q.full_width, (double)o->q.alpha, (double)o->q.w_clip,
-            o->q.lwc_epochs,
+            (double)o->q.w_clip, o->q.lwc_epochs,
             (double)o->q.lwc_lr, o->q.lwc_batch, o->q.lwc_quant_act,
             (unsigned long long)o->q.seed, o->prompt, o->steps);
 }
@@ -172,9 +185,11 @@ static int parse_args(int argc, char **argv, options *o)
             bad = l2c_parse_int(v, 1, 1 << 24, &o->sample_tokens);
         else if (strcmp(k, "--sequential") == 0) {
             if (strcmp(v, "gptq") == 0)
-                o->sequential = -1;
+                o->sequential = SEQ_GPTQ;
+            else if (strcmp(v, "auto") == 0)
+                o->sequential = SEQ_AUTO;
             else
-                bad = l2c_parse_int(v, 0, 1, &n), o->sequential = (int32_t)n;
+                bad = l2c_parse_int(v, 0, 2, &n), o->sequential = (int32_t)n;
         } else if (strcmp(k, "--hessian-tokens") == 0) {
             if (strcmp(v, "all") == 0)
                 o->hess_tokens = -1;
@@ -322,6 +337,84 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static int quantize(dq_context *ctx, const l2c_model *m, const l2c_text *calib,
+                    const l2c_calibration *cal, const l2c_method *method, const options *o,
+                    int seq, l2c_qmodel *qm)
+{
+    return seq ? l2c_quantize_sequential(ctx, m, calib, o->window, o->calib_tokens,
+                                         o->sample_tokens, method->gptq ? o->hess_tokens : 0,
+                                         seq == 2, method, &o->q, qm)
+               : l2c_quantize(ctx, m, cal, method, &o->q, qm);
+}
+
+/* The sequential modes --sequential auto tries, in order (ties keep the earlier): per layer
+ * (GPTQ's own protocol), none. Per input (2) is left out: the held-out text rarely chose it
+ * for its 1.5 times the cost (doc/results.md). */
+static const int32_t seq_modes[] = {1, 0};
+static const char *const seq_names[] = {"not sequential", "per layer", "per input"};
+#define N_SEQ_MODES ((int32_t)(sizeof seq_modes / sizeof seq_modes[0]))
+
+/* The model quantized in every sequential mode, and the one whose perplexity on the held-out
+ * calibration tokens (the rows after the sample, which no calibrator, search, Hessian or clip
+ * choice reads: see l2c_calibrate) is lowest kept. Attention in float32 while judging: the
+ * choice concerns the linear layers. */
+static int choose_sequential(dq_context *ctx, const l2c_model *m, const l2c_text *calib,
+                             const l2c_calibration *cal, const l2c_method *method,
+                             const options *o, l2c_qmodel *out)
+{
+    l2c_window *w = NULL;
+    int64_t n_w = l2c_windows(calib, o->window, 0, &w), tokens = 0;
+    if (n_w < 0) {
+        fprintf(stderr, "out of memory\n");
+        return -1;
+    }
+    /* The calibration's own windows, cut at --calib-tokens as l2c_calibrate cuts them. */
+    int64_t n = 0;
+    for (; n < n_w && (o->calib_tokens <= 0 || tokens < o->calib_tokens); n++) {
+        if (o->calib_tokens > 0 && w[n].len > o->calib_tokens - tokens)
+            w[n].len = o->calib_tokens - tokens;
+        tokens += w[n].len;
+    }
+    l2c_qmodel q[N_SEQ_MODES];
+    double nll[N_SEQ_MODES];
+    int64_t predicted = 0;
+    int32_t made = 0, pick = 0;
+    int rc = -1;
+    for (; made < N_SEQ_MODES; made++) {
+        if (quantize(ctx, m, calib, cal, method, o, seq_modes[made], &q[made]))
+            goto out;
+        l2c_net net = {m, q[made].lin, NULL, NULL, o->threads, NULL, NULL, NULL};
+        if (l2c_mean_nll_rows(&net, calib, w, n, cal->sample_tokens,
+                              cal->sample_tokens + cal->held_tokens, &nll[made], &predicted)) {
+            made++;
+            goto out;
+        }
+        pick = nll[made] < nll[pick] ? made : pick;
+    }
+    if (predicted > 0) {
+        fprintf(stderr, "%-18s held-out calibration perplexity over %lld tokens:", method->name,
+                (long long)predicted);
+        for (int32_t i = 0; i < N_SEQ_MODES; i++)
+            fprintf(stderr, "%s %s %.4f", i ? "," : "", seq_names[seq_modes[i]], exp(nll[i]));
+        fprintf(stderr, ": %s\n", seq_names[seq_modes[pick]]);
+    } else {
+        pick = 0;
+        fprintf(stderr, "%-18s no held-out calibration tokens (the calibration text ends within "
+                "the sample): %s\n", method->name, seq_names[seq_modes[0]]);
+    }
+    *out = q[pick];
+    for (int32_t i = 0; i < made; i++)
+        if (i != pick)
+            l2c_qmodel_free(&q[i]);
+    made = 0;
+    rc = 0;
+out:
+    for (int32_t i = 0; i < made; i++)
+        l2c_qmodel_free(&q[i]);
+    free(w);
+    return rc;
+}
+
 /* Perplexity and sample of one net. */
 static int evaluate(const l2c_net *net, const sampler *sp, const l2c_text *text,
                     const l2c_window *w, int64_t n_w, const options *o, result *r)
@@ -412,7 +505,7 @@ int main(int argc, char **argv)
     o.window = 256;
     o.sample_tokens = 512;
     o.hess_tokens = -1;
-    o.sequential = -1;
+    o.sequential = SEQ_AUTO;
     o.steps = 48;
     l2c_quant_options_default(&o.q);
     const char *default_tokenizer = o.tokenizer;
@@ -546,10 +639,9 @@ int main(int argc, char **argv)
         double t0 = now_s();
         res[i].method = methods[i];
         int seq = o.sequential < 0 ? methods[i]->gptq : o.sequential;
-        if (seq ? l2c_quantize_sequential(ctx, &model, &calib, o.window, o.calib_tokens,
-                                          o.sample_tokens, methods[i]->gptq ? o.hess_tokens : 0,
-                                          methods[i], &o.q, &qm)
-                : l2c_quantize(ctx, &model, &cal, methods[i], &o.q, &qm))
+        if (o.sequential == SEQ_AUTO && methods[i]->gptq
+                ? choose_sequential(ctx, &model, &calib, &cal, methods[i], &o, &qm)
+                : quantize(ctx, &model, &calib, &cal, methods[i], &o, seq, &qm))
             goto out;
         res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
         if (o.settings)

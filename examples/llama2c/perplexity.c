@@ -124,6 +124,13 @@ int64_t l2c_windows(const l2c_text *t, int64_t window, int64_t max_windows, l2c_
 int l2c_mean_nll(const l2c_net *net, const l2c_text *t, const l2c_window *w, int64_t n_windows,
                  double *nll, int64_t *predicted)
 {
+    return l2c_mean_nll_rows(net, t, w, n_windows, 0, INT64_MAX, nll, predicted);
+}
+
+int l2c_mean_nll_rows(const l2c_net *net, const l2c_text *t, const l2c_window *w,
+                      int64_t n_windows, int64_t row_lo, int64_t row_hi, double *nll,
+                      int64_t *predicted)
+{
     int64_t vocab = net->m->c.vocab_size, max_len = 0;
     for (int64_t i = 0; i < n_windows; i++)
         max_len = w[i].len > max_len ? w[i].len : max_len;
@@ -133,13 +140,17 @@ int l2c_mean_nll(const l2c_net *net, const l2c_text *t, const l2c_window *w, int
         return -1;
     }
     double sum = 0;
-    int64_t count = 0;
+    int64_t count = 0, row = 0;
     int rc = 0;
-    for (int64_t i = 0; i < n_windows && rc == 0; i++) {
+    for (int64_t i = 0; i < n_windows && rc == 0 && row < row_hi; row += w[i++].len) {
         const int32_t *tok = t->tokens + w[i].start;
+        if (row + w[i].len <= row_lo)
+            continue; /* no row of this window is counted: no need to run it */
         if ((rc = l2c_forward(net, tok, w[i].len, logits)) != 0)
             break;
         for (int64_t p = 0; p + 1 < w[i].len; p++) {
+            if (row + p < row_lo || row + p >= row_hi)
+                continue;
             const float *z = logits + p * vocab;
             double mx = z[0], s = 0;
             for (int64_t j = 1; j < vocab; j++)

@@ -41,4 +41,11 @@ int64_t l2c_windows(const l2c_text *t, int64_t window, int64_t max_windows, l2c_
 int l2c_mean_nll(const l2c_net *net, const l2c_text *t, const l2c_window *w, int64_t n_windows,
                  double *nll, int64_t *predicted);
 
+/* l2c_mean_nll over the predictions made at rows [row_lo, row_hi) of the windows' stream
+ * (the windows' tokens counted one after the other, as calibration observes them): each
+ * window is run whole, only those rows are counted, and windows wholly outside are skipped. */
+int l2c_mean_nll_rows(const l2c_net *net, const l2c_text *t, const l2c_window *w,
+                      int64_t n_windows, int64_t row_lo, int64_t row_hi, double *nll,
+                      int64_t *predicted);
+
 #endif

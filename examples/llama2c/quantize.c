@@ -80,6 +80,8 @@ void l2c_quant_options_default(l2c_quant_options *o)
     o->lwc_quant_act = 0;
     o->seed = 0;
     o->full_width = 1;
+    o->damp_grid[0] = 0.01f; /* the library's default */
+    o->n_damp_grid = 1;
 }
 
 int l2c_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
@@ -158,6 +160,15 @@ static int clip_item(const char *s, void *out)
     return 0;
 }
 
+static int damp_item(const char *s, void *out)
+{
+    float v;
+    if (l2c_parse_float(s, 0, 1, &v) || !(v > 0))
+        return -1;
+    memcpy(out, &v, sizeof v);
+    return 0;
+}
+
 static int block_item(const char *s, void *out)
 {
     int32_t v;
@@ -180,6 +191,8 @@ int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, i
     else if (strcmp(key, "--block-grid") == 0)
         *bad = parse_list(value, o->block_grid, sizeof(int32_t), &o->n_block_grid,
                           block_item);
+    else if (strcmp(key, "--gptq-damp-grid") == 0)
+        *bad = parse_list(value, o->damp_grid, sizeof(float), &o->n_damp_grid, damp_item);
     else if (strcmp(key, "--rot-steps") == 0)
         *bad = int_option(value, 0, 65536, &o->rot_steps);
     else if (strcmp(key, "--perm-times") == 0)
@@ -787,8 +800,9 @@ static int build_hessian(dq_context *ctx, const l2c_calibration *cal, const dq_p
 
 /* Transforms and packs (round-to-nearest, or GPTQ with hs) weight k of layer l. */
 static int pack_weight(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
-                       const dq_plan *plan, const dq_hessian *hs, int32_t l, int32_t k,
-                       const l2c_method *method, const l2c_quant_options *o, dq_qmatrix **qm)
+                       const dq_plan *plan, const dq_hessian *hs, float damp, int32_t l,
+                       int32_t k, const l2c_method *method, const l2c_quant_options *o,
+                       dq_qmatrix **qm)
 {
     int64_t rows, cols;
     const float *w0 = l2c_model_weight(m, l, k, &rows, &cols);
@@ -834,6 +848,7 @@ static int pack_weight(dq_context *ctx, const l2c_model *m, const l2c_calibratio
     if (use_gptq) {
         dq_gptq_params gp;
         l2c_gptq_params(&gp);
+        gp.damp = damp;
         if (check(dq_gptq_pack(ctx, &gp, &wq, hs, w, rows, cols, cols, NULL, NULL, 0, qm),
                   "dq_gptq_pack", l, l2c_input_name(in)))
             goto out;
@@ -870,12 +885,14 @@ static int make_linear(dq_context *ctx, const dq_plan *plan, const dq_qmatrix *q
 /* One candidate for an input: its plan and the packed weights of the layers reading it. */
 typedef struct candidate {
     dq_plan *plan;
+    dq_hessian *hs; /* GPTQ methods: the input's Hessian through the plan */
     dq_qmatrix *qm[L2C_N_LINEARS];
 } candidate;
 
 static void candidate_free(candidate *c)
 {
     dq_plan_free(c->plan);
+    dq_hessian_free(c->hs);
     for (int32_t k = 0; k < L2C_N_LINEARS; k++)
         dq_qmatrix_free(c->qm[k]);
     memset(c, 0, sizeof *c);
@@ -950,27 +967,68 @@ static int output_error(dq_context *ctx, const l2c_model *m, const candidate *c,
     return 0;
 }
 
-/* Plan and weights of input in for one block size. */
+/* Packs the weights of the layers reading input in into qm (GPTQ with c's Hessian and damp). */
+static int pack_input(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
+                      const candidate *c, float damp, int32_t l, int32_t in,
+                      const l2c_method *method, const l2c_quant_options *o,
+                      dq_qmatrix *qm[L2C_N_LINEARS])
+{
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++)
+        if (l2c_input_of(k) == in &&
+            pack_weight(ctx, m, cal, c->plan, c->hs, damp, l, k, method, o, &qm[k]))
+            return -1;
+    return 0;
+}
+
+/* Plan and weights of input in for one block size (GPTQ: the grid's first dampening). */
 static int build_candidate(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
                            int32_t l, int32_t in, const l2c_method *method,
                            const l2c_quant_options *o, int32_t block, int32_t smooth,
                            candidate *c)
 {
-    dq_hessian *hs = NULL;
     memset(c, 0, sizeof *c);
     if (build_plan(ctx, cal, l, in, method, o, block, smooth, &c->plan) ||
-        (method->gptq && build_hessian(ctx, cal, c->plan, l, in, &hs)))
-        goto fail;
-    for (int32_t k = 0; k < L2C_N_LINEARS; k++)
-        if (l2c_input_of(k) == in &&
-            pack_weight(ctx, m, cal, c->plan, hs, l, k, method, o, &c->qm[k]))
-            goto fail;
-    dq_hessian_free(hs);
+        (method->gptq && build_hessian(ctx, cal, c->plan, l, in, &c->hs)) ||
+        pack_input(ctx, m, cal, c, o->damp_grid[0], l, in, method, o, c->qm)) {
+        candidate_free(c);
+        return -1;
+    }
+    /* Kept only to pack again with other dampenings: a Hessian is width^2 doubles. */
+    if (o->n_damp_grid < 2) {
+        dq_hessian_free(c->hs);
+        c->hs = NULL;
+    }
     return 0;
-fail:
-    dq_hessian_free(hs);
-    candidate_free(c);
-    return -1;
+}
+
+/* GPTQ: the chosen candidate c packed again with every other dampening of the grid; the
+ * weights with the lowest layer-output error on the held-out rows at the chosen clip are
+ * kept (the first on ties). */
+static int choose_damp(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
+                       candidate *c, int32_t l, int32_t in, const l2c_method *method,
+                       const l2c_quant_options *o, const probe *held, l2c_choice *ch)
+{
+    ch->damp = method->gptq ? o->damp_grid[0] : 0;
+    ch->n_damps = method->gptq ? 1 : 0;
+    for (int32_t d = 1; method->gptq && d < o->n_damp_grid; d++) {
+        candidate t = {c->plan, NULL, {NULL}};
+        double e;
+        ch->n_damps++;
+        if (pack_input(ctx, m, cal, c, o->damp_grid[d], l, in, method, o, t.qm) ||
+            output_error(ctx, m, &t, method, ch->act_clip, l, in, held, &e)) {
+            for (int32_t k = 0; k < L2C_N_LINEARS; k++)
+                dq_qmatrix_free(t.qm[k]);
+            return -1;
+        }
+        for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+            dq_qmatrix *keep = e < ch->held_err ? t.qm[k] : c->qm[k];
+            dq_qmatrix_free(keep == t.qm[k] ? c->qm[k] : t.qm[k]);
+            c->qm[k] = keep;
+        }
+        if (e < ch->held_err)
+            ch->held_err = e, ch->damp = o->damp_grid[d];
+    }
+    return 0;
 }
 
 /* The clip of candidate c: fixed, or the grid's entry with the lowest layer-output error on
@@ -1033,8 +1091,19 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
             goto out;
         have_sample = 1;
     }
-    ch->held_on_sample = n_c > 1 && cal->held_rows[l][in] == 0;
-    if (n_c > 1 && !ch->held_on_sample) {
+    /* Held-out errors where blocks, smoothing or GPTQ's dampening are chosen. */
+    const int judge = n_c > 1 || (method->gptq && o->n_damp_grid > 1);
+    ch->held_on_sample = judge && cal->held_rows[l][in] == 0;
+    if (judge && !have_sample) {
+        if (!(xs = calib_sample(cal->calib[l][in], cols, &s_rows))) {
+            fprintf(stderr, "layer %d, %s: no calibration sample\n", l, l2c_input_name(in));
+            goto out;
+        }
+        if (probe_init(m, l, in, xs, s_rows, o->threads, &sample))
+            goto out;
+        have_sample = 1;
+    }
+    if (judge && !ch->held_on_sample) {
         if (probe_init(m, l, in, cal->held[l][in], cal->held_rows[l][in], o->threads,
                        &held))
             goto out;
@@ -1053,8 +1122,8 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
         if (build_candidate(ctx, m, cal, l, in, method, o, c_ch.block, c_ch.smooth, &cur))
             goto out;
         if (choose_clip(ctx, m, &cur, method, o, l, in, have_sample ? &sample : NULL, &c_ch) ||
-            (n_c > 1 && output_error(ctx, m, &cur, method, c_ch.act_clip, l, in,
-                                     have_held ? &held : &sample, &c_ch.held_err))) {
+            (judge && output_error(ctx, m, &cur, method, c_ch.act_clip, l, in,
+                                   have_held ? &held : &sample, &c_ch.held_err))) {
             candidate_free(&cur);
             goto out;
         }
@@ -1065,6 +1134,8 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
         } else
             candidate_free(&cur);
     }
+    if (choose_damp(ctx, m, cal, &best, l, in, method, o, have_held ? &held : &sample, ch))
+        goto out;
     out->plans[l][in] = best.plan;
     best.plan = NULL;
     for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
@@ -1143,11 +1214,13 @@ void l2c_qmodel_report(FILE *f, const l2c_qmodel *q, const l2c_method *method, i
                 fprintf(f, "%.6g\t%.6g\t", c->err, c->err_clip1);
             else
                 fprintf(f, "-\t-\t");
-            if (c->n_blocks * c->n_smooth > 1)
+            if (c->n_blocks * c->n_smooth > 1 || c->n_damps > 1)
                 fprintf(f, "%.6g%s\t", c->held_err, c->held_on_sample ? " (sample)" : "");
             else
                 fprintf(f, "-\t");
             fprintf(f, "%d blocks, %d clips", c->n_blocks, c->n_clips);
+            if (c->n_damps > 0)
+                fprintf(f, ", damp %.4g of %d", (double)c->damp, c->n_damps);
             if (c->smooth >= 0)
                 fprintf(f, ", smoothing %s of %d", c->smooth ? "on" : "off", c->n_smooth);
             fputc('\n', f);
@@ -1169,22 +1242,25 @@ void l2c_qmodel_free(l2c_qmodel *q)
     memset(q, 0, sizeof *q);
 }
 
-/* Passes layer `layer`'s inputs on to the calibration, nothing else. */
+/* Passes layer `layer`'s inputs (input `input` only when it is >= 0) on to the calibration,
+ * nothing else. */
 typedef struct one_layer {
     l2c_calibration *cal;
-    int32_t layer;
+    int32_t layer, input;
 } one_layer;
 
 static int observe_one_layer(void *user, int32_t layer, int32_t input, const float *x,
                              int64_t rows, int64_t cols)
 {
     const one_layer *u = user;
-    return layer == u->layer ? l2c_calibration_observe(u->cal, layer, input, x, rows, cols) : 0;
+    return layer == u->layer && (u->input < 0 || input == u->input)
+               ? l2c_calibration_observe(u->cal, layer, input, x, rows, cols)
+               : 0;
 }
 
 int l2c_quantize_sequential(dq_context *ctx, const l2c_model *m, const l2c_text *text,
                             int64_t window, int64_t max_tokens, int64_t sample_tokens,
-                            int64_t hess_tokens, const l2c_method *method,
+                            int64_t hess_tokens, int32_t per_input, const l2c_method *method,
                             const l2c_quant_options *o, l2c_qmodel *out)
 {
     int32_t L = m->c.n_layers;
@@ -1202,26 +1278,29 @@ int l2c_quantize_sequential(dq_context *ctx, const l2c_model *m, const l2c_text 
         goto out;
     }
     for (int32_t l = 0; method->w_bits && l < L; l++) {
-        /* Layer l's inputs as the model quantized up to layer l - 1 computes them. */
-        if (l2c_calibration_init(m, sample_tokens, &cal))
-            goto out;
-        cal.hess_tokens = hess_tokens;
-        one_layer u = {&cal, l};
-        l2c_net net = {m, out->lin, observe_one_layer, &u, o->threads, NULL, NULL, NULL};
-        for (int64_t i = 0; i < n_w && (max_tokens <= 0 || cal.tokens < max_tokens); i++) {
-            int64_t len = w[i].len;
-            if (max_tokens > 0 && len > max_tokens - cal.tokens)
-                len = max_tokens - cal.tokens;
-            if (l2c_forward(&net, text->tokens + w[i].start, len, logits))
+        /* Layer l's inputs as the model quantized up to layer l - 1 computes them, or (per
+         * input) each input as the model quantized up to the input before computes it. */
+        for (int32_t in0 = 0; in0 < L2C_N_INPUTS; in0 += per_input ? 1 : L2C_N_INPUTS) {
+            if (l2c_calibration_init(m, sample_tokens, &cal))
                 goto out;
-            cal.tokens += len;
+            cal.hess_tokens = hess_tokens;
+            one_layer u = {&cal, l, per_input ? in0 : -1};
+            l2c_net net = {m, out->lin, observe_one_layer, &u, o->threads, NULL, NULL, NULL};
+            for (int64_t i = 0; i < n_w && (max_tokens <= 0 || cal.tokens < max_tokens); i++) {
+                int64_t len = w[i].len;
+                if (max_tokens > 0 && len > max_tokens - cal.tokens)
+                    len = max_tokens - cal.tokens;
+                if (l2c_forward(&net, text->tokens + w[i].start, len, logits))
+                    goto out;
+                cal.tokens += len;
+            }
+            for (int32_t in = in0; in < (per_input ? in0 + 1 : L2C_N_INPUTS); in++)
+                if (quantize_input(ctx, m, &cal, l, in, method, &lo, out))
+                    goto out;
+            l2c_calibration_free(&cal);
         }
-        for (int32_t in = 0; in < L2C_N_INPUTS; in++)
-            if (quantize_input(ctx, m, &cal, l, in, method, &lo, out))
-                goto out;
         if (l == 0 && o->block_choice == L2C_BLOCK_FIRST)
             l2c_keep_blocks(&lo, out, 0);
-        l2c_calibration_free(&cal);
     }
     rc = 0;
 out:

@@ -45,6 +45,10 @@ typedef struct l2c_quant_options {
                                many input channels (0: per row and per token) */
     int32_t full_width;     /* DuQuant methods choosing blocks also try smoothing with one
                                full-width randomised Hadamard rotation (block -width) */
+    float damp_grid[L2C_MAX_GRID]; /* GPTQ dampenings: the first packs every candidate; with
+                               more, the chosen candidate is packed with each and the one with
+                               the lowest held-out layer-output error kept */
+    int32_t n_damp_grid;
 } l2c_quant_options;
 
 enum { L2C_BLOCK_EACH, L2C_BLOCK_FIRST };
@@ -58,7 +62,7 @@ int l2c_parse_float(const char *s, double lo, double hi, float *out);
 /* The quantization settings every program takes (--block, --hadamard-block, --rot-steps,
  * --perm-times, --dq-smooth, --lwc-epochs, --lwc-batch, --lwc-act, --seed, --alpha,
  * --act-clip, --w-clip, --lwc-lr, --act-clip-grid, --block-grid, --block-choice each|first,
- * --groups N;
+ * --groups N, --gptq-damp-grid;
  * --block, --hadamard-block
  * and --act-clip also take "auto"): returns 1 when key is one of them (*bad set to -1 when value
  * is out of range, o unchanged then), 0 when it is not. */
@@ -157,6 +161,8 @@ typedef struct l2c_choice {
     int32_t held_on_sample; /* no held-out rows: the blocks were judged on the sample */
     int32_t smooth;     /* DuQuant's smoothing on (1) or off (0); -1: not a DuQuant plan */
     int32_t n_smooth;   /* smoothing settings tried (each with every block) */
+    float damp;         /* GPTQ's dampening (0: not a GPTQ method) */
+    int32_t n_damps;    /* dampenings tried */
 } l2c_choice;
 
 typedef struct l2c_qmodel {
@@ -177,10 +183,12 @@ void l2c_qmodel_free(l2c_qmodel *q);
 
 /* l2c_quantize with every layer's calibration taken from the model quantized up to the layer
  * before (one pass over text per layer, as l2c_calibrate runs it: windows of window tokens,
- * up to max_tokens, sample_tokens sampled and held out, hess_tokens kept for GPTQ). */
+ * up to max_tokens, sample_tokens sampled and held out, hess_tokens kept for GPTQ); with
+ * per_input, every input of a layer from the model quantized up to the input before (one
+ * pass per input: q/k/v, wo, w1/w3, w2). */
 int l2c_quantize_sequential(dq_context *ctx, const l2c_model *m, const l2c_text *text,
                             int64_t window, int64_t max_tokens, int64_t sample_tokens,
-                            int64_t hess_tokens, const l2c_method *method,
+                            int64_t hess_tokens, int32_t per_input, const l2c_method *method,
                             const l2c_quant_options *o, l2c_qmodel *out);
 
 /* Fixes each input's block in o (where not fixed yet) to the one layer l of q has: how

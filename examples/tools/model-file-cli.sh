@@ -156,6 +156,10 @@ expect_fail "nosuch" "$quantize" "${model[@]}" --calib "$calib" --method nosuch 
 expect_fail "fp32" "$quantize" "${model[@]}" --calib "$calib" --method fp32 --out "$tmp/new.dq"
 expect_fail "--groups 32" "$quantize" "${model[@]}" --calib "$calib" --method rtn --groups 32 \
     --out "$tmp/new.dq"
+for v in 0 1.5 0.01,0.01 x; do
+    expect_fail "--gptq-damp-grid: bad value '$v'" "$quantize" "${model[@]}" --calib "$calib" \
+        --method gptq --gptq-damp-grid "$v" --out "$tmp/new.dq"
+done
 expect_fail "$tmp/no/dir" "$quantize" "${model[@]}" "${q_args[@]}" --out "$tmp/no/dir/x.dq"
 expect_fail "--out" "$quantize" "${model[@]}" "${q_args[@]}"
 # duquant-run: a missing or truncated model file, an empty evaluation text.

@@ -2,7 +2,7 @@
 # The GPTQ methods on stories260K: GPTQ packing beats round-to-nearest with the same plan
 # (duquant_gptq below duquant, gptq below rtn, perplexities computed by duquant-eval here), a
 # duquant_gptq model file written with --sequential gives duquant-eval's in-memory perplexity
-# (sequential by default for the GPTQ methods) to 4 decimals, one written without it gives
+# (--sequential gptq: per layer for the GPTQ methods) to 4 decimals, one written without it gives
 # duquant-eval --sequential 0's, and an unknown method name is still refused.
 # usage: model-file-gptq.sh QUANTIZE RUN EVAL DATA_DIR
 set -euo pipefail
@@ -18,6 +18,7 @@ calib=$src/calib.txt
 eval=$src/dev.txt
 
 "$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods rtn,duquant,gptq,duquant_gptq \
+    --sequential gptq \
     --format tsv --steps 0 --settings 1 >"$tmp/eval.tsv" 2>"$tmp/eval.err"
 ppl() { awk -F '\t' -v m="$1" '$1 == m { print $2 }' "$tmp/eval.tsv"; }
 below() { # below A B: method A's perplexity is below method B's
@@ -58,12 +59,16 @@ if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --out "$tmp/
         tr -d '"' | sed 's/^quant\.layers\.\([0-9]*\)\.\([a-z0-9]*\)\.\([a-z_]*\):/\1 \2 \3 /' \
         >"$tmp/file.set"
     awk -F '\t' '$1 == "settings" && $2 == "duquant_gptq" {
-        print $3, $4, "block", $5; print $3, $4, "act_clip", $6 }' "$tmp/eval.err" >"$tmp/eval.set"
-    if [ "$(wc -l <"$tmp/file.set")" -eq 40 ] &&
+        print $3, $4, "block", $5; print $3, $4, "act_clip", $6
+        if (match($10, /damp [0-9.e-]+ of/))
+            print $3, $4, "gptq_damp", substr($10, RSTART + 5, RLENGTH - 8) }' \
+        "$tmp/eval.err" >"$tmp/eval.set"
+    if [ "$(wc -l <"$tmp/file.set")" -eq 60 ] &&
         awk 'FNR == NR { v[$1 " " $2 " " $3] = $4; n++; next }
              { k = $1 " " $2 " " $3; d = v[k] - $4; if (!(k in v) || d > 1e-6 || d < -1e-6)
-               exit 1 } END { exit n != 40 }' "$tmp/eval.set" "$tmp/file.set"; then
-        echo "ok: per-input block and clip in the metadata, as duquant-eval chose them"
+               exit 1 } END { exit n != 60 }' "$tmp/eval.set" "$tmp/file.set"; then
+        echo "ok: per-input block, clip and GPTQ dampening in the metadata, as duquant-eval" \
+             "chose them"
     else
         echo "FAILED: per-input settings in the metadata:"
         cat "$tmp/file.set"

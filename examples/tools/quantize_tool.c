@@ -38,6 +38,8 @@ static void usage(FILE *f, const qt_options *o)
             "  --block-choice first|each  blocks chosen on block 0's calibration data and\n"
             "                       reused by every later block (default first), or chosen\n"
             "                       in every block; clips are chosen in every block either way\n"
+            "  --gptq-damp-grid LIST  GPTQ dampenings (default 0.01; with more than one,\n"
+            "                       chosen per linear input as duquant-eval does)\n"
             "  --rot-steps N, --perm-times N, --full-width 0|1, --dq-smooth 0|1|auto,\n"
             "  --alpha A, --w-clip R, --lwc-epochs N, --lwc-lr R, --lwc-batch N,\n"
             "  --lwc-act 0|1, --seed N   as duquant-eval (defaults %d %d %d auto %.2f\n"
@@ -230,7 +232,7 @@ static void write_header(qt_run *wr, const qt_options *o, const tool_model *tm, 
         dq_gptq_params gp;
         l2c_gptq_params(&gp);
         put(wr, "quant.gptq_flags", "%u", gp.flags);
-        put(wr, "quant.gptq_damp", "%.9g", (double)gp.damp);
+        put(wr, "quant.gptq_damp", "%.9g", (double)q->damp_grid[0]);
         put(wr, "quant.gptq_clip_grid", "%d", gp.clip_grid);
         put(wr, "quant.gptq_clip_max_shrink", "%.9g", (double)gp.clip_max_shrink);
         put(wr, "quant.gptq_clip_norm", "%.9g", (double)gp.clip_norm);
@@ -250,6 +252,13 @@ static void write_header(qt_run *wr, const qt_options *o, const tool_model *tm, 
         at += (size_t)snprintf(grid + at, sizeof grid - at, "%s%.9g", i ? "," : "",
                                (double)q->act_clip_grid[i]);
     qt_put_str(wr, "quant.act_clip_grid", grid);
+    if (method->gptq) {
+        at = 0;
+        for (int32_t i = 0; i < q->n_damp_grid; i++)
+            at += (size_t)snprintf(grid + at, sizeof grid - at, "%s%.9g", i ? "," : "",
+                                   (double)q->damp_grid[i]);
+        qt_put_str(wr, "quant.gptq_damp_grid", grid);
+    }
     put(wr, "quant.rot_steps", "%d", q->rot_steps);
     put(wr, "quant.perm_times", "%d", q->perm_times);
     if (q->dq_smooth == L2C_SMOOTH_AUTO)
@@ -296,6 +305,10 @@ static void write_block(qt_run *wr, const l2c_qmodel *qm, const l2c_model *blk, 
         put(wr, name, "%d", ch->block);
         snprintf(name, sizeof name, "quant.layers.%d.%s.act_clip", l, l2c_input_name(in));
         put(wr, name, "%.9g", (double)ch->act_clip);
+        if (ch->n_damps > 0) {
+            snprintf(name, sizeof name, "quant.layers.%d.%s.gptq_damp", l, l2c_input_name(in));
+            put(wr, name, "%.9g", (double)ch->damp);
+        }
     }
     snprintf(name, sizeof name, "layers.%d.attention_norm.weight", l);
     put_tensor(wr, name, blk->rms_att, 1, 0, blk->c.dim);
