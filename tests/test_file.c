@@ -1536,6 +1536,59 @@ START_TEST(bad_blocked_layers)
 }
 END_TEST
 
+/* The code sums behind the corr check, taken a whole step at a time, then code by code in a
+ * group's partial step: a valid layer loads, and one flipped code in a whole step or in the
+ * partial one is refused, for 4- and 8-bit codes, whole rows and groups. */
+START_TEST(blocked_sums_every_shape)
+{
+    const int64_t cols[] = {40, 44, 67};
+    test_rng r = {606};
+    for (int32_t bits = 4; bits <= 8; bits += 4)
+        for (size_t c = 0; c < sizeof cols / sizeof cols[0]; c++)
+            for (int32_t group = 0; group <= 32; group += 32) {
+                dq_qmatrix *q = packed_weights(&r, 20, cols[c], bits, DQ_QUANT_ASYM, group);
+                dq_linear *lin = NULL;
+                ck_assert_int_eq(dq_linear_create(NULL, NULL, NULL, q, NULL, &lin), DQ_OK);
+                size_t size;
+                uint8_t *buf = layer_file(lin, &size);
+                const size_t codes = tensor_offset(buf, "L.weight.blocks");
+                const size_t step = bits == 4 ? 64 : 128;
+                /* the last real code of output 1: a partial step unless cols is a multiple of 8 */
+                const int64_t k = cols[c] - 1, s = k / 8, half = (k % 8) / 4, lane = k % 4;
+                const size_t last = bits == 4 ? codes + (size_t)s * 64 + 4 + (size_t)lane
+                                              : codes + (size_t)s * 128 + (size_t)half * 64 + 4 +
+                                                    (size_t)lane;
+                const uint8_t last_x = bits == 4 ? (uint8_t)(half ? 0x10 : 0x01) : 0x01;
+                const struct {
+                    size_t at;
+                    uint8_t x;
+                } flips[] = {{0, 0}, {codes + step + 8, 0x01}, {last, last_x}};
+                for (size_t f = 0; f < sizeof flips / sizeof flips[0]; f++) {
+                    uint8_t *bad = malloc(size);
+                    memcpy(bad, buf, size);
+                    bad[flips[f].at] ^= flips[f].x;
+                    dq_file_params fp;
+                    dq_file_params_init(&fp, sizeof fp);
+                    fp.flags = DQ_FILE_F_BORROW | DQ_FILE_F_TRUSTED;
+                    dq_file_reader *rd = NULL;
+                    ck_assert_int_eq(dq_file_reader_from_buffer(NULL, &fp, bad, size, &rd),
+                                     DQ_OK);
+                    dq_linear *back = NULL;
+                    ck_assert_msg(dq_file_reader_get_linear(rd, NULL, "L", NULL, &back) ==
+                                      (f == 0 ? DQ_OK : DQ_ERR_FORMAT),
+                                  "bits %d cols %lld group %d flip %zu", (int)bits,
+                                  (long long)cols[c], (int)group, f);
+                    dq_linear_free(back);
+                    dq_file_reader_free(rd);
+                    free(bad);
+                }
+                free(buf);
+                dq_linear_free(lin);
+                dq_qmatrix_free(q);
+            }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("file");
@@ -1554,6 +1607,7 @@ int main(void)
     tcase_add_test(tc, layer_holds_half_a_byte_per_weight);
     tcase_add_test(tc, version1_layers_load_and_convert);
     tcase_add_test(tc, bad_blocked_layers);
+    tcase_add_test(tc, blocked_sums_every_shape);
     suite_add_tcase(s, tc);
     TCase *bad = tcase_create("bad_input");
     tcase_set_timeout(bad, 60);

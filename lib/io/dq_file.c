@@ -2470,12 +2470,28 @@ static dq_status check_blocked(const dq_context *c, const char *prefix, const dq
             const int64_t padded = (g + 1 < wp->groups ? wp->group_steps : wp->last_steps) *
                                    DQ_GEMM_STEP;
             const int64_t kp0 = g * wp->group_steps * DQ_GEMM_STEP;
+            /* The group's whole steps of real codes, summed a step at a time for all 16
+             * lanes (the loop below would take minutes on a 7B model's 3 GB). */
+            const int64_t full = len / DQ_GEMM_STEP;
+            uint32_t raw[DQ_GEMM_BLOCK] = {0};
+            for (int64_t st = 0; st < full; st++) {
+                const uint8_t *p = blk + (size_t)(g * wp->group_steps + st) *
+                                             (size_t)wp->step_bytes;
+                if (w->bits == 4)
+                    for (int i = 0; i < 4 * DQ_GEMM_BLOCK; i++)
+                        raw[i / 4] += (uint32_t)(p[i] & 0xF) + (uint32_t)(p[i] >> 4);
+                else
+                    for (int i = 0; i < 4 * DQ_GEMM_BLOCK; i++)
+                        raw[i / 4] += (uint32_t)(int32_t)(int8_t)p[i] +
+                                      (uint32_t)(int32_t)(int8_t)p[4 * DQ_GEMM_BLOCK + i];
+            }
             for (int64_t o = 0; o < DQ_GEMM_BLOCK; o++) {
                 const bool real = b * DQ_GEMM_BLOCK + o < w->rows;
                 const int64_t zw = (int64_t)m->zero[o] - bias;
-                uint32_t sum = 0;
+                /* Codes are stored with the bias added: each whole step holds 8 of them. */
+                uint32_t sum = real ? raw[o] - (uint32_t)(bias * DQ_GEMM_STEP * full) : 0;
                 bool pad_ok = true;
-                for (int64_t k = 0; k < padded; k++) {
+                for (int64_t k = real ? full * DQ_GEMM_STEP : 0; k < padded; k++) {
                     const int32_t v = dq__wpack_stored(wp, blk, o, kp0 + k);
                     if (real && k < len)
                         sum += (uint32_t)(v - bias);
