@@ -151,16 +151,8 @@ static int parse_list(const char *s, void *out, size_t size, int32_t *n,
     return 0;
 }
 
-static int clip_item(const char *s, void *out)
-{
-    float v;
-    if (l2c_parse_float(s, 0, 1, &v) || !(v > 0))
-        return -1;
-    memcpy(out, &v, sizeof v);
-    return 0;
-}
-
-static int damp_item(const char *s, void *out)
+/* A clip ratio or a dampening: in (0, 1]. */
+static int fraction_item(const char *s, void *out)
 {
     float v;
     if (l2c_parse_float(s, 0, 1, &v) || !(v > 0))
@@ -187,12 +179,12 @@ int l2c_quant_option(l2c_quant_options *o, const char *key, const char *value, i
         *bad = auto_int_option(value, 2, 4096, &o->hadamard_block);
     else if (strcmp(key, "--act-clip-grid") == 0)
         *bad = parse_list(value, o->act_clip_grid, sizeof(float), &o->n_act_clip_grid,
-                          clip_item);
+                          fraction_item);
     else if (strcmp(key, "--block-grid") == 0)
         *bad = parse_list(value, o->block_grid, sizeof(int32_t), &o->n_block_grid,
                           block_item);
     else if (strcmp(key, "--gptq-damp-grid") == 0)
-        *bad = parse_list(value, o->damp_grid, sizeof(float), &o->n_damp_grid, damp_item);
+        *bad = parse_list(value, o->damp_grid, sizeof(float), &o->n_damp_grid, fraction_item);
     else if (strcmp(key, "--rot-steps") == 0)
         *bad = int_option(value, 0, 65536, &o->rot_steps);
     else if (strcmp(key, "--perm-times") == 0)
