@@ -259,15 +259,19 @@ static void check_case(const dq_plan *plan, const dq__online *on, const float *x
 }
 
 /* Every token count that matters (1, a few, one tile with a remainder, several tiles), both
- * schemes, 4 and 8 bits, unaligned leading dimensions. */
-static void check_plan(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what)
+ * schemes, 4 and 8 bits, unaligned leading dimensions. split_all: a lone token's stages are
+ * split over the threads whatever their size (check_case's threads 3 against 1). */
+static void check_plan_split(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what,
+                             bool split_all)
 {
     dq__online *on = NULL;
     ck_assert_int_eq(dq__online_create(NULL, plan, &on), DQ_OK);
+    if (split_all)
+        dq__online_set_split_bytes(on, 0);
     const int64_t tile = dq__online_tile_rows(on);
     const int64_t counts[] = {1, 5, tile + 3, 2 * tile + 1};
     test_rng r = {seed};
-    for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+    for (size_t ci = 0; ci < (split_all ? 1 : sizeof counts / sizeof counts[0]); ci++) {
         const int64_t rows = counts[ci], ldx = cols + 3 + (int64_t)ci;
         float *x = malloc((size_t)(rows * ldx) * sizeof(float));
         test_fill_activations(&r, x, rows, ldx, ldx, 1);
@@ -283,6 +287,12 @@ static void check_plan(const dq_plan *plan, int64_t cols, uint64_t seed, const c
         free(x);
     }
     dq__online_free(on);
+}
+
+static void check_plan(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what)
+{
+    check_plan_split(plan, cols, seed, what, false);
+    check_plan_split(plan, cols, seed, what, true);
 }
 
 typedef struct shape {

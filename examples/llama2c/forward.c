@@ -406,9 +406,18 @@ static void rope(const l2c_model *m, const float *cs, float *v, int64_t rows, in
 
 /* ---- causal attention ---- */
 
+/* Keys of one key/value head as attention reads them: channel-major in blocks of LANES
+ * positions, element (position s, channel i) at ((s / LANES) * hs + i) * LANES + s % LANES. */
+static inline int64_t key_block_index(int32_t hs, int64_t s, int32_t i)
+{
+    return ((s / LANES) * hs + i) * LANES + s % LANES;
+}
+
 typedef struct att_job {
     const l2c_model *m;
     const float *q, *k, *v; /* q [n, q_dim]; k, v [pos0 + n, kv_dim] */
+    const float *kt;        /* or NULL: every head's keys already blocked, kt_head floats apart */
+    int64_t kt_head;
     int64_t pos0, n;
     float *out;
     int failed[MAX_PARTS];
@@ -419,114 +428,138 @@ typedef struct att_job {
 #define QUERIES 4 /* queries of one head at a time */
 #define V_CHUNK 4 /* 16-channel vectors of the output per pass over the values */
 
-/* Heads [h0, h1) of the job, QUERIES queries at a time: scores of 16 keys at once (kt: the
- * keys of one key/value head, channel-major in blocks of 16 keys, zero past the last), the
- * softmax one key at a time, the weighted values 16 channels at once (vt: the values of that
- * head, one contiguous row per position). Each score, weight and output element goes through
- * the scalar loop's operations in its order (see v16), whatever the number of queries taken
- * together. att: QUERIES rows (att_ld apart) of the scores of every key block. */
+/* Positions a blocked key array holds for `len` keys: whole groups of KEY_BLOCKS blocks. */
+static int64_t key_blocks_cap(int64_t len)
+{
+    return (len + LANES * KEY_BLOCKS - 1) / (LANES * KEY_BLOCKS) * (LANES * KEY_BLOCKS);
+}
+
+/* Queries t0..t0+nq-1 of head h (nq is QUERIES or 1, a constant once inlined: the queries
+ * share every key and value load, and a lone query computes no copies). Scores of 16 keys at
+ * once (kt: the head's blocked keys), the softmax one key at a time, the weighted values 16
+ * channels at once (vh: the head's values, position s at vh + s * vld). Each score, weight
+ * and output element goes through the scalar loop's operations in its order (see v16),
+ * whatever nq. att: QUERIES rows (att_ld apart) of the scores of every key block. */
+ALWAYS_INLINE void attend_queries(const att_job *j, int32_t h, int64_t t0, const int32_t nq,
+                                  const float *kt, const float *vh, int64_t vld, float *att,
+                                  int64_t att_ld)
+{
+    const l2c_model *m = j->m;
+    const int32_t hs = m->head_size, dim = m->q_dim;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const int64_t last0 = j->pos0 + t0, last_n = last0 + nq - 1; /* the later queries see more */
+    const float *qh[QUERIES];
+    for (int32_t q = 0; q < nq; q++)
+        qh[q] = j->q + (t0 + q) * dim + (int64_t)h * hs;
+    for (int64_t b = 0; b * LANES <= last_n; b += KEY_BLOCKS) {
+        const float *kb = kt + b * hs * LANES;
+        v16 d[QUERIES][KEY_BLOCKS];
+        for (int32_t q = 0; q < nq; q++)
+            for (int32_t u = 0; u < KEY_BLOCKS; u++)
+                d[q][u] = (v16){0};
+        for (int32_t i = 0; i < hs; i++)
+            for (int32_t u = 0; u < KEY_BLOCKS; u++) {
+                const v16 kv16 = load16(kb + ((int64_t)u * hs + i) * LANES);
+                for (int32_t q = 0; q < nq; q++)
+                    d[q][u] += kv16 * qh[q][i];
+            }
+        for (int32_t q = 0; q < nq; q++)
+            for (int32_t u = 0; u < KEY_BLOCKS; u++) {
+                const v16 sc = d[q][u] * scale;
+                memcpy(att + q * att_ld + (b + u) * LANES, &sc, sizeof sc);
+            }
+    }
+    for (int32_t q = 0; q < nq; q++) {
+        float *aq = att + q * att_ld;
+        const int64_t last = last0 + q;
+        float mx = -INFINITY;
+        for (int64_t s = 0; s <= last; s++)
+            mx = aq[s] > mx ? aq[s] : mx;
+        float sum = 0;
+        for (int64_t s = 0; s <= last; s++) {
+            aq[s] = expf(aq[s] - mx);
+            sum += aq[s];
+        }
+        for (int64_t s = 0; s <= last; s++)
+            aq[s] = aq[s] / sum;
+    }
+    /* Outputs: every query sums its keys 0..last in order; keys 0..last0 together. */
+    int32_t i = 0;
+    for (; i + V_CHUNK * LANES <= hs; i += V_CHUNK * LANES) {
+        v16 o[QUERIES][V_CHUNK];
+        for (int32_t q = 0; q < nq; q++)
+            for (int32_t u = 0; u < V_CHUNK; u++)
+                o[q][u] = (v16){0};
+        for (int64_t s = 0; s <= last0; s++)
+            for (int32_t u = 0; u < V_CHUNK; u++) {
+                const v16 vv = load16(vh + s * vld + i + u * LANES);
+                for (int32_t q = 0; q < nq; q++)
+                    o[q][u] += vv * att[q * att_ld + s];
+            }
+        for (int32_t q = 1; q < nq; q++)
+            for (int64_t s = last0 + 1; s <= last0 + q; s++)
+                for (int32_t u = 0; u < V_CHUNK; u++)
+                    o[q][u] += load16(vh + s * vld + i + u * LANES) * att[q * att_ld + s];
+        for (int32_t q = 0; q < nq; q++)
+            memcpy(j->out + (t0 + q) * dim + (int64_t)h * hs + i, o[q], sizeof o[q]);
+    }
+    for (int32_t q = 0; q < nq; q++) { /* narrow heads: one query at a time */
+        const float *aq = att + q * att_ld;
+        float *oh = j->out + (t0 + q) * dim + (int64_t)h * hs;
+        int32_t c = i;
+        for (; c + LANES <= hs; c += LANES) {
+            v16 o = {0};
+            for (int64_t s = 0; s <= last0 + q; s++)
+                o += load16(vh + s * vld + c) * aq[s];
+            memcpy(oh + c, &o, sizeof o);
+        }
+        for (; c < hs; c++) {
+            float o = 0;
+            for (int64_t s = 0; s <= last0 + q; s++)
+                o += aq[s] * vh[s * vld + c];
+            oh[c] = o;
+        }
+    }
+}
+
+/* Heads [h0, h1) of the job, QUERIES queries at a time, then the rest one by one. kt: room
+ * for one head's blocked keys when the job has none (built here, once per key/value head); vt
+ * (or NULL): room for one head's values, copied together for many queries (rows kv_dim apart,
+ * a multiple of 4 KiB, evict each other from the cache), read in place for a few. */
 ALWAYS_INLINE void attention_heads(const att_job *j, int32_t h0, int32_t h1, float *att,
                                    float *kt, float *vt)
 {
     const l2c_model *m = j->m;
-    const int32_t hs = m->head_size, kv_dim = m->kv_dim, dim = m->q_dim;
+    const int32_t hs = m->head_size, kv_dim = m->kv_dim;
     const int32_t group = m->c.n_heads / m->c.n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hs);
-    const int64_t len = j->pos0 + j->n;
-    const int64_t blocks = (len + LANES * KEY_BLOCKS - 1) / (LANES * KEY_BLOCKS) * KEY_BLOCKS;
-    const int64_t att_ld = blocks * LANES;
+    const int64_t len = j->pos0 + j->n, att_ld = key_blocks_cap(len);
     int32_t kt_head = -1;
     for (int32_t h = h0; h < h1; h++) {
         const int32_t kvh = h / group;
         const int64_t kv_off = (int64_t)kvh * hs;
-        if (kvh != kt_head) {
-            for (int64_t b = 0; b < blocks; b++)
+        const float *kh = kt;
+        if (j->kt) {
+            kh = j->kt + kvh * j->kt_head;
+        } else if (kvh != kt_head) {
+            for (int64_t s = 0; s < att_ld; s++)
                 for (int32_t i = 0; i < hs; i++)
-                    for (int32_t l = 0; l < LANES; l++) {
-                        const int64_t s = b * LANES + l;
-                        kt[(b * hs + i) * LANES + l] = s < len ? j->k[s * kv_dim + kv_off + i] : 0;
-                    }
-            for (int64_t s = 0; s < len; s++)
-                memcpy(vt + s * hs, j->v + s * kv_dim + kv_off, (size_t)hs * sizeof *vt);
-            kt_head = kvh;
+                    kt[key_block_index(hs, s, i)] = s < len ? j->k[s * kv_dim + kv_off + i] : 0;
         }
-        for (int64_t t0 = 0; t0 < j->n; t0 += QUERIES) {
-            /* QUERIES queries share every key and value load; the later ones see more keys. */
-            const int64_t nq = j->n - t0 < QUERIES ? j->n - t0 : QUERIES;
-            const int64_t last0 = j->pos0 + t0, last_n = last0 + nq - 1;
-            const float *qh[QUERIES];
-            for (int64_t q = 0; q < QUERIES; q++)
-                qh[q] = j->q + (t0 + (q < nq ? q : 0)) * dim + (int64_t)h * hs;
-            for (int64_t b = 0; b * LANES <= last_n; b += KEY_BLOCKS) {
-                const float *kb = kt + b * hs * LANES;
-                v16 d[QUERIES][KEY_BLOCKS];
-                for (int32_t q = 0; q < QUERIES; q++)
-                    for (int32_t u = 0; u < KEY_BLOCKS; u++)
-                        d[q][u] = (v16){0};
-                for (int32_t i = 0; i < hs; i++)
-                    for (int32_t u = 0; u < KEY_BLOCKS; u++) {
-                        const v16 kv16 = load16(kb + ((int64_t)u * hs + i) * LANES);
-                        for (int32_t q = 0; q < QUERIES; q++)
-                            d[q][u] += kv16 * qh[q][i];
-                    }
-                for (int32_t q = 0; q < QUERIES; q++)
-                    for (int32_t u = 0; u < KEY_BLOCKS; u++) {
-                        const v16 sc = d[q][u] * scale;
-                        memcpy(att + q * att_ld + (b + u) * LANES, &sc, sizeof sc);
-                    }
-            }
-            for (int64_t q = 0; q < nq; q++) {
-                float *aq = att + q * att_ld;
-                const int64_t last = last0 + q;
-                float mx = -INFINITY;
-                for (int64_t s = 0; s <= last; s++)
-                    mx = aq[s] > mx ? aq[s] : mx;
-                float sum = 0;
-                for (int64_t s = 0; s <= last; s++) {
-                    aq[s] = expf(aq[s] - mx);
-                    sum += aq[s];
-                }
-                for (int64_t s = 0; s <= last; s++)
-                    aq[s] = aq[s] / sum;
-            }
-            /* Outputs: every query sums its keys 0..last in order; keys 0..last0 together. */
-            int32_t i = 0;
-            for (; i + V_CHUNK * LANES <= hs; i += V_CHUNK * LANES) {
-                v16 o[QUERIES][V_CHUNK];
-                for (int32_t q = 0; q < QUERIES; q++)
-                    for (int32_t u = 0; u < V_CHUNK; u++)
-                        o[q][u] = (v16){0};
-                for (int64_t s = 0; s <= last0; s++)
-                    for (int32_t u = 0; u < V_CHUNK; u++) {
-                        const v16 vv = load16(vt + s * hs + i + u * LANES);
-                        for (int32_t q = 0; q < QUERIES; q++)
-                            o[q][u] += vv * att[q * att_ld + s];
-                    }
-                for (int64_t q = 1; q < nq; q++)
-                    for (int64_t s = last0 + 1; s <= last0 + q; s++)
-                        for (int32_t u = 0; u < V_CHUNK; u++)
-                            o[q][u] += load16(vt + s * hs + i + u * LANES) * att[q * att_ld + s];
-                for (int64_t q = 0; q < nq; q++)
-                    memcpy(j->out + (t0 + q) * dim + (int64_t)h * hs + i, o[q], sizeof o[q]);
-            }
-            for (int64_t q = 0; q < nq; q++) { /* narrow heads: one query at a time */
-                const float *aq = att + q * att_ld;
-                float *oh = j->out + (t0 + q) * dim + (int64_t)h * hs;
-                int32_t c = i;
-                for (; c + LANES <= hs; c += LANES) {
-                    v16 o = {0};
-                    for (int64_t s = 0; s <= last0 + q; s++)
-                        o += load16(vt + s * hs + c) * aq[s];
-                    memcpy(oh + c, &o, sizeof o);
-                }
-                for (; c < hs; c++) {
-                    float o = 0;
-                    for (int64_t s = 0; s <= last0 + q; s++)
-                        o += aq[s] * vt[s * hs + c];
-                    oh[c] = o;
-                }
-            }
+        const float *vh = j->v + kv_off;
+        int64_t vld = kv_dim;
+        if (vt) {
+            if (kvh != kt_head)
+                for (int64_t s = 0; s < len; s++)
+                    memcpy(vt + s * hs, vh + s * kv_dim, (size_t)hs * sizeof *vt);
+            vh = vt;
+            vld = hs;
         }
+        kt_head = kvh;
+        int64_t t0 = 0;
+        for (; t0 + QUERIES <= j->n; t0 += QUERIES)
+            attend_queries(j, h, t0, QUERIES, kh, vh, vld, att, att_ld);
+        for (; t0 < j->n; t0++)
+            attend_queries(j, h, t0, 1, kh, vh, vld, att, att_ld);
     }
 }
 
@@ -548,12 +581,12 @@ static void attention_part(void *arg, int32_t part, int32_t n)
     split(m->c.n_heads, part, n, &h0, &h1);
     if (h0 >= h1)
         return;
-    const int64_t len = j->pos0 + j->n;
-    const int64_t blocks = (len + LANES * KEY_BLOCKS - 1) / (LANES * KEY_BLOCKS) * KEY_BLOCKS;
-    float *att = malloc((size_t)(QUERIES * blocks * LANES) * sizeof *att);
-    float *kt = malloc((size_t)(blocks * LANES * m->head_size) * sizeof *kt);
-    float *vt = malloc((size_t)(len * m->head_size) * sizeof *vt);
-    if (!att || !kt || !vt)
+    const int64_t cap = key_blocks_cap(j->pos0 + j->n);
+    float *att = malloc((size_t)(QUERIES * cap) * sizeof *att);
+    float *kt = j->kt ? NULL : malloc((size_t)(cap * m->head_size) * sizeof *kt);
+    const int copy_v = j->n > QUERIES; /* values read by more than one group of queries */
+    float *vt = copy_v ? malloc((size_t)((j->pos0 + j->n) * m->head_size) * sizeof *vt) : NULL;
+    if (!att || (!j->kt && !kt) || (copy_v && !vt))
         j->failed[part] = 1;
 #if defined(__GNUC__) && defined(__x86_64__)
     else if (__builtin_cpu_supports("avx512f"))
@@ -568,13 +601,14 @@ static void attention_part(void *arg, int32_t part, int32_t n)
 
 /* Causal attention of the queries q [n] at positions pos0..pos0+n-1 over the keys and values
  * k, v [pos0 + n] of positions 0..pos0+n-1: out[t, head h] = softmax(q_t . k_s / sqrt(hs),
- * s <= pos0 + t) v_s with the key and value head of h. Heads are split over the net's threads.
- * Returns 0 or -1 (out of memory, message printed). */
-static int attention(const l2c_net *net, const float *q, const float *k, const float *v,
-                     int64_t pos0, int64_t n, float *out)
+ * s <= pos0 + t) v_s with the key and value head of h. kt (or NULL): the same keys already
+ * blocked (key_block_index), kt_head floats per key/value head. Heads are split over the
+ * net's threads. Returns 0 or -1 (out of memory, message printed). */
+static int attention(const l2c_net *net, const float *q, const float *k, const float *kt,
+                     int64_t kt_head, const float *v, int64_t pos0, int64_t n, float *out)
 {
     const l2c_model *m = net->m;
-    att_job j = {m, q, k, v, pos0, n, out, {0}};
+    att_job j = {m, q, k, v, kt, kt_head, pos0, n, out, {0}};
     const int64_t work = 2 * (int64_t)m->c.n_heads * m->head_size * n * (pos0 + (n + 1) / 2);
     int32_t parts = parts_for(net, work);
     parts = parts < m->c.n_heads ? parts : m->c.n_heads;
@@ -841,7 +875,7 @@ static int block(const l2c_net *net, fwd_scratch *s, int32_t l, float *x, int64_
             fprintf(stderr, "out of memory\n");
         e = e || kv_store(net, l, k, v, n, kb, vb, tb, cap, first) ||
             kv_load(net, l, kb, vb, tb, cap, len, kf, vf) ||
-            attention(net, q, kf, vf, pos0, n, xb);
+            attention(net, q, kf, NULL, 0, vf, pos0, n, xb);
         if (!cache) {
             free(kb);
             free(vb);
@@ -852,13 +886,18 @@ static int block(const l2c_net *net, fwd_scratch *s, int32_t l, float *x, int64_
         if (e)
             goto out;
     } else if (cache) {
-        int64_t slot = (int64_t)l * cache->cap * kv;
-        float *ck = cache->k + slot, *cv = cache->v + slot;
-        memcpy(ck + pos0 * kv, k, (size_t)(n * kv) * sizeof *k);
+        /* Keys go in blocked, as attention reads them: no per-step transposition. */
+        const int64_t kcap = key_blocks_cap(cache->cap), hs = m->head_size;
+        float *ck = cache->k + (int64_t)l * kcap * kv;
+        float *cv = cache->v + (int64_t)l * cache->cap * kv;
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t c = 0; c < kv; c++)
+                ck[c / hs * kcap * hs + key_block_index((int32_t)hs, pos0 + t, (int32_t)(c % hs))] =
+                    k[t * kv + c];
         memcpy(cv + pos0 * kv, v, (size_t)(n * kv) * sizeof *v);
-        if (attention(net, q, ck, cv, pos0, n, xb))
+        if (attention(net, q, NULL, ck, kcap * hs, cv, pos0, n, xb))
             goto out;
-    } else if (attention(net, q, k, v, 0, n, xb))
+    } else if (attention(net, q, k, NULL, 0, v, 0, n, xb))
         goto out;
     if ((rc = observe(net, l, L2C_IN_WO, xb, n, qd)) != 0)
         goto out;
@@ -963,7 +1002,8 @@ int l2c_kv_cache_init_net(l2c_kv_cache *c, const l2c_net *net, int64_t cap)
         c->vq = malloc(bytes);
     } else {
         size_t count = (size_t)((int64_t)m->c.n_layers * cap * m->kv_dim);
-        c->k = malloc(count * sizeof *c->k);
+        size_t kcount = (size_t)((int64_t)m->c.n_layers * key_blocks_cap(cap) * m->kv_dim);
+        c->k = calloc(kcount, sizeof *c->k); /* zero past the keys, as attention pads them */
         c->v = malloc(count * sizeof *c->v);
     }
     if (c->kv_bits != 0 ? !c->kq || !c->vq : !c->k || !c->v) {

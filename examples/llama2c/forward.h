@@ -90,7 +90,9 @@ int l2c_forward_block(const l2c_net *net, int32_t layer, float *x, int64_t n);
 /* Keys and values (after the rotary embedding) of every layer for positions 0..len-1, so that
  * a generation step computes only its new tokens. */
 typedef struct l2c_kv_cache {
-    float *k, *v;       /* float32: [n_layers, cap, kv_dim] each */
+    float *k, *v;       /* float32: v [n_layers, cap, kv_dim]; k [n_layers, n_kv_heads]
+                         * blocks of cap rounded up to 64 positions: channel-major in blocks of 16
+                         * positions, as attention reads them (forward.c) */
     uint8_t *kq, *vq;   /* other formats: [n_layers, cap] tokens of token_bytes each */
     size_t token_bytes;
     int64_t cap;        /* positions it holds */

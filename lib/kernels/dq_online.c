@@ -15,6 +15,10 @@
 /* Row tile of the widest kernel: tiles are a multiple of it when they hold that many rows. */
 #define TILE_ROW_MULT 6
 #define TILE_MAX_ROWS 96
+/* A lone token (decode) would leave every thread but one idle: its stages' blocks are split
+ * over the threads instead, once a stage reads at least this many bytes of matrices (below,
+ * the meeting of the threads costs more than it saves). */
+#define SPLIT_MIN_BYTES ((size_t)128 << 10)
 
 /* One block-diagonal product: block b (columns [b * bs, b * bs + len)) is multiplied by
  * mat[b]; its input element k is in[gather[b * bs + k]] when gather is set. */
@@ -35,6 +39,7 @@ struct dq__online {
     const int32_t *final_gather; /* permutation read through by the quantizer, or NULL */
     int64_t tile_rows;
     int64_t buf_ld;              /* floats per tile-buffer row */
+    size_t split_min_bytes;      /* a lone token's stage split over threads from this size */
     /* owned storage */
     const float **mat_ptrs;
     int32_t *gathers;
@@ -59,6 +64,11 @@ void dq__online_free(dq__online *on)
 int64_t dq__online_tile_rows(const dq__online *on)
 {
     return on->tile_rows;
+}
+
+void dq__online_set_split_bytes(dq__online *on, size_t bytes)
+{
+    on->split_min_bytes = bytes;
 }
 
 /* Tokens per tile for buffer rows of buf_ld floats. */
@@ -164,6 +174,7 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
     on->n_stages = n_stages;
     on->buf_ld = (cols + 15) / 16 * 16 + 16; /* whole cache lines, rows off the 4 KiB stride */
     on->tile_rows = tile_rows_for(on->buf_ld);
+    on->split_min_bytes = SPLIT_MIN_BYTES;
     /* One gather per stage and one final at most. */
     size_t n_gather = ((size_t)n_stages + 1) * (size_t)cols;
     if (n_stages > 0) {
@@ -373,8 +384,76 @@ typedef struct job {
     uint8_t *work;
     size_t per_worker;
     int64_t tile;
-    atomic_llong next; /* next tile to take */
+    atomic_llong next;            /* next tile to take */
+    const dq_context *split_ctx;  /* set: one tile, each stage's blocks split over threads */
 } job;
+
+/* Blocks [b0, b1) of stage sg for tokens [0, tt) of src into dst. */
+static void stage_blocks(const kernels *k, const stage *sg, int64_t cols, int64_t b0,
+                         int64_t b1, const float *src, int64_t lds, int64_t tt, float *dst,
+                         int64_t ldd)
+{
+    int64_t b = b0;
+    const int64_t shared_end = sg->n_shared < b1 ? sg->n_shared : b1;
+    if (b < shared_end && shared_end - b > 1 && tt < TILE_ROW_MULT) {
+        /* Too few tokens to fill a register tile: the blocks of each token, which share the
+         * matrix, are its rows instead. */
+        const size_t c0 = (size_t)b * (size_t)sg->bs;
+        for (int64_t r = 0; r < tt; r++) {
+            const float *a = src + (size_t)r * (size_t)lds;
+            float *o = dst + (size_t)r * (size_t)ldd + c0;
+            if (sg->gather)
+                k->block(a, 0, sg->gather + c0, sg->bs, shared_end - b, sg->mat[0], sg->bs, o,
+                         sg->bs);
+            else
+                k->block(a + c0, sg->bs, NULL, 0, shared_end - b, sg->mat[0], sg->bs, o, sg->bs);
+        }
+        b = shared_end;
+    }
+    for (; b < b1; b++) {
+        const size_t c0 = (size_t)b * (size_t)sg->bs;
+        const int32_t n = dq__block_len(cols, sg->bs, b);
+        if (sg->gather)
+            k->block(src, lds, sg->gather + c0, 0, tt, sg->mat[b], n, dst + c0, ldd);
+        else
+            k->block(src + c0, lds, NULL, 0, tt, sg->mat[b], n, dst + c0, ldd);
+    }
+}
+
+typedef struct stage_job {
+    const job *j;
+    const stage *sg;
+    const float *src;
+    int64_t lds, tt;
+    float *dst;
+    int64_t ldd;
+} stage_job;
+
+static void stage_part(void *arg, int32_t p, int32_t n)
+{
+    const stage_job *s = arg;
+    const int64_t nb = s->sg->n_blocks;
+    stage_blocks(&s->j->k, s->sg, s->j->on->cols, nb * p / n, nb * (p + 1) / n, s->src, s->lds,
+                 s->tt, s->dst, s->ldd);
+}
+
+/* One stage for tokens [0, tt): on this thread, or split over the threads of j->split_ctx
+ * (each thread writes its own blocks; the call returns when all are written). */
+static void run_stage(const job *j, const stage *sg, const float *src, int64_t lds, int64_t tt,
+                      float *dst, int64_t ldd)
+{
+    const size_t mat_bytes = (size_t)sg->n_blocks * (size_t)sg->bs * (size_t)sg->bs *
+                             sizeof(float);
+    const int32_t n = j->split_ctx && mat_bytes >= j->on->split_min_bytes
+                          ? dq__threads(j->split_ctx, sg->n_blocks)
+                          : 1;
+    if (n <= 1) {
+        stage_blocks(&j->k, sg, j->on->cols, 0, sg->n_blocks, src, lds, tt, dst, ldd);
+        return;
+    }
+    stage_job s = {j, sg, src, lds, tt, dst, ldd};
+    dq__parallel(j->split_ctx, n, stage_part, &s);
+}
 
 /* Tokens [t0, t0 + tt) through every stage, then quantized (or stored to y). */
 static void run_tile(const job *j, int64_t t0, int64_t tt, float *buf0, float *buf1)
@@ -404,29 +483,7 @@ static void run_tile(const job *j, int64_t t0, int64_t tt, float *buf0, float *b
             ldd = ld;
             next ^= 1;
         }
-        int64_t b = 0;
-        if (sg->n_shared > 1 && tt < TILE_ROW_MULT) {
-            /* Too few tokens to fill a register tile: the blocks of each token, which share
-             * the matrix, are its rows instead. */
-            for (int64_t r = 0; r < tt; r++) {
-                const float *a = src + (size_t)r * (size_t)lds;
-                float *o = dst + (size_t)r * (size_t)ldd;
-                if (sg->gather)
-                    j->k.block(a, 0, sg->gather, sg->bs, sg->n_shared, sg->mat[0], sg->bs, o,
-                               sg->bs);
-                else
-                    j->k.block(a, sg->bs, NULL, 0, sg->n_shared, sg->mat[0], sg->bs, o, sg->bs);
-            }
-            b = sg->n_shared;
-        }
-        for (; b < sg->n_blocks; b++) {
-            const size_t c0 = (size_t)b * (size_t)sg->bs;
-            const int32_t n = dq__block_len(cols, sg->bs, b);
-            if (sg->gather)
-                j->k.block(src, lds, sg->gather + c0, 0, tt, sg->mat[b], n, dst + c0, ldd);
-            else
-                j->k.block(src + c0, lds, NULL, 0, tt, sg->mat[b], n, dst + c0, ldd);
-        }
+        run_stage(j, sg, src, lds, tt, dst, ldd);
         src = dst;
         lds = ldd;
     }
@@ -500,6 +557,13 @@ void dq__online_run_isa(int32_t isa, const dq__online *on, const float *x, int64
              .per_worker = 2 * buf_bytes(on, tile_of(on, rows, ctx)),
              .tile = tile};
     atomic_init(&j.next, 0);
+    if (rows == 1 && dq__threads(ctx, INT64_MAX) > 1) {
+        /* The lone tile runs here, its stages split over the threads. */
+        j.split_ctx = ctx;
+        uint8_t *mine = j.work;
+        run_tile(&j, 0, 1, (float *)(void *)mine, (float *)(void *)(mine + j.per_worker / 2));
+        return;
+    }
     dq__parallel(ctx, workers_for(on, rows, ctx), run_part, &j);
 }
 

@@ -73,6 +73,9 @@ dq_status dq__linear_forward_group_route(const dq_linear *const *layers, int32_t
 
 /* Tokens per tile (for tests that want remainders). */
 int64_t dq__online_tile_rows(const dq__online *on);
+/* Bytes of matrices from which a lone token's stage is split over the threads (tests set 0 to
+ * split every stage). Not thread-safe: set before the first run. */
+void dq__online_set_split_bytes(dq__online *on, size_t bytes);
 
 /* One block product: out[r][0..n) (ldo) = sum over k < n, in increasing order, of
  * a(r, k) * m[k][0..n) for r < rows, where a(r, k) = in[r * ldi + (idx ? idx[r * idx_ld + k]

@@ -14,8 +14,10 @@
 
 #include "dq_pool.h"
 
-/* Polls before a waiting thread sleeps: some microseconds. */
-#define SPIN_POLLS 2000
+/* Polls before a waiting thread sleeps: 0.2-0.5 ms, longer than the single-threaded stretches
+ * between a decode step's products (norms, attention), so that the workers are still awake
+ * for the next one (2000 polls: about 2 % fewer tokens/s on a 7B-shaped decode). */
+#define SPIN_POLLS 8000
 
 static inline void cpu_relax(void)
 {
