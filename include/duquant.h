@@ -950,7 +950,8 @@ DQ_API dq_status dq_gptq_params_init(dq_gptq_params *p, size_t struct_size);
  *  split over the context's threads; memory 2 x cols^2 doubles plus rows x cols floats.
  *  @param gp     GPTQ params or NULL (defaults).
  *  @param qp     quantization params (bits, scheme, group_size, clip_ratio, plan_fingerprint)
- *                or NULL (defaults). group_size must divide cols (0 = whole rows). With a plan
+ *                or NULL (defaults). group_size at most cols (0 = whole rows); where it does
+ *                not divide cols the last group is shorter, as dq_qmatrix_pack. With a plan
  *                in h, plan_fingerprint must be 0 or the plan's.
  *  @param h      the Hessian of the layer's input (cols wide, at least one token). With fewer
  *                tokens than live columns H is singular: damp > 0 makes it positive definite.
@@ -960,7 +961,7 @@ DQ_API dq_status dq_gptq_params_init(dq_gptq_params *p, size_t struct_size);
  *                groups_per_row, rows, or 0 when both are NULL.
  *  @param out    receives the packed matrix, NULL on failure.
  *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL, bad params, clip factors outside (0, 1]),
- *  DQ_ERR_SHAPE (cols differs from h's, group_size does not divide cols or exceeds it, n_clip),
+ *  DQ_ERR_SHAPE (cols differs from h's, group_size exceeds cols, n_clip),
  *  DQ_ERR_BAD_STATE (h has no token; H not positive definite after dampening: raise damp),
  *  DQ_ERR_MISMATCH (qp names another plan than h's), DQ_ERR_NONFINITE (in w, or after the
  *  plan's transform or the updates), DQ_ERR_OVERFLOW, DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE,

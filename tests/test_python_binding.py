@@ -832,7 +832,11 @@ class TestGptqAndKv(Fixture):
         empty = dq.Hessian(lib, self.C, ctx=self.ctx)
         self.assertRaisesStatus("DQ_ERR_BAD_STATE", dq.QMatrix.gptq, lib, empty, self.w)
         self.assertRaisesStatus("DQ_ERR_SHAPE", dq.QMatrix.gptq, lib, h, self.w[:, :-1])
-        self.assertRaisesStatus("DQ_ERR_SHAPE", dq.QMatrix.gptq, lib, h, self.w, group_size=7)
+        self.assertRaisesStatus("DQ_ERR_SHAPE", dq.QMatrix.gptq, lib, h, self.w,
+                                group_size=self.C + 1)
+        # A group size that does not divide the width: the last group is shorter.
+        q7 = dq.QMatrix.gptq(lib, h, self.w, group_size=7, ctx=self.ctx)
+        self.assertEqual(q7.layout().group_size, 7)
         self.assertRaisesStatus("DQ_ERR_INVALID_ARG", dq.QMatrix.gptq, lib, h, self.w,
                                 gptq={"damp": 2.0})
 

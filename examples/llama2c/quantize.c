@@ -808,19 +808,15 @@ static int pack_weight(dq_context *ctx, const l2c_model *m, const l2c_calibratio
         goto out;
     }
     memcpy(w, w0, (size_t)(rows * cols) * sizeof *w);
-    /* Groups wider than the input are whole rows. GPTQ takes only groups that divide the
-     * width: other inputs (a 172-wide w2 in groups of 32) are rounded to nearest, per group. */
+    /* Groups wider than the input are whole rows; where a group does not divide the width
+     * (a 172-wide w2 in groups of 32) the last one is shorter, for GPTQ as for RTN. */
     const int32_t group = o->groups > 0 && o->groups < cols ? o->groups : 0;
-    const int use_gptq = hs && (group == 0 || cols % group == 0);
-    if (hs && !use_gptq && l == 0)
-        fprintf(stderr, "%s: width %lld not a multiple of groups of %d: rounded to nearest\n",
-                l2c_input_name(in), (long long)cols, (int)group);
     if (method->lwc && group > 0) {
         fprintf(stderr, "--groups: learned clipping is per row only\n");
         goto out;
     }
     /* GPTQ transforms the original weights itself (the Hessian holds the plan). */
-    if (plan && !use_gptq && check(dq_plan_transform_weight(plan, w, rows, cols, cols),
+    if (plan && !hs && check(dq_plan_transform_weight(plan, w, rows, cols, cols),
                       "dq_plan_transform_weight", l, l2c_input_name(in)))
         goto out;
     dq_quant_params wq;
@@ -837,7 +833,7 @@ static int pack_weight(dq_context *ctx, const l2c_model *m, const l2c_calibratio
     if (learned && learn_clip(ctx, cal, plan, l, in, &wq, w, rows, cols, o, hi, lo,
                               method->a_bits))
         goto out;
-    if (use_gptq) {
+    if (hs) {
         dq_gptq_params gp;
         l2c_gptq_params(&gp);
         gp.damp = damp;

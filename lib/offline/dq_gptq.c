@@ -417,6 +417,13 @@ static bool group_params(const gptq_job *jb, const float *x, int64_t n, float hi
     return found;
 }
 
+/* Columns of group g: group_len, the last one shorter where group_len does not divide cols. */
+static int64_t group_cols(const gptq_job *jb, int64_t g)
+{
+    const int64_t rest = jb->cols - g * jb->group_len;
+    return rest < jb->group_len ? rest : jb->group_len;
+}
+
 static bool set_group(const gptq_job *jb, int64_t row, int64_t g, const float *x)
 {
     const size_t gi = (size_t)row * (size_t)jb->groups + (size_t)g;
@@ -424,7 +431,7 @@ static bool set_group(const gptq_job *jb, int64_t row, int64_t g, const float *x
     const float hi = jb->clip_hi ? jb->clip_hi[ci] : jb->clip_ratio;
     const float lo = jb->clip_lo ? jb->clip_lo[ci] : jb->clip_ratio;
     float sc = 0.0f, zp = 0.0f;
-    if (!group_params(jb, x, jb->group_len, hi, lo, &sc, &zp))
+    if (!group_params(jb, x, group_cols(jb, g), hi, lo, &sc, &zp))
         return false;
     jb->q->scales[gi] = sc;
     if (jb->q->zeros)
@@ -439,7 +446,8 @@ static int64_t block_end(const gptq_job *jb, int64_t i1)
     int64_t i2 = i1 + jb->block < jb->cols ? i1 + jb->block : jb->cols;
     if (jb->dynamic) {
         const int64_t g = (i1 / jb->group_len + 1) * jb->group_len;
-        if (g < i2 && g + jb->group_len > i2)
+        const int64_t g_end = g + jb->group_len < jb->cols ? g + jb->group_len : jb->cols;
+        if (g < i2 && g_end > i2)
             i2 = g;
     }
     return i2;
@@ -473,7 +481,7 @@ static bool quantize_rows(const gptq_job *jb, double *wc, double *e, float *fx, 
                 double *wr = wc + (size_t)k * (size_t)n;
                 const int64_t row = r + k;
                 if (jb->dynamic && j % gl == 0) {
-                    for (int64_t c = 0; c < gl; c++) {
+                    for (int64_t c = 0; c < group_cols(jb, g); c++) {
                         if (!(fabs(wr[j + c]) <= FLT_MAX)) {
                             *bad = row;
                             return false;
@@ -579,10 +587,12 @@ DQ_API dq_status dq_gptq_pack(dq_context *ctx, const dq_gptq_params *gparams,
     if (cols != h->cols)
         return DQ_FAIL(ctx, DQ_ERR_SHAPE, "w: cols %lld != Hessian cols %lld", (long long)cols,
                        (long long)h->cols);
-    if (p.group_size > cols || (p.group_size > 0 && cols % p.group_size != 0))
-        return DQ_FAIL(ctx, DQ_ERR_SHAPE, "qp->group_size %d must divide cols %lld (0 = whole "
+    if (p.group_size > cols)
+        return DQ_FAIL(ctx, DQ_ERR_SHAPE, "qp->group_size %d exceeds cols %lld (0 = whole "
                        "rows)", (int)p.group_size, (long long)cols);
-    const int64_t gl = p.group_size == 0 ? cols : p.group_size, groups = cols / gl;
+    /* As dq_qmatrix_pack: where group_size does not divide cols the last group is shorter. */
+    const int64_t gl = p.group_size == 0 ? cols : p.group_size;
+    const int64_t groups = cols / gl + (cols % gl != 0);
     int64_t n_groups;
     if (!dq__mul_i64(rows, groups, &n_groups))
         return DQ_FAIL(ctx, DQ_ERR_OVERFLOW, "rows %lld x groups %lld overflow",
