@@ -432,9 +432,9 @@ typedef struct stage_job {
 static void stage_part(void *arg, int32_t p, int32_t n)
 {
     const stage_job *s = arg;
-    const int64_t nb = s->sg->n_blocks;
-    stage_blocks(&s->j->k, s->sg, s->j->on->cols, nb * p / n, nb * (p + 1) / n, s->src, s->lds,
-                 s->tt, s->dst, s->ldd);
+    int64_t b0, b1;
+    dq__split(s->sg->n_blocks, p, n, &b0, &b1);
+    stage_blocks(&s->j->k, s->sg, s->j->on->cols, b0, b1, s->src, s->lds, s->tt, s->dst, s->ldd);
 }
 
 /* One stage for tokens [0, tt): on this thread, or split over the threads of j->split_ctx
