@@ -13,7 +13,13 @@
  * blocks: the arithmetic does not depend on how they were found), one matrix shared by all
  * blocks and one matrix per block.
  *
- * usage: bench_online [width [block [repeats]]]   defaults 4096 128 7 */
+ * Then smoothing + one full-width randomised Hadamard rotation (duquant-quantize's full-width
+ * candidate, QuaRot's shape) for 1 and 512 tokens: the fused route with its stage run as a
+ * fast Walsh-Hadamard transform against the same compiled plan forced to the dense product
+ * (dq__online_set_fast_hadamard false), and the unfused route; tokens per second of each.
+ *
+ * usage: bench_online [width [block [repeats]]]   defaults 4096 128 7
+ *        bench_online hadamard [width [repeats]]  the full-width Hadamard table alone */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
@@ -109,7 +115,8 @@ static void run_read(void *arg)
     }
 }
 
-static dq_plan *make_plan(int64_t cols, int32_t block, bool per_block)
+/* A plan built from a filled sample with the given flags, rotation method and block. */
+static dq_plan *make_plan_with(int64_t cols, uint32_t flags, int32_t method, int32_t block)
 {
     const int64_t rows = 64;
     float *sample = malloc((size_t)(rows * cols) * sizeof(float));
@@ -119,8 +126,8 @@ static dq_plan *make_plan(int64_t cols, int32_t block, bool per_block)
         w_absmax[j] = (float)(0.05 + bench_uniform());
     dq_plan_params pp;
     dq_plan_params_init(&pp, sizeof pp);
-    pp.flags = DQ_PLAN_F_DEFAULT | (per_block ? DQ_PLAN_F_PER_BLOCK_R : 0u);
-    pp.method = DQ_ROT_METHOD_RANDOM;
+    pp.flags = flags;
+    pp.method = method;
     pp.block_size = block;
     dq_plan *plan = NULL;
     if (dq_plan_build_from_sample(NULL, &pp, NULL, sample, rows, cols, cols, w_absmax, &plan) !=
@@ -131,14 +138,81 @@ static dq_plan *make_plan(int64_t cols, int32_t block, bool per_block)
     return plan;
 }
 
+static dq_plan *make_plan(int64_t cols, int32_t block, bool per_block)
+{
+    return make_plan_with(cols, DQ_PLAN_F_DEFAULT | (per_block ? DQ_PLAN_F_PER_BLOCK_R : 0u),
+                          DQ_ROT_METHOD_RANDOM, block);
+}
+
+/* Smoothing and one randomised Hadamard rotation of the whole width. */
+static dq_plan *make_hadamard_plan(int64_t cols)
+{
+    return make_plan_with(cols, DQ_PLAN_F_SMOOTH | DQ_PLAN_F_ROTATE,
+                          DQ_ROT_METHOD_RANDOM_HADAMARD, (int32_t)cols);
+}
+
+/* The full-width Hadamard table (x, xt, codes, scales, zeros hold 512 tokens). */
+static int bench_hadamard(int64_t cols, int reps, int32_t cpus, const float *x, float *xt,
+                          uint8_t *codes, float *scales, int32_t *zeros)
+{
+    const int64_t tokens[] = {1, 512};
+    dq_plan *plan = make_hadamard_plan(cols);
+    dq__online *on = NULL;
+    const double t0 = bench_now();
+    if (dq__online_create(NULL, plan, &on) != DQ_OK)
+        return 1;
+    const double t_create = bench_now() - t0;
+    printf("\nsmoothing + full-width randomised Hadamard rotation, width %lld: %d stage(s) as a "
+           "fast Walsh-Hadamard transform; compiling the plan took %.1f ms\n", (long long)cols,
+           (int)dq__online_hadamard_stages(on), t_create * 1e3);
+    printf("%5s %3s %10s %10s %10s %10s %10s %10s %9s %9s\n", "T", "thr", "fwht us", "fwht tok/s",
+           "dense us", "dense tok/s", "unfused us", "unf tok/s", "dns/fwht", "unf/fwht");
+    bench b = {.plan = plan, .on = on, .cols = cols, .x = x, .xt = xt, .codes = codes,
+               .scales = scales, .zeros = zeros};
+    for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++) {
+        const int64_t t = tokens[ti];
+        b.rows = t;
+        size_t fb = 0;
+        if (!dq__online_workspace(on, t, bench_threads(cpus), &fb) ||
+            dq_plan_workspace_size(plan, t, &b.plan_bytes) != DQ_OK)
+            return 1;
+        b.work_fused = aligned_alloc(64, (fb + 63) / 64 * 64 + 64);
+        b.work_plan = aligned_alloc(64, (b.plan_bytes + 63) / 64 * 64 + 64);
+        for (int32_t th = 1; th <= cpus && th <= 2; th++) {
+            b.threads = th;
+            dq__online_set_fast_hadamard(on, true);
+            const double t_f = bench_time(run_fused, &b, reps, 0);
+            dq__online_set_fast_hadamard(on, false);
+            const double t_d = bench_time(run_fused, &b, reps, 0);
+            dq__online_set_fast_hadamard(on, true);
+            const double t_u = bench_time(run_unfused, &b, reps, 0);
+            printf("%5lld %3d %10.1f %10.0f %10.1f %11.0f %10.1f %10.0f %8.1fx %8.1fx\n",
+                   (long long)t, th, t_f * 1e6, (double)t / t_f, t_d * 1e6, (double)t / t_d,
+                   t_u * 1e6, (double)t / t_u, t_d / t_f, t_u / t_f);
+        }
+        free(b.work_fused);
+        free(b.work_plan);
+    }
+    dq__online_free(on);
+    dq_plan_free(plan);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    const char *prog = argv[0];
+    const bool had_only = argc > 1 && strcmp(argv[1], "hadamard") == 0;
+    if (had_only) {
+        argc--;
+        argv++;
+    }
     const int64_t cols = argc > 1 ? atoll(argv[1]) : 4096;
-    const int32_t block = argc > 2 ? atoi(argv[2]) : 128;
-    const int reps = argc > 3 ? atoi(argv[3]) : 7;
+    const int32_t block = had_only ? 2 : argc > 2 ? atoi(argv[2]) : 128;
+    const int reps = had_only ? (argc > 2 ? atoi(argv[2]) : 7) : argc > 3 ? atoi(argv[3]) : 7;
     if (cols <= 0 || block < 2 || cols % block != 0 || reps < 1 || reps > 64) {
-        fprintf(stderr, "usage: %s [width [block (divides width) [repeats (1..64)]]]\n",
-                argv[0]);
+        fprintf(stderr, "usage: %s [width [block (divides width) [repeats (1..64)]]]\n"
+                        "       %s hadamard [width [repeats (1..64)]]\n",
+                prog, prog);
         return 2;
     }
     const int64_t tokens[] = {1, 32, 2048}, max_t = 2048;
@@ -153,14 +227,15 @@ int main(int argc, char **argv)
     fill(x, max_t, cols);
 
     printf("online transform + 4-bit ASYM quantization, width %lld, block %d, median of %d\n",
-           (long long)cols, block, reps);
+           (long long)cols, had_only ? (int)cols : block, reps);
     bench_print_cpu();
-    const double f32_peak = bench_peak_f32(bench_peak_measure());
+    const double f32_peak = had_only ? 0 : bench_peak_f32(bench_peak_measure());
     printf("sgemm: OpenBLAS with the environment's threads; fused/unfused: library threads\n");
-    printf("\n%-9s %5s %3s %10s %6s %10s %10s %10s %8s %8s %10s %10s %8s\n", "plan", "T",
-           "thr", "fused us", "%pk", "fus cpu us", "unfused us", "sgemm us", "unf/fus", "fus/sgm",
-           "read us", "cold rd us", "fus/read");
-    for (int per_block = 0; per_block < 2; per_block++) {
+    if (!had_only)
+        printf("\n%-9s %5s %3s %10s %6s %10s %10s %10s %8s %8s %10s %10s %8s\n", "plan", "T",
+               "thr", "fused us", "%pk", "fus cpu us", "unfused us", "sgemm us", "unf/fus",
+               "fus/sgm", "read us", "cold rd us", "fus/read");
+    for (int per_block = 0; per_block < (had_only ? 0 : 2); per_block++) {
         dq_plan *plan = make_plan(cols, block, per_block);
         dq__online *on = NULL;
         if (dq__online_create(NULL, plan, &on) != DQ_OK)
@@ -219,6 +294,9 @@ int main(int argc, char **argv)
         dq__online_free(on);
         dq_plan_free(plan);
     }
+    /* Widths beyond DQ_MAX_BLOCK make no dense block to compare with. */
+    if (cols <= 4096 && bench_hadamard(cols, reps, cpus, x, xt, codes, scales, zeros) != 0)
+        return 1;
     bench_print_load(" at end");
     free(zeros);
     free(scales);

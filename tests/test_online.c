@@ -260,12 +260,19 @@ static void check_case(const dq_plan *plan, const dq__online *on, const float *x
 
 /* Every token count that matters (1, a few, one tile with a remainder, several tiles), both
  * schemes, 4 and 8 bits, unaligned leading dimensions. split_all: a lone token's stages are
- * split over the threads whatever their size (check_case's threads 3 against 1). */
+ * split over the threads whatever their size (check_case's threads 3 against 1). n_had: the
+ * stages expected to run as fast Walsh-Hadamard transforms; fast false forces them dense. */
 static void check_plan_split(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what,
-                             bool split_all)
+                             bool split_all, int32_t n_had, bool fast)
 {
     dq__online *on = NULL;
     ck_assert_int_eq(dq__online_create(NULL, plan, &on), DQ_OK);
+    ck_assert_msg(dq__online_hadamard_stages(on) == n_had, "%s cols %lld: %d Hadamard stages, "
+                  "expected %d", what, (long long)cols, dq__online_hadamard_stages(on), n_had);
+    if (!fast) {
+        dq__online_set_fast_hadamard(on, false);
+        ck_assert_int_eq(dq__online_hadamard_stages(on), 0);
+    }
     if (split_all)
         dq__online_set_split_bytes(on, 0);
     const int64_t tile = dq__online_tile_rows(on);
@@ -279,8 +286,8 @@ static void check_plan_split(const dq_plan *plan, int64_t cols, uint64_t seed, c
             for (int32_t scheme = DQ_QUANT_ASYM; scheme <= DQ_QUANT_SYM; scheme++) {
                 char name[160];
                 const float clip = (ci + (size_t)bits) % 3 == 0 ? 0.9f : 1.0f;
-                snprintf(name, sizeof name, "%s cols %lld rows %lld a%d/%d", what,
-                         (long long)cols, (long long)rows, bits, scheme);
+                snprintf(name, sizeof name, "%s%s cols %lld rows %lld a%d/%d", what,
+                         fast ? "" : " (dense)", (long long)cols, (long long)rows, bits, scheme);
                 /* x + 1: rows that start off any alignment */
                 check_case(plan, on, x + 1, rows, cols, ldx, bits, scheme, clip, name);
             }
@@ -289,10 +296,19 @@ static void check_plan_split(const dq_plan *plan, int64_t cols, uint64_t seed, c
     dq__online_free(on);
 }
 
+static void check_plan_had(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what,
+                           int32_t n_had)
+{
+    check_plan_split(plan, cols, seed, what, false, n_had, true);
+    check_plan_split(plan, cols, seed, what, true, n_had, true);
+    if (n_had > 0)
+        check_plan_split(plan, cols, seed, what, false, n_had, false);
+}
+
+/* A plan with no stage run as a fast transform. */
 static void check_plan(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what)
 {
-    check_plan_split(plan, cols, seed, what, false);
-    check_plan_split(plan, cols, seed, what, true);
+    check_plan_had(plan, cols, seed, what, 0);
 }
 
 typedef struct shape {
@@ -356,22 +372,220 @@ START_TEST(assembled_plans_match_unfused)
 }
 END_TEST
 
-/* The shape of the benchmarks and of real layers: width 4096, blocks of 128. */
-START_TEST(wide_layer_matches_unfused)
+/* Hadamard rotations run as fast transforms exactly where every block is whole, of a power of
+ * two >= 128 and Sylvester-based: full-width randomised ones (as duquant-quantize's full-width
+ * candidate builds them: smoothing and one rotation) and block-diagonal ones, shared or per
+ * block, behind permutations; not for widths that are no power of two, blocks below 128 or a
+ * shorter last block. */
+START_TEST(hadamard_plans_match_unfused)
 {
-    const uint32_t flags[] = {DQ_PLAN_F_DEFAULT, DQ_PLAN_F_DEFAULT | DQ_PLAN_F_PER_BLOCK_R};
-    for (int i = 0; i < 2; i++) {
-        test_rng r = {77 + (uint64_t)i};
-        dq_plan *plan = build_plan(&r, 4096, flags[i], DQ_ROT_METHOD_RANDOM, 128, 1);
+    const uint32_t S = DQ_PLAN_F_SMOOTH, R = DQ_PLAN_F_ROTATE, P = DQ_PLAN_F_PERMUTE,
+                   B = DQ_PLAN_F_PER_BLOCK_R;
+    const int32_t RH = DQ_ROT_METHOD_RANDOM_HADAMARD, H = DQ_ROT_METHOD_HADAMARD;
+    const struct {
+        uint32_t flags;
+        int32_t method, bs, times;
+        int64_t cols;
+        int32_t n_had;
+        const char *name;
+    } cases[] = {
+        {R, RH, 128, 1, 128, 1, "full-width random Hadamard"},
+        {S | R, RH, 128, 1, 128, 1, "smoothing, full-width random Hadamard"},
+        {R, RH, 256, 1, 256, 1, "full-width random Hadamard"},
+        {S | R, RH, 256, 1, 256, 1, "smoothing, full-width random Hadamard"},
+        {S | R, RH, 200, 1, 200, 0, "full-width random Hadamard, Paley"},
+        {S | R, RH, 97, 1, 97, 0, "full-width random Hadamard, no construction"},
+        {S | R, RH, 64, 1, 64, 0, "full-width random Hadamard below 128"},
+        {S | R, RH, 128, 1, 512, 1, "random Hadamard blocks"},
+        {S | R | B, RH, 128, 1, 512, 1, "per-block random Hadamard"},
+        {R, H, 128, 1, 512, 1, "Hadamard blocks"},
+        {S | R, H, 128, 1, 512, 1, "smoothing, Hadamard blocks"},
+        {S | R | P, H, 128, 1, 512, 2, "2 Hadamard rotations"},
+        {S | R | P, H, 128, 2, 256, 3, "3 Hadamard rotations"},
+        {S | R | P | B, H, 128, 1, 256, 2, "2 per-block Hadamard rotations"},
+        {S | R, H, 128, 1, 448, 0, "Hadamard blocks, shorter last block"},
+        {S | R | P, H, 64, 1, 256, 0, "Hadamard blocks below 128"},
+    };
+    uint64_t seed = 300;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        test_rng r = {seed};
+        dq_plan *plan = build_plan(&r, cases[i].cols, cases[i].flags, cases[i].method,
+                                   cases[i].bs, cases[i].times);
+        check_plan_had(plan, cases[i].cols, seed++, cases[i].name, cases[i].n_had);
+        dq_plan_free(plan);
+    }
+}
+END_TEST
+
+/* diag(a) H is recognised bit for bit: one flipped sign, one entry off by an ulp or one row
+ * head changed anywhere is not Hadamard. */
+START_TEST(hadamard_detection_is_exact)
+{
+    const int32_t n = 128;
+    float *m = malloc((size_t)n * (size_t)n * sizeof(float));
+    uint32_t *sign = malloc((size_t)n * sizeof(uint32_t));
+    test_rng r = {17};
+    for (int kind = 0; kind < 2; kind++) {
+        if (kind == 0)
+            ck_assert_int_eq(dq_rotation_hadamard(n, m, n), DQ_OK);
+        else
+            ck_assert_int_eq(dq_rotation_random_hadamard(n, 9, m, n, NULL), DQ_OK);
+        ck_assert(dq__online_is_hadamard(m, n, sign));
+        for (int t = 0; t < 20; t++) {
+            const size_t i = (size_t)(test_rng_u64(&r) % (uint64_t)n);
+            const size_t j = t < 4 ? 0 : (size_t)(test_rng_u64(&r) % (uint64_t)n);
+            const float keep = m[i * (size_t)n + j];
+            m[i * (size_t)n + j] = t % 2 ? -keep : nextafterf(keep, 2.0f * keep);
+            ck_assert_msg(!dq__online_is_hadamard(m, n, sign), "entry (%zu, %zu) changed", i,
+                          j);
+            m[i * (size_t)n + j] = keep;
+        }
+        ck_assert(dq__online_is_hadamard(m, n, sign));
+    }
+    /* a +-1 Hadamard matrix of another construction: rows 1 and 2 of H_4 (x) H_32 swapped */
+    ck_assert_int_eq(dq_rotation_hadamard(n, m, n), DQ_OK);
+    for (size_t j = 0; j < (size_t)n; j++) {
+        const float t = m[(size_t)n + j];
+        m[(size_t)n + j] = m[2 * (size_t)n + j];
+        m[2 * (size_t)n + j] = t;
+    }
+    ck_assert(!dq__online_is_hadamard(m, n, sign));
+    free(sign);
+    free(m);
+}
+END_TEST
+
+/* Through a plan: blocks of 128 on width 512, one matrix per block; one flipped sign or one
+ * entry off in one block's matrix keeps the whole stage dense, and the plans match the oracle
+ * either way. change 3: unchanged behind a permutation, so the smoothing folds in through the
+ * first product's index. */
+START_TEST(hadamard_detection_in_plans)
+{
+    const int64_t cols = 512;
+    const int32_t bs = 128;
+    const int64_t n_mats = cols / bs, per = (int64_t)bs * bs;
+    float *data = malloc((size_t)(n_mats * per) * sizeof(float));
+    float *s = malloc((size_t)cols * sizeof(float));
+    test_rng r = {41};
+    for (int64_t j = 0; j < cols; j++)
+        s[j] = (float)(0.2 + 3.0 * test_rng_uniform(&r));
+    int64_t *perm = random_perm(&r, cols);
+    for (int change = 0; change < 4; change++) {
+        for (int64_t k = 0; k < n_mats; k++)
+            ck_assert_int_eq(dq_rotation_random_hadamard(bs, 3 + (uint64_t)k, data + k * per, bs,
+                                                         NULL),
+                             DQ_OK);
+        if (change == 1)
+            data[2 * per + 5 * bs + 9] = -data[2 * per + 5 * bs + 9];
+        if (change == 2)
+            data[3 * per + 7 * bs + 60] *= 1.0f + 0x1p-20f;
+        dq_rotation *rot = NULL;
+        ck_assert_int_eq(dq_rotation_from_matrices(NULL, cols, bs, 1, data, n_mats * per, &rot),
+                         DQ_OK);
+        const dq_rotation *rots[2] = {change == 3 ? NULL : rot, rot};
+        const int64_t *perms[1] = {perm};
+        dq_plan *plan = NULL;
+        ck_assert_int_eq(dq_plan_assemble(NULL, cols, s, change == 3 ? 2 : 1, rots, perms, &plan),
+                         DQ_OK);
+        char name[64];
+        snprintf(name, sizeof name, "assembled random Hadamard, change %d", change);
+        check_plan_had(plan, cols, 60 + (uint64_t)change, name, change == 1 || change == 2 ? 0 : 1);
+        dq_plan_free(plan);
+        dq_rotation_free(rot);
+    }
+    free(perm);
+    free(s);
+    free(data);
+}
+END_TEST
+
+/* The transform's bits are those of the plain level-by-level order (levels h = 1, 2, 4, ...,
+ * (a, b) -> (a + b, a - b)) on x_i * a_i, whatever grouping of levels the code uses: one block
+ * of 256, and blocks of 128 behind a permutation. */
+START_TEST(hadamard_transform_bits)
+{
+    const int64_t cols = 256, rows = 3;
+    test_rng r = {71};
+    float *m = malloc((size_t)(cols * cols) * sizeof(float));
+    float *x = malloc((size_t)(rows * cols) * sizeof(float));
+    float *y = malloc((size_t)(rows * cols) * sizeof(float));
+    float *v = malloc((size_t)cols * sizeof(float));
+    int64_t *perm = random_perm(&r, cols);
+    test_fill_activations(&r, x, rows, cols, cols, 1);
+    for (int blocked = 0; blocked < 2; blocked++) {
+        const int32_t bs = blocked ? 128 : 256;
+        const int64_t n_mats = cols / bs;
+        for (int64_t k = 0; k < n_mats; k++)
+            ck_assert_int_eq(dq_rotation_random_hadamard(bs, 11 + (uint64_t)k, m + k * bs * bs,
+                                                         bs, NULL),
+                             DQ_OK);
+        dq_rotation *rot = NULL;
+        ck_assert_int_eq(dq_rotation_from_matrices(NULL, cols, bs, 1, m, n_mats * bs * bs, &rot),
+                         DQ_OK);
+        const dq_rotation *rots[2] = {NULL, rot};
+        const int64_t *perms[1] = {perm};
+        dq_plan *plan = NULL;
+        ck_assert_int_eq(dq_plan_assemble(NULL, cols, NULL, blocked ? 2 : 1,
+                                          blocked ? rots : rots + 1, perms, &plan),
+                         DQ_OK);
         dq__online *on = NULL;
         ck_assert_int_eq(dq__online_create(NULL, plan, &on), DQ_OK);
+        ck_assert_int_eq(dq__online_hadamard_stages(on), 1);
+        void *work = workspace(on, rows, 1);
+        dq__online_transform(on, x, rows, cols, y, cols, work, NULL);
+        for (int64_t t = 0; t < rows; t++)
+            for (int64_t b = 0; b < n_mats; b++) {
+                const float *mb = m + b * bs * bs;
+                for (int64_t i = 0; i < bs; i++) {
+                    const int64_t c = b * bs + i;
+                    v[i] = x[t * cols + (blocked ? perm[c] : c)] * mb[i * bs];
+                }
+                for (int64_t h = 1; h < bs; h *= 2)
+                    for (int64_t i = 0; i < bs; i += 2 * h)
+                        for (int64_t j = i; j < i + h; j++) {
+                            const float a = v[j], c = v[j + h];
+                            v[j] = a + c;
+                            v[j + h] = a - c;
+                        }
+                ck_assert_msg(memcmp(v, y + t * cols + b * bs, (size_t)bs * sizeof(float)) == 0,
+                              "block %d of %d, token %lld, block %lld", (int)bs, (int)cols,
+                              (long long)t, (long long)b);
+            }
+        free(work);
+        dq__online_free(on);
+        dq_plan_free(plan);
+        dq_rotation_free(rot);
+    }
+    free(perm);
+    free(v);
+    free(y);
+    free(x);
+    free(m);
+}
+END_TEST
+
+/* The shape of the benchmarks and of real layers: width 4096, blocks of 128, and smoothing
+ * with one full-width randomised Hadamard rotation. */
+START_TEST(wide_layer_matches_unfused)
+{
+    const uint32_t flags[] = {DQ_PLAN_F_DEFAULT, DQ_PLAN_F_DEFAULT | DQ_PLAN_F_PER_BLOCK_R,
+                              DQ_PLAN_F_SMOOTH | DQ_PLAN_F_ROTATE};
+    const char *names[] = {"4096 shared", "4096 per-block", "4096 full-width Hadamard"};
+    for (int i = 0; i < 3; i++) {
+        test_rng r = {77 + (uint64_t)i};
+        dq_plan *plan = i < 2 ? build_plan(&r, 4096, flags[i], DQ_ROT_METHOD_RANDOM, 128, 1)
+                              : build_plan(&r, 4096, flags[i], DQ_ROT_METHOD_RANDOM_HADAMARD,
+                                           4096, 1);
+        dq__online *on = NULL;
+        ck_assert_int_eq(dq__online_create(NULL, plan, &on), DQ_OK);
+        ck_assert_int_eq(dq__online_hadamard_stages(on), i == 2);
         const int64_t rows = dq__online_tile_rows(on) + 2, ldx = 4096 + 7;
         float *x = malloc((size_t)(rows * ldx) * sizeof(float));
         test_fill_activations(&r, x, rows, 4096, ldx, 1);
-        check_case(plan, on, x, rows, 4096, ldx, 4, DQ_QUANT_ASYM, 1.0f,
-                   i ? "4096 per-block" : "4096 shared");
-        check_case(plan, on, x, 1, 4096, ldx, 8, DQ_QUANT_SYM, 1.0f,
-                   i ? "4096 per-block T=1" : "4096 shared T=1");
+        char name[64];
+        check_case(plan, on, x, rows, 4096, ldx, 4, DQ_QUANT_ASYM, 1.0f, names[i]);
+        snprintf(name, sizeof name, "%s T=1", names[i]);
+        check_case(plan, on, x, 1, 4096, ldx, 8, DQ_QUANT_SYM, 1.0f, name);
         free(x);
         dq__online_free(on);
         dq_plan_free(plan);
@@ -441,16 +655,23 @@ END_TEST
  * compilation that succeeds gives the same bits as one with the default allocator. */
 START_TEST(allocation_failures)
 {
-    const uint32_t flags[] = {DQ_PLAN_F_DEFAULT, DQ_PLAN_F_DEFAULT | DQ_PLAN_F_PER_BLOCK_R};
-    for (int i = 0; i < 2; i++) {
-        const int64_t cols = 40, rows = 3;
+    /* the last: two Hadamard stages, the smoothing folded into the first one's scales */
+    const uint32_t flags[] = {DQ_PLAN_F_DEFAULT, DQ_PLAN_F_DEFAULT | DQ_PLAN_F_PER_BLOCK_R,
+                              DQ_PLAN_F_DEFAULT};
+    const int32_t methods[] = {DQ_ROT_METHOD_RANDOM, DQ_ROT_METHOD_RANDOM,
+                               DQ_ROT_METHOD_HADAMARD};
+    const int64_t widths[] = {40, 40, 256};
+    const int32_t blocks[] = {16, 16, 128};
+    for (int i = 0; i < 3; i++) {
+        const int64_t cols = widths[i], rows = 3;
         test_rng r = {31 + (uint64_t)i};
-        dq_plan *plan = build_plan(&r, cols, flags[i], DQ_ROT_METHOD_RANDOM, 16, 1);
-        float x[3 * 40];
+        dq_plan *plan = build_plan(&r, cols, flags[i], methods[i], blocks[i], 1);
+        float x[3 * 256];
         test_fill_activations(&r, x, rows, cols, cols, 1);
         dq__online *ref = NULL;
         ck_assert_int_eq(dq__online_create(NULL, plan, &ref), DQ_OK);
-        float y0[3 * 40], y1[3 * 40];
+        ck_assert_int_eq(dq__online_hadamard_stages(ref), i == 2 ? 2 : 0);
+        float y0[3 * 256], y1[3 * 256];
         void *work = workspace(ref, rows, 1);
         dq__online_transform(ref, x, rows, cols, y0, cols, work, NULL);
         int succeeded = 0;
@@ -463,7 +684,7 @@ START_TEST(allocation_failures)
             dq_status st = dq__online_create(ctx, plan, &on);
             if (st == DQ_OK) {
                 dq__online_transform(on, x, rows, cols, y1, cols, work, NULL);
-                ck_assert(memcmp(y0, y1, sizeof y0) == 0);
+                ck_assert(memcmp(y0, y1, (size_t)(rows * cols) * sizeof(float)) == 0);
                 succeeded = 1;
                 dq__online_free(on);
             } else {
@@ -489,6 +710,10 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, built_plans_match_unfused);
     tcase_add_test(tc, assembled_plans_match_unfused);
+    tcase_add_test(tc, hadamard_plans_match_unfused);
+    tcase_add_test(tc, hadamard_detection_is_exact);
+    tcase_add_test(tc, hadamard_detection_in_plans);
+    tcase_add_test(tc, hadamard_transform_bits);
     tcase_add_test(tc, wide_layer_matches_unfused);
     tcase_add_test(tc, layer_routes_agree);
     tcase_add_test(tc, allocation_failures);

@@ -1,5 +1,6 @@
 /* Fused online transform + per-token quantization (see dq_online.h): compiling a plan into
- * stages, the tile driver, its thread split and the portable block product. */
+ * stages, the tile driver, its thread split, the portable block product and the fast
+ * Walsh-Hadamard transform of Hadamard stages. */
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -19,6 +20,10 @@
  * over the threads instead, once a stage reads at least this many bytes of matrices (below,
  * the meeting of the threads costs more than it saves). */
 #define SPLIT_MIN_BYTES ((size_t)128 << 10)
+/* Smallest block run as a fast Walsh-Hadamard transform. At 64 the dense product (16 KiB,
+ * in L1) costs about as much for prompts (the transform is 1.0-1.2x faster there), and small
+ * models keep the dense products' bits. */
+#define HAD_MIN_BLOCK 128
 
 /* One block-diagonal product: block b (columns [b * bs, b * bs + len)) is multiplied by
  * mat[b]; its input element k is in[gather[b * bs + k]] when gather is set. */
@@ -28,6 +33,10 @@ typedef struct stage {
     int64_t n_shared; /* leading blocks that share one matrix (1: none share) */
     const float **mat;
     const int32_t *gather;
+    /* Set: every matrix is diag(a) H (H Sylvester's, entries +-1): the product is
+     * v = in * had_scale (cols values, block b's at b * bs) and a fast Walsh-Hadamard
+     * transform of v, with the smoothing folded in for the first stage. */
+    const float *had_scale;
 } stage;
 
 struct dq__online {
@@ -40,11 +49,15 @@ struct dq__online {
     int64_t tile_rows;
     int64_t buf_ld;              /* floats per tile-buffer row */
     size_t split_min_bytes;      /* a lone token's stage split over threads from this size */
+    int32_t n_had;               /* stages with had_scale */
+    bool fast_had;               /* run those as transforms (false: as dense products) */
+    const float *had_div;        /* smoothing folded into had_scale, for the dense fallback */
     /* owned storage */
     const float **mat_ptrs;
     int32_t *gathers;
     float *folded;
     float *smooth;
+    float *had_scales;
 };
 
 void dq__online_free(dq__online *on)
@@ -57,6 +70,7 @@ void dq__online_free(dq__online *on)
     dq__free(&c, on->gathers);
     dq__free(&c, on->folded);
     dq__free(&c, on->smooth);
+    dq__free(&c, on->had_scales);
     dq__free(&c, on);
     dq__context_drop(&c);
 }
@@ -69,6 +83,16 @@ int64_t dq__online_tile_rows(const dq__online *on)
 void dq__online_set_split_bytes(dq__online *on, size_t bytes)
 {
     on->split_min_bytes = bytes;
+}
+
+int32_t dq__online_hadamard_stages(const dq__online *on)
+{
+    return on->fast_had ? on->n_had : 0;
+}
+
+void dq__online_set_fast_hadamard(dq__online *on, bool fast)
+{
+    on->fast_had = fast;
 }
 
 /* Tokens per tile for buffer rows of buf_ld floats. */
@@ -141,6 +165,101 @@ static dq_status fold_smoothing(dq__online *on, const dq_rotation *r, const floa
         st0->n_shared = 1; /* one matrix per block now */
     }
     return DQ_OK;
+}
+
+/* Whether m (n x n, row-major, n a power of two >= 8) is exactly diag(a) H_n, a_i = m[i][0]:
+ * m[i][j] has a_i's bits with the sign flipped where popcount(i & j) is odd. The flip of
+ * column 8q + r is that of r (row's low[r]) xor that of 8q (chunk[q], built by doubling: bit
+ * 8h of i flips the upper half of every run of 2h chunks), so the inner loop is 8 wide with
+ * no bit count. sign: n / 8 words of scratch. */
+bool dq__online_is_hadamard(const float *m, int32_t n, uint32_t *sign)
+{
+    const uint32_t neg = UINT32_C(0x80000000);
+    uint32_t *chunk = sign;
+    for (int32_t i = 0; i < n; i++) {
+        const float *row = m + (size_t)i * (size_t)n;
+        uint32_t a, low[8], diff = 0;
+        memcpy(&a, row, sizeof a);
+        for (int32_t r = 0; r < 8; r++)
+            low[r] = a ^ ((__builtin_popcount((unsigned)(i & r)) & 1) ? neg : 0u);
+        chunk[0] = 0;
+        for (int32_t h = 1; h < n / 8; h *= 2) {
+            const uint32_t flip = (i & (8 * h)) ? neg : 0u;
+            for (int32_t q = 0; q < h; q++)
+                chunk[h + q] = chunk[q] ^ flip;
+        }
+        for (int32_t q = 0; q < n / 8; q++) {
+            uint32_t v[8];
+            memcpy(v, row + 8 * q, sizeof v);
+            for (int32_t r = 0; r < 8; r++)
+                diff |= v[r] ^ low[r] ^ chunk[q];
+        }
+        if (diff != 0)
+            return false;
+    }
+    return true;
+}
+
+/* Whether stage sg (width cols) runs as fast transforms: whole blocks of a power of two no
+ * smaller than HAD_MIN_BLOCK, every matrix diag(a) H. */
+static bool hadamard_stage(const stage *sg, int64_t cols, uint32_t *sign)
+{
+    const int32_t bs = sg->bs;
+    if (bs < HAD_MIN_BLOCK || (bs & (bs - 1)) != 0 || sg->n_blocks * bs != cols)
+        return false;
+    for (int64_t b = 0; b < sg->n_blocks; b++)
+        if ((b == 0 || sg->mat[b] != sg->mat[b - 1]) &&
+            !dq__online_is_hadamard(sg->mat[b], bs, sign))
+            return false;
+    return true;
+}
+
+/* had_scale of every Hadamard stage (row k's a_k of block b's matrix at b * bs + k). */
+static dq_status find_hadamard(dq__online *on)
+{
+    const int64_t cols = on->cols;
+    bool *had = dq__calloc(&on->ctx, (size_t)on->n_stages + 1, sizeof(bool));
+    uint32_t *sign = dq__alloc(&on->ctx, ((size_t)cols / 8 + 1) * sizeof(uint32_t));
+    dq_status st = DQ_OK;
+    if (!had || !sign)
+        goto nomem;
+    for (int32_t s = 0; s < on->n_stages; s++)
+        if ((had[s] = hadamard_stage(&on->stages[s], cols, sign)))
+            on->n_had++;
+    if (on->n_had > 0) {
+        on->had_scales = dq__alloc(&on->ctx, (size_t)on->n_had * (size_t)cols * sizeof(float));
+        if (!on->had_scales)
+            goto nomem;
+    }
+    float *next = on->had_scales;
+    for (int32_t s = 0; s < on->n_stages; s++) {
+        if (!had[s])
+            continue;
+        stage *sg = &on->stages[s];
+        for (int64_t b = 0; b < sg->n_blocks; b++)
+            for (int32_t k = 0; k < sg->bs; k++)
+                next[b * sg->bs + k] = sg->mat[b][(size_t)k * (size_t)sg->bs];
+        sg->had_scale = next;
+        next += cols;
+    }
+    goto out;
+nomem:
+    st = DQ_FAIL(&on->ctx, DQ_ERR_NOMEM, "Hadamard detection of %lld channels",
+                 (long long)cols);
+out:
+    dq__free(&on->ctx, had);
+    dq__free(&on->ctx, sign);
+    return st;
+}
+
+/* The smoothing division folded into a first Hadamard stage's scales (the first of
+ * had_scales): a_k / s, the value the dense fold gives row k (negation commutes with
+ * division). */
+static void fold_smoothing_hadamard(dq__online *on, const float *s)
+{
+    const int32_t *g = on->stages[0].gather;
+    for (int64_t c = 0; c < on->cols; c++)
+        on->had_scales[c] /= s[g ? g[c] : c];
 }
 
 dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__online **out)
@@ -237,13 +356,20 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
         memcpy(g, pend, (size_t)cols * sizeof(int32_t));
         on->final_gather = g;
     }
+    on->fast_had = true;
+    if ((st = find_hadamard(on)) != DQ_OK)
+        goto out;
     if (has_smooth) {
         on->smooth = dq__alloc(ctx, (size_t)cols * sizeof(float));
         if (!on->smooth)
             goto nomem;
         if ((st = dq_plan_smooth_scales(plan, on->smooth, cols)) != DQ_OK)
             goto out;
-        if (first && first->n_mats == first->n_blocks) {
+        if (n_stages > 0 && on->stages[0].had_scale) {
+            /* No matrix copy; the dense fallback divides the tile. */
+            fold_smoothing_hadamard(on, on->smooth);
+            on->had_div = on->smooth;
+        } else if (first && first->n_mats == first->n_blocks) {
             if ((st = fold_smoothing(on, first, on->smooth)) != DQ_OK)
                 goto out;
             dq__free(ctx, on->smooth);
@@ -388,11 +514,101 @@ typedef struct job {
     const dq_context *split_ctx;  /* set: one tile, each stage's blocks split over threads */
 } job;
 
+/* The fast Walsh-Hadamard transform of a block: levels h = 1, 2, 4, ..., n / 2, each mapping
+ * every pair (j, j + h) of every 2h-chunk (a, b) to (a + b, a - b). Levels are grouped below
+ * (1, 2 and 4 per 8-chunk; then two at a time over four runs of h) so that the compiler
+ * vectorises them, but every sum and difference takes the operands the level-by-level order
+ * gives it: the bits do not depend on the grouping, the instruction set or the thread. */
+
+/* Levels 1, 2, 4 of x[k] = v[k] * s[k], k < 8, into y. */
+static void fwht8(const float *restrict v, const float *restrict s, float *restrict y)
+{
+    float x[8];
+    for (int32_t k = 0; k < 8; k++)
+        x[k] = v[k] * s[k];
+    const float a0 = x[0] + x[1], a1 = x[0] - x[1], a2 = x[2] + x[3], a3 = x[2] - x[3];
+    const float a4 = x[4] + x[5], a5 = x[4] - x[5], a6 = x[6] + x[7], a7 = x[6] - x[7];
+    const float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+    const float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+    y[0] = b0 + b4;
+    y[1] = b1 + b5;
+    y[2] = b2 + b6;
+    y[3] = b3 + b7;
+    y[4] = b0 - b4;
+    y[5] = b1 - b5;
+    y[6] = b2 - b6;
+    y[7] = b3 - b7;
+}
+
+/* Levels h and 2h over the four runs of h (a multiple of 8) starting at x0..x3. */
+static void fwht_levels2(float *restrict x0, float *restrict x1, float *restrict x2,
+                         float *restrict x3, int32_t h)
+{
+    for (int32_t j = 0; j < h; j += 8)
+        for (int32_t k = j; k < j + 8; k++) {
+            const float p = x0[k] + x1[k], q = x0[k] - x1[k];
+            const float r = x2[k] + x3[k], s = x2[k] - x3[k];
+            x0[k] = p + r;
+            x1[k] = q + s;
+            x2[k] = p - r;
+            x3[k] = q - s;
+        }
+}
+
+/* Level h over the two runs of h (a multiple of 8) at lo and hi. */
+static void fwht_level(float *restrict lo, float *restrict hi, int32_t h)
+{
+    for (int32_t j = 0; j < h; j += 8)
+        for (int32_t k = j; k < j + 8; k++) {
+            const float a = lo[k], b = hi[k];
+            lo[k] = a + b;
+            hi[k] = a - b;
+        }
+}
+
+/* out[j] = sum over i of v_i (-1)^popcount(i & j), v_i = in[idx ? idx[i] : i] * scale[i], n a
+ * power of two >= 8 (out does not overlap in). */
+static void fwht_block(const float *in, const int32_t *idx, const float *scale, int32_t n,
+                       float *out)
+{
+    for (int32_t c = 0; c < n; c += 8) {
+        if (idx) {
+            float v[8];
+            for (int32_t k = 0; k < 8; k++)
+                v[k] = in[idx[c + k]];
+            fwht8(v, scale + c, out + c);
+        } else {
+            fwht8(in + c, scale + c, out + c);
+        }
+    }
+    int32_t h = 8;
+    for (; 4 * h <= n; h *= 4)
+        for (int32_t i = 0; i < n; i += 4 * h)
+            fwht_levels2(out + i, out + i + h, out + i + 2 * h, out + i + 3 * h, h);
+    for (; h < n; h *= 2)
+        for (int32_t i = 0; i < n; i += 2 * h)
+            fwht_level(out + i, out + i + h, h);
+}
+
 /* Blocks [b0, b1) of stage sg for tokens [0, tt) of src into dst. */
-static void stage_blocks(const kernels *k, const stage *sg, int64_t cols, int64_t b0,
+static void stage_blocks(const kernels *k, const dq__online *on, const stage *sg, int64_t b0,
                          int64_t b1, const float *src, int64_t lds, int64_t tt, float *dst,
                          int64_t ldd)
 {
+    if (sg->had_scale && on->fast_had) {
+        for (int64_t r = 0; r < tt; r++)
+            for (int64_t b = b0; b < b1; b++) {
+                const size_t c0 = (size_t)b * (size_t)sg->bs;
+                const float *a = src + (size_t)r * (size_t)lds;
+                float *o = dst + (size_t)r * (size_t)ldd + c0;
+                if (sg->gather)
+                    fwht_block(a, sg->gather + c0, sg->had_scale + c0, sg->bs, o);
+                else
+                    fwht_block(a + c0, NULL, sg->had_scale + c0, sg->bs, o);
+            }
+        return;
+    }
+    const int64_t cols = on->cols;
     int64_t b = b0;
     const int64_t shared_end = sg->n_shared < b1 ? sg->n_shared : b1;
     if (b < shared_end && shared_end - b > 1 && tt < TILE_ROW_MULT) {
@@ -434,7 +650,7 @@ static void stage_part(void *arg, int32_t p, int32_t n)
     const stage_job *s = arg;
     int64_t b0, b1;
     dq__split(s->sg->n_blocks, p, n, &b0, &b1);
-    stage_blocks(&s->j->k, s->sg, s->j->on->cols, b0, b1, s->src, s->lds, s->tt, s->dst, s->ldd);
+    stage_blocks(&s->j->k, s->j->on, s->sg, b0, b1, s->src, s->lds, s->tt, s->dst, s->ldd);
 }
 
 /* One stage for tokens [0, tt): on this thread, or split over the threads of j->split_ctx
@@ -442,13 +658,16 @@ static void stage_part(void *arg, int32_t p, int32_t n)
 static void run_stage(const job *j, const stage *sg, const float *src, int64_t lds, int64_t tt,
                       float *dst, int64_t ldd)
 {
-    const size_t mat_bytes = (size_t)sg->n_blocks * (size_t)sg->bs * (size_t)sg->bs *
-                             sizeof(float);
+    /* A fast transform reads no matrix. */
+    const size_t mat_bytes = sg->had_scale && j->on->fast_had
+                                 ? 0
+                                 : (size_t)sg->n_blocks * (size_t)sg->bs * (size_t)sg->bs *
+                                       sizeof(float);
     const int32_t n = j->split_ctx && mat_bytes >= j->on->split_min_bytes
                           ? dq__threads(j->split_ctx, sg->n_blocks)
                           : 1;
     if (n <= 1) {
-        stage_blocks(&j->k, sg, j->on->cols, 0, sg->n_blocks, src, lds, tt, dst, ldd);
+        stage_blocks(&j->k, j->on, sg, 0, sg->n_blocks, src, lds, tt, dst, ldd);
         return;
     }
     stage_job s = {j, sg, src, lds, tt, dst, ldd};
@@ -465,8 +684,10 @@ static void run_tile(const job *j, int64_t t0, int64_t tt, float *buf0, float *b
     float *yt = j->y ? j->y + (size_t)t0 * (size_t)j->ldy : NULL;
     const float *src = j->x + (size_t)t0 * (size_t)j->ldx;
     int64_t lds = j->ldx;
-    if (on->div) {
-        j->k.divide(src, lds, on->div, tt, cols, buf0, ld);
+    /* Smoothing folded into Hadamard scales is divided here when they run as dense products. */
+    const float *div = on->div ? on->div : on->fast_had ? NULL : on->had_div;
+    if (div) {
+        j->k.divide(src, lds, div, tt, cols, buf0, ld);
         src = buf0;
         lds = ld;
         next = 1;

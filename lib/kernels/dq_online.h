@@ -10,10 +10,16 @@
  *  - permutations are never applied as a pass: a product reads its input element k of block
  *    b through an index, gather[b * bs + k], the composition of every permutation since the
  *    previous product; permutations after the last product become the index the quantizer
- *    reads through.
+ *    reads through;
+ *  - a product whose blocks are all whole, of a power of two >= 128, each matrix diag(a) H
+ *    (H Sylvester's +-1 Hadamard matrix: randomised and plain Hadamard rotations) runs as
+ *    v = input * a (per channel) and a fast Walsh-Hadamard transform of v: n log n additions
+ *    and no matrix read instead of n^2 multiply-adds. A first such product takes the smoothing
+ *    in a (a_k / s, the dense fold's row values) whether or not its blocks share a matrix.
  * Tokens run in tiles sized so that the tile's two float buffers stay in L2; each product
  * element is 0 + a_0 m_0 + a_1 m_1 + ... in index order with one fused multiply-add per term,
- * so every kernel variant, tile size and thread split gives the same bits.
+ * and the fast transform has one portable butterfly order, so every kernel variant, tile size
+ * and thread split gives the same bits.
  *
  * Results differ from dq_plan_apply_act_to (BLAS, explicit division and gathers) only by float
  * rounding in the products; per-token quantization of the tile is the dispatched kernel's. */
@@ -76,6 +82,16 @@ int64_t dq__online_tile_rows(const dq__online *on);
 /* Bytes of matrices from which a lone token's stage is split over the threads (tests set 0 to
  * split every stage). Not thread-safe: set before the first run. */
 void dq__online_set_split_bytes(dq__online *on, size_t bytes);
+/* Stages run as fast Walsh-Hadamard transforms (0 while they are forced dense). */
+int32_t dq__online_hadamard_stages(const dq__online *on);
+/* false: such stages run as the dense products of their matrices (the smoothing then divides
+ * the tile), for tests and benchmarks; true (the default): as transforms. Not thread-safe: set
+ * before the first run. */
+void dq__online_set_fast_hadamard(dq__online *on, bool fast);
+/* Whether m (n x n row-major, n a power of two >= 8) is exactly diag(a) H_n with
+ * a_i = m[i][0]: m[i][j] bitwise equals a_i, negated where popcount(i & j) is odd. sign: n / 8
+ * words of scratch. */
+bool dq__online_is_hadamard(const float *m, int32_t n, uint32_t *sign);
 
 /* One block product: out[r][0..n) (ldo) = sum over k < n, in increasing order, of
  * a(r, k) * m[k][0..n) for r < rows, where a(r, k) = in[r * ldi + (idx ? idx[r * idx_ld + k]
