@@ -492,6 +492,44 @@ START_TEST(packed_matrices_bit_exact)
 }
 END_TEST
 
+/* Repacking split over threads (whole row blocks per part) writes the bytes one thread writes:
+ * codes, per-group records and the largest zero point. The matrices hold several million
+ * codes, enough for dq__wprep_create to use every thread offered. */
+START_TEST(repack_threads_bit_exact)
+{
+    test_rng r = {808};
+    const int64_t rows = 3000 + 5, cols = 1100; /* a shorter last row block */
+    float *wf = malloc((size_t)(rows * cols) * sizeof *wf);
+    test_fill_activations(&r, wf, rows, cols, cols, 1);
+    for (int32_t bits = 4; bits <= 8; bits += 4)
+        for (int32_t scheme = DQ_QUANT_ASYM; scheme <= DQ_QUANT_SYM; scheme++) {
+            dq_quant_params p;
+            dq_quant_params_init(&p, sizeof p);
+            p.bits = bits;
+            p.scheme = scheme;
+            p.group_size = bits == 4 ? 128 : 0;
+            dq_qmatrix *q = NULL;
+            ck_assert_int_eq(dq_qmatrix_pack(NULL, &p, wf, rows, cols, cols, NULL, NULL, &q),
+                             DQ_OK);
+            dq__wprep *one = NULL, *many = NULL;
+            ck_assert_int_eq(dq__wprep_create(NULL, q, &one), DQ_OK);
+            ck_assert_int_eq(dq__wprep_create(test_threads(3), q, &many), DQ_OK);
+            const dq__wpack *a = one->kernel, *b = many->kernel;
+            ck_assert(a && b);
+            ck_assert(a->code_bytes == b->code_bytes && a->meta_count == b->meta_count);
+            ck_assert_msg(memcmp(a->codes, b->codes, a->code_bytes) == 0,
+                          "bits %d scheme %d: codes differ", bits, scheme);
+            ck_assert_msg(memcmp(a->meta, b->meta, a->meta_count * sizeof *a->meta) == 0,
+                          "bits %d scheme %d: group records differ", bits, scheme);
+            ck_assert_int_eq(a->max_abs_zero, b->max_abs_zero);
+            dq__wprep_free(one);
+            dq__wprep_free(many);
+            dq_qmatrix_free(q);
+        }
+    free(wf);
+}
+END_TEST
+
 /* Zero points far outside the code range (clamped constant groups) can push a group sum past
  * int32: the kernels, exact only modulo 2^32, must hand such calls to the portable kernel. */
 START_TEST(overflowing_sums_fall_back)
@@ -551,6 +589,7 @@ static Suite *gemm_suite(void)
     tcase_add_test(tc, grouped_acts_bit_exact);
     tcase_add_test(tc, quantize_groups_bit_exact);
     tcase_add_test(tc, packed_matrices_bit_exact);
+    tcase_add_test(tc, repack_threads_bit_exact);
     tcase_add_test(tc, overflowing_sums_fall_back);
     suite_add_tcase(s, tc);
     return s;

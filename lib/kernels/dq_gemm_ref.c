@@ -5,6 +5,7 @@
 
 #include "dq_gemm.h"
 #include "dq_gemm_simd.h"
+#include "dq_pool.h"
 #include "dq_qmatrix.h"
 
 void dq__wprep_free(dq__wprep *w)
@@ -22,8 +23,59 @@ void dq__wprep_free(dq__wprep *w)
     dq__context_drop(&c);
 }
 
-/* The repacked form straight from the packed matrix: one row of signed codes at a time, no
- * unpacked copy of the whole matrix. */
+/* Rows whose repacking is one part of the parallel loop: whole DQ_GEMM_BLOCK row blocks, so
+ * that no two parts write the same packed block. */
+typedef struct repack_job {
+    const dq__wprep *w;
+    const dq_qmatrix *q;
+    dq__wpack *wp;
+    int32_t shift;
+    int8_t *row_codes; /* cols bytes per part */
+    int32_t *row_ints; /* 2 x groups per part: zero points, code sums */
+    int64_t *max_abs_zero; /* per part */
+} repack_job;
+
+static void repack_part(void *arg, int32_t p, int32_t n)
+{
+    const repack_job *j = arg;
+    const dq__wprep *w = j->w;
+    const dq_qmatrix *q = j->q;
+    const size_t groups = (size_t)q->groups_per_row;
+    int8_t *row_codes = j->row_codes + (size_t)p * (size_t)q->cols;
+    int32_t *zeros = j->row_ints + (size_t)p * 2 * groups, *sums = zeros + groups;
+    /* A private copy of the layout: every field but the running max is shared read-only, and
+     * the codes and records it points to are written only in this part's row blocks. */
+    dq__wpack mine = *j->wp;
+    mine.max_abs_zero = 0;
+    int64_t b0, b1;
+    dq__split((q->rows + DQ_GEMM_BLOCK - 1) / DQ_GEMM_BLOCK, p, n, &b0, &b1);
+    const int64_t r1 = b1 * DQ_GEMM_BLOCK < q->rows ? b1 * DQ_GEMM_BLOCK : q->rows;
+    for (int64_t i = b0 * DQ_GEMM_BLOCK; i < r1; i++) {
+        const uint8_t *row = q->packed + (size_t)i * q->row_bytes;
+        const size_t gi = (size_t)i * groups;
+        for (int64_t g = 0; g < w->groups; g++) {
+            int64_t j0 = g * w->group_len;
+            int64_t j1 = j0 + w->group_len < q->cols ? j0 + w->group_len : q->cols;
+            int32_t sum = 0;
+            for (int64_t c = j0; c < j1; c++) {
+                int32_t code = dq__qmatrix_code(q, row, c) - j->shift;
+                row_codes[c] = (int8_t)code;
+                sum += code;
+            }
+            /* Zero points are integer-valued floats within +-1e4 (dq__quant_params). */
+            zeros[g] = q->zeros ? (int32_t)q->zeros[gi + (size_t)g] - j->shift : 0;
+            sums[g] = sum;
+        }
+        dq__wpack_store_row(w, &mine, i, row_codes, q->scales + gi, zeros, sums);
+    }
+    j->max_abs_zero[p] = mine.max_abs_zero;
+}
+
+/* Codes a repacking part should hold before another thread joins in. */
+#define REPACK_MIN_CODES ((int64_t)1 << 20)
+
+/* The repacked form straight from the packed matrix: one row of signed codes at a time per
+ * thread, no unpacked copy of the whole matrix. */
 dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep **out)
 {
     if (!out)
@@ -45,49 +97,40 @@ dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep
     w->group_size = q->group_size;
     w->group_len = q->group_len;
     w->groups = q->groups_per_row;
+    const int64_t row_blocks = (q->rows + DQ_GEMM_BLOCK - 1) / DQ_GEMM_BLOCK;
+    int64_t useful = q->rows * q->cols / REPACK_MIN_CODES;
+    useful = useful < row_blocks ? useful : row_blocks;
+    const int32_t n = dq__threads(c, useful);
     dq__wpack *wp = NULL;
     dq_status st = dq__wpack_create(w, NULL, NULL, &wp);
-    /* Scratch for one row: its codes, then per group zero point and code sum. */
+    /* Scratch per part: one row's codes, then per group zero point and code sum. */
     const size_t groups = (size_t)q->groups_per_row;
-    int8_t *row_codes = st == DQ_OK ? dq__alloc(c, (size_t)q->cols) : NULL;
-    int32_t *row_ints = st == DQ_OK ? dq__alloc(c, 2 * groups * sizeof(int32_t)) : NULL;
+    int8_t *row_codes = st == DQ_OK ? dq__alloc(c, (size_t)n * (size_t)q->cols) : NULL;
+    int32_t *row_ints =
+        st == DQ_OK ? dq__alloc(c, (size_t)n * 2 * groups * sizeof(int32_t)) : NULL;
+    int64_t *max_abs = st == DQ_OK ? dq__alloc(c, (size_t)n * sizeof(int64_t)) : NULL;
     /* dq__wpack_create logged its own failure; only the scratch rows are logged here. */
-    if (st == DQ_OK && (!row_codes || !row_ints))
-        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "scratch row of %lld codes for repacking",
+    if (st == DQ_OK && (!row_codes || !row_ints || !max_abs))
+        st = DQ_FAIL(ctx, DQ_ERR_NOMEM, "%d scratch rows of %lld codes for repacking", (int)n,
                      (long long)q->cols);
-    if (st != DQ_OK) {
-        dq__free(c, row_codes);
-        dq__free(c, row_ints);
-        if (wp)
-            dq__wpack_attach(w, wp);
-        dq__wprep_free(w);
-        return st;
-    }
-    /* ASYM codes 0..2^bits-1 are shifted into the signed byte range together with their zero
-     * point, so (c - zw) is unchanged; SYM codes are already signed with zero point 0. */
-    const int32_t shift = q->scheme == DQ_QUANT_ASYM ? 1 << (q->bits - 1) : 0;
-    int32_t *zeros = row_ints, *sums = row_ints + groups;
-    for (int64_t i = 0; i < q->rows; i++) {
-        const uint8_t *row = q->packed + (size_t)i * q->row_bytes;
-        const size_t gi = (size_t)i * groups;
-        for (int64_t g = 0; g < w->groups; g++) {
-            int64_t j0 = g * w->group_len;
-            int64_t j1 = j0 + w->group_len < q->cols ? j0 + w->group_len : q->cols;
-            int32_t sum = 0;
-            for (int64_t j = j0; j < j1; j++) {
-                int32_t code = dq__qmatrix_code(q, row, j) - shift;
-                row_codes[j] = (int8_t)code;
-                sum += code;
-            }
-            /* Zero points are integer-valued floats within +-1e4 (dq__quant_params). */
-            zeros[g] = q->zeros ? (int32_t)q->zeros[gi + (size_t)g] - shift : 0;
-            sums[g] = sum;
-        }
-        dq__wpack_store_row(w, wp, i, row_codes, q->scales + gi, zeros, sums);
+    if (st == DQ_OK) {
+        /* ASYM codes 0..2^bits-1 are shifted into the signed byte range together with their
+         * zero point, so (c - zw) is unchanged; SYM codes are already signed, zero point 0. */
+        repack_job job = {w, q, wp, q->scheme == DQ_QUANT_ASYM ? 1 << (q->bits - 1) : 0,
+                          row_codes, row_ints, max_abs};
+        dq__parallel(c, n, repack_part, &job);
+        for (int32_t p = 0; p < n; p++)
+            wp->max_abs_zero = max_abs[p] > wp->max_abs_zero ? max_abs[p] : wp->max_abs_zero;
     }
     dq__free(c, row_codes);
     dq__free(c, row_ints);
-    dq__wpack_attach(w, wp);
+    dq__free(c, max_abs);
+    if (wp)
+        dq__wpack_attach(w, wp);
+    if (st != DQ_OK) {
+        dq__wprep_free(w);
+        return st;
+    }
     *out = w;
     return DQ_OK;
 }
