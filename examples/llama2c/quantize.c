@@ -1,6 +1,7 @@
 /* Calibration, plans, weight packing and quantized layers, all through the public API. */
 #include "quantize.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1044,6 +1045,69 @@ static int choose_clip(dq_context *ctx, const l2c_model *m, const candidate *c,
     return output_error(ctx, m, c, method, 1.0f, l, in, sample, &ch->err_clip1);
 }
 
+/* One candidate of an input (block size and smoothing in ch), built and judged: plan and
+ * weights, the clip on the calibration sample, the error on the held-out rows. Candidates are
+ * independent, so several run at once, each on its own context. */
+typedef struct candidate_job {
+    dq_context *ctx;
+    const l2c_model *m;
+    const l2c_calibration *cal;
+    int32_t l, in;
+    const l2c_method *method;
+    const l2c_quant_options *o;
+    const probe *sample, *judge; /* judge: NULL when nothing is chosen */
+    l2c_choice ch;
+    candidate cur;
+    int rc;
+} candidate_job;
+
+static void *candidate_main(void *arg)
+{
+    candidate_job *j = arg;
+    j->rc = -1;
+    if (build_candidate(j->ctx, j->m, j->cal, j->l, j->in, j->method, j->o, j->ch.block,
+                        j->ch.smooth, &j->cur))
+        return NULL;
+    if (choose_clip(j->ctx, j->m, &j->cur, j->method, j->o, j->l, j->in, j->sample, &j->ch) ||
+        (j->judge && output_error(j->ctx, j->m, &j->cur, j->method, j->ch.act_clip, j->l, j->in,
+                                  j->judge, &j->ch.held_err))) {
+        candidate_free(&j->cur);
+        return NULL;
+    }
+    j->rc = 0;
+    return NULL;
+}
+
+/* Candidates judged at once: the threads of the float products, one candidate each, at most
+ * MAX_CANDIDATE_JOBS. GPTQ on wide inputs keeps one at a time: each holds a width^2 Hessian. */
+#define MAX_CANDIDATE_JOBS 8
+
+static int32_t candidate_jobs(const l2c_method *method, const l2c_quant_options *o,
+                              int64_t cols, int32_t n_c)
+{
+    int32_t n = o->threads < 1 ? 1 : o->threads;
+    n = n < n_c ? n : n_c;
+    n = n < MAX_CANDIDATE_JOBS ? n : MAX_CANDIDATE_JOBS;
+    return method->gptq && cols > 4096 ? 1 : n;
+}
+
+/* Runs jobs [0, n) on threads of their own (job 0 on this one); a job whose thread cannot start
+ * runs here. Each job's context has o->threads / n threads. */
+static void run_candidate_jobs(candidate_job *jobs, int32_t n)
+{
+    pthread_t th[MAX_CANDIDATE_JOBS];
+    int started[MAX_CANDIDATE_JOBS] = {0};
+    for (int32_t i = 1; i < n; i++)
+        started[i] = pthread_create(&th[i], NULL, candidate_main, &jobs[i]) == 0;
+    candidate_main(&jobs[0]);
+    for (int32_t i = 1; i < n; i++) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            candidate_main(&jobs[i]);
+    }
+}
+
 /* Quantizes the layers reading input in of layer l: per block candidate, plan and weights,
  * then the clip on the calibration sample; the block with the lowest error on the held-out
  * rows wins (the first on ties). */
@@ -1056,10 +1120,13 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
     int32_t smooths[2], n_s = smooth_candidates(method, o, smooths), n_c = n_b * n_s;
     int64_t cols = cal->width[in], s_rows = 0;
     l2c_choice *ch = &out->choice[l][in];
-    candidate best, cur;
+    candidate best;
     probe sample, held;
+    candidate_job jobs[MAX_CANDIDATE_JOBS];
+    dq_context *job_ctx[MAX_CANDIDATE_JOBS] = {NULL};
     float *xs = NULL;
     int rc = -1, have_sample = 0, have_held = 0;
+    int32_t n_jobs = 1;
     memset(&best, 0, sizeof best);
     memset(&sample, 0, sizeof sample);
     memset(&held, 0, sizeof held);
@@ -1102,25 +1169,49 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
                         "the sample): block sizes judged on the calibration sample\n");
     ch->n_blocks = n_b;
     ch->n_smooth = n_s;
-    for (int32_t i = 0; i < n_c; i++) {
-        l2c_choice c_ch = *ch;
-        c_ch.block = blocks[i / n_s];
-        c_ch.smooth = smooths[i % n_s];
-        c_ch.held_err = -1;
-        if (build_candidate(ctx, m, cal, l, in, method, o, c_ch.block, c_ch.smooth, &cur))
-            goto out;
-        if (choose_clip(ctx, m, &cur, method, o, l, in, have_sample ? &sample : NULL, &c_ch) ||
-            (judge && output_error(ctx, m, &cur, method, c_ch.act_clip, l, in,
-                                   have_held ? &held : &sample, &c_ch.held_err))) {
-            candidate_free(&cur);
+    /* In waves of n_jobs candidates; the winner is taken in candidate order (the first on
+     * ties), so the choice does not depend on how many run at once. */
+    n_jobs = candidate_jobs(method, o, cols, n_c);
+    for (int32_t j = 0; n_jobs > 1 && j < n_jobs; j++) {
+        dq_context_params cp;
+        dq_context_params_init(&cp, sizeof cp);
+        cp.n_threads = o->threads / n_jobs;
+        if (dq_context_create(&cp, &job_ctx[j]) != DQ_OK) {
+            fprintf(stderr, "layer %d, %s: cannot create a context for a candidate\n", l,
+                    l2c_input_name(in));
             goto out;
         }
-        if (i == 0 || c_ch.held_err < ch->held_err) {
-            candidate_free(&best);
-            best = cur;
-            *ch = c_ch;
-        } else
-            candidate_free(&cur);
+    }
+    for (int32_t i0 = 0; i0 < n_c; i0 += n_jobs) {
+        const int32_t wave = n_c - i0 < n_jobs ? n_c - i0 : n_jobs;
+        for (int32_t j = 0; j < wave; j++) {
+            candidate_job *cj = &jobs[j];
+            *cj = (candidate_job){n_jobs > 1 ? job_ctx[j] : ctx, m, cal, l, in, method, o,
+                                  have_sample ? &sample : NULL,
+                                  judge ? (have_held ? &held : &sample) : NULL, *ch,
+                                  {NULL, NULL, {NULL}}, -1};
+            cj->ch.block = blocks[(i0 + j) / n_s];
+            cj->ch.smooth = smooths[(i0 + j) % n_s];
+            cj->ch.held_err = -1;
+        }
+        run_candidate_jobs(jobs, wave);
+        int failed = 0;
+        for (int32_t j = 0; j < wave; j++) {
+            candidate_job *cj = &jobs[j];
+            if (cj->rc || failed) {
+                failed = 1;
+                candidate_free(&cj->cur);
+                continue;
+            }
+            if (i0 + j == 0 || cj->ch.held_err < ch->held_err) {
+                candidate_free(&best);
+                best = cj->cur;
+                *ch = cj->ch;
+            } else
+                candidate_free(&cj->cur);
+        }
+        if (failed)
+            goto out;
     }
     if (choose_damp(ctx, m, cal, &best, l, in, method, o, have_held ? &held : &sample, ch))
         goto out;
@@ -1140,6 +1231,8 @@ out:
     probe_free(&sample);
     probe_free(&held);
     free(xs);
+    for (int32_t j = 0; j < MAX_CANDIDATE_JOBS; j++)
+        dq_context_free(job_ctx[j]); /* objects made with it keep what they need */
     return rc;
 }
 

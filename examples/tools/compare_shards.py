@@ -3,6 +3,7 @@
 of the same run, tensor by tensor and byte for byte, with nothing but json and struct.
 
     compare_shards.py SINGLE.dq DIR
+    compare_shards.py SINGLE.dq OTHER.dq   (two single files: OTHER as a folder of one shard)
 
 Checks that the index (DIR/model.dq.index.json) names every tensor of the single file and
 nothing else, that each tensor is in the shard the index names, with the same dtype, shape and
@@ -50,9 +51,13 @@ def is_run_key(k):
 
 def compare(single, folder):
     smeta, stensors, sbase = read_header(single)
-    with open(os.path.join(folder, "model.dq.index.json")) as f:
-        index = json.load(f)
-    wmap = index["weight_map"]
+    if os.path.isfile(folder):
+        shard = os.path.basename(folder)
+        wmap = {name: shard for name in read_header(folder)[1]}
+        folder = os.path.dirname(folder) or "."
+    else:
+        with open(os.path.join(folder, "model.dq.index.json")) as f:
+            wmap = json.load(f)["weight_map"]
     missing = sorted(set(stensors) - set(wmap))
     if missing:
         return "tensor %s of %s: not in the index" % (missing[0], single)
@@ -107,7 +112,10 @@ def main():
     if diff:
         print("DIFFERENT: " + diff)
         return 1
-    n = len(json.load(open(os.path.join(sys.argv[2], "model.dq.index.json")))["weight_map"])
+    if os.path.isfile(sys.argv[2]):
+        n = len(read_header(sys.argv[2])[1])
+    else:
+        n = len(json.load(open(os.path.join(sys.argv[2], "model.dq.index.json")))["weight_map"])
     print("identical: %d tensors and the metadata of %s in %s" % (n, sys.argv[1], sys.argv[2]))
     return 0
 

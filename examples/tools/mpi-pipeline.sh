@@ -1,9 +1,9 @@
 #!/bin/bash
 # duquant-quantize over MPI ranks against the single process: the shards of 2 and 3 ranks hold
-# the single file's tensors byte for byte (compare_shards.py), and duquant-run reads the same
-# perplexity from the folder as from the file; or (fail) a rank that fails or is killed ends
-# the job non-zero, naming the rank, with no index left in the folder, and duquant-run refuses a
-# folder whose index names a missing shard.
+# the single file's tensors byte for byte (compare_shards.py), as does one process on 3 threads,
+# and duquant-run reads the same perplexity from the folder as from the file; or (fail) a rank
+# that fails or is killed ends the job non-zero, naming the rank, with no index left in the
+# folder, and duquant-run refuses a folder whose index names a missing shard.
 # usage: mpi-pipeline.sh QUANTIZE RUN MPIRUN PYTHON SHARED_DIR SYNTH_SCRIPT 656k|synth|fail
 set -euo pipefail
 quantize=$1
@@ -33,6 +33,14 @@ compare() {
     if ! "$quantize" --model "$model" "${calib[@]}" --method "$method" "$@" \
         --out "$tmp/$name.dq" 2>"$tmp/single.err"; then
         echo "FAILED: $name: single process:"; cat "$tmp/single.err"; fail=1; return
+    fi
+    # One process on 3 threads judges block candidates three at a time: the same file.
+    if ! "$quantize" --model "$model" "${calib[@]}" --threads 3 --method "$method" "$@" \
+        --out "$tmp/$name-t3.dq" 2>"$tmp/single.err"; then
+        echo "FAILED: $name: single process, 3 threads:"; cat "$tmp/single.err"; fail=1; return
+    fi
+    if ! "$python" "$(dirname "$0")/compare_shards.py" "$tmp/$name.dq" "$tmp/$name-t3.dq"; then
+        echo "FAILED: $name: 3 threads: tensors differ from 1 thread"; fail=1
     fi
     local want
     want=$("$run" --model "$tmp/$name.dq" --eval "$m656/dev.tok" --format tsv | tail -n 1 |
