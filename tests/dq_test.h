@@ -25,6 +25,15 @@ static inline double test_rng_uniform(test_rng *r)
     return (double)(test_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* Whether the suite runs under valgrind (its meson test setup sets DQ_TEST_VALGRIND): tests
+ * whose cases cost minutes there run a documented subset; the plain and sanitizer builds run
+ * them all. */
+static inline int test_under_valgrind(void)
+{
+    const char *v = getenv("DQ_TEST_VALGRIND");
+    return v && v[0] && v[0] != '0';
+}
+
 /* Standard normal (Box-Muller). */
 static inline double test_rng_normal(test_rng *r)
 {

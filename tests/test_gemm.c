@@ -493,12 +493,13 @@ START_TEST(packed_matrices_bit_exact)
 END_TEST
 
 /* Repacking split over threads (whole row blocks per part) writes the bytes one thread writes:
- * codes, per-group records and the largest zero point. The matrices hold several million
- * codes, enough for dq__wprep_create to use every thread offered. */
+ * codes, per-group records and the largest zero point. The split threshold is lowered so a
+ * small matrix (kept small for valgrind) uses every thread offered. */
 START_TEST(repack_threads_bit_exact)
 {
     test_rng r = {808};
-    const int64_t rows = 3000 + 5, cols = 1100; /* a shorter last row block */
+    const int64_t rows = 3 * 16 * 4 + 5, cols = 300; /* a shorter last row block */
+    dq__wprep_set_repack_min_codes(rows * cols / 8);
     float *wf = malloc((size_t)(rows * cols) * sizeof *wf);
     test_fill_activations(&r, wf, rows, cols, cols, 1);
     for (int32_t bits = 4; bits <= 8; bits += 4)
@@ -526,6 +527,7 @@ START_TEST(repack_threads_bit_exact)
             dq__wprep_free(many);
             dq_qmatrix_free(q);
         }
+    dq__wprep_set_repack_min_codes(0);
     free(wf);
 }
 END_TEST

@@ -97,8 +97,13 @@ START_TEST(pruned_equals_plain_views)
     const int32_t lens[] = {2, 3, 5, 8, 17, 32, 63, 64, 100, 128, 256};
     const int32_t steps[] = {0, 1, 7, 64, 256, 512};
     long pruned_views = 0, views = 0;
+    /* Under valgrind: blocks up to 128, searches longer than 64 steps on blocks up to 32. */
+    const bool quick = test_under_valgrind();
+    const int32_t long_steps_max_n = quick ? 32 : 64;
     for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
         const int32_t n = lens[li];
+        if (quick && n > 128)
+            continue;
         const int64_t blocks = n >= 128 ? 2 : 5, tokens = n >= 128 ? 24 : 40;
         float *base = malloc((size_t)n * (size_t)n * sizeof *base);
         ck_assert_int_eq(dq_rotation_base(n, NULL, base, n), DQ_OK);
@@ -106,8 +111,10 @@ START_TEST(pruned_equals_plain_views)
             float *x = new_data(100 + (uint64_t)(li * 4 + (size_t)kind), tokens, blocks * n, kind);
             const dq__search_view v = {x, blocks * n, tokens, blocks, n, n};
             for (size_t si = 0; si < sizeof steps / sizeof *steps; si++) {
-                if (steps[si] > 64 && n > 64 && kind != DATA_MASSIVE)
+                if (steps[si] > 64 && n > long_steps_max_n && kind != DATA_MASSIVE)
                     continue; /* keep the suite fast: long searches on the outlier case */
+                if (steps[si] > 64 && n > long_steps_max_n && quick)
+                    continue;
                 int64_t searched = compare_view(&v, base, steps[si], (si + li) % 2 == 1,
                                                 1 + (int32_t)(si % 3));
                 views++;

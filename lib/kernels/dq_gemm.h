@@ -70,6 +70,9 @@ typedef struct dq__aq {
 
 /* Build the prepared form of a packed matrix (any bits / scheme / group size it supports). */
 dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep **out);
+/* Codes each thread's part of a repacking must hold (default 1 Mi; codes <= 0 restores it), so
+ * tests can split small matrices. Not thread-safe: process-wide, set while nothing repacks. */
+void dq__wprep_set_repack_min_codes(int64_t codes);
 void dq__wprep_free(dq__wprep *w);
 
 /* Per-token quantization, reference-exact (DESIGN.md 4.7: true division, round half to even):

@@ -73,6 +73,12 @@ static void repack_part(void *arg, int32_t p, int32_t n)
 
 /* Codes a repacking part should hold before another thread joins in. */
 #define REPACK_MIN_CODES ((int64_t)1 << 20)
+static int64_t repack_min_codes = REPACK_MIN_CODES;
+
+void dq__wprep_set_repack_min_codes(int64_t codes)
+{
+    repack_min_codes = codes > 0 ? codes : REPACK_MIN_CODES;
+}
 
 /* The repacked form straight from the packed matrix: one row of signed codes at a time per
  * thread, no unpacked copy of the whole matrix. */
@@ -98,7 +104,7 @@ dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep
     w->group_len = q->group_len;
     w->groups = q->groups_per_row;
     const int64_t row_blocks = (q->rows + DQ_GEMM_BLOCK - 1) / DQ_GEMM_BLOCK;
-    int64_t useful = q->rows * q->cols / REPACK_MIN_CODES;
+    int64_t useful = q->rows * q->cols / repack_min_codes;
     useful = useful < row_blocks ? useful : row_blocks;
     const int32_t n = dq__threads(c, useful);
     dq__wpack *wp = NULL;
