@@ -39,6 +39,14 @@ dq_status dq__rotation_build(const dq_context *ctx, const dq__rot_opts *o, const
 /* Seeded Haar-random orthogonal n x n matrix into out (ldo). */
 dq_status dq__random_orthogonal(const dq_context *ctx, int32_t n, uint64_t seed, float *out,
                                 int64_t ldo);
+/* The same with the redraw threshold explicit (>= 0): a column whose remainder after
+ * projecting out the earlier columns has norm <= min_norm is drawn again, at most 16 draws in
+ * all (1e-6 in dq__random_orthogonal; tests raise it to reach redraws). one_column: the
+ * columns one at a time, the same bits slower (the oracle of benchmarks). */
+dq_status dq__random_orthogonal_with(const dq_context *ctx, int32_t n, uint64_t seed,
+                                     double min_norm, bool one_column, float *out, int64_t ldo);
+/* n standard normal values by Box-Muller from the stream *state (splitmix64). */
+void dq__gaussian_fill(uint64_t *state, double *v, int64_t n);
 
 /* The randomised Hadamard construction for width n (dq_rotation_hadamard_kind) and the matrix
  * itself into out (n x n, ldo); *kind (may be NULL) receives the construction used. */
