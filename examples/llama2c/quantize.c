@@ -1038,11 +1038,17 @@ static int choose_clip(dq_context *ctx, const l2c_model *m, const candidate *c,
                 return -1;
             if (i == 0 || e < ch->err)
                 ch->err = e, ch->act_clip = o->act_clip_grid[i];
+            if (o->act_clip_grid[i] == 1.0f) /* the grid's own clip 1.0: not measured twice */
+                ch->err_clip1 = e;
         }
         ch->n_clips = o->n_act_clip_grid;
     } else if (output_error(ctx, m, c, method, ch->act_clip, l, in, sample, &ch->err))
         return -1;
-    return output_error(ctx, m, c, method, 1.0f, l, in, sample, &ch->err_clip1);
+    else if (ch->act_clip == 1.0f)
+        ch->err_clip1 = ch->err;
+    return ch->err_clip1 >= 0
+               ? 0
+               : output_error(ctx, m, c, method, 1.0f, l, in, sample, &ch->err_clip1);
 }
 
 /* One candidate of an input (block size and smoothing in ch), built and judged: plan and
