@@ -61,6 +61,20 @@ typedef struct bench {
     size_t plan_bytes;
 } bench;
 
+/* The fused route's and the plan's workspaces for b->rows tokens (the plan's at least
+ * min_plan bytes); 0, or -1 when a size is refused or memory is short. */
+static int alloc_workspaces(bench *b, int32_t cpus, size_t min_plan)
+{
+    size_t fb = 0;
+    if (!dq__online_workspace(b->on, b->rows, bench_threads(cpus), &fb) ||
+        dq_plan_workspace_size(b->plan, b->rows, &b->plan_bytes) != DQ_OK)
+        return -1;
+    size_t pb = b->plan_bytes > min_plan ? b->plan_bytes : min_plan;
+    b->work_fused = aligned_alloc(64, (fb + 63) / 64 * 64 + 64);
+    b->work_plan = aligned_alloc(64, (pb + 63) / 64 * 64 + 64);
+    return b->work_fused && b->work_plan ? 0 : -1;
+}
+
 static void run_fused(void *arg)
 {
     bench *b = arg;
@@ -172,12 +186,8 @@ static int bench_hadamard(int64_t cols, int reps, int32_t cpus, const float *x, 
     for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++) {
         const int64_t t = tokens[ti];
         b.rows = t;
-        size_t fb = 0;
-        if (!dq__online_workspace(on, t, bench_threads(cpus), &fb) ||
-            dq_plan_workspace_size(plan, t, &b.plan_bytes) != DQ_OK)
+        if (alloc_workspaces(&b, cpus, 0))
             return 1;
-        b.work_fused = aligned_alloc(64, (fb + 63) / 64 * 64 + 64);
-        b.work_plan = aligned_alloc(64, (b.plan_bytes + 63) / 64 * 64 + 64);
         for (int32_t th = 1; th <= cpus && th <= 2; th++) {
             b.threads = th;
             dq__online_set_fast_hadamard(on, true);
@@ -248,16 +258,9 @@ int main(int argc, char **argv)
         for (size_t ti = 0; ti < sizeof tokens / sizeof tokens[0]; ti++) {
             const int64_t t = tokens[ti];
             b.rows = t;
-            size_t fb = 0;
-            if (!dq__online_workspace(on, t, bench_threads(cpus), &fb) ||
-                dq_plan_workspace_size(plan, t, &b.plan_bytes) != DQ_OK)
-                return 1;
-            b.work_fused = aligned_alloc(64, (fb + 63) / 64 * 64 + 64);
             /* the plan's workspace doubles as the sgemm route's second buffer */
-            size_t pb = b.plan_bytes > (size_t)(t * cols) * sizeof(float)
-                            ? b.plan_bytes
-                            : (size_t)(t * cols) * sizeof(float);
-            b.work_plan = aligned_alloc(64, (pb + 63) / 64 * 64);
+            if (alloc_workspaces(&b, cpus, (size_t)(t * cols) * sizeof(float)))
+                return 1;
             const double t_sgemm = bench_time(run_sgemm, &b, reps, 0);
             double t_read = 0, t_read_cold = 0;
             if (t == 1) {
