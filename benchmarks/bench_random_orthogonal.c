@@ -41,7 +41,9 @@ int main(int argc, char **argv)
     for (int v = 0; v < 2; v++)
         for (int r = 0; r < reps; r++) {
             double t0 = thread_cpu();
-            if (dq__random_orthogonal_with(NULL, n, 7, 1e-6, v == 0, m[v], n) != DQ_OK) {
+            if (dq__random_orthogonal_with(NULL, n, 7, 1e-6,
+                                           v == 0 ? DQ__ORTH_ONE_COLUMN : DQ__ORTH_GROUPS,
+                                           m[v], n) != DQ_OK) {
                 fprintf(stderr, "dq__random_orthogonal_with failed\n");
                 return 1;
             }

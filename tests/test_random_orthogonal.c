@@ -1,7 +1,7 @@
-/* The random orthogonal matrices (dq__random_orthogonal, columns in groups, and its one-column
- * path) against an oracle written here, modified Gram-Schmidt one column at a time: the same
- * bits for every size around the group width, for several seeds, with redraws forced anywhere
- * in a group, and no leak when an allocation fails. */
+/* The random orthogonal matrices (dq__random_orthogonal: columns in groups, every CPU variant,
+ * and the one-column path) against an oracle written here, modified Gram-Schmidt one column
+ * at a time: the same bits for every size around the group width, for several seeds, with
+ * redraws forced anywhere in a group, and no leak when an allocation fails. */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -52,15 +52,20 @@ static void check_same(int32_t n, uint64_t seed, double min_norm)
     float *b = malloc((size_t)n * (size_t)n * sizeof *b);
     ck_assert(a && b);
     oracle(n, seed, min_norm, a);
-    for (int one_column = 0; one_column < 2; one_column++) {
-        dq_status st = min_norm == 1e-6 && !one_column
-                           ? dq__random_orthogonal(NULL, n, seed, b, n)
-                           : dq__random_orthogonal_with(NULL, n, seed, min_norm, one_column, b,
-                                                        n);
+    /* The CPU's variant through the plain entry point, then every path by name (the AVX2
+     * one runs the AVX2 code where the CPU has it, the CPU's variant otherwise). */
+    const int32_t paths[] = {-1, DQ__ORTH_GROUPS, DQ__ORTH_ONE_COLUMN, DQ__ORTH_GROUPS_PORTABLE,
+                             DQ__ORTH_GROUPS_AVX2};
+    for (size_t k = 0; k < sizeof paths / sizeof *paths; k++) {
+        if (paths[k] < 0 && min_norm != 1e-6)
+            continue;
+        dq_status st = paths[k] < 0 ? dq__random_orthogonal(NULL, n, seed, b, n)
+                                    : dq__random_orthogonal_with(NULL, n, seed, min_norm,
+                                                                 paths[k], b, n);
         ck_assert_int_eq(st, DQ_OK);
         if (memcmp(a, b, (size_t)n * (size_t)n * sizeof *a) != 0)
-            ck_abort_msg("n %d, seed %llu, min_norm %g, one column %d: not the oracle's bits",
-                         (int)n, (unsigned long long)seed, min_norm, one_column);
+            ck_abort_msg("n %d, seed %llu, min_norm %g, path %d: not the oracle's bits", (int)n,
+                         (unsigned long long)seed, min_norm, (int)paths[k]);
     }
     free(a);
     free(b);
@@ -98,7 +103,8 @@ START_TEST(redraws_happen_at_these_thresholds)
     ck_assert(a && b);
     ck_assert_int_eq(dq__random_orthogonal(NULL, n, 12, a, n), DQ_OK);
     ck_assert_int_eq(
-        dq__random_orthogonal_with(NULL, n, 12, 0.6 * sqrt((double)n), false, b, n), DQ_OK);
+        dq__random_orthogonal_with(NULL, n, 12, 0.6 * sqrt((double)n), DQ__ORTH_GROUPS, b, n),
+        DQ_OK);
     ck_assert(memcmp(a, b, (size_t)n * n * sizeof *a) != 0);
     free(a);
     free(b);

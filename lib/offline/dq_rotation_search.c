@@ -202,23 +202,26 @@ __attribute__((target("avx2"))) static void project_group_avx2(const double *q, 
 }
 #endif
 
-static void project_group(const double *q, int32_t n, int32_t p1, double *w)
+/* The CPU's best variant, or the one a test names (DQ__ORTH_*). */
+static void project_group(const double *q, int32_t n, int32_t p1, double *w, int32_t path)
 {
 #if defined(__x86_64__) || defined(__i386__)
-    if (dq__cpu_has(DQ_CPU_AVX512F)) {
+    if (path == DQ__ORTH_GROUPS && dq__cpu_has(DQ_CPU_AVX512F)) {
         project_group_avx512(q, n, p1, w);
         return;
     }
-    if (dq__cpu_has(DQ_CPU_AVX2)) {
+    if (path != DQ__ORTH_GROUPS_PORTABLE && dq__cpu_has(DQ_CPU_AVX2)) {
         project_group_avx2(q, n, p1, w);
         return;
     }
 #endif
+    (void)path;
     project_group_lanes(q, n, p1, w);
 }
 #else
-static void project_group(const double *q, int32_t n, int32_t p1, double *w)
+static void project_group(const double *q, int32_t n, int32_t p1, double *w, int32_t path)
 {
+    (void)path;
     for (int32_t p = 0; p < p1; p++) {
         const double *u = q + (size_t)p * (size_t)n;
         double d[GROUP] = {0};
@@ -252,8 +255,9 @@ static void finish_column(double *q, int32_t n, int32_t j, uint64_t *state, doub
  * other from one stream; a column whose remainder is negligible (dependent on the others,
  * which for a Gaussian column has probability zero) is drawn again. */
 dq_status dq__random_orthogonal_with(const dq_context *ctx, int32_t n, uint64_t seed,
-                                     double min_norm, bool one_column, float *out, int64_t ldo)
+                                     double min_norm, int32_t path, float *out, int64_t ldo)
 {
+    const bool one_column = path == DQ__ORTH_ONE_COLUMN;
     double *q = dq__alloc(ctx, (size_t)n * (size_t)n * sizeof(double)); /* column j at q+j*n */
     double *w = one_column ? NULL : dq__alloc(ctx, (size_t)n * GROUP * sizeof(double));
     if (!q || (!one_column && !w)) {
@@ -280,7 +284,7 @@ dq_status dq__random_orthogonal_with(const dq_context *ctx, int32_t n, uint64_t 
         for (int32_t k = g; k < GROUP; k++) /* lanes past the last column: zeros, unused */
             for (int32_t i = 0; i < n; i++)
                 w[(size_t)i * GROUP + k] = 0.0;
-        project_group(q, n, j, w);
+        project_group(q, n, j, w, path);
         int32_t k = 0;
         for (; k < g; k++) {
             double *v = q + (size_t)(j + k) * (size_t)n;
@@ -310,7 +314,7 @@ dq_status dq__random_orthogonal_with(const dq_context *ctx, int32_t n, uint64_t 
 dq_status dq__random_orthogonal(const dq_context *ctx, int32_t n, uint64_t seed, float *out,
                                 int64_t ldo)
 {
-    return dq__random_orthogonal_with(ctx, n, seed, 1e-6, false, out, ldo);
+    return dq__random_orthogonal_with(ctx, n, seed, 1e-6, DQ__ORTH_GROUPS, out, ldo);
 }
 
 DQ_API dq_status dq_rotation_base(int32_t n, const float *qprime, float *out, int64_t ldo)

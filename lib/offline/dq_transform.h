@@ -39,12 +39,18 @@ dq_status dq__rotation_build(const dq_context *ctx, const dq__rot_opts *o, const
 /* Seeded Haar-random orthogonal n x n matrix into out (ldo). */
 dq_status dq__random_orthogonal(const dq_context *ctx, int32_t n, uint64_t seed, float *out,
                                 int64_t ldo);
+/* How dq__random_orthogonal_with orthogonalises; every path gives the same bits. */
+enum {
+    DQ__ORTH_GROUPS,          /* columns in groups, the CPU's best variant */
+    DQ__ORTH_ONE_COLUMN,      /* one column at a time (the oracle of benchmarks) */
+    DQ__ORTH_GROUPS_PORTABLE, /* columns in groups, the portable variant (tests) */
+    DQ__ORTH_GROUPS_AVX2,     /* columns in groups, the AVX2 variant where the CPU has AVX2 */
+};
 /* The same with the redraw threshold explicit (>= 0): a column whose remainder after
  * projecting out the earlier columns has norm <= min_norm is drawn again, at most 16 draws in
- * all (1e-6 in dq__random_orthogonal; tests raise it to reach redraws). one_column: the
- * columns one at a time, the same bits slower (the oracle of benchmarks). */
+ * all (1e-6 in dq__random_orthogonal; tests raise it to reach redraws); path: a DQ__ORTH_*. */
 dq_status dq__random_orthogonal_with(const dq_context *ctx, int32_t n, uint64_t seed,
-                                     double min_norm, bool one_column, float *out, int64_t ldo);
+                                     double min_norm, int32_t path, float *out, int64_t ldo);
 /* n standard normal values by Box-Muller from the stream *state (splitmix64). */
 void dq__gaussian_fill(uint64_t *state, double *v, int64_t n);
 
