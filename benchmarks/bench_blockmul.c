@@ -5,20 +5,11 @@
  * figures say what the kernel does when it runs, however loaded the machine is.
  *
  * usage: bench_blockmul [block [rows [iters]]]   defaults 128 126 400 */
-#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "bench_common.h"
 #include "dq_blockmul.h"
-
-static double thread_cpu(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 int main(int argc, char **argv)
 {
@@ -46,14 +37,14 @@ int main(int argc, char **argv)
         double best[2] = {1e30, 1e30};
         for (int v = 0; v < 2; v++)
             for (int r = 0; r < 5; r++) {
-                double t0 = thread_cpu();
+                double t0 = bench_thread_cpu_now();
                 for (int it = 0; it < iters; it++) {
                     if (v)
                         dq__block_product_fused(a, n, m, n, b, n, n, c, n);
                     else
                         dq__block_product(a, n, m, n, b, n, n, c, n);
                 }
-                double t = thread_cpu() - t0;
+                double t = bench_thread_cpu_now() - t0;
                 best[v] = t < best[v] ? t : best[v];
             }
         printf("separate %.1f GFLOP/s, fused %.1f GFLOP/s: fused takes %.3f of the time\n",

@@ -406,9 +406,7 @@ __attribute__((target("avx2"))) static uint64_t stream_sum(const uint64_t *p, si
     return (uint64_t)_mm256_extract_epi64(a0, 0) + (uint64_t)_mm256_extract_epi64(a0, 3);
 }
 
-/* Processor seconds of the calling thread: time the scheduler gives other processes does not
- * count, so a probe measures the core, not how busy the machine is. */
-static double thread_now(void)
+double bench_thread_cpu_now(void)
 {
     return clock_seconds(CLOCK_THREAD_CPUTIME_ID);
 }
@@ -420,19 +418,19 @@ static double best_rate(double (*probe)(uint64_t))
 {
     uint64_t n = 1024;
     for (;;) { /* slices of at least 2 ms */
-        double t0 = thread_now(), w = probe(n), dt = thread_now() - t0;
+        double t0 = bench_thread_cpu_now(), w = probe(n), dt = bench_thread_cpu_now() - t0;
         (void)w;
         if (dt >= 0.002 || n > ((uint64_t)1 << 40))
             break;
         n = dt > 1e-4 ? (uint64_t)((double)n * 0.0025 / dt) + 1 : n * 16;
     }
     double best = 0.0;
-    const double start = thread_now();
+    const double start = bench_thread_cpu_now();
     do {
-        double t0 = thread_now(), w = probe(n), dt = thread_now() - t0;
+        double t0 = bench_thread_cpu_now(), w = probe(n), dt = bench_thread_cpu_now() - t0;
         if (dt > 0 && w / dt > best)
             best = w / dt;
-    } while (thread_now() - start < 0.2);
+    } while (bench_thread_cpu_now() - start < 0.2);
     return best;
 }
 
@@ -454,17 +452,17 @@ static double stream_rate(void)
      * 8 MiB (a fraction of a millisecond): the best piece is the rate undisturbed by others. */
     const size_t piece = (size_t)8 << 20;
     double best = 0.0;
-    const double start = thread_now();
+    const double start = bench_thread_cpu_now();
     int passes = 0;
     do {
         for (size_t off = 0; off + piece <= bytes; off += piece) {
-            double t0 = thread_now();
+            double t0 = bench_thread_cpu_now();
             bench_sink += stream_sum(buf + off / 8, piece);
-            double dt = thread_now() - t0;
+            double dt = bench_thread_cpu_now() - t0;
             if (dt > 0 && (double)piece / dt > best)
                 best = (double)piece / dt;
         }
-    } while (++passes < 2 || thread_now() - start < 0.2);
+    } while (++passes < 2 || bench_thread_cpu_now() - start < 0.2);
     free(buf);
     return best;
 #else

@@ -14,6 +14,10 @@ double bench_now(void);
  * counts other jobs, this does not (but it does count BLAS threads spinning). */
 double bench_cpu_now(void);
 
+/* Processor seconds of the calling thread: time the scheduler gives other processes does not
+ * count, so a figure measures the code on its core, not how busy the machine is. */
+double bench_thread_cpu_now(void);
+
 /* Median of v[0..n), n >= 1; sorts v. */
 double bench_median(double *v, int n);
 

@@ -5,21 +5,12 @@
  * code does when it runs however loaded the machine is; the two matrices are compared too.
  *
  * usage: bench_random_orthogonal [n [reps]]   defaults 2752 2 */
-#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench_common.h"
 #include "dq_transform.h"
-
-static double thread_cpu(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 int main(int argc, char **argv)
 {
@@ -40,14 +31,14 @@ int main(int argc, char **argv)
     double best[2] = {1e30, 1e30};
     for (int v = 0; v < 2; v++)
         for (int r = 0; r < reps; r++) {
-            double t0 = thread_cpu();
+            double t0 = bench_thread_cpu_now();
             if (dq__random_orthogonal_with(NULL, n, 7, 1e-6,
                                            v == 0 ? DQ__ORTH_ONE_COLUMN : DQ__ORTH_GROUPS,
                                            m[v], n) != DQ_OK) {
                 fprintf(stderr, "dq__random_orthogonal_with failed\n");
                 return 1;
             }
-            double t = thread_cpu() - t0;
+            double t = bench_thread_cpu_now() - t0;
             best[v] = t < best[v] ? t : best[v];
         }
     /* Gram-Schmidt: n^3 multiply-adds for the projections (dot product and update). */
