@@ -1024,6 +1024,25 @@ DQ_API DQ_NODISCARD dq_status dq_linear_create(dq_context *ctx, const dq_linear_
                                               const dq_plan *plan, const dq_qmatrix *weights,
                                               const float *bias, dq_linear **out);
 
+/** @brief A layer over src's weights, plan and bias with other activation settings (another
+ *  act_clip_ratio, act_bits or act_scheme): the prepared weights are shared, not copied or
+ *  prepared again, so trying several activation settings on one weight costs no repacking.
+ *  The result computes what dq_linear_create with params, src's plan and src's packed weights
+ *  and bias gives, bit for bit. Either layer may be freed first (the weights are freed with
+ *  the last layer holding them, through the allocator of the context src was made with, whose
+ *  threads stay alive until then); a layer read from a file that borrows the file's mapping
+ *  (dq_file_reader_get_linear) passes the borrow on: both need the reader alive.
+ *  @param ctx    context or NULL (as dq_linear_create).
+ *  @param params the new layer's activation settings; act_group_size must be 0 or src's weight
+ *                group size.
+ *  @param src    the layer whose weights are shared; unchanged.
+ *  @return DQ_OK, DQ_ERR_INVALID_ARG (NULL src or out, bad params), DQ_ERR_SHAPE
+ *  (act_group_size), DQ_ERR_NOMEM, DQ_ERR_STRUCT_SIZE, DQ_ERR_UNSUPPORTED (a larger params
+ *  struct with a non-zero tail). @since 1.2 */
+DQ_API DQ_NODISCARD dq_status dq_linear_create_like(dq_context *ctx,
+                                                   const dq_linear_params *params,
+                                                   const dq_linear *src, dq_linear **out);
+
 /** @brief Release; NULL is a no-op. Drops the layer's reference to its plan (the plan is
  *  freed with its last reference). @since 1.0 */
 DQ_API void dq_linear_free(dq_linear *lin);

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "duquant.h"
+
 typedef struct counter {
     size_t live, peak;
     long fail_at; /* fail the allocation with this 1-based number; 0 = never */
@@ -45,6 +47,18 @@ static void count_free(void *user, void *ptr)
     memcpy(&align, q - sizeof(size_t), sizeof align);
     c->live -= size;
     free(q - align);
+}
+
+/* A context allocating through c (free it with dq_context_free); NULL when it cannot be made. */
+static inline dq_context *count_context(counter *c)
+{
+    dq_context_params p;
+    dq_context_params_init(&p, sizeof p);
+    p.alloc = count_alloc;
+    p.free = count_free;
+    p.alloc_user = c;
+    dq_context *ctx = NULL;
+    return dq_context_create(&p, &ctx) == DQ_OK ? ctx : NULL;
 }
 
 #endif

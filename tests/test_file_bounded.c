@@ -17,18 +17,6 @@
 #include "duquant.h"
 #include "test_count_alloc.h"
 
-static dq_context *count_context(counter *c)
-{
-    dq_context_params p;
-    dq_context_params_init(&p, sizeof p);
-    p.alloc = count_alloc;
-    p.free = count_free;
-    p.alloc_user = c;
-    dq_context *ctx = NULL;
-    ck_assert_int_eq(dq_context_create(&p, &ctx), DQ_OK);
-    return ctx;
-}
-
 /* Starts a measurement: the peak from now on, above what is live now. */
 static size_t mark(counter *c)
 {
@@ -93,6 +81,7 @@ START_TEST(large_foreign_file_fails_from_its_header)
     sparse_file(path, "other", TWO_GB);
     counter cnt = {0};
     dq_context *ctx = count_context(&cnt);
+    ck_assert_ptr_nonnull(ctx);
     dq_file_params p;
     dq_file_params_init(&p, sizeof p);
     for (int borrow = 0; borrow < 2; borrow++) {
@@ -138,6 +127,7 @@ START_TEST(offsets_checked_against_the_file_size)
     uint8_t *b = container(json, &one, sizeof one, &size);
     counter cnt = {0};
     dq_context *ctx = count_context(&cnt);
+    ck_assert_ptr_nonnull(ctx);
     const size_t base = mark(&cnt);
     dq_file_reader *r = NULL;
     ck_assert_int_eq(dq_file_reader_from_buffer(ctx, NULL, b, size, &r), DQ_ERR_FORMAT);
@@ -208,6 +198,7 @@ START_TEST(metadata_table_is_compact)
     const size_t header = size - 8;
     counter cnt = {0};
     dq_context *ctx = count_context(&cnt);
+    ck_assert_ptr_nonnull(ctx);
     size_t base = mark(&cnt);
     dq_file_reader *r = NULL;
     ck_assert_int_eq(dq_file_reader_from_buffer(ctx, NULL, b, size, &r), DQ_OK);
@@ -337,6 +328,7 @@ START_TEST(small_plan_file_allocates_little)
     ck_assert_uint_eq(size, 176);
     counter cnt = {0};
     dq_context *ctx = count_context(&cnt);
+    ck_assert_ptr_nonnull(ctx);
     dq_file_reader *r = NULL;
     ck_assert_int_eq(dq_file_reader_from_buffer(ctx, NULL, b, size, &r), DQ_OK);
     const size_t base = mark(&cnt);
@@ -384,6 +376,7 @@ START_TEST(shared_rotation_bounded_by_limit)
      * the file + 16 MiB), refused before allocating. A caller who allows it gets the plan. */
     counter cnt = {0};
     dq_context *ctx = count_context(&cnt);
+    ck_assert_ptr_nonnull(ctx);
     size_t size;
     uint8_t *b = shared_rotation_plan((int64_t)1 << 24, &size);
     dq_file_reader *r = NULL;
@@ -504,6 +497,7 @@ START_TEST(every_call_stays_under_the_limit)
     uint8_t *b = layer_file(&size);
     counter cnt = {0};
     dq_context *ctx = count_context(&cnt);
+    ck_assert_ptr_nonnull(ctx);
     const size_t idle = cnt.live; /* the context itself */
     int ok_all = 0;
     for (uint64_t limit = 256; limit <= ((uint64_t)1 << 22); limit = limit * 17 / 16) {
@@ -587,6 +581,7 @@ START_TEST(allocation_failures_leak_nothing)
     for (long k = 1; !done; k++) {
         counter cnt = {0};
         dq_context *ctx = count_context(&cnt);
+        ck_assert_ptr_nonnull(ctx);
         cnt.calls = 0;
         cnt.fail_at = k;
         dq_file_reader *r = NULL;

@@ -45,6 +45,10 @@ ENTRY(dq_linear_create, plan, "plan", T_PLAN, T_LINEAR + 1,
       dq_linear_create(CTX, NULL, h, L(T_QMATRIX), NULL, OUT))
 ENTRY(dq_linear_create, weights, "weights", T_QMATRIX, T_LINEAR + 1,
       dq_linear_create(CTX, NULL, NULL, h, NULL, OUT))
+ENTRY(dq_linear_create_like, ctx, "ctx", T_CONTEXT, T_LINEAR + 1,
+      dq_linear_create_like(h, NULL, L(T_LINEAR), OUT))
+ENTRY(dq_linear_create_like, src, "src", T_LINEAR, T_LINEAR + 1,
+      dq_linear_create_like(CTX, NULL, h, OUT))
 ENTRY(dq_file_writer_create, ctx, "ctx", T_CONTEXT, T_WRITER + 1, dq_file_writer_create(h, OUT))
 ENTRY(dq_file_reader_open, ctx, "ctx", T_CONTEXT, T_READER + 1,
       dq_file_reader_open(h, NULL, "/nonexistent-folder/handles.dq", OUT))

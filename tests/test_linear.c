@@ -1,5 +1,6 @@
 /* Quantized linear layer: the integer path against a float fake-quant oracle, weight-only and
- * 8-bit modes, workspace, ownership, bad input, allocation failures, concurrent forwards. */
+ * 8-bit modes, workspace, ownership, bad input, allocation failures, concurrent forwards, and
+ * layers made like another (dq_linear_create_like). */
 #include <check.h>
 #include <limits.h>
 #include <math.h>
@@ -524,13 +525,8 @@ START_TEST(layers_on_one_plan_share_its_compiled_form)
     for (int64_t i = 0; i < rows * cols; i++)
         w[i] = (float)(0.05 * test_rng_normal(&r));
     counter cnt = {0, 0, 0, 0};
-    dq_context_params cp;
-    dq_context_params_init(&cp, sizeof cp);
-    cp.alloc = count_alloc;
-    cp.free = count_free;
-    cp.alloc_user = &cnt;
-    dq_context *ctx = NULL;
-    ck_assert_int_eq(dq_context_create(&cp, &ctx), DQ_OK);
+    dq_context *ctx = count_context(&cnt);
+    ck_assert_ptr_nonnull(ctx);
     test_rng r1 = {22}, r2 = {22};
     dq_plan *plan = make_plan_in(ctx, &r1, cols, w, rows);
     dq_plan *twin = make_plan_in(ctx, &r2, cols, w, rows);
@@ -699,6 +695,246 @@ START_TEST(weight_only_huge_activations_are_nonfinite)
 END_TEST
 
 
+/* ---- dq_linear_create_like: other activation settings over shared weights ---- */
+
+static void forward_into(const dq_linear *lin, const fixture *f, float *y)
+{
+    ck_assert_int_eq(
+        dq_linear_forward(lin, f->x, f->c.tokens, f->c.in, f->ldx, y, f->c.out, NULL, 0), DQ_OK);
+}
+
+/* For every activation setting, per-row and grouped weights: the layer made like f.lin gives
+ * the bits of a layer created afresh with those settings, also once f.lin (and the caller's
+ * plan) are gone. */
+START_TEST(create_like_equals_a_fresh_layer)
+{
+    const struct {
+        int32_t bits, scheme, group;
+        float clip;
+    } acts[] = {{4, DQ_QUANT_ASYM, 0, 0.85f}, {4, DQ_QUANT_SYM, 0, 1.0f},
+                {8, DQ_QUANT_ASYM, 0, 0.9f},  {0, DQ_QUANT_ASYM, 0, 1.0f},
+                {4, DQ_QUANT_ASYM, 32, 0.9f}, {4, DQ_QUANT_ASYM, 0, 1.0f}};
+    const int32_t w_groups[] = {0, 32};
+    for (size_t g = 0; g < 2; g++)
+        for (size_t a = 0; a < sizeof acts / sizeof acts[0]; a++) {
+            if (acts[a].group > 0 && acts[a].group != w_groups[g])
+                continue;
+            config c = {.tokens = 9, .in = 70, .out = 13, .w_bits = 4, .w_group = w_groups[g],
+                        .act_bits = 4, .act_clip = 1.0f, .use_plan = 1, .use_bias = 1};
+            fixture f;
+            fixture_init(&f, c, 40 + a);
+            dq_linear_params lp;
+            dq_linear_params_init(&lp, sizeof lp);
+            lp.act_bits = acts[a].bits;
+            lp.act_scheme = acts[a].scheme;
+            lp.act_clip_ratio = acts[a].clip;
+            lp.act_group_size = acts[a].group;
+            dq_linear *like = NULL, *fresh = NULL;
+            ck_assert_int_eq(dq_linear_create_like(NULL, &lp, f.lin, &like), DQ_OK);
+            ck_assert_int_eq(dq_linear_create(NULL, &lp, f.plan, f.q, f.bias, &fresh), DQ_OK);
+            const size_t n = (size_t)(c.tokens * c.out);
+            float *want = malloc(n * sizeof *want), *y = malloc(n * sizeof *y);
+            forward_into(fresh, &f, want);
+            forward_into(like, &f, y);
+            ck_assert(memcmp(y, want, n * sizeof *y) == 0);
+            int64_t in = 0, out = 0;
+            ck_assert_int_eq(dq_linear_layout(like, &in, &out), DQ_OK);
+            ck_assert_int_eq(in, c.in);
+            ck_assert_int_eq(out, c.out);
+            /* Alternately the source or the new layer goes first; the other keeps working. */
+            if (a % 2 == 0) {
+                dq_linear_free(f.lin);
+                f.lin = NULL;
+                dq_plan_free(f.plan);
+                f.plan = NULL;
+                memset(y, 0, n * sizeof *y);
+                forward_into(like, &f, y);
+                ck_assert(memcmp(y, want, n * sizeof *y) == 0);
+            } else {
+                dq_linear_free(like);
+                like = NULL;
+                forward_into(f.lin, &f, y);
+            }
+            dq_linear_free(like);
+            dq_linear_free(fresh);
+            free(want);
+            free(y);
+            fixture_free(&f);
+        }
+}
+END_TEST
+
+/* The weights are shared, not copied: the new layer allocates less than a quarter of the
+ * packed codes' bytes, where a fresh layer allocates at least them. */
+START_TEST(create_like_does_not_copy_the_weights)
+{
+    config c = {.tokens = 2, .in = 256, .out = 64, .w_bits = 4, .act_bits = 4,
+                .act_clip = 1.0f, .use_bias = 1};
+    fixture f;
+    fixture_init(&f, c, 21);
+    const size_t codes = (size_t)(c.out * c.in) / 2;
+    counter cnt = {0, 0, 0, 0};
+    dq_context_params cp;
+    dq_context_params_init(&cp, sizeof cp);
+    cp.alloc = count_alloc;
+    cp.free = count_free;
+    cp.alloc_user = &cnt;
+    dq_context *ctx = NULL;
+    ck_assert_int_eq(dq_context_create(&cp, &ctx), DQ_OK);
+    dq_linear_params lp;
+    dq_linear_params_init(&lp, sizeof lp);
+    lp.act_clip_ratio = 0.9f;
+    size_t before = cnt.live;
+    dq_linear *like = NULL, *fresh = NULL;
+    ck_assert_int_eq(dq_linear_create_like(ctx, &lp, f.lin, &like), DQ_OK);
+    const size_t like_bytes = cnt.live - before;
+    before = cnt.live;
+    ck_assert_int_eq(dq_linear_create(ctx, &lp, NULL, f.q, f.bias, &fresh), DQ_OK);
+    const size_t fresh_bytes = cnt.live - before;
+    ck_assert_uint_lt(like_bytes, codes / 4);
+    ck_assert_uint_ge(fresh_bytes, codes);
+    dq_linear_free(like);
+    dq_linear_free(fresh);
+    dq_context_free(ctx);
+    ck_assert_uint_eq(cnt.live, 0);
+    fixture_free(&f);
+}
+END_TEST
+
+static dq_status create_like_with(const dq_linear_params *p, const dq_linear *src)
+{
+    dq_linear *lin = (dq_linear *)(uintptr_t)1;
+    dq_status st = dq_linear_create_like(NULL, p, src, &lin);
+    ck_assert_ptr_null(lin);
+    return st;
+}
+
+/* Every bad argument refused with the status dq_linear_create gives for it, nothing made. */
+START_TEST(create_like_bad_arguments)
+{
+    config c = {.tokens = 2, .in = 70, .out = 4, .w_bits = 4, .w_group = 32, .act_bits = 4,
+                .act_clip = 1.0f, .use_plan = 1};
+    fixture f;
+    fixture_init(&f, c, 6);
+    dq_linear_params p;
+    dq_linear_params_init(&p, sizeof p);
+    ck_assert_int_eq(create_like_with(&p, NULL), DQ_ERR_INVALID_ARG);
+    ck_assert_int_eq(dq_linear_create_like(NULL, &p, f.lin, NULL), DQ_ERR_INVALID_ARG);
+    const struct {
+        int32_t bits, scheme, group;
+        float clip;
+        uint32_t flags, size;
+        dq_status want;
+    } bad[] = {
+        {5, DQ_QUANT_ASYM, 0, 1.0f, 0, 0, DQ_ERR_INVALID_ARG},
+        {4, 2, 0, 1.0f, 0, 0, DQ_ERR_INVALID_ARG},
+        {4, DQ_QUANT_ASYM, 0, 0.0f, 0, 0, DQ_ERR_INVALID_ARG},
+        {4, DQ_QUANT_ASYM, 0, NAN, 0, 0, DQ_ERR_INVALID_ARG},
+        {4, DQ_QUANT_ASYM, 0, 1.0f, 1, 0, DQ_ERR_INVALID_ARG},
+        {4, DQ_QUANT_ASYM, -1, 1.0f, 0, 0, DQ_ERR_INVALID_ARG},
+        {0, DQ_QUANT_ASYM, 32, 1.0f, 0, 0, DQ_ERR_INVALID_ARG},
+        {4, DQ_QUANT_ASYM, 16, 1.0f, 0, 0, DQ_ERR_SHAPE},  /* not the weights' groups */
+        {4, DQ_QUANT_ASYM, 71, 1.0f, 0, 0, DQ_ERR_SHAPE},  /* wider than the input */
+        {4, DQ_QUANT_ASYM, 0, 1.0f, 0, 4, DQ_ERR_STRUCT_SIZE},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        dq_linear_params b = p;
+        b.act_bits = bad[i].bits;
+        b.act_scheme = bad[i].scheme;
+        b.act_group_size = bad[i].group;
+        b.act_clip_ratio = bad[i].clip;
+        b.flags = bad[i].flags;
+        if (bad[i].size)
+            b.struct_size = bad[i].size;
+        ck_assert_int_eq(create_like_with(&b, f.lin), bad[i].want);
+        ck_assert_int_eq(create_with(&b, f.plan, f.q, NULL), bad[i].want);
+    }
+    /* Grouped activations over per-row weights. */
+    config r = c;
+    r.w_group = 0;
+    fixture g;
+    fixture_init(&g, r, 7);
+    dq_linear_params b = p;
+    b.act_group_size = 32;
+    ck_assert_int_eq(create_like_with(&b, g.lin), DQ_ERR_SHAPE);
+    fixture_free(&g);
+    fixture_free(&f);
+}
+END_TEST
+
+/* Each allocation failure: DQ_ERR_NOMEM, nothing made, nothing leaked, the source intact. */
+START_TEST(create_like_allocation_failures)
+{
+    config c = {.tokens = 5, .in = 33, .out = 7, .w_bits = 4, .act_bits = 4, .act_clip = 1.0f,
+                .use_plan = 1, .use_bias = 1};
+    fixture f;
+    fixture_init(&f, c, 8);
+    const size_t n = (size_t)(c.tokens * c.out);
+    float *want = malloc(n * sizeof *want), *y = malloc(n * sizeof *y);
+    forward_into(f.lin, &f, want);
+    dq_linear_params lp;
+    dq_linear_params_init(&lp, sizeof lp);
+    int succeeded = 0;
+    for (long fail_at = 1; fail_at < 100 && !succeeded; fail_at++) {
+        test_alloc a = {0, 0, 0};
+        dq_context *ctx = test_alloc_context(&a);
+        ck_assert_ptr_nonnull(ctx);
+        a.fail_at = a.total + fail_at;
+        dq_linear *lin = (dq_linear *)(uintptr_t)1;
+        dq_status st = dq_linear_create_like(ctx, &lp, f.lin, &lin);
+        if (st == DQ_OK) {
+            /* NULL work: the workspace comes from the new layer's allocator, and may fail. */
+            st = dq_linear_forward(lin, f.x, c.tokens, c.in, f.ldx, y, c.out, NULL, 0);
+            if (st == DQ_OK) {
+                ck_assert(memcmp(y, want, n * sizeof *y) == 0);
+                succeeded = 1;
+            } else
+                ck_assert_int_eq(st, DQ_ERR_NOMEM);
+            dq_linear_free(lin);
+        } else {
+            ck_assert_int_eq(st, DQ_ERR_NOMEM);
+            ck_assert_ptr_null(lin);
+        }
+        dq_context_free(ctx);
+        ck_assert_int_eq(a.live, 0);
+        forward_into(f.lin, &f, y);
+        ck_assert(memcmp(y, want, n * sizeof *y) == 0);
+    }
+    ck_assert(succeeded);
+    free(want);
+    free(y);
+    fixture_free(&f);
+}
+END_TEST
+
+static void *free_layer(void *lin)
+{
+    dq_linear_free(lin);
+    return NULL;
+}
+
+/* Two layers sharing weights freed at once from two threads: the weights are freed once
+ * (ASan and TSan runs check it). */
+START_TEST(create_like_layers_freed_concurrently)
+{
+    config c = {.tokens = 2, .in = 40, .out = 9, .w_bits = 4, .act_bits = 4, .act_clip = 1.0f};
+    fixture f;
+    fixture_init(&f, c, 12);
+    dq_linear_params lp;
+    dq_linear_params_init(&lp, sizeof lp);
+    for (int i = 0; i < 200; i++) {
+        dq_linear *a = NULL, *b = NULL;
+        ck_assert_int_eq(dq_linear_create(NULL, &lp, NULL, f.q, NULL, &a), DQ_OK);
+        ck_assert_int_eq(dq_linear_create_like(NULL, &lp, a, &b), DQ_OK);
+        pthread_t t;
+        ck_assert_int_eq(pthread_create(&t, NULL, free_layer, a), 0);
+        free_layer(b);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+    }
+    fixture_free(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("linear");
@@ -712,12 +948,17 @@ int main(void)
     tcase_add_test(tc, weight_only_keeps_activations);
     tcase_add_test(tc, concurrent_forwards_match_serial);
     tcase_add_test(tc, layers_on_one_plan_share_its_compiled_form);
+    tcase_add_test(tc, create_like_equals_a_fresh_layer);
+    tcase_add_test(tc, create_like_does_not_copy_the_weights);
+    tcase_add_test(tc, create_like_layers_freed_concurrently);
     suite_add_tcase(s, tc);
     TCase *bad = tcase_create("bad_input");
     tcase_set_timeout(bad, 60);
     tcase_add_test(bad, bad_create_arguments);
     tcase_add_test(bad, bad_forward_arguments);
     tcase_add_test(bad, allocation_failures);
+    tcase_add_test(bad, create_like_bad_arguments);
+    tcase_add_test(bad, create_like_allocation_failures);
     tcase_add_test(bad, weight_only_huge_activations_are_nonfinite);
     suite_add_tcase(s, bad);
     return dq_check_run(s, 0);

@@ -491,6 +491,11 @@ class TestQuantized(Fixture):
         w16 = dq.Linear(lib, q, pl, self.bias, act_bits=0)
         ref16 = xt.astype(np.float64) @ q.dequantize().T.astype(np.float64) + self.bias
         self.assertLess(rel(w16.forward(self.x), ref16), 1e-5)
+        # Other activation settings over the same weights: the bits of a fresh layer.
+        for kw in ({"act_clip_ratio": 0.9}, {"act_bits": 0}, {"act_group_size": 16}):
+            np.testing.assert_array_equal(lin.like(**kw).forward(self.x),
+                                          dq.Linear(lib, q, pl, self.bias, **kw).forward(self.x))
+        self.assertRaisesStatus("DQ_ERR_SHAPE", lin.like, act_group_size=8)
         self.assertRaisesStatus("DQ_ERR_SHAPE", lin.forward, self.x[:, :32])
         self.assertRaises(ValueError, lin.forward, self.x, out=np.zeros((2, 2), np.float32))
         self.assertRaisesStatus("DQ_ERR_SHAPE", dq.Linear, lib,

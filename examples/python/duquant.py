@@ -227,6 +227,7 @@ _SIGNATURES = {
     "dq_lwc_factors": (_st, [_vp, _fp, _fp, _i64]),
     "dq_linear_create": (_st, [_vp, _vp, _vp, _vp, _fp, C.POINTER(_vp)]),
     "dq_linear_free": (None, [_vp]),
+    "dq_linear_create_like": (_st, [_vp, _vp, _vp, C.POINTER(_vp)]),  # since 1.2
     "dq_linear_layout": (_st, [_vp, _lp, _lp]),
     "dq_linear_workspace_size": (_st, [_vp, _i64, C.POINTER(_sz)]),
     "dq_linear_forward": (_st, [_vp, _fp, _i64, _i64, _i64, _fp, _i64, _vp, _sz]),
@@ -1087,6 +1088,14 @@ class Linear(_Handle):
         lin._source = source  # a borrowing reader's mapping or buffer: read in place
         lin.in_features, lin.out_features = lin.layout()
         return lin
+
+    def like(self, params=None, ctx=None, **kw):
+        """A layer over the same weights, plan and bias with other activation settings
+        (LinearParams fields, e.g. act_clip_ratio=0.9): the weights are shared, not repacked
+        (since 1.2)."""
+        _, pp = self.L._params_arg(LinearParams, params, kw)
+        h = _create(self.L, "dq_linear_create_like", ctx, pp, self, ctx=ctx)
+        return Linear._wrap(self.L, h, self.plan, ctx, getattr(self, "_source", None))
 
     def layout(self):
         """(in_features, out_features)."""

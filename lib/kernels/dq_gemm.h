@@ -28,6 +28,9 @@
 #ifndef DQ_GEMM_H
 #define DQ_GEMM_H
 
+#include <stdatomic.h>
+#include <stdint.h>
+
 #include "dq_internal.h"
 
 /* Weights prepared for the integer product; built once per layer, immutable afterwards.
@@ -52,6 +55,7 @@ typedef struct dq__wprep {
     int32_t *code_sums;   /* rows * groups: sum of c over each group */
     void *kernel;         /* the repacked form (freed by dq__wprep_free) */
     void (*kernel_free)(const dq_context *ctx, void *kernel);
+    atomic_int extra_refs; /* holders besides the first (layers sharing these weights) */
 } dq__wprep;
 
 /* Quantized activations: rows tokens of cols unsigned codes (code_ld >= cols), with a scale
@@ -73,6 +77,9 @@ dq_status dq__wprep_create(const dq_context *ctx, const dq_qmatrix *q, dq__wprep
 /* Codes each thread's part of a repacking must hold (default 1 Mi; codes <= 0 restores it), so
  * tests can split small matrices. Not thread-safe: process-wide, set while nothing repacks. */
 void dq__wprep_set_repack_min_codes(int64_t codes);
+/* One more holder of w (immutable, so layers may share it): each dq__wprep_free drops one,
+ * the last frees it. Returns w. */
+dq__wprep *dq__wprep_retain(const dq__wprep *w);
 void dq__wprep_free(dq__wprep *w);
 
 /* Per-token quantization, reference-exact (DESIGN.md 4.7: true division, round half to even):

@@ -8,9 +8,18 @@
 #include "dq_pool.h"
 #include "dq_qmatrix.h"
 
+dq__wprep *dq__wprep_retain(const dq__wprep *w)
+{
+    /* The count is the one mutable part of prepared weights; they were allocated mutable. */
+    dq__wprep *m = (dq__wprep *)(uintptr_t)w;
+    if (m)
+        atomic_fetch_add_explicit(&m->extra_refs, 1, memory_order_relaxed);
+    return m;
+}
+
 void dq__wprep_free(dq__wprep *w)
 {
-    if (!w)
+    if (!w || atomic_fetch_sub_explicit(&w->extra_refs, 1, memory_order_acq_rel) > 0)
         return;
     dq_context c = w->ctx;
     if (w->kernel && w->kernel_free)

@@ -197,6 +197,34 @@ fail:
     return st;
 }
 
+DQ_API dq_status dq_linear_create_like(dq_context *ctx, const dq_linear_params *params,
+                                       const dq_linear *src, dq_linear **out)
+{
+    DQ_CHECK_HANDLE_OUT(NULL, ctx, DQ__H_CONTEXT, "ctx", out);
+    DQ_CHECK_HANDLE_OUT(ctx, src, DQ__H_LINEAR, "src", out);
+    if (!out)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "out is NULL");
+    *out = NULL;
+    if (!src)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "src is NULL");
+    dq_linear_params p;
+    dq_status st = read_linear_params(ctx, __func__, params, &p);
+    if (st != DQ_OK)
+        return st;
+    /* The checks dq__linear_check makes against the packed weights, here against the
+     * prepared ones (the same group size). */
+    if (p.act_group_size > src->in_features)
+        return DQ_FAIL(ctx, DQ_ERR_SHAPE, "params->act_group_size %d > in_features %lld",
+                       (int)p.act_group_size, (long long)src->in_features);
+    if (p.act_group_size > 0 && p.act_group_size != src->w->group_size)
+        return DQ_FAIL(ctx, DQ_ERR_SHAPE,
+                       "params->act_group_size %d != the weights' group_size %d (activation "
+                       "groups must be the weights' groups)",
+                       (int)p.act_group_size, (int)src->w->group_size);
+    return dq__linear_create_prepared(dq__ctx(ctx), &p, src->plan, dq__wprep_retain(src->w),
+                                      src->bias, out);
+}
+
 const dq__wprep *dq__linear_weights(const dq_linear *lin)
 {
     return lin->w;
