@@ -853,37 +853,56 @@ out:
     return rc;
 }
 
+/* The activation settings of method's layers over qm at clip. */
+static void linear_params(const dq_qmatrix *qm, const l2c_method *method, float clip,
+                          dq_linear_params *lp)
+{
+    dq_linear_params_init(lp, sizeof *lp);
+    lp->act_bits = method->a_bits;
+    lp->act_scheme = DQ_QUANT_ASYM;
+    lp->act_clip_ratio = method->a_bits == 4 ? clip : 1.0f;
+    /* Grouped weights (--groups): the activations take the same groups. */
+    int32_t group = 0;
+    if (method->a_bits > 0 && dq_qmatrix_layout(qm, NULL, NULL, NULL, NULL, &group, NULL,
+                                                NULL) == DQ_OK)
+        lp->act_group_size = group;
+}
+
 static int make_linear(dq_context *ctx, const dq_plan *plan, const dq_qmatrix *qm,
                        const l2c_method *method, float clip, int32_t l, int32_t in,
                        dq_linear **out)
 {
     dq_linear_params lp;
-    dq_linear_params_init(&lp, sizeof lp);
-    lp.act_bits = method->a_bits;
-    lp.act_scheme = DQ_QUANT_ASYM;
-    lp.act_clip_ratio = method->a_bits == 4 ? clip : 1.0f;
-    /* Grouped weights (--groups): the activations take the same groups. */
-    int32_t group = 0;
-    if (method->a_bits > 0 && dq_qmatrix_layout(qm, NULL, NULL, NULL, NULL, &group, NULL,
-                                                NULL) == DQ_OK)
-        lp.act_group_size = group;
+    linear_params(qm, method, clip, &lp);
     return check(dq_linear_create(ctx, &lp, plan, qm, NULL, out), "dq_linear_create", l,
                  l2c_input_name(in));
 }
 
-/* One candidate for an input: its plan and the packed weights of the layers reading it. */
+/* One candidate for an input: its plan and the packed weights of the layers reading it, and
+ * those layers at clip 1.0 (each clip tried is a layer made like them: no repacking). */
 typedef struct candidate {
     dq_plan *plan;
     dq_hessian *hs; /* GPTQ methods: the input's Hessian through the plan */
     dq_qmatrix *qm[L2C_N_LINEARS];
+    dq_linear *lin[L2C_N_LINEARS];
 } candidate;
+
+/* Frees the packed weights and layers of c (not its plan or Hessian). */
+static void candidate_weights_free(candidate *c)
+{
+    for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
+        dq_qmatrix_free(c->qm[k]);
+        dq_linear_free(c->lin[k]);
+        c->qm[k] = NULL;
+        c->lin[k] = NULL;
+    }
+}
 
 static void candidate_free(candidate *c)
 {
     dq_plan_free(c->plan);
     dq_hessian_free(c->hs);
-    for (int32_t k = 0; k < L2C_N_LINEARS; k++)
-        dq_qmatrix_free(c->qm[k]);
+    candidate_weights_free(c);
     memset(c, 0, sizeof *c);
 }
 
@@ -939,7 +958,11 @@ static int output_error(dq_context *ctx, const l2c_model *m, const candidate *c,
         l2c_model_weight(m, l, k, &out_dim, &cols);
         dq_linear *lin = NULL;
         float *y = malloc((size_t)(p->rows * out_dim) * sizeof *y);
-        int rc = !y || make_linear(ctx, c->plan, c->qm[k], method, clip, l, in, &lin) ||
+        dq_linear_params lp;
+        linear_params(c->qm[k], method, clip, &lp);
+        int rc = !y ||
+                 check(dq_linear_create_like(ctx, &lp, c->lin[k], &lin),
+                       "dq_linear_create_like", l, l2c_input_name(in)) ||
                  check(dq_linear_forward(lin, p->x, p->rows, cols, cols, y, out_dim, NULL, 0),
                        "dq_linear_forward", l, l2c_input_name(in));
         for (int64_t i = 0; !rc && i < p->rows * out_dim; i++) {
@@ -956,15 +979,17 @@ static int output_error(dq_context *ctx, const l2c_model *m, const candidate *c,
     return 0;
 }
 
-/* Packs the weights of the layers reading input in into qm (GPTQ with c's Hessian and damp). */
+/* Packs the weights of the layers reading input in into qm (GPTQ with c's Hessian and damp),
+ * and makes their layers at clip 1.0 in lin. */
 static int pack_input(dq_context *ctx, const l2c_model *m, const l2c_calibration *cal,
                       const candidate *c, float damp, int32_t l, int32_t in,
                       const l2c_method *method, const l2c_quant_options *o,
-                      dq_qmatrix *qm[L2C_N_LINEARS])
+                      dq_qmatrix *qm[L2C_N_LINEARS], dq_linear *lin[L2C_N_LINEARS])
 {
     for (int32_t k = 0; k < L2C_N_LINEARS; k++)
         if (l2c_input_of(k) == in &&
-            pack_weight(ctx, m, cal, c->plan, c->hs, damp, l, k, method, o, &qm[k]))
+            (pack_weight(ctx, m, cal, c->plan, c->hs, damp, l, k, method, o, &qm[k]) ||
+             make_linear(ctx, c->plan, qm[k], method, 1.0f, l, in, &lin[k])))
             return -1;
     return 0;
 }
@@ -978,7 +1003,7 @@ static int build_candidate(dq_context *ctx, const l2c_model *m, const l2c_calibr
     memset(c, 0, sizeof *c);
     if (build_plan(ctx, cal, l, in, method, o, block, smooth, &c->plan) ||
         (method->gptq && build_hessian(ctx, cal, c->plan, l, in, &c->hs)) ||
-        pack_input(ctx, m, cal, c, o->damp_grid[0], l, in, method, o, c->qm)) {
+        pack_input(ctx, m, cal, c, o->damp_grid[0], l, in, method, o, c->qm, c->lin)) {
         candidate_free(c);
         return -1;
     }
@@ -1000,22 +1025,21 @@ static int choose_damp(dq_context *ctx, const l2c_model *m, const l2c_calibratio
     ch->damp = method->gptq ? o->damp_grid[0] : 0;
     ch->n_damps = method->gptq ? 1 : 0;
     for (int32_t d = 1; method->gptq && d < o->n_damp_grid; d++) {
-        candidate t = {c->plan, NULL, {NULL}};
+        candidate t = {c->plan, NULL, {NULL}, {NULL}};
         double e;
         ch->n_damps++;
-        if (pack_input(ctx, m, cal, c, o->damp_grid[d], l, in, method, o, t.qm) ||
+        if (pack_input(ctx, m, cal, c, o->damp_grid[d], l, in, method, o, t.qm, t.lin) ||
             output_error(ctx, m, &t, method, ch->act_clip, l, in, held, &e)) {
-            for (int32_t k = 0; k < L2C_N_LINEARS; k++)
-                dq_qmatrix_free(t.qm[k]);
+            candidate_weights_free(&t);
             return -1;
         }
-        for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
-            dq_qmatrix *keep = e < ch->held_err ? t.qm[k] : c->qm[k];
-            dq_qmatrix_free(keep == t.qm[k] ? c->qm[k] : t.qm[k]);
-            c->qm[k] = keep;
-        }
-        if (e < ch->held_err)
+        if (e < ch->held_err) {
             ch->held_err = e, ch->damp = o->damp_grid[d];
+            candidate_weights_free(c);
+            memcpy(c->qm, t.qm, sizeof t.qm);
+            memcpy(c->lin, t.lin, sizeof t.lin);
+        } else
+            candidate_weights_free(&t);
     }
     return 0;
 }
@@ -1195,7 +1219,7 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
             *cj = (candidate_job){n_jobs > 1 ? job_ctx[j] : ctx, m, cal, l, in, method, o,
                                   have_sample ? &sample : NULL,
                                   judge ? (have_held ? &held : &sample) : NULL, *ch,
-                                  {NULL, NULL, {NULL}}, -1};
+                                  {NULL, NULL, {NULL}, {NULL}}, -1};
             cj->ch.block = blocks[(i0 + j) / n_s];
             cj->ch.smooth = smooths[(i0 + j) % n_s];
             cj->ch.held_err = -1;
@@ -1226,6 +1250,8 @@ static int quantize_input(dq_context *ctx, const l2c_model *m, const l2c_calibra
     for (int32_t k = 0; k < L2C_N_LINEARS; k++) {
         if (l2c_input_of(k) != in)
             continue;
+        /* Made afresh on ctx: best's layers may belong to a candidate's context, whose
+         * threads the model should not keep. */
         if (make_linear(ctx, out->plans[l][in], best.qm[k], method, ch->act_clip, l, in,
                         &out->layers[l][k]))
             goto out;
