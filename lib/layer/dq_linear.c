@@ -86,6 +86,22 @@ static dq_status read_linear_params(const dq_context *ctx, const char *func,
     return DQ_OK;
 }
 
+/* The kernels pair each activation group with the weight group of the same columns: p's
+ * groups must be the weights' (cols wide, in groups of group_size; 0 = whole rows). */
+static dq_status check_act_groups(const dq_context *ctx, const char *func,
+                                  const dq_linear_params *p, int64_t cols, int32_t group_size)
+{
+    if (p->act_group_size > cols)
+        return dq__fail(ctx, DQ_ERR_SHAPE, func, "params->act_group_size %d > in_features %lld",
+                        (int)p->act_group_size, (long long)cols);
+    if (p->act_group_size > 0 && p->act_group_size != group_size)
+        return dq__fail(ctx, DQ_ERR_SHAPE, func,
+                        "params->act_group_size %d != the weights' group_size %d (activation "
+                        "groups must be the weights' groups)",
+                        (int)p->act_group_size, (int)group_size);
+    return DQ_OK;
+}
+
 dq_status dq__linear_check(const dq_context *ctx, const char *func,
                            const dq_linear_params *params, const dq_qmatrix *weights,
                            const float *bias, dq_linear_params *p)
@@ -93,18 +109,9 @@ dq_status dq__linear_check(const dq_context *ctx, const char *func,
     if (!weights)
         return dq__fail(ctx, DQ_ERR_INVALID_ARG, func, "weights is NULL");
     dq_status st = read_linear_params(ctx, func, params, p);
-    if (st != DQ_OK)
+    if (st != DQ_OK ||
+        (st = check_act_groups(ctx, func, p, weights->cols, weights->group_size)) != DQ_OK)
         return st;
-    /* The kernels pair each activation group with the weight group of the same columns. */
-    if (p->act_group_size > weights->cols)
-        return dq__fail(ctx, DQ_ERR_SHAPE, func,
-                        "params->act_group_size %d > in_features %lld", (int)p->act_group_size,
-                        (long long)weights->cols);
-    if (p->act_group_size > 0 && p->act_group_size != weights->group_size)
-        return dq__fail(ctx, DQ_ERR_SHAPE, func,
-                        "params->act_group_size %d != the weights' group_size %d (activation "
-                        "groups must be the weights' groups)",
-                        (int)p->act_group_size, (int)weights->group_size);
     if (bias && !dq__all_finite(bias, 1, weights->rows, weights->rows))
         return dq__fail(ctx, DQ_ERR_NONFINITE, func, "bias (%lld floats) holds NaN or Inf",
                         (long long)weights->rows);
@@ -209,18 +216,9 @@ DQ_API dq_status dq_linear_create_like(dq_context *ctx, const dq_linear_params *
         return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "src is NULL");
     dq_linear_params p;
     dq_status st = read_linear_params(ctx, __func__, params, &p);
-    if (st != DQ_OK)
+    if (st != DQ_OK ||
+        (st = check_act_groups(ctx, __func__, &p, src->in_features, src->w->group_size)) != DQ_OK)
         return st;
-    /* The checks dq__linear_check makes against the packed weights, here against the
-     * prepared ones (the same group size). */
-    if (p.act_group_size > src->in_features)
-        return DQ_FAIL(ctx, DQ_ERR_SHAPE, "params->act_group_size %d > in_features %lld",
-                       (int)p.act_group_size, (long long)src->in_features);
-    if (p.act_group_size > 0 && p.act_group_size != src->w->group_size)
-        return DQ_FAIL(ctx, DQ_ERR_SHAPE,
-                       "params->act_group_size %d != the weights' group_size %d (activation "
-                       "groups must be the weights' groups)",
-                       (int)p.act_group_size, (int)src->w->group_size);
     return dq__linear_create_prepared(dq__ctx(ctx), &p, src->plan, dq__wprep_retain(src->w),
                                       src->bias, out);
 }
