@@ -774,13 +774,8 @@ START_TEST(create_like_does_not_copy_the_weights)
     fixture_init(&f, c, 21);
     const size_t codes = (size_t)(c.out * c.in) / 2;
     counter cnt = {0, 0, 0, 0};
-    dq_context_params cp;
-    dq_context_params_init(&cp, sizeof cp);
-    cp.alloc = count_alloc;
-    cp.free = count_free;
-    cp.alloc_user = &cnt;
-    dq_context *ctx = NULL;
-    ck_assert_int_eq(dq_context_create(&cp, &ctx), DQ_OK);
+    dq_context *ctx = count_context(&cnt);
+    ck_assert_ptr_nonnull(ctx);
     dq_linear_params lp;
     dq_linear_params_init(&lp, sizeof lp);
     lp.act_clip_ratio = 0.9f;
