@@ -465,55 +465,6 @@ START_TEST(bad_forward_arguments)
 }
 END_TEST
 
-START_TEST(allocation_failures)
-{
-    config c = {.tokens = 5, .in = 33, .out = 7, .w_bits = 4, .act_bits = 4, .act_clip = 1.0f,
-                .use_plan = 1, .use_bias = 1};
-    fixture f;
-    fixture_init(&f, c, 8);
-    float *want = malloc((size_t)(c.tokens * c.out) * sizeof(float));
-    float *y = malloc((size_t)(c.tokens * c.out) * sizeof(float));
-    ck_assert_int_eq(dq_linear_forward(f.lin, f.x, c.tokens, c.in, f.ldx, want, c.out, NULL, 0),
-                     DQ_OK);
-    int succeeded = 0;
-    for (long fail_at = 1; fail_at < 100 && !succeeded; fail_at++) {
-        test_alloc a = {0, 0, 0};
-        dq_context *ctx = test_alloc_context(&a);
-        ck_assert_ptr_nonnull(ctx);
-        long base = a.total;
-        a.fail_at = base + fail_at;
-        dq_linear_params lp;
-        dq_linear_params_init(&lp, sizeof lp);
-        dq_linear *lin = NULL;
-        dq_status st = dq_linear_create(ctx, &lp, f.plan, f.q, f.bias, &lin);
-        if (st == DQ_OK) {
-            /* NULL work: the workspace comes from the layer's allocator. */
-            for (int64_t i = 0; i < c.tokens * c.out; i++)
-                y[i] = 3.5f;
-            st = dq_linear_forward(lin, f.x, c.tokens, c.in, f.ldx, y, c.out, NULL, 0);
-            if (st == DQ_OK) {
-                ck_assert(memcmp(y, want, (size_t)(c.tokens * c.out) * sizeof(float)) == 0);
-                succeeded = 1;
-            } else {
-                ck_assert_int_eq(st, DQ_ERR_NOMEM);
-                for (int64_t i = 0; i < c.tokens * c.out; i++)
-                    ck_assert(y[i] == 3.5f);
-            }
-            dq_linear_free(lin);
-        } else {
-            ck_assert_int_eq(st, DQ_ERR_NOMEM);
-            ck_assert_ptr_null(lin);
-        }
-        dq_context_free(ctx);
-        ck_assert_int_eq(a.live, 0);
-    }
-    ck_assert(succeeded);
-    free(want);
-    free(y);
-    fixture_free(&f);
-}
-END_TEST
-
 /* Layers on one plan share the form it is compiled to for the fused route: a second layer on
  * the plan holds less than a layer on an equal plan of its own, by at least the compiled
  * form's one permutation index, and all three give the same bits. */
@@ -857,8 +808,27 @@ START_TEST(create_like_bad_arguments)
 }
 END_TEST
 
-/* Each allocation failure: DQ_ERR_NOMEM, nothing made, nothing leaked, the source intact. */
-START_TEST(create_like_allocation_failures)
+typedef dq_status (*layer_maker)(dq_context *ctx, const fixture *f, dq_linear **out);
+
+static dq_status make_fresh(dq_context *ctx, const fixture *f, dq_linear **out)
+{
+    dq_linear_params lp;
+    dq_linear_params_init(&lp, sizeof lp);
+    return dq_linear_create(ctx, &lp, f->plan, f->q, f->bias, out);
+}
+
+static dq_status make_like(dq_context *ctx, const fixture *f, dq_linear **out)
+{
+    dq_linear_params lp;
+    dq_linear_params_init(&lp, sizeof lp);
+    return dq_linear_create_like(ctx, &lp, f->lin, out);
+}
+
+/* Each allocation failure while make builds a layer on a counting context, or while that
+ * layer's first forward takes its workspace: DQ_ERR_NOMEM, nothing made, nothing leaked, no
+ * partial output, the fixture's own layer intact; a late enough failure point lets every
+ * allocation succeed, with the fixture layer's bits. */
+static void check_allocation_failures(layer_maker make)
 {
     config c = {.tokens = 5, .in = 33, .out = 7, .w_bits = 4, .act_bits = 4, .act_clip = 1.0f,
                 .use_plan = 1, .use_bias = 1};
@@ -867,8 +837,6 @@ START_TEST(create_like_allocation_failures)
     const size_t n = (size_t)(c.tokens * c.out);
     float *want = malloc(n * sizeof *want), *y = malloc(n * sizeof *y);
     forward_into(f.lin, &f, want);
-    dq_linear_params lp;
-    dq_linear_params_init(&lp, sizeof lp);
     int succeeded = 0;
     for (long fail_at = 1; fail_at < 100 && !succeeded; fail_at++) {
         test_alloc a = {0, 0, 0};
@@ -876,15 +844,20 @@ START_TEST(create_like_allocation_failures)
         ck_assert_ptr_nonnull(ctx);
         a.fail_at = a.total + fail_at;
         dq_linear *lin = (dq_linear *)(uintptr_t)1;
-        dq_status st = dq_linear_create_like(ctx, &lp, f.lin, &lin);
+        dq_status st = make(ctx, &f, &lin);
         if (st == DQ_OK) {
+            for (size_t i = 0; i < n; i++)
+                y[i] = 3.5f;
             /* NULL work: the workspace comes from the new layer's allocator, and may fail. */
             st = dq_linear_forward(lin, f.x, c.tokens, c.in, f.ldx, y, c.out, NULL, 0);
             if (st == DQ_OK) {
                 ck_assert(memcmp(y, want, n * sizeof *y) == 0);
                 succeeded = 1;
-            } else
+            } else {
                 ck_assert_int_eq(st, DQ_ERR_NOMEM);
+                for (size_t i = 0; i < n; i++)
+                    ck_assert(y[i] == 3.5f);
+            }
             dq_linear_free(lin);
         } else {
             ck_assert_int_eq(st, DQ_ERR_NOMEM);
@@ -899,6 +872,17 @@ START_TEST(create_like_allocation_failures)
     free(want);
     free(y);
     fixture_free(&f);
+}
+
+START_TEST(allocation_failures)
+{
+    check_allocation_failures(make_fresh);
+}
+END_TEST
+
+START_TEST(create_like_allocation_failures)
+{
+    check_allocation_failures(make_like);
 }
 END_TEST
 
