@@ -17,7 +17,15 @@
  * fastest kernel, 1 and 2 threads, at 1, 32 and 512 tokens: the product alone and the
  * activation quantization plus the product (what a layer runs after its transform), each
  * with its ratio to whole rows measured in the same run; also grouped weights with per-token
- * activations (acts "token"), which isolates what the activation groups add. */
+ * activations (acts "token"), which isolates what the activation groups add.
+ *
+ * bench_gemm --gemv-streams [threads [pairs]] (defaults 2 and 300) times the AVX-512 GEMV over
+ * the linear layers of two LLaMA-2-7B-shaped blocks (about 200 MiB of weights, read from memory
+ * as a decode step reads them) with 1 to 8 weight streams in flight per thread against the
+ * default count, and a read-sum of the same bytes: each pair of passes runs back to back,
+ * alternating which goes first, and the ratio is the median over the pairs, so that the
+ * machine's other jobs, whose share of the memory bandwidth changes from second to second on a
+ * shared host, weigh on both sides alike. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
@@ -170,6 +178,125 @@ static int grouped_main(int64_t rows, int64_t cols, int reps)
     return 0;
 }
 
+/* ---- GEMV weight streams ---- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+enum { DECODE_LAYERS = 8 };
+
+typedef struct decode_setup {
+    dq__wprep *w[DECODE_LAYERS];
+    dq__aq a[DECODE_LAYERS];
+    float *y;
+    int32_t threads;
+} decode_setup;
+
+/* One pass: every weight once; streams 0 reads the packed codes instead of multiplying. */
+static double decode_pass(const decode_setup *d, int64_t streams)
+{
+    const double t0 = bench_now();
+    for (int m = 0; m < DECODE_LAYERS; m++) {
+        const dq__wpack *wp = d->w[m]->kernel;
+        if (streams == 0) {
+            bench_sink += bench_stream_read(wp->codes, wp->code_bytes, d->threads);
+        } else {
+            dq__gemm_set_gemv_blocks_avx512(streams);
+            dq__gemm_w_a_isa(DQ_GEMM_ISA_AVX512, d->w[m], &d->a[m], NULL, d->y, d->w[m]->rows,
+                             bench_threads(d->threads));
+        }
+    }
+    dq__gemm_set_gemv_blocks_avx512(0);
+    return bench_now() - t0;
+}
+
+static int gemv_streams_main(int32_t threads, int pairs)
+{
+    if (!dq__gemm_isa_supported(DQ_GEMM_ISA_AVX512)) {
+        fprintf(stderr, "no AVX-512 VNNI on this CPU: the GEMV stream count is not compared\n");
+        return 77;
+    }
+    /* q, k, v fused; o; gate and up fused; down: two blocks of LLaMA-2-7B. */
+    const int64_t shapes[4][2] = {{12288, 4096}, {4096, 4096}, {22016, 4096}, {4096, 11008}};
+    decode_setup d = {.threads = threads};
+    d.y = malloc(22016 * sizeof *d.y);
+    double bytes = 0.0;
+    for (int m = 0; m < DECODE_LAYERS; m++) {
+        const int64_t rows = shapes[m % 4][0], cols = shapes[m % 4][1];
+        d.w[m] = bench_random_weights(rows, cols, 0);
+        free(d.w[m]->codes); /* the kernel reads the repacked copy only */
+        d.w[m]->codes = NULL;
+        uint8_t *codes = malloc((size_t)cols);
+        float *sx = malloc(sizeof *sx);
+        int32_t *zx = malloc(sizeof *zx);
+        if (!d.y || !d.w[m]->kernel || !codes || !sx || !zx) {
+            fprintf(stderr, "out of memory\n");
+            return 1;
+        }
+        for (int64_t i = 0; i < cols; i++)
+            codes[i] = (uint8_t)(bench_rand64() % 16);
+        *sx = 0.03f;
+        *zx = 8;
+        d.a[m] = (dq__aq){1, cols, cols, codes, sx, zx, 0};
+        bytes += (double)((const dq__wpack *)d.w[m]->kernel)->code_bytes;
+    }
+    printf("AVX-512 GEMV, one token, the linear layers of two LLaMA-2-7B-shaped blocks (%.1f MiB "
+           "of 4-bit codes), %d thread(s), %d pairs of passes\n",
+           bytes / 1048576.0, (int)threads, pairs);
+    bench_print_cpu();
+    double *ta = malloc((size_t)pairs * sizeof *ta), *tb = malloc((size_t)pairs * sizeof *tb);
+    double *ratio = malloc((size_t)pairs * sizeof *ratio);
+    if (!ta || !tb || !ratio) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    const int64_t base = DQ_GEMM_GEMV_BLOCKS_AVX512;
+    decode_pass(&d, base); /* warm-up: threads started, pages touched */
+    printf("\n%-22s %12s %10s %12s %10s %16s\n", "streams per thread", "median ms", "GB/s",
+           "default ms", "GB/s", "ratio (p25-p75)");
+    for (int64_t streams = 0; streams <= 8; streams++) {
+        if (streams == base)
+            continue;
+        for (int p = 0; p < pairs; p++) {
+            if (p % 2 == 0) {
+                ta[p] = decode_pass(&d, streams);
+                tb[p] = decode_pass(&d, base);
+            } else {
+                tb[p] = decode_pass(&d, base);
+                ta[p] = decode_pass(&d, streams);
+            }
+            ratio[p] = ta[p] / tb[p];
+        }
+        qsort(ta, (size_t)pairs, sizeof *ta, cmp_double);
+        qsort(tb, (size_t)pairs, sizeof *tb, cmp_double);
+        qsort(ratio, (size_t)pairs, sizeof *ratio, cmp_double);
+        char name[32];
+        snprintf(name, sizeof name, streams == 0 ? "read-sum" : "%lld", (long long)streams);
+        const double ma = ta[pairs / 2], mb = tb[pairs / 2];
+        printf("%-22s %12.3f %10.1f %12.3f %10.1f %7.3f (%.3f-%.3f)\n", name, ma * 1e3,
+               bytes / ma * 1e-9, mb * 1e3, bytes / mb * 1e-9, ratio[pairs / 2],
+               ratio[pairs / 4], ratio[3 * pairs / 4]);
+    }
+    printf("(ratio: time against the default of %lld streams in the same pair; below 1 is "
+           "faster)\n",
+           (long long)base);
+    bench_print_load(" at end");
+    for (int m = 0; m < DECODE_LAYERS; m++) {
+        free((void *)(uintptr_t)d.a[m].codes);
+        free((void *)(uintptr_t)d.a[m].scales);
+        free((void *)(uintptr_t)d.a[m].zeros);
+        free_weights(d.w[m]);
+    }
+    free(d.y);
+    free(ta);
+    free(tb);
+    free(ratio);
+    return 0;
+}
+
 static void run_ref(void *arg)
 {
     const setup *s = arg;
@@ -187,6 +314,16 @@ int main(int argc, char **argv)
             return 2;
         }
         return grouped_main(r, c, n);
+    }
+    if (argc > 1 && strcmp(argv[1], "--gemv-streams") == 0) {
+        const int32_t th = argc > 2 ? atoi(argv[2]) : 2;
+        const int pairs = argc > 3 ? atoi(argv[3]) : 300;
+        if (th < 1 || th > 64 || pairs < 4 || pairs > 100000) {
+            fprintf(stderr, "usage: %s --gemv-streams [threads 1-64 [pairs 4-100000]]\n",
+                    argv[0]);
+            return 2;
+        }
+        return gemv_streams_main(th, pairs);
     }
     int64_t rows = argc > 1 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
     int64_t group = argc > 3 ? atoll(argv[3]) : 0;

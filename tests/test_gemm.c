@@ -241,6 +241,21 @@ START_TEST(threads_bit_exact)
 }
 END_TEST
 
+/* Every weight stream count the AVX-512 GEMV can be set to (1-8; 0 and 9 restore the default)
+ * gives the portable kernel's bits: full panels, a short last panel and a partial last block,
+ * 4- and 8-bit weights, whole rows and groups, one and two threads. */
+START_TEST(gemv_stream_counts_bit_exact)
+{
+    test_rng r = {505};
+    for (int64_t blocks = 0; blocks <= 9; blocks++) {
+        dq__gemm_set_gemv_blocks_avx512(blocks);
+        check_case(&r, 1, 16 * 11 + 5, 200, 4, 4, 0, PLAIN, 1, 1);
+        check_case(&r, 1, 16 * 17 + 9, 136, 8, 4, 64, EXTREME, 0, 2);
+    }
+    dq__gemm_set_gemv_blocks_avx512(0);
+}
+END_TEST
+
 /* Shapes the AMX tiles take (widths and groups of whole 64-k chunks, 16 tokens and more) with
  * the edges they leave to the AVX-512 kernel: token counts off a multiple of 16 or 32, odd and
  * partial output blocks, tile ranges of threads starting on an odd tile, 4- and 8-bit codes,
@@ -585,6 +600,7 @@ static Suite *gemm_suite(void)
     tcase_add_test(tc, groups_and_bits_bit_exact);
     tcase_add_test(tc, token_counts_bit_exact);
     tcase_add_test(tc, threads_bit_exact);
+    tcase_add_test(tc, gemv_stream_counts_bit_exact);
     tcase_add_test(tc, amx_shapes_bit_exact);
     tcase_add_test(tc, weight_only_threads_bit_exact);
     tcase_add_test(tc, quantize_bit_exact);

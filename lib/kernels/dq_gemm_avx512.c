@@ -167,7 +167,7 @@ MICRO(1, 5, 0) MICRO(1, 6, 0) MICRO(1, 7, 0) MICRO(1, 8, 0)
 MICRO(1, 5, 1) MICRO(1, 6, 1) MICRO(1, 7, 1) MICRO(1, 8, 1)
 
 /* [token class][NB - 1][8-bit]; 8 tokens take at most 3 blocks (24 accumulators), 2 or 4
- * tokens 4 blocks, one token 8 (many weight streams in flight for GEMV). */
+ * tokens 4 blocks, one token up to 8 (gemv_blocks). */
 static micro_fn *const micros[4][MAX_NB][2] = {
     {{micro_1_1_0, micro_1_1_1}, {micro_1_2_0, micro_1_2_1}, {micro_1_3_0, micro_1_3_1},
      {micro_1_4_0, micro_1_4_1}, {micro_1_5_0, micro_1_5_1}, {micro_1_6_0, micro_1_6_1},
@@ -180,6 +180,13 @@ static micro_fn *const micros[4][MAX_NB][2] = {
      {NULL, NULL}},
 };
 
+static int64_t gemv_blocks = DQ_GEMM_GEMV_BLOCKS_AVX512;
+
+void dq__gemm_set_gemv_blocks_avx512(int64_t blocks)
+{
+    gemv_blocks = blocks >= 1 && blocks <= MAX_NB ? blocks : DQ_GEMM_GEMV_BLOCKS_AVX512;
+}
+
 static int token_class(int64_t mvalid)
 {
     return mvalid > 4 ? 3 : (mvalid > 2 ? 2 : (mvalid > 1 ? 1 : 0));
@@ -191,11 +198,11 @@ void dq__gemm_tiles_avx512(const dq__wprep *w, const dq__apack *ap, const dq__aq
 {
     const dq__wpack *wp = w->kernel;
     const int b8 = wp->bits == 8;
-    /* Panels of 3 blocks when full tiles come, else 4 (small batches) or 8 (GEMV). */
+    /* Panels of 3 blocks when full tiles come, else 4 (small batches) or gemv_blocks. */
     const int64_t first_tile_rows = ap->rows - tile_begin * DQ_GEMM_TILE;
     const int64_t panel = tile_end - tile_begin > 1 || first_tile_rows > 4 ? 3
                           : first_tile_rows > 1                           ? 4
-                                                                          : 8;
+                                                                          : gemv_blocks;
     const int64_t tail = w->rows - (wp->blocks - 1) * DQ_GEMM_BLOCK;
     for (int64_t b = block_begin; b < block_end; b += panel) {
         const int64_t nb = block_end - b < panel ? block_end - b : panel;
@@ -227,6 +234,11 @@ void dq__gemm_tiles_avx512(const dq__wprep *w, const dq__apack *ap, const dq__aq
 {
     (void)w, (void)ap, (void)a, (void)bias, (void)y, (void)ldy, (void)tile_begin;
     (void)tile_end, (void)block_begin, (void)block_end;
+}
+
+void dq__gemm_set_gemv_blocks_avx512(int64_t blocks)
+{
+    (void)blocks;
 }
 
 #endif

@@ -152,6 +152,13 @@ typedef void dq__gemm_tiles_fn(const dq__wprep *w, const dq__apack *ap, const dq
                                int64_t tile_end, int64_t block_begin, int64_t block_end);
 dq__gemm_tiles_fn dq__gemm_tiles_avx2;
 dq__gemm_tiles_fn dq__gemm_tiles_avx512;
+/* Blocks of 16 outputs the AVX-512 GEMV reads at once: weight streams in flight per thread.
+ * Six: eight streamed about 10 % slower on a Zen 5, 4 to 7 within 2 % of each other
+ * (bench_gemm --gemv-streams, doc/performance.md). */
+#define DQ_GEMM_GEMV_BLOCKS_AVX512 6
+/* Sets that count, 1-8 (anything else: the default), so that benchmarks can compare stream
+ * counts. Not thread-safe: process-wide, set while no product runs. */
+void dq__gemm_set_gemv_blocks_avx512(int64_t blocks);
 dq__gemm_tiles_fn dq__gemm_tiles_amx;
 
 /* Weight-only kernels (float activations, the repacked weights above; 4 and 8 bits).
