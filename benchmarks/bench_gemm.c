@@ -180,12 +180,6 @@ static int grouped_main(int64_t rows, int64_t cols, int reps)
 
 /* ---- GEMV weight streams ---- */
 
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 enum { DECODE_LAYERS = 8 };
 
 typedef struct decode_setup {
@@ -198,19 +192,20 @@ typedef struct decode_setup {
 /* One pass: every weight once; streams 0 reads the packed codes instead of multiplying. */
 static double decode_pass(const decode_setup *d, int64_t streams)
 {
+    dq__gemm_set_gemv_blocks_avx512(streams);
     const double t0 = bench_now();
     for (int m = 0; m < DECODE_LAYERS; m++) {
         const dq__wpack *wp = d->w[m]->kernel;
         if (streams == 0) {
             bench_sink += bench_stream_read(wp->codes, wp->code_bytes, d->threads);
         } else {
-            dq__gemm_set_gemv_blocks_avx512(streams);
             dq__gemm_w_a_isa(DQ_GEMM_ISA_AVX512, d->w[m], &d->a[m], NULL, d->y, d->w[m]->rows,
                              bench_threads(d->threads));
         }
     }
+    const double t = bench_now() - t0;
     dq__gemm_set_gemv_blocks_avx512(0);
-    return bench_now() - t0;
+    return t;
 }
 
 static int gemv_streams_main(int32_t threads, int pairs)
@@ -270,15 +265,13 @@ static int gemv_streams_main(int32_t threads, int pairs)
             }
             ratio[p] = ta[p] / tb[p];
         }
-        qsort(ta, (size_t)pairs, sizeof *ta, cmp_double);
-        qsort(tb, (size_t)pairs, sizeof *tb, cmp_double);
-        qsort(ratio, (size_t)pairs, sizeof *ratio, cmp_double);
+        const double ma = bench_median(ta, pairs), mb = bench_median(tb, pairs);
+        const double mr = bench_median(ratio, pairs); /* sorts ratio: quartiles below */
         char name[32];
         snprintf(name, sizeof name, streams == 0 ? "read-sum" : "%lld", (long long)streams);
-        const double ma = ta[pairs / 2], mb = tb[pairs / 2];
         printf("%-22s %12.3f %10.1f %12.3f %10.1f %7.3f (%.3f-%.3f)\n", name, ma * 1e3,
-               bytes / ma * 1e-9, mb * 1e3, bytes / mb * 1e-9, ratio[pairs / 2],
-               ratio[pairs / 4], ratio[3 * pairs / 4]);
+               bytes / ma * 1e-9, mb * 1e3, bytes / mb * 1e-9, mr, ratio[pairs / 4],
+               ratio[3 * pairs / 4]);
     }
     printf("(ratio: time against the default of %lld streams in the same pair; below 1 is "
            "faster)\n",
