@@ -7,12 +7,13 @@
 #
 # Environment: THREADS (default "2 1"), REPS (llama-bench repetitions, default 3: duquant-run
 # takes the best of 3), TIME (default /usr/bin/time, GNU time for -v), LLAMA_CPP_COMMIT
-# (printed; llama-bench says "unknown" when built outside a git checkout). The logs of every
-# run stay in OUTDIR (default: a new directory under ${TMPDIR:-/tmp}).
+# (printed; llama-bench says "unknown" when built outside a git checkout), MATRICES
+# (duquant-run --matrices: float, the default, or half). The logs of every run stay in OUTDIR
+# (default: a new directory under ${TMPDIR:-/tmp}).
 set -eu
 
 if [ $# -lt 4 ]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 LLAMA_BENCH=$1
@@ -23,6 +24,7 @@ OUT=${5:-$(mktemp -d "${TMPDIR:-/tmp}/side-by-side.XXXXXX")}
 THREADS=${THREADS:-2 1}
 REPS=${REPS:-3}
 TIME=${TIME:-/usr/bin/time}
+MATRICES=${MATRICES:-float}
 
 for f in "$LLAMA_BENCH" "$DUQUANT_RUN"; do
     [ -x "$f" ] || { echo "not an executable: $f" >&2; exit 2; }
@@ -60,7 +62,7 @@ echo "gguf: $GGUF ($(wc -c < "$GGUF") bytes)"
 echo "duquant-run: $DUQUANT_RUN"
 echo "dqm: $DQM ($(wc -c < "$DQM") bytes)"
 echo "threads: $THREADS; llama-bench -p 512 -n 128 -r $REPS (mean and best of the repetitions," \
-     "after its warm-up run); duquant-run --bench (best of 3); logs in $OUT"
+     "after its warm-up run); duquant-run --bench --matrices $MATRICES (best of 3); logs in $OUT"
 
 for t in $THREADS; do
     echo
@@ -76,6 +78,7 @@ for t in $THREADS; do
     echo "== duquant-run --bench, $t thread(s); load average before: $(load)"
     load > "$OUT/duquant-t$t.load"
     "$TIME" -v -o "$OUT/duquant-t$t.time" "$DUQUANT_RUN" --model "$DQM" --bench --threads "$t" \
+        --matrices "$MATRICES" \
         > "$OUT/duquant-t$t.out" 2> "$OUT/duquant-t$t.err" ||
         { cat "$OUT/duquant-t$t.err" >&2; echo "duquant-run failed" >&2; exit 1; }
     sed -n '/^model /,/^quantized /p' "$OUT/duquant-t$t.out"

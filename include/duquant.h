@@ -142,9 +142,21 @@ typedef void (*dq_parallel_fn)(void *user, dq_task_fn fn, void *task_arg, int32_
 /** Log levels (dq_context_params.log_level): messages at or below the level are delivered. */
 enum { DQ_LOG_ERROR = 0, DQ_LOG_WARN = 1, DQ_LOG_INFO = 2, DQ_LOG_DEBUG = 3 };
 
+/** dq_context_params.flags, @since 1.2. HALF_MATRICES: the layers' forward pass applies the
+ *  rotation matrices of plans created or loaded on this context from IEEE half-precision
+ *  copies, made once when the first layer on the plan is created (half the plan's dense
+ *  rotation bytes, on the context's allocator; the plan itself is unchanged and still read in
+ *  float by dq_plan_apply_act and the file writer). Each product term then uses the matrix
+ *  element rounded to 11 significant bits (relative error at most 2^-11), so layer outputs
+ *  differ slightly from the float path's; they remain deterministic and the same for every
+ *  instruction set, thread count and token count. It halves the rotation bytes read per token,
+ *  which is what bounds the one-token (decode) transform; rotations applied as fast
+ *  Walsh-Hadamard transforms read no matrix and are unaffected. Default: float matrices. */
+enum { DQ_CONTEXT_F_HALF_MATRICES = 1u << 0 };
+
 typedef struct dq_context_params {
     uint32_t struct_size; /**< set by dq_context_params_init */
-    uint32_t flags;       /**< reserved, must be 0 */
+    uint32_t flags;       /**< DQ_CONTEXT_F_* (before 1.2: reserved, must be 0) */
     dq_alloc_fn alloc;    /**< NULL = aligned malloc; must be set together with free */
     dq_free_fn free;      /**< NULL = free() */
     void *alloc_user;     /**< passed to alloc/free */

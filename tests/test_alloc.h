@@ -35,18 +35,26 @@ static void test_free_fn(void *user, void *p)
     free(p);
 }
 
-/* A context that allocates through a; free it with dq_context_free (that frees through a too). */
-static inline dq_context *test_alloc_context(test_alloc *a)
+/* A context with the given dq_context_params.flags that allocates through a; free it with
+ * dq_context_free (that frees through a too). */
+static inline dq_context *test_alloc_context_flags(test_alloc *a, uint32_t flags)
 {
     dq_context_params p;
     dq_context_params_init(&p, sizeof p);
     p.alloc = test_alloc_fn;
     p.free = test_free_fn;
     p.alloc_user = a;
+    p.flags = flags;
     dq_context *ctx = NULL;
     if (dq_context_create(&p, &ctx) != DQ_OK)
         return NULL;
     return ctx;
+}
+
+/* The same with no flags. */
+static inline dq_context *test_alloc_context(test_alloc *a)
+{
+    return test_alloc_context_flags(a, 0);
 }
 
 #endif

@@ -89,10 +89,20 @@ START_TEST(rejects_bad_params)
     dq_context_params_init(&p, sizeof p);
     p.n_threads = -1;
     ck_assert_int_eq(dq_context_create(&p, &ctx), DQ_ERR_INVALID_ARG);
+    /* Every bit but the known flags is refused. */
+    for (int bit = 0; bit < 32; bit++) {
+        if ((1u << bit) == DQ_CONTEXT_F_HALF_MATRICES)
+            continue;
+        dq_context_params_init(&p, sizeof p);
+        p.flags = 1u << bit;
+        ck_assert_int_eq(dq_context_create(&p, &ctx), DQ_ERR_INVALID_ARG);
+        ck_assert_ptr_null(ctx);
+    }
     dq_context_params_init(&p, sizeof p);
-    p.flags = 1;
-    ck_assert_int_eq(dq_context_create(&p, &ctx), DQ_ERR_INVALID_ARG);
-    ck_assert_ptr_null(ctx);
+    p.flags = DQ_CONTEXT_F_HALF_MATRICES;
+    ck_assert_int_eq(dq_context_create(&p, &ctx), DQ_OK);
+    ck_assert_ptr_nonnull(ctx);
+    dq_context_free(ctx);
 }
 END_TEST
 

@@ -22,7 +22,9 @@
 
 #include "dq_gemm.h"
 #include "dq_gemm_simd.h"
+#include "dq_half.h"
 #include "dq_online.h"
+#include "dq_rotation.h"
 #include "dq_test.h"
 #include "duquant.h"
 #include "test_alloc.h"
@@ -258,15 +260,89 @@ static void check_case(const dq_plan *plan, const dq__online *on, const float *x
     free(xt);
 }
 
+/* The oracle of a plan compiled with half-precision matrices: the same plan with every matrix
+ * of the stages that read half copies rounded to half precision (stages run as fast
+ * transforms read no matrix and keep theirs). Its float path then multiplies by exactly the
+ * values the half path widens. */
+static dq_plan *rounded_plan(const dq_plan *plan, const dq__online *on)
+{
+    int64_t cols;
+    int32_t smooth, n_rot;
+    ck_assert_int_eq(dq_plan_width(plan, &cols), DQ_OK);
+    ck_assert_int_eq(dq_plan_layout(plan, &smooth, &n_rot), DQ_OK);
+    float *scales = NULL;
+    if (smooth) {
+        scales = malloc((size_t)cols * sizeof(float));
+        ck_assert_int_eq(dq_plan_smooth_scales(plan, scales, cols), DQ_OK);
+    }
+    dq_rotation **rots = calloc((size_t)n_rot + 1, sizeof *rots);
+    int64_t **perms = calloc((size_t)n_rot + 1, sizeof *perms);
+    for (int32_t i = 0, stage = 0; i < n_rot; i++) {
+        const dq_rotation *r;
+        ck_assert_int_eq(dq_plan_rotation(plan, i, &r), DQ_OK);
+        if (r) {
+            ck_assert_int_eq(dq__rotation_clone(NULL, r, &rots[i]), DQ_OK);
+            if (dq__online_stage_half(on, stage++)) {
+                const int64_t last = r->n_mats - 1;
+                const size_t n = r->mat_offset[last] +
+                                 (size_t)r->mat_size[last] * (size_t)r->mat_size[last];
+                for (size_t e = 0; e < n; e++)
+                    rots[i]->data[e] = dq__f16_to_f32(dq__f32_to_f16(r->data[e]));
+            }
+        }
+        if (i + 1 < n_rot) {
+            perms[i] = malloc((size_t)cols * sizeof(int64_t));
+            ck_assert_int_eq(dq_plan_permutation(plan, i, perms[i], cols), DQ_OK);
+        }
+    }
+    dq_plan *out = NULL;
+    ck_assert_int_eq(dq_plan_assemble(NULL, cols, scales, n_rot,
+                                      (const dq_rotation *const *)rots,
+                                      (const int64_t *const *)perms, &out),
+                     DQ_OK);
+    for (int32_t i = 0; i < n_rot; i++) {
+        dq_rotation_free(rots[i]);
+        free(perms[i]);
+    }
+    free(rots);
+    free(perms);
+    free(scales);
+    return out;
+}
+
+static dq_context *half_context(void)
+{
+    dq_context_params cp;
+    dq_context_params_init(&cp, sizeof cp);
+    cp.flags = DQ_CONTEXT_F_HALF_MATRICES;
+    cp.n_threads = 1;
+    dq_context *ctx = NULL;
+    ck_assert_int_eq(dq_context_create(&cp, &ctx), DQ_OK);
+    return ctx;
+}
+
 /* Every token count that matters (1, a few, one tile with a remainder, several tiles), both
  * schemes, 4 and 8 bits, unaligned leading dimensions. split_all: a lone token's stages are
  * split over the threads whatever their size (check_case's threads 3 against 1). n_had: the
- * stages expected to run as fast Walsh-Hadamard transforms; fast false forces them dense. */
+ * stages expected to run as fast Walsh-Hadamard transforms; fast false forces them dense.
+ * n_half >= 0: compiled with half-precision matrices, expecting that many stages to read them,
+ * against rounded_plan's oracle. */
 static void check_plan_split(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what,
-                             bool split_all, int32_t n_had, bool fast)
+                             bool split_all, int32_t n_had, bool fast, int32_t n_half)
 {
     dq__online *on = NULL;
-    ck_assert_int_eq(dq__online_create(NULL, plan, &on), DQ_OK);
+    dq_context *hctx = n_half >= 0 ? half_context() : NULL;
+    ck_assert_int_eq(dq__online_create(hctx, plan, &on), DQ_OK);
+    dq_plan *oracle = NULL;
+    if (hctx) {
+        int32_t half = 0;
+        for (int32_t st = 0; st < 70; st++)
+            half += dq__online_stage_half(on, st);
+        ck_assert_msg(half == n_half, "%s cols %lld: %d stages read half copies, expected %d",
+                      what, (long long)cols, half, n_half);
+        oracle = rounded_plan(plan, on);
+        plan = oracle;
+    }
     ck_assert_msg(dq__online_hadamard_stages(on) == n_had, "%s cols %lld: %d Hadamard stages, "
                   "expected %d", what, (long long)cols, dq__online_hadamard_stages(on), n_had);
     if (!fast) {
@@ -294,23 +370,34 @@ static void check_plan_split(const dq_plan *plan, int64_t cols, uint64_t seed, c
                     continue;
                 char name[160];
                 const float clip = (ci + (size_t)bits) % 3 == 0 ? 0.9f : 1.0f;
-                snprintf(name, sizeof name, "%s%s cols %lld rows %lld a%d/%d", what,
-                         fast ? "" : " (dense)", (long long)cols, (long long)rows, bits, scheme);
+                snprintf(name, sizeof name, "%s%s%s cols %lld rows %lld a%d/%d", what,
+                         fast ? "" : " (dense)", hctx ? " (half)" : "", (long long)cols,
+                         (long long)rows, bits, scheme);
                 /* x + 1: rows that start off any alignment */
                 check_case(plan, on, x + 1, rows, cols, ldx, bits, scheme, clip, name);
             }
         free(x);
     }
     dq__online_free(on);
+    dq_plan_free(oracle);
+    dq_context_free(hctx);
 }
 
 static void check_plan_had(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what,
                            int32_t n_had)
 {
-    check_plan_split(plan, cols, seed, what, false, n_had, true);
-    check_plan_split(plan, cols, seed, what, true, n_had, true);
+    check_plan_split(plan, cols, seed, what, false, n_had, true, -1);
+    check_plan_split(plan, cols, seed, what, true, n_had, true, -1);
     if (n_had > 0)
-        check_plan_split(plan, cols, seed, what, false, n_had, false);
+        check_plan_split(plan, cols, seed, what, false, n_had, false, -1);
+}
+
+/* The same with half-precision matrices (n_half stages reading them). */
+static void check_plan_half(const dq_plan *plan, int64_t cols, uint64_t seed, const char *what,
+                            int32_t n_had, int32_t n_half)
+{
+    check_plan_split(plan, cols, seed, what, false, n_had, true, n_half);
+    check_plan_split(plan, cols, seed, what, true, n_had, true, n_half);
 }
 
 /* A plan with no stage run as a fast transform. */
@@ -420,6 +507,51 @@ START_TEST(hadamard_plans_match_unfused)
         dq_plan *plan = build_plan(&r, cases[i].cols, cases[i].flags, cases[i].method,
                                    cases[i].bs, cases[i].times);
         check_plan_had(plan, cases[i].cols, seed++, cases[i].name, cases[i].n_had);
+        dq_plan_free(plan);
+    }
+}
+END_TEST
+
+/* With DQ_CONTEXT_F_HALF_MATRICES every dense stage reads half copies (folded smoothing is
+ * divided instead) and the result is the float path of the plan rounded to half precision,
+ * within the float tolerances above, the same bits for every kernel and thread split; stages
+ * run as fast transforms keep their float scales. */
+START_TEST(half_matrices_match_rounded_plan)
+{
+    const uint32_t S = DQ_PLAN_F_SMOOTH, R = DQ_PLAN_F_ROTATE, P = DQ_PLAN_F_PERMUTE,
+                   B = DQ_PLAN_F_PER_BLOCK_R;
+    const struct {
+        uint32_t flags;
+        int32_t method, bs, times;
+        int64_t cols;
+        int32_t n_had, n_half;
+        const char *name;
+    } cases[] = {
+        {S | R | P, DQ_ROT_METHOD_GREEDY, 16, 1, 64, 0, 2, "default (shared R, 2 rotations)"},
+        {S | R | P | B, DQ_ROT_METHOD_GREEDY, 16, 1, 200, 0, 2, "per-block R, 2 rotations"},
+        {R | P | B, DQ_ROT_METHOD_RANDOM, 32, 1, 97, 0, 2, "no smoothing, per-block random"},
+        {S | R | B, DQ_ROT_METHOD_RANDOM, 16, 1, 200, 0, 1, "1 rotation per block"},
+        {S | R | P | B, DQ_ROT_METHOD_GREEDY, 128, 1, 384, 0, 2, "blocks of 128"},
+        {S | R | P | B, DQ_ROT_METHOD_GREEDY, 8, 2, 64, 0, 3, "3 per-block rotations"},
+        {S | P, DQ_ROT_METHOD_GREEDY, 16, 1, 64, 0, 0, "smoothing and permutation only"},
+        {S | R, DQ_ROT_METHOD_RANDOM_HADAMARD, 256, 1, 256, 1, 0, "full-width random Hadamard"},
+        {S | R, DQ_ROT_METHOD_RANDOM_HADAMARD, 64, 1, 64, 0, 1, "random Hadamard below 128"},
+    };
+    uint64_t seed = 700;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        test_rng r = {seed};
+        dq_plan *plan = build_plan(&r, cases[i].cols, cases[i].flags, cases[i].method,
+                                   cases[i].bs, cases[i].times);
+        check_plan_half(plan, cases[i].cols, seed++, cases[i].name, cases[i].n_had,
+                        cases[i].n_half);
+        dq_plan_free(plan);
+    }
+    for (int pattern = 0; pattern < 4; pattern++) {
+        test_rng r = {seed};
+        dq_plan *plan = assemble_plan(&r, 48, pattern, 1);
+        char name[64];
+        snprintf(name, sizeof name, "assembled %d", pattern);
+        check_plan_half(plan, 48, seed++, name, 0, pattern == 2 ? 0 : pattern == 3 ? 2 : 1);
         dq_plan_free(plan);
     }
 }
@@ -659,8 +791,9 @@ START_TEST(layer_routes_agree)
 }
 END_TEST
 
-/* Every allocation of the compilation may fail: DQ_ERR_NOMEM, nothing leaked, and the first
- * compilation that succeeds gives the same bits as one with the default allocator. */
+/* Every allocation of the compilation may fail, with float or half-precision matrices:
+ * DQ_ERR_NOMEM, nothing leaked, and the first compilation that succeeds gives the same bits
+ * as one with the default allocator. */
 START_TEST(allocation_failures)
 {
     /* the last: two Hadamard stages, the smoothing folded into the first one's scales */
@@ -670,43 +803,130 @@ START_TEST(allocation_failures)
                                DQ_ROT_METHOD_HADAMARD};
     const int64_t widths[] = {40, 40, 256};
     const int32_t blocks[] = {16, 16, 128};
-    for (int i = 0; i < 3; i++) {
-        const int64_t cols = widths[i], rows = 3;
-        test_rng r = {31 + (uint64_t)i};
-        dq_plan *plan = build_plan(&r, cols, flags[i], methods[i], blocks[i], 1);
-        float x[3 * 256];
-        test_fill_activations(&r, x, rows, cols, cols, 1);
-        dq__online *ref = NULL;
-        ck_assert_int_eq(dq__online_create(NULL, plan, &ref), DQ_OK);
-        ck_assert_int_eq(dq__online_hadamard_stages(ref), i == 2 ? 2 : 0);
-        float y0[3 * 256], y1[3 * 256];
-        void *work = workspace(ref, rows, 1);
-        dq__online_transform(ref, x, rows, cols, y0, cols, work, NULL);
-        int succeeded = 0;
-        for (long fail_at = 1; fail_at < 50 && !succeeded; fail_at++) {
-            test_alloc a = {0, 0, 0};
-            dq_context *ctx = test_alloc_context(&a);
-            ck_assert_ptr_nonnull(ctx);
-            a.fail_at = a.total + fail_at;
-            dq__online *on = (dq__online *)(uintptr_t)1;
-            dq_status st = dq__online_create(ctx, plan, &on);
-            if (st == DQ_OK) {
-                dq__online_transform(on, x, rows, cols, y1, cols, work, NULL);
-                ck_assert(memcmp(y0, y1, (size_t)(rows * cols) * sizeof(float)) == 0);
-                succeeded = 1;
-                dq__online_free(on);
-            } else {
-                ck_assert_int_eq(st, DQ_ERR_NOMEM);
-                ck_assert_ptr_null(on);
+    for (int half = 0; half < 2; half++)
+        for (int i = 0; i < 3; i++) {
+            const uint32_t cflags = half ? DQ_CONTEXT_F_HALF_MATRICES : 0u;
+            const int64_t cols = widths[i], rows = 3;
+            test_rng r = {31 + (uint64_t)i};
+            dq_plan *plan = build_plan(&r, cols, flags[i], methods[i], blocks[i], 1);
+            float x[3 * 256];
+            test_fill_activations(&r, x, rows, cols, cols, 1);
+            dq_context *refctx = half ? half_context() : NULL;
+            dq__online *ref = NULL;
+            ck_assert_int_eq(dq__online_create(refctx, plan, &ref), DQ_OK);
+            ck_assert_int_eq(dq__online_hadamard_stages(ref), i == 2 ? 2 : 0);
+            ck_assert(dq__online_stage_half(ref, 0) == (half && i < 2));
+            float y0[3 * 256], y1[3 * 256];
+            void *work = workspace(ref, rows, 1);
+            dq__online_transform(ref, x, rows, cols, y0, cols, work, NULL);
+            int succeeded = 0;
+            for (long fail_at = 1; fail_at < 50 && !succeeded; fail_at++) {
+                test_alloc a = {0, 0, 0};
+                dq_context *ctx = test_alloc_context_flags(&a, cflags);
+                ck_assert_ptr_nonnull(ctx);
+                a.fail_at = a.total + fail_at;
+                dq__online *on = (dq__online *)(uintptr_t)1;
+                dq_status st = dq__online_create(ctx, plan, &on);
+                if (st == DQ_OK) {
+                    dq__online_transform(on, x, rows, cols, y1, cols, work, NULL);
+                    ck_assert(memcmp(y0, y1, (size_t)(rows * cols) * sizeof(float)) == 0);
+                    succeeded = 1;
+                    dq__online_free(on);
+                } else {
+                    ck_assert_int_eq(st, DQ_ERR_NOMEM);
+                    ck_assert_ptr_null(on);
+                }
+                dq_context_free(ctx);
+                ck_assert_msg(a.live == 0, "plan %d half %d, allocation %ld fails: %ld live", i,
+                              half, fail_at, a.live);
             }
-            dq_context_free(ctx);
-            ck_assert_msg(a.live == 0, "plan %d, allocation %ld fails: %ld live", i, fail_at,
-                          a.live);
+            ck_assert(succeeded);
+            free(work);
+            dq__online_free(ref);
+            dq_context_free(refctx);
+            dq_plan_free(plan);
         }
-        ck_assert(succeeded);
-        free(work);
-        dq__online_free(ref);
-        dq_plan_free(plan);
+}
+END_TEST
+
+/* Through the public flag: layers on a plan built on a DQ_CONTEXT_F_HALF_MATRICES context run
+ * the half path: their outputs differ from the float context's by the rounding (within 1e-2
+ * relative) and are the same bits batched and token by token (a lone token's stages split
+ * over 3 threads), for every activation setting. */
+START_TEST(half_context_layers)
+{
+    const int64_t in = 96, out = 20, rows = 37;
+    const int32_t act_bits[] = {4, 8, 0};
+    for (int a = 0; a < 3; a++) {
+        dq_linear *lin[2] = {NULL, NULL};
+        dq_plan *plan[2] = {NULL, NULL};
+        dq_context *ctx[2] = {NULL, half_context()};
+        dq_qmatrix *q = NULL;
+        for (int h = 0; h < 2; h++) {
+            test_rng r = {950 + (uint64_t)a}; /* the same plan and weights for both */
+            const int64_t srows = 48;
+            float *sample = malloc((size_t)(srows * in) * sizeof(float));
+            float *w_absmax = malloc((size_t)in * sizeof(float));
+            test_fill_activations(&r, sample, srows, in, in, 1);
+            for (int64_t j = 0; j < in; j++)
+                w_absmax[j] = (float)(0.05 + test_rng_uniform(&r));
+            dq_plan_params pp;
+            dq_plan_params_init(&pp, sizeof pp);
+            pp.flags = DQ_PLAN_F_DEFAULT | DQ_PLAN_F_PER_BLOCK_R;
+            pp.block_size = 32;
+            pp.max_rotation_step = 6;
+            ck_assert_int_eq(dq_plan_build_from_sample(ctx[h], &pp, NULL, sample, srows, in, in,
+                                                       w_absmax, &plan[h]),
+                             DQ_OK);
+            free(sample);
+            free(w_absmax);
+            if (h == 0) {
+                float *w = malloc((size_t)(out * in) * sizeof(float));
+                for (int64_t i = 0; i < out * in; i++)
+                    w[i] = (float)(0.05 * test_rng_normal(&r));
+                ck_assert_int_eq(dq_plan_transform_weight(plan[0], w, out, in, in), DQ_OK);
+                ck_assert_int_eq(dq_qmatrix_pack(NULL, NULL, w, out, in, in, NULL, NULL, &q),
+                                 DQ_OK);
+                free(w);
+            }
+            dq_linear_params lp;
+            dq_linear_params_init(&lp, sizeof lp);
+            lp.act_bits = act_bits[a];
+            /* The layer's context sets its threads; the plan's chose the matrices. */
+            dq_context_params cp;
+            dq_context_params_init(&cp, sizeof cp);
+            cp.n_threads = h ? 3 : 1;
+            dq_context *lctx = NULL;
+            ck_assert_int_eq(dq_context_create(&cp, &lctx), DQ_OK);
+            ck_assert_int_eq(dq_linear_create(lctx, &lp, plan[h], q, NULL, &lin[h]), DQ_OK);
+            dq_context_free(lctx);
+        }
+        test_rng r = {990};
+        float *x = malloc((size_t)(rows * in) * sizeof(float));
+        float *y[3];
+        test_fill_activations(&r, x, rows, in, in, 1);
+        for (int k = 0; k < 3; k++)
+            y[k] = malloc((size_t)(rows * out) * sizeof(float));
+        ck_assert_int_eq(dq_linear_forward(lin[0], x, rows, in, in, y[0], out, NULL, 0), DQ_OK);
+        ck_assert_int_eq(dq_linear_forward(lin[1], x, rows, in, in, y[1], out, NULL, 0), DQ_OK);
+        /* one token at a time: the split of a lone token's stages */
+        for (int64_t t = 0; t < rows; t++)
+            ck_assert_int_eq(dq_linear_forward(lin[1], x + t * in, 1, in, in, y[2] + t * out,
+                                               out, NULL, 0),
+                             DQ_OK);
+        ck_assert(memcmp(y[1], y[2], (size_t)(rows * out) * sizeof(float)) == 0);
+        ck_assert(memcmp(y[0], y[1], (size_t)(rows * out) * sizeof(float)) != 0);
+        const double err = test_rel_err(y[0], out, y[1], out, rows, out);
+        ck_assert_msg(err <= 1e-2, "a%d: half against float, rel %.3g", act_bits[a], err);
+        for (int k = 0; k < 3; k++)
+            free(y[k]);
+        free(x);
+        for (int h = 0; h < 2; h++) {
+            dq_linear_free(lin[h]);
+            dq_plan_free(plan[h]);
+            dq_context_free(ctx[h]);
+        }
+        dq_qmatrix_free(q);
     }
 }
 END_TEST
@@ -719,12 +939,14 @@ int main(void)
     tcase_add_test(tc, built_plans_match_unfused);
     tcase_add_test(tc, assembled_plans_match_unfused);
     tcase_add_test(tc, hadamard_plans_match_unfused);
+    tcase_add_test(tc, half_matrices_match_rounded_plan);
     tcase_add_test(tc, hadamard_detection_is_exact);
     tcase_add_test(tc, hadamard_detection_in_plans);
     tcase_add_test(tc, hadamard_transform_bits);
     tcase_add_test(tc, wide_layer_matches_unfused);
     tcase_add_test(tc, layer_routes_agree);
     tcase_add_test(tc, allocation_failures);
+    tcase_add_test(tc, half_context_layers);
     suite_add_tcase(s, tc);
     int status = dq_check_run(s, 1); /* in-process: the counts below add up over tests */
     printf("levels moved by one at a boundary: %lld of %lld\n", (long long)codes_moved,

@@ -18,7 +18,7 @@ typedef struct options {
     const char *model, *tokenizer, *eval, *format, *tokenize, *out, *prompt, *bench_float;
     const char *calib;
     int64_t window, steps;
-    int32_t threads, bench;
+    int32_t threads, bench, half_matrices;
     l2c_attn_quant attn;
 } options;
 
@@ -26,7 +26,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: duquant-run --model PATH [--eval FILE] [--prompt TEXT] [--tokenize TEXT --out FILE]\n"
-            "                   [--bench [--bench-float PATH]] [--threads N]\n"
+            "                   [--bench [--bench-float PATH]] [--threads N] [--matrices M]\n"
             "                   [--kv-bits 4|8|16 [--calib TEXT]] [--qk-bits 4|16]\n"
             "  --model PATH         quantized model file (duquant-quantize), Hugging Face\n"
             "                       LLaMA-family folder, or llama2.c file (with --tokenizer)\n"
@@ -46,6 +46,9 @@ static void usage(FILE *f)
             "  --bench-float PATH   also bench this float model (Hugging Face folder or\n"
             "                       llama2.c file), e.g. the quantized file's float original\n"
             "  --threads N          library threads (default 0: host decides)\n"
+            "  --matrices float|half  precision the layers apply the plans' rotation\n"
+            "                       matrices in (default float; half reads half the bytes\n"
+            "                       per token, each entry rounded to 11 significant bits)\n"
             "  --kv-bits 4|8|16     keys and values in 4 or 8 bits (per head per token, keys\n"
             "                       after a per-head Hadamard transform) or half precision\n"
             "                       (absent: float32)\n"
@@ -100,6 +103,9 @@ static int parse_args(int argc, char **argv, options *o)
             bad = l2c_parse_int(v, 0, 1 << 20, &o->steps);
         else if (strcmp(k, "--threads") == 0)
             bad = l2c_parse_int(v, 0, 1024, &n), o->threads = (int32_t)n;
+        else if (strcmp(k, "--matrices") == 0)
+            bad = strcmp(v, "float") != 0 && strcmp(v, "half") != 0,
+            o->half_matrices = strcmp(v, "half") == 0;
         else {
             fprintf(stderr, "unknown option %s (see --help)\n", k);
             return -1;
@@ -426,8 +432,9 @@ static int bench(tool_model *tm, const options *o, dq_context *ctx)
     cpu_field("model name", model_name, sizeof model_name);
     cpu_field("cpu family", family, sizeof family);
     cpu_field("model\t", model_no, sizeof model_no);
-    printf("cpu: %s (family %s, model %s), threads %d (0: host decides), load average %.2f\n",
-           model_name, family, model_no, o->threads, load[0]);
+    printf("cpu: %s (family %s, model %s), threads %d (0: host decides), load average %.2f, "
+           "%s rotation matrices\n",
+           model_name, family, model_no, o->threads, load[0], o->half_matrices ? "half" : "float");
     printf("prefill: a %lld-token prompt%s; decode: %lld tokens after BOS with the "
            "key/value cache; best of 3 each (tokens/s: the fastest wall time; cpu_s: the least "
            "processor time of the runs, all threads)\n",
@@ -525,6 +532,7 @@ int main(int argc, char **argv)
     dq_context_params cp;
     dq_context_params_init(&cp, sizeof cp);
     cp.n_threads = o.threads;
+    cp.flags = o.half_matrices ? DQ_CONTEXT_F_HALF_MATRICES : 0;
     dq_status st = dq_context_create(&cp, &ctx);
     if (st) {
         fprintf(stderr, "dq_context_create: %s\n", dq_status_name(st));

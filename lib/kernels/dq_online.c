@@ -5,7 +5,9 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "dq_cpu.h"
 #include "dq_gemm_simd.h"
+#include "dq_half.h"
 #include "dq_online.h"
 #include "dq_pool.h"
 #include "dq_rotation.h"
@@ -28,10 +30,14 @@
 /* One block-diagonal product: block b (columns [b * bs, b * bs + len)) is multiplied by
  * mat[b]; its input element k is in[gather[b * bs + k]] when gather is set. */
 typedef struct stage {
+    const dq_rotation *rot; /* the plan's rotation (borrowed) */
     int32_t bs;
     int64_t n_blocks;
     int64_t n_shared; /* leading blocks that share one matrix (1: none share) */
     const float **mat;
+    /* Set (DQ_CONTEXT_F_HALF_MATRICES): half-precision copies of mat, which the products read
+     * instead. */
+    const uint16_t **mat16;
     const int32_t *gather;
     /* Set: every matrix is diag(a) H (H Sylvester's, entries +-1): the product is
      * v = in * had_scale (cols values, block b's at b * bs) and a fast Walsh-Hadamard
@@ -52,8 +58,11 @@ struct dq__online {
     int32_t n_had;               /* stages with had_scale */
     bool fast_had;               /* run those as transforms (false: as dense products) */
     const float *had_div;        /* smoothing folded into had_scale, for the dense fallback */
+    bool half;                   /* dense products read half-precision copies */
     /* owned storage */
     const float **mat_ptrs;
+    const uint16_t **mat16_ptrs;
+    uint16_t *halves;
     int32_t *gathers;
     float *folded;
     float *smooth;
@@ -67,6 +76,8 @@ void dq__online_free(dq__online *on)
     dq_context c = on->ctx;
     dq__free(&c, on->stages);
     dq__free(&c, (void *)on->mat_ptrs);
+    dq__free(&c, (void *)on->mat16_ptrs);
+    dq__free(&c, on->halves);
     dq__free(&c, on->gathers);
     dq__free(&c, on->folded);
     dq__free(&c, on->smooth);
@@ -88,6 +99,11 @@ void dq__online_set_split_bytes(dq__online *on, size_t bytes)
 int32_t dq__online_hadamard_stages(const dq__online *on)
 {
     return on->fast_had ? on->n_had : 0;
+}
+
+bool dq__online_stage_half(const dq__online *on, int32_t s)
+{
+    return s >= 0 && s < on->n_stages && on->stages[s].mat16 != NULL;
 }
 
 void dq__online_set_fast_hadamard(dq__online *on, bool fast)
@@ -262,6 +278,48 @@ static void fold_smoothing_hadamard(dq__online *on, const float *s)
         on->had_scales[c] /= s[g ? g[c] : c];
 }
 
+static size_t rotation_floats(const dq_rotation *r)
+{
+    const int64_t last = r->n_mats - 1;
+    return r->mat_offset[last] + (size_t)r->mat_size[last] * (size_t)r->mat_size[last];
+}
+
+/* Half-precision copies of every dense stage's matrices (a shared matrix once): the stages
+ * the fast transform runs read no matrix and get none. */
+static dq_status make_halves(dq__online *on, int64_t n_ptrs)
+{
+    size_t total = 0;
+    for (int32_t s = 0; s < on->n_stages; s++)
+        if (!on->stages[s].had_scale)
+            total += rotation_floats(on->stages[s].rot);
+    if (total == 0)
+        return DQ_OK;
+    on->halves = dq__alloc(&on->ctx, total * sizeof(uint16_t));
+    on->mat16_ptrs = dq__calloc(&on->ctx, (size_t)n_ptrs, sizeof *on->mat16_ptrs);
+    if (!on->halves || !on->mat16_ptrs)
+        return DQ_FAIL(&on->ctx, DQ_ERR_NOMEM, "%zu bytes of half-precision matrices",
+                       total * sizeof(uint16_t));
+    uint16_t *next = on->halves;
+    const uint16_t **ptrs = on->mat16_ptrs;
+    for (int32_t s = 0; s < on->n_stages; s++) {
+        stage *sg = &on->stages[s];
+        const dq_rotation *r = sg->rot;
+        if (sg->had_scale)
+            continue;
+        /* A rotation's matrices lie back to back from offset 0 (dq_rotation.c), so the copy
+         * is one run and matrix k's half copy starts at mat_offset[k] too. */
+        const size_t len = rotation_floats(r);
+        for (size_t e = 0; e < len; e++)
+            next[e] = dq__f32_to_f16(r->data[e]);
+        sg->mat16 = ptrs;
+        for (int64_t b = 0; b < sg->n_blocks; b++)
+            sg->mat16[b] = next + r->mat_offset[r->mat_of_block[b]];
+        ptrs += sg->n_blocks;
+        next += len;
+    }
+    return DQ_OK;
+}
+
 dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__online **out)
 {
     *out = NULL;
@@ -317,6 +375,7 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
             goto out;
         if (r) {
             stage *sg = &on->stages[s++];
+            sg->rot = r;
             sg->bs = r->block_size;
             sg->n_blocks = r->n_blocks;
             sg->mat = on->mat_ptrs + ptr;
@@ -359,6 +418,9 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
     on->fast_had = true;
     if ((st = find_hadamard(on)) != DQ_OK)
         goto out;
+    on->half = (ctx->flags & DQ_CONTEXT_F_HALF_MATRICES) != 0;
+    if (on->half && (st = make_halves(on, n_ptrs)) != DQ_OK)
+        goto out;
     if (has_smooth) {
         on->smooth = dq__alloc(ctx, (size_t)cols * sizeof(float));
         if (!on->smooth)
@@ -369,7 +431,8 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
             /* No matrix copy; the dense fallback divides the tile. */
             fold_smoothing_hadamard(on, on->smooth);
             on->had_div = on->smooth;
-        } else if (first && first->n_mats == first->n_blocks) {
+        } else if (first && first->n_mats == first->n_blocks && !on->half) {
+            /* Not into half copies: divided rows could fall below half's normal range. */
             if ((st = fold_smoothing(on, first, on->smooth)) != DQ_OK)
                 goto out;
             dq__free(ctx, on->smooth);
@@ -443,10 +506,13 @@ bool dq__online_workspace(const dq__online *on, int64_t rows, const dq_context *
 
 /* ---- running ---- */
 
-void dq__online_block_portable(const float *in, int64_t ldi, const int32_t *idx,
-                               int64_t idx_ld, int64_t rows, const float *m, int32_t n,
-                               float *out, int64_t ldo)
+/* The portable product over a float matrix or, when half, a half-precision one. */
+static inline void block_portable(const float *in, int64_t ldi, const int32_t *idx,
+                                  int64_t idx_ld, int64_t rows, const void *m, int half,
+                                  int32_t n, float *out, int64_t ldo)
 {
+    const float *mf = m;
+    const uint16_t *mh = m;
     for (int64_t r = 0; r < rows; r++) {
         const float *a = in + (size_t)r * (size_t)ldi;
         const int32_t *ri = idx ? idx + (size_t)r * (size_t)idx_ld : NULL;
@@ -455,11 +521,26 @@ void dq__online_block_portable(const float *in, int64_t ldi, const int32_t *idx,
             o[j] = 0.0f;
         for (int32_t k = 0; k < n; k++) {
             const float ak = a[ri ? ri[k] : k];
-            const float *mk = m + (size_t)k * (size_t)n;
+            const size_t row = (size_t)k * (size_t)n;
             for (int32_t j = 0; j < n; j++)
-                o[j] = fmaf(ak, mk[j], o[j]);
+                o[j] = fmaf(ak, half ? dq__f16_to_f32(mh[row + (size_t)j]) : mf[row + (size_t)j],
+                            o[j]);
         }
     }
+}
+
+void dq__online_block_portable(const float *in, int64_t ldi, const int32_t *idx,
+                               int64_t idx_ld, int64_t rows, const float *m, int32_t n,
+                               float *out, int64_t ldo)
+{
+    block_portable(in, ldi, idx, idx_ld, rows, m, 0, n, out, ldo);
+}
+
+void dq__online_block16_portable(const float *in, int64_t ldi, const int32_t *idx,
+                                 int64_t idx_ld, int64_t rows, const uint16_t *m, int32_t n,
+                                 float *out, int64_t ldo)
+{
+    block_portable(in, ldi, idx, idx_ld, rows, m, 1, n, out, ldo);
 }
 
 void dq__online_divide_portable(const float *in, int64_t ldi, const float *s, int64_t rows,
@@ -475,23 +556,40 @@ void dq__online_divide_portable(const float *in, int64_t ldi, const float *s, in
 
 typedef struct kernels {
     dq__online_block_fn *block;
+    dq__online_block16_fn *block16;
     dq__online_divide_fn *divide;
     dq__quantize_fn *quant;
 } kernels;
 
 static kernels kernels_for(int32_t isa)
 {
-    kernels k = {dq__online_block_portable, dq__online_divide_portable, dq__quantize_tokens_ref};
+    kernels k = {dq__online_block_portable, dq__online_block16_portable,
+                 dq__online_divide_portable, dq__quantize_tokens_ref};
     if (isa >= DQ_GEMM_ISA_AVX512 && dq__gemm_isa_supported(isa)) {
         k.block = dq__online_block_avx512;
+        k.block16 = dq__online_block16_avx512;
         k.divide = dq__online_divide_avx512;
         k.quant = dq__quantize_tokens_avx512;
     } else if (isa >= DQ_GEMM_ISA_AVX2 && dq__gemm_isa_supported(DQ_GEMM_ISA_AVX2)) {
         k.block = dq__online_block_avx2;
+        if (dq__cpu_has(DQ_CPU_F16C))
+            k.block16 = dq__online_block16_avx2;
         k.divide = dq__online_divide_avx2;
         k.quant = dq__quantize_tokens_avx2;
     }
     return k;
+}
+
+/* One block product of stage sg through the matrix copy it reads (b: the block, or the first
+ * of blocks sharing a matrix). */
+static void block_product(const kernels *k, const stage *sg, int64_t b, const float *in,
+                          int64_t ldi, const int32_t *idx, int64_t idx_ld, int64_t rows,
+                          int32_t n, float *out, int64_t ldo)
+{
+    if (sg->mat16)
+        k->block16(in, ldi, idx, idx_ld, rows, sg->mat16[b], n, out, ldo);
+    else
+        k->block(in, ldi, idx, idx_ld, rows, sg->mat[b], n, out, ldo);
 }
 
 typedef struct job {
@@ -619,10 +717,11 @@ static void stage_blocks(const kernels *k, const dq__online *on, const stage *sg
             const float *a = src + (size_t)r * (size_t)lds;
             float *o = dst + (size_t)r * (size_t)ldd + c0;
             if (sg->gather)
-                k->block(a, 0, sg->gather + c0, sg->bs, shared_end - b, sg->mat[0], sg->bs, o,
-                         sg->bs);
+                block_product(k, sg, 0, a, 0, sg->gather + c0, sg->bs, shared_end - b, sg->bs,
+                              o, sg->bs);
             else
-                k->block(a + c0, sg->bs, NULL, 0, shared_end - b, sg->mat[0], sg->bs, o, sg->bs);
+                block_product(k, sg, 0, a + c0, sg->bs, NULL, 0, shared_end - b, sg->bs, o,
+                              sg->bs);
         }
         b = shared_end;
     }
@@ -630,9 +729,9 @@ static void stage_blocks(const kernels *k, const dq__online *on, const stage *sg
         const size_t c0 = (size_t)b * (size_t)sg->bs;
         const int32_t n = dq__block_len(cols, sg->bs, b);
         if (sg->gather)
-            k->block(src, lds, sg->gather + c0, 0, tt, sg->mat[b], n, dst + c0, ldd);
+            block_product(k, sg, b, src, lds, sg->gather + c0, 0, tt, n, dst + c0, ldd);
         else
-            k->block(src + c0, lds, NULL, 0, tt, sg->mat[b], n, dst + c0, ldd);
+            block_product(k, sg, b, src + c0, lds, NULL, 0, tt, n, dst + c0, ldd);
     }
 }
 
@@ -662,7 +761,7 @@ static void run_stage(const job *j, const stage *sg, const float *src, int64_t l
     const size_t mat_bytes = sg->had_scale && j->on->fast_had
                                  ? 0
                                  : (size_t)sg->n_blocks * (size_t)sg->bs * (size_t)sg->bs *
-                                       sizeof(float);
+                                       (sg->mat16 ? sizeof(uint16_t) : sizeof(float));
     const int32_t n = j->split_ctx && mat_bytes >= j->on->split_min_bytes
                           ? dq__threads(j->split_ctx, sg->n_blocks)
                           : 1;

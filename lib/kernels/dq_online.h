@@ -16,6 +16,9 @@
  *    v = input * a (per channel) and a fast Walsh-Hadamard transform of v: n log n additions
  *    and no matrix read instead of n^2 multiply-adds. A first such product takes the smoothing
  *    in a (a_k / s, the dense fold's row values) whether or not its blocks share a matrix.
+ *  - on a context with DQ_CONTEXT_F_HALF_MATRICES the dense products read half-precision
+ *    copies of their matrices (half the bytes a lone token's transform reads); the smoothing
+ *    then divides the tile, since divided rows could fall below half's normal range.
  * Tokens run in tiles sized so that the tile's two float buffers stay in L2; each product
  * element is 0 + a_0 m_0 + a_1 m_1 + ... in index order with one fused multiply-add per term,
  * and the fast transform has one portable butterfly order, so every kernel variant, tile size
@@ -84,6 +87,9 @@ int64_t dq__online_tile_rows(const dq__online *on);
 void dq__online_set_split_bytes(dq__online *on, size_t bytes);
 /* Stages run as fast Walsh-Hadamard transforms (0 while they are forced dense). */
 int32_t dq__online_hadamard_stages(const dq__online *on);
+/* Whether stage s (0-based, in plan order over the rotations that exist) reads
+ * half-precision matrix copies (DQ_CONTEXT_F_HALF_MATRICES). */
+bool dq__online_stage_half(const dq__online *on, int32_t s);
 /* false: such stages run as the dense products of their matrices (the smoothing then divides
  * the tile), for tests and benchmarks; true (the default): as transforms. Not thread-safe: set
  * before the first run. */
@@ -100,6 +106,12 @@ bool dq__online_is_hadamard(const float *m, int32_t n, uint32_t *sign);
 typedef void dq__online_block_fn(const float *in, int64_t ldi, const int32_t *idx,
                                  int64_t idx_ld, int64_t rows, const float *m, int32_t n,
                                  float *out, int64_t ldo);
+/* The same product with m in IEEE half precision (dq_half.h): each element widened exactly to
+ * float before its multiply-add, so the bits are those of the float product of the widened
+ * matrix. */
+typedef void dq__online_block16_fn(const float *in, int64_t ldi, const int32_t *idx,
+                                   int64_t idx_ld, int64_t rows, const uint16_t *m, int32_t n,
+                                   float *out, int64_t ldo);
 /* out[r][c] = in[r][c] / s[c] for r < rows, c < cols: the smoothing division, exactly. */
 typedef void dq__online_divide_fn(const float *in, int64_t ldi, const float *s, int64_t rows,
                                   int64_t cols, float *out, int64_t ldo);
@@ -109,5 +121,8 @@ dq__online_divide_fn dq__online_divide_avx512;
 dq__online_block_fn dq__online_block_portable;
 dq__online_block_fn dq__online_block_avx2;
 dq__online_block_fn dq__online_block_avx512;
+dq__online_block16_fn dq__online_block16_portable;
+dq__online_block16_fn dq__online_block16_avx2; /* needs F16C besides AVX2 and FMA */
+dq__online_block16_fn dq__online_block16_avx512;
 
 #endif

@@ -1,16 +1,17 @@
 /* AVX-512 block product of the fused online path (dq_online.h): register tiles of up to 6
  * tokens x 64 columns (2 x 128 for one or two tokens, where the matrix, not the arithmetic,
  * limits), one fused multiply-add per term in increasing k, so the bits equal the portable
- * product's. */
+ * product's. The matrix is float or half precision (widened exactly as it is loaded). */
 #include "dq_online.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,fma"))), \
+                             apply_to = function)
 #define UNROLL _Pragma("unroll")
 #else
-#pragma GCC target("avx512f,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,fma")
 #define UNROLL _Pragma("GCC unroll 16")
 #endif
 #include <immintrin.h>
@@ -28,13 +29,23 @@ static INLINE __mmask16 lane_mask(int32_t left)
     return left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u);
 }
 
-/* out[r][j0 .. j0 + 16 nv) for r < nr; masks cover the columns that exist. gathered: 0 reads
- * in[r * ldi + k], 1 in[r * ldi + idx[k]], 2 in[r * ldi + idx[r * idx_ld + k]]. nr, nv and
- * gathered are constants in every call, so the accumulators stay in registers. */
-static INLINE void tile(const float *in, int64_t ldi, const int32_t *idx, int64_t idx_ld,
-                        int gathered, int nr, int nv, const float *m, int32_t n, int32_t j0,
-                        const __mmask16 *mask, float *out, int64_t ldo)
+/* 16 matrix elements from p (floats, or halves when half), masked lanes 0. */
+static INLINE __m512 load_row(const void *p, int half, __mmask16 mask)
 {
+    if (half)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
+    return _mm512_maskz_loadu_ps(mask, p);
+}
+
+/* out[r][j0 .. j0 + 16 nv) for r < nr; masks cover the columns that exist. gathered: 0 reads
+ * in[r * ldi + k], 1 in[r * ldi + idx[k]], 2 in[r * ldi + idx[r * idx_ld + k]]. m holds
+ * floats, or halves when half. nr, nv, gathered and half are constants in every call, so the
+ * accumulators stay in registers. */
+static INLINE void tile(const float *in, int64_t ldi, const int32_t *idx, int64_t idx_ld,
+                        int gathered, int nr, int nv, const void *m, int half, int32_t n,
+                        int32_t j0, const __mmask16 *mask, float *out, int64_t ldo)
+{
+    const size_t elem = half ? sizeof(uint16_t) : sizeof(float);
     __m512 acc[MR][MAX_NV];
     const float *row[MR];
     const int32_t *ri[MR];
@@ -46,24 +57,25 @@ static INLINE void tile(const float *in, int64_t ldi, const int32_t *idx, int64_
         for (int q = 0; q < MAX_NV; q++)
             acc[r][q] = _mm512_setzero_ps();
     }
-    const float *mj = m + j0;
+    const char *mj = (const char *)m + (size_t)j0 * elem;
     for (int32_t k = 0; k < n; k++) {
         const size_t off = gathered == 1 ? (size_t)idx[k] : (size_t)k;
-        const float *mk = mj + (size_t)k * (size_t)n;
+        const char *mk = mj + (size_t)k * (size_t)n * elem;
         /* Few tokens: memory-bound on the matrix, so fetch whole rows ahead (past the last
          * row too: a prefetch never faults). */
         if (nv == MAX_NV) {
             /* an address, not a pointer into the matrix: it may lie past its end */
-            const uintptr_t ahead = (uintptr_t)mk + PREFETCH_ROWS * (size_t)n * sizeof(float);
+            const uintptr_t ahead = (uintptr_t)mk + PREFETCH_ROWS * (size_t)n * elem;
             UNROLL
             for (int q = 0; q < MAX_NV; q++)
-                _mm_prefetch((const char *)(ahead + 64 * (uintptr_t)q), _MM_HINT_T0);
+                if (!half || q < MAX_NV / 2) /* a row of halves is half the lines */
+                    _mm_prefetch((const char *)(ahead + 64 * (uintptr_t)q), _MM_HINT_T0);
         }
         __m512 b[MAX_NV];
         UNROLL
         for (int q = 0; q < MAX_NV; q++)
             if (q < nv)
-                b[q] = _mm512_maskz_loadu_ps(mask[q], mk + 16 * q);
+                b[q] = load_row(mk + 16 * (size_t)q * elem, half, mask[q]);
         UNROLL
         for (int r = 0; r < MR; r++) {
             if (r >= nr)
@@ -91,15 +103,16 @@ static INLINE void tile(const float *in, int64_t ldi, const int32_t *idx, int64_
 #define TILE_CASE(NR, NV)                                                                      \
     case NR:                                                                                   \
         if (idx && idx_ld)                                                                     \
-            tile(a, ldi, idx + r0 * idx_ld, idx_ld, 2, NR, NV, m, n, j0, mask, o, ldo);        \
+            tile(a, ldi, idx + r0 * idx_ld, idx_ld, 2, NR, NV, m, half, n, j0, mask, o, ldo);  \
         else if (idx)                                                                          \
-            tile(a, ldi, idx, 0, 1, NR, NV, m, n, j0, mask, o, ldo);                           \
+            tile(a, ldi, idx, 0, 1, NR, NV, m, half, n, j0, mask, o, ldo);                     \
         else                                                                                   \
-            tile(a, ldi, NULL, 0, 0, NR, NV, m, n, j0, mask, o, ldo);                          \
+            tile(a, ldi, NULL, 0, 0, NR, NV, m, half, n, j0, mask, o, ldo);                    \
         break;
 
-void dq__online_block_avx512(const float *in, int64_t ldi, const int32_t *idx, int64_t idx_ld,
-                             int64_t rows, const float *m, int32_t n, float *out, int64_t ldo)
+static INLINE void block(const float *in, int64_t ldi, const int32_t *idx, int64_t idx_ld,
+                         int64_t rows, const void *m, int half, int32_t n, float *out,
+                         int64_t ldo)
 {
     /* Few tokens: wide column tiles keep more independent accumulators per token. */
     const bool narrow = rows <= 2;
@@ -133,6 +146,19 @@ void dq__online_block_avx512(const float *in, int64_t ldi, const int32_t *idx, i
     }
 }
 
+void dq__online_block_avx512(const float *in, int64_t ldi, const int32_t *idx, int64_t idx_ld,
+                             int64_t rows, const float *m, int32_t n, float *out, int64_t ldo)
+{
+    block(in, ldi, idx, idx_ld, rows, m, 0, n, out, ldo);
+}
+
+void dq__online_block16_avx512(const float *in, int64_t ldi, const int32_t *idx,
+                               int64_t idx_ld, int64_t rows, const uint16_t *m, int32_t n,
+                               float *out, int64_t ldo)
+{
+    block(in, ldi, idx, idx_ld, rows, m, 1, n, out, ldo);
+}
+
 void dq__online_divide_avx512(const float *in, int64_t ldi, const float *s, int64_t rows,
                               int64_t cols, float *out, int64_t ldo)
 {
@@ -159,6 +185,13 @@ void dq__online_block_avx512(const float *in, int64_t ldi, const int32_t *idx, i
                              int64_t rows, const float *m, int32_t n, float *out, int64_t ldo)
 {
     dq__online_block_portable(in, ldi, idx, idx_ld, rows, m, n, out, ldo);
+}
+
+void dq__online_block16_avx512(const float *in, int64_t ldi, const int32_t *idx,
+                               int64_t idx_ld, int64_t rows, const uint16_t *m, int32_t n,
+                               float *out, int64_t ldo)
+{
+    dq__online_block16_portable(in, ldi, idx, idx_ld, rows, m, n, out, ldo);
 }
 
 void dq__online_divide_avx512(const float *in, int64_t ldi, const float *s, int64_t rows,

@@ -130,9 +130,10 @@ DQ_API dq_status dq_context_create(const dq_context_params *p, dq_context **out)
     dq_status st = DQ_PARAMS_READ(&early, "p", &prm, sizeof prm, CONTEXT_PARAMS_MIN_SIZE, p);
     if (st != DQ_OK)
         return st;
-    if (prm.flags != 0)
-        return DQ_FAIL(&early, DQ_ERR_INVALID_ARG, "p->flags 0x%x, expected 0",
-                       (unsigned)prm.flags);
+    if (prm.flags & ~(uint32_t)DQ_CONTEXT_F_HALF_MATRICES)
+        return DQ_FAIL(&early, DQ_ERR_INVALID_ARG, "p->flags 0x%x: unknown bits 0x%x",
+                       (unsigned)prm.flags,
+                       (unsigned)(prm.flags & ~(uint32_t)DQ_CONTEXT_F_HALF_MATRICES));
     if ((prm.alloc == NULL) != (prm.free == NULL))
         return DQ_FAIL(&early, DQ_ERR_INVALID_ARG, "p->alloc is %s but p->free is %s",
                        prm.alloc ? "set" : "NULL", prm.free ? "set" : "NULL");
@@ -152,6 +153,7 @@ DQ_API dq_status dq_context_create(const dq_context_params *p, dq_context **out)
         .alloc = prm.alloc, .free = prm.free, .alloc_user = prm.alloc_user,
         .log = prm.log, .log_user = prm.log_user, .log_level = prm.log_level,
         .n_threads = n, .parallel_for = prm.parallel_for, .parallel_user = prm.parallel_user,
+        .flags = prm.flags,
     };
     dq_context *ctx;
     if (!tmp.parallel_for && n > 1) {

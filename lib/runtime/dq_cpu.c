@@ -31,8 +31,22 @@ static int amx_int8_usable(void)
         return 0;
     return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
 }
+
+/* F16C (CPUID 1 ECX bit 29): not every compiler's __builtin_cpu_supports knows the name. Its
+ * registers are the AVX ones, which the AVX2 probe has already found enabled. */
+static int f16c_present(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    return (c >> 29) & 1u;
+}
 #else
 static int amx_int8_usable(void)
+{
+    return 0;
+}
+static int f16c_present(void)
 {
     return 0;
 }
@@ -63,6 +77,8 @@ static uint32_t probe(void)
 #endif
     if (amx_int8_usable())
         f |= DQ_CPU_AMX_INT8;
+    if (f16c_present())
+        f |= DQ_CPU_F16C;
     return f;
 }
 

@@ -13,6 +13,7 @@ enum {
     DQ_CPU_AVX512VL = 1u << 4,
     DQ_CPU_AVX512VNNI = 1u << 5,
     DQ_CPU_AMX_INT8 = 1u << 6, /* AMX tiles with int8 products, enabled for this process */
+    DQ_CPU_F16C = 1u << 7,     /* half <-> float conversions (VEX) */
 };
 
 /* Bitmask of DQ_CPU_* the CPU (and the OS, for the wide registers) supports; 0 off x86.

@@ -41,6 +41,7 @@ struct dq_context {
     dq_parallel_fn parallel_for; /* the engine's loop, or NULL */
     void *parallel_user;
     dq__pool *pool;             /* NULL: parts run on the calling thread (or parallel_for) */
+    uint32_t flags;             /* DQ_CONTEXT_F_* */
 };
 
 /* dst = a copy of src (NULL: the defaults) holding its own reference to the shared pool; give
