@@ -182,6 +182,20 @@ DQ_API DQ_NODISCARD dq_status dq_context_create(const dq_context_params *p, dq_c
  *  may be an object's _free) once the context and all of them are freed. @since 1.0 */
 DQ_API void dq_context_free(dq_context *ctx);
 
+/** @brief Run the engine's own loop on the context's threads: fn(task_arg, t, n_tasks) exactly
+ *  once for every t in 0..n_tasks-1, the tasks dealt in contiguous runs to at most n_threads
+ *  parts (the calling thread runs one), returning when all have returned. An engine that lets
+ *  the library own its threads runs its attention, norms and other loops on the same ones,
+ *  with no thread started per call. The parts go where the library's own loops go: the
+ *  context's pool; parallel_for when set; the calling thread for a NULL context, a one-thread
+ *  context, or while the pool serves another call (another thread's, or one made from inside
+ *  a task). fn must not unwind through the library. ctx is only read: any number of threads
+ *  may call this at once.
+ *  @return DQ_OK (n_tasks 0 runs nothing), DQ_ERR_INVALID_ARG (fn NULL, n_tasks < 0, ctx not a
+ *  live context). @since 1.2 */
+DQ_API dq_status dq_context_parallel(const dq_context *ctx, dq_task_fn fn, void *task_arg,
+                                     int32_t n_tasks);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Calibrator: streaming activation statistics                                                 */
 /* THREAD SAFETY: dq_calib_observe and dq_calib_merge mutate their first argument: one thread  */

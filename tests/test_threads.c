@@ -334,6 +334,76 @@ static dq_context *context_with(int32_t n_threads, engine *e)
     return dq_context_create(&p, &ctx) == DQ_OK ? ctx : NULL;
 }
 
+/* ---- the engine's own loops on the context's threads (dq_context_parallel) ---- */
+
+enum { MAX_TASKS = 100 };
+
+typedef struct task_log {
+    atomic_int calls[MAX_TASKS];
+    atomic_int bad_n;                 /* calls that saw another n_tasks */
+    pthread_t who[MAX_TASKS];         /* the thread that ran each task */
+    const dq_context *ctx;            /* the context of the nested loops */
+    int nest;                         /* each task runs an inner loop of 5 tasks on ctx */
+    atomic_int inner_calls;
+} task_log;
+
+static void log_inner(void *arg, int32_t t, int32_t n)
+{
+    task_log *l = arg;
+    if (n != 5 || t < 0 || t >= 5)
+        atomic_fetch_add(&l->bad_n, 1);
+    atomic_fetch_add(&l->inner_calls, 1);
+}
+
+static int32_t logged_n;
+
+static void log_task(void *arg, int32_t t, int32_t n)
+{
+    task_log *l = arg;
+    if (n != logged_n || t < 0 || t >= n)
+        atomic_fetch_add(&l->bad_n, 1);
+    else {
+        atomic_fetch_add(&l->calls[t], 1);
+        l->who[t] = pthread_self();
+    }
+    if (l->nest && dq_context_parallel(l->ctx, log_inner, l, 5) != DQ_OK)
+        atomic_fetch_add(&l->bad_n, 1);
+}
+
+/* Every task exactly once with the right count, for several counts, plain and nested; the
+ * distinct threads that ran them (parts of a call run on distinct threads). */
+static void check_engine_loops(const dq_context *ctx, int32_t want_threads, const char *what)
+{
+    const int32_t counts[] = {0, 1, 2, 3, 7, MAX_TASKS};
+    for (int nest = 0; nest < 2; nest++)
+        for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+            task_log *l = calloc(1, sizeof *l);
+            l->ctx = ctx;
+            l->nest = nest;
+            logged_n = counts[ci];
+            CHECK(dq_context_parallel(ctx, log_task, l, counts[ci]) == DQ_OK);
+            int ok = atomic_load(&l->bad_n) == 0, distinct = 0;
+            for (int32_t t = 0; t < counts[ci]; t++) {
+                ok &= atomic_load(&l->calls[t]) == 1;
+                bool seen = false;
+                for (int32_t u = 0; u < t; u++)
+                    seen |= pthread_equal(l->who[u], l->who[t]) != 0;
+                distinct += !seen;
+            }
+            ok &= atomic_load(&l->inner_calls) == (nest ? 5 * counts[ci] : 0);
+            /* Nested loops find the pool busy and may run anywhere; plain ones spread. */
+            const int32_t want = counts[ci] < want_threads ? counts[ci] : want_threads;
+            if (!nest)
+                ok &= distinct == want;
+            if (!ok)
+                fprintf(stderr, "%s: %d tasks%s: a task ran other than once, or on %d threads "
+                        "(expected %d)\n", what, (int)counts[ci], nest ? " nested" : "",
+                        distinct, (int)want);
+            CHECK(ok);
+            free(l);
+        }
+}
+
 /* ---- concurrent forwards on one context ---- */
 
 typedef struct fwd_job {
@@ -495,6 +565,50 @@ int main(void)
         CHECK(thread_count() == with_engine);
         engine_stop(&e);
         outputs_free(&o);
+    }
+
+    /* The engine's own loops: on the calling thread for a NULL or one-thread context, on the
+     * pool's threads (none started per call), through parallel_for when set; bad arguments
+     * refused. */
+    {
+        check_engine_loops(NULL, 1, "engine loops, NULL context");
+        dq_context *ctx = context_with(1, NULL);
+        CHECK(ctx != NULL);
+        check_engine_loops(ctx, 1, "engine loops, one thread");
+        dq_context_free(ctx);
+        ctx = context_with(3, NULL);
+        CHECK(ctx != NULL);
+        check_engine_loops(ctx, 3, "engine loops, 3 threads");
+        CHECK(thread_count() == start + 2);
+        check_engine_loops(ctx, 3, "engine loops, 3 threads again");
+        CHECK(thread_count() == start + 2);
+        task_log l;
+        memset(&l, 0, sizeof l);
+        CHECK(dq_context_parallel(ctx, NULL, &l, 3) == DQ_ERR_INVALID_ARG);
+        CHECK(dq_context_parallel(ctx, log_task, &l, -1) == DQ_ERR_INVALID_ARG);
+        uint64_t not_a_context[8] = {0};
+        CHECK(dq_context_parallel((const dq_context *)(const void *)not_a_context, log_task, &l,
+                                  3) == DQ_ERR_INVALID_ARG);
+        CHECK(atomic_load(&l.calls[0]) == 0);
+        dq_context_free(ctx);
+        CHECK(settled_thread_count(start) == start);
+
+        engine e;
+        CHECK(engine_start(&e) == 0);
+        ctx = context_with(4, &e);
+        CHECK(ctx != NULL);
+        const long loops = atomic_load(&e.loops);
+        logged_n = 7;
+        task_log *lt = calloc(1, sizeof *lt);
+        CHECK(dq_context_parallel(ctx, log_task, lt, 7) == DQ_OK);
+        int once = 1;
+        for (int t = 0; t < 7; t++)
+            once &= atomic_load(&lt->calls[t]) == 1;
+        CHECK(once && atomic_load(&lt->bad_n) == 0);
+        CHECK(atomic_load(&e.loops) == loops + 1); /* through the engine's loop */
+        free(lt);
+        dq_context_free(ctx);
+        engine_stop(&e);
     }
 
     /* n_threads 0: the online CPUs at creation; still the same bits. */

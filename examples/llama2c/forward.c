@@ -50,25 +50,29 @@ static void *part_main(void *p)
 }
 
 /* Multiply-adds a part must hold before a thread is started for it (a start costs 0.05-0.4 ms,
- * the time of about 2^22 multiply-adds). */
+ * the time of about 2^22 multiply-adds), or before it goes to a waiting thread of the net's
+ * pool (a few microseconds). */
 #define WORK_PER_PART ((int64_t)1 << 22)
+#define WORK_PER_POOL_PART ((int64_t)1 << 15)
 #define MAX_PARTS 64
 
 /* Parts a loop of `work` multiply-adds uses on the net's threads. */
 static int32_t parts_for(const l2c_net *net, int64_t work)
 {
     int64_t n = net->n_threads < 1 ? 1 : net->n_threads;
-    int64_t useful = work / WORK_PER_PART;
+    int64_t useful = work / (net->pool ? WORK_PER_POOL_PART : WORK_PER_PART);
     n = n < useful ? n : useful;
     n = n < MAX_PARTS ? n : MAX_PARTS;
     return n < 1 ? 1 : (int32_t)n;
 }
 
-/* fn(arg, p, n) for p = 0..n-1: part 0 on the calling thread, the others on threads started
- * for the call (a part whose thread cannot start runs here). Parts write disjoint outputs, so
- * the result does not depend on n. */
-static void run_parts(int32_t n, part_fn *fn, void *arg)
+/* fn(arg, p, n) for p = 0..n-1: on the net's pool, or part 0 on the calling thread and the
+ * others on threads started for the call (a part whose thread cannot start runs here). Parts
+ * write disjoint outputs, so the result does not depend on n or on where they run. */
+static void run_parts(const l2c_net *net, int32_t n, part_fn *fn, void *arg)
 {
+    if (net->pool && n > 1 && dq_context_parallel(net->pool, fn, arg, n) == DQ_OK)
+        return;
     pthread_t th[MAX_PARTS];
     part_thread pt[MAX_PARTS];
     int started[MAX_PARTS];
@@ -230,7 +234,7 @@ static int matmul_wt(const l2c_net *net, const float *x, int64_t rows, int64_t i
 {
     matmul_job j = {x, w, rows, in, out, y, {0}};
     const int32_t n = parts_for(net, rows * in * out);
-    run_parts(n, matmul_part, &j);
+    run_parts(net, n, matmul_part, &j);
     for (int32_t p = 0; p < n; p++)
         if (j.failed[p]) {
             fprintf(stderr, "out of memory\n");
@@ -612,7 +616,7 @@ static int attention(const l2c_net *net, const float *q, const float *k, const f
     const int64_t work = 2 * (int64_t)m->c.n_heads * m->head_size * n * (pos0 + (n + 1) / 2);
     int32_t parts = parts_for(net, work);
     parts = parts < m->c.n_heads ? parts : m->c.n_heads;
-    run_parts(parts, attention_part, &j);
+    run_parts(net, parts, attention_part, &j);
     for (int32_t p = 0; p < parts; p++)
         if (j.failed[p]) {
             fprintf(stderr, "out of memory\n");
@@ -822,7 +826,7 @@ static void swiglu_part(void *arg, int32_t part, int32_t n)
 static void swiglu(const l2c_net *net, float *h1, const float *h3, int64_t count)
 {
     swiglu_job j = {h1, h3, count};
-    run_parts(parts_for(net, 16 * count), swiglu_part, &j);
+    run_parts(net, parts_for(net, 16 * count), swiglu_part, &j);
 }
 
 /* Block `l` of the net on the hidden states x [n, dim] of positions pos0..pos0+n-1, in place;

@@ -64,6 +64,10 @@ typedef struct l2c_net {
     const l2c_attn_quant *attn; /* NULL: float32 attention */
     l2c_kv_observe_fn kv_observe; /* optional */
     void *kv_observe_user;
+    /* Optional: the engine's loops run on this context's threads (dq_context_parallel), so a
+     * loop costs no thread start and small ones (one token's attention) split too; NULL:
+     * threads started per loop. */
+    const dq_context *pool;
 } l2c_net;
 
 /* Fills net with the model's float weights (lin must hold n_layers entries). */

@@ -383,7 +383,7 @@ static int choose_sequential(dq_context *ctx, const l2c_model *m, const l2c_text
     for (; made < N_SEQ_MODES; made++) {
         if (quantize(ctx, m, calib, cal, method, o, seq_modes[made], &q[made]))
             goto out;
-        l2c_net net = {m, q[made].lin, NULL, NULL, o->threads, NULL, NULL, NULL};
+        l2c_net net = {m, q[made].lin, NULL, NULL, o->threads, NULL, NULL, NULL, NULL};
         if (l2c_mean_nll_rows(&net, calib, w, n, cal->sample_tokens,
                               cal->sample_tokens + cal->held_tokens, &nll[made], &predicted)) {
             made++;
@@ -646,7 +646,7 @@ int main(int argc, char **argv)
         res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
         if (o.settings)
             l2c_qmodel_report(stderr, &qm, methods[i], 0);
-        l2c_net net = {&model, qm.lin, NULL, NULL, o.threads, NULL, NULL, NULL};
+        l2c_net net = {&model, qm.lin, NULL, NULL, o.threads, NULL, NULL, NULL, NULL};
         l2c_attn_quant attn = o.attn;
         int64_t kv_tokens = 0;
         if (kv_calib) {

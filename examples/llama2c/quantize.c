@@ -1398,7 +1398,7 @@ int l2c_quantize_sequential(dq_context *ctx, const l2c_model *m, const l2c_text 
                 goto out;
             cal.hess_tokens = hess_tokens;
             one_layer u = {&cal, l, per_input ? in0 : -1};
-            l2c_net net = {m, out->lin, observe_one_layer, &u, o->threads, NULL, NULL, NULL};
+            l2c_net net = {m, out->lin, observe_one_layer, &u, o->threads, NULL, NULL, NULL, NULL};
             for (int64_t i = 0; i < n_w && (max_tokens <= 0 || cal.tokens < max_tokens); i++) {
                 int64_t len = w[i].len;
                 if (max_tokens > 0 && len > max_tokens - cal.tokens)

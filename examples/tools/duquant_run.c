@@ -458,6 +458,7 @@ static int bench(tool_model *tm, const options *o, dq_context *ctx)
     if (tool_model_load(o->bench_float, NULL, ctx, &fm))
         return -1;
     fm.threads = tm->threads;
+    fm.pool = tm->pool;
     int rc = -1;
     if (fm.quantized)
         fprintf(stderr, "--bench-float %s: a quantized model file, not a float model\n",
@@ -545,6 +546,7 @@ int main(int argc, char **argv)
         return 1;
     }
     tm.threads = tool_threads(o.threads);
+    tm.pool = ctx; /* the engine's loops on the library's threads */
     l2c_attn_quant attn = o.attn;
     float *k_clip = NULL, *v_clip = NULL;
     if (attn_setup(&tm, &o, &attn, &k_clip, &v_clip))

@@ -557,6 +557,7 @@ void tool_model_net(tool_model *tm, l2c_net *net)
     net->lin = tm->lin;
     net->n_threads = tm->threads;
     net->attn = tm->attn;
+    net->pool = tm->pool;
 }
 
 int32_t tool_threads(int32_t requested)

@@ -47,6 +47,8 @@ typedef struct tool_model {
     int32_t threads;       /* the engine's own loops (l2c_net.n_threads); 0 after loading */
     const l2c_attn_quant *attn; /* attention settings of its nets (l2c_net.attn); NULL after
                                    loading */
+    const dq_context *pool;     /* its nets' loops run on this context's threads
+                                   (l2c_net.pool); NULL after loading */
 } tool_model;
 
 /* One transformer block as a model of one block (n_layers 1, the embeddings and head those of

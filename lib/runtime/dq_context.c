@@ -183,6 +183,37 @@ DQ_API void dq_context_free(dq_context *ctx)
     dq__free(&copy, ctx);
 }
 
+typedef struct engine_loop {
+    dq_task_fn fn;
+    void *task_arg;
+    int32_t n_tasks;
+} engine_loop;
+
+/* Part p of n runs its contiguous run of the engine's tasks. */
+static void engine_part(void *arg, int32_t p, int32_t n)
+{
+    const engine_loop *e = arg;
+    int64_t t0, t1;
+    dq__split(e->n_tasks, p, n, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        e->fn(e->task_arg, (int32_t)t, e->n_tasks);
+}
+
+DQ_API dq_status dq_context_parallel(const dq_context *ctx, dq_task_fn fn, void *task_arg,
+                                     int32_t n_tasks)
+{
+    DQ_CHECK_HANDLE(NULL, ctx, DQ__H_CONTEXT, "ctx");
+    if (!fn)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "fn is NULL");
+    if (n_tasks < 0)
+        return DQ_FAIL(ctx, DQ_ERR_INVALID_ARG, "n_tasks %d, expected >= 0", (int)n_tasks);
+    if (n_tasks == 0)
+        return DQ_OK;
+    engine_loop e = {fn, task_arg, n_tasks};
+    dq__parallel(ctx, dq__threads(ctx, n_tasks), engine_part, &e);
+    return DQ_OK;
+}
+
 /* ---- handle checks (dq_handle.h) ---- */
 
 static const char *const handle_type_names[DQ__H_COUNT] = {
