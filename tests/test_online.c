@@ -283,9 +283,7 @@ static dq_plan *rounded_plan(const dq_plan *plan, const dq__online *on)
         if (r) {
             ck_assert_int_eq(dq__rotation_clone(NULL, r, &rots[i]), DQ_OK);
             if (dq__online_stage_half(on, stage++)) {
-                const int64_t last = r->n_mats - 1;
-                const size_t n = r->mat_offset[last] +
-                                 (size_t)r->mat_size[last] * (size_t)r->mat_size[last];
+                const size_t n = dq__rotation_floats(r);
                 for (size_t e = 0; e < n; e++)
                     rots[i]->data[e] = dq__f16_to_f32(dq__f32_to_f16(r->data[e]));
             }

@@ -58,7 +58,6 @@ struct dq__online {
     int32_t n_had;               /* stages with had_scale */
     bool fast_had;               /* run those as transforms (false: as dense products) */
     const float *had_div;        /* smoothing folded into had_scale, for the dense fallback */
-    bool half;                   /* dense products read half-precision copies */
     /* owned storage */
     const float **mat_ptrs;
     const uint16_t **mat16_ptrs;
@@ -278,12 +277,6 @@ static void fold_smoothing_hadamard(dq__online *on, const float *s)
         on->had_scales[c] /= s[g ? g[c] : c];
 }
 
-static size_t rotation_floats(const dq_rotation *r)
-{
-    const int64_t last = r->n_mats - 1;
-    return r->mat_offset[last] + (size_t)r->mat_size[last] * (size_t)r->mat_size[last];
-}
-
 /* Half-precision copies of every dense stage's matrices (a shared matrix once): the stages
  * the fast transform runs read no matrix and get none. */
 static dq_status make_halves(dq__online *on, int64_t n_ptrs)
@@ -291,7 +284,7 @@ static dq_status make_halves(dq__online *on, int64_t n_ptrs)
     size_t total = 0;
     for (int32_t s = 0; s < on->n_stages; s++)
         if (!on->stages[s].had_scale)
-            total += rotation_floats(on->stages[s].rot);
+            total += dq__rotation_floats(on->stages[s].rot);
     if (total == 0)
         return DQ_OK;
     on->halves = dq__alloc(&on->ctx, total * sizeof(uint16_t));
@@ -306,9 +299,8 @@ static dq_status make_halves(dq__online *on, int64_t n_ptrs)
         const dq_rotation *r = sg->rot;
         if (sg->had_scale)
             continue;
-        /* A rotation's matrices lie back to back from offset 0 (dq_rotation.c), so the copy
-         * is one run and matrix k's half copy starts at mat_offset[k] too. */
-        const size_t len = rotation_floats(r);
+        /* One run; matrix k's copy starts at mat_offset[k] (dq__rotation_floats). */
+        const size_t len = dq__rotation_floats(r);
         for (size_t e = 0; e < len; e++)
             next[e] = dq__f32_to_f16(r->data[e]);
         sg->mat16 = ptrs;
@@ -418,8 +410,8 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
     on->fast_had = true;
     if ((st = find_hadamard(on)) != DQ_OK)
         goto out;
-    on->half = (ctx->flags & DQ_CONTEXT_F_HALF_MATRICES) != 0;
-    if (on->half && (st = make_halves(on, n_ptrs)) != DQ_OK)
+    const bool half = (ctx->flags & DQ_CONTEXT_F_HALF_MATRICES) != 0;
+    if (half && (st = make_halves(on, n_ptrs)) != DQ_OK)
         goto out;
     if (has_smooth) {
         on->smooth = dq__alloc(ctx, (size_t)cols * sizeof(float));
@@ -431,7 +423,7 @@ dq_status dq__online_create(const dq_context *ctx, const dq_plan *plan, dq__onli
             /* No matrix copy; the dense fallback divides the tile. */
             fold_smoothing_hadamard(on, on->smooth);
             on->had_div = on->smooth;
-        } else if (first && first->n_mats == first->n_blocks && !on->half) {
+        } else if (first && first->n_mats == first->n_blocks && !half) {
             /* Not into half copies: divided rows could fall below half's normal range. */
             if ((st = fold_smoothing(on, first, on->smooth)) != DQ_OK)
                 goto out;

@@ -109,9 +109,7 @@ dq_status dq__rotation_clone(const dq_context *ctx, const dq_rotation *src, dq_r
                                       src->method, src->steps, &r);
     if (st != DQ_OK)
         return st;
-    size_t total = src->mat_offset[src->n_mats - 1] +
-                   (size_t)src->mat_size[src->n_mats - 1] * (size_t)src->mat_size[src->n_mats - 1];
-    memcpy(r->data, src->data, total * sizeof(float));
+    memcpy(r->data, src->data, dq__rotation_floats(src) * sizeof(float));
     memcpy(r->selected, src->selected, (size_t)src->n_mats * sizeof(int32_t));
     if (src->ids) {
         size_t rec = (size_t)src->n_mats * ((size_t)src->steps + 1);

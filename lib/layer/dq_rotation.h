@@ -44,6 +44,14 @@ struct dq_rotation {
 };
 DQ__HANDLE_LAYOUT(struct dq_rotation);
 
+/* Floats in data: the matrices lie back to back from offset 0, in matrix order, so matrix m
+ * of a copy of data starts at mat_offset[m] too. */
+static inline size_t dq__rotation_floats(const struct dq_rotation *r)
+{
+    const int64_t last = r->n_mats - 1;
+    return r->mat_offset[last] + (size_t)r->mat_size[last] * (size_t)r->mat_size[last];
+}
+
 /* Allocates the object and lays out its matrices: per block, or one shared by the full blocks
  * plus one for a shorter last block. The matrices are left for the caller to fill; a greedy
  * method gets a zeroed search record of steps + 1 entries per matrix. */

@@ -114,12 +114,6 @@ static float *matrix_ptr(const dq_rotation *r, int64_t m)
     return r->data + r->mat_offset[m];
 }
 
-static size_t total_floats(const dq_rotation *r)
-{
-    const int64_t last = r->n_mats - 1;
-    return r->mat_offset[last] + (size_t)r->mat_size[last] * (size_t)r->mat_size[last];
-}
-
 /* Largest number of block rows any matrix has (rows * its block count). */
 static int64_t max_view_rows(const dq_rotation *r, int64_t rows, int64_t *blocks)
 {
@@ -183,7 +177,7 @@ static dq_status dfrot_objective(const dq_context *ctx, const dq__refine_opts *o
 static dq_status refine_dfrot(const dq_context *ctx, const dq__refine_opts *o, dq_rotation *r,
                               const float *x, int64_t rows, int64_t cols, int64_t ldx)
 {
-    const size_t rc = (size_t)rows * (size_t)cols, nf = total_floats(r);
+    const size_t rc = (size_t)rows * (size_t)cols, nf = dq__rotation_floats(r);
     const int32_t bs = r->block_size;
     int64_t *blocks = dq__alloc(ctx, (size_t)r->n_blocks * sizeof(int64_t));
     float *w = dq__alloc(ctx, (size_t)rows * sizeof(float));
@@ -558,8 +552,8 @@ dq_status dq__rotation_refine(const dq_context *ctx, const dq__refine_opts *o,
         st = refine_dfrot(ctx, o, r, x, rows, cols, ldx);
     else if (o->method == DQ_REFINE_DARTQUANT)
         st = refine_dartquant(ctx, o, r, x, rows, ldx, stream);
-    if (st == DQ_OK && !dq__all_finite(r->data, 1, (int64_t)total_floats(r),
-                                       (int64_t)total_floats(r)))
+    if (st == DQ_OK && !dq__all_finite(r->data, 1, (int64_t)dq__rotation_floats(r),
+                                       (int64_t)dq__rotation_floats(r)))
         st = DQ_FAIL(ctx, DQ_ERR_NONFINITE, "a refined rotation matrix has a non-finite "
                      "element");
     if (st != DQ_OK) {
