@@ -8,7 +8,7 @@
 # Environment: THREADS (default "2 1"), REPS (llama-bench repetitions, default 3: duquant-run
 # takes the best of 3), TIME (default /usr/bin/time, GNU time for -v), LLAMA_CPP_COMMIT
 # (printed; llama-bench says "unknown" when built outside a git checkout), MATRICES
-# (duquant-run --matrices: float, the default, or half). The logs of every run stay in OUTDIR
+# (duquant-run --matrices: half, duquant-run's default, or float). The logs of every run stay in OUTDIR
 # (default: a new directory under ${TMPDIR:-/tmp}).
 set -eu
 
@@ -24,7 +24,7 @@ OUT=${5:-$(mktemp -d "${TMPDIR:-/tmp}/side-by-side.XXXXXX")}
 THREADS=${THREADS:-2 1}
 REPS=${REPS:-3}
 TIME=${TIME:-/usr/bin/time}
-MATRICES=${MATRICES:-float}
+MATRICES=${MATRICES:-half}
 
 for f in "$LLAMA_BENCH" "$DUQUANT_RUN"; do
     [ -x "$f" ] || { echo "not an executable: $f" >&2; exit 2; }

@@ -46,9 +46,10 @@ static void usage(FILE *f)
             "  --bench-float PATH   also bench this float model (Hugging Face folder or\n"
             "                       llama2.c file), e.g. the quantized file's float original\n"
             "  --threads N          library threads (default 0: host decides)\n"
-            "  --matrices float|half  precision the layers apply the plans' rotation\n"
-            "                       matrices in (default float; half reads half the bytes\n"
-            "                       per token, each entry rounded to 11 significant bits)\n"
+            "  --matrices half|float  precision the layers apply the plans' rotation\n"
+            "                       matrices in (default half: half the bytes per token,\n"
+            "                       each entry rounded to 11 significant bits; float gives\n"
+            "                       duquant-eval's perplexities to the digit)\n"
             "  --kv-bits 4|8|16     keys and values in 4 or 8 bits (per head per token, keys\n"
             "                       after a per-head Hadamard transform) or half precision\n"
             "                       (absent: float32)\n"
@@ -526,6 +527,9 @@ int main(int argc, char **argv)
     o.format = "table";
     o.window = 256;
     o.steps = 64;
+    /* Half matrices by default: decode reads the rotations on every token, and rounding them
+     * moves a 4-bit model's perplexity less than the choice of seed does (doc/performance.md). */
+    o.half_matrices = 1;
     int pa = parse_args(argc, argv, &o);
     if (pa)
         return pa > 0 ? 0 : 2;

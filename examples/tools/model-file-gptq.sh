@@ -3,7 +3,8 @@
 # (duquant_gptq below duquant, gptq below rtn, perplexities computed by duquant-eval here), a
 # duquant_gptq model file written with --sequential gives duquant-eval's in-memory perplexity
 # (--sequential gptq: per layer for the GPTQ methods) to 4 decimals, one written without it gives
-# duquant-eval --sequential 0's, and an unknown method name is still refused.
+# duquant-eval --sequential 0's (duquant-run --matrices float, the in-memory evaluation's
+# matrices), and an unknown method name is still refused.
 # usage: model-file-gptq.sh QUANTIZE RUN EVAL DATA_DIR
 set -euo pipefail
 quantize=$1
@@ -39,7 +40,7 @@ below gptq rtn
 if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --out "$tmp/dg.dq" \
     --block-choice each --sequential 2>"$tmp/q.err"; then
     got=$("$run" --model "$tmp/dg.dq" --tokenizer "$src/tok512.bin" --eval "$eval" \
-        --format tsv | tail -n 1 | cut -f 2)
+        --format tsv --matrices float | tail -n 1 | cut -f 2)
     want=$(ppl duquant_gptq)
     if [ -n "$got" ] && [ "$(printf '%.4f' "$got")" = "$(printf '%.4f' "$want")" ]; then
         echo "ok: duquant_gptq: model file $got, in memory $want"
@@ -87,7 +88,7 @@ want=$("$engine" "${model[@]}" --calib "$calib" --eval "$eval" --methods duquant
 if "$quantize" "${model[@]}" --calib "$calib" --method duquant_gptq --block-choice each \
     --out "$tmp/flt.dq" 2>"$tmp/q.err" &&
     got=$("$run" --model "$tmp/flt.dq" --tokenizer "$src/tok512.bin" --eval "$eval" \
-        --format tsv | tail -n 1 | cut -f 2) && [ -n "$want" ] &&
+        --format tsv --matrices float | tail -n 1 | cut -f 2) && [ -n "$want" ] &&
     [ "$(printf '%.4f' "$got")" = "$(printf '%.4f' "$want")" ] &&
     [ "$(printf '%.4f' "$got")" != "$(printf '%.4f' "$(ppl duquant_gptq)")" ]; then
     echo "ok: duquant_gptq without --sequential: model file $got, duquant-eval --sequential 0" \
