@@ -787,6 +787,53 @@ class TestRelease12(Fixture):
         np.testing.assert_array_equal(lb.forward(self.x), y)
 
 
+    def test_half_matrices(self):
+        """DQ_CONTEXT_F_HALF_MATRICES: layers on a plan made with such a context read its
+        rotation matrices rounded to half precision: the plan is the same, the layer's output
+        moves far less than its own 4-bit error, and batches give token-by-token's bits."""
+        half = dq.Context(lib, n_threads=2, flags=dq.DQ_CONTEXT_F_HALF_MATRICES)
+        calib = dq.Calibrator(lib, self.C, ctx=half, sample_tokens=self.T)
+        calib.observe(self.x)
+        pl_half = dq.Plan.build(lib, calib, lib.weight_absmax(self.w), ctx=half,
+                                block_size=16, max_rotation_step=16)
+        pl = self.plan()
+        self.assertEqual(pl_half.fingerprint(), pl.fingerprint())
+        y = self.layer(pl).forward(self.x)
+        lin = self.layer(pl_half, ctx=half)
+        yh = lin.forward(self.x)
+        exact = self.x @ self.w.T + self.bias
+        self.assertFalse(np.array_equal(yh, y))
+        self.assertLess(np.linalg.norm(yh - y), 0.25 * np.linalg.norm(y - exact))
+        rows = np.vstack([lin.forward(self.x[i:i + 1]) for i in range(self.T)])
+        np.testing.assert_array_equal(rows, yh)
+        self.assertRaisesStatus("DQ_ERR_INVALID_ARG", dq.Context, lib, flags=2)
+
+    def test_context_parallel(self):
+        """dq_context_parallel: every task once, on a worker of the pool and on the caller."""
+        seen, lock = [], threading.Lock()
+
+        def task(t, n):
+            with lock:
+                seen.append((t, n, threading.get_ident()))
+        self.ctx.parallel(task, 7)
+        self.assertEqual(sorted(s[:2] for s in seen), [(t, 7) for t in range(7)])
+        idents = {s[2] for s in seen}
+        self.assertEqual(len(idents), 2, idents)  # n_threads=2
+        self.assertIn(threading.get_ident(), idents)
+        seen.clear()
+        self.ctx.parallel(task, 0)
+        self.assertEqual(seen, [])
+        self.assertRaisesStatus("DQ_ERR_INVALID_ARG", self.ctx.parallel, task, -1)
+
+        def fails(t, n):
+            task(t, n)
+            if t == 3:
+                raise KeyError(t)
+        with self.assertRaises(KeyError):
+            self.ctx.parallel(fails, 7)
+        self.assertEqual(sorted(s[0] for s in seen), list(range(7)))  # the others still ran
+
+
 class TestGptqAndKv(Fixture):
     """Hessians, GPTQ packing and the key/value cache (since 1.2)."""
 

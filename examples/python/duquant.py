@@ -55,6 +55,7 @@ DQ_REFINE_NONE, DQ_REFINE_DFROT, DQ_REFINE_DARTQUANT = 0, 1, 2
 DQ_FILE_F_BORROW = 1
 DQ_GPTQ_F_ACT_ORDER, DQ_GPTQ_F_STATIC_GROUPS, DQ_GPTQ_F_CLIP_SEARCH = 1, 2, 4  # since 1.2
 DQ_KV_F_ROTATE = 1  # since 1.2
+DQ_CONTEXT_F_HALF_MATRICES = 1  # since 1.2
 DQ_FILE_F_TRUSTED = 2
 DQ_FILE_MAX_DIMS = 8
 DQ_DTYPE_F32, DQ_DTYPE_U8, DQ_DTYPE_I64 = 9, 1, 11
@@ -167,6 +168,7 @@ _SIGNATURES = {
     "dq_status_string": (_cp, [_st]),
     "dq_context_create": (_st, [_vp, C.POINTER(_vp)]),
     "dq_context_free": (None, [_vp]),
+    "dq_context_parallel": (_st, [_vp, TASK_FN, _vp, _i32]),
     "dq_calib_create": (_st, [_vp, _vp, _i64, C.POINTER(_vp)]),
     "dq_calib_free": (None, [_vp]),
     "dq_calib_observe": (_st, [_vp, _fp, _i64, _i64, _i64]),
@@ -523,17 +525,20 @@ class Context(_Handle):
     inside a task (nested loops): a fixed-size pool must then not wait on itself. n_threads is
     the most tasks of one loop. Tasks the callable left out (or did not reach because it
     raised) run on the calling thread before the library continues; parallel_errors keeps
-    what it raised. Results are the same bit for bit as with the context's own pool."""
+    what it raised. Results are the same bit for bit as with the context's own pool.
+
+    flags (since 1.2): DQ_CONTEXT_F_* (DQ_CONTEXT_F_HALF_MATRICES: layers on plans made or
+    loaded with this context read half-precision copies of the rotation matrices)."""
     _free = "dq_context_free"
 
     def __init__(self, lib, log=None, log_level=DQ_LOG_WARN, n_threads=0, keep=64,
-                 parallel_for=None):
+                 parallel_for=None, flags=0):
         self.messages = collections.deque(maxlen=keep)  # (level, message), newest last
         self.parallel_errors = collections.deque(maxlen=keep)
         self._tls = threading.local()
         self._user_log = log
         self._log_cb = LOG_FN(self._on_log)  # alive as long as this object (objects keep it)
-        p = lib.params(ContextParams, log_level=log_level, n_threads=n_threads)
+        p = lib.params(ContextParams, log_level=log_level, n_threads=n_threads, flags=flags)
         p.log = self._log_cb
         self._parallel = parallel_for
         self._parallel_cb = None
@@ -571,6 +576,23 @@ class Context(_Handle):
                 cond.wait_for(lambda: done[0] == n_tasks)
         except BaseException as e:
             self.parallel_errors.append(e)
+
+    def parallel(self, fn, n_tasks):
+        """Run fn(t, n_tasks) once for every t in range(n_tasks) on the context's threads
+        (dq_context_parallel, since 1.2) and return when all have returned. Tasks run at once
+        only while they release the GIL (numpy, library calls). What a task raises is kept
+        from the library; the first such exception is raised here once every task returned."""
+        errors = []
+
+        def task(arg, t, n):
+            try:
+                fn(t, n)
+            except BaseException as e:  # never unwind through the library
+                errors.append(e)
+        cb = TASK_FN(task)  # alive until the call returns
+        self.L.call("dq_context_parallel", self, cb, None, n_tasks, ctx=self)
+        if errors:
+            raise errors[0]
 
     def _on_log(self, user, level, msg):
         try:
