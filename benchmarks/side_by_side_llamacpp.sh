@@ -8,8 +8,8 @@
 # Environment: THREADS (default "2 1"), REPS (llama-bench repetitions, default 3: duquant-run
 # takes the best of 3), TIME (default /usr/bin/time, GNU time for -v), LLAMA_CPP_COMMIT
 # (printed; llama-bench says "unknown" when built outside a git checkout), MATRICES
-# (duquant-run --matrices: half, duquant-run's default, or float). The logs of every run stay in OUTDIR
-# (default: a new directory under ${TMPDIR:-/tmp}).
+# (duquant-run --matrices: half, its default, or float). The logs of every run stay in
+# OUTDIR (default: a new directory under ${TMPDIR:-/tmp}).
 set -eu
 
 if [ $# -lt 4 ]; then
