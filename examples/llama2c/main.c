@@ -383,7 +383,7 @@ static int choose_sequential(dq_context *ctx, const l2c_model *m, const l2c_text
     for (; made < N_SEQ_MODES; made++) {
         if (quantize(ctx, m, calib, cal, method, o, seq_modes[made], &q[made]))
             goto out;
-        l2c_net net = {m, q[made].lin, NULL, NULL, o->threads, NULL, NULL, NULL, NULL};
+        l2c_net net = {m, q[made].lin, NULL, NULL, o->threads, NULL, NULL, NULL, ctx};
         if (l2c_mean_nll_rows(&net, calib, w, n, cal->sample_tokens,
                               cal->sample_tokens + cal->held_tokens, &nll[made], &predicted)) {
             made++;
@@ -613,6 +613,8 @@ int main(int argc, char **argv)
         goto out;
     l2c_net fp32;
     l2c_net_init_fp32(&fp32, &model, fp32_lin);
+    fp32.n_threads = o.threads;
+    fp32.pool = ctx; /* the engine's loops on the library's threads, as in duquant-run */
     double nll = 0;
     int64_t predicted = 0;
     if (l2c_mean_nll(&fp32, &eval, w, n_w, &nll, &predicted))
@@ -646,7 +648,7 @@ int main(int argc, char **argv)
         res[i].quantize_s = methods[i]->w_bits ? now_s() - t0 : 0;
         if (o.settings)
             l2c_qmodel_report(stderr, &qm, methods[i], 0);
-        l2c_net net = {&model, qm.lin, NULL, NULL, o.threads, NULL, NULL, NULL, NULL};
+        l2c_net net = {&model, qm.lin, NULL, NULL, o.threads, NULL, NULL, NULL, ctx};
         l2c_attn_quant attn = o.attn;
         int64_t kv_tokens = 0;
         if (kv_calib) {
